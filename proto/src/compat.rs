@@ -1,0 +1,386 @@
+//! Compatibility rules, run before anything is frozen.
+//!
+//! Each rule compares one field of the source's and the target's facts and
+//! says whether a difference blocks the migration or only warns. The rules
+//! are pure functions: the coordinator runs [`compare_hosts`] on the facts
+//! both agents report, the target agent runs [`check_incoming`] on its own
+//! containers, and `tern check` prints both.
+//!
+//! | field            | blocks when                                        | warns when            |
+//! |------------------|----------------------------------------------------|-----------------------|
+//! | arch             | different                                          |                       |
+//! | cgroups          | different layout                                   |                       |
+//! | oci runtime      | different name (Podman restores with the dumper's) | different version     |
+//! | podman           | different major version                            | other differences     |
+//! | criu             | missing on either, or target older (major.minor)   | other differences     |
+//! | kernel           |                                                    | different             |
+//! | cpu flags        | the target lacks any flag the source has           |                       |
+//! | network backend  | different                                          |                       |
+//! | dirty tracking   | pre-copy asked and either side lacks it            |                       |
+//! | name / address   | already used on the target                         |                       |
+//! | image            |                                                    | missing (it is shipped)|
+
+use crate::facts::{ContainerInfo, HostFacts};
+use crate::message::Mode;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    Invalid,
+    Ok,
+    Warn,
+    Block,
+}
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Invalid => "invalid",
+            Severity::Ok => "ok",
+            Severity::Warn => "warn",
+            Severity::Block => "BLOCK",
+        }
+    }
+}
+
+/// One compared field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub field: String,
+    pub source: String,
+    pub target: String,
+    pub severity: Severity,
+    /// Why it matters and what to do, for anything but `Ok`.
+    pub note: String,
+}
+
+impl Finding {
+    fn new(field: &str, source: impl Into<String>, target: impl Into<String>) -> Self {
+        Finding {
+            field: field.to_string(),
+            source: source.into(),
+            target: target.into(),
+            severity: Severity::Ok,
+            note: String::new(),
+        }
+    }
+
+    fn with(mut self, severity: Severity, note: impl Into<String>) -> Self {
+        self.severity = severity;
+        self.note = note.into();
+        self
+    }
+}
+
+/// True when any finding blocks.
+pub fn blocks(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Block)
+}
+
+/// The leading numeric parts of a version string: `"6.18.44-fc"` gives
+/// `[6, 18, 44]`, `"runc version 1.1.5"` gives `[1, 1, 5]`.
+pub fn version_numbers(s: &str) -> Vec<u64> {
+    let start = s.find(|c: char| c.is_ascii_digit()).unwrap_or(s.len());
+    s[start..]
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|p| p.parse().ok())
+        .collect()
+}
+
+fn major_minor(s: &str) -> (u64, u64) {
+    let v = version_numbers(s);
+    (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0))
+}
+
+/// Compares two hosts' facts for moving a container from `src` to `dst`.
+pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Finding> {
+    let mut out = Vec::new();
+
+    let f = Finding::new("arch", &src.arch, &dst.arch);
+    out.push(if src.arch != dst.arch {
+        f.with(Severity::Block, "process images are architecture-specific")
+    } else {
+        f
+    });
+
+    let f = Finding::new("cgroups", src.cgroups.to_string(), dst.cgroups.to_string());
+    out.push(if src.cgroups != dst.cgroups {
+        f.with(Severity::Block, "runc restores into the cgroup layout the dump was taken from")
+    } else {
+        f
+    });
+
+    let f = Finding::new("oci runtime", &src.runtime_name, &dst.runtime_name);
+    out.push(if src.runtime_name != dst.runtime_name {
+        f.with(
+            Severity::Block,
+            format!("Podman restores only with the runtime that dumped; set runtime = \"{}\" in the target's containers.conf", src.runtime_name),
+        )
+    } else {
+        f
+    });
+
+    let f = Finding::new("oci runtime version", &src.runtime_version, &dst.runtime_version);
+    out.push(if src.runtime_version != dst.runtime_version {
+        f.with(Severity::Warn, "different runtime versions usually restore fine")
+    } else {
+        f
+    });
+
+    let f = Finding::new("podman", &src.podman_version, &dst.podman_version);
+    out.push(if major_minor(&src.podman_version).0 != major_minor(&dst.podman_version).0 {
+        f.with(Severity::Block, "checkpoint archives are not portable across Podman major versions")
+    } else if src.podman_version != dst.podman_version {
+        f.with(Severity::Warn, "different Podman versions; archives of the same major version restore")
+    } else {
+        f
+    });
+
+    let f = Finding::new("criu", &src.criu_version, &dst.criu_version);
+    let (smaj, dmaj) = (major_minor(&src.criu_version), major_minor(&dst.criu_version));
+    out.push(if smaj == (0, 0) || dmaj == (0, 0) {
+        f.with(Severity::Block, "CRIU is missing or unusable on a host; run scripts/install-deps.sh there")
+    } else if dmaj < smaj {
+        f.with(
+            Severity::Block,
+            "the target's CRIU is older than the source's and may not read its images; upgrade CRIU on the target",
+        )
+    } else if src.criu_version != dst.criu_version {
+        f.with(Severity::Warn, "a newer CRIU restores older images")
+    } else {
+        f
+    });
+
+    let f = Finding::new("kernel", &src.kernel, &dst.kernel);
+    out.push(if major_minor(&dst.kernel) < major_minor(&src.kernel) {
+        f.with(Severity::Warn, "the target's kernel is older; a process using newer kernel features may fail to restore")
+    } else if src.kernel != dst.kernel {
+        f.with(Severity::Warn, "different kernels")
+    } else {
+        f
+    });
+
+    let missing: Vec<&str> = src
+        .cpu_flags
+        .iter()
+        .filter(|flag| !dst.cpu_flags.contains(flag))
+        .map(String::as_str)
+        .collect();
+    let f = Finding::new(
+        "cpu flags",
+        format!("{} flags", src.cpu_flags.len()),
+        format!("{} flags", dst.cpu_flags.len()),
+    );
+    out.push(if missing.is_empty() {
+        f
+    } else {
+        let shown: Vec<&str> = missing.iter().take(12).copied().collect();
+        let more = if missing.len() > shown.len() {
+            format!(" and {} more", missing.len() - shown.len())
+        } else {
+            String::new()
+        };
+        f.with(
+            Severity::Block,
+            format!(
+                "the target lacks {} flag(s) the source has: {}{more}; a process that uses them would crash after restore",
+                missing.len(),
+                shown.join(" ")
+            ),
+        )
+    });
+
+    let f = Finding::new("network backend", &src.network_backend, &dst.network_backend);
+    out.push(if src.network_backend != dst.network_backend {
+        f.with(Severity::Block, "the container's network state is restored by the same backend that saved it")
+    } else {
+        f
+    });
+
+    let yes_no = |c: &crate::facts::Capability| if c.supported { "yes" } else { "no" };
+    let f = Finding::new("dirty tracking", yes_no(&src.dirty_tracking), yes_no(&dst.dirty_tracking));
+    let both = src.dirty_tracking.supported && dst.dirty_tracking.supported;
+    out.push(match (mode, both) {
+        (Mode::PreCopy, false) => {
+            let which = if !src.dirty_tracking.supported { &src.dirty_tracking } else { &dst.dirty_tracking };
+            f.with(
+                Severity::Block,
+                format!("pre-copy needs soft-dirty memory tracking on both hosts: {}; use --mode stop-and-copy", which.detail),
+            )
+        }
+        (_, false) => f.with(Severity::Ok, "pre-copy unavailable; stop-and-copy will be used"),
+        _ => f,
+    });
+    out
+}
+
+/// Run by the target agent: can `incoming` land among `existing`?
+pub fn check_incoming(incoming: &ContainerInfo, existing: &[ContainerInfo], has_image: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+
+    let f = Finding::new("container name", &incoming.name, "");
+    out.push(match existing.iter().find(|c| c.name == incoming.name) {
+        Some(c) => Finding {
+            target: format!("taken ({}, {})", &c.id[..c.id.len().min(12)], c.state),
+            ..f.with(
+                Severity::Block,
+                format!("a container named {} already exists on the target; remove or rename it there", incoming.name),
+            )
+        },
+        None => Finding { target: "free".into(), ..f },
+    });
+
+    let ips: Vec<String> = incoming.ips.iter().map(|ip| ip.to_string()).collect();
+    let f = Finding::new("address", ips.join(","), "");
+    let clash = existing
+        .iter()
+        .filter(|c| c.name != incoming.name && c.is_running())
+        .find_map(|c| incoming.ips.iter().find(|ip| c.ips.contains(ip)).map(|ip| (c, ip)));
+    out.push(match clash {
+        Some((c, ip)) => Finding {
+            target: format!("{ip} used by {}", c.name),
+            ..f.with(
+                Severity::Block,
+                format!("the container keeps its address and {ip} is in use on the target by {}", c.name),
+            )
+        },
+        None => Finding { target: "free".into(), ..f },
+    });
+
+    let f = Finding::new("image", &incoming.image, if has_image { "present" } else { "missing" });
+    out.push(if has_image {
+        f
+    } else {
+        f.with(Severity::Warn, "the image will be shipped before the freeze")
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{Capability, CgroupsVersion};
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            name: "a".into(),
+            agent_version: "0.1.0".into(),
+            podman_version: "4.3.1".into(),
+            runtime_name: "runc".into(),
+            runtime_version: "1.1.5".into(),
+            criu_version: "4.2.1".into(),
+            cgroups: CgroupsVersion::Hybrid,
+            kernel: "6.18.44".into(),
+            arch: "x86_64".into(),
+            cpu_flags: vec!["avx2".into(), "fpu".into(), "sse4_2".into()],
+            network_backend: "netavark".into(),
+            dirty_tracking: Capability { supported: false, detail: "Dirty tracking is OFF".into() },
+        }
+    }
+
+    fn severity(findings: &[Finding], field: &str) -> Severity {
+        findings.iter().find(|f| f.field == field).unwrap().severity
+    }
+
+    #[test]
+    fn identical_hosts_pass_every_rule() {
+        let f = compare_hosts(&facts(), &facts(), Mode::StopAndCopy);
+        assert!(!blocks(&f));
+        assert!(f.iter().all(|x| x.severity == Severity::Ok), "{f:#?}");
+    }
+
+    #[test]
+    fn each_blocking_difference_blocks_and_names_both_values() {
+        type Edit = fn(&mut HostFacts);
+        let cases: &[(&str, Edit)] = &[
+            ("arch", |f| f.arch = "aarch64".into()),
+            ("cgroups", |f| f.cgroups = CgroupsVersion::V2),
+            ("oci runtime", |f| f.runtime_name = "crun".into()),
+            ("podman", |f| f.podman_version = "5.0.0".into()),
+            ("criu", |f| f.criu_version = "3.17.1".into()),
+            ("criu", |f| f.criu_version = String::new()),
+            ("cpu flags", |f| f.cpu_flags.retain(|x| x != "avx2")),
+            ("network backend", |f| f.network_backend = "cni".into()),
+        ];
+        for (field, edit) in cases {
+            let mut dst = facts();
+            edit(&mut dst);
+            let f = compare_hosts(&facts(), &dst, Mode::StopAndCopy);
+            assert_eq!(severity(&f, field), Severity::Block, "{field}: {f:#?}");
+            assert!(blocks(&f));
+            let finding = f.iter().find(|x| x.field == *field && x.severity == Severity::Block).unwrap();
+            assert!(!finding.note.is_empty());
+        }
+    }
+
+    #[test]
+    fn missing_cpu_flags_are_named() {
+        let mut dst = facts();
+        dst.cpu_flags = vec!["fpu".into()];
+        let f = compare_hosts(&facts(), &dst, Mode::StopAndCopy);
+        let cpu = f.iter().find(|x| x.field == "cpu flags").unwrap();
+        assert!(cpu.note.contains("avx2") && cpu.note.contains("sse4_2"), "{}", cpu.note);
+        // Extra flags on the target are fine.
+        let f = compare_hosts(&dst, &facts(), Mode::StopAndCopy);
+        assert_eq!(severity(&f, "cpu flags"), Severity::Ok);
+    }
+
+    #[test]
+    fn minor_differences_only_warn() {
+        let mut dst = facts();
+        dst.podman_version = "4.9.0".into();
+        dst.runtime_version = "1.1.12".into();
+        dst.criu_version = "4.3.0".into();
+        dst.kernel = "6.1.0-28-amd64".into();
+        let f = compare_hosts(&facts(), &dst, Mode::StopAndCopy);
+        assert!(!blocks(&f), "{f:#?}");
+        for field in ["podman", "oci runtime version", "criu", "kernel"] {
+            assert_eq!(severity(&f, field), Severity::Warn, "{field}");
+        }
+    }
+
+    #[test]
+    fn precopy_needs_dirty_tracking_on_both_sides() {
+        let mut yes = facts();
+        yes.dirty_tracking = Capability { supported: true, detail: "ok".into() };
+        assert!(blocks(&compare_hosts(&facts(), &yes, Mode::PreCopy)));
+        assert!(blocks(&compare_hosts(&yes, &facts(), Mode::PreCopy)));
+        assert!(!blocks(&compare_hosts(&yes, &yes, Mode::PreCopy)));
+        assert!(!blocks(&compare_hosts(&facts(), &facts(), Mode::StopAndCopy)));
+    }
+
+    #[test]
+    fn version_numbers_parse_real_strings() {
+        assert_eq!(version_numbers("6.18.44-fc-v669"), vec![6, 18, 44]);
+        assert_eq!(version_numbers("runc version 1.1.5+ds1"), vec![1, 1, 5]);
+        assert_eq!(version_numbers("Version: 4.2"), vec![4, 2]);
+        assert_eq!(version_numbers(""), Vec::<u64>::new());
+    }
+
+    fn ctr(name: &str, ip: &str, state: &str) -> ContainerInfo {
+        ContainerInfo {
+            name: name.into(),
+            id: "0123456789abcdef".into(),
+            image: "localhost/tern-busybox:latest".into(),
+            image_id: "sha256:1".into(),
+            state: state.into(),
+            ips: vec![ip.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn incoming_name_and_address_clashes_block() {
+        let me = ctr("demo1", "203.0.113.2", "running");
+        assert!(!blocks(&check_incoming(&me, &[], true)));
+        assert!(blocks(&check_incoming(&me, &[ctr("demo1", "203.0.113.9", "exited")], true)));
+        assert!(blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "running")], true)));
+        // A stopped container holds no address.
+        assert!(!blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "exited")], true)));
+        let f = check_incoming(&me, &[], false);
+        assert_eq!(severity(&f, "image"), Severity::Warn);
+        assert!(!blocks(&f));
+    }
+}

@@ -1,0 +1,83 @@
+//! The facts a host reports about itself, and what a container looks like
+//! from the outside. The agent gathers them; the compatibility rules
+//! ([`crate::compat`]) compare them.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// How a host mounts cgroups. Migration between different layouts fails at
+/// restore, so the compatibility check blocks on any difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CgroupsVersion {
+    Invalid,
+    /// Only the v1 hierarchies.
+    V1,
+    /// v1 controllers plus the unified hierarchy at `/sys/fs/cgroup/unified`.
+    Hybrid,
+    /// Unified cgroup v2 only.
+    V2,
+}
+
+impl std::fmt::Display for CgroupsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupsVersion::Invalid => "unknown",
+            CgroupsVersion::V1 => "v1",
+            CgroupsVersion::Hybrid => "hybrid (v1 + unified)",
+            CgroupsVersion::V2 => "v2",
+        })
+    }
+}
+
+/// Whether a capability is there, with the evidence either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub supported: bool,
+    /// What was checked and what it said, for the user.
+    pub detail: String,
+}
+
+/// Everything a host says about itself in answer to `Facts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub name: String,
+    pub agent_version: String,
+    pub podman_version: String,
+    /// The OCI runtime Podman uses (`runc`, `crun`).
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub criu_version: String,
+    pub cgroups: CgroupsVersion,
+    /// `uname -r`.
+    pub kernel: String,
+    /// `uname -m`.
+    pub arch: String,
+    /// The `flags` line of `/proc/cpuinfo`, sorted.
+    pub cpu_flags: Vec<String>,
+    /// Podman's network backend (`netavark`, `cni`).
+    pub network_backend: String,
+    /// Soft-dirty memory tracking (`criu check --feature mem_dirty_track`):
+    /// needed for iterative pre-copy.
+    pub dirty_tracking: Capability,
+}
+
+/// A container as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub id: String,
+    /// The image name the container was created from.
+    pub image: String,
+    /// The image's full ID: what the target must hold for the restore.
+    pub image_id: String,
+    /// Podman's state word (`running`, `exited`, ...).
+    pub state: String,
+    /// Addresses on Podman networks.
+    pub ips: Vec<IpAddr>,
+}
+
+impl ContainerInfo {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}

@@ -1,0 +1,61 @@
+//! # tern's wire protocol
+//!
+//! Everything two tern processes say to each other, and the rules they apply
+//! to it, lives here: versioned messages ([`message`]), length-prefixed frames
+//! with a hard size limit ([`frame`]), the facts a host reports
+//! ([`facts`]), the compatibility rules run before anything is frozen
+//! ([`compat`]) and the receiver's migration state machine ([`state`]).
+//! The crate does no IO of its own beyond generic async read/write helpers
+//! over any stream, so every rule is unit-tested without a network.
+//!
+//! ## Who talks to whom
+//!
+//! ```text
+//!  tern (coordinator)          tern-agent (source)               tern-agent (target)
+//!        |                            |                                   |
+//!        |-- Hello ------------------>|                                   |
+//!        |-- Facts / Containers ----->|     (same to the target)          |
+//!        |-- CheckIncoming --------------------------------------------->|
+//!        |   (compatibility report: nothing is frozen before this passes) |
+//!        |-- Migrate ---------------->|                                   |
+//!        |                            |-- Hello ------------------------->|
+//!        |                            |-- Receive(Begin) ---------------->|
+//!        |                            |<------------ Ready{needs_image} --|
+//!        |<-- Progress ...            |== image bytes (uni stream) =====>|  only if needed,
+//!        |                            |-- ImageSent(digest) ------------->|  before the freeze
+//!        |                            |<-------------------- ImageLoaded -|
+//!        |                            |  FREEZE: podman checkpoint        |
+//!        |                            |== checkpoint bytes (uni) =======>|  streamed while
+//!        |                            |-- CheckpointSent(digest) -------->|  the dump is written
+//!        |                            |                 verify blake3,    |
+//!        |                            |                 podman restore,   |
+//!        |                            |                 confirm running   |
+//!        |                            |<---------------- Restored{...} ---|  = switchover
+//!        |                            |  remove source container          |
+//!        |                            |-- Commit ------------------------>|
+//!        |                            |<---------------------- Committed -|
+//!        |<-- Done(report) -----------|                                   |
+//! ```
+//!
+//! Any failure before `Restored` (a broken stream, a digest mismatch, a
+//! failed restore, a dead peer, the user's Ctrl-C) makes the source send
+//! `Abort` when it still can, restore the container locally from the
+//! checkpoint it kept, and report `RolledBack` with the reason. The source
+//! container is removed only after the target said `Restored`.
+//!
+//! Every connection is QUIC with mutual TLS; each request opens its own
+//! bidirectional stream whose first frame is a [`message::Request`].
+//! Bulk data (image and checkpoint archives) travels on unidirectional
+//! streams as raw bytes after a [`message::DataHeader`] frame; its integrity
+//! is proven by the blake3 digest sent on the control stream.
+
+pub mod compat;
+pub mod facts;
+pub mod frame;
+pub mod message;
+pub mod state;
+pub mod version;
+
+pub use frame::{FrameError, MAX_FRAME_LEN};
+pub use message::*;
+pub use version::{negotiate, PROTOCOL_VERSION, SUPPORTED_VERSIONS};

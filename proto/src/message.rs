@@ -1,0 +1,337 @@
+//! Every message on the wire.
+//!
+//! Each request opens its own bidirectional QUIC stream whose first frame is
+//! a [`Request`]. Most are answered by one [`Response`]; two open a longer
+//! conversation on the same stream:
+//!
+//! * [`Request::Migrate`] (coordinator to source agent): the agent sends
+//!   [`MigrateEvent`]s until `Done`; the coordinator may send one
+//!   [`CoordinatorSignal::Cancel`]. Closing the coordinator's side before the
+//!   switchover also cancels.
+//! * [`Request::Receive`] (source agent to target agent): [`SourceMsg`] and
+//!   [`TargetMsg`] alternate as drawn in the crate docs; the target's legal
+//!   order is [`crate::state::TargetState`].
+//!
+//! Variant 0 of every enum is `Invalid`: a zeroed or truncated buffer never
+//! decodes into a meaningful command.
+
+use crate::compat::Finding;
+use crate::facts::{ContainerInfo, HostFacts};
+use crate::frame::WireMessage;
+use serde::{Deserialize, Serialize};
+
+/// A migration's identifier, chosen by the coordinator, logged on all sides.
+pub type MigrationId = u64;
+
+/// Sent first on every connection by the side that opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The version the sender speaks.
+    pub version: u16,
+    /// Every version the sender accepts.
+    pub supported: Vec<u16>,
+    /// The sender's name (host name or `coordinator`).
+    pub name: String,
+    /// The sender's software and version, for logs.
+    pub software: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Invalid,
+    Accepted { version: u16, name: String, software: String },
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Invalid,
+    Hello(Hello),
+    /// Answer with [`Response::Facts`].
+    Facts,
+    /// Answer with [`Response::Containers`]: every container on the host.
+    Containers,
+    /// Could this container be restored here? Answer with
+    /// [`Response::IncomingCheck`]: name and address clashes, image presence.
+    CheckIncoming(ContainerInfo),
+    /// Migrate one of this host's containers away (to the source agent).
+    Migrate(MigrateRequest),
+    /// Receive a migrating container (to the target agent, from the source).
+    Receive(Begin),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Invalid,
+    Hello(HelloReply),
+    Facts(HostFacts),
+    Containers(Vec<ContainerInfo>),
+    IncomingCheck(Vec<Finding>),
+    Error(RemoteError),
+}
+
+/// An error the remote side reports instead of an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub message: String,
+}
+
+/// How memory is moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Invalid,
+    /// Freeze, dump everything, copy, restore.
+    StopAndCopy,
+    /// Copy memory while the container runs (soft-dirty rounds), then freeze
+    /// for a final dump of what changed.
+    PreCopy,
+}
+
+impl Mode {
+    /// The name users and `--json` see.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Invalid => "invalid",
+            Mode::StopAndCopy => "stop-and-copy",
+            Mode::PreCopy => "pre-copy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub id: MigrationId,
+    pub container: String,
+    /// The target agent, as the coordinator's inventory knows it.
+    pub target: Peer,
+    pub options: MigrateOptions,
+}
+
+/// Another agent: its name (checked against its certificate) and address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    /// `ip:port`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateOptions {
+    pub mode: Mode,
+    /// Checkpoint and restore established TCP connections (CRIU TCP repair).
+    pub tcp_established: bool,
+}
+
+/// The phases of a migration, in order. Used for progress and the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    Invalid,
+    /// Connect to the target, check the container can land there.
+    Prepare,
+    /// Ship the container's image (container still running).
+    Image,
+    /// The container is frozen and dumped, the archive streamed as written.
+    Checkpoint,
+    /// The target checks the archive's digest.
+    Verify,
+    /// The target restores the container and confirms it runs.
+    Restore,
+    /// The source removes its stopped copy.
+    Cleanup,
+    /// After a failure: the container is brought back on the source.
+    Rollback,
+}
+
+impl Phase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Invalid => "invalid",
+            Phase::Prepare => "prepare",
+            Phase::Image => "image",
+            Phase::Checkpoint => "checkpoint",
+            Phase::Verify => "verify",
+            Phase::Restore => "restore",
+            Phase::Cleanup => "cleanup",
+            Phase::Rollback => "rollback",
+        }
+    }
+}
+
+/// Sent by the source agent to the coordinator during a migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrateEvent {
+    Invalid,
+    Progress(Progress),
+    Done(MigrationReport),
+}
+
+/// Sent by the coordinator on an open `Migrate` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorSignal {
+    Invalid,
+    /// Stop now. Before the switchover, the container goes back to running on
+    /// the source; after it, the migration finishes.
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Bytes of this phase done so far.
+    pub bytes: u64,
+    /// Time since the migration started.
+    pub elapsed_ms: u64,
+    /// A short human note ("frozen", "verifying").
+    pub note: String,
+}
+
+/// How long one phase took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub phase: Phase,
+    pub ms: u64,
+}
+
+/// What failed, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub phase: Phase,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.phase.as_str(), self.message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Invalid,
+    /// The container runs on the target and is gone from the source.
+    Completed,
+    /// The migration failed; the container runs on the source again.
+    RolledBack { failure: Failure },
+    /// The migration failed and the container could not be brought back
+    /// running: the checkpoint is kept on the source, the message says how to
+    /// restore it by hand.
+    Failed { failure: Failure, rollback_error: String },
+}
+
+/// The final report of a migration, as the source agent measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    pub id: MigrationId,
+    pub container: String,
+    pub source: String,
+    pub target: String,
+    pub mode: Mode,
+    pub outcome: Outcome,
+    /// From the freeze until the target confirmed the container runs
+    /// (or until it ran again on the source, after a rollback).
+    pub downtime_ms: Option<u64>,
+    pub total_ms: u64,
+    /// UDP payload bytes the source sent to the target (QUIC's own count).
+    pub bytes_on_wire: u64,
+    /// Size of the shipped image archive (0 when the target had it).
+    pub image_bytes: u64,
+    /// Size of the checkpoint archive.
+    pub checkpoint_bytes: u64,
+    pub phases: Vec<PhaseTime>,
+    pub warnings: Vec<String>,
+}
+
+/// The first frame of a `Receive` conversation's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Begin {
+    pub id: MigrationId,
+    /// The source host's name.
+    pub source: String,
+    pub container: ContainerInfo,
+    pub tcp_established: bool,
+}
+
+/// Source to target, on a `Receive` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceMsg {
+    Invalid,
+    /// The image archive was sent on a data stream; here is its digest.
+    ImageSent(Digest),
+    /// The checkpoint archive was sent on a data stream; here is its digest.
+    /// Verify, restore, confirm.
+    CheckpointSent(Digest),
+    /// The source removed its copy: forget the rollback state.
+    Commit,
+    /// Give up: remove anything restored or staged for this migration.
+    Abort { reason: String },
+}
+
+/// Target to source, on a `Receive` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetMsg {
+    Invalid,
+    /// Prepared; ship the image first when `needs_image`.
+    Ready { needs_image: bool },
+    ImageLoaded,
+    /// The container runs here: the switchover point.
+    Restored(RestoreInfo),
+    Committed,
+    Aborted,
+    /// Something failed here; the source must roll back.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    pub verify_ms: u64,
+    pub restore_ms: u64,
+    pub container: ContainerInfo,
+}
+
+/// Size and blake3 hash of a shipped archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub bytes: u64,
+    pub blake3: [u8; 32],
+}
+
+impl Digest {
+    pub fn hex(&self) -> String {
+        blake3::Hash::from_bytes(self.blake3).to_hex().to_string()
+    }
+}
+
+/// What a unidirectional data stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataKind {
+    Invalid,
+    Image,
+    Checkpoint,
+}
+
+/// The one frame at the start of a data stream; raw bytes follow to the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataHeader {
+    pub id: MigrationId,
+    pub kind: DataKind,
+}
+
+macro_rules! wire_enum {
+    ($($t:ident),*) => {$(
+        impl WireMessage for $t {
+            const NAME: &'static str = stringify!($t);
+            fn is_invalid(&self) -> bool {
+                matches!(self, $t::Invalid)
+            }
+        }
+    )*};
+}
+wire_enum!(HelloReply, Request, Response, MigrateEvent, CoordinatorSignal, SourceMsg, TargetMsg);
+
+impl WireMessage for DataHeader {
+    const NAME: &'static str = "DataHeader";
+    fn is_invalid(&self) -> bool {
+        self.kind == DataKind::Invalid
+    }
+}

@@ -1,0 +1,36 @@
+//! Protocol version negotiation.
+//!
+//! Each side sends the version it speaks and the versions it still accepts;
+//! the highest version both accept wins. Version 0 is reserved as invalid.
+
+/// The version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Every version this build can still speak, newest first.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// The highest version both sides support, or `None` when they share none.
+pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {
+    ours.iter()
+        .copied()
+        .filter(|v| *v != 0 && theirs.contains(v))
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_highest_common_version() {
+        assert_eq!(negotiate(&[1, 2, 3], &[2, 3, 4]), Some(3));
+        assert_eq!(negotiate(&[1], &[1]), Some(1));
+    }
+
+    #[test]
+    fn no_common_version_and_zero_never_counts() {
+        assert_eq!(negotiate(&[1, 2], &[3]), None);
+        assert_eq!(negotiate(&[0], &[0]), None);
+        assert_eq!(negotiate(&[], &[1]), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! Hostile and malformed frames give errors, never panics or huge allocations.
+
+use tern_proto::compat::{Finding, Severity};
+use tern_proto::facts::{Capability, CgroupsVersion, ContainerInfo, HostFacts};
+use tern_proto::frame::{decode, encode, read_frame, write_frame, FrameError};
+use tern_proto::*;
+
+fn facts() -> HostFacts {
+    HostFacts {
+        name: "client1".into(),
+        agent_version: "0.1.0".into(),
+        podman_version: "4.3.1".into(),
+        runtime_name: "runc".into(),
+        runtime_version: "1.1.5".into(),
+        criu_version: "4.2.1".into(),
+        cgroups: CgroupsVersion::Hybrid,
+        kernel: "6.18.44".into(),
+        arch: "x86_64".into(),
+        cpu_flags: vec!["fpu".into(), "sse2".into()],
+        network_backend: "netavark".into(),
+        dirty_tracking: Capability { supported: false, detail: "off".into() },
+    }
+}
+
+fn container() -> ContainerInfo {
+    ContainerInfo {
+        name: "demo1".into(),
+        id: "abc".into(),
+        image: "localhost/tern-busybox:latest".into(),
+        image_id: "sha256:1".into(),
+        state: "running".into(),
+        ips: vec!["203.0.113.5".parse().unwrap()],
+    }
+}
+
+fn samples() -> Vec<Request> {
+    vec![
+        Request::Hello(Hello { version: 1, supported: vec![1], name: "coordinator".into(), software: "tern 0.1".into() }),
+        Request::Facts,
+        Request::Containers,
+        Request::CheckIncoming(container()),
+        Request::Migrate(MigrateRequest {
+            id: 42,
+            container: "demo1".into(),
+            target: Peer { name: "client2".into(), address: "192.0.2.12:7443".into() },
+            options: MigrateOptions { mode: Mode::StopAndCopy, tcp_established: true },
+        }),
+        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false }),
+    ]
+}
+
+#[test]
+fn every_request_round_trips() {
+    for msg in samples() {
+        let buf = encode(&msg).unwrap();
+        let (back, used): (Request, usize) = decode(&buf).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(used, buf.len());
+    }
+}
+
+#[test]
+fn responses_and_reports_round_trip() {
+    let report = MigrationReport {
+        id: 1,
+        container: "demo1".into(),
+        source: "client1".into(),
+        target: "client2".into(),
+        mode: Mode::StopAndCopy,
+        outcome: Outcome::RolledBack { failure: Failure { phase: Phase::Restore, message: "boom".into() } },
+        downtime_ms: Some(812),
+        total_ms: 1400,
+        bytes_on_wire: 123_456,
+        image_bytes: 0,
+        checkpoint_bytes: 120_000,
+        phases: vec![PhaseTime { phase: Phase::Checkpoint, ms: 500 }],
+        warnings: vec![],
+    };
+    let msgs = vec![
+        Response::Facts(facts()),
+        Response::Containers(vec![container()]),
+        Response::IncomingCheck(vec![Finding {
+            field: "image".into(),
+            source: "x".into(),
+            target: "missing".into(),
+            severity: Severity::Warn,
+            note: "shipped".into(),
+        }]),
+        Response::Error(RemoteError { message: "no".into() }),
+    ];
+    for msg in msgs {
+        let buf = encode(&msg).unwrap();
+        assert_eq!(decode::<Response>(&buf).unwrap().unwrap().0, msg);
+    }
+    let ev = MigrateEvent::Done(report);
+    assert_eq!(decode::<MigrateEvent>(&encode(&ev).unwrap()).unwrap().unwrap().0, ev);
+}
+
+#[test]
+fn partial_frames_wait_for_more() {
+    let buf = encode(&Request::Facts).unwrap();
+    for cut in 0..buf.len() {
+        assert!(decode::<Request>(&buf[..cut]).unwrap().is_none(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_allocating() {
+    let mut buf = (u32::MAX).to_be_bytes().to_vec();
+    buf.extend_from_slice(&[1, 2, 3]);
+    assert!(matches!(decode::<Request>(&buf), Err(FrameError::TooLarge { .. })));
+    let just_over = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+    assert!(matches!(decode::<Request>(&just_over), Err(FrameError::TooLarge { .. })));
+}
+
+#[test]
+fn trailing_bytes_inside_a_frame_are_refused() {
+    let buf = [0, 0, 0, 2, 2, 9]; // Facts, then a stray byte
+    assert!(matches!(decode::<Request>(&buf), Err(FrameError::Trailing(1))));
+}
+
+#[test]
+fn zero_variant_is_invalid() {
+    // A frame holding the single byte 0 decodes to variant 0: Invalid.
+    let buf = [0, 0, 0, 1, 0];
+    assert!(matches!(decode::<Request>(&buf), Err(FrameError::Invalid("Request"))));
+    assert!(matches!(decode::<SourceMsg>(&buf), Err(FrameError::Invalid("SourceMsg"))));
+}
+
+#[test]
+fn hostile_inner_lengths_error_out() {
+    // Variant CheckIncoming (4) followed by a string length of ~2^63.
+    let mut payload = vec![4u8];
+    payload.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(&payload);
+    assert!(matches!(decode::<Request>(&buf), Err(FrameError::Decode(_))));
+    // Containers response claiming 2^32 entries with no bytes behind them.
+    let payload = [3u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(&payload);
+    assert!(matches!(decode::<Response>(&buf), Err(FrameError::Decode(_))));
+}
+
+#[test]
+fn garbage_never_panics() {
+    // A deterministic pseudo-random walk over many inputs.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for len in 0..2000usize {
+        let mut payload = Vec::with_capacity(len % 300);
+        for _ in 0..(len % 300) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            payload.push(x as u8);
+        }
+        let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(&payload);
+        let _ = decode::<Request>(&buf);
+        let _ = decode::<Response>(&buf);
+        let _ = decode::<MigrateEvent>(&buf);
+        let _ = decode::<SourceMsg>(&buf);
+        let _ = decode::<TargetMsg>(&buf);
+    }
+}
+
+#[tokio::test]
+async fn async_helpers_round_trip_and_detect_truncation() {
+    let (mut a, mut b) = tokio::io::duplex(64);
+    let writer = tokio::spawn(async move {
+        for m in samples() {
+            write_frame(&mut a, &m).await.unwrap();
+        }
+    });
+    for m in samples() {
+        let got: Request = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(got, m);
+    }
+    writer.await.unwrap();
+    assert!(read_frame::<_, Request>(&mut b).await.unwrap().is_none());
+
+    let buf = encode(&Request::Containers).unwrap();
+    let mut short = &buf[..buf.len() - 1];
+    let mut short2 = &buf[..2];
+    assert!(matches!(read_frame::<_, Request>(&mut short).await, Err(FrameError::Truncated)));
+    assert!(matches!(read_frame::<_, Request>(&mut short2).await, Err(FrameError::Truncated)));
+}
