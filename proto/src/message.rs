@@ -211,6 +211,9 @@ pub enum Outcome {
     Invalid,
     /// The container runs on the target and is gone from the source.
     Completed,
+    /// Stopped before the freeze: the container never stopped running on the
+    /// source.
+    Refused { failure: Failure },
     /// The migration failed; the container runs on the source again.
     RolledBack { failure: Failure },
     /// The migration failed and the container could not be brought back

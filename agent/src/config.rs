@@ -1,0 +1,84 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! name = "client1"                 # must match the host's certificate
+//! listen = "192.0.2.11:7443"
+//! state_dir = "/var/lib/tern/agent" # staging and checkpoint files
+//! [tls]
+//! ca = "/etc/tern/pki/ca.pem"
+//! cert = "/etc/tern/pki/client1.pem"
+//! key = "/etc/tern/pki/client1.key"
+//! [podman]
+//! program = "podman"
+//! args = []                        # e.g. ["--root", "...", "--runroot", "..."]
+//! [facts_override]                 # tests and labs only: pretend facts differ
+//! criu_version = "3.0.0"
+//! [faults]                         # tests only: inject failures
+//! fail_restore = true
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tern_transport::TlsFiles;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub podman: PodmanConfig,
+    /// Fields of the reported facts replaced by these values (lab and tests:
+    /// two namespaces on one machine have identical facts otherwise).
+    #[serde(default)]
+    pub facts_override: toml::Table,
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodmanConfig {
+    #[serde(default = "default_podman")]
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+impl Default for PodmanConfig {
+    fn default() -> Self {
+        PodmanConfig { program: default_podman(), args: Vec::new() }
+    }
+}
+
+fn default_podman() -> String {
+    "podman".to_string()
+}
+
+/// Failures the agent injects on purpose, so that tests exercise the
+/// rollback paths with real processes. Never set in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// As target: answer every restore with a failure instead of restoring.
+    #[serde(default)]
+    pub fail_restore: bool,
+    /// As target: the agent process exits abruptly once it has received this
+    /// many checkpoint bytes, as if it were killed mid-transfer.
+    #[serde(default)]
+    pub exit_after_checkpoint_bytes: Option<u64>,
+    /// As target: flip one received checkpoint byte, so the digest check fails.
+    #[serde(default)]
+    pub corrupt_checkpoint: bool,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the agent config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("the agent config {} is invalid: {e}", path.display()))
+    }
+}

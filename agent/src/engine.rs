@@ -1,0 +1,283 @@
+//! The seam between migration logic and the container engine.
+//!
+//! [`Engine`] is everything the agent asks of Podman (and, through it, of
+//! runc and CRIU). [`PodmanCli`] drives the real `podman` binary; unit tests
+//! put a fake behind the same trait.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tern_proto::facts::ContainerInfo;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Failed { cmd: String, status: String, stderr: String },
+    #[error("`{cmd}` did not finish within {secs} s and was killed")]
+    Timeout { cmd: String, secs: u64 },
+    #[error("cannot run `{cmd}`: {source}; is podman installed (scripts/install-deps.sh)?")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("`{cmd}` printed output that could not be parsed: {detail}")]
+    Parse { cmd: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Options for a checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointOpts {
+    pub tcp_established: bool,
+}
+
+/// What the agent needs from the container engine.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Every container on this host.
+    async fn list(&self) -> Result<Vec<ContainerInfo>>;
+    /// One container, or `None` when no container has that name or ID.
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>>;
+    async fn image_exists(&self, image_id: &str) -> Result<bool>;
+    /// Writes the image as an archive to `path`.
+    async fn image_save(&self, image_id: &str, path: &Path) -> Result<()>;
+    async fn image_load(&self, path: &Path) -> Result<()>;
+    /// Freezes and dumps the container, writing the archive to `path` (which
+    /// may be a FIFO) and keeping the checkpoint so [`Engine::restore_local`]
+    /// can bring the container back.
+    async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()>;
+    /// Restores a checkpointed container from the checkpoint kept on this host.
+    async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()>;
+    /// Restores a container from an exported archive.
+    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()>;
+    /// Removes a container and its kept checkpoint.
+    async fn remove(&self, name: &str, force: bool) -> Result<()>;
+    /// `podman info` as JSON, for the host facts.
+    async fn info(&self) -> Result<serde_json::Value>;
+}
+
+/// The real thing: the `podman` command line.
+pub struct PodmanCli {
+    program: String,
+    args: Vec<String>,
+}
+
+/// Long operations (dumps and restores of large containers) get this long.
+const SLOW: Duration = Duration::from_secs(600);
+/// Everything else.
+const QUICK: Duration = Duration::from_secs(60);
+
+impl PodmanCli {
+    pub fn new(program: String, args: Vec<String>) -> Self {
+        PodmanCli { program, args }
+    }
+
+    async fn run(&self, args: &[&str], limit: Duration) -> Result<Vec<u8>> {
+        let cmd_text = format!("{} {}", self.program, args.join(" "));
+        let started = Instant::now();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?;
+        let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?,
+            Err(_) => return Err(EngineError::Timeout { cmd: cmd_text, secs: limit.as_secs() }),
+        };
+        tracing::debug!(cmd = %cmd_text, ms = started.elapsed().as_millis() as u64, status = %out.status, "podman");
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(EngineError::Failed {
+                cmd: cmd_text,
+                status: out.status.to_string(),
+                stderr: last_lines(&stderr, 6),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    async fn run_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let out = self.run(args, QUICK).await?;
+        serde_json::from_slice(&out).map_err(|e| EngineError::Parse {
+            cmd: format!("{} {}", self.program, args.join(" ")),
+            detail: e.to_string(),
+        })
+    }
+
+    async fn inspect_many(&self, ids: &[String]) -> Result<Vec<ContainerInfo>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["container", "inspect", "--format", "json"];
+        args.extend(ids.iter().map(String::as_str));
+        let raw: Vec<InspectJson> = self.run_json(&args).await?;
+        Ok(raw.into_iter().map(InspectJson::into_info).collect())
+    }
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.trim().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn tcp_flag(opts: CheckpointOpts) -> Option<&'static str> {
+    opts.tcp_established.then_some("--tcp-established")
+}
+
+#[async_trait]
+impl Engine for PodmanCli {
+    async fn list(&self) -> Result<Vec<ContainerInfo>> {
+        let out = self.run(&["ps", "-a", "-q", "--no-trunc"], QUICK).await?;
+        let ids: Vec<String> = String::from_utf8_lossy(&out).split_whitespace().map(str::to_string).collect();
+        self.inspect_many(&ids).await
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        // `podman container exists` answers 1 for "no such container".
+        match self.run(&["container", "exists", name], QUICK).await {
+            Ok(_) => {}
+            Err(EngineError::Failed { status, .. }) if status.contains("exit status: 1") => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        Ok(self.inspect_many(&[name.to_string()]).await?.into_iter().next())
+    }
+
+    async fn image_exists(&self, image_id: &str) -> Result<bool> {
+        match self.run(&["image", "exists", image_id], QUICK).await {
+            Ok(_) => Ok(true),
+            Err(EngineError::Failed { status, .. }) if status.contains("exit status: 1") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn image_save(&self, image_id: &str, path: &Path) -> Result<()> {
+        let p = path.to_string_lossy();
+        self.run(&["image", "save", "--format", "oci-archive", "-o", &p, image_id], SLOW).await.map(drop)
+    }
+
+    async fn image_load(&self, path: &Path) -> Result<()> {
+        let p = path.to_string_lossy();
+        self.run(&["image", "load", "-i", &p], SLOW).await.map(drop)
+    }
+
+    async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {
+        let p = path.to_string_lossy();
+        let mut args = vec!["container", "checkpoint", "--keep", "--compress", "zstd", "--export", &p];
+        args.extend(tcp_flag(opts));
+        args.push(name);
+        self.run(&args, SLOW).await.map(drop)
+    }
+
+    async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()> {
+        let mut args = vec!["container", "restore", "--keep"];
+        args.extend(tcp_flag(opts));
+        args.push(name);
+        self.run(&args, SLOW).await.map(drop)
+    }
+
+    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()> {
+        let p = path.to_string_lossy();
+        let mut args = vec!["container", "restore", "--import", &p];
+        args.extend(tcp_flag(opts));
+        self.run(&args, SLOW).await.map(drop)
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let mut args = vec!["container", "rm"];
+        if force {
+            args.extend(["--force", "--time", "0"]);
+        }
+        args.push(name);
+        self.run(&args, QUICK).await.map(drop)
+    }
+
+    async fn info(&self) -> Result<serde_json::Value> {
+        self.run_json(&["info", "--format", "json"]).await
+    }
+}
+
+/// The fields of `podman container inspect` that tern reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectJson {
+    id: String,
+    name: String,
+    /// The image's ID.
+    image: String,
+    image_name: String,
+    state: InspectState,
+    network_settings: Option<InspectNet>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    status: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectNet {
+    #[serde(default, rename = "IPAddress")]
+    ip_address: String,
+    #[serde(default)]
+    networks: Option<std::collections::BTreeMap<String, InspectNetwork>>,
+}
+
+#[derive(Deserialize)]
+struct InspectNetwork {
+    #[serde(default, rename = "IPAddress")]
+    ip_address: String,
+}
+
+impl InspectJson {
+    fn into_info(self) -> ContainerInfo {
+        let mut ips: Vec<IpAddr> = Vec::new();
+        if let Some(net) = &self.network_settings {
+            let all = std::iter::once(net.ip_address.as_str())
+                .chain(net.networks.iter().flatten().map(|(_, n)| n.ip_address.as_str()));
+            for ip in all.filter_map(|s| s.parse().ok()) {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        ContainerInfo {
+            name: self.name,
+            id: self.id,
+            image: self.image_name,
+            image_id: self.image,
+            state: self.state.status,
+            ips,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_podman_inspect_output() {
+        let raw = r#"[{"Id":"abc","Name":"demo1","Image":"sha256img","ImageName":"localhost/tern-busybox:latest",
+            "State":{"Status":"running","Running":true},
+            "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"203.0.113.7"}}}}]"#;
+        let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
+        let info = v.into_iter().next().unwrap().into_info();
+        assert_eq!(info.name, "demo1");
+        assert_eq!(info.image_id, "sha256img");
+        assert_eq!(info.ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
+        assert!(info.is_running());
+    }
+
+    #[test]
+    fn keeps_only_the_last_lines_of_stderr() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("", 2), "");
+    }
+}

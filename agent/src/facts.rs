@@ -1,0 +1,171 @@
+//! Reading this host's facts: Podman, the OCI runtime, CRIU, cgroups, the
+//! kernel and CPU, the network backend, soft-dirty support.
+
+use crate::engine::Engine;
+use std::process::Stdio;
+use tern_proto::facts::{Capability, CgroupsVersion, HostFacts};
+use tokio::process::Command;
+
+/// Gathers the facts; fields that cannot be read are left empty, which the
+/// compatibility rules treat as "missing" and explain.
+pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) -> anyhow::Result<HostFacts> {
+    let info = engine.info().await?;
+    let s = |ptr: &str| info.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let runtime_version = s("/host/ociRuntime/version").lines().next().unwrap_or("").to_string();
+    let (criu_version, dirty_tracking) = criu().await;
+    let facts = HostFacts {
+        name: name.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        podman_version: s("/version/Version"),
+        runtime_name: s("/host/ociRuntime/name"),
+        runtime_version,
+        criu_version,
+        cgroups: cgroups_version(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpu_flags: cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+        network_backend: s("/host/networkBackend"),
+        dirty_tracking,
+    };
+    apply_overrides(facts, overrides)
+}
+
+/// Replaces fields named in `overrides` (TOML values) through serde, so
+/// any field can be overridden without a list of names to keep in step.
+pub fn apply_overrides(facts: HostFacts, overrides: &toml::Table) -> anyhow::Result<HostFacts> {
+    if overrides.is_empty() {
+        return Ok(facts);
+    }
+    let mut value = serde_json::to_value(&facts)?;
+    let obj = value.as_object_mut().expect("facts serialize to an object");
+    for (key, v) in overrides {
+        if !obj.contains_key(key) {
+            anyhow::bail!("facts_override names an unknown field `{key}`; known fields: {}", obj.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+        obj.insert(key.clone(), serde_json::to_value(v)?);
+    }
+    serde_json::from_value(value).map_err(|e| anyhow::anyhow!("facts_override has a value of the wrong type: {e}"))
+}
+
+async fn output(program: &str, args: &[&str]) -> Option<(bool, String)> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success(), text))
+}
+
+/// CRIU's version and whether it can track dirty memory.
+async fn criu() -> (String, Capability) {
+    let version = match output("criu", &["--version"]).await {
+        Some((true, text)) => parse_criu_version(&text),
+        _ => String::new(),
+    };
+    if version.is_empty() {
+        return (
+            version,
+            Capability { supported: false, detail: "criu not found on PATH (run scripts/install-deps.sh)".into() },
+        );
+    }
+    let dirty = match output("criu", &["check", "--feature", "mem_dirty_track"]).await {
+        Some((true, _)) => Capability { supported: true, detail: "criu check --feature mem_dirty_track: supported".into() },
+        Some((false, text)) => Capability {
+            supported: false,
+            detail: format!(
+                "the kernel has no soft-dirty tracking (criu check --feature mem_dirty_track: {})",
+                text.trim().lines().last().unwrap_or("failed")
+            ),
+        },
+        None => Capability { supported: false, detail: "criu check could not run".into() },
+    };
+    (version, dirty)
+}
+
+/// `criu --version` prints `Version: 4.2` (and sometimes a GitID line).
+pub fn parse_criu_version(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
+    let mut flags: Vec<String> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    flags.sort();
+    flags.dedup();
+    flags
+}
+
+fn is_cgroup2(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+fn cgroups_version() -> CgroupsVersion {
+    if is_cgroup2("/sys/fs/cgroup") {
+        CgroupsVersion::V2
+    } else if is_cgroup2("/sys/fs/cgroup/unified") {
+        CgroupsVersion::Hybrid
+    } else {
+        CgroupsVersion::V1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HostFacts {
+        HostFacts {
+            name: "h".into(),
+            agent_version: "0".into(),
+            podman_version: "4.3.1".into(),
+            runtime_name: "runc".into(),
+            runtime_version: "runc version 1.1.5".into(),
+            criu_version: "4.2".into(),
+            cgroups: CgroupsVersion::Hybrid,
+            kernel: "6.18".into(),
+            arch: "x86_64".into(),
+            cpu_flags: vec![],
+            network_backend: "netavark".into(),
+            dirty_tracking: Capability { supported: false, detail: String::new() },
+        }
+    }
+
+    #[test]
+    fn overrides_replace_named_fields() {
+        let t: toml::Table = toml::from_str("criu_version = \"3.0.0\"\ncpu_flags = [\"fpu\"]").unwrap();
+        let f = apply_overrides(sample(), &t).unwrap();
+        assert_eq!(f.criu_version, "3.0.0");
+        assert_eq!(f.cpu_flags, vec!["fpu".to_string()]);
+        assert_eq!(f.podman_version, "4.3.1");
+    }
+
+    #[test]
+    fn overrides_reject_unknown_fields_and_wrong_types() {
+        let t: toml::Table = toml::from_str("criu = \"3\"").unwrap();
+        assert!(apply_overrides(sample(), &t).unwrap_err().to_string().contains("unknown field `criu`"));
+        let t: toml::Table = toml::from_str("cpu_flags = 3").unwrap();
+        assert!(apply_overrides(sample(), &t).is_err());
+    }
+
+    #[test]
+    fn parses_criu_and_cpuinfo() {
+        assert_eq!(parse_criu_version("Version: 4.2\nGitID: v4.2\n"), "4.2");
+        assert_eq!(parse_criu_version("nonsense"), "");
+        let flags = cpu_flags("processor\t: 0\nflags\t\t: sse2 fpu avx2 fpu\nbugs\t: x\n");
+        assert_eq!(flags, vec!["avx2", "fpu", "sse2"]);
+    }
+}

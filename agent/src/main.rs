@@ -1,0 +1,60 @@
+//! `tern-agent`: the daemon on every host (the library holds the logic).
+
+use clap::Parser;
+use tern_agent::{config, engine, facts, server};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// tern's per-host agent: reports this host's facts and moves containers
+/// to and from other agents over QUIC with mutual TLS.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The agent's configuration file.
+    #[arg(long, short, default_value = "/etc/tern/agent.toml")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = config::AgentConfig::load(&args.config)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
+    let engine: Arc<dyn engine::Engine> =
+        Arc::new(engine::PodmanCli::new(cfg.podman.program.clone(), cfg.podman.args.clone()));
+    // Check the overrides and Podman once at start, so a bad config fails now.
+    let facts = facts::gather(&cfg.name, engine.as_ref(), &cfg.facts_override).await?;
+    tracing::info!(
+        podman = %facts.podman_version, runtime = %facts.runtime_name, criu = %facts.criu_version,
+        kernel = %facts.kernel, dirty_tracking = facts.dirty_tracking.supported, "host facts"
+    );
+    let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
+    tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
+    let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    agent.serve(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The agent's QUIC server: accepts authenticated connections, answers
+//! Hello, then serves each request on its own stream.
+
+use crate::config::AgentConfig;
+use crate::engine::Engine;
+use tern_transport::rpc::answer_hello;
+use crate::{facts, source, target};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tern_proto::frame::{read_frame, write_frame};
+use tern_proto::{compat, CoordinatorSignal, Request, Response};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler may need.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub engine: Arc<dyn Engine>,
+    /// Used both to accept and to call other agents.
+    pub endpoint: quinn::Endpoint,
+    /// Containers with a migration under way (either direction).
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Marks a container busy until dropped.
+pub struct BusyGuard<'a> {
+    agent: &'a Agent,
+    name: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.agent.busy.lock().unwrap().remove(&self.name);
+    }
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
+        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()) }
+    }
+
+    /// Claims `name` for one migration; `None` when one is already under way.
+    pub fn claim(&self, name: &str) -> Option<BusyGuard<'_>> {
+        self.busy
+            .lock()
+            .unwrap()
+            .insert(name.to_string())
+            .then(|| BusyGuard { agent: self, name: name.to_string() })
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let agent = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = agent.connection(incoming).await {
+                            tracing::info!("connection ended: {e:#}");
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        self.endpoint.close(0u32.into(), b"agent shutting down");
+    }
+
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+        let remote = incoming.remote_address();
+        let conn = incoming.await.map_err(|e| anyhow::anyhow!("handshake with {remote} failed: {e}"))?;
+        let peer = tern_transport::peer_name(&conn);
+        // The first stream must be Hello.
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
+        let Request::Hello(hello) = req else {
+            anyhow::bail!("{remote} sent a request before Hello");
+        };
+        let reply = answer_hello(&hello, peer.as_deref(), &self.cfg.name);
+        let accepted = matches!(reply, tern_proto::HelloReply::Accepted { .. });
+        write_frame(&mut send, &Response::Hello(reply)).await?;
+        let _ = send.finish();
+        if !accepted {
+            let _ = send.stopped().await;
+            conn.close(1u32.into(), b"hello refused");
+            anyhow::bail!("refused {remote} ({peer:?})");
+        }
+        let peer = peer.unwrap_or_default();
+        tracing::info!(%remote, %peer, "peer connected");
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let agent = self.clone();
+            let conn = conn.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent.request(conn, &peer, send, recv).await {
+                    tracing::warn!(%peer, "request failed: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        peer: &str,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> anyhow::Result<()> {
+        let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
+        let response = match req {
+            Request::Migrate(m) => return self.migrate(m, send, recv).await,
+            Request::Receive(begin) => return target::receive(&self, conn, peer, begin, send, recv).await,
+            Request::Facts => facts::gather(&self.cfg.name, self.engine.as_ref(), &self.cfg.facts_override)
+                .await
+                .map(Response::Facts),
+            Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
+            Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
+            Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),
+        };
+        let response = response.unwrap_or_else(|e| Response::Error(tern_proto::RemoteError { message: format!("{e:#}") }));
+        write_frame(&mut send, &response).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn check_incoming(&self, c: &tern_proto::facts::ContainerInfo) -> anyhow::Result<Vec<compat::Finding>> {
+        let existing = self.engine.list().await?;
+        let has_image = self.engine.image_exists(&c.image_id).await?;
+        Ok(compat::check_incoming(c, &existing, has_image))
+    }
+
+    /// Runs a migration as source, streaming events to the coordinator and
+    /// listening for its Cancel (or its going away, which cancels too).
+    async fn migrate(
+        self: Arc<Self>,
+        req: tern_proto::MigrateRequest,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let watcher = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                match read_frame::<_, CoordinatorSignal>(&mut recv).await {
+                    Ok(Some(CoordinatorSignal::Cancel)) => tracing::info!("the coordinator cancelled"),
+                    other => tracing::info!("the coordinator's stream ended ({other:?}); cancelling"),
+                }
+                cancel.cancel();
+            })
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let agent = self.clone();
+        let run = tokio::spawn(async move { source::migrate(&agent, req, tx, cancel).await });
+        // Forward events; a coordinator that went away must not stop the
+        // migration's own cleanup, so write errors are only logged.
+        let mut alive = true;
+        while let Some(ev) = rx.recv().await {
+            if alive {
+                if let Err(e) = write_frame(&mut send, &ev).await {
+                    tracing::warn!("the coordinator is gone ({e}); the migration goes on to its end");
+                    alive = false;
+                }
+            }
+        }
+        let _ = run.await;
+        watcher.abort();
+        let _ = send.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
+        Ok(())
+    }
+}

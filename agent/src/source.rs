@@ -1,0 +1,428 @@
+//! The source's side of a migration (stop-and-copy).
+//!
+//! ```text
+//!  prepare ─▶ image? ─▶ FREEZE: checkpoint ║ stream ─▶ target verifies+restores ─▶ cleanup
+//!     │          │                  │                         │
+//!     └──────────┴── failure: Refused (container never stopped)
+//!                                   └─────────────────────────┴── failure: Abort target,
+//!                                                                 restore locally: RolledBack
+//! ```
+//!
+//! The container is removed here only after the target answered
+//! `Restored`. Every failure after the freeze ends in [`rollback`].
+
+use crate::engine::CheckpointOpts;
+use tern_transport::rpc::{RpcError, Session};
+use crate::server::Agent;
+use crate::transfer;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_proto::facts::ContainerInfo;
+use tern_proto::frame::write_frame;
+use tern_proto::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long the target may take to verify and restore.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long to wait for the target to confirm an Abort or a Commit.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure, and whether it happened after the freeze.
+struct Fail {
+    phase: Phase,
+    message: String,
+}
+
+impl Fail {
+    fn new(phase: Phase, message: impl std::fmt::Display) -> Self {
+        Fail { phase, message: message.to_string() }
+    }
+    fn failure(&self) -> Failure {
+        Failure { phase: self.phase, message: self.message.clone() }
+    }
+}
+
+/// One migration's bookkeeping.
+struct Run<'a> {
+    agent: &'a Agent,
+    req: MigrateRequest,
+    events: mpsc::Sender<MigrateEvent>,
+    cancel: CancellationToken,
+    started: Instant,
+    phase_started: Instant,
+    phases: Vec<PhaseTime>,
+    warnings: Vec<String>,
+    image_bytes: u64,
+    checkpoint_bytes: u64,
+    frozen_at: Option<Instant>,
+    /// From the freeze until the container ran again (here or there).
+    downtime: Option<Duration>,
+    session: Option<Session>,
+    wire_base: u64,
+    work_dir: PathBuf,
+}
+
+/// Runs one migration to its end and sends the report as the last event.
+pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<MigrateEvent>, cancel: CancellationToken) {
+    let work_dir = agent.cfg.state_dir.join(format!("outgoing-{}", req.id));
+    let mut run = Run {
+        agent,
+        req,
+        events,
+        cancel,
+        started: Instant::now(),
+        phase_started: Instant::now(),
+        phases: Vec::new(),
+        warnings: Vec::new(),
+        image_bytes: 0,
+        checkpoint_bytes: 0,
+        frozen_at: None,
+        downtime: None,
+        session: None,
+        wire_base: 0,
+        work_dir,
+    };
+    tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
+    let outcome = run.execute().await;
+    let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
+    let report = run.report(outcome);
+    tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
+    let _ = run.events.send(MigrateEvent::Done(report)).await;
+}
+
+impl Run<'_> {
+    fn progress(&self, phase: Phase, bytes: u64, note: &str) {
+        let _ = self.events.try_send(MigrateEvent::Progress(Progress {
+            phase,
+            bytes,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            note: note.to_string(),
+        }));
+    }
+
+    /// Closes the current phase's timer and opens `next`'s.
+    fn enter(&mut self, next: Phase, note: &str) {
+        self.phase_started = Instant::now();
+        self.progress(next, 0, note);
+    }
+
+    fn leave(&mut self, phase: Phase) {
+        self.phases.push(PhaseTime { phase, ms: self.phase_started.elapsed().as_millis() as u64 });
+    }
+
+    fn check_cancel(&self, phase: Phase) -> Result<(), Fail> {
+        if self.cancel.is_cancelled() {
+            return Err(Fail::new(phase, "cancelled by the user"));
+        }
+        Ok(())
+    }
+
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("connected during prepare")
+    }
+
+    async fn execute(&mut self) -> Outcome {
+        let Some(_guard) = self.agent.claim(&self.req.container) else {
+            return Outcome::Refused {
+                failure: Failure { phase: Phase::Prepare, message: format!("{} is already being migrated", self.req.container) },
+            };
+        };
+        let (info, mut send, mut recv, needs_image) = match self.prepare().await {
+            Ok(x) => x,
+            Err(f) => return Outcome::Refused { failure: f.failure() },
+        };
+        if needs_image {
+            if let Err(f) = self.ship_image(&info, &mut send, &mut recv).await {
+                self.abort_target(&mut send, &mut recv, &f).await;
+                return Outcome::Refused { failure: f.failure() };
+            }
+        }
+        // From here on, the container is frozen: every failure rolls back.
+        match self.freeze_and_switch(&info, &mut send, &mut recv).await {
+            Ok(()) => {}
+            Err(f) => return self.rollback(f, &mut send, &mut recv).await,
+        }
+        self.cleanup(&mut send, &mut recv).await;
+        Outcome::Completed
+    }
+
+    async fn prepare(&mut self) -> Result<(ContainerInfo, quinn::SendStream, quinn::RecvStream, bool), Fail> {
+        let p = Phase::Prepare;
+        self.enter(p, "connecting to the target");
+        let info = self
+            .agent
+            .engine
+            .inspect(&self.req.container)
+            .await
+            .map_err(|e| Fail::new(p, e))?
+            .ok_or_else(|| Fail::new(p, format!("no container named {} on {}", self.req.container, self.agent.cfg.name)))?;
+        if !info.is_running() {
+            return Err(Fail::new(p, format!("{} is {}, not running; tern migrates running containers", info.name, info.state)));
+        }
+        let addr = self
+            .req
+            .target
+            .address
+            .parse()
+            .map_err(|e| Fail::new(p, format!("bad target address {}: {e}", self.req.target.address)))?;
+        let session = Session::connect(&self.agent.endpoint, addr, &self.req.target.name, &self.agent.cfg.name)
+            .await
+            .map_err(|e| Fail::new(p, e))?;
+        self.wire_base = session.conn.stats().udp_tx.bytes;
+        self.session = Some(session);
+        let begin = Begin {
+            id: self.req.id,
+            source: self.agent.cfg.name.clone(),
+            container: info.clone(),
+            tcp_established: self.req.options.tcp_established,
+        };
+        let (send, mut recv) = self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))?;
+        let needs_image = match self.read_target(&mut recv, rpc_timeout()).await.map_err(|e| Fail::new(p, e))? {
+            TargetMsg::Ready { needs_image } => needs_image,
+            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("the target refused: {}", f.message))),
+            other => return Err(Fail::new(p, self.session().unexpected("Ready", &other))),
+        };
+        tokio::fs::create_dir_all(&self.work_dir)
+            .await
+            .map_err(|e| Fail::new(p, format!("cannot create {}: {e}", self.work_dir.display())))?;
+        self.check_cancel(p)?;
+        self.leave(p);
+        Ok((info, send, recv, needs_image))
+    }
+
+    async fn read_target(&self, recv: &mut quinn::RecvStream, limit: Duration) -> Result<TargetMsg, RpcError> {
+        let session = self.session();
+        tokio::select! {
+            r = session.read::<TargetMsg>(recv, limit) => r,
+            e = session.conn.closed() => Err(RpcError::Connection { peer: session.peer.clone(), source: e }),
+        }
+    }
+
+    async fn ship_image(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), Fail> {
+        let p = Phase::Image;
+        self.enter(p, "the target lacks the image; shipping it");
+        let path = self.work_dir.join("image.tar");
+        self.agent.engine.image_save(&info.image_id, &path).await.map_err(|e| Fail::new(p, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| Fail::new(p, e))?;
+        let done = Arc::new(AtomicU64::new(0));
+        let header = DataHeader { id: self.req.id, kind: DataKind::Image };
+        let digest = self
+            .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done))
+            .await
+            .map_err(|e| Fail::new(p, e))?;
+        let _ = tokio::fs::remove_file(&path).await;
+        self.image_bytes = digest.bytes;
+        write_frame(send, &SourceMsg::ImageSent(digest)).await.map_err(|e| Fail::new(p, e))?;
+        match self.read_target(recv, RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
+            TargetMsg::ImageLoaded => {}
+            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on the target: {}", f.message))),
+            other => return Err(Fail::new(p, self.session().unexpected("ImageLoaded", &other))),
+        }
+        self.check_cancel(p)?;
+        self.leave(p);
+        Ok(())
+    }
+
+    /// Sends progress every half second while `fut` runs; stops early with
+    /// an error when the migration is cancelled.
+    async fn with_ticker<T, E: std::fmt::Display>(
+        &self,
+        phase: Phase,
+        done: &AtomicU64,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                r = &mut fut => return r.map_err(|e| e.to_string()),
+                _ = tick.tick() => self.progress(phase, done.load(Ordering::Relaxed), ""),
+                _ = self.cancel.cancelled() => return Err("cancelled by the user".to_string()),
+            }
+        }
+    }
+
+    async fn freeze_and_switch(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), Fail> {
+        let p = Phase::Checkpoint;
+        self.check_cancel(p)?;
+        self.enter(p, "freezing and dumping; the archive streams as it is written");
+        let fifo = self.work_dir.join("checkpoint.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
+        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established };
+        self.frozen_at = Some(Instant::now());
+        let engine = self.agent.engine.clone();
+        let name = info.name.clone();
+        let fifo2 = fifo.clone();
+        let checkpoint = tokio::spawn(async move {
+            let r = engine.checkpoint_export(&name, &fifo2, opts).await;
+            // If Podman failed before opening the FIFO, our reader still
+            // waits in open(): open the write side once to release it.
+            release_fifo_reader(&fifo2);
+            r
+        });
+        let done = Arc::new(AtomicU64::new(0));
+        let header = DataHeader { id: self.req.id, kind: DataKind::Checkpoint };
+        let conn = self.session().conn.clone();
+        let send_task = {
+            let done = done.clone();
+            async move {
+                let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
+                transfer::send(&conn, &header, reader, &done).await
+            }
+        };
+        // The transfer drains the FIFO whatever happens; a cancel here only
+        // takes effect once the dump is complete.
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(send_task);
+        let sent = loop {
+            tokio::select! {
+                r = &mut send_task => break r,
+                _ = tick.tick() => self.progress(p, done.load(Ordering::Relaxed), "frozen"),
+            }
+        };
+        let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
+        dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
+        let digest = sent.map_err(|e| Fail::new(p, e))?;
+        self.checkpoint_bytes = digest.bytes;
+        self.check_cancel(p)?;
+        write_frame(send, &SourceMsg::CheckpointSent(digest)).await.map_err(|e| Fail::new(p, e))?;
+        self.leave(p);
+
+        let p = Phase::Restore;
+        self.enter(p, "the target verifies and restores");
+        let reply = tokio::select! {
+            r = self.read_target(recv, RESTORE_TIMEOUT) => r.map_err(|e| Fail::new(p, e))?,
+            _ = self.cancel.cancelled() => return Err(Fail::new(p, "cancelled by the user")),
+        };
+        match reply {
+            TargetMsg::Restored(r) => {
+                // The target's own split of this phase.
+                self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
+                self.leave(p);
+                tracing::info!(container = %r.container.name, "restored on the target: switchover");
+                Ok(())
+            }
+            TargetMsg::Failed(f) => Err(Fail::new(f.phase, format!("on {}: {}", self.req.target.name, f.message))),
+            other => Err(Fail::new(p, self.session().unexpected("Restored", &other))),
+        }
+    }
+
+    /// The container runs on the target: remove it here, then tell the target.
+    async fn cleanup(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+        let p = Phase::Cleanup;
+        self.enter(p, "removing the source copy");
+        self.downtime = self.frozen_at.take().map(|t| t.elapsed());
+        if let Err(e) = self.agent.engine.remove(&self.req.container, false).await {
+            self.warnings.push(format!(
+                "the container runs on {} but its stopped copy could not be removed here: {e}; remove it with `podman rm {}`",
+                self.req.target.name, self.req.container
+            ));
+        }
+        let acked = async {
+            write_frame(send, &SourceMsg::Commit).await.ok()?;
+            self.read_target(recv, ACK_TIMEOUT).await.ok()
+        }
+        .await;
+        if !matches!(acked, Some(TargetMsg::Committed)) {
+            self.warnings.push(format!("{} did not confirm the commit ({acked:?}); the container runs there regardless", self.req.target.name));
+        }
+        self.leave(p);
+    }
+
+    /// Best effort: tell the target to drop whatever it staged or restored.
+    async fn abort_target(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, f: &Fail) -> bool {
+        if self.session.is_none() {
+            return true;
+        }
+        let reason = f.message.clone();
+        let acked = async {
+            write_frame(send, &SourceMsg::Abort { reason }).await.ok()?;
+            self.read_target(recv, ACK_TIMEOUT).await.ok()
+        }
+        .await;
+        matches!(acked, Some(TargetMsg::Aborted))
+    }
+
+    async fn rollback(&mut self, f: Fail, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Outcome {
+        tracing::warn!(phase = f.phase.as_str(), "migration failed after the freeze: {}; rolling back", f.message);
+        let p = Phase::Rollback;
+        self.enter(p, "bringing the container back on the source");
+        if !self.abort_target(send, recv, &f).await && f.phase == Phase::Restore {
+            self.warnings.push(format!(
+                "{} did not confirm the abort; if it restored {} before failing, two copies may run: check with `podman ps` there",
+                self.req.target.name, self.req.container
+            ));
+        }
+        let failure = f.failure();
+        let r = restore_here(self.agent, &self.req.container, self.req.options.tcp_established).await;
+        if let Some(t) = self.frozen_at.take() {
+            self.downtime = Some(t.elapsed());
+        }
+        self.leave(p);
+        match r {
+            Ok(()) => Outcome::RolledBack { failure },
+            Err(e) => Outcome::Failed {
+                failure,
+                rollback_error: format!(
+                    "{e}; the checkpoint is kept: restore it with `podman container restore --keep {}` on {}",
+                    self.req.container, self.agent.cfg.name
+                ),
+            },
+        }
+    }
+
+    fn report(&self, outcome: Outcome) -> MigrationReport {
+        let bytes_on_wire = self
+            .session
+            .as_ref()
+            .map(|s| s.conn.stats().udp_tx.bytes.saturating_sub(self.wire_base))
+            .unwrap_or(0);
+        MigrationReport {
+            id: self.req.id,
+            container: self.req.container.clone(),
+            source: self.agent.cfg.name.clone(),
+            target: self.req.target.name.clone(),
+            mode: self.req.options.mode,
+            outcome,
+            downtime_ms: self.downtime.map(|d| d.as_millis() as u64),
+            total_ms: self.started.elapsed().as_millis() as u64,
+            bytes_on_wire,
+            image_bytes: self.image_bytes,
+            checkpoint_bytes: self.checkpoint_bytes,
+            phases: self.phases.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+fn rpc_timeout() -> Duration {
+    tern_transport::rpc::REPLY_TIMEOUT
+}
+
+/// Makes a reader blocked in `open()` of `fifo` return (it then reads EOF).
+fn release_fifo_reader(fifo: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo);
+}
+
+/// Brings a checkpointed container back here, unless it already runs (a
+/// failed dump leaves it running).
+async fn restore_here(agent: &Agent, name: &str, tcp_established: bool) -> anyhow::Result<()> {
+    let engine = &agent.engine;
+    if engine.inspect(name).await?.is_some_and(|c| c.is_running()) {
+        return Ok(());
+    }
+    engine.restore_local(name, CheckpointOpts { tcp_established }).await?;
+    match engine.inspect(name).await? {
+        Some(c) if c.is_running() => Ok(()),
+        Some(c) => anyhow::bail!("after the local restore {name} is {}", c.state),
+        None => anyhow::bail!("{name} disappeared during the local restore"),
+    }
+}

@@ -1,0 +1,91 @@
+//! Talking to every agent of the inventory at once.
+
+use crate::inventory::{HostEntry, Inventory};
+use std::time::Duration;
+use tern_proto::facts::{ContainerInfo, HostFacts};
+use tern_proto::{Request, Response};
+use tern_transport::rpc::{RpcError, Session};
+
+/// The coordinator's name in Hello; its certificate says the same.
+pub const COORDINATOR: &str = "coordinator";
+
+/// What one host answered, or why it did not.
+pub struct HostView {
+    pub entry: HostEntry,
+    pub state: Result<HostState, String>,
+}
+
+pub struct HostState {
+    pub session: Session,
+    pub facts: HostFacts,
+    pub containers: Vec<ContainerInfo>,
+}
+
+pub struct Cluster {
+    /// Kept so the sessions' endpoint lives as long as the survey.
+    _endpoint: quinn::Endpoint,
+    pub hosts: Vec<HostView>,
+}
+
+impl Cluster {
+    /// Connects to every host in parallel and reads its facts and containers.
+    pub async fn survey(inv: &Inventory) -> anyhow::Result<Cluster> {
+        let endpoint = tern_transport::client_endpoint(&inv.tls)?;
+        let futures = inv.hosts.iter().cloned().map(|entry| {
+            let endpoint = endpoint.clone();
+            async move {
+                let state = tokio::time::timeout(Duration::from_secs(15), survey_one(&endpoint, &entry))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("{} did not answer within 15 s", entry.name)));
+                HostView { entry, state }
+            }
+        });
+        let hosts = futures_join_all(futures).await;
+        Ok(Cluster { _endpoint: endpoint, hosts })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&HostView> {
+        self.hosts.iter().find(|h| h.entry.name == name)
+    }
+
+    /// The reachable host that has `container`.
+    pub fn find_container(&self, container: &str) -> Vec<&HostView> {
+        self.hosts
+            .iter()
+            .filter(|h| h.state.as_ref().is_ok_and(|s| s.containers.iter().any(|c| c.name == container)))
+            .collect()
+    }
+}
+
+async fn survey_one(endpoint: &quinn::Endpoint, entry: &HostEntry) -> Result<HostState, String> {
+    let session = Session::connect(endpoint, entry.address, &entry.name, COORDINATOR)
+        .await
+        .map_err(|e| e.to_string())?;
+    let facts = match session.request(&Request::Facts).await.map_err(|e| e.to_string())? {
+        Response::Facts(f) => f,
+        other => return Err(session.unexpected("Facts", &other).to_string()),
+    };
+    let containers = containers(&session).await.map_err(|e| e.to_string())?;
+    Ok(HostState { session, facts, containers })
+}
+
+pub async fn containers(session: &Session) -> Result<Vec<ContainerInfo>, RpcError> {
+    match session.request(&Request::Containers).await? {
+        Response::Containers(c) => Ok(c),
+        other => Err(session.unexpected("Containers", &other)),
+    }
+}
+
+/// `join_all` without pulling in the futures crate.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("survey task panicked"));
+    }
+    out
+}

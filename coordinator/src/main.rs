@@ -1,0 +1,295 @@
+//! `tern`: the command line people use to move running containers.
+//!
+//! `cluster` talks to every agent of the `inventory`; `plan` runs the
+//! compatibility rules before anything is frozen; `migrate` drives one
+//! migration and shows its progress; `output` formats what users read.
+
+mod cluster;
+mod inventory;
+mod migrate;
+mod output;
+mod plan;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tern_proto::Outcome;
+
+/// Live migration of running Podman containers between hosts.
+#[derive(Parser)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// The hosts inventory (default: $TERN_INVENTORY, ./.tern/inventory.toml,
+    /// ~/.config/tern/inventory.toml, /etc/tern/inventory.toml).
+    #[arg(long, global = true)]
+    inventory: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the operation failed (a migration rolled back or failed); \
+2 bad usage or input; 3 refused by the compatibility check before anything was frozen.";
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every host's facts and whether its agent answers.
+    Hosts,
+    /// The containers on every host.
+    Ps,
+    /// Check whether a container can move to a host, without moving it.
+    Check {
+        container: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: plan::ModeArg,
+    },
+    /// Move a running container to another host.
+    Migrate {
+        container: String,
+        /// The target host (a name from the inventory).
+        #[arg(long)]
+        to: String,
+        /// The source host, when the name is ambiguous.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: plan::ModeArg,
+        /// Keep established TCP connections open across the move (CRIU TCP repair).
+        #[arg(long)]
+        tcp_established: bool,
+    },
+    /// Certificates for the cluster.
+    Pki {
+        #[command(subcommand)]
+        cmd: PkiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a cluster CA and a certificate for every host and the coordinator.
+    Init {
+        /// Folder for the PEM files.
+        #[arg(long)]
+        out: PathBuf,
+        /// A host as NAME=IP[,IP...]; repeat for each host.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Replace an existing CA (invalidates every certificate it signed).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// An error with the exit code it deserves.
+struct Exit(u8, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Exit(1, e.into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(Exit(code, e)) => {
+            eprintln!("tern: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Exit> {
+    match cli.cmd {
+        Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force } } => pki_init(&out, &hosts, force),
+        Cmd::Hosts => hosts(cli.inventory, cli.json).await,
+        Cmd::Ps => ps(cli.inventory, cli.json).await,
+        Cmd::Check { container, to, from, mode } => {
+            let inv = inventory::Inventory::load(cli.inventory.as_deref()).map_err(|e| Exit(2, e))?;
+            let cluster = cluster::Cluster::survey(&inv).await?;
+            let plan = plan::plan(&cluster, &container, &to, from.as_deref(), mode).await.map_err(|e| Exit(2, e))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "container": plan.container.name, "source": plan.source_name, "target": plan.target_name,
+                        "mode": plan.mode.as_str(), "mode_note": plan.mode_note,
+                        "ok": !plan.blocked(), "findings": output::findings_json(&plan.findings),
+                    })
+                );
+            } else {
+                println!(
+                    "{} on {} → {}: mode {} ({})\n",
+                    plan.container.name,
+                    plan.source_name,
+                    plan.target_name,
+                    plan.mode.as_str(),
+                    plan.mode_note
+                );
+                print!("{}", output::findings(&plan.findings));
+                println!(
+                    "\n{}",
+                    if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." }
+                );
+            }
+            Ok(if plan.blocked() { 3 } else { 0 })
+        }
+        Cmd::Migrate { container, to, from, mode, tcp_established } => {
+            let inv = inventory::Inventory::load(cli.inventory.as_deref()).map_err(|e| Exit(2, e))?;
+            let target_addr = inv.host(&to).map_err(|e| Exit(2, e))?.address;
+            let cluster = cluster::Cluster::survey(&inv).await?;
+            let plan = plan::plan(&cluster, &container, &to, from.as_deref(), mode).await.map_err(|e| Exit(2, e))?;
+            if plan.blocked() {
+                let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({"container": container, "source": plan.source_name, "target": to, "mode": plan.mode.as_str(),
+                               "outcome": "refused", "running_on": plan.source_name, "findings": output::findings_json(&blockers)})
+                    );
+                } else {
+                    eprint!("{}", output::findings(&blockers));
+                }
+                return Err(Exit(
+                    3,
+                    anyhow::anyhow!(
+                        "refused before the freeze: {} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} still runs on {}.",
+                        container,
+                        plan.source_name
+                    ),
+                ));
+            }
+            if !cli.json {
+                eprintln!(
+                    "migrating {} from {} to {} ({}: {})",
+                    container,
+                    plan.source_name,
+                    to,
+                    plan.mode.as_str(),
+                    plan.mode_note
+                );
+            }
+            let opts = migrate::Options { tcp_established, progress: true };
+            let report = migrate::run(&plan, target_addr, &opts).await?;
+            if cli.json {
+                println!("{}", output::report_json(&report));
+            } else {
+                print!("{}", output::report_text(&report));
+            }
+            Ok(match report.outcome {
+                Outcome::Completed => 0,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, Exit> {
+    let mut specs = Vec::new();
+    for h in hosts {
+        let (name, ips) = h
+            .split_once('=')
+            .ok_or_else(|| Exit(2, anyhow::anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
+        let addresses = ips
+            .split(',')
+            .map(|ip| ip.trim().parse())
+            .collect::<Result<Vec<std::net::IpAddr>, _>>()
+            .map_err(|e| Exit(2, anyhow::anyhow!("--host {h}: {e}")))?;
+        specs.push(tern_transport::pki::HostSpec { name: name.to_string(), addresses });
+    }
+    let files = tern_transport::pki::init(out, &specs, force)?;
+    println!("wrote {} files to {}", files.len(), out.display());
+    Ok(0)
+}
+
+async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
+    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
+    let cluster = cluster::Cluster::survey(&inv).await?;
+    let down = cluster.hosts.iter().filter(|h| h.state.is_err()).count();
+    if as_json {
+        let v: Vec<_> = cluster
+            .hosts
+            .iter()
+            .map(|h| match &h.state {
+                Ok(s) => json!({"name": h.entry.name, "address": h.entry.address.to_string(), "reachable": true,
+                                "facts": s.facts, "containers": s.containers.len()}),
+                Err(e) => json!({"name": h.entry.name, "address": h.entry.address.to_string(), "reachable": false, "error": e}),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<Vec<String>> = cluster
+            .hosts
+            .iter()
+            .map(|h| match &h.state {
+                Ok(s) => {
+                    let f = &s.facts;
+                    vec![
+                        h.entry.name.clone(),
+                        h.entry.address.to_string(),
+                        "up".into(),
+                        f.podman_version.clone(),
+                        format!("{} {}", f.runtime_name, tern_proto::compat::version_numbers(&f.runtime_version).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")),
+                        f.criu_version.clone(),
+                        f.kernel.clone(),
+                        f.cgroups.to_string(),
+                        if f.dirty_tracking.supported { "yes".into() } else { "no".into() },
+                        s.containers.len().to_string(),
+                    ]
+                }
+                Err(e) => vec![h.entry.name.clone(), h.entry.address.to_string(), format!("DOWN: {e}")],
+            })
+            .map(|mut r| {
+                r.resize(10, String::new());
+                r
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(
+                &["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "containers"],
+                &rows
+            )
+        );
+    }
+    Ok(if down > 0 { 1 } else { 0 })
+}
+
+async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
+    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
+    let cluster = cluster::Cluster::survey(&inv).await?;
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    for h in &cluster.hosts {
+        match &h.state {
+            Ok(s) => {
+                for c in &s.containers {
+                    let ips: Vec<String> = c.ips.iter().map(|i| i.to_string()).collect();
+                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), c.image.clone()]);
+                    all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips, "image": c.image}));
+                }
+            }
+            Err(e) => eprintln!("tern: {} is unreachable: {e}", h.entry.name),
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        print!("{}", output::table(&["host", "container", "state", "address", "image"], &rows));
+    }
+    Ok(0)
+}

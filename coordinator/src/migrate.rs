@@ -1,0 +1,131 @@
+//! Driving one migration from the CLI: ask the source agent, show its
+//! progress, pass on the user's Ctrl-C, print the report.
+
+use crate::output;
+use crate::plan::Plan;
+use std::io::{IsTerminal, Write};
+use tern_proto::frame::{read_frame, write_frame};
+use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Phase, Request};
+
+pub struct Options {
+    pub tcp_established: bool,
+    /// Print progress lines (on stderr).
+    pub progress: bool,
+}
+
+fn new_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ ((std::process::id() as u64) << 40)
+}
+
+/// Runs the migration the plan describes; returns the source agent's report.
+pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options) -> anyhow::Result<MigrationReport> {
+    let req = MigrateRequest {
+        id: new_id(),
+        container: plan.container.name.clone(),
+        target: Peer { name: plan.target_name.clone(), address: target_address.to_string() },
+        options: MigrateOptions { mode: plan.mode, tcp_established: opts.tcp_established },
+    };
+    let session = &plan.source.session;
+    let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;
+    let mut display = Display::new(opts.progress);
+    let mut cancelled = false;
+    loop {
+        tokio::select! {
+            ev = read_frame::<_, MigrateEvent>(&mut recv) => match ev {
+                Ok(Some(MigrateEvent::Progress(p))) => display.progress(&p),
+                Ok(Some(MigrateEvent::Done(report))) => {
+                    display.finish();
+                    return Ok(report);
+                }
+                Ok(Some(MigrateEvent::Invalid)) | Ok(None) => {
+                    display.finish();
+                    anyhow::bail!(
+                        "{} closed the migration stream without a report; check `tern ps` and the agent's log",
+                        plan.source_name
+                    );
+                }
+                Err(e) => {
+                    display.finish();
+                    anyhow::bail!(
+                        "lost contact with {} during the migration ({e}); the agent finishes or rolls back on its own: check `tern ps`",
+                        plan.source_name
+                    );
+                }
+            },
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                display.note(&format!(
+                    "cancelling: before the switchover {} goes back to running on {}; waiting for the agent",
+                    plan.container.name, plan.source_name
+                ));
+                write_frame(&mut send, &CoordinatorSignal::Cancel).await?;
+            }
+        }
+    }
+}
+
+/// Progress lines on stderr; one updating line on a terminal.
+struct Display {
+    on: bool,
+    tty: bool,
+    phase: Option<Phase>,
+    last_bytes: u64,
+    last_ms: u64,
+}
+
+impl Display {
+    fn new(on: bool) -> Self {
+        Display { on, tty: std::io::stderr().is_terminal(), phase: None, last_bytes: 0, last_ms: 0 }
+    }
+
+    fn progress(&mut self, p: &tern_proto::Progress) {
+        if !self.on {
+            return;
+        }
+        let new_phase = self.phase != Some(p.phase);
+        let rate = if !new_phase && p.elapsed_ms > self.last_ms {
+            (p.bytes.saturating_sub(self.last_bytes)) as f64 * 1000.0 / (p.elapsed_ms - self.last_ms) as f64
+        } else {
+            0.0
+        };
+        let mut line = format!("[{:>7}] {:<10}", output::ms(p.elapsed_ms), p.phase.as_str());
+        if p.bytes > 0 {
+            line.push_str(&format!(" {:>10}", output::bytes(p.bytes)));
+            if rate > 0.0 {
+                line.push_str(&format!("  {}/s", output::bytes(rate as u64)));
+            }
+        }
+        if !p.note.is_empty() {
+            line.push_str(&format!("  {}", p.note));
+        }
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            if new_phase && self.phase.is_some() {
+                let _ = writeln!(err);
+            }
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else if new_phase || p.note.is_empty() {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+        self.phase = Some(p.phase);
+        self.last_bytes = p.bytes;
+        self.last_ms = p.elapsed_ms;
+    }
+
+    fn note(&mut self, text: &str) {
+        self.finish();
+        eprintln!("{text}");
+    }
+
+    fn finish(&mut self) {
+        if self.on && self.tty && self.phase.is_some() {
+            eprintln!();
+            self.phase = None;
+        }
+    }
+}

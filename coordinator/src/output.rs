@@ -1,0 +1,172 @@
+//! Human output: tables, sizes, durations, the migration report.
+
+use serde_json::json;
+use tern_proto::compat::{Finding, Severity};
+use tern_proto::{MigrationReport, Outcome};
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.2} s", ms as f64 / 1000.0)
+    }
+}
+
+/// Left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+pub fn findings(f: &[Finding]) -> String {
+    let rows: Vec<Vec<String>> = f
+        .iter()
+        .map(|x| vec![x.severity.as_str().to_string(), x.field.clone(), x.source.clone(), x.target.clone(), x.note.clone()])
+        .collect();
+    table(&["", "field", "source", "target", "note"], &rows)
+}
+
+pub fn findings_json(f: &[Finding]) -> serde_json::Value {
+    json!(f
+        .iter()
+        .map(|x| json!({
+            "field": x.field,
+            "source": x.source,
+            "target": x.target,
+            "severity": match x.severity { Severity::Block => "block", Severity::Warn => "warn", _ => "ok" },
+            "note": x.note,
+        }))
+        .collect::<Vec<_>>())
+}
+
+pub fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "completed",
+        Outcome::Refused { .. } => "refused",
+        Outcome::RolledBack { .. } => "rolled-back",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Invalid => "invalid",
+    }
+}
+
+pub fn report_json(r: &MigrationReport) -> serde_json::Value {
+    let (failure, rollback_error) = match &r.outcome {
+        Outcome::Refused { failure } | Outcome::RolledBack { failure } => (Some(failure), None),
+        Outcome::Failed { failure, rollback_error } => (Some(failure), Some(rollback_error)),
+        _ => (None, None),
+    };
+    json!({
+        "id": r.id,
+        "container": r.container,
+        "source": r.source,
+        "target": r.target,
+        "mode": r.mode.as_str(),
+        "outcome": outcome_word(&r.outcome),
+        "running_on": match r.outcome { Outcome::Completed => &r.target, Outcome::Failed { .. } => "", _ => &r.source },
+        "failure": failure.map(|f| json!({"phase": f.phase.as_str(), "message": f.message})),
+        "rollback_error": rollback_error,
+        "downtime_ms": r.downtime_ms,
+        "total_ms": r.total_ms,
+        "bytes_on_wire": r.bytes_on_wire,
+        "checkpoint_bytes": r.checkpoint_bytes,
+        "image_bytes": r.image_bytes,
+        "phases": r.phases.iter().map(|p| json!({"phase": p.phase.as_str(), "ms": p.ms})).collect::<Vec<_>>(),
+        "warnings": r.warnings,
+    })
+}
+
+pub fn report_text(r: &MigrationReport) -> String {
+    let mut s = String::new();
+    let head = match &r.outcome {
+        Outcome::Completed => format!("{} moved from {} to {} ({})", r.container, r.source, r.target, r.mode.as_str()),
+        Outcome::Refused { failure } => format!(
+            "{} was NOT migrated: {failure}.\nNothing was frozen; {} still runs on {}.",
+            r.container, r.container, r.source
+        ),
+        Outcome::RolledBack { failure } => format!(
+            "{} was NOT migrated: {failure}.\nRolled back: {} runs again on {}, from the state it was frozen in.",
+            r.container, r.container, r.source
+        ),
+        Outcome::Failed { failure, rollback_error } => format!(
+            "{} was NOT migrated: {failure}.\nThe rollback failed too: {rollback_error}",
+            r.container
+        ),
+        Outcome::Invalid => "invalid report".into(),
+    };
+    s.push_str(&head);
+    s.push('\n');
+    if let Some(d) = r.downtime_ms {
+        let until = if matches!(r.outcome, Outcome::Completed) { format!("running on {}", r.target) } else { format!("running again on {}", r.source) };
+        s.push_str(&format!("  downtime     {}  (frozen until {until})\n", ms(d)));
+    }
+    s.push_str(&format!("  total        {}\n", ms(r.total_ms)));
+    s.push_str(&format!(
+        "  on the wire  {}  (checkpoint archive {}, image {})\n",
+        bytes(r.bytes_on_wire),
+        bytes(r.checkpoint_bytes),
+        bytes(r.image_bytes)
+    ));
+    if !r.phases.is_empty() {
+        let p: Vec<String> = r.phases.iter().map(|p| format!("{} {}", p.phase.as_str(), ms(p.ms))).collect();
+        s.push_str(&format!("  phases       {}\n", p.join(" · ")));
+    }
+    for w in &r.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(256 << 20), "256.0 MiB");
+        assert_eq!(ms(812), "812 ms");
+        assert_eq!(ms(1430), "1.43 s");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "a    bb\nxxx  y\n");
+    }
+}

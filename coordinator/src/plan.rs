@@ -1,0 +1,122 @@
+//! Planning a migration: find the container, pick the mode, run every
+//! compatibility rule. Nothing here touches a container.
+
+use crate::cluster::{Cluster, HostState};
+use anyhow::{bail, Context};
+use tern_proto::compat::{self, Finding};
+use tern_proto::facts::ContainerInfo;
+use tern_proto::{Mode, Request, Response};
+
+/// What the user asked for with `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Pre-copy where both hosts track dirty memory, else stop-and-copy.
+    Auto,
+    StopAndCopy,
+    PreCopy,
+}
+
+pub struct Plan<'a> {
+    pub container: ContainerInfo,
+    pub source: &'a HostState,
+    pub source_name: String,
+    pub target_name: String,
+    pub mode: Mode,
+    /// Why this mode (e.g. why pre-copy is unavailable).
+    pub mode_note: String,
+    pub findings: Vec<Finding>,
+}
+
+impl Plan<'_> {
+    pub fn blocked(&self) -> bool {
+        compat::blocks(&self.findings)
+    }
+}
+
+pub async fn plan<'a>(
+    cluster: &'a Cluster,
+    container: &str,
+    target: &str,
+    from: Option<&str>,
+    mode: ModeArg,
+) -> anyhow::Result<Plan<'a>> {
+    let source_view = match from {
+        Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
+        None => match cluster.find_container(container).as_slice() {
+            [one] => *one,
+            [] => {
+                let down: Vec<String> = cluster
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.state.as_ref().err().map(|e| format!("{}: {e}", h.entry.name)))
+                    .collect();
+                if down.is_empty() {
+                    bail!("no host has a container named {container}; `tern ps` lists them");
+                }
+                bail!("no reachable host has a container named {container}; unreachable: {}", down.join("; "));
+            }
+            many => bail!(
+                "{container} exists on several hosts ({}); say which with --from",
+                many.iter().map(|h| h.entry.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    let source_name = source_view.entry.name.clone();
+    if source_name == target {
+        bail!("{container} already is on {target}");
+    }
+    let source = source_view.state.as_ref().map_err(|e| anyhow::anyhow!("the source {source_name} is unreachable: {e}"))?;
+    let target_view = cluster.get(target).with_context(|| {
+        format!(
+            "no host named {target} in the inventory (known: {})",
+            cluster.hosts.iter().map(|h| h.entry.name.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let target_state = target_view
+        .state
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("the target {target} is unreachable: {e}; is its agent running (`scripts/lab.sh status`)?"))?;
+    let info = source
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .cloned()
+        .with_context(|| format!("no container named {container} on {source_name}"))?;
+
+    let both_track = source.facts.dirty_tracking.supported && target_state.facts.dirty_tracking.supported;
+    let why_not = if !source.facts.dirty_tracking.supported {
+        format!("{source_name}: {}", source.facts.dirty_tracking.detail)
+    } else {
+        format!("{target}: {}", target_state.facts.dirty_tracking.detail)
+    };
+    let (mode, mode_note) = match mode {
+        ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
+        ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
+        ModeArg::Auto if both_track => (Mode::PreCopy, "both hosts track dirty memory".to_string()),
+        ModeArg::Auto => (Mode::StopAndCopy, format!("pre-copy is unavailable ({why_not})")),
+    };
+
+    let mut findings = compat::compare_hosts(&source.facts, &target_state.facts, mode);
+    if !info.is_running() {
+        findings.push(Finding {
+            field: "container state".into(),
+            source: info.state.clone(),
+            target: String::new(),
+            severity: compat::Severity::Block,
+            note: format!("{container} is not running; start it first (tern migrates running containers)"),
+        });
+    }
+    match target_state.session.request(&Request::CheckIncoming(info.clone())).await? {
+        Response::IncomingCheck(f) => findings.extend(f),
+        other => bail!("{target} answered {other:?} to CheckIncoming"),
+    }
+    Ok(Plan {
+        container: info,
+        source,
+        source_name,
+        target_name: target.to_string(),
+        mode,
+        mode_note,
+        findings,
+    })
+}

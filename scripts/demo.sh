@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The demo, from a fresh Debian 12 machine (as root): installs what is
+# missing, builds, brings up the two-host lab, starts a counter container on
+# client1, migrates it to client2 and shows it carrying on from where it was.
+# The lab stays up afterwards; `scripts/lab.sh down` removes it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/demo.sh: run as root (sudo scripts/demo.sh)" >&2
+    exit 2
+fi
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+lab() { scripts/lab.sh "$@"; }
+tern=target/release/tern
+
+say "installing dependencies (idempotent)"
+scripts/install-deps.sh
+say "building"
+cargo build --release --bins
+say "bringing up the lab: hosts client1 and client2"
+TERN_NO_BUILD=1 lab up
+
+say "the hosts"
+$tern hosts
+
+say "starting a counter container 'demo1' on client1"
+lab podman client1 rm -f -t 0 demo1 >/dev/null 2>&1 || true
+lab podman client2 rm -f -t 0 demo1 >/dev/null 2>&1 || true
+lab podman client1 run -d --name demo1 localhost/tern-busybox:latest \
+    sh -c 'i=0; while true; do echo $i > /count; i=$((i+1)); sleep 0.1; done' >/dev/null
+sleep 3
+echo "counter on client1: $(lab podman client1 exec demo1 cat /count)"
+echo "processes on client1:"; lab podman client1 top demo1 pid comm
+echo "address on client1: $(lab podman client1 inspect -f '{{.NetworkSettings.IPAddress}}{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
+
+say "checking compatibility (nothing is frozen)"
+$tern check demo1 --to client2
+
+say "migrating: tern migrate demo1 --to client2"
+echo "counter just before: $(lab podman client1 exec demo1 cat /count)"
+$tern migrate demo1 --to client2
+
+say "on client2 now"
+for _ in 1 2 3; do
+    echo "counter on client2: $(lab podman client2 exec demo1 cat /count)"
+    sleep 0.5
+done
+echo "processes on client2 (same PIDs):"; lab podman client2 top demo1 pid comm
+echo "address on client2: $(lab podman client2 inspect -f '{{.NetworkSettings.IPAddress}}{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
+echo "on client1: $(lab podman client1 ps -a --filter name=demo1 --format '{{.Names}}' | grep -c . || true) container(s) named demo1"
+
+say "done; the lab is still up"
+echo "try: $tern migrate demo1 --to client1      or: scripts/lab.sh down"

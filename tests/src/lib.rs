@@ -1,0 +1,182 @@
+//! Helpers for the end-to-end tests: the lab (`scripts/lab.sh`), podman on a
+//! lab host, the `tern` CLI, and `wait_until` instead of sleeps.
+//!
+//! The tests need root and the lab's real Podman, runc and CRIU; they are
+//! `#[ignore]`d for a plain `cargo test` and run by `scripts/test.sh`
+//! (`cargo test -p tern-tests -- --ignored --test-threads=1`).
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "localhost/tern-busybox:latest";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("TERN_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/release"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a command and returns its output, whatever its exit status.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    Ok(out)
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: &mut Command) -> Result<String> {
+    let out = run(cmd)?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", text(&out));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn lab(args: &[&str]) -> Command {
+    let mut c = Command::new(repo_root().join("scripts/lab.sh"));
+    c.args(args).current_dir(repo_root()).env("TERN_NO_BUILD", "1");
+    c
+}
+
+pub fn podman(host: &str, args: &[&str]) -> Command {
+    let mut c = lab(&["podman", host]);
+    c.args(args);
+    c
+}
+
+pub fn tern(args: &[&str]) -> Command {
+    let mut c = Command::new(bin_dir().join("tern"));
+    c.args(args).current_dir(repo_root());
+    c
+}
+
+/// The result of a `tern ... --json` call.
+pub struct TernRun {
+    pub code: i32,
+    pub json: Value,
+    pub stderr: String,
+    pub all: String,
+}
+
+pub fn tern_json(args: &[&str]) -> Result<TernRun> {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let out = run(&mut tern(&full))?;
+    let all = text(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(stdout.trim()).with_context(|| format!("tern printed no JSON: {all}"))?
+    };
+    Ok(TernRun { code: out.status.code().unwrap_or(-1), json, stderr: String::from_utf8_lossy(&out.stderr).into(), all })
+}
+
+/// Polls `cond` until it returns `Ok(Some(v))` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    let mut last_err = None;
+    while start.elapsed() < timeout {
+        match cond() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})")
+}
+
+/// Serializes the tests (they share one lab) and brings the lab up once.
+pub fn lab_guard() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static UP: OnceLock<()> = OnceLock::new();
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    UP.get_or_init(|| {
+        ok(&mut lab(&["up"])).expect("scripts/lab.sh up failed; run the tests as root through scripts/test.sh");
+    });
+    guard
+}
+
+/// A counter container: writes 0, 1, 2, ... to /count every 50 ms.
+pub fn start_counter(host: &str, name: &str) -> Result<()> {
+    let _ = run(&mut podman(host, &["rm", "-f", "-t", "0", name]));
+    ok(&mut podman(
+        host,
+        &["run", "-d", "--name", name, IMAGE, "sh", "-c", "i=0; while true; do echo $i > /count; i=$((i+1)); sleep 0.05; done"],
+    ))?;
+    Ok(())
+}
+
+pub fn count(host: &str, name: &str) -> Result<u64> {
+    let s = ok(&mut podman(host, &["exec", name, "cat", "/count"]))?;
+    s.trim().parse().with_context(|| format!("counter printed {s:?}"))
+}
+
+/// Waits until the counter on `host` passes `at_least`.
+pub fn count_reaches(host: &str, name: &str, at_least: u64) -> Result<u64> {
+    wait_until(Duration::from_secs(20), "the counter to advance", || {
+        let c = count(host, name)?;
+        Ok((c >= at_least).then_some(c))
+    })
+}
+
+/// `podman top NAME pid comm` without the header: what must not change.
+pub fn top(host: &str, name: &str) -> Result<Vec<String>> {
+    let s = ok(&mut podman(host, &["top", name, "pid", "comm"]))?;
+    let mut rows: Vec<String> = s.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    // `cat`/`sleep` children come and go; keep the long-lived processes.
+    rows.retain(|r| !r.ends_with(" sleep") && !r.ends_with(" cat"));
+    rows.sort();
+    Ok(rows)
+}
+
+pub fn inspect(host: &str, name: &str) -> Result<Option<Value>> {
+    let out = run(&mut podman(host, &["container", "inspect", "--format", "json", name]))?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array().and_then(|a| a.first()).cloned())
+}
+
+pub fn state(host: &str, name: &str) -> Result<Option<String>> {
+    Ok(inspect(host, name)?.and_then(|v| v.pointer("/State/Status").and_then(Value::as_str).map(str::to_string)))
+}
+
+pub fn ip(host: &str, name: &str) -> Result<String> {
+    let v = inspect(host, name)?.context("no such container")?;
+    let nets = v.pointer("/NetworkSettings/Networks").and_then(Value::as_object).context("no networks")?;
+    nets.values()
+        .find_map(|n| n.get("IPAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string))
+        .context("no IP address")
+}
+
+/// Removes a container from both hosts.
+pub fn remove_everywhere(name: &str) {
+    for h in ["client1", "client2"] {
+        let _ = run(&mut podman(h, &["rm", "-f", "-t", "0", name]));
+    }
+}
+
+/// Restarts `host`'s agent with extra TOML appended to its config (faults,
+/// fact overrides); `""` restores the plain config.
+pub fn restart_agent(host: &str, extra: &str) -> Result<()> {
+    let var = format!("LAB_AGENT_EXTRA_{}", host.to_uppercase());
+    ok(lab(&["agent-restart", host]).env(var, extra))?;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! End to end, in the two-host lab: real Podman, runc, CRIU, QUIC.
+//! One function per scenario; thin `#[test]` wrappers call them.
+
+use anyhow::{ensure, Result};
+use std::time::Duration;
+use tern_tests::*;
+
+
+
+/// Migrates `name` from `from` to `to` and checks everything a user would:
+/// exit 0, the report's figures, the counter continuing, PIDs and IP equal,
+/// gone from the source.
+fn migrate_and_verify(name: &str, from: &str, to: &str) -> Result<serde_json::Value> {
+    let before_pids = top(from, name)?;
+    let before_ip = ip(from, name)?;
+    let c0 = count(from, name)?;
+    let r = tern_json(&["migrate", name, "--to", to])?;
+    ensure!(r.code == 0, "tern migrate failed: {}", r.all);
+    let j = &r.json;
+    ensure!(j["outcome"] == "completed", "{j}");
+    ensure!(j["mode"] == "stop-and-copy", "{j}");
+    for key in ["downtime_ms", "total_ms", "bytes_on_wire", "checkpoint_bytes"] {
+        ensure!(j[key].as_u64().is_some_and(|v| v > 0), "{key} missing or zero in {j}");
+    }
+    ensure!(j["downtime_ms"].as_u64() <= j["total_ms"].as_u64(), "{j}");
+    ensure!(j["bytes_on_wire"].as_u64() >= j["checkpoint_bytes"].as_u64(), "{j}");
+    let phases: Vec<&str> = j["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    for p in ["prepare", "checkpoint", "verify", "restore", "cleanup"] {
+        ensure!(phases.contains(&p), "phase {p} missing in {phases:?}");
+    }
+    ensure!(state(to, name)?.as_deref() == Some("running"), "not running on {to}");
+    ensure!(state(from, name)?.is_none(), "{name} still exists on {from}");
+    // The counter carries on from where it was frozen, it did not restart.
+    let c1 = count(to, name)?;
+    ensure!(c1 >= c0, "counter restarted: {c0} before, {c1} after");
+    count_reaches(to, name, c1 + 5)?;
+    ensure!(top(to, name)? == before_pids, "PIDs changed: {before_pids:?} vs {:?}", top(to, name)?);
+    ensure!(ip(to, name)? == before_ip, "IP changed");
+    eprintln!(
+        "{name} {from}->{to}: downtime {} ms, total {} ms, {} bytes on the wire, counter {c0} -> {c1}",
+        j["downtime_ms"], j["total_ms"], j["bytes_on_wire"]
+    );
+    Ok(r.json)
+}
+
+fn scenario_migrate_there_and_back() -> Result<()> {
+    let name = "e2e-counter";
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 40)?;
+    migrate_and_verify(name, "client1", "client2")?;
+    migrate_and_verify(name, "client2", "client1")?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+/// A failure after the freeze: the container must run again on client1,
+/// its counter continuing, its PIDs unchanged; tern exits 1 naming it.
+fn scenario_rollback(fault: &str, expect_in_message: &str) -> Result<()> {
+    let name = "e2e-rollback";
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 20)?;
+    let pids = top("client1", name)?;
+    restart_agent("client2", fault)?;
+    let c0 = count("client1", name)?;
+    let r = tern_json(&["migrate", name, "--to", "client2"]);
+    restart_agent("client2", "")?;
+    let r = r?;
+    ensure!(r.code == 1, "expected exit 1: {}", r.all);
+    ensure!(r.json["outcome"] == "rolled-back", "{}", r.all);
+    ensure!(r.json["running_on"] == "client1", "{}", r.all);
+    let msg = r.json["failure"]["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains(expect_in_message), "failure message {msg:?} lacks {expect_in_message:?}");
+    ensure!(r.json["downtime_ms"].as_u64().is_some(), "{}", r.all);
+    ensure!(state("client1", name)?.as_deref() == Some("running"), "not running on client1 after rollback");
+    let c1 = count("client1", name)?;
+    ensure!(c1 >= c0, "counter restarted on rollback: {c0} -> {c1}");
+    count_reaches("client1", name, c1 + 5)?;
+    ensure!(top("client1", name)? == pids, "PIDs changed on rollback");
+    ensure!(state("client2", name)?.is_none(), "a copy was left on client2");
+    // And the text report says so, for people.
+    eprintln!("rolled back as expected: {msg}");
+    remove_everywhere(name);
+    Ok(())
+}
+
+/// A refusal before the freeze: exit 3, the container untouched.
+fn scenario_refusal(prepare: impl FnOnce(&str) -> Result<()>, expect_field: &str) -> Result<()> {
+    let name = "e2e-refused";
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 10)?;
+    let pids = top("client1", name)?;
+    let started = inspect("client1", name)?.unwrap()["State"]["StartedAt"].clone();
+    prepare(name)?;
+    let r = tern_json(&["migrate", name, "--to", "client2"]);
+    restart_agent("client2", "")?;
+    let _ = run(&mut podman("client2", &["rm", "-f", "-t", "0", name]));
+    let r = r?;
+    ensure!(r.code == 3, "expected exit 3 (refused): {}", r.all);
+    ensure!(r.json["outcome"] == "refused", "{}", r.all);
+    let fields: Vec<&str> = r.json["findings"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    ensure!(fields.contains(&expect_field), "no {expect_field} finding in {fields:?}");
+    ensure!(r.stderr.contains("Nothing was touched"), "{}", r.stderr);
+    // Untouched: same processes, never checkpointed or restarted.
+    let after = inspect("client1", name)?.unwrap();
+    ensure!(after["State"]["Status"] == "running");
+    ensure!(after["State"]["StartedAt"] == started, "the container was restarted");
+    ensure!(after["State"]["CheckpointedAt"].as_str().map_or(true, |s| s.starts_with("0001")), "it was checkpointed: {}", after["State"]);
+    ensure!(top("client1", name)? == pids);
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn migrate_counter_to_client2_and_back() {
+    let _lab = lab_guard();
+    scenario_migrate_there_and_back().unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn rollback_when_target_agent_dies_mid_transfer() {
+    let _lab = lab_guard();
+    scenario_rollback("[faults]\nexit_after_checkpoint_bytes = 1", "client2").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn rollback_when_restore_fails_on_target() {
+    let _lab = lab_guard();
+    scenario_rollback("[faults]\nfail_restore = true", "fail_restore").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn rollback_when_checkpoint_digest_mismatches() {
+    let _lab = lab_guard();
+    scenario_rollback("[faults]\ncorrupt_checkpoint = true", "does not match its digest").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn refused_when_name_taken_on_target() {
+    let _lab = lab_guard();
+    scenario_refusal(
+        |name| {
+            // A stopped container of the same name on client2 (image imported there).
+            let tar = "/opt/tern/images/tern-busybox.tar";
+            ok(&mut podman("client2", &["import", tar, IMAGE]))?;
+            ok(&mut podman("client2", &["create", "--name", name, IMAGE, "true"]))?;
+            Ok(())
+        },
+        "container name",
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn refused_when_target_criu_is_older() {
+    let _lab = lab_guard();
+    scenario_refusal(|_| restart_agent("client2", "[facts_override]\ncriu_version = \"3.0.0\""), "criu").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn check_reports_without_migrating() {
+    let _lab = lab_guard();
+    let name = "e2e-check";
+    remove_everywhere(name);
+    start_counter("client1", name).unwrap();
+    let r = tern_json(&["check", name, "--to", "client2"]).unwrap();
+    assert_eq!(r.code, 0, "{}", r.all);
+    assert_eq!(r.json["ok"], true);
+    let fields: Vec<&str> = r.json["findings"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    for f in ["arch", "cgroups", "oci runtime", "podman", "criu", "kernel", "cpu flags", "network backend", "dirty tracking", "container name", "address", "image"] {
+        assert!(fields.contains(&f), "{f} missing from {fields:?}");
+    }
+    assert_eq!(state("client1", name).unwrap().as_deref(), Some("running"));
+    remove_everywhere(name);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn agent_refuses_a_peer_from_another_ca() {
+    let _lab = lab_guard();
+    let dir = std::env::temp_dir().join(format!("tern-foreign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ok(&mut tern(&["pki", "init", "--out", dir.to_str().unwrap(), "--host", "client1=192.0.2.11", "--host", "client2=192.0.2.12"])).unwrap();
+    let inv = dir.join("inventory.toml");
+    std::fs::write(
+        &inv,
+        format!(
+            "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n[[hosts]]\nname = \"client1\"\naddress = \"192.0.2.11:7443\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let r = tern_json(&["hosts", "--inventory", inv.to_str().unwrap()]).unwrap();
+    assert_eq!(r.code, 1, "{}", r.all);
+    assert_eq!(r.json[0]["reachable"], false, "{}", r.all);
+    let err = r.json[0]["error"].as_str().unwrap().to_lowercase();
+    assert!(err.contains("certificate"), "the error should name the certificate problem: {err}");
+    // The real inventory still works.
+    let r = tern_json(&["hosts"]).unwrap();
+    assert_eq!(r.code, 0, "{}", r.all);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Duration::ZERO;
+}

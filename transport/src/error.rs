@@ -1,0 +1,20 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read {what} {path}: {source}; create the cluster's certificates with `tern pki init`")]
+    ReadPem { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no {what}; it must be a PEM file written by `tern pki init`")]
+    EmptyPem { what: &'static str, path: PathBuf },
+    #[error("the TLS configuration is invalid: {0}")]
+    Tls(String),
+    #[error("cannot bind UDP {addr}: {source}; is another agent already listening there?")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot connect to {name} at {addr}: {detail}")]
+    Connect { name: String, addr: SocketAddr, detail: String },
+    #[error("{name} at {addr} did not answer within {secs} s; is its agent running and UDP port {} reachable?", addr.port())]
+    Timeout { name: String, addr: SocketAddr, secs: u64 },
+    #[error("{name} at {addr} and this side do not trust each other's certificate ({detail}); both must hold certificates from the same cluster CA (`tern pki init`), and {name}'s certificate must name it")]
+    Certificate { name: String, addr: SocketAddr, detail: String },
+}

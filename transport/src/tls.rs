@@ -1,0 +1,89 @@
+//! rustls configurations for both directions of mutual TLS.
+//!
+//! Every config is built with the ring provider passed explicitly, so no
+//! process-wide default provider has to be installed first. Only TLS 1.3
+//! (QUIC requires it).
+
+use crate::{TransportError, ALPN};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a process finds the cluster CA and its own certificate and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::ReadPem { what, path: path.to_path_buf(), source })
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let pem = read(what, path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TransportError::ReadPem { what, path: path.to_path_buf(), source })?;
+    if certs.is_empty() {
+        return Err(TransportError::EmptyPem { what, path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    let pem = read("private key", path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TransportError::ReadPem { what: "private key", path: path.to_path_buf(), source })?
+        .ok_or_else(|| TransportError::EmptyPem { what: "private key", path: path.to_path_buf() })
+}
+
+fn roots(files: &TlsFiles) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs("CA certificate", &files.ca)? {
+        roots.add(c).map_err(|e| TransportError::Tls(format!("{}: {e}", files.ca.display())))?;
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: rustls::Error) -> TransportError {
+    TransportError::Tls(e.to_string())
+}
+
+/// A server that accepts only clients with a certificate from the CA.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(files)?), provider.clone())
+        .build()
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs("certificate", &files.cert)?, key(&files.key)?)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// A client that trusts only servers with a certificate from the CA, and
+/// presents its own.
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TransportError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_root_certificates(roots(files)?)
+        .with_client_auth_cert(certs("certificate", &files.cert)?, key(&files.key)?)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
