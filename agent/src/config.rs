@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! name = "client1"                 # must match the host's certificate
-//! listen = "192.0.2.11:7443"
+//! listen = "198.51.100.11:7443"
 //! state_dir = "/var/lib/tern/agent" # staging and checkpoint files
 //! [tls]
 //! ca = "/etc/tern/pki/ca.pem"

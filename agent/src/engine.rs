@@ -44,6 +44,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes the image as an archive to `path`.
     async fn image_save(&self, image_id: &str, path: &Path) -> Result<()>;
     async fn image_load(&self, path: &Path) -> Result<()>;
+    /// Gives the image `id` the name `name` (restore looks images up by the
+    /// name the container was created from).
+    async fn image_tag(&self, id: &str, name: &str) -> Result<()>;
     /// Freezes and dumps the container, writing the archive to `path` (which
     /// may be a FIFO) and keeping the checkpoint so [`Engine::restore_local`]
     /// can bring the container back.
@@ -163,6 +166,10 @@ impl Engine for PodmanCli {
     async fn image_load(&self, path: &Path) -> Result<()> {
         let p = path.to_string_lossy();
         self.run(&["image", "load", "-i", &p], SLOW).await.map(drop)
+    }
+
+    async fn image_tag(&self, id: &str, name: &str) -> Result<()> {
+        self.run(&["image", "tag", id, name], QUICK).await.map(drop)
     }
 
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {

@@ -181,7 +181,11 @@ impl Target<'_> {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
         let engine = &self.agent.engine;
-        let name = &self.begin.container.name;
+        let c = &self.begin.container;
+        let name = &c.name;
+        if !c.image.is_empty() && !c.image.contains("<none>") {
+            engine.image_tag(&c.image_id, &c.image).await.map_err(|e| e.to_string())?;
+        }
         self.restored = true;
         engine
             .restore_import(path, CheckpointOpts { tcp_established: self.begin.tcp_established })

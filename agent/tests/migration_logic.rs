@@ -89,6 +89,13 @@ impl Engine for FakeEngine {
         s.images.insert(id);
         Ok(())
     }
+    async fn image_tag(&self, id: &str, _name: &str) -> Result<(), EngineError> {
+        let s = self.state.lock().unwrap();
+        if !s.images.contains(id) {
+            return Err(failed("tag", "no such image"));
+        }
+        Ok(())
+    }
     async fn checkpoint_export(&self, name: &str, path: &Path, _: CheckpointOpts) -> Result<(), EngineError> {
         let info = {
             let mut s = self.state.lock().unwrap();

@@ -8,7 +8,7 @@
 //! key = "/etc/tern/pki/coordinator.key"
 //! [[hosts]]
 //! name = "client1"            # as in the host's certificate
-//! address = "192.0.2.11:7443"
+//! address = "198.51.100.11:7443"
 //! ```
 //!
 //! Found at `--inventory`, else `$TERN_INVENTORY`, else `./.tern/inventory.toml`
@@ -96,7 +96,7 @@ mod tests {
             key = "c.key"
             [[hosts]]
             name = "client1"
-            address = "192.0.2.11:7443"
+            address = "198.51.100.11:7443"
         "#,
         )
         .unwrap();

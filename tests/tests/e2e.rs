@@ -189,12 +189,12 @@ fn agent_refuses_a_peer_from_another_ca() {
     let _lab = lab_guard();
     let dir = std::env::temp_dir().join(format!("tern-foreign-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    ok(&mut tern(&["pki", "init", "--out", dir.to_str().unwrap(), "--host", "client1=192.0.2.11", "--host", "client2=192.0.2.12"])).unwrap();
+    ok(&mut tern(&["pki", "init", "--out", dir.to_str().unwrap(), "--host", "client1=198.51.100.11", "--host", "client2=198.51.100.12"])).unwrap();
     let inv = dir.join("inventory.toml");
     std::fs::write(
         &inv,
         format!(
-            "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n[[hosts]]\nname = \"client1\"\naddress = \"192.0.2.11:7443\"\n",
+            "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n[[hosts]]\nname = \"client1\"\naddress = \"198.51.100.11:7443\"\n",
             dir.display()
         ),
     )

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Installs everything tern and its tests need on a fresh Debian 12 machine.
+# Idempotent: a second run changes nothing and takes seconds. Run as root.
+#
+#  - Podman 4.3 with runc (crun refuses hybrid cgroups), conmon, netavark.
+#  - CRIU >= 4.2: Debian 12's 3.17 fails on current kernels and 4.1 cannot
+#    dump inet sockets on kernels >= 6.16, so unless the system has >= 4.2,
+#    CRIU 4.2 from Debian's development suite (forky) goes into a private
+#    prefix (/opt/tern/criu) with its own glibc, behind a wrapper at
+#    /usr/local/sbin/criu. forky is pinned at priority 100: nothing else
+#    is ever upgraded from it.
+#  - /etc/containers/containers.conf: runc, cgroupfs, rlimits this machine
+#    allows, and a documentation-range subnet for containers.
+#  - The test image's root filesystem (busybox) at /opt/tern/images.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 2; }
+export DEBIAN_FRONTEND=noninteractive
+log() { printf 'install-deps: %s\n' "$*"; }
+
+PREFIX=/opt/tern
+CRIU_PREFIX=$PREFIX/criu
+IMAGES=$PREFIX/images
+ARCH_DIR=x86_64-linux-gnu
+
+# --- Debian packages --------------------------------------------------------
+PKGS=(podman runc conmon netavark aardvark-dns slirp4netns uidmap catatonit fuse-overlayfs
+      busybox-static iproute2 zstd util-linux iptables procps psmisc ca-certificates
+      gcc libc6-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's own criu (3.17) must not shadow ours.
+if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q "install ok installed"; then
+    log "removing Debian 12's criu 3.17 (it fails on this kernel)"
+    apt-get remove -y -qq criu >/dev/null
+fi
+
+# --- CRIU >= 4.2 --------------------------------------------------------------
+criu_ok() {
+    local v
+    v=$(criu --version 2>/dev/null | sed -n 's/^Version: *//p')
+    [ -n "$v" ] || return 1
+    printf '4.2\n%s\n' "$v" | sort -V -C   # 4.2 <= v
+}
+if ! criu_ok; then
+    log "installing CRIU 4.2 from Debian forky into $CRIU_PREFIX"
+    echo "deb http://deb.debian.org/debian forky main" > /etc/apt/sources.list.d/tern-forky.list
+    cat > /etc/apt/preferences.d/tern-forky <<'PIN'
+# tern: forky only for the few packages install-deps.sh downloads by hand.
+Package: *
+Pin: release n=forky
+Pin-Priority: 100
+PIN
+    apt-get update -qq
+    debs=$(mktemp -d /var/tmp/tern-criu.XXXXXX)
+    chown _apt "$debs" 2>/dev/null || true
+    (cd "$debs" && apt-get download -qq criu/forky libcompel1/forky libc6/forky libnet9/forky libnl-3-200/forky \
+        libprotobuf-c1/forky libnftables1/forky libbsd0/forky libmd0/forky libjansson4/forky libmnl0/forky \
+        libnftnl11/forky libxtables12/forky libuuid1/forky >/dev/null)
+    rm -rf "$CRIU_PREFIX.new"
+    mkdir -p "$CRIU_PREFIX.new"
+    for d in "$debs"/*.deb; do dpkg -x "$d" "$CRIU_PREFIX.new"; done
+    rm -rf "$debs" "$CRIU_PREFIX"
+    mv "$CRIU_PREFIX.new" "$CRIU_PREFIX"
+    cat > /usr/local/sbin/criu <<WRAP
+#!/bin/sh
+# tern: CRIU 4.2 from Debian forky, run with its own glibc (scripts/install-deps.sh).
+P=$CRIU_PREFIX
+exec "\$P/usr/lib/$ARCH_DIR/ld-linux-x86-64.so.2" \\
+    --library-path "\$P/usr/lib/$ARCH_DIR:\$P/lib/$ARCH_DIR:/lib/$ARCH_DIR:/usr/lib/$ARCH_DIR" \\
+    "\$P/usr/sbin/criu" "\$@"
+WRAP
+    chmod 755 /usr/local/sbin/criu
+    hash -r
+    criu_ok || { echo "install-deps.sh: CRIU 4.2 did not install correctly:" >&2; criu --version >&2 || true; exit 1; }
+fi
+
+# --- containers.conf -------------------------------------------------------------
+nofile=$(ulimit -Hn)
+[ "$nofile" = unlimited ] && nofile=1048576
+nproc=$(ulimit -Hu)
+pid_max=$(cat /proc/sys/kernel/pid_max)
+if [ "$nproc" = unlimited ] || [ "$nproc" -gt "$pid_max" ]; then nproc=$pid_max; fi
+conf=$(cat <<CONF
+# Written by tern's scripts/install-deps.sh.
+[containers]
+# This machine's hard limits: podman's defaults would make runc fail (EPERM).
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+
+[network]
+network_backend = "netavark"
+# A documentation range for containers' addresses.
+default_subnet = "203.0.113.0/24"
+CONF
+)
+mkdir -p /etc/containers
+if [ "$(cat /etc/containers/containers.conf 2>/dev/null)" != "$conf" ]; then
+    log "writing /etc/containers/containers.conf"
+    printf '%s\n' "$conf" > /etc/containers/containers.conf
+fi
+
+# --- test image --------------------------------------------------------------------
+scripts/test-image/build.sh "$IMAGES"
+
+# --- summary -------------------------------------------------------------------------
+log "podman $(podman version --format '{{.Client.Version}}' 2>/dev/null), $(runc --version | head -1), criu $(criu --version | sed -n 's/^Version: *//p'), kernel $(uname -r)"
+if criu check --feature mem_dirty_track >/dev/null 2>&1; then
+    log "soft-dirty memory tracking: available (pre-copy possible)"
+else
+    log "soft-dirty memory tracking: NOT available on this kernel (pre-copy impossible here; stop-and-copy works)"
+fi

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# A two-host lab on one machine: network namespaces client1 (198.51.100.11) and
+# client2 (198.51.100.12) on a bridge tern0 (198.51.100.1, the root namespace where
+# `tern` runs), each with its own Podman storage and a running tern-agent.
+#
+#   scripts/lab.sh up                 create (idempotent; restarts agents, keeps containers)
+#   scripts/lab.sh down               stop agents, remove containers, storage, namespaces
+#   scripts/lab.sh status             namespaces, agents, containers
+#   scripts/lab.sh podman HOST ARGS   podman on a lab host
+#   scripts/lab.sh nsenter HOST CMD   a command in a lab host's network namespace
+#   scripts/lab.sh agent-start|agent-stop|agent-restart HOST
+#
+# Environment: TERN_BIN_DIR (default target/release), TERN_NO_BUILD=1 (skip
+# cargo build), LAB_IMAGE_HOSTS (hosts that get the test image; default
+# client1: tern ships it to others), LAB_FACTS_OVERRIDE_<HOST> (TOML put under
+# [facts_override]) and LAB_AGENT_EXTRA_<HOST> (TOML appended to the agent's
+# config; tests inject faults with it).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$TERN_REPO"
+
+BIN=${TERN_BIN_DIR:-$TERN_REPO/target/release}
+die() { echo "lab.sh: $*" >&2; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "run as root: the lab creates network namespaces"; }
+upper() { echo "$1" | tr '[:lower:]-' '[:upper:]_'; }
+
+agent_dir() { echo "$LAB_STATE/hosts/$1"; }
+
+write_agent_config() {
+    local h=$1 dir ip
+    dir=$(agent_dir "$h"); ip=$(lab_ip "$h")
+    mkdir -p "$dir"
+    local over extra
+    over=$(eval "echo \"\${LAB_FACTS_OVERRIDE_$(upper "$h"):-}\"")
+    extra=$(eval "echo \"\${LAB_AGENT_EXTRA_$(upper "$h"):-}\"")
+    {
+        echo "# Written by scripts/lab.sh."
+        echo "name = \"$h\""
+        echo "listen = \"$ip:$LAB_PORT\""
+        echo "state_dir = \"$LAB_VAR/$h/agent\""
+        echo "[tls]"
+        echo "ca = \"$LAB_STATE/pki/ca.pem\""
+        echo "cert = \"$LAB_STATE/pki/$h.pem\""
+        echo "key = \"$LAB_STATE/pki/$h.key\""
+        echo "[podman]"
+        echo "program = \"podman\""
+        printf 'args = ['
+        local first=1
+        for a in $(lab_podman_args "$h"); do
+            [ $first = 1 ] || printf ', '
+            printf '"%s"' "$a"; first=0
+        done
+        echo ']'
+        if [ -n "$over" ]; then echo "[facts_override]"; printf '%b\n' "$over"; fi
+        if [ -n "$extra" ]; then printf '%b\n' "$extra"; fi
+    } > "$dir/agent.toml"
+}
+
+agent_pid() {
+    local f
+    f="$(agent_dir "$1")/agent.pid"
+    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+}
+
+agent_stop() {
+    local pid
+    if pid=$(agent_pid "$1"); then
+        kill -9 "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$(agent_dir "$1")/agent.pid"
+}
+
+agent_start() {
+    local h=$1 dir
+    dir=$(agent_dir "$h")
+    [ -x "$BIN/tern-agent" ] || die "$BIN/tern-agent is missing: build with cargo build --release"
+    agent_stop "$h"
+    write_agent_config "$h"
+    mkdir -p "$LAB_VAR/$h/agent"
+    echo "--- agent start $(date -Is)" >> "$dir/agent.log"
+    setsid nsenter --net="/run/netns/$h" env RUST_LOG="${RUST_LOG:-info}" \
+        "$BIN/tern-agent" --config "$dir/agent.toml" >> "$dir/agent.log" 2>&1 < /dev/null &
+    echo $! > "$dir/agent.pid"
+    for _ in $(seq 300); do
+        if lab_nsenter "$h" ss -Hlun "sport = :$LAB_PORT" 2>/dev/null | grep -q .; then return 0; fi
+        kill -0 "$(cat "$dir/agent.pid")" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 20 "$dir/agent.log" >&2
+    die "the agent on $h did not start (log: $dir/agent.log)"
+}
+
+net_up() {
+    if ! ip link show "$LAB_BRIDGE" >/dev/null 2>&1; then
+        # The lab's subnet must not be one this machine already routes
+        # elsewhere (CI machines sit in 192.0.2.0/24, for one).
+        local clash
+        clash=$(ip -4 route show | awk -v n="${LAB_BRIDGE_IP%.*}." 'index($1, n) == 1 {print}')
+        [ -z "$clash" ] || die "the lab's subnet ${LAB_BRIDGE_IP%.*}.0/24 is already in use here ($clash)"
+
+        ip link add "$LAB_BRIDGE" type bridge
+        ip addr add "$LAB_BRIDGE_IP/24" dev "$LAB_BRIDGE"
+    fi
+    ip link set "$LAB_BRIDGE" up
+    for h in "${LAB_HOSTS[@]}"; do
+        [ -e "/run/netns/$h" ] || ip netns add "$h"
+        if ! ip link show "veth-$h" >/dev/null 2>&1; then
+            ip link add "veth-$h" type veth peer name eth0 netns "$h"
+            ip link set "veth-$h" master "$LAB_BRIDGE" up
+            nsenter --net="/run/netns/$h" ip addr add "$(lab_ip "$h")/24" dev eth0
+        fi
+        nsenter --net="/run/netns/$h" ip link set lo up
+        nsenter --net="/run/netns/$h" ip link set eth0 up
+        mkdir -p "$LAB_VAR/$h/storage" "$LAB_VAR/$h/agent" "$LAB_RUN/$h/runroot" "$LAB_RUN/$h/libpod"
+    done
+}
+
+cmd_up() {
+    need_root
+    command -v podman >/dev/null && command -v criu >/dev/null || die "podman or criu missing: run scripts/install-deps.sh"
+    if [ "${TERN_NO_BUILD:-}" != 1 ]; then cargo build --release --bins; fi
+    net_up
+    for h in ${LAB_IMAGE_HOSTS:-client1}; do
+        lab_podman "$h" image exists "$LAB_IMAGE" || lab_podman "$h" import "$LAB_IMAGE_TAR" "$LAB_IMAGE" >/dev/null
+    done
+    if [ ! -f "$LAB_STATE/pki/ca.pem" ]; then
+        local args=()
+        for h in "${LAB_HOSTS[@]}"; do args+=(--host "$h=$(lab_ip "$h")"); done
+        "$BIN/tern" pki init --out "$LAB_STATE/pki" "${args[@]}" >/dev/null
+    fi
+    {
+        echo "# Written by scripts/lab.sh: the lab's hosts, for tern run from the repository root."
+        echo "[tls]"
+        echo "ca = \"$LAB_STATE/pki/ca.pem\""
+        echo "cert = \"$LAB_STATE/pki/coordinator.pem\""
+        echo "key = \"$LAB_STATE/pki/coordinator.key\""
+        for h in "${LAB_HOSTS[@]}"; do
+            echo; echo "[[hosts]]"; echo "name = \"$h\""; echo "address = \"$(lab_ip "$h"):$LAB_PORT\""
+        done
+    } > "$LAB_STATE/inventory.toml"
+    for h in "${LAB_HOSTS[@]}"; do agent_start "$h"; done
+    echo "lab is up: ${LAB_HOSTS[*]}; try: $BIN/tern hosts"
+}
+
+cmd_down() {
+    need_root
+    for h in "${LAB_HOSTS[@]}"; do
+        agent_stop "$h"
+        if [ -e "/run/netns/$h" ]; then
+            lab_podman "$h" rm -af -t 0 >/dev/null 2>&1 || true
+            ip netns pids "$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        fi
+    done
+    # Leftover overlay and shm mounts of the lab's storage.
+    grep -E " ($LAB_VAR|$LAB_RUN)/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    for h in "${LAB_HOSTS[@]}"; do
+        ip link del "veth-$h" 2>/dev/null || true
+        [ -e "/run/netns/$h" ] && ip netns del "$h"
+    done
+    ip link del "$LAB_BRIDGE" 2>/dev/null || true
+    rm -rf "$LAB_VAR" "$LAB_RUN" "$LAB_STATE/hosts" "$LAB_STATE/pki" "$LAB_STATE/inventory.toml"
+    echo "lab is down"
+}
+
+cmd_status() {
+    for h in "${LAB_HOSTS[@]}"; do
+        if [ ! -e "/run/netns/$h" ]; then echo "$h: down"; continue; fi
+        local pid
+        if pid=$(agent_pid "$h"); then echo "$h: up, agent pid $pid"; else echo "$h: up, agent NOT running"; fi
+        lab_podman "$h" ps -a --format '  {{.Names}}\t{{.Status}}\t{{.Image}}' 2>/dev/null || true
+    done
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    podman) shift; [ $# -ge 1 ] || die "usage: lab.sh podman HOST ARGS..."; lab_podman "$@" ;;
+    nsenter) shift; [ $# -ge 2 ] || die "usage: lab.sh nsenter HOST CMD..."; lab_nsenter "$@" ;;
+    agent-start) need_root; agent_start "${2:?host}" ;;
+    agent-stop) need_root; agent_stop "${2:?host}" ;;
+    agent-restart) need_root; agent_start "${2:?host}" ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
