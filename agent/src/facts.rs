@@ -77,14 +77,17 @@ async fn criu() -> (String, Capability) {
         Some((true, _)) => Capability { supported: true, detail: "criu check --feature mem_dirty_track: supported".into() },
         Some((false, text)) => Capability {
             supported: false,
-            detail: format!(
-                "the kernel has no soft-dirty tracking (criu check --feature mem_dirty_track: {})",
-                text.trim().lines().last().unwrap_or("failed")
-            ),
+            detail: format!("no soft-dirty memory tracking: criu check says \"{}\"", criu_message(&text)),
         },
         None => Capability { supported: false, detail: "criu check could not run".into() },
     };
     (version, dirty)
+}
+
+/// The last line CRIU printed, without its `Warn  (file.c:123): ` prefix.
+pub fn criu_message(text: &str) -> &str {
+    let last = text.trim().lines().last().unwrap_or("failed");
+    last.split_once("): ").map(|(_, m)| m).unwrap_or(last).trim()
 }
 
 /// `criu --version` prints `Version: 4.2` (and sometimes a GitID line).
@@ -165,6 +168,10 @@ mod tests {
     fn parses_criu_and_cpuinfo() {
         assert_eq!(parse_criu_version("Version: 4.2\nGitID: v4.2\n"), "4.2");
         assert_eq!(parse_criu_version("nonsense"), "");
+        assert_eq!(
+            criu_message("Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n"),
+            "Dirty tracking is OFF. Memory snapshot will not work."
+        );
         let flags = cpu_flags("processor\t: 0\nflags\t\t: sse2 fpu avx2 fpu\nbugs\t: x\n");
         assert_eq!(flags, vec!["avx2", "fpu", "sse2"]);
     }

@@ -286,20 +286,29 @@ impl Run<'_> {
         };
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
-        let digest = sent.map_err(|e| Fail::new(p, e))?;
+        let target = &self.req.target.name;
+        let digest = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
         self.checkpoint_bytes = digest.bytes;
         self.check_cancel(p)?;
-        write_frame(send, &SourceMsg::CheckpointSent(digest)).await.map_err(|e| Fail::new(p, e))?;
+        write_frame(send, &SourceMsg::CheckpointSent(digest))
+            .await
+            .map_err(|e| Fail::new(p, format!("telling {target} the checkpoint is complete: {e}")))?;
         self.leave(p);
 
         let p = Phase::Restore;
         self.enter(p, "the target verifies and restores");
         let reply = tokio::select! {
-            r = self.read_target(recv, RESTORE_TIMEOUT) => r.map_err(|e| Fail::new(p, e))?,
+            r = self.read_target(recv, RESTORE_TIMEOUT) => r.map_err(|e| Fail::new(p, format!("waiting for {} to restore: {e}", self.req.target.name)))?,
             _ = self.cancel.cancelled() => return Err(Fail::new(p, "cancelled by the user")),
         };
         match reply {
             TargetMsg::Restored(r) => {
+                // Downtime ends when the container ran on the target, before
+                // the target's extra check that it keeps running.
+                self.downtime = self
+                    .frozen_at
+                    .take()
+                    .map(|t| t.elapsed().saturating_sub(Duration::from_millis(r.confirm_ms)));
                 // The target's own split of this phase.
                 self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
                 self.leave(p);
@@ -315,7 +324,6 @@ impl Run<'_> {
     async fn cleanup(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
         let p = Phase::Cleanup;
         self.enter(p, "removing the source copy");
-        self.downtime = self.frozen_at.take().map(|t| t.elapsed());
         if let Err(e) = self.agent.engine.remove(&self.req.container, false).await {
             self.warnings.push(format!(
                 "the container runs on {} but its stopped copy could not be removed here: {e}; remove it with `podman rm {}`",
@@ -357,7 +365,13 @@ impl Run<'_> {
                 self.req.target.name, self.req.container
             ));
         }
-        let failure = f.failure();
+        let mut failure = f.failure();
+        if let Some(reason) = self.session.as_ref().and_then(|s| s.conn.close_reason()) {
+            failure.message = format!(
+                "{} (the connection to {} was lost: {reason}; its agent stopped or the network failed)",
+                failure.message, self.req.target.name
+            );
+        }
         let r = restore_here(self.agent, &self.req.container, self.req.options.tcp_established).await;
         if let Some(t) = self.frozen_at.take() {
             self.downtime = Some(t.elapsed());

@@ -19,6 +19,9 @@ use tern_proto::state::{step, Action, TargetState};
 use tern_proto::*;
 use tokio::sync::mpsc;
 
+/// How long a restored container must keep running before it counts.
+const CONFIRM_MS: u64 = 300;
+
 type Received = (DataKind, Result<(PathBuf, Digest), String>);
 
 /// Serves one `Receive` conversation.
@@ -164,10 +167,11 @@ impl Target<'_> {
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
         match self.restore_and_confirm(&path).await {
-            Ok(container) => {
-                let restore_ms = t1.elapsed().as_millis() as u64;
-                tracing::info!(name = %container.name, restore_ms, "restored and running");
-                TargetMsg::Restored(RestoreInfo { verify_ms, restore_ms, container })
+            Ok((container, running_at)) => {
+                let restore_ms = (running_at - t1).as_millis() as u64;
+                let confirm_ms = running_at.elapsed().as_millis() as u64;
+                tracing::info!(name = %container.name, restore_ms, confirm_ms, "restored and running");
+                TargetMsg::Restored(RestoreInfo { verify_ms, restore_ms, confirm_ms, container })
             }
             Err(message) => {
                 self.undo().await;
@@ -176,7 +180,10 @@ impl Target<'_> {
         }
     }
 
-    async fn restore_and_confirm(&mut self, path: &std::path::Path) -> Result<ContainerInfo, String> {
+    /// Restores, then checks the container runs now and still runs a moment
+    /// later: a process that dies right after restore is not a success.
+    /// Returns the container and when it was first seen running.
+    async fn restore_and_confirm(&mut self, path: &std::path::Path) -> Result<(ContainerInfo, Instant), String> {
         if self.agent.cfg.faults.fail_restore {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
@@ -191,14 +198,13 @@ impl Target<'_> {
             .restore_import(path, CheckpointOpts { tcp_established: self.begin.tcp_established })
             .await
             .map_err(|e| e.to_string())?;
-        // Running now, and still running a moment later: a process that dies
-        // right after restore is not a success.
-        for wait in [0u64, 300] {
+        let running_at = Instant::now();
+        for wait in [0u64, CONFIRM_MS] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             match engine.inspect(name).await.map_err(|e| e.to_string())? {
                 Some(c) if c.is_running() => {
                     if wait > 0 {
-                        return Ok(c);
+                        return Ok((c, running_at));
                     }
                 }
                 Some(c) => return Err(format!("the restored container is {}, not running", c.state)),

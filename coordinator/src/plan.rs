@@ -42,7 +42,15 @@ pub async fn plan<'a>(
 ) -> anyhow::Result<Plan<'a>> {
     let source_view = match from {
         Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
-        None => match cluster.find_container(container).as_slice() {
+        // The source is never the target: a same-named container there is a
+        // clash the checks report, not a second candidate.
+        None => match cluster
+            .find_container(container)
+            .into_iter()
+            .filter(|h| h.entry.name != target)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             [one] => *one,
             [] => {
                 let down: Vec<String> = cluster

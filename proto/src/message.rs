@@ -288,7 +288,11 @@ pub enum TargetMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreInfo {
     pub verify_ms: u64,
+    /// Until `podman restore` returned with the container running.
     pub restore_ms: u64,
+    /// The check afterwards that it is still running; the container runs
+    /// during it, so it is not downtime.
+    pub confirm_ms: u64,
     pub container: ContainerInfo,
 }
 

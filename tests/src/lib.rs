@@ -135,11 +135,20 @@ pub fn count_reaches(host: &str, name: &str, at_least: u64) -> Result<u64> {
     })
 }
 
-/// `podman top NAME pid comm` without the header: what must not change.
-pub fn top(host: &str, name: &str) -> Result<Vec<String>> {
+fn top_once(host: &str, name: &str) -> Result<Vec<String>> {
     let s = ok(&mut podman(host, &["top", name, "pid", "comm"]))?;
-    let mut rows: Vec<String> = s.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
-    // `cat`/`sleep` children come and go; keep the long-lived processes.
+    Ok(s.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect())
+}
+
+/// `podman top NAME pid comm` without the header: the long-lived processes,
+/// which must keep their PIDs. Short-lived children (the counter's `sleep`,
+/// a shell forked to exec it, our own `podman exec`) are filtered out by
+/// keeping only what two samples 200 ms apart both show.
+pub fn top(host: &str, name: &str) -> Result<Vec<String>> {
+    let first = top_once(host, name)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let second = top_once(host, name)?;
+    let mut rows: Vec<String> = first.into_iter().filter(|r| second.contains(r)).collect();
     rows.retain(|r| !r.ends_with(" sleep") && !r.ends_with(" cat"));
     rows.sort();
     Ok(rows)

@@ -77,7 +77,8 @@ fn scenario_rollback(fault: &str, expect_in_message: &str) -> Result<()> {
     let c1 = count("client1", name)?;
     ensure!(c1 >= c0, "counter restarted on rollback: {c0} -> {c1}");
     count_reaches("client1", name, c1 + 5)?;
-    ensure!(top("client1", name)? == pids, "PIDs changed on rollback");
+    let after = top("client1", name)?;
+    ensure!(after == pids, "PIDs changed on rollback: {pids:?} -> {after:?}");
     ensure!(state("client2", name)?.is_none(), "a copy was left on client2");
     // And the text report says so, for people.
     eprintln!("rolled back as expected: {msg}");
