@@ -125,6 +125,14 @@ impl Run<'_> {
     }
 
     async fn execute(&mut self) -> Outcome {
+        if self.req.options.mode != Mode::StopAndCopy {
+            return Outcome::Refused {
+                failure: Failure {
+                    phase: Phase::Prepare,
+                    message: format!("this agent does not implement {} yet; use --mode stop-and-copy", self.req.options.mode.as_str()),
+                },
+            };
+        }
         let Some(_guard) = self.agent.claim(&self.req.container) else {
             return Outcome::Refused {
                 failure: Failure { phase: Phase::Prepare, message: format!("{} is already being migrated", self.req.container) },

@@ -100,7 +100,10 @@ pub async fn plan<'a>(
     let (mode, mode_note) = match mode {
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
-        ModeArg::Auto if both_track => (Mode::PreCopy, "both hosts track dirty memory".to_string()),
+        // Pre-copy is not implemented yet (README, "Not done yet").
+        ModeArg::Auto if both_track => {
+            (Mode::StopAndCopy, "both hosts track dirty memory, but this tern does not do pre-copy yet".to_string())
+        }
         ModeArg::Auto => (Mode::StopAndCopy, format!("pre-copy is unavailable ({why_not})")),
     };
 

@@ -211,3 +211,51 @@ fn agent_refuses_a_peer_from_another_ca() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = Duration::ZERO;
 }
+
+/// The numbers received so far over the container's TCP connection.
+fn received(host: &str, name: &str) -> Result<Vec<u64>> {
+    let s = ok(&mut podman(host, &["exec", name, "cat", "/received"]))?;
+    Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+fn consecutive(v: &[u64]) -> bool {
+    v.windows(2).all(|w| w[1] == w[0] + 1) && v.first() == Some(&0)
+}
+
+/// An established TCP connection inside the container (an `nc` client
+/// streaming a counter to an `nc` server over loopback). Without
+/// `--tcp-established` CRIU refuses to dump it and tern rolls back; with it,
+/// the same connection keeps delivering after the move.
+fn scenario_tcp_established() -> Result<()> {
+    let name = "e2e-tcp";
+    remove_everywhere(name);
+    let script = "sleep 100000 | nc -l -p 7000 > /received & sleep 0.3; i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done | nc 127.0.0.1 7000";
+    ok(&mut podman("client1", &["run", "-d", "--name", name, IMAGE, "sh", "-c", script]))?;
+    wait_until(Duration::from_secs(20), "numbers over TCP", || Ok((received("client1", name)?.len() > 20).then_some(())))?;
+
+    let r = tern_json(&["migrate", name, "--to", "client2"])?;
+    ensure!(r.code == 1 && r.json["outcome"] == "rolled-back", "without --tcp-established: {}", r.all);
+    let before = received("client1", name)?.len();
+    wait_until(Duration::from_secs(20), "the connection to carry on after the rollback", || {
+        Ok((received("client1", name)?.len() > before + 5).then_some(()))
+    })?;
+
+    let r = tern_json(&["migrate", name, "--to", "client2", "--tcp-established"])?;
+    ensure!(r.code == 0, "with --tcp-established: {}", r.all);
+    let n0 = received("client2", name)?.len();
+    wait_until(Duration::from_secs(20), "the same connection to deliver on client2", || {
+        Ok((received("client2", name)?.len() > n0 + 10).then_some(()))
+    })?;
+    let got = received("client2", name)?;
+    ensure!(consecutive(&got), "the stream restarted or lost numbers: {:?}", &got[got.len().saturating_sub(30)..]);
+    eprintln!("TCP stream carried on: {n0} numbers before the move, {} now, no gap", got.len());
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn tcp_connection_survives_with_tcp_established() {
+    let _lab = lab_guard();
+    scenario_tcp_established().unwrap();
+}
