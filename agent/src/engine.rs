@@ -31,6 +31,8 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointOpts {
     pub tcp_established: bool,
+    /// Compress the exported archive with zstd (else no compression).
+    pub zstd: bool,
 }
 
 /// What the agent needs from the container engine.
@@ -174,7 +176,8 @@ impl Engine for PodmanCli {
 
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {
         let p = path.to_string_lossy();
-        let mut args = vec!["container", "checkpoint", "--keep", "--compress", "zstd", "--export", &p];
+        let compress = if opts.zstd { "zstd" } else { "none" };
+        let mut args = vec!["container", "checkpoint", "--keep", "--compress", compress, "--export", &p];
         args.extend(tcp_flag(opts));
         args.push(name);
         self.run(&args, SLOW).await.map(drop)

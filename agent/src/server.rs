@@ -65,6 +65,18 @@ impl Agent {
                 _ = &mut shutdown => break,
             }
         }
+        // Stop taking new work, but let migrations under way finish or roll
+        // back: dying mid-migration would leave a container frozen.
+        self.endpoint.set_server_config(None);
+        let mut waited = 0;
+        while !self.busy.lock().unwrap().is_empty() {
+            if waited % 50 == 0 {
+                let busy: Vec<String> = self.busy.lock().unwrap().iter().cloned().collect();
+                tracing::info!(?busy, "waiting for migrations under way before exiting");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
+        }
         self.endpoint.close(0u32.into(), b"agent shutting down");
     }
 

@@ -260,7 +260,10 @@ impl Run<'_> {
         let fifo = self.work_dir.join("checkpoint.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
-        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established };
+        let opts = CheckpointOpts {
+            tcp_established: self.req.options.tcp_established,
+            zstd: self.req.options.compress == Compression::Zstd,
+        };
         self.frozen_at = Some(Instant::now());
         let engine = self.agent.engine.clone();
         let name = info.name.clone();
@@ -441,7 +444,7 @@ async fn restore_here(agent: &Agent, name: &str, tcp_established: bool) -> anyho
     if engine.inspect(name).await?.is_some_and(|c| c.is_running()) {
         return Ok(());
     }
-    engine.restore_local(name, CheckpointOpts { tcp_established }).await?;
+    engine.restore_local(name, CheckpointOpts { tcp_established, zstd: false }).await?;
     match engine.inspect(name).await? {
         Some(c) if c.is_running() => Ok(()),
         Some(c) => anyhow::bail!("after the local restore {name} is {}", c.state),

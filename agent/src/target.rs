@@ -71,6 +71,12 @@ impl Target<'_> {
         }
         tokio::fs::create_dir_all(&self.staging).await?;
         let needs_image = !engine.image_exists(&c.image_id).await?;
+        if !needs_image {
+            // Before the freeze: restore looks the image up by this name.
+            if let Err(e) = self.name_image().await {
+                return refuse(send, e).await;
+            }
+        }
         let (tx, mut data) = mpsc::channel::<Received>(2);
         let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.staging.clone(), self.faults(), tx));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
@@ -149,6 +155,7 @@ impl Target<'_> {
             let path = self.verified(data, DataKind::Image, digest).await?;
             self.agent.engine.image_load(&path).await.map_err(|e| e.to_string())?;
             let _ = tokio::fs::remove_file(&path).await;
+            self.name_image().await?;
             Ok::<_, String>(())
         }
         .await;
@@ -188,14 +195,10 @@ impl Target<'_> {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
         let engine = &self.agent.engine;
-        let c = &self.begin.container;
-        let name = &c.name;
-        if !c.image.is_empty() && !c.image.contains("<none>") {
-            engine.image_tag(&c.image_id, &c.image).await.map_err(|e| e.to_string())?;
-        }
+        let name = &self.begin.container.name;
         self.restored = true;
         engine
-            .restore_import(path, CheckpointOpts { tcp_established: self.begin.tcp_established })
+            .restore_import(path, CheckpointOpts { tcp_established: self.begin.tcp_established, zstd: false })
             .await
             .map_err(|e| e.to_string())?;
         let running_at = Instant::now();
@@ -212,6 +215,20 @@ impl Target<'_> {
             }
         }
         unreachable!("the loop returns on its last pass")
+    }
+
+    /// Gives the image the name the container was created from: `restore
+    /// --import` looks it up by name, and a loaded archive may carry none.
+    async fn name_image(&self) -> Result<(), String> {
+        let c = &self.begin.container;
+        if c.image.is_empty() || c.image.contains("<none>") {
+            return Ok(());
+        }
+        self.agent
+            .engine
+            .image_tag(&c.image_id, &c.image)
+            .await
+            .map_err(|e| format!("naming the image {} here: {e}", c.image))
     }
 
     /// Removes the container this migration restored here, if any.
@@ -251,7 +268,7 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, staging: PathBuf,
         };
         let (path, faults) = match header.kind {
             DataKind::Image => (staging.join("image.tar"), ReceiveFaults::default()),
-            _ => (staging.join("checkpoint.tar.zst"), faults),
+            _ => (staging.join("checkpoint.tar"), faults),
         };
         let r = transfer::receive(recv, &path, &done, faults).await;
         let r = r.map(|d| (path, d)).map_err(|e| e.to_string());

@@ -213,7 +213,7 @@ impl Cluster {
             id: 7,
             container: name.into(),
             target: Peer { name: "b".into(), address: self.addrs["b"].to_string() },
-            options: MigrateOptions { mode: Mode::StopAndCopy, tcp_established: false },
+            options: MigrateOptions { mode: Mode::StopAndCopy, compress: Compression::None, tcp_established: false },
         };
         let (mut send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
         let mut events = Vec::new();

@@ -42,34 +42,46 @@ enum Cmd {
     Ps,
     /// Check whether a container can move to a host, without moving it.
     Check {
-        container: String,
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: plan::ModeArg,
+        #[command(flatten)]
+        mv: MoveArgs,
     },
     /// Move a running container to another host.
     Migrate {
-        container: String,
-        /// The target host (a name from the inventory).
-        #[arg(long)]
-        to: String,
-        /// The source host, when the name is ambiguous.
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: plan::ModeArg,
+        #[command(flatten)]
+        mv: MoveArgs,
         /// Keep established TCP connections open across the move (CRIU TCP repair).
         #[arg(long)]
         tcp_established: bool,
+        /// Compress the checkpoint: none is fastest on LAN links (>= 1 Gbit/s),
+        /// zstd pays off on slow links with compressible memory.
+        #[arg(long, value_enum, default_value = "none")]
+        compress: CompressArg,
     },
     /// Certificates for the cluster.
     Pki {
         #[command(subcommand)]
         cmd: PkiCmd,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressArg {
+    None,
+    Zstd,
+}
+
+/// Which container goes where, shared by `check` and `migrate`.
+#[derive(clap::Args)]
+struct MoveArgs {
+    container: String,
+    /// The target host (a name from the inventory).
+    #[arg(long)]
+    to: String,
+    /// The source host, when the name is ambiguous.
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: plan::ModeArg,
 }
 
 #[derive(Subcommand)]
@@ -118,84 +130,89 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force } } => pki_init(&out, &hosts, force),
         Cmd::Hosts => hosts(cli.inventory, cli.json).await,
         Cmd::Ps => ps(cli.inventory, cli.json).await,
-        Cmd::Check { container, to, from, mode } => {
-            let inv = inventory::Inventory::load(cli.inventory.as_deref()).map_err(|e| Exit(2, e))?;
-            let cluster = cluster::Cluster::survey(&inv).await?;
-            let plan = plan::plan(&cluster, &container, &to, from.as_deref(), mode).await.map_err(|e| Exit(2, e))?;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({
-                        "container": plan.container.name, "source": plan.source_name, "target": plan.target_name,
-                        "mode": plan.mode.as_str(), "mode_note": plan.mode_note,
-                        "ok": !plan.blocked(), "findings": output::findings_json(&plan.findings),
-                    })
-                );
-            } else {
-                println!(
-                    "{} on {} → {}: mode {} ({})\n",
-                    plan.container.name,
-                    plan.source_name,
-                    plan.target_name,
-                    plan.mode.as_str(),
-                    plan.mode_note
-                );
-                print!("{}", output::findings(&plan.findings));
-                println!(
-                    "\n{}",
-                    if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." }
-                );
-            }
-            Ok(if plan.blocked() { 3 } else { 0 })
-        }
-        Cmd::Migrate { container, to, from, mode, tcp_established } => {
-            let inv = inventory::Inventory::load(cli.inventory.as_deref()).map_err(|e| Exit(2, e))?;
-            let target_addr = inv.host(&to).map_err(|e| Exit(2, e))?.address;
-            let cluster = cluster::Cluster::survey(&inv).await?;
-            let plan = plan::plan(&cluster, &container, &to, from.as_deref(), mode).await.map_err(|e| Exit(2, e))?;
-            if plan.blocked() {
-                let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
-                if cli.json {
-                    println!(
-                        "{}",
-                        json!({"container": container, "source": plan.source_name, "target": to, "mode": plan.mode.as_str(),
-                               "outcome": "refused", "running_on": plan.source_name, "findings": output::findings_json(&blockers)})
-                    );
-                } else {
-                    eprint!("{}", output::findings(&blockers));
-                }
-                return Err(Exit(
-                    3,
-                    anyhow::anyhow!(
-                        "refused before the freeze: {} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} still runs on {}.",
-                        container,
-                        plan.source_name
-                    ),
-                ));
-            }
-            if !cli.json {
-                eprintln!(
-                    "migrating {} from {} to {} ({}: {})",
-                    container,
-                    plan.source_name,
-                    to,
-                    plan.mode.as_str(),
-                    plan.mode_note
-                );
-            }
-            let opts = migrate::Options { tcp_established, progress: true };
-            let report = migrate::run(&plan, target_addr, &opts).await?;
-            if cli.json {
-                println!("{}", output::report_json(&report));
-            } else {
-                print!("{}", output::report_text(&report));
-            }
-            Ok(match report.outcome {
-                Outcome::Completed => 0,
-                _ => 1,
-            })
+        Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
+        Cmd::Migrate { mv, tcp_established, compress } => {
+            let compress = match compress {
+                CompressArg::None => tern_proto::Compression::None,
+                CompressArg::Zstd => tern_proto::Compression::Zstd,
+            };
+            let opts = migrate::Options { tcp_established, compress, progress: true };
+            migrate(cli.inventory, cli.json, mv, opts).await
         }
     }
+}
+
+/// Loads the inventory and asks every host for its facts and containers.
+async fn survey(inv: Option<PathBuf>) -> Result<(inventory::Inventory, cluster::Cluster), Exit> {
+    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
+    let cluster = cluster::Cluster::survey(&inv).await?;
+    Ok((inv, cluster))
+}
+
+async fn check(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs) -> Result<u8, Exit> {
+    let (_, cluster) = survey(inv).await?;
+    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode).await.map_err(|e| Exit(2, e))?;
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "container": plan.container.name, "source": plan.source_name, "target": plan.target_name,
+                "mode": plan.mode.as_str(), "mode_note": plan.mode_note,
+                "ok": !plan.blocked(), "findings": output::findings_json(&plan.findings),
+            })
+        );
+    } else {
+        println!(
+            "{} on {} → {}: mode {} ({})\n",
+            plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note
+        );
+        print!("{}", output::findings(&plan.findings));
+        println!(
+            "\n{}",
+            if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." }
+        );
+    }
+    Ok(if plan.blocked() { 3 } else { 0 })
+}
+
+async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrate::Options) -> Result<u8, Exit> {
+    let (inv, cluster) = survey(inv).await?;
+    let (container, to) = (&mv.container, &mv.to);
+    let target_addr = inv.host(to).map_err(|e| Exit(2, e))?.address;
+    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode).await.map_err(|e| Exit(2, e))?;
+    if plan.blocked() {
+        let blockers: Vec<_> =
+            plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
+        if as_json {
+            println!(
+                "{}",
+                json!({"container": container, "source": plan.source_name, "target": to, "mode": plan.mode.as_str(),
+                       "outcome": "refused", "running_on": plan.source_name, "findings": output::findings_json(&blockers)})
+            );
+        } else {
+            eprint!("{}", output::findings(&blockers));
+        }
+        return Err(Exit(
+            3,
+            anyhow::anyhow!(
+                "refused before the freeze: {container} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} still runs on {}.",
+                plan.source_name
+            ),
+        ));
+    }
+    if !as_json {
+        eprintln!("migrating {container} from {} to {to} ({}: {})", plan.source_name, plan.mode.as_str(), plan.mode_note);
+    }
+    let report = migrate::run(&plan, target_addr, &opts).await?;
+    if as_json {
+        println!("{}", output::report_json(&report));
+    } else {
+        print!("{}", output::report_text(&report));
+    }
+    Ok(match report.outcome {
+        Outcome::Completed => 0,
+        _ => 1,
+    })
 }
 
 fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, Exit> {
@@ -217,8 +234,7 @@ fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, 
 }
 
 async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
-    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
-    let cluster = cluster::Cluster::survey(&inv).await?;
+    let (_, cluster) = survey(inv).await?;
     let down = cluster.hosts.iter().filter(|h| h.state.is_err()).count();
     if as_json {
         let v: Vec<_> = cluster
@@ -270,8 +286,7 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
 }
 
 async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
-    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
-    let cluster = cluster::Cluster::survey(&inv).await?;
+    let (_, cluster) = survey(inv).await?;
     let mut rows = Vec::new();
     let mut all = Vec::new();
     for h in &cluster.hosts {

@@ -9,6 +9,7 @@ use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest
 
 pub struct Options {
     pub tcp_established: bool,
+    pub compress: tern_proto::Compression,
     /// Print progress lines (on stderr).
     pub progress: bool,
 }
@@ -27,7 +28,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
         id: new_id(),
         container: plan.container.name.clone(),
         target: Peer { name: plan.target_name.clone(), address: target_address.to_string() },
-        options: MigrateOptions { mode: plan.mode, tcp_established: opts.tcp_established },
+        options: MigrateOptions { mode: plan.mode, compress: opts.compress, tcp_established: opts.tcp_established },
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;

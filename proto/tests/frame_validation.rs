@@ -43,7 +43,7 @@ fn samples() -> Vec<Request> {
             id: 42,
             container: "demo1".into(),
             target: Peer { name: "client2".into(), address: "192.0.2.12:7443".into() },
-            options: MigrateOptions { mode: Mode::StopAndCopy, tcp_established: true },
+            options: MigrateOptions { mode: Mode::StopAndCopy, compress: Compression::Zstd, tcp_established: true },
         }),
         Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false }),
     ]

@@ -15,6 +15,15 @@ fn files(dir: &Path, name: &str) -> TlsFiles {
     TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
 }
 
+/// Accepts (and completes handshakes of) every incoming connection.
+fn serve(server: quinn::Endpoint) {
+    tokio::spawn(async move {
+        while let Some(i) = server.accept().await {
+            let _ = i.await;
+        }
+    });
+}
+
 fn cluster() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     pki::init(dir.path(), &[host("a"), host("b")], false).unwrap();
@@ -66,11 +75,7 @@ async fn a_client_from_another_ca_is_refused() {
     let theirs = cluster();
     let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(ours.path(), "a")).unwrap();
     let addr = server.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Some(i) = server.accept().await {
-            let _ = i.await;
-        }
-    });
+    serve(server);
     // The stranger's client trusts our CA (so its own check passes) but
     // presents a certificate from its own CA: the server must refuse it.
     let mixed = TlsFiles { ca: ours.path().join("ca.pem"), ..files(theirs.path(), "coordinator") };
@@ -93,11 +98,7 @@ async fn a_server_from_another_ca_is_not_trusted() {
     let theirs = cluster();
     let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(theirs.path(), "a")).unwrap();
     let addr = server.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Some(i) = server.accept().await {
-            let _ = i.await;
-        }
-    });
+    serve(server);
     let client = client_endpoint(&files(ours.path(), "coordinator")).unwrap();
     let err = connect(&client, addr, "a").await.unwrap_err();
     assert!(matches!(err, TransportError::Certificate { .. }), "{err}");
@@ -108,11 +109,7 @@ async fn a_certificate_for_another_name_is_not_accepted() {
     let dir = cluster();
     let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(dir.path(), "b")).unwrap();
     let addr = server.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Some(i) = server.accept().await {
-            let _ = i.await;
-        }
-    });
+    serve(server);
     let client = client_endpoint(&files(dir.path(), "coordinator")).unwrap();
     // We expect "a" at that address, but "b" answers.
     let err = connect(&client, addr, "a").await.unwrap_err();
