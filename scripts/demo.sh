@@ -33,7 +33,7 @@ lab podman client1 run -d --name demo1 localhost/tern-busybox:latest \
 sleep 3
 echo "counter on client1: $(lab podman client1 exec demo1 cat /count)"
 echo "processes on client1:"; lab podman client1 top demo1 pid comm
-echo "address on client1: $(lab podman client1 inspect -f '{{.NetworkSettings.IPAddress}}{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
+echo "address on client1: $(lab podman client1 inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
 
 say "checking compatibility (nothing is frozen)"
 $tern check demo1 --to client2
@@ -48,7 +48,7 @@ for _ in 1 2 3; do
     sleep 0.5
 done
 echo "processes on client2 (same PIDs):"; lab podman client2 top demo1 pid comm
-echo "address on client2: $(lab podman client2 inspect -f '{{.NetworkSettings.IPAddress}}{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
+echo "address on client2: $(lab podman client2 inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
 echo "on client1: $(lab podman client1 ps -a --filter name=demo1 --format '{{.Names}}' | grep -c . || true) container(s) named demo1"
 
 say "done; the lab is still up"
