@@ -12,6 +12,7 @@
 #  - /etc/containers/containers.conf: runc, cgroupfs, rlimits this machine
 #    allows, and a documentation-range subnet for containers.
 #  - The test image's root filesystem (busybox) at /opt/tern/images.
+#  - With --vm: qemu and Debian's stock kernel, for scripts/softdirty-tier.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,7 @@ ARCH_DIR=x86_64-linux-gnu
 PKGS=(podman runc conmon netavark aardvark-dns slirp4netns uidmap catatonit fuse-overlayfs
       busybox-static iproute2 zstd util-linux iptables procps psmisc ca-certificates
       gcc libc6-dev)
+[ "${1:-}" = --vm ] && PKGS+=(qemu-system-x86 linux-image-amd64)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

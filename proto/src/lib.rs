@@ -53,6 +53,7 @@ pub mod compat;
 pub mod facts;
 pub mod frame;
 pub mod message;
+pub mod policy;
 pub mod state;
 pub mod version;
 

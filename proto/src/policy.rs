@@ -1,0 +1,224 @@
+//! When to stop copying memory and freeze: the pre-copy convergence policy.
+//!
+//! After each pre-copy round the source asks [`decide`] whether to run
+//! another round, freeze for the final dump now, or give up. The rules, in
+//! the order they apply:
+//!
+//! 1. **Timeout**: past `timeout`, either freeze now or cancel (back to the
+//!    source untouched), as the user chose.
+//! 2. **Fits the downtime target**: the pages the final dump will hold (as
+//!    many as the last round found dirty) can be sent within `max_downtime`
+//!    at the measured link rate: freeze now.
+//! 3. **Converged**: the last round wrote fewer than `min_pages` pages
+//!    (P.Haul stops under 64): freeze now.
+//! 4. **Not converging**: the last round is more than `max_growth` larger
+//!    than the one before (P.Haul stops at +10 %): more rounds will not help.
+//! 5. **Max rounds**: `max_rounds` reached.
+//!
+//! Otherwise: another round. The function is pure; tests drive it with
+//! made-up histories.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub max_downtime: Duration,
+    pub max_rounds: u32,
+    pub min_pages: u64,
+    /// Growth of a round over the previous one that stops iteration (0.10 = 10 %).
+    pub max_growth: f64,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            max_downtime: Duration::from_millis(300),
+            max_rounds: 8,
+            min_pages: 64,
+            max_growth: 0.10,
+            timeout: Duration::from_secs(600),
+            on_timeout: OnTimeout::Cancel,
+        }
+    }
+}
+
+/// What to do when the overall timeout expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnTimeout {
+    Invalid,
+    /// Give up: the container keeps running on the source.
+    Cancel,
+    /// Freeze now, whatever the downtime.
+    Switchover,
+}
+
+/// One finished pre-copy round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// Pages this round dumped (all of memory for the first round, the
+    /// pages written since the previous round afterwards).
+    pub pages: u64,
+    pub bytes: u64,
+    pub duration: Duration,
+}
+
+impl Round {
+    /// Pages written per second while this round ran.
+    pub fn dirty_rate(&self) -> f64 {
+        self.pages as f64 / self.duration.as_secs_f64().max(1e-3)
+    }
+}
+
+/// Why iteration stopped: goes into the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StopReason {
+    Invalid,
+    FitsDowntime { estimated_ms: u64 },
+    Converged { pages: u64 },
+    NotConverging { previous_pages: u64, pages: u64 },
+    MaxRounds { rounds: u32 },
+    Timeout,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Invalid => write!(f, "invalid"),
+            StopReason::FitsDowntime { estimated_ms } => {
+                write!(f, "the final dump fits the downtime target (estimated {estimated_ms} ms of transfer)")
+            }
+            StopReason::Converged { pages } => write!(f, "converged: the last round wrote only {pages} pages"),
+            StopReason::NotConverging { previous_pages, pages } => write!(
+                f,
+                "not converging: the last round grew from {previous_pages} to {pages} pages (the container dirties memory faster than it is copied)"
+            ),
+            StopReason::MaxRounds { rounds } => write!(f, "reached the maximum of {rounds} rounds"),
+            StopReason::Timeout => write!(f, "the pre-copy timeout expired"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Run another round.
+    Continue,
+    /// Freeze for the final dump now.
+    Freeze(StopReason),
+    /// Give up without freezing.
+    Cancel(StopReason),
+}
+
+/// The decision after the rounds in `history` (oldest first), with the link
+/// measured at `link_bytes_per_sec`, `elapsed` since pre-copy started.
+pub fn decide(cfg: &PolicyConfig, history: &[Round], link_bytes_per_sec: f64, elapsed: Duration) -> Decision {
+    if elapsed >= cfg.timeout {
+        return match cfg.on_timeout {
+            OnTimeout::Switchover => Decision::Freeze(StopReason::Timeout),
+            _ => Decision::Cancel(StopReason::Timeout),
+        };
+    }
+    let Some(last) = history.last() else {
+        return Decision::Continue;
+    };
+    // The first round copies everything; what the final dump would hold is
+    // only known from the second round on.
+    if history.len() >= 2 {
+        let estimated = last.bytes as f64 / link_bytes_per_sec.max(1.0);
+        let estimated_ms = (estimated * 1000.0).round() as u64;
+        if Duration::from_secs_f64(estimated) <= cfg.max_downtime {
+            return Decision::Freeze(StopReason::FitsDowntime { estimated_ms });
+        }
+        if last.pages < cfg.min_pages {
+            return Decision::Freeze(StopReason::Converged { pages: last.pages });
+        }
+        let prev = history[history.len() - 2];
+        if last.pages as f64 > prev.pages as f64 * (1.0 + cfg.max_growth) {
+            return Decision::Freeze(StopReason::NotConverging { previous_pages: prev.pages, pages: last.pages });
+        }
+    }
+    if history.len() as u32 >= cfg.max_rounds {
+        return Decision::Freeze(StopReason::MaxRounds { rounds: history.len() as u32 });
+    }
+    Decision::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const LINK: f64 = 100.0 * MIB as f64; // 100 MiB/s
+
+    fn round(mib: u64, ms: u64) -> Round {
+        Round { pages: mib * 256, bytes: mib * MIB, duration: Duration::from_millis(ms) }
+    }
+
+    #[test]
+    fn first_round_always_continues() {
+        let cfg = PolicyConfig::default();
+        assert_eq!(decide(&cfg, &[], LINK, Duration::ZERO), Decision::Continue);
+        assert_eq!(decide(&cfg, &[round(256, 3000)], LINK, Duration::from_secs(3)), Decision::Continue);
+    }
+
+    #[test]
+    fn freezes_once_the_last_round_fits_the_downtime_target() {
+        let cfg = PolicyConfig::default();
+        // 20 MiB at 100 MiB/s is 200 ms, within 300 ms.
+        let h = [round(256, 3000), round(20, 400)];
+        assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(4)), Decision::Freeze(StopReason::FitsDowntime { estimated_ms: 200 }));
+        // 60 MiB would take 600 ms: keep going.
+        let h = [round(256, 3000), round(60, 800)];
+        assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(4)), Decision::Continue);
+    }
+
+    #[test]
+    fn tiny_rounds_converge_even_on_a_slow_link() {
+        let cfg = PolicyConfig::default();
+        let h = [round(256, 3000), Round { pages: 10, bytes: 40960, duration: Duration::from_millis(50) }];
+        assert_eq!(decide(&cfg, &h, 1.0, Duration::from_secs(4)), Decision::Freeze(StopReason::Converged { pages: 10 }));
+    }
+
+    #[test]
+    fn growing_rounds_stop_iteration() {
+        let cfg = PolicyConfig::default();
+        let h = [round(256, 3000), round(100, 1000), round(115, 1100)];
+        assert_eq!(
+            decide(&cfg, &h, LINK, Duration::from_secs(6)),
+            Decision::Freeze(StopReason::NotConverging { previous_pages: 100 * 256, pages: 115 * 256 })
+        );
+        // Within 10 %: keep going.
+        let h = [round(256, 3000), round(100, 1000), round(105, 1000)];
+        assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(6)), Decision::Continue);
+    }
+
+    #[test]
+    fn max_rounds_caps_iteration() {
+        let cfg = PolicyConfig { max_rounds: 3, ..Default::default() };
+        let h = [round(256, 3000), round(100, 1000), round(95, 1000)];
+        assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(6)), Decision::Freeze(StopReason::MaxRounds { rounds: 3 }));
+    }
+
+    #[test]
+    fn timeout_cancels_or_switches_over_as_chosen() {
+        let h = [round(256, 3000), round(100, 1000)];
+        let cancel = PolicyConfig { timeout: Duration::from_secs(5), ..Default::default() };
+        assert_eq!(decide(&cancel, &h, LINK, Duration::from_secs(5)), Decision::Cancel(StopReason::Timeout));
+        let force = PolicyConfig { on_timeout: OnTimeout::Switchover, ..cancel };
+        assert_eq!(decide(&force, &h, LINK, Duration::from_secs(5)), Decision::Freeze(StopReason::Timeout));
+    }
+
+    #[test]
+    fn dirty_rate_is_pages_per_second() {
+        assert_eq!(round(1, 500).dirty_rate(), 512.0);
+    }
+
+    #[test]
+    fn reasons_read_as_sentences() {
+        let s = StopReason::NotConverging { previous_pages: 1, pages: 2 }.to_string();
+        assert!(s.contains("grew from 1 to 2 pages"), "{s}");
+    }
+}

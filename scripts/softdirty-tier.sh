@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The soft-dirty test tier. This machine's kernel has no soft-dirty memory
+# tracking, so iterative pre-copy cannot run on it. This script boots
+# Debian's stock kernel (6.1, CONFIG_MEM_SOFT_DIRTY=y) under qemu with
+# software emulation, the host's root filesystem mounted read-only over 9p
+# with a tmpfs overlay, and runs inside it: the two-host lab and the
+# end-to-end tests named by TIER_TESTS (default: the pre-copy tests).
+# Exits 0 only when the tests inside passed.
+#
+#   scripts/softdirty-tier.sh            (as root)
+#   TIER_TESTS="migrate_counter" scripts/softdirty-tier.sh
+#
+# Emulation makes every step 5-20x slower: compare ratios, not times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "softdirty-tier.sh: run as root" >&2; exit 2; }
+repo=$(pwd)
+
+scripts/install-deps.sh --vm
+cargo build --release --bins --locked
+e2e=$(cargo test --release --locked -p tern-tests --test e2e --no-run --message-format=json 2>/dev/null |
+      sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$e2e" ] || { echo "softdirty-tier.sh: could not build the e2e test binary" >&2; exit 1; }
+
+kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -1)
+kver=${kernel#/boot/vmlinuz-}
+grep -q '^CONFIG_MEM_SOFT_DIRTY=y' "/boot/config-$kver" || { echo "softdirty-tier.sh: $kernel has no soft-dirty" >&2; exit 1; }
+work=/var/lib/tern-vm
+mkdir -p "$work"
+scripts/vm/build-initramfs.sh "$kver" "$work/initrd.img"
+out=$work/out
+rm -rf "$out"; mkdir -p "$out"
+
+# What runs inside: a check that the tier has what it is for, then the tests.
+cat > "$out/cmd" <<CMD
+criu check --feature mem_dirty_track
+TERN_NO_BUILD=1 scripts/lab.sh up
+target/release/tern hosts
+$e2e --ignored --test-threads=1 ${TIER_TESTS:-precopy}
+scripts/lab.sh down
+CMD
+
+echo "softdirty-tier: booting $kernel under qemu (TCG); this takes minutes"
+start=$(date +%s)
+timeout "${TIER_TIMEOUT:-3000}" qemu-system-x86_64 -accel tcg -cpu max -m "${TIER_MEMORY:-6144}" -smp 2 \
+    -nographic -no-reboot -nic none \
+    -kernel "$kernel" -initrd "$work/initrd.img" \
+    -append "console=ttyS0 panic=1 quiet loglevel=3 tern.repo=$repo" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on \
+    -virtfs "local,path=$out,mount_tag=ternout,security_model=none" || true
+rc=$(cat "$out/rc" 2>/dev/null || echo "no result")
+echo "softdirty-tier: the VM ran $(( $(date +%s) - start )) s; tests inside exited with: $rc"
+[ "$rc" = 0 ]
