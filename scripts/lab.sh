@@ -160,7 +160,11 @@ cmd_down() {
         [ -e "/run/netns/$h" ] && ip netns del "$h"
     done
     ip link del "$LAB_BRIDGE" 2>/dev/null || true
-    rm -rf "$LAB_VAR" "$LAB_RUN" "$LAB_STATE/hosts" "$LAB_STATE/pki" "$LAB_STATE/inventory.toml"
+    for d in "$LAB_VAR" "$LAB_RUN"; do
+        # A mount point (the soft-dirty VM mounts a tmpfs there) is emptied.
+        if mountpoint -q "$d"; then find "$d" -mindepth 1 -delete; else rm -rf "$d"; fi
+    done
+    rm -rf "$LAB_STATE/hosts" "$LAB_STATE/pki" "$LAB_STATE/inventory.toml"
     echo "lab is down"
 }
 

@@ -30,15 +30,25 @@ mkdir -p "$work"
 scripts/vm/build-initramfs.sh "$kver" "$work/initrd.img"
 out=$work/out
 rm -rf "$out"; mkdir -p "$out"
+# Export the root filesystem alone: a non-recursive bind mount holds no
+# submounts (/proc, /sys, /run, tmpfs), so 9p sees one device and file IDs
+# cannot collide.
+view=$work/rootview
+mkdir -p "$view"
+mountpoint -q "$view" || mount --bind / "$view"
+trap 'umount "$view" 2>/dev/null || true' EXIT
 
-# What runs inside: a check that the tier has what it is for, then the tests.
-cat > "$out/cmd" <<CMD
+# What runs inside: a check that the tier has what it is for, then the tests
+# (TIER_CMD=FILE runs that script instead, for experiments).
+if [ -n "${TIER_CMD:-}" ]; then cp "$TIER_CMD" "$out/cmd"; else cat > "$out/cmd" <<CMD
+export TERN_TIMEOUT_SCALE=${TERN_TIMEOUT_SCALE:-10}
 criu check --feature mem_dirty_track
 TERN_NO_BUILD=1 scripts/lab.sh up
 target/release/tern hosts
 $e2e --ignored --test-threads=1 ${TIER_TESTS:-precopy}
 scripts/lab.sh down
 CMD
+fi
 
 echo "softdirty-tier: booting $kernel under qemu (TCG); this takes minutes"
 start=$(date +%s)
@@ -46,7 +56,7 @@ timeout "${TIER_TIMEOUT:-3000}" qemu-system-x86_64 -accel tcg -cpu max -m "${TIE
     -nographic -no-reboot -nic none \
     -kernel "$kernel" -initrd "$work/initrd.img" \
     -append "console=ttyS0 panic=1 quiet loglevel=3 tern.repo=$repo" \
-    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on \
+    -virtfs "local,path=$view,mount_tag=hostroot,security_model=none,readonly=on" \
     -virtfs "local,path=$out,mount_tag=ternout,security_model=none" || true
 rc=$(cat "$out/rc" 2>/dev/null || echo "no result")
 echo "softdirty-tier: the VM ran $(( $(date +%s) - start )) s; tests inside exited with: $rc"

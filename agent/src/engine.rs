@@ -90,6 +90,7 @@ impl PodmanCli {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?;
+        let limit = tern_transport::timeouts::scaled(limit);
         let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
             Ok(out) => out.map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?,
             Err(_) => return Err(EngineError::Timeout { cmd: cmd_text, secs: limit.as_secs() }),

@@ -34,9 +34,10 @@ impl Cluster {
         let futures = inv.hosts.iter().cloned().map(|entry| {
             let endpoint = endpoint.clone();
             async move {
-                let state = tokio::time::timeout(Duration::from_secs(15), survey_one(&endpoint, &entry))
+                let limit = tern_transport::timeouts::scaled(Duration::from_secs(15));
+                let state = tokio::time::timeout(limit, survey_one(&endpoint, &entry))
                     .await
-                    .unwrap_or_else(|_| Err(format!("{} did not answer within 15 s", entry.name)));
+                    .unwrap_or_else(|_| Err(format!("{} did not answer within {} s", entry.name, limit.as_secs())));
                 HostView { entry, state }
             }
         });

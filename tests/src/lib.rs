@@ -88,6 +88,9 @@ pub fn tern_json(args: &[&str]) -> Result<TernRun> {
 
 /// Polls `cond` until it returns `Ok(Some(v))` or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    // Slow tiers (emulation) stretch every wait, as the binaries do.
+    let scale: u32 = std::env::var("TERN_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let timeout = timeout * scale;
     let start = Instant::now();
     let mut last_err = None;
     while start.elapsed() < timeout {

@@ -2,6 +2,7 @@
 //! between hosts on a LAN, and detecting a dead peer within seconds.
 
 use crate::tls::{client_config, server_config, TlsFiles};
+use crate::timeouts::scaled;
 use crate::TransportError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
@@ -33,7 +34,7 @@ pub fn transport_config() -> TransportConfig {
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(SEND_WINDOW)
         .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("10 s fits")))
+        .max_idle_timeout(Some(IdleTimeout::try_from(scaled(IDLE_TIMEOUT)).expect("fits a QUIC varint")))
         .max_concurrent_bidi_streams(VarInt::from_u32(64))
         .max_concurrent_uni_streams(VarInt::from_u32(16));
     t
@@ -89,8 +90,8 @@ pub async fn connect(endpoint: &Endpoint, addr: SocketAddr, name: &str) -> Resul
     // client considers the handshake done: a rejection of *our* certificate
     // arrives as a close right after this returns. Callers that then fail on
     // their first stream use `classify` on `close_reason()` (rpc does).
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Err(_) => Err(TransportError::Timeout { name: name.into(), addr, secs: HANDSHAKE_TIMEOUT.as_secs() }),
+    match tokio::time::timeout(scaled(HANDSHAKE_TIMEOUT), connecting).await {
+        Err(_) => Err(TransportError::Timeout { name: name.into(), addr, secs: scaled(HANDSHAKE_TIMEOUT).as_secs() }),
         Ok(Err(e)) => Err(classify(name, addr, e)),
         Ok(Ok(c)) => Ok(c),
     }
@@ -104,7 +105,7 @@ pub fn classify(name: &str, addr: SocketAddr, e: quinn::ConnectionError) -> Tran
     if lower.contains("certificate") || lower.contains("crypto") || lower.contains("issuer") || lower.contains("tls") {
         TransportError::Certificate { name: name.into(), addr, detail }
     } else if matches!(e, quinn::ConnectionError::TimedOut) {
-        TransportError::Timeout { name: name.into(), addr, secs: HANDSHAKE_TIMEOUT.as_secs() }
+        TransportError::Timeout { name: name.into(), addr, secs: scaled(HANDSHAKE_TIMEOUT).as_secs() }
     } else {
         TransportError::Connect { name: name.into(), addr, detail }
     }

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod error;
 pub mod pki;
 pub mod rpc;
+pub mod timeouts;
 pub mod tls;
 
 pub use endpoint::{client_endpoint, connect, peer_name, server_endpoint};

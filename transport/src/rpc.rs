@@ -18,8 +18,8 @@ pub enum RpcError {
     Connection { peer: String, source: quinn::ConnectionError },
     #[error("talking to {peer}: {source}")]
     Frame { peer: String, source: FrameError },
-    #[error("{peer} did not answer within {} s", REPLY_TIMEOUT.as_secs())]
-    Timeout { peer: String },
+    #[error("{peer} did not answer within {secs} s")]
+    Timeout { peer: String, secs: u64 },
     #[error("{peer} refused the connection: {reason}")]
     Refused { peer: String, reason: String },
     #[error("{peer} answered {got} where {expected} was expected")]
@@ -95,9 +95,10 @@ impl Session {
 
     /// Reads one frame from a conversation's stream, within `limit`.
     pub async fn read<M: WireMessage>(&self, recv: &mut quinn::RecvStream, limit: Duration) -> Result<M, RpcError> {
+        let limit = crate::timeouts::scaled(limit);
         match tokio::time::timeout(limit, expect_frame(recv)).await {
             Ok(r) => r.map_err(|e| self.frame_err(e)),
-            Err(_) => Err(RpcError::Timeout { peer: self.peer.clone() }),
+            Err(_) => Err(RpcError::Timeout { peer: self.peer.clone(), secs: limit.as_secs() }),
         }
     }
 
