@@ -11,6 +11,9 @@
 //! [podman]
 //! program = "podman"
 //! args = []                        # e.g. ["--root", "...", "--runroot", "..."]
+//! [runc]                           # pre-copy dumps go through the runtime
+//! program = "runc"
+//! args = []                        # e.g. ["--root", "/run/runc"]
 //! [facts_override]                 # tests and labs only: pretend facts differ
 //! criu_version = "3.0.0"
 //! [faults]                         # tests only: inject failures
@@ -31,6 +34,8 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub podman: PodmanConfig,
+    #[serde(default)]
+    pub runc: RuncConfig,
     /// Fields of the reported facts replaced by these values (lab and tests:
     /// two namespaces on one machine have identical facts otherwise).
     #[serde(default)]
@@ -52,6 +57,27 @@ impl Default for PodmanConfig {
     fn default() -> Self {
         PodmanConfig { program: default_podman(), args: Vec::new() }
     }
+}
+
+/// The OCI runtime, driven directly for pre-copy dumps. Podman runs runc
+/// with its default state root (`/run/runc`), so no flags are needed there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuncConfig {
+    #[serde(default = "default_runc")]
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+impl Default for RuncConfig {
+    fn default() -> Self {
+        RuncConfig { program: default_runc(), args: Vec::new() }
+    }
+}
+
+fn default_runc() -> String {
+    "runc".to_string()
 }
 
 fn default_podman() -> String {

@@ -33,6 +33,22 @@ pub struct CheckpointOpts {
     pub tcp_established: bool,
     /// Compress the exported archive with zstd (else no compression).
     pub zstd: bool,
+    /// Dump on top of the container's `pre-checkpoint` folder (Podman's
+    /// `--with-previous`): only pages written since it are dumped.
+    pub with_previous: bool,
+}
+
+/// A dump taken while the container keeps running, into a folder of CRIU
+/// images, driven through the OCI runtime (Podman keeps one level only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunningDump {
+    /// A soft-dirty pre-dump: memory only. With a parent (a path relative to
+    /// the image folder, as runc requires), only the pages written since
+    /// the parent's dump.
+    PreDump { parent: Option<String> },
+    /// A full dump that leaves the container running (no soft-dirty needed);
+    /// the container is paused for the dump's duration.
+    Full { tcp_established: bool },
 }
 
 /// What the agent needs from the container engine.
@@ -55,18 +71,27 @@ pub trait Engine: Send + Sync + 'static {
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()>;
     /// Restores a checkpointed container from the checkpoint kept on this host.
     async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()>;
-    /// Restores a container from an exported archive.
-    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()>;
+    /// Restores a container from an exported archive; with `previous`, on
+    /// top of that pre-checkpoint archive (Podman's `--import-previous`).
+    async fn restore_import(&self, path: &Path, previous: Option<&Path>, opts: CheckpointOpts) -> Result<()>;
+    /// Dumps the running container `id` into `dir` and leaves it running.
+    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<()>;
+    /// The container's own folder (Podman's `StaticDir`, "userdata"), where
+    /// its checkpoint and pre-checkpoint live.
+    async fn container_dir(&self, name: &str) -> Result<std::path::PathBuf>;
     /// Removes a container and its kept checkpoint.
     async fn remove(&self, name: &str, force: bool) -> Result<()>;
     /// `podman info` as JSON, for the host facts.
     async fn info(&self) -> Result<serde_json::Value>;
 }
 
-/// The real thing: the `podman` command line.
+/// The real thing: the `podman` command line, and `runc` for what Podman
+/// cannot do (chained pre-dumps, dumps that leave the container running).
 pub struct PodmanCli {
     program: String,
     args: Vec<String>,
+    runc: String,
+    runc_args: Vec<String>,
 }
 
 /// Long operations (dumps and restores of large containers) get this long.
@@ -75,15 +100,19 @@ const SLOW: Duration = Duration::from_secs(600);
 const QUICK: Duration = Duration::from_secs(60);
 
 impl PodmanCli {
-    pub fn new(program: String, args: Vec<String>) -> Self {
-        PodmanCli { program, args }
+    pub fn new(program: String, args: Vec<String>, runc: String, runc_args: Vec<String>) -> Self {
+        PodmanCli { program, args, runc, runc_args }
     }
 
     async fn run(&self, args: &[&str], limit: Duration) -> Result<Vec<u8>> {
-        let cmd_text = format!("{} {}", self.program, args.join(" "));
+        self.exec(&self.program, &self.args, args, limit).await
+    }
+
+    async fn exec(&self, program: &str, global: &[String], args: &[&str], limit: Duration) -> Result<Vec<u8>> {
+        let cmd_text = format!("{program} {}", args.join(" "));
         let started = Instant::now();
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
+        let mut cmd = Command::new(program);
+        cmd.args(global)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -95,7 +124,7 @@ impl PodmanCli {
             Ok(out) => out.map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?,
             Err(_) => return Err(EngineError::Timeout { cmd: cmd_text, secs: limit.as_secs() }),
         };
-        tracing::debug!(cmd = %cmd_text, ms = started.elapsed().as_millis() as u64, status = %out.status, "podman");
+        tracing::debug!(cmd = %cmd_text, ms = started.elapsed().as_millis() as u64, status = %out.status, "ran");
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             return Err(EngineError::Failed {
@@ -180,8 +209,52 @@ impl Engine for PodmanCli {
         let compress = if opts.zstd { "zstd" } else { "none" };
         let mut args = vec!["container", "checkpoint", "--keep", "--compress", compress, "--export", &p];
         args.extend(tcp_flag(opts));
+        if opts.with_previous {
+            args.push("--with-previous");
+        }
         args.push(name);
         self.run(&args, SLOW).await.map(drop)
+    }
+
+    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<()> {
+        let d = dir.to_string_lossy();
+        // The work path holds CRIU's log and statistics next to the images.
+        let mut args = vec!["checkpoint", "--image-path", &d, "--work-path", &d];
+        match kind {
+            RunningDump::PreDump { parent } => {
+                args.push("--pre-dump");
+                if let Some(p) = parent {
+                    args.extend(["--parent-path", p.as_str()]);
+                }
+            }
+            RunningDump::Full { tcp_established } => {
+                args.push("--leave-running");
+                if *tcp_established {
+                    args.push("--tcp-established");
+                }
+            }
+        }
+        args.push(id);
+        self.exec(&self.runc, &self.runc_args, &args, SLOW).await.map_err(|e| match e {
+            // CRIU's own reason is in its log, not in runc's stderr.
+            EngineError::Failed { cmd, status, stderr } => {
+                let log = std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default();
+                let criu = last_lines(&log.lines().filter(|l| l.contains("Error")).collect::<Vec<_>>().join("\n"), 3);
+                let stderr = if criu.is_empty() { stderr } else { format!("{stderr}\nCRIU: {criu}") };
+                EngineError::Failed { cmd, status, stderr }
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn container_dir(&self, name: &str) -> Result<std::path::PathBuf> {
+        let out = self.run(&["container", "inspect", "--format", "{{.StaticDir}}", name], QUICK).await?;
+        let dir = String::from_utf8_lossy(&out).trim().to_string();
+        if !dir.starts_with('/') {
+            return Err(EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("StaticDir is {dir:?}") });
+        }
+        Ok(dir.into())
     }
 
     async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()> {
@@ -191,9 +264,13 @@ impl Engine for PodmanCli {
         self.run(&args, SLOW).await.map(drop)
     }
 
-    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()> {
+    async fn restore_import(&self, path: &Path, previous: Option<&Path>, opts: CheckpointOpts) -> Result<()> {
         let p = path.to_string_lossy();
+        let prev = previous.map(|p| p.to_string_lossy().into_owned());
         let mut args = vec!["container", "restore", "--import", &p];
+        if let Some(prev) = &prev {
+            args.extend(["--import-previous", prev.as_str()]);
+        }
         args.extend(tcp_flag(opts));
         self.run(&args, SLOW).await.map(drop)
     }

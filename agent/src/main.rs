@@ -37,7 +37,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
     let engine: Arc<dyn engine::Engine> =
-        Arc::new(engine::PodmanCli::new(cfg.podman.program.clone(), cfg.podman.args.clone()));
+        Arc::new(engine::PodmanCli::new(
+            cfg.podman.program.clone(),
+            cfg.podman.args.clone(),
+            cfg.runc.program.clone(),
+            cfg.runc.args.clone(),
+        ));
     // Check the overrides and Podman once at start, so a bad config fails now.
     let facts = facts::gather(&cfg.name, engine.as_ref(), &cfg.facts_override).await?;
     tracing::info!(

@@ -1,16 +1,20 @@
-//! The source's side of a migration (stop-and-copy).
+//! The source's side of a migration.
 //!
 //! ```text
-//!  prepare ─▶ image? ─▶ FREEZE: checkpoint ║ stream ─▶ target verifies+restores ─▶ cleanup
-//!     │          │                  │                         │
-//!     └──────────┴── failure: Refused (container never stopped)
-//!                                   └─────────────────────────┴── failure: Abort target,
-//!                                                                 restore locally: RolledBack
+//!  prepare ─▶ image? ─▶ pre-copy rounds? ─▶ FREEZE: checkpoint ║ stream ─▶ target verifies+restores ─▶ cleanup
+//!     │          │              │                       │                         │
+//!     └──────────┴──────────────┴── failure: Refused (container never stopped)
+//!                                                       └─────────────────────────┴── failure: Abort target,
+//!                                                                                     restore locally: RolledBack
 //! ```
 //!
-//! The container is removed here only after the target answered
-//! `Restored`. Every failure after the freeze ends in [`rollback`].
+//! The rounds live in [`precopy`]. The container is removed here only after
+//! the target answered `Restored`. Every failure after the freeze ends in
+//! `rollback`.
 
+mod precopy;
+
+use crate::criu_stats;
 use crate::engine::CheckpointOpts;
 use tern_transport::rpc::{RpcError, Session};
 use crate::server::Agent;
@@ -63,6 +67,12 @@ struct Run<'a> {
     session: Option<Session>,
     wire_base: u64,
     work_dir: PathBuf,
+    rounds: Vec<RoundReport>,
+    stop_reason: Option<String>,
+    final_stats: Option<criu_stats::DumpStats>,
+    saved_bytes: u64,
+    /// The container's `pre-checkpoint` link this migration made.
+    pre_link: Option<PathBuf>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -84,10 +94,24 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         session: None,
         wire_base: 0,
         work_dir,
+        rounds: Vec::new(),
+        stop_reason: None,
+        final_stats: None,
+        saved_bytes: 0,
+        pre_link: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
-    let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
+    // A checkpoint kept after a failed rollback sits on top of the rounds:
+    // keep them for the manual restore. Otherwise the container runs (here
+    // or there) and neither the rounds nor the link to them are needed.
+    let keep_rounds = matches!(outcome, Outcome::Failed { .. }) && run.pre_link.is_some();
+    if !keep_rounds {
+        if let Some(link) = run.pre_link.take() {
+            let _ = tokio::fs::remove_file(&link).await;
+        }
+        let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
+    }
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
     let _ = run.events.send(MigrateEvent::Done(report)).await;
@@ -125,14 +149,6 @@ impl Run<'_> {
     }
 
     async fn execute(&mut self) -> Outcome {
-        if self.req.options.mode != Mode::StopAndCopy {
-            return Outcome::Refused {
-                failure: Failure {
-                    phase: Phase::Prepare,
-                    message: format!("this agent does not implement {} yet; use --mode stop-and-copy", self.req.options.mode.as_str()),
-                },
-            };
-        }
         let Some(_guard) = self.agent.claim(&self.req.container) else {
             return Outcome::Refused {
                 failure: Failure { phase: Phase::Prepare, message: format!("{} is already being migrated", self.req.container) },
@@ -148,8 +164,26 @@ impl Run<'_> {
                 return Outcome::Refused { failure: f.failure() };
             }
         }
+        let mut base = None;
+        if self.req.options.mode.has_rounds() {
+            let rounds = async {
+                let b = self.precopy(&info, &mut send, &mut recv).await?;
+                if self.req.options.mode == Mode::PreCopy {
+                    self.link_pre_checkpoint(&info, &b.last_dir).await?;
+                }
+                Ok(b)
+            }
+            .await;
+            match rounds {
+                Ok(b) => base = Some(b),
+                Err(f) => {
+                    self.abort_target(&mut send, &mut recv, &f).await;
+                    return Outcome::Refused { failure: f.failure() };
+                }
+            }
+        }
         // From here on, the container is frozen: every failure rolls back.
-        match self.freeze_and_switch(&info, &mut send, &mut recv).await {
+        match self.freeze_and_switch(&info, base.as_ref(), &mut send, &mut recv).await {
             Ok(()) => {}
             Err(f) => return self.rollback(f, &mut send, &mut recv).await,
         }
@@ -186,6 +220,7 @@ impl Run<'_> {
             source: self.agent.cfg.name.clone(),
             container: info.clone(),
             tcp_established: self.req.options.tcp_established,
+            mode: self.req.options.mode,
         };
         let (send, mut recv) = self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))?;
         let needs_image = match self.read_target(&mut recv, rpc_timeout()).await.map_err(|e| Fail::new(p, e))? {
@@ -253,16 +288,33 @@ impl Run<'_> {
         }
     }
 
-    async fn freeze_and_switch(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), Fail> {
+    async fn freeze_and_switch(
+        &mut self,
+        info: &ContainerInfo,
+        base: Option<&precopy::Precopied>,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), Fail> {
         let p = Phase::Checkpoint;
         self.check_cancel(p)?;
-        self.enter(p, "freezing and dumping; the archive streams as it is written");
+        let mode = self.req.options.mode;
+        self.enter(
+            p,
+            match mode {
+                Mode::PreCopy => "freezing; the final dump holds only the pages written since the last round",
+                Mode::HashPreCopy => "freezing; only pages the target lacks cross the wire",
+                _ => "freezing and dumping; the archive streams as it is written",
+            },
+        );
         let fifo = self.work_dir.join("checkpoint.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
+        let index = base.and_then(|b| b.index.as_ref());
         let opts = CheckpointOpts {
             tcp_established: self.req.options.tcp_established,
-            zstd: self.req.options.compress == Compression::Zstd,
+            // Deduplication needs the pages as CRIU wrote them.
+            zstd: self.req.options.compress == Compression::Zstd && index.is_none(),
+            with_previous: mode == Mode::PreCopy && base.is_some(),
         };
         self.frozen_at = Some(Instant::now());
         let engine = self.agent.engine.clone();
@@ -276,13 +328,17 @@ impl Run<'_> {
             r
         });
         let done = Arc::new(AtomicU64::new(0));
-        let header = DataHeader { id: self.req.id, kind: DataKind::Checkpoint };
+        let kind = match (index, base) {
+            (Some(_), Some(b)) => DataKind::CheckpointDelta { base: b.rounds },
+            _ => DataKind::Checkpoint,
+        };
+        let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
         let send_task = {
             let done = done.clone();
             async move {
                 let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
-                transfer::send(&conn, &header, reader, &done).await
+                transfer::send_encoded(&conn, &header, reader, &done, index).await
             }
         };
         // The transfer drains the FIFO whatever happens; a cancel here only
@@ -297,9 +353,13 @@ impl Run<'_> {
         };
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
+        if let Ok(dir) = self.agent.engine.container_dir(&info.name).await {
+            self.final_stats = criu_stats::read(&dir);
+        }
         let target = &self.req.target.name;
-        let digest = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
+        let (digest, delta) = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
         self.checkpoint_bytes = digest.bytes;
+        self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.check_cancel(p)?;
         write_frame(send, &SourceMsg::CheckpointSent(digest))
             .await
@@ -418,7 +478,12 @@ impl Run<'_> {
             bytes_on_wire,
             image_bytes: self.image_bytes,
             checkpoint_bytes: self.checkpoint_bytes,
+            final_pages: self.final_stats.map(|s| s.pages_written).unwrap_or(0),
+            final_frozen_ms: self.final_stats.map(|s| s.frozen_us / 1000).unwrap_or(0),
+            saved_bytes: self.saved_bytes,
             phases: self.phases.clone(),
+            rounds: self.rounds.clone(),
+            stop_reason: self.stop_reason.clone(),
             warnings: self.warnings.clone(),
         }
     }
@@ -444,7 +509,7 @@ async fn restore_here(agent: &Agent, name: &str, tcp_established: bool) -> anyho
     if engine.inspect(name).await?.is_some_and(|c| c.is_running()) {
         return Ok(());
     }
-    engine.restore_local(name, CheckpointOpts { tcp_established, zstd: false }).await?;
+    engine.restore_local(name, CheckpointOpts { tcp_established, ..Default::default() }).await?;
     match engine.inspect(name).await? {
         Some(c) if c.is_running() => Ok(()),
         Some(c) => anyhow::bail!("after the local restore {name} is {}", c.state),

@@ -1,28 +1,41 @@
 //! The target's side of a migration: stage, verify, restore, confirm.
 //!
-//! The legal order of the source's messages is
-//! [`tern_proto::state`]; this module does the IO for each step.
+//! The legal order of the source's messages is [`tern_proto::state`]; this
+//! module does the IO for each step. Data streams are received as they come
+//! into the staging folder and posted to an [`Inbox`] keyed by what they
+//! carry; the control conversation takes each one when the source announces
+//! its digest.
+//!
+//! ```text
+//!  staging/incoming-<id>/
+//!    image.tar                 the image, when shipped
+//!    rounds/1/ rounds/2/ ...   pre-copy rounds; rounds/n/parent -> ../n-1
+//!    checkpoint.tar            the final archive (rebuilt from deltas in hash mode)
+//!    pre-checkpoint.tar        one link, pre-checkpoint -> rounds/<last>, for --import-previous
+//! ```
+//!
 //! Anything restored or staged here is removed on `Abort`, on a failure
 //! before `Restored`, or when the source vanishes before the switchover.
 //! After `Restored` the container is the user's only running copy and is
 //! kept whatever happens to the connection.
 
 use crate::engine::CheckpointOpts;
+use crate::pages::PageStore;
 use crate::server::Agent;
 use crate::transfer::{self, ReceiveFaults};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::state::{step, Action, TargetState};
 use tern_proto::*;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// How long a restored container must keep running before it counts.
 const CONFIRM_MS: u64 = 300;
-
-type Received = (DataKind, Result<(PathBuf, Digest), String>);
 
 /// Serves one `Receive` conversation.
 pub async fn receive(
@@ -34,7 +47,7 @@ pub async fn receive(
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let name = begin.container.name.clone();
-    tracing::info!(id = begin.id, %name, source = %peer, "incoming migration");
+    tracing::info!(id = begin.id, %name, source = %peer, mode = begin.mode.as_str(), "incoming migration");
     let Some(_guard) = agent.claim(&name) else {
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
@@ -54,6 +67,47 @@ async fn refuse(send: &mut quinn::SendStream, message: String) -> anyhow::Result
     Ok(())
 }
 
+/// What a data stream left in the staging folder: the file or folder, and
+/// the digest of what arrived.
+type Arrived = Result<(PathBuf, Digest), String>;
+
+/// Data streams that arrived, by kind, until the control conversation
+/// takes them.
+#[derive(Default)]
+struct Inbox {
+    items: Mutex<HashMap<DataKind, Arrived>>,
+    /// The receiving task ended: nothing more will arrive.
+    closed: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn post(&self, kind: DataKind, a: Arrived) {
+        self.items.lock().unwrap().insert(kind, a);
+        self.notify.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits for the stream of `kind`.
+    async fn take(&self, kind: DataKind) -> Arrived {
+        loop {
+            // Registered before looking, so a post in between is not missed.
+            let notified = self.notify.notified();
+            if let Some(a) = self.items.lock().unwrap().remove(&kind) {
+                return a;
+            }
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(format!("the {kind:?} data stream never arrived"));
+            }
+            notified.await;
+        }
+    }
+}
+
 struct Target<'a> {
     agent: &'a Agent,
     begin: Begin,
@@ -69,7 +123,10 @@ impl Target<'_> {
         if let Some(existing) = engine.inspect(&c.name).await? {
             return refuse(send, format!("a container named {} already exists here ({})", c.name, existing.state)).await;
         }
-        tokio::fs::create_dir_all(&self.staging).await?;
+        if self.begin.mode == Mode::Invalid {
+            return refuse(send, "the source asked for no migration mode".into()).await;
+        }
+        tokio::fs::create_dir_all(self.staging.join("rounds")).await?;
         let needs_image = !engine.image_exists(&c.image_id).await?;
         if !needs_image {
             // Before the freeze: restore looks the image up by this name.
@@ -77,17 +134,18 @@ impl Target<'_> {
                 return refuse(send, e).await;
             }
         }
-        let (tx, mut data) = mpsc::channel::<Received>(2);
-        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.staging.clone(), self.faults(), tx));
+        let inbox = Arc::new(Inbox::default());
+        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, self.staging.clone(), self.faults(), inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
 
+        let mode = self.begin.mode;
         let mut state = TargetState::initial(needs_image);
         let outcome = loop {
             let msg = match read_frame::<_, SourceMsg>(recv).await {
                 Ok(Some(m)) => m,
                 other => break Err(anyhow::anyhow!("the source went away in state {state:?} ({other:?})")),
             };
-            let (next, action) = match step(state, &msg) {
+            let (next, action) = match step(mode, state, &msg) {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = write_frame(send, &TargetMsg::Failed(Failure { phase: Phase::Prepare, message: e.to_string() })).await;
@@ -96,8 +154,12 @@ impl Target<'_> {
             };
             state = next;
             let reply = match action {
-                Action::LoadImage(d) => self.load_image(&mut data, d).await,
-                Action::Restore(d) => self.restore(&mut data, d).await,
+                Action::LoadImage(d) => self.load_image(&inbox, d).await,
+                Action::StoreRound { round, digest } => match self.verified(&inbox, DataKind::Round(round), digest).await {
+                    Ok(_) => TargetMsg::RoundStored { round },
+                    Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
+                },
+                Action::Restore { digest, rounds } => self.restore(&inbox, digest, rounds).await,
                 Action::Commit => {
                     tracing::info!(id = self.begin.id, "committed");
                     write_frame(send, &TargetMsg::Committed).await?;
@@ -130,17 +192,11 @@ impl Target<'_> {
     }
 
     /// Waits for the data stream of `kind` and checks it against `digest`.
-    async fn verified(&self, data: &mut mpsc::Receiver<Received>, kind: DataKind, digest: Digest) -> Result<PathBuf, String> {
-        let Some((got_kind, result)) = data.recv().await else {
-            return Err("the data stream never arrived".into());
-        };
-        if got_kind != kind {
-            return Err(format!("expected the {kind:?} archive, got {got_kind:?}"));
-        }
-        let (path, got) = result?;
+    async fn verified(&self, inbox: &Inbox, kind: DataKind, digest: Digest) -> Result<PathBuf, String> {
+        let (path, got) = inbox.take(kind).await?;
         if got != digest {
             return Err(format!(
-                "the {kind:?} archive does not match its digest: received {} bytes with blake3 {}, the source sent {} bytes with blake3 {}",
+                "the {kind:?} data does not match its digest: received {} bytes with blake3 {}, the source sent {} bytes with blake3 {}",
                 got.bytes,
                 got.hex(),
                 digest.bytes,
@@ -150,9 +206,9 @@ impl Target<'_> {
         Ok(path)
     }
 
-    async fn load_image(&self, data: &mut mpsc::Receiver<Received>, digest: Digest) -> TargetMsg {
+    async fn load_image(&self, inbox: &Inbox, digest: Digest) -> TargetMsg {
         let r = async {
-            let path = self.verified(data, DataKind::Image, digest).await?;
+            let path = self.verified(inbox, DataKind::Image, digest).await?;
             self.agent.engine.image_load(&path).await.map_err(|e| e.to_string())?;
             let _ = tokio::fs::remove_file(&path).await;
             self.name_image().await?;
@@ -165,15 +221,31 @@ impl Target<'_> {
         }
     }
 
-    async fn restore(&mut self, data: &mut mpsc::Receiver<Received>, digest: Digest) -> TargetMsg {
+    async fn restore(&mut self, inbox: &Inbox, digest: Digest, rounds: u32) -> TargetMsg {
         let t0 = Instant::now();
-        let path = match self.verified(data, DataKind::Checkpoint, digest).await {
+        let kind = match self.begin.mode {
+            Mode::HashPreCopy => DataKind::CheckpointDelta { base: rounds },
+            _ => DataKind::Checkpoint,
+        };
+        let path = match self.verified(inbox, kind, digest).await {
             Ok(p) => p,
             Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
         };
+        let previous = if self.begin.mode == Mode::PreCopy && rounds > 0 {
+            let last = self.staging.join("rounds").join(rounds.to_string());
+            let tar = self.staging.join("pre-checkpoint.tar");
+            match write_pre_checkpoint_link(&tar, &last) {
+                Ok(()) => Some(tar),
+                Err(e) => {
+                    return TargetMsg::Failed(Failure { phase: Phase::Restore, message: format!("preparing the pre-checkpoint: {e}") })
+                }
+            }
+        } else {
+            None
+        };
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
-        match self.restore_and_confirm(&path).await {
+        match self.restore_and_confirm(&path, previous.as_deref()).await {
             Ok((container, running_at)) => {
                 let restore_ms = (running_at - t1).as_millis() as u64;
                 let confirm_ms = running_at.elapsed().as_millis() as u64;
@@ -190,17 +262,15 @@ impl Target<'_> {
     /// Restores, then checks the container runs now and still runs a moment
     /// later: a process that dies right after restore is not a success.
     /// Returns the container and when it was first seen running.
-    async fn restore_and_confirm(&mut self, path: &std::path::Path) -> Result<(ContainerInfo, Instant), String> {
+    async fn restore_and_confirm(&mut self, path: &Path, previous: Option<&Path>) -> Result<(ContainerInfo, Instant), String> {
         if self.agent.cfg.faults.fail_restore {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
         let engine = &self.agent.engine;
         let name = &self.begin.container.name;
         self.restored = true;
-        engine
-            .restore_import(path, CheckpointOpts { tcp_established: self.begin.tcp_established, zstd: false })
-            .await
-            .map_err(|e| e.to_string())?;
+        let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
+        engine.restore_import(path, previous, opts).await.map_err(|e| e.to_string())?;
         let running_at = Instant::now();
         for wait in [0u64, CONFIRM_MS] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -249,12 +319,31 @@ impl Target<'_> {
     }
 }
 
-/// Accepts the migration's data streams and writes each into the staging
-/// folder, reporting what arrived.
-async fn accept_data(conn: quinn::Connection, id: MigrationId, staging: PathBuf, faults: ReceiveFaults, tx: mpsc::Sender<Received>) {
-    let done = AtomicU64::new(0);
+/// Writes the archive given to Podman's `--import-previous`: a single link
+/// `pre-checkpoint` to the last round staged here (absolute, since Podman
+/// unpacks it into the container's own folder). The final dump's `parent`
+/// link (`../pre-checkpoint`) then leads CRIU through the rounds, each
+/// linked to the one before, without copying any of them.
+fn write_pre_checkpoint_link(tar_path: &Path, last_round: &Path) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(std::fs::File::create(tar_path)?);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(0);
+    b.append_link(&mut h, "pre-checkpoint", last_round)?;
+    b.into_inner()?.sync_all()
+}
+
+/// Accepts the migration's data streams and stages each, posting the result
+/// to `inbox`.
+async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, staging: PathBuf, faults: ReceiveFaults, inbox: Arc<Inbox>) {
+    let done = Arc::new(AtomicU64::new(0));
+    // The file names of each stored round, in the order they came: the page
+    // numbering of content-addressed pre-copy follows it.
+    let mut round_names: HashMap<u32, Vec<String>> = HashMap::new();
     loop {
-        let Ok(mut recv) = conn.accept_uni().await else { return };
+        let Ok(mut recv) = conn.accept_uni().await else { break };
         let header = match transfer::accept_header(&mut recv).await {
             Ok(h) if h.id == id => h,
             Ok(h) => {
@@ -266,14 +355,64 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, staging: PathBuf,
                 continue;
             }
         };
-        let (path, faults) = match header.kind {
-            DataKind::Image => (staging.join("image.tar"), ReceiveFaults::default()),
-            _ => (staging.join("checkpoint.tar"), faults),
+        let arrived: Arrived = match header.kind {
+            DataKind::Image => {
+                let path = staging.join("image.tar");
+                transfer::receive(recv, &path, &done, ReceiveFaults::default()).await.map(|d| (path, d)).map_err(|e| e.to_string())
+            }
+            DataKind::Checkpoint => {
+                let path = staging.join("checkpoint.tar");
+                transfer::receive(recv, &path, &done, faults).await.map(|d| (path, d)).map_err(|e| e.to_string())
+            }
+            DataKind::Round(n) if mode.has_rounds() && (1..=10_000).contains(&n) => {
+                receive_round(recv, &staging, n, mode, &done).await.map(|(dir, d, names)| {
+                    round_names.insert(n, names);
+                    (dir, d)
+                })
+            }
+            DataKind::CheckpointDelta { base } if mode == Mode::HashPreCopy => {
+                let path = staging.join("checkpoint.tar");
+                let dir = staging.join("rounds").join(base.to_string());
+                match round_names.get(&base).map(|names| PageStore::open(&dir, names)) {
+                    Some(Ok(store)) => transfer::receive_delta(recv, &path, Arc::new(store), done.clone())
+                        .await
+                        .map(|d| (path, d))
+                        .map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(format!("opening the base round {base}: {e}")),
+                    None => Err(format!("the delta refers to round {base}, which never arrived")),
+                }
+            }
+            other => {
+                tracing::warn!("refusing a {other:?} data stream in a {} migration", mode.as_str());
+                let _ = recv.stop(1u32.into());
+                continue;
+            }
         };
-        let r = transfer::receive(recv, &path, &done, faults).await;
-        let r = r.map(|d| (path, d)).map_err(|e| e.to_string());
-        if tx.send((header.kind, r)).await.is_err() {
-            return;
+        if let Err(e) = &arrived {
+            tracing::warn!(kind = ?header.kind, "receiving data failed: {e}");
         }
+        inbox.post(header.kind, arrived);
     }
+    inbox.close();
+}
+
+/// Stores round `n` in `staging/rounds/n`, linked to its parent round for
+/// soft-dirty pre-copy (CRIU follows `parent` for pages dumped earlier).
+async fn receive_round(
+    recv: quinn::RecvStream,
+    staging: &Path,
+    n: u32,
+    mode: Mode,
+    done: &AtomicU64,
+) -> Result<(PathBuf, Digest, Vec<String>), String> {
+    let dir = staging.join("rounds").join(n.to_string());
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let (digest, names) = transfer::receive_fileset(recv, &dir, done).await.map_err(|e| e.to_string())?;
+    if mode == Mode::PreCopy && n > 1 {
+        tokio::fs::symlink(format!("../{}", n - 1), dir.join("parent"))
+            .await
+            .map_err(|e| format!("linking round {n} to its parent: {e}"))?;
+    }
+    Ok((dir, digest, names))
 }

@@ -2,65 +2,167 @@
 //! on loopback, with a fake container engine behind the `Engine` trait.
 //! These run without root; the end-to-end tests in `tests/` do the same
 //! with real Podman, runc and CRIU.
+//!
+//! The fake models what matters to migration: a container's memory (pages
+//! that its "workload" dirties between dumps), pre-dumps chained through
+//! `parent` links as CRIU's are, and archives that are real tars holding a
+//! `checkpoint/pages-1.img`. The target rebuilds memory from what it
+//! received (the chain of rounds, or the delta-encoded archive), and the
+//! tests check it equals the source's memory at the freeze, byte for byte.
 
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Write};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_agent::config::{AgentConfig, Faults, PodmanConfig};
-use tern_agent::engine::{CheckpointOpts, Engine, EngineError};
+use tern_agent::engine::{CheckpointOpts, Engine, EngineError, RunningDump};
 use tern_agent::server::Agent;
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
+use tern_proto::policy::{OnTimeout, PolicyConfig};
 use tern_proto::*;
 use tern_transport::rpc::Session;
 use tern_transport::TlsFiles;
 
+const PAGE: usize = 4096;
+
+struct FakeContainer {
+    info: ContainerInfo,
+    memory: Vec<Vec<u8>>,
+    /// Pages written since the last dump.
+    dirty: HashSet<usize>,
+    writes: u64,
+}
+
 #[derive(Default)]
 struct FakeState {
-    containers: BTreeMap<String, ContainerInfo>,
+    containers: BTreeMap<String, FakeContainer>,
     images: HashSet<String>,
     /// Containers with a kept checkpoint.
     checkpoints: HashSet<String>,
     calls: Vec<String>,
 }
 
-/// A container engine in memory. The "checkpoint archive" is the container's
-/// JSON on one line followed by `size` bytes of filler.
+/// A container engine in memory.
 struct FakeEngine {
     state: Mutex<FakeState>,
-    size: usize,
+    dir: tempfile::TempDir,
+    pages: usize,
+    /// Pages the workload writes between two dumps.
+    dirty_per_dump: usize,
     fail_checkpoint: bool,
+    /// Makes `inspect` slow, so a cancel lands in the prepare phase.
+    inspect_delay: Duration,
+    /// Memory of the last container checkpointed, as it was at the freeze.
+    last_frozen: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
 impl FakeEngine {
-    fn new(size: usize) -> Arc<Self> {
-        Arc::new(FakeEngine { state: Mutex::default(), size, fail_checkpoint: false })
+    fn new(pages: usize) -> Arc<Self> {
+        Arc::new(Self::with(pages, 8))
+    }
+    fn with(pages: usize, dirty_per_dump: usize) -> Self {
+        FakeEngine {
+            state: Mutex::default(),
+            dir: tempfile::tempdir().unwrap(),
+            pages,
+            dirty_per_dump,
+            fail_checkpoint: false,
+            inspect_delay: Duration::ZERO,
+            last_frozen: Mutex::default(),
+        }
     }
     fn add(&self, name: &str, ip: &str) {
         let mut s = self.state.lock().unwrap();
         s.images.insert("img1".into());
+        let memory = (0..self.pages).map(|i| page_of(name, i, 0)).collect();
         s.containers.insert(
             name.into(),
-            ContainerInfo {
-                name: name.into(),
-                id: format!("id-{name}"),
-                image: "localhost/tern-busybox:latest".into(),
-                image_id: "img1".into(),
-                state: "running".into(),
-                ips: vec![ip.parse().unwrap()],
+            FakeContainer {
+                info: ContainerInfo {
+                    name: name.into(),
+                    id: format!("id-{name}"),
+                    image: "localhost/tern-busybox:latest".into(),
+                    image_id: "img1".into(),
+                    state: "running".into(),
+                    ips: vec![ip.parse().unwrap()],
+                },
+                memory,
+                dirty: HashSet::new(),
+                writes: 0,
             },
         );
     }
     fn state_of(&self, name: &str) -> Option<String> {
-        self.state.lock().unwrap().containers.get(name).map(|c| c.state.clone())
+        self.state.lock().unwrap().containers.get(name).map(|c| c.info.state.clone())
+    }
+    fn memory_of(&self, name: &str) -> Vec<Vec<u8>> {
+        self.state.lock().unwrap().containers[name].memory.clone()
+    }
+    fn frozen(&self) -> Vec<Vec<u8>> {
+        self.last_frozen.lock().unwrap().clone().expect("a container was checkpointed")
     }
     fn called(&self, what: &str) -> bool {
         self.state.lock().unwrap().calls.iter().any(|c| c.starts_with(what))
     }
+    fn count(&self, what: &str) -> usize {
+        self.state.lock().unwrap().calls.iter().filter(|c| c.starts_with(what)).count()
+    }
+}
+
+/// Distinct, recognisable content for page `i` of `name` after `writes` writes.
+fn page_of(name: &str, i: usize, writes: u64) -> Vec<u8> {
+    let seed = blake3::hash(format!("{name}/{i}/{writes}").as_bytes());
+    seed.as_bytes().iter().cycle().take(PAGE).copied().collect()
+}
+
+impl FakeContainer {
+    /// The workload runs a little: the next `n` pages, in order, get new
+    /// content. Each interval writes pages no other interval writes (until
+    /// memory wraps around), so a round lost anywhere in the chain shows.
+    fn work(&mut self, n: usize) {
+        for _ in 0..n {
+            let i = self.writes as usize % self.memory.len();
+            self.writes += 1;
+            self.memory[i] = page_of(&self.info.name, i, self.writes);
+            self.dirty.insert(i);
+        }
+    }
+}
+
+/// CRIU-like images: `pagemap-1.img` lists page numbers (u32 LE),
+/// `pages-1.img` holds those pages in that order.
+fn write_images(dir: &Path, memory: &[Vec<u8>], which: &[usize]) -> std::io::Result<()> {
+    let map: Vec<u8> = which.iter().flat_map(|i| (*i as u32).to_le_bytes()).collect();
+    std::fs::write(dir.join("pagemap-1.img"), map)?;
+    let pages: Vec<u8> = which.iter().flat_map(|i| memory[*i].clone()).collect();
+    std::fs::write(dir.join("pages-1.img"), pages)?;
+    std::fs::write(dir.join("dump.log"), "not shipped")?;
+    Ok(())
+}
+
+fn apply_images(memory: &mut Vec<Vec<u8>>, map: &[u8], pages: &[u8]) {
+    for (k, idx) in map.chunks(4).enumerate() {
+        let i = u32::from_le_bytes(idx.try_into().unwrap()) as usize;
+        if memory.len() <= i {
+            memory.resize(i + 1, Vec::new());
+        }
+        memory[i] = pages[k * PAGE..(k + 1) * PAGE].to_vec();
+    }
+}
+
+/// Applies an image folder and, first, its chain of parents.
+fn apply_chain(memory: &mut Vec<Vec<u8>>, dir: &Path) {
+    let parent = dir.join("parent");
+    if parent.exists() {
+        apply_chain(memory, &parent);
+    }
+    let map = std::fs::read(dir.join("pagemap-1.img")).unwrap();
+    let pages = std::fs::read(dir.join("pages-1.img")).unwrap();
+    apply_images(memory, &map, &pages);
 }
 
 fn failed(cmd: &str, why: &str) -> EngineError {
@@ -70,10 +172,11 @@ fn failed(cmd: &str, why: &str) -> EngineError {
 #[async_trait]
 impl Engine for FakeEngine {
     async fn list(&self) -> Result<Vec<ContainerInfo>, EngineError> {
-        Ok(self.state.lock().unwrap().containers.values().cloned().collect())
+        Ok(self.state.lock().unwrap().containers.values().map(|c| c.info.clone()).collect())
     }
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        Ok(self.state.lock().unwrap().containers.get(name).cloned())
+        tokio::time::sleep(self.inspect_delay).await;
+        Ok(self.state.lock().unwrap().containers.get(name).map(|c| c.info.clone()))
     }
     async fn image_exists(&self, id: &str) -> Result<bool, EngineError> {
         Ok(self.state.lock().unwrap().images.contains(id))
@@ -96,32 +199,70 @@ impl Engine for FakeEngine {
         }
         Ok(())
     }
-    async fn checkpoint_export(&self, name: &str, path: &Path, _: CheckpointOpts) -> Result<(), EngineError> {
-        let info = {
+    async fn container_dir(&self, name: &str) -> Result<PathBuf, EngineError> {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        Ok(d)
+    }
+    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(format!("dump_running {kind:?}"));
+        let c = s.containers.values_mut().find(|c| c.info.id == id).ok_or_else(|| failed("runc", "no such container"))?;
+        let which: Vec<usize> = match kind {
+            RunningDump::PreDump { parent: Some(p) } => {
+                if !dir.join(p).join("pagemap-1.img").exists() {
+                    return Err(failed("runc", &format!("no parent images at {p}")));
+                }
+                std::os::unix::fs::symlink(p, dir.join("parent")).unwrap();
+                let mut d: Vec<usize> = c.dirty.iter().copied().collect();
+                d.sort();
+                d
+            }
+            RunningDump::PreDump { parent: None } | RunningDump::Full { .. } => (0..c.memory.len()).collect(),
+        };
+        write_images(dir, &c.memory, &which).map_err(|e| failed("runc", &e.to_string()))?;
+        c.dirty.clear();
+        c.work(self.dirty_per_dump);
+        Ok(())
+    }
+    async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<(), EngineError> {
+        let pre = self.dir.path().join(name).join("pre-checkpoint");
+        let (info, memory, which) = {
             let mut s = self.state.lock().unwrap();
-            s.calls.push("checkpoint".into());
+            s.calls.push(format!("checkpoint with_previous={}", opts.with_previous));
             if self.fail_checkpoint {
                 return Err(failed("checkpoint", "CRIU dump failed (fake)"));
             }
+            if opts.with_previous && !pre.join("pagemap-1.img").exists() {
+                return Err(failed("checkpoint", "no pre-checkpoint"));
+            }
             let c = s.containers.get_mut(name).ok_or_else(|| failed("checkpoint", "no such container"))?;
-            c.state = "exited".into();
-            let info = c.clone();
+            c.info.state = "exited".into();
+            *self.last_frozen.lock().unwrap() = Some(c.memory.clone());
+            let mut which: Vec<usize> =
+                if opts.with_previous { c.dirty.iter().copied().collect() } else { (0..c.memory.len()).collect() };
+            which.sort();
+            let r = (c.info.clone(), c.memory.clone(), which);
             s.checkpoints.insert(name.into());
-            info
+            r
         };
-        let (path, size) = (path.to_path_buf(), self.size);
+        let path = path.to_path_buf();
         // Opening a FIFO blocks until the reader comes: do it off the runtime.
         tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            writeln!(f, "{}", serde_json::to_string(&info).unwrap())?;
-            let chunk = vec![0xA5u8; 64 * 1024];
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                f.write_all(&chunk[..n])?;
-                left -= n;
-            }
-            Ok::<_, std::io::Error>(())
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            let mut b = tar::Builder::new(f);
+            let mut add = |name: &str, data: &[u8]| {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o600);
+                b.append_data(&mut h, name, data)
+            };
+            add("config.dump", serde_json::to_string(&info).unwrap().as_bytes())?;
+            let map: Vec<u8> = which.iter().flat_map(|i| (*i as u32).to_le_bytes()).collect();
+            add("checkpoint/pagemap-1.img", &map)?;
+            let pages: Vec<u8> = which.iter().flat_map(|i| memory[*i].clone()).collect();
+            add("checkpoint/pages-1.img", &pages)?;
+            b.finish()
         })
         .await
         .unwrap()
@@ -133,21 +274,46 @@ impl Engine for FakeEngine {
         if !s.checkpoints.contains(name) {
             return Err(failed("restore", "no checkpoint kept"));
         }
-        s.containers.get_mut(name).unwrap().state = "running".into();
+        s.containers.get_mut(name).unwrap().info.state = "running".into();
         Ok(())
     }
-    async fn restore_import(&self, path: &Path, _: CheckpointOpts) -> Result<(), EngineError> {
-        let f = std::fs::File::open(path).map_err(|e| failed("restore", &e.to_string()))?;
-        let mut line = String::new();
-        std::io::BufReader::new(f).read_line(&mut line).unwrap();
-        let mut info: ContainerInfo = serde_json::from_str(&line).map_err(|e| failed("restore", &e.to_string()))?;
+    async fn restore_import(&self, path: &Path, previous: Option<&Path>, _: CheckpointOpts) -> Result<(), EngineError> {
+        let err = |e: &dyn std::fmt::Display| failed("restore", &e.to_string());
+        let mut memory = Vec::new();
+        if let Some(prev) = previous {
+            // As Podman does: unpack into the container's folder, then CRIU
+            // follows checkpoint/parent -> ../pre-checkpoint -> the rounds.
+            let mut a = tar::Archive::new(std::fs::File::open(prev).map_err(|e| err(&e))?);
+            let entry = a.entries().map_err(|e| err(&e))?.next().unwrap().map_err(|e| err(&e))?;
+            assert_eq!(entry.path().unwrap().to_str(), Some("pre-checkpoint"));
+            let link = entry.link_name().unwrap().unwrap().into_owned();
+            assert!(link.is_absolute(), "{link:?}");
+            apply_chain(&mut memory, &link);
+        }
+        let mut a = tar::Archive::new(std::fs::File::open(path).map_err(|e| err(&e))?);
+        let (mut info, mut map, mut pages) = (None, Vec::new(), Vec::new());
+        for entry in a.entries().map_err(|e| err(&e))? {
+            let mut entry = entry.map_err(|e| err(&e))?;
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(|e| err(&e))?;
+            match name.as_str() {
+                "config.dump" => info = Some(serde_json::from_slice::<ContainerInfo>(&data).map_err(|e| err(&e))?),
+                "checkpoint/pagemap-1.img" => map = data,
+                "checkpoint/pages-1.img" => pages = data,
+                _ => {}
+            }
+        }
+        apply_images(&mut memory, &map, &pages);
+        let mut info = info.ok_or_else(|| err(&"no config.dump"))?;
         let mut s = self.state.lock().unwrap();
         s.calls.push("restore_import".into());
         if s.containers.contains_key(&info.name) {
             return Err(failed("restore", "name in use"));
         }
         info.state = "running".into();
-        s.containers.insert(info.name.clone(), info);
+        let c = FakeContainer { info: info.clone(), memory, dirty: HashSet::new(), writes: 0 };
+        s.containers.insert(info.name.clone(), c);
         Ok(())
     }
     async fn remove(&self, name: &str, _force: bool) -> Result<(), EngineError> {
@@ -188,6 +354,7 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
             state_dir: dir.path().join(format!("state-{name}")),
             tls: files(dir.path(), name),
             podman: PodmanConfig::default(),
+            runc: Default::default(),
             facts_override: Default::default(),
             faults,
         };
@@ -200,6 +367,10 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
     Cluster { coordinator: files(dir.path(), "coordinator"), addrs, _dir: dir }
 }
 
+fn options(mode: Mode) -> MigrateOptions {
+    MigrateOptions { mode, compress: Compression::None, tcp_established: false, policy: PolicyConfig::default() }
+}
+
 impl Cluster {
     async fn session(&self, host: &str) -> Session {
         let ep = tern_transport::client_endpoint(&self.coordinator).unwrap();
@@ -208,12 +379,16 @@ impl Cluster {
 
     /// Asks `a` to migrate `name` to `b`; returns the events and the report.
     async fn migrate(&self, name: &str, cancel_after: Option<Phase>) -> (Vec<Progress>, MigrationReport) {
+        self.migrate_with(name, options(Mode::StopAndCopy), cancel_after).await
+    }
+
+    async fn migrate_with(&self, name: &str, options: MigrateOptions, cancel_after: Option<Phase>) -> (Vec<Progress>, MigrationReport) {
         let s = self.session("a").await;
         let req = MigrateRequest {
             id: 7,
             container: name.into(),
             target: Peer { name: "b".into(), address: self.addrs["b"].to_string() },
-            options: MigrateOptions { mode: Mode::StopAndCopy, compress: Compression::None, tcp_established: false },
+            options,
         };
         let (mut send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
         let mut events = Vec::new();
@@ -226,7 +401,9 @@ impl Cluster {
             match ev {
                 MigrateEvent::Progress(p) => {
                     if Some(p.phase) == cancel_after {
-                        write_frame(&mut send, &CoordinatorSignal::Cancel).await.unwrap();
+                        // The migration may already be past this point; a
+                        // failed write then is no error of the agent's.
+                        let _ = write_frame(&mut send, &CoordinatorSignal::Cancel).await;
                     }
                     events.push(p);
                 }
@@ -239,26 +416,156 @@ impl Cluster {
 
 #[tokio::test]
 async fn stop_and_copy_moves_the_container_and_ships_the_image() {
-    let (a, b) = (FakeEngine::new(3 << 20), FakeEngine::new(0));
+    let (a, b) = (FakeEngine::new(768), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (events, r) = c.migrate("web", None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
     assert_eq!(a.state_of("web"), None, "the source copy is removed");
     assert_eq!(b.state_of("web").as_deref(), Some("running"));
+    assert!(b.memory_of("web") == a.frozen(), "memory arrives intact");
     assert!(b.called("image_load"), "b lacked the image, so it was shipped");
     assert!(r.image_bytes > 0);
-    assert!(r.checkpoint_bytes > 3 << 20);
+    assert!(r.checkpoint_bytes > 768 * PAGE as u64);
     assert!(r.bytes_on_wire >= r.checkpoint_bytes + r.image_bytes, "{r:#?}");
     assert!(r.downtime_ms.is_some() && r.downtime_ms.unwrap() <= r.total_ms);
+    assert!(r.rounds.is_empty() && r.stop_reason.is_none());
     let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
     assert_eq!(phases, [Phase::Prepare, Phase::Image, Phase::Checkpoint, Phase::Verify, Phase::Restore, Phase::Cleanup]);
     assert!(events.iter().any(|e| e.phase == Phase::Checkpoint));
 }
 
 #[tokio::test]
+async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly() {
+    // 2048 pages, the workload writes 40 between dumps: round 1 holds all,
+    // round 2 only the 40 written since, under P.Haul's 64: converged.
+    let a = Arc::new(FakeEngine::with(2048, 40));
+    let b = FakeEngine::new(0);
+    a.add("db", "203.0.113.6");
+    b.state.lock().unwrap().images.insert("img1".into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let (events, r) = c.migrate_with("db", options(Mode::PreCopy), None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(r.rounds.len(), 2, "{:#?}", r.rounds);
+    // The fake writes no CRIU statistics: pages are counted from the files.
+    assert_eq!((r.rounds[0].pages, r.rounds[1].pages), (2048, 40), "{:#?}", r.rounds);
+    assert!(r.rounds[0].bytes > 2048 * PAGE as u64);
+    assert!(r.rounds[1].bytes < 41 * PAGE as u64, "{:#?}", r.rounds);
+    assert!(r.rounds[1].dirty_pages_per_s > 0);
+    assert!(b.memory_of("db") == a.frozen(), "the target's memory differs from the source's at the freeze");
+    assert!(r.stop_reason.as_deref().unwrap().contains("fits the downtime target"), "{:?}", r.stop_reason);
+    // The final archive holds only what was written since round 2.
+    assert!(r.checkpoint_bytes < 50 * PAGE as u64, "{}", r.checkpoint_bytes);
+    assert!(a.called("checkpoint with_previous=true"));
+    assert_eq!(a.count("dump_running PreDump"), 2);
+    let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases, [Phase::Prepare, Phase::PreCopy, Phase::Checkpoint, Phase::Verify, Phase::Restore, Phase::Cleanup]);
+    assert!(events.iter().any(|e| e.phase == Phase::PreCopy && e.note.contains("round 2")));
+    assert_eq!(a.state_of("db"), None);
+    assert_eq!(b.state_of("db").as_deref(), Some("running"));
+}
+
+#[tokio::test]
+async fn pre_copy_memory_is_exact_across_the_chain() {
+    let a = Arc::new(FakeEngine::with(512, 100));
+    let b = FakeEngine::new(0);
+    a.add("db", "203.0.113.6");
+    b.state.lock().unwrap().images.insert("img1".into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 4, ..Default::default() };
+    let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(r.rounds.len(), 4, "max rounds: {:#?}", r.stop_reason);
+    // Four rounds and a final dump, 100 pages written between each: the
+    // target must have followed every parent link to get them all.
+    let restored = b.memory_of("db");
+    assert_eq!(restored.len(), 512);
+    assert!(restored == a.frozen(), "the target's memory differs from the source's at the freeze");
+    assert!(restored != (0..512).map(|i| page_of("db", i, 0)).collect::<Vec<_>>(), "the workload did write");
+}
+
+#[tokio::test]
+async fn hash_pre_copy_sends_only_changed_pages_at_the_freeze() {
+    let a = Arc::new(FakeEngine::with(2048, 30));
+    let b = FakeEngine::new(0);
+    a.add("cache", "203.0.113.7");
+    b.state.lock().unwrap().images.insert("img1".into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let (_, r) = c.migrate_with("cache", options(Mode::HashPreCopy), None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(r.rounds.len(), 1);
+    assert!(a.called("dump_running Full"));
+    assert!(a.called("checkpoint with_previous=false"));
+    // 2048 pages in the archive, 30 changed since the base: 2018 reused.
+    assert_eq!(r.saved_bytes, 2018 * PAGE as u64, "{r:#?}");
+    assert!(r.checkpoint_bytes > 2048 * PAGE as u64);
+    // Had the final archive crossed whole, twice the base would be on the wire.
+    assert!(r.bytes_on_wire < r.rounds[0].bytes * 13 / 10, "{} on the wire for a base of {}", r.bytes_on_wire, r.rounds[0].bytes);
+    assert!(b.memory_of("cache") == a.frozen(), "rebuilt memory differs");
+}
+
+#[tokio::test]
+async fn pre_copy_restore_failure_rolls_back_through_the_chain() {
+    let a = Arc::new(FakeEngine::with(256, 10));
+    let b = FakeEngine::new(0);
+    a.add("db", "203.0.113.6");
+    let c = cluster(a.clone(), b.clone(), Faults { fail_restore: true, ..Default::default() }).await;
+    let (_, r) = c.migrate_with("db", options(Mode::PreCopy), None).await;
+    assert!(matches!(&r.outcome, Outcome::RolledBack { failure } if failure.phase == Phase::Restore), "{r:?}");
+    assert_eq!(a.state_of("db").as_deref(), Some("running"));
+    assert!(a.called("restore_local"));
+    assert_eq!(b.state_of("db"), None);
+    assert!(!r.rounds.is_empty());
+    // The link into the migration's rounds is gone, and so are the rounds.
+    assert!(!a.dir.path().join("db/pre-checkpoint").exists());
+}
+
+#[tokio::test]
+async fn cancel_during_pre_copy_leaves_the_container_untouched() {
+    let a = Arc::new(FakeEngine::with(4096, 2000));
+    let b = FakeEngine::new(0);
+    a.add("db", "203.0.113.6");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 50, max_growth_pct: 1000, ..Default::default() };
+    let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, Some(Phase::PreCopy)).await;
+    assert!(matches!(&r.outcome, Outcome::Refused { failure } if failure.message.contains("cancelled")), "{r:?}");
+    assert!(!a.called("checkpoint"), "never frozen");
+    assert_eq!(a.state_of("db").as_deref(), Some("running"));
+    assert_eq!(b.state_of("db"), None);
+    assert_eq!(r.downtime_ms, None);
+}
+
+#[tokio::test]
+async fn pre_copy_timeout_cancels_or_switches_over_as_asked() {
+    for (on_timeout, completed) in [(OnTimeout::Cancel, false), (OnTimeout::Switchover, true)] {
+        let a = Arc::new(FakeEngine::with(512, 300));
+        let b = FakeEngine::new(0);
+        a.add("db", "203.0.113.6");
+        let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+        let policy = PolicyConfig {
+            max_downtime: Duration::ZERO,
+            min_pages: 0,
+            max_growth_pct: 1000,
+            max_rounds: 100,
+            timeout: Duration::ZERO,
+            on_timeout,
+        };
+        let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
+        assert!(r.stop_reason.as_deref().unwrap_or_default().contains("timeout"), "{r:?}");
+        if completed {
+            assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
+            assert_eq!(b.state_of("db").as_deref(), Some("running"));
+        } else {
+            assert!(matches!(&r.outcome, Outcome::Refused { failure } if failure.message.contains("--on-timeout")), "{r:?}");
+            assert_eq!(a.state_of("db").as_deref(), Some("running"));
+            assert!(!a.called("checkpoint"));
+        }
+    }
+}
+
+#[tokio::test]
 async fn target_restore_failure_rolls_back_on_the_source() {
-    let (a, b) = (FakeEngine::new(1 << 20), FakeEngine::new(0));
+    let (a, b) = (FakeEngine::new(256), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
     let faults = Faults { fail_restore: true, ..Default::default() };
     let c = cluster(a.clone(), b.clone(), faults).await;
@@ -278,7 +585,7 @@ async fn target_restore_failure_rolls_back_on_the_source() {
 
 #[tokio::test]
 async fn corrupted_transfer_is_caught_by_the_digest_and_rolled_back() {
-    let (a, b) = (FakeEngine::new(1 << 20), FakeEngine::new(0));
+    let (a, b) = (FakeEngine::new(256), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
     let faults = Faults { corrupt_checkpoint: true, ..Default::default() };
     let c = cluster(a.clone(), b.clone(), faults).await;
@@ -296,7 +603,7 @@ async fn corrupted_transfer_is_caught_by_the_digest_and_rolled_back() {
 
 #[tokio::test]
 async fn name_taken_on_target_refuses_before_the_freeze() {
-    let (a, b) = (FakeEngine::new(1 << 20), FakeEngine::new(0));
+    let (a, b) = (FakeEngine::new(256), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
     b.add("web", "203.0.113.9");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
@@ -309,7 +616,7 @@ async fn name_taken_on_target_refuses_before_the_freeze() {
 
 #[tokio::test]
 async fn failed_dump_leaves_the_container_running() {
-    let a = Arc::new(FakeEngine { state: Mutex::default(), size: 1 << 20, fail_checkpoint: true });
+    let a = Arc::new(FakeEngine { fail_checkpoint: true, ..FakeEngine::with(256, 8) });
     let b = FakeEngine::new(0);
     a.add("web", "203.0.113.5");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
@@ -322,14 +629,16 @@ async fn failed_dump_leaves_the_container_running() {
 
 #[tokio::test]
 async fn cancel_during_prepare_is_a_refusal_and_after_freeze_a_rollback() {
-    let (a, b) = (FakeEngine::new(1 << 20), FakeEngine::new(0));
+    // A slow inspect keeps the source in prepare while the cancel arrives.
+    let a = Arc::new(FakeEngine { inspect_delay: Duration::from_millis(300), ..FakeEngine::with(256, 8) });
+    let b = FakeEngine::new(0);
     a.add("web", "203.0.113.5");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate("web", Some(Phase::Prepare)).await;
     assert!(matches!(&r.outcome, Outcome::Refused { failure } if failure.message.contains("cancelled")), "{r:?}");
     assert!(!a.called("checkpoint"));
 
-    let (a, b) = (FakeEngine::new(8 << 20), FakeEngine::new(0));
+    let (a, b) = (FakeEngine::new(2048), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate("web", Some(Phase::Checkpoint)).await;

@@ -56,6 +56,8 @@ enum Cmd {
         /// zstd pays off on slow links with compressible memory.
         #[arg(long, value_enum, default_value = "none")]
         compress: CompressArg,
+        #[command(flatten)]
+        precopy: PrecopyArgs,
     },
     /// Certificates for the cluster.
     Pki {
@@ -68,6 +70,48 @@ enum Cmd {
 enum CompressArg {
     None,
     Zstd,
+}
+
+/// When pre-copy stops copying rounds and freezes.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Pre-copy")]
+struct PrecopyArgs {
+    /// Freeze once the pages left to copy would cross the link within this
+    /// (at the rate measured in the rounds so far). Dump and restore times
+    /// add to the downtime.
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = humantime::parse_duration)]
+    max_downtime: std::time::Duration,
+    /// At most this many rounds before the freeze.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_rounds: u32,
+    /// Give pre-copy this long in all (checked after every round).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// When the timeout expires: give up, leaving the container running on
+    /// the source, or freeze now whatever the downtime.
+    #[arg(long, value_enum, default_value = "cancel")]
+    on_timeout: OnTimeoutArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnTimeoutArg {
+    Cancel,
+    Switchover,
+}
+
+impl PrecopyArgs {
+    fn policy(&self) -> tern_proto::policy::PolicyConfig {
+        tern_proto::policy::PolicyConfig {
+            max_downtime: self.max_downtime,
+            max_rounds: self.max_rounds,
+            timeout: self.timeout,
+            on_timeout: match self.on_timeout {
+                OnTimeoutArg::Cancel => tern_proto::policy::OnTimeout::Cancel,
+                OnTimeoutArg::Switchover => tern_proto::policy::OnTimeout::Switchover,
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// Which container goes where, shared by `check` and `migrate`.
@@ -131,12 +175,12 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Hosts => hosts(cli.inventory, cli.json).await,
         Cmd::Ps => ps(cli.inventory, cli.json).await,
         Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
-        Cmd::Migrate { mv, tcp_established, compress } => {
+        Cmd::Migrate { mv, tcp_established, compress, precopy } => {
             let compress = match compress {
                 CompressArg::None => tern_proto::Compression::None,
                 CompressArg::Zstd => tern_proto::Compression::Zstd,
             };
-            let opts = migrate::Options { tcp_established, compress, progress: true };
+            let opts = migrate::Options { tcp_established, compress, progress: true, policy: precopy.policy() };
             migrate(cli.inventory, cli.json, mv, opts).await
         }
     }

@@ -12,6 +12,7 @@ pub struct Options {
     pub compress: tern_proto::Compression,
     /// Print progress lines (on stderr).
     pub progress: bool,
+    pub policy: tern_proto::policy::PolicyConfig,
 }
 
 fn new_id() -> u64 {
@@ -28,7 +29,12 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
         id: new_id(),
         container: plan.container.name.clone(),
         target: Peer { name: plan.target_name.clone(), address: target_address.to_string() },
-        options: MigrateOptions { mode: plan.mode, compress: opts.compress, tcp_established: opts.tcp_established },
+        options: MigrateOptions {
+            mode: plan.mode,
+            compress: opts.compress,
+            tcp_established: opts.tcp_established,
+            policy: opts.policy.clone(),
+        },
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;

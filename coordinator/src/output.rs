@@ -105,7 +105,16 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         "bytes_on_wire": r.bytes_on_wire,
         "checkpoint_bytes": r.checkpoint_bytes,
         "image_bytes": r.image_bytes,
+        "final_pages": r.final_pages,
+        "final_frozen_ms": r.final_frozen_ms,
+        "saved_bytes": r.saved_bytes,
         "phases": r.phases.iter().map(|p| json!({"phase": p.phase.as_str(), "ms": p.ms})).collect::<Vec<_>>(),
+        "rounds": r.rounds.iter().map(|x| json!({
+            "round": x.round, "pages": x.pages, "bytes": x.bytes, "duration_ms": x.duration_ms,
+            "dump_ms": x.dump_ms, "frozen_ms": x.frozen_ms, "transfer_ms": x.transfer_ms,
+            "dirty_pages_per_s": x.dirty_pages_per_s,
+        })).collect::<Vec<_>>(),
+        "stop_reason": r.stop_reason,
         "warnings": r.warnings,
     })
 }
@@ -135,12 +144,45 @@ pub fn report_text(r: &MigrationReport) -> String {
         s.push_str(&format!("  downtime     {}  (frozen until {until})\n", ms(d)));
     }
     s.push_str(&format!("  total        {}\n", ms(r.total_ms)));
+    let saved = if r.saved_bytes > 0 { format!(", {} of it already on the target", bytes(r.saved_bytes)) } else { String::new() };
     s.push_str(&format!(
-        "  on the wire  {}  (checkpoint archive {}, image {})\n",
+        "  on the wire  {}  (checkpoint archive {}{saved}, image {})\n",
         bytes(r.bytes_on_wire),
         bytes(r.checkpoint_bytes),
         bytes(r.image_bytes)
     ));
+    if r.final_pages > 0 || r.final_frozen_ms > 0 {
+        s.push_str(&format!(
+            "  final dump   {} pages ({}), CRIU frozen {}\n",
+            r.final_pages,
+            bytes(r.final_pages * 4096),
+            ms(r.final_frozen_ms)
+        ));
+    }
+    if !r.rounds.is_empty() {
+        s.push_str("  pre-copy rounds (the container ran during these; \"paused\" is CRIU's freeze inside each dump):\n");
+        let rows: Vec<Vec<String>> = r
+            .rounds
+            .iter()
+            .map(|x| {
+                vec![
+                    x.round.to_string(),
+                    x.pages.to_string(),
+                    bytes(x.bytes),
+                    ms(x.dump_ms),
+                    ms(x.frozen_ms),
+                    ms(x.transfer_ms),
+                    if x.round == 1 { "-".into() } else { format!("{}/s", bytes(x.dirty_pages_per_s * 4096)) },
+                ]
+            })
+            .collect();
+        for line in table(&["round", "pages", "sent", "dump", "paused", "transfer", "dirty rate"], &rows).lines() {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
+    if let Some(why) = &r.stop_reason {
+        s.push_str(&format!("  stopped      {why}\n"));
+    }
     if !r.phases.is_empty() {
         let p: Vec<String> = r.phases.iter().map(|p| format!("{} {}", p.phase.as_str(), ms(p.ms))).collect();
         s.push_str(&format!("  phases       {}\n", p.join(" · ")));

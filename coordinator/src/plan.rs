@@ -12,8 +12,13 @@ use tern_proto::{Mode, Request, Response};
 pub enum ModeArg {
     /// Pre-copy where both hosts track dirty memory, else stop-and-copy.
     Auto,
+    /// Freeze, dump everything, stream it, restore.
     StopAndCopy,
+    /// Soft-dirty rounds while the container runs, then a short final dump.
     PreCopy,
+    /// Content-addressed pre-copy (no soft-dirty needed): ship a full dump
+    /// while it runs, then only the pages the target lacks.
+    HashPreCopy,
 }
 
 pub struct Plan<'a> {
@@ -100,10 +105,8 @@ pub async fn plan<'a>(
     let (mode, mode_note) = match mode {
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
-        // Pre-copy is not implemented yet (README, "Not done yet").
-        ModeArg::Auto if both_track => {
-            (Mode::StopAndCopy, "both hosts track dirty memory, but this tern does not do pre-copy yet".to_string())
-        }
+        ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
+        ModeArg::Auto if both_track => (Mode::PreCopy, "both hosts track dirty memory".to_string()),
         ModeArg::Auto => (Mode::StopAndCopy, format!("pre-copy is unavailable ({why_not})")),
     };
 

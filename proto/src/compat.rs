@@ -211,7 +211,8 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
                 format!("pre-copy needs soft-dirty memory tracking on both hosts: {}; use --mode stop-and-copy", which.detail),
             )
         }
-        (_, false) => f.with(Severity::Ok, "pre-copy unavailable; stop-and-copy will be used"),
+        (Mode::HashPreCopy, false) => f.with(Severity::Ok, "not needed: content-addressed pre-copy works without it"),
+        (_, false) => f.with(Severity::Ok, "soft-dirty pre-copy unavailable (--mode hash-pre-copy works without it)"),
         _ => f,
     });
     out

@@ -50,7 +50,9 @@
 //! is proven by the blake3 digest sent on the control stream.
 
 pub mod compat;
+pub mod delta;
 pub mod facts;
+pub mod fileset;
 pub mod frame;
 pub mod message;
 pub mod policy;

@@ -17,6 +17,7 @@
 
 use crate::compat::Finding;
 use crate::facts::{ContainerInfo, HostFacts};
+use crate::policy::PolicyConfig;
 use crate::frame::WireMessage;
 use serde::{Deserialize, Serialize};
 
@@ -83,9 +84,16 @@ pub enum Mode {
     Invalid,
     /// Freeze, dump everything, copy, restore.
     StopAndCopy,
-    /// Copy memory while the container runs (soft-dirty rounds), then freeze
-    /// for a final dump of what changed.
+    /// Iterative pre-copy: rounds of soft-dirty pre-dumps (each holding only
+    /// the pages written since the previous one) shipped while the container
+    /// runs, then a freeze for a final dump of what changed since the last
+    /// round. Needs soft-dirty tracking on both hosts.
     PreCopy,
+    /// Content-addressed pre-copy, for kernels without soft-dirty: one full
+    /// dump that leaves the container running is shipped first; at the
+    /// freeze only the pages whose blake3 hash the target does not already
+    /// hold cross the wire.
+    HashPreCopy,
 }
 
 impl Mode {
@@ -95,7 +103,13 @@ impl Mode {
             Mode::Invalid => "invalid",
             Mode::StopAndCopy => "stop-and-copy",
             Mode::PreCopy => "pre-copy",
+            Mode::HashPreCopy => "hash-pre-copy",
         }
+    }
+
+    /// Whether memory is shipped in rounds before the freeze.
+    pub fn has_rounds(&self) -> bool {
+        matches!(self, Mode::PreCopy | Mode::HashPreCopy)
     }
 }
 
@@ -144,6 +158,8 @@ pub struct MigrateOptions {
     pub compress: Compression,
     /// Checkpoint and restore established TCP connections (CRIU TCP repair).
     pub tcp_established: bool,
+    /// When to stop pre-copy rounds and freeze (ignored by stop-and-copy).
+    pub policy: PolicyConfig,
 }
 
 /// The phases of a migration, in order. Used for progress and the report.
@@ -154,6 +170,8 @@ pub enum Phase {
     Prepare,
     /// Ship the container's image (container still running).
     Image,
+    /// Memory rounds shipped while the container runs.
+    PreCopy,
     /// The container is frozen and dumped, the archive streamed as written.
     Checkpoint,
     /// The target checks the archive's digest.
@@ -172,6 +190,7 @@ impl Phase {
             Phase::Invalid => "invalid",
             Phase::Prepare => "prepare",
             Phase::Image => "image",
+            Phase::PreCopy => "pre-copy",
             Phase::Checkpoint => "checkpoint",
             Phase::Verify => "verify",
             Phase::Restore => "restore",
@@ -262,10 +281,44 @@ pub struct MigrationReport {
     pub bytes_on_wire: u64,
     /// Size of the shipped image archive (0 when the target had it).
     pub image_bytes: u64,
-    /// Size of the checkpoint archive.
+    /// Size of the checkpoint archive (the final dump's, for pre-copy).
     pub checkpoint_bytes: u64,
+    /// Pages in the final dump (from CRIU's statistics; 0 when unknown).
+    pub final_pages: u64,
+    /// CRIU's own frozen time during the final dump, in ms (0 when unknown).
+    pub final_frozen_ms: u64,
+    /// Bytes of the final checkpoint that did not cross the wire because the
+    /// target already held them (content-addressed pre-copy).
+    pub saved_bytes: u64,
     pub phases: Vec<PhaseTime>,
+    /// Pre-copy rounds, in order (empty for stop-and-copy).
+    pub rounds: Vec<RoundReport>,
+    /// Why pre-copy stopped iterating (None for stop-and-copy).
+    pub stop_reason: Option<String>,
     pub warnings: Vec<String>,
+}
+
+/// One pre-copy round as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// 1 for the first round.
+    pub round: u32,
+    /// Pages this round's dump wrote: all of memory for the first round,
+    /// the pages written since the previous round after that.
+    pub pages: u64,
+    /// Bytes shipped for this round (images and framing).
+    pub bytes: u64,
+    /// The dump, while the container ran (runc/CRIU).
+    pub dump_ms: u64,
+    /// CRIU's frozen time inside that dump: the container paused this long.
+    pub frozen_ms: u64,
+    /// Shipping the round to the target, verified.
+    pub transfer_ms: u64,
+    /// Dump and transfer.
+    pub duration_ms: u64,
+    /// Pages written per second since the previous round's dump began
+    /// (0 for the first round, which copies everything).
+    pub dirty_pages_per_s: u64,
 }
 
 /// The first frame of a `Receive` conversation's content.
@@ -276,6 +329,8 @@ pub struct Begin {
     pub source: String,
     pub container: ContainerInfo,
     pub tcp_established: bool,
+    /// Decides which messages the target accepts (rounds or not).
+    pub mode: Mode,
 }
 
 /// Source to target, on a `Receive` stream.
@@ -284,6 +339,9 @@ pub enum SourceMsg {
     Invalid,
     /// The image archive was sent on a data stream; here is its digest.
     ImageSent(Digest),
+    /// Pre-copy round `round` (1, 2, ...) was sent on a data stream as a
+    /// file set; store it, answer `RoundStored`.
+    RoundSent { round: u32, digest: Digest },
     /// The checkpoint archive was sent on a data stream; here is its digest.
     /// Verify, restore, confirm.
     CheckpointSent(Digest),
@@ -300,6 +358,8 @@ pub enum TargetMsg {
     /// Prepared; ship the image first when `needs_image`.
     Ready { needs_image: bool },
     ImageLoaded,
+    /// The round is verified and kept for the final restore.
+    RoundStored { round: u32 },
     /// The container runs here: the switchover point.
     Restored(RestoreInfo),
     Committed,
@@ -333,11 +393,18 @@ impl Digest {
 }
 
 /// What a unidirectional data stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataKind {
     Invalid,
+    /// An image archive, raw bytes.
     Image,
+    /// The checkpoint archive, raw bytes.
     Checkpoint,
+    /// A pre-copy round: a file set ([`crate::fileset`]).
+    Round(u32),
+    /// The checkpoint archive as delta records ([`crate::delta`]) against
+    /// the pages of round `base`, which the target holds.
+    CheckpointDelta { base: u32 },
 }
 
 /// The one frame at the start of a data stream; raw bytes follow to the end.

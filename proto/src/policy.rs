@@ -11,8 +11,9 @@
 //!    at the measured link rate: freeze now.
 //! 3. **Converged**: the last round wrote fewer than `min_pages` pages
 //!    (P.Haul stops under 64): freeze now.
-//! 4. **Not converging**: the last round is more than `max_growth` larger
-//!    than the one before (P.Haul stops at +10 %): more rounds will not help.
+//! 4. **Not converging**: the last round is more than `max_growth_pct`
+//!    percent larger than the one before (P.Haul stops at +10 %): more
+//!    rounds will not help.
 //! 5. **Max rounds**: `max_rounds` reached.
 //!
 //! Otherwise: another round. The function is pure; tests drive it with
@@ -21,14 +22,20 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// What the user asked for.
-#[derive(Debug, Clone, PartialEq)]
+/// What the user asked for. Travels in the migration request, so the
+/// source agent applies exactly what the coordinator was told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyConfig {
+    /// The transfer time allowed for the final dump's pages at the measured
+    /// link rate. Dump and restore add to the downtime; rounds cannot
+    /// shorten those.
     pub max_downtime: Duration,
     pub max_rounds: u32,
     pub min_pages: u64,
-    /// Growth of a round over the previous one that stops iteration (0.10 = 10 %).
-    pub max_growth: f64,
+    /// Growth of a round over the previous one that stops iteration, in
+    /// percent (10 = 10 %).
+    pub max_growth_pct: u32,
+    /// For the whole pre-copy phase, checked after every round's dump.
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
 }
@@ -39,7 +46,7 @@ impl Default for PolicyConfig {
             max_downtime: Duration::from_millis(300),
             max_rounds: 8,
             min_pages: 64,
-            max_growth: 0.10,
+            max_growth_pct: 10,
             timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Cancel,
         }
@@ -57,24 +64,26 @@ pub enum OnTimeout {
 }
 
 /// One finished pre-copy round.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Round {
     /// Pages this round dumped (all of memory for the first round, the
     /// pages written since the previous round afterwards).
     pub pages: u64,
     pub bytes: u64,
+    /// From the previous round's dump to this one's: the window in which
+    /// this round's pages were written.
     pub duration: Duration,
 }
 
 impl Round {
-    /// Pages written per second while this round ran.
+    /// Pages written per second in this round's window.
     pub fn dirty_rate(&self) -> f64 {
         self.pages as f64 / self.duration.as_secs_f64().max(1e-3)
     }
 }
 
 /// Why iteration stopped: goes into the report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     Invalid,
     FitsDowntime { estimated_ms: u64 },
@@ -82,6 +91,8 @@ pub enum StopReason {
     NotConverging { previous_pages: u64, pages: u64 },
     MaxRounds { rounds: u32 },
     Timeout,
+    /// Content-addressed pre-copy ships one full dump, no more.
+    BaseShipped,
 }
 
 impl std::fmt::Display for StopReason {
@@ -98,11 +109,14 @@ impl std::fmt::Display for StopReason {
             ),
             StopReason::MaxRounds { rounds } => write!(f, "reached the maximum of {rounds} rounds"),
             StopReason::Timeout => write!(f, "the pre-copy timeout expired"),
+            StopReason::BaseShipped => {
+                write!(f, "the base dump is on the target; the final dump sends only the pages it lacks")
+            }
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Run another round.
     Continue,
@@ -136,7 +150,7 @@ pub fn decide(cfg: &PolicyConfig, history: &[Round], link_bytes_per_sec: f64, el
             return Decision::Freeze(StopReason::Converged { pages: last.pages });
         }
         let prev = history[history.len() - 2];
-        if last.pages as f64 > prev.pages as f64 * (1.0 + cfg.max_growth) {
+        if last.pages * 100 > prev.pages * (100 + cfg.max_growth_pct as u64) {
             return Decision::Freeze(StopReason::NotConverging { previous_pages: prev.pages, pages: last.pages });
         }
     }

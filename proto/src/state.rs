@@ -1,26 +1,30 @@
 //! The target's side of a migration as a state machine.
 //!
 //! ```text
-//!             Ready{needs_image:true}            ImageSent
-//!   Begin ──▶ AwaitingImage ───────────────────────────────▶ AwaitingCheckpoint
-//!     │                                                            │
-//!     └── Ready{needs_image:false} ──────────────────────────────▶ │ CheckpointSent
-//!                                                                  ▼
-//!                                           Restored ──Commit──▶ Done
+//!             Ready{needs_image:true}              ImageSent
+//!   Begin ──▶ AwaitingImage ─────────────────────────────────▶ Staging{rounds: 0}
+//!     │                                                          │   ▲
+//!     └── Ready{needs_image:false} ────────────────────────────▶ │   │ RoundSent{n = rounds+1}
+//!                                                                │   │ (pre-copy modes only)
+//!                                                                │───┘
+//!                                                                │ CheckpointSent
+//!                                                                ▼
+//!                                             Restored ──Commit──▶ Done
 //!   Abort from any state but Done ──▶ Done (everything staged or restored is removed)
 //! ```
 //!
 //! [`step`] only decides whether a message is legal now and what the agent
 //! must do about it; the agent does the IO and reports failures itself.
 
-use crate::message::{Digest, SourceMsg};
+use crate::message::{Digest, Mode, SourceMsg};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {
     /// Waiting for the image archive's digest.
     AwaitingImage,
-    /// Waiting for the checkpoint archive's digest.
-    AwaitingCheckpoint,
+    /// Taking pre-copy rounds (if the mode has them), then the checkpoint.
+    /// `rounds` is how many rounds are stored so far.
+    Staging { rounds: u32 },
     /// The container runs here; waiting for the source to commit.
     Restored,
     /// Committed or aborted: nothing more is accepted.
@@ -33,7 +37,7 @@ impl TargetState {
         if needs_image {
             TargetState::AwaitingImage
         } else {
-            TargetState::AwaitingCheckpoint
+            TargetState::Staging { rounds: 0 }
         }
     }
 }
@@ -43,8 +47,11 @@ impl TargetState {
 pub enum Action {
     /// Check the image archive against the digest, load it, answer `ImageLoaded`.
     LoadImage(Digest),
-    /// Check the checkpoint archive, restore, confirm it runs, answer `Restored`.
-    Restore(Digest),
+    /// Check round `round` against the digest, keep it, answer `RoundStored`.
+    StoreRound { round: u32, digest: Digest },
+    /// Check the checkpoint archive, restore (on top of the last of `rounds`
+    /// stored rounds when there are any), confirm it runs, answer `Restored`.
+    Restore { digest: Digest, rounds: u32 },
     /// Drop staged files and rollback state, answer `Committed`.
     Commit,
     /// Remove what was restored or staged, answer `Aborted`.
@@ -52,33 +59,40 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the source sent {message} while this target was in state {state:?}; the migration is aborted")]
+#[error("the source sent {message} while this target was in state {state:?} ({mode:?}); the migration is aborted")]
 pub struct UnexpectedMessage {
     pub state: TargetState,
-    pub message: &'static str,
+    pub mode: Mode,
+    pub message: String,
 }
 
-fn name(msg: &SourceMsg) -> &'static str {
+fn name(msg: &SourceMsg) -> String {
     match msg {
-        SourceMsg::Invalid => "Invalid",
-        SourceMsg::ImageSent(_) => "ImageSent",
-        SourceMsg::CheckpointSent(_) => "CheckpointSent",
-        SourceMsg::Commit => "Commit",
-        SourceMsg::Abort { .. } => "Abort",
+        SourceMsg::Invalid => "Invalid".into(),
+        SourceMsg::ImageSent(_) => "ImageSent".into(),
+        SourceMsg::RoundSent { round, .. } => format!("RoundSent({round})"),
+        SourceMsg::CheckpointSent(_) => "CheckpointSent".into(),
+        SourceMsg::Commit => "Commit".into(),
+        SourceMsg::Abort { .. } => "Abort".into(),
     }
 }
 
-/// The next state and the action for `msg` in `state`, or an error naming both.
-pub fn step(state: TargetState, msg: &SourceMsg) -> Result<(TargetState, Action), UnexpectedMessage> {
+/// The next state and the action for `msg` in `state` of a migration in
+/// `mode`, or an error naming all three.
+pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetState, Action), UnexpectedMessage> {
     use TargetState::*;
     match (state, msg) {
-        (AwaitingImage, SourceMsg::ImageSent(d)) => Ok((AwaitingCheckpoint, Action::LoadImage(*d))),
-        (AwaitingCheckpoint, SourceMsg::CheckpointSent(d)) => Ok((Restored, Action::Restore(*d))),
-        (Restored, SourceMsg::Commit) => Ok((Done, Action::Commit)),
-        (AwaitingImage | AwaitingCheckpoint | Restored, SourceMsg::Abort { reason }) => {
-            Ok((Done, Action::Abort(reason.clone())))
+        (AwaitingImage, SourceMsg::ImageSent(d)) => Ok((Staging { rounds: 0 }, Action::LoadImage(*d))),
+        (Staging { rounds }, SourceMsg::RoundSent { round, digest }) if mode.has_rounds() && *round == rounds + 1 => {
+            Ok((Staging { rounds: *round }, Action::StoreRound { round: *round, digest: *digest }))
         }
-        (state, msg) => Err(UnexpectedMessage { state, message: name(msg) }),
+        // Content-addressed pre-copy has exactly one round: the base.
+        (Staging { rounds }, SourceMsg::CheckpointSent(d)) if mode != Mode::HashPreCopy || rounds == 1 => {
+            Ok((Restored, Action::Restore { digest: *d, rounds }))
+        }
+        (Restored, SourceMsg::Commit) => Ok((Done, Action::Commit)),
+        (AwaitingImage | Staging { .. } | Restored, SourceMsg::Abort { reason }) => Ok((Done, Action::Abort(reason.clone()))),
+        (state, msg) => Err(UnexpectedMessage { state, mode, message: name(msg) }),
     }
 }
 
@@ -90,21 +104,53 @@ mod tests {
         Digest { bytes: 1, blake3: [7; 32] }
     }
 
+    fn round(n: u32) -> SourceMsg {
+        SourceMsg::RoundSent { round: n, digest: digest() }
+    }
+
     #[test]
     fn happy_path_with_image() {
+        let m = Mode::StopAndCopy;
         let s = TargetState::initial(true);
-        let (s, a) = step(s, &SourceMsg::ImageSent(digest())).unwrap();
+        let (s, a) = step(m, s, &SourceMsg::ImageSent(digest())).unwrap();
         assert_eq!(a, Action::LoadImage(digest()));
-        let (s, a) = step(s, &SourceMsg::CheckpointSent(digest())).unwrap();
-        assert_eq!(a, Action::Restore(digest()));
-        let (s, a) = step(s, &SourceMsg::Commit).unwrap();
+        let (s, a) = step(m, s, &SourceMsg::CheckpointSent(digest())).unwrap();
+        assert_eq!(a, Action::Restore { digest: digest(), rounds: 0 });
+        let (s, a) = step(m, s, &SourceMsg::Commit).unwrap();
         assert_eq!((s, a), (TargetState::Done, Action::Commit));
     }
 
     #[test]
+    fn pre_copy_rounds_come_in_order_and_the_restore_knows_how_many() {
+        let m = Mode::PreCopy;
+        let mut s = TargetState::initial(false);
+        for n in 1..=3 {
+            let (next, a) = step(m, s, &round(n)).unwrap();
+            assert_eq!(a, Action::StoreRound { round: n, digest: digest() });
+            s = next;
+        }
+        let (_, a) = step(m, s, &SourceMsg::CheckpointSent(digest())).unwrap();
+        assert_eq!(a, Action::Restore { digest: digest(), rounds: 3 });
+        // A round out of order, repeated, or after zero is refused.
+        for bad in [0, 2, 5] {
+            assert!(step(m, TargetState::Staging { rounds: 0 }, &round(bad)).is_err(), "round {bad}");
+        }
+        assert!(step(m, TargetState::Staging { rounds: 2 }, &round(2)).is_err());
+    }
+
+    #[test]
+    fn rounds_are_refused_in_stop_and_copy_and_hash_mode_needs_its_base() {
+        let err = step(Mode::StopAndCopy, TargetState::Staging { rounds: 0 }, &round(1)).unwrap_err();
+        assert!(err.to_string().contains("RoundSent(1)") && err.to_string().contains("StopAndCopy"), "{err}");
+        let h = Mode::HashPreCopy;
+        assert!(step(h, TargetState::Staging { rounds: 0 }, &SourceMsg::CheckpointSent(digest())).is_err());
+        assert!(step(h, TargetState::Staging { rounds: 1 }, &SourceMsg::CheckpointSent(digest())).is_ok());
+    }
+
+    #[test]
     fn abort_is_legal_until_done() {
-        for s in [TargetState::AwaitingImage, TargetState::AwaitingCheckpoint, TargetState::Restored] {
-            let (next, a) = step(s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
+        for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 2 }, TargetState::Restored] {
+            let (next, a) = step(Mode::PreCopy, s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
             assert_eq!((next, a), (TargetState::Done, Action::Abort("x".into())));
         }
     }
@@ -114,15 +160,17 @@ mod tests {
         let bad = [
             (TargetState::AwaitingImage, SourceMsg::CheckpointSent(digest())),
             (TargetState::AwaitingImage, SourceMsg::Commit),
-            (TargetState::AwaitingCheckpoint, SourceMsg::ImageSent(digest())),
-            (TargetState::AwaitingCheckpoint, SourceMsg::Commit),
+            (TargetState::AwaitingImage, round(1)),
+            (TargetState::Staging { rounds: 0 }, SourceMsg::ImageSent(digest())),
+            (TargetState::Staging { rounds: 0 }, SourceMsg::Commit),
             (TargetState::Restored, SourceMsg::CheckpointSent(digest())),
+            (TargetState::Restored, round(1)),
             (TargetState::Done, SourceMsg::Abort { reason: String::new() }),
             (TargetState::Done, SourceMsg::Commit),
-            (TargetState::AwaitingCheckpoint, SourceMsg::Invalid),
+            (TargetState::Staging { rounds: 0 }, SourceMsg::Invalid),
         ];
         for (state, msg) in bad {
-            let err = step(state, &msg).unwrap_err();
+            let err = step(Mode::PreCopy, state, &msg).unwrap_err();
             assert_eq!(err.state, state);
             assert!(err.to_string().contains(&format!("{state:?}")), "{err}");
         }

@@ -4,10 +4,12 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added pre-copy rounds, file sets and delta records; version 1
+/// (stop-and-copy only) is no longer spoken: no deployment of it exists.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const SUPPORTED_VERSIONS: &[u16] = &[2];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

@@ -43,9 +43,14 @@ fn samples() -> Vec<Request> {
             id: 42,
             container: "demo1".into(),
             target: Peer { name: "client2".into(), address: "192.0.2.12:7443".into() },
-            options: MigrateOptions { mode: Mode::StopAndCopy, compress: Compression::Zstd, tcp_established: true },
+            options: MigrateOptions {
+                mode: Mode::PreCopy,
+                compress: Compression::Zstd,
+                tcp_established: true,
+                policy: tern_proto::policy::PolicyConfig::default(),
+            },
         }),
-        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false }),
+        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false, mode: Mode::HashPreCopy }),
     ]
 }
 
@@ -73,7 +78,21 @@ fn responses_and_reports_round_trip() {
         bytes_on_wire: 123_456,
         image_bytes: 0,
         checkpoint_bytes: 120_000,
+        final_pages: 30,
+        final_frozen_ms: 120,
+        saved_bytes: 4096,
         phases: vec![PhaseTime { phase: Phase::Checkpoint, ms: 500 }],
+        rounds: vec![RoundReport {
+            round: 1,
+            pages: 65_536,
+            bytes: 256 << 20,
+            dump_ms: 900,
+            frozen_ms: 80,
+            transfer_ms: 2_500,
+            duration_ms: 3_400,
+            dirty_pages_per_s: 0,
+        }],
+        stop_reason: Some("converged".into()),
         warnings: vec![],
     };
     let msgs = vec![
@@ -184,4 +203,22 @@ async fn async_helpers_round_trip_and_detect_truncation() {
     let mut short2 = &buf[..2];
     assert!(matches!(read_frame::<_, Request>(&mut short).await, Err(FrameError::Truncated)));
     assert!(matches!(read_frame::<_, Request>(&mut short2).await, Err(FrameError::Truncated)));
+}
+
+#[test]
+fn precopy_messages_and_data_headers_round_trip() {
+    let d = Digest { bytes: 9, blake3: [3; 32] };
+    for msg in [SourceMsg::RoundSent { round: 3, digest: d }, SourceMsg::CheckpointSent(d), SourceMsg::Abort { reason: "x".into() }] {
+        assert_eq!(decode::<SourceMsg>(&encode(&msg).unwrap()).unwrap().unwrap().0, msg);
+    }
+    for msg in [TargetMsg::RoundStored { round: 3 }, TargetMsg::Ready { needs_image: true }] {
+        assert_eq!(decode::<TargetMsg>(&encode(&msg).unwrap()).unwrap().unwrap().0, msg);
+    }
+    for kind in [DataKind::Image, DataKind::Checkpoint, DataKind::Round(7), DataKind::CheckpointDelta { base: 1 }] {
+        let h = DataHeader { id: 5, kind };
+        assert_eq!(decode::<DataHeader>(&encode(&h).unwrap()).unwrap().unwrap().0, h);
+    }
+    // The reserved kind never decodes into a header.
+    let bad = encode(&DataHeader { id: 5, kind: DataKind::Invalid });
+    assert!(bad.is_err() || decode::<DataHeader>(&bad.unwrap()).is_err());
 }

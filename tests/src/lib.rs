@@ -115,12 +115,17 @@ pub fn lab_guard() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// A counter container: writes 0, 1, 2, ... to /count every 50 ms.
+/// A counter container: writes 0, 1, 2, ... to /count every 50 ms. Each
+/// value is written to a side file and renamed over /count, so a reader
+/// never sees a half-written file.
 pub fn start_counter(host: &str, name: &str) -> Result<()> {
     let _ = run(&mut podman(host, &["rm", "-f", "-t", "0", name]));
     ok(&mut podman(
         host,
-        &["run", "-d", "--name", name, IMAGE, "sh", "-c", "i=0; while true; do echo $i > /count; i=$((i+1)); sleep 0.05; done"],
+        &[
+            "run", "-d", "--name", name, IMAGE, "sh", "-c",
+            "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
+        ],
     ))?;
     Ok(())
 }
@@ -144,15 +149,15 @@ fn top_once(host: &str, name: &str) -> Result<Vec<String>> {
 }
 
 /// `podman top NAME pid comm` without the header: the long-lived processes,
-/// which must keep their PIDs. Short-lived children (the counter's `sleep`,
-/// a shell forked to exec it, our own `podman exec`) are filtered out by
+/// which must keep their PIDs. Short-lived children (the counter's `sleep`
+/// and `mv`, a shell forked to exec them, our own `podman exec`) are filtered out by
 /// keeping only what two samples 200 ms apart both show.
 pub fn top(host: &str, name: &str) -> Result<Vec<String>> {
     let first = top_once(host, name)?;
     std::thread::sleep(Duration::from_millis(200));
     let second = top_once(host, name)?;
     let mut rows: Vec<String> = first.into_iter().filter(|r| second.contains(r)).collect();
-    rows.retain(|r| !r.ends_with(" sleep") && !r.ends_with(" cat"));
+    rows.retain(|r| ![" sleep", " cat", " mv"].iter().any(|short| r.ends_with(short)));
     rows.sort();
     Ok(rows)
 }
