@@ -1,80 +1,387 @@
 #!/usr/bin/env python3
-"""tern's benchmark: tern against the manual procedure, same lab, same run.
+"""tern's benchmark: tern against the manual procedure, same lab, same links.
 
-The manual procedure is what Podman's documentation gives for moving a
-container: `podman container checkpoint --export` on the source, copy the
-archive to the target (here a plain TCP copy over the same lab link, no
-encryption: it favours the manual side), `podman container restore --import`
-on the target. Its downtime is all of it: the container is frozen from the
-checkpoint until the restore returns.
+Methods
+  manual          what Podman's documentation gives for moving a container:
+                  `podman container checkpoint --export` on the source, copy
+                  the archive to the target (a plain TCP copy over the same
+                  lab link, no encryption: it favours the manual side),
+                  `podman container restore --import` on the target. Its
+                  downtime is all of it: frozen from the checkpoint until the
+                  restore returns.
+  stop-and-copy   tern migrate --mode stop-and-copy
+  hash-pre-copy   tern migrate --mode hash-pre-copy (content-addressed)
+  pre-copy        tern migrate --mode pre-copy (soft-dirty rounds; only when
+                  both hosts report soft-dirty tracking, else skipped)
 
-Run through scripts/bench.sh (which brings the lab up). Prints a Markdown
-table of medians (and min..max) per workload and method, with the ratio
-tern/manual, and writes the rows as JSON with --json FILE.
+Links (tbf on eth0 inside both lab namespaces, so both directions are shaped)
+  unlimited, 1gbit, 100mbit
+
+Workloads
+  idle            a shell counter, ten ticks a second
+  256MiB@0MiB/s ... 1GiB@100MiB/s
+                  memhog: that much written random memory, dirtied at that rate
+
+Per run: downtime, total time, bytes on the wire, bytes through the source's
+link (both directions), source and target CPU time, peak memory (VmHWM) of
+the two agents. The Markdown table on stdout gives the median and min..max
+per (workload, link, method) and the ratio tern/manual of the medians.
+
+Run it through scripts/bench.sh (as root; it installs, builds and brings the
+lab up). `--quick` is 256MiB@20MiB/s over 1gbit, all methods, 3 runs.
+`--from-json FILE` prints the table (and --chart) of rows saved earlier with
+--json, without measuring anything.
+
+Exit status: 0 all runs succeeded, 1 some run failed (the table lists the
+failures; stderr has tern's output and the agents' logs), 2 bad usage.
 """
 import argparse
+import datetime
 import json
 import os
+import re
+import resource
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = os.path.join(REPO, "scripts", "lab.sh")
-TERN = os.path.join(os.environ.get("TERN_BIN_DIR", os.path.join(REPO, "target", "release")), "tern")
+CHART = os.path.join(REPO, "scripts", "bench", "chart.py")
+BIN = os.environ.get("TERN_BIN_DIR", os.path.join(REPO, "target", "release"))
+TERN = os.path.join(BIN, "tern")
+STATE = os.environ.get("TERN_LAB_STATE", os.path.join(REPO, ".tern"))
+INVENTORY = os.path.join(STATE, "inventory.toml")  # written by scripts/lab.sh up
 IMAGE = "localhost/tern-busybox:latest"
+LAB_VAR = "/var/lib/tern-lab"
+SRC, DST = "client1", "client2"
+DST_IP = "198.51.100.12"
 NAME = "bench1"
-PORT = 9009
+COPY_PORT = 9009
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1 << 20
+# Generous: 1 GiB at 100 Mbit/s is ~90 s a copy, and pre-copy may copy it more than once.
+STEP_TIMEOUT = 1800
 
-WORKLOADS = {
-    "idle counter": ["sh", "-c", "i=0; while true; do echo $i > /count; i=$((i+1)); sleep 0.1; done"],
-    "256 MiB": ["memhog", "256", "0"],
+METHODS = ["manual", "stop-and-copy", "pre-copy", "hash-pre-copy"]
+TERN_MODES = METHODS[1:]
+
+# tbf on each namespace's eth0 (egress). With hrtimers tbf does not need a
+# burst of rate/HZ, but the burst must hold a whole GSO super-packet (up to
+# 64 KiB on veth) plus what piles up while the shaping CPU is busy elsewhere
+# on this 2-core machine; measured here with a TCP copy: at 1 Gbit/s a 128 KiB
+# burst gave 928-940 Mbit/s, 1 MiB 941-943 and 4 MiB 953-955 (a bigger burst
+# mostly lets the first 4 MiB go at veth speed), so 1 MiB (~8 ms at the
+# rate); at 100 Mbit/s 32 KiB..256 KiB all gave 95 Mbit/s, so 256 KiB
+# (~20 ms), room for four GSO packets. latency bounds the queue
+# (limit = rate x latency + burst): 50 ms is a switch-like buffer that keeps
+# a sender's window full without dropping, for TCP (manual) and QUIC (tern)
+# alike.
+LINKS = {
+    "unlimited": None,
+    "1gbit": ["rate", "1gbit", "burst", "1mb", "latency", "50ms"],
+    "100mbit": ["rate", "100mbit", "burst", "256kb", "latency", "50ms"],
 }
 
+IDLE = ["sh", "-c", "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.1; done"]
 
-def sh(*args, check=True, capture=True):
-    r = subprocess.run(args, capture_output=capture, text=True)
+
+def _workloads():
+    w = {"idle": IDLE}
+    for mib, label in ((256, "256MiB"), (1024, "1GiB")):
+        for rate in (0, 20, 100):
+            w[f"{label}@{rate}MiB/s"] = ["memhog", str(mib), str(rate)]
+    return w
+
+
+WORKLOADS = _workloads()
+QUICK = {"workloads": ["256MiB@20MiB/s"], "links": ["1gbit"], "runs": 3}
+
+
+class RunError(Exception):
+    """A run that is an error, not a data point."""
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------
+
+def sh(args, check=True, timeout=STEP_TIMEOUT, what=None):
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RunError(f"{what or shlex.join(args)}: no answer after {timeout} s") from e
     if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        raise RunError(f"{what or shlex.join(args)} failed (exit {r.returncode}):\n{r.stdout}{r.stderr}".rstrip())
     return r
 
 
-def podman(host, *args, check=True):
-    return sh(LAB, "podman", host, *args, check=check)
+def run_interruptible(cmd, timeout=STEP_TIMEOUT):
+    """Run tern; on Ctrl-C or SIGTERM hand it a SIGINT (tern cancels: before the switchover the
+    container goes back to running on the source) and wait for it before cleaning up."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        p.send_signal(signal.SIGINT)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        raise RunError(f"{shlex.join(cmd)}: no report after {timeout} s; cancelled it\n{out}{err}") from e
+    except BaseException:
+        if p.poll() is None:
+            log("bench: cancelling the migration under way (SIGINT to tern), waiting for it")
+            p.send_signal(signal.SIGINT)
+            try:
+                p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def ns(host):
+    # nsenter, not `ip netns exec`: the latter remounts /sys and runc then fails.
     return ["nsenter", f"--net=/run/netns/{host}"]
 
 
+_PODMAN_ARGS = {}
+
+
+def podman_cmd(host, *args):
+    """podman on a lab host, run directly (not through lab.sh: no bash in the CPU figures)."""
+    if host not in _PODMAN_ARGS:
+        out = subprocess.run(["bash", "-c", f'source "{REPO}/scripts/lib.sh"; lab_podman_args {host}'],
+                             capture_output=True, text=True, check=True).stdout.split()
+        _PODMAN_ARGS[host] = out
+    return ns(host) + ["podman"] + _PODMAN_ARGS[host] + list(args)
+
+
+def podman(host, *args, check=True, timeout=STEP_TIMEOUT):
+    return sh(podman_cmd(host, *args), check=check, timeout=timeout,
+              what=f"podman on {host}: {' '.join(args)}")
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+# --- /proc ------------------------------------------------------------------
+
+def proc_cpu_split(pid):
+    """(utime+stime, cutime+cstime) of a process in seconds; children count once waited for."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is field 3 (state)
+    t = [int(x) / CLK_TCK for x in fields[11:15]]  # fields 14..17: utime stime cutime cstime
+    return t[0] + t[1], t[2] + t[3]
+
+
+def proc_cpu_s(pid):
+    return sum(proc_cpu_split(pid))
+
+
+def vm_hwm_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def reset_hwm(pid):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def link_bytes():
+    """Bytes through the source's bridge port, both directions (Ethernet frames)."""
+    total = 0
+    for d in ("rx_bytes", "tx_bytes"):
+        with open(f"/sys/class/net/veth-{SRC}/statistics/{d}") as f:
+            total += int(f.read())
+    return total
+
+
+# --- the lab ----------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def agent_log(host):
+    return os.path.join(STATE, "hosts", host, "agent.log")
+
+
+def agent_pid(host):
+    try:
+        with open(os.path.join(STATE, "hosts", host, "agent.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "tern-agent":
+                return None
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def log_size(host):
+    try:
+        return os.path.getsize(agent_log(host))
+    except OSError:
+        return 0
+
+
+def log_since(host, offset, limit=60):
+    try:
+        with open(agent_log(host), errors="replace") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
+    except OSError:
+        return "(no log)"
+    lines = [ANSI.sub("", x) for x in lines]
+    if len(lines) > limit:
+        lines = [f"... ({len(lines) - limit} lines before)"] + lines[-limit:]
+    return "\n".join(lines)
+
+
+def ensure_agents():
+    for h in (SRC, DST):
+        if agent_pid(h) is None:
+            log(f"bench: the agent on {h} is not running; restarting it (scripts/lab.sh agent-restart {h})")
+            tail = log_since(h, max(0, log_size(h) - 4000), 30)
+            log(f"--- last lines of {agent_log(h)}:\n{tail}")
+            sh([LAB, "agent-restart", h], what=f"agent-restart {h}")
+
+
+def shape(link):
+    for h in (SRC, DST):
+        if LINKS[link] is None:
+            sh(ns(h) + ["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+        else:
+            sh(ns(h) + ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf"] + LINKS[link],
+               what=f"tc tbf on {h}")
+
+
+def unshape():
+    for h in (SRC, DST):
+        if os.path.exists(f"/run/netns/{h}"):
+            subprocess.run(ns(h) + ["tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True)
+
+
+def manual_paths():
+    return (os.path.join(LAB_VAR, SRC, "bench", "export.tar.zst"),
+            os.path.join(LAB_VAR, DST, "bench", "import.tar.zst"))
+
+
 def clean():
-    for h in ("client1", "client2"):
-        podman(h, "rm", "-f", "-t", "0", NAME, check=False)
+    for h in (SRC, DST):
+        podman(h, "rm", "-f", "-t", "0", NAME, check=False, timeout=120)
+    for p in manual_paths():
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def inspect(host, fmt):
+    r = podman(host, "inspect", "--format", fmt, NAME, check=False, timeout=120)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def read_count(pid):
+    """The workload's tick counter, read through /proc (no exec session in the container)."""
+    for _ in range(20):
+        try:
+            with open(f"/proc/{pid}/root/count") as f:
+                s = f.read().strip()
+            if s.isdigit():
+                return int(s)
+        except OSError:
+            pass
+        time.sleep(0.02)  # memhog truncates, then writes
+    return None
 
 
 def start(workload):
     clean()
-    podman("client1", "run", "-d", "--name", NAME, IMAGE, *WORKLOADS[workload])
+    podman(SRC, "run", "-d", "--name", NAME, IMAGE, *WORKLOADS[workload])
     # Ready once the counter ticks (memhog has written all its memory by then).
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        r = podman("client1", "exec", NAME, "cat", "/count", check=False)
-        if r.returncode == 0 and r.stdout.strip().isdigit() and int(r.stdout) >= 5:
-            return
+    deadline = time.monotonic() + 300
+    pid = None
+    first = None
+    while time.monotonic() < deadline:
+        if pid is None:
+            p = inspect(SRC, "{{.State.Pid}}")
+            pid = int(p) if p and p.isdigit() and p != "0" else None
+        if pid is not None:
+            c = read_count(pid)
+            if c is not None:
+                if first is None:
+                    first = c
+                elif c > first and c >= 3:
+                    return pid
         time.sleep(0.2)
-    raise RuntimeError(f"{workload} did not start")
+    raise RunError(f"{workload} did not start ticking on {SRC} within 300 s")
 
 
-def running(host):
-    r = podman(host, "inspect", "--format", "{{.State.Status}}", NAME, check=False)
-    return r.stdout.strip() == "running"
+def check_continued(before):
+    """The counter carried on on the target: its value is at least the one before, and it ticks."""
+    pid = inspect(DST, "{{.State.Pid}}")
+    if not pid or not pid.isdigit() or pid == "0":
+        raise RunError(f"{NAME} is not running on {DST} after the migration "
+                       f"(state: {inspect(DST, '{{.State.Status}}')})")
+    after = read_count(int(pid))
+    if after is None:
+        raise RunError(f"cannot read /count of {NAME} on {DST}")
+    if after < before:
+        raise RunError(f"the counter went back: {before} on {SRC} before, {after} on {DST} after")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        later = read_count(int(pid))
+        if later is not None and later > after:
+            return after
+    raise RunError(f"the counter stopped on {DST}: {after} and still {later} 5 s later")
 
+
+def restored_conmon_cpu():
+    """CPU of the restored container's conmon on the target: it runs `runc restore` (and CRIU)
+    and waits for it, for the manual procedure and tern alike, so neither podman nor the agent
+    count that work among their own children."""
+    p = inspect(DST, "{{.State.ConmonPid}}")
+    try:
+        return proc_cpu_s(int(p))
+    except (TypeError, ValueError, OSError):
+        return 0.0
+
+
+def dirty_tracking():
+    """{host: (supported, detail)} from `tern hosts --json`."""
+    r = sh([TERN, "hosts", "--inventory", INVENTORY, "--json"], check=False, timeout=120)
+    out = {}
+    try:
+        for h in json.loads(r.stdout):
+            dt = (h.get("facts") or {}).get("dirty_tracking") or {}
+            out[h["name"]] = (bool(dt.get("supported")), dt.get("detail") or h.get("error") or "")
+    except (ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+# --- the methods ----------------------------------------------------------------
 
 COPY_RECV = f"""
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {PORT})); s.listen(1); print("ready", flush=True)
+s.bind(("0.0.0.0", {COPY_PORT})); s.listen(1); print("ready", flush=True)
 c, _ = s.accept()
 with open(sys.argv[1], "wb") as f:
     while True:
@@ -84,7 +391,7 @@ with open(sys.argv[1], "wb") as f:
 """
 COPY_SEND = f"""
 import socket, sys
-c = socket.create_connection((sys.argv[2], {PORT}))
+c = socket.create_connection((sys.argv[2], {COPY_PORT}))
 with open(sys.argv[1], "rb") as f:
     while True:
         b = f.read(1 << 20)
@@ -94,89 +401,395 @@ c.close()
 """
 
 
-def manual(workload):
-    start(workload)
-    src = "/var/lib/tern-lab/client1/bench-export.tar.zst"
-    dst = "/var/lib/tern-lab/client2/bench-import.tar.zst"
+def ms(a, b):
+    return round((b - a) * 1000)
+
+
+def run_manual(workload, opts):
+    pid = start(workload)
+    src, dst = manual_paths()
     for p in (src, dst):
-        if os.path.exists(p):
-            os.remove(p)
-    recv = subprocess.Popen(ns("client2") + [sys.executable, "-c", COPY_RECV, dst], stdout=subprocess.PIPE, text=True)
-    recv.stdout.readline()  # listening
-    t0 = time.monotonic()
-    podman("client1", "container", "checkpoint", "--export", src, NAME)
-    t1 = time.monotonic()
-    sh(*ns("client1"), sys.executable, "-c", COPY_SEND, src, "198.51.100.12")
-    recv.wait(timeout=600)
-    t2 = time.monotonic()
-    podman("client2", "container", "restore", "--import", dst)
-    t3 = time.monotonic()
-    assert running("client2"), "manual restore: not running"
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+    recv = subprocess.Popen(ns(DST) + [sys.executable, "-c", COPY_RECV, dst], stdout=subprocess.PIPE, text=True)
+    try:
+        if recv.stdout.readline().strip() != "ready":
+            raise RunError("the copy's receiver on the target did not start")
+        before = read_count(pid)
+        if before is None:
+            raise RunError(f"cannot read /count of {NAME} on {SRC}")
+        lb0 = link_bytes()
+        # RUSAGE_CHILDREN counts a child once it is waited for: the receiver is
+        # reaped after the source-side figure is taken, so it lands on the target's.
+        c0 = children_cpu()
+        t0 = time.monotonic()
+        podman(SRC, "container", "checkpoint", "--export", src, NAME)
+        t1 = time.monotonic()
+        sh(ns(SRC) + [sys.executable, "-c", COPY_SEND, src, DST_IP], what="copy to the target")
+        c1 = children_cpu()
+        try:
+            recv.wait(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            raise RunError("the copy's receiver did not finish") from e
+        t2 = time.monotonic()
+        if recv.returncode != 0:
+            raise RunError(f"the copy's receiver failed (exit {recv.returncode})")
+        podman(DST, "container", "restore", "--import", dst)
+        t3 = time.monotonic()
+        c2 = children_cpu()
+        lb1 = link_bytes()
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
     size = os.path.getsize(src)
-    podman("client1", "rm", "-f", "-t", "0", NAME)
-    clean()
-    for p in (src, dst):
-        os.remove(p)
-    ms = lambda a, b: round((b - a) * 1000)
-    return {"downtime_ms": ms(t0, t3), "total_ms": ms(t0, t3), "bytes_on_wire": size,
-            "phases": {"checkpoint": ms(t0, t1), "copy": ms(t1, t2), "restore": ms(t2, t3)}}
+    if os.path.getsize(dst) != size:
+        raise RunError(f"the copy is {os.path.getsize(dst)} bytes, the export {size}")
+    after = check_continued(before)
+    conmon = restored_conmon_cpu()
+    return {
+        "downtime_ms": ms(t0, t3), "total_ms": ms(t0, t3), "bytes_on_wire": size, "link_bytes": lb1 - lb0,
+        "checkpoint_bytes": size, "saved_bytes": 0, "rounds": 0, "final_frozen_ms": None, "stop_reason": None,
+        "source_cpu_s": round(c1 - c0, 3), "target_cpu_s": round(c2 - c1 + conmon, 3),
+        "target_conmon_cpu_s": round(conmon, 3), "coordinator_cpu_s": None,
+        "source_agent_peak_mib": None, "target_agent_peak_mib": None,
+        "phases": {"checkpoint": ms(t0, t1), "copy": ms(t1, t2), "restore": ms(t2, t3)},
+        "count_before": before, "count_after": after,
+    }
 
 
-def tern(workload):
-    start(workload)
-    r = sh(TERN, "migrate", NAME, "--to", "client2", "--json", check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"tern migrate failed: {r.stdout}{r.stderr}")
-    j = json.loads(r.stdout)
-    assert running("client2"), "tern: not running on client2"
-    clean()
-    return {"downtime_ms": j["downtime_ms"], "total_ms": j["total_ms"], "bytes_on_wire": j["bytes_on_wire"],
-            "phases": {p["phase"]: p["ms"] for p in j["phases"]}}
+def run_tern(mode, workload, opts):
+    pid = start(workload)
+    ensure_agents()
+    agents = {h: agent_pid(h) for h in (SRC, DST)}
+    offsets = {h: log_size(h) for h in (SRC, DST)}
+    cmd = [TERN, "migrate", NAME, "--inventory", INVENTORY, "--to", DST, "--mode", mode, "--compress", opts.compress, "--json"]
+    before = read_count(pid)
+    if before is None:
+        raise RunError(f"cannot read /count of {NAME} on {SRC}")
+    cpu0 = {h: proc_cpu_split(p) for h, p in agents.items()}
+    for p in agents.values():
+        reset_hwm(p)
+    lb0 = link_bytes()
+    c0 = children_cpu()
+    r = run_interruptible(cmd)
+    c1 = children_cpu()
+    lb1 = link_bytes()
+    dead = [h for h, p in agents.items() if agent_pid(h) != p]
+    if not dead:
+        time.sleep(0.3)  # let the agents reap what they started for this migration
+        cpu1 = {h: proc_cpu_split(p) for h, p in agents.items()}
+        peak = {h: vm_hwm_mib(p) for h, p in agents.items()}
+    try:
+        j = json.loads(r.stdout)
+    except ValueError:
+        j = {}
+    if r.returncode != 0 or j.get("outcome") != "completed" or dead:
+        why = f"exit {r.returncode}, outcome {j.get('outcome')!r}"
+        if dead:
+            why += f"; the agent on {', '.join(dead)} died"
+        logs = "\n".join(f"--- {agent_log(h)} during this run:\n{log_since(h, offsets[h])}" for h in (SRC, DST))
+        raise RunError(f"{shlex.join(cmd)}: {why}\n--- stdout:\n{r.stdout.strip()}\n--- stderr:\n"
+                       f"{r.stderr.strip()}\n{logs}")
+    if j.get("mode") != mode:
+        raise RunError(f"{shlex.join(cmd)}: asked for {mode}, the report says {j.get('mode')!r}")
+    try:
+        after = check_continued(before)
+    except RunError as e:
+        raise RunError(f"{e}\n--- {shlex.join(cmd)} said:\n{r.stdout.strip()}") from e
+    conmon = restored_conmon_cpu()
+    return {
+        "downtime_ms": j["downtime_ms"], "total_ms": j["total_ms"], "bytes_on_wire": j["bytes_on_wire"],
+        "link_bytes": lb1 - lb0, "checkpoint_bytes": j.get("checkpoint_bytes"),
+        "saved_bytes": j.get("saved_bytes") or 0, "rounds": len(j.get("rounds") or []),
+        "final_frozen_ms": j.get("final_frozen_ms"), "stop_reason": j.get("stop_reason"),
+        "source_cpu_s": round(sum(cpu1[SRC]) - sum(cpu0[SRC]), 3),
+        "target_cpu_s": round(sum(cpu1[DST]) - sum(cpu0[DST]) + conmon, 3),
+        # The agents' own threads vs the podman/runc/CRIU processes they ran.
+        "source_agent_self_cpu_s": round(cpu1[SRC][0] - cpu0[SRC][0], 3),
+        "target_agent_self_cpu_s": round(cpu1[DST][0] - cpu0[DST][0], 3),
+        "target_conmon_cpu_s": round(conmon, 3), "coordinator_cpu_s": round(c1 - c0, 3),
+        "source_agent_peak_mib": round(peak[SRC], 1), "target_agent_peak_mib": round(peak[DST], 1),
+        "phases": {p["phase"]: p["ms"] for p in j.get("phases") or []},
+        "round_details": j.get("rounds") or [],
+        "count_before": before, "count_after": after,
+    }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workload", action="append", choices=list(WORKLOADS), help="default: all")
-    ap.add_argument("--json", metavar="FILE")
-    args = ap.parse_args()
-    rows = []
-    for w in args.workload or list(WORKLOADS):
-        for i in range(args.runs):
-            # Alternate the order so drift on a noisy machine hits both alike.
-            methods = [("manual", manual), ("stop-and-copy", tern)]
-            if i % 2:
-                methods.reverse()
-            for name, fn in methods:
-                r = fn(w)
-                r.update(method=name, workload=w, link="unlimited", run=i)
-                rows.append(r)
-                print(f"  {w:14} {name:14} run {i}: downtime {r['downtime_ms']} ms, total {r['total_ms']} ms, "
-                      f"{r['bytes_on_wire']} bytes  {r['phases']}", file=sys.stderr, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(table(rows, args.runs))
+def run_one(method, workload, opts):
+    if method == "manual":
+        return run_manual(workload, opts)
+    return run_tern(method, workload, opts)
 
 
-def table(rows, runs):
-    def stat(vals):
-        return f"{statistics.median(vals):.0f} ({min(vals):.0f}..{max(vals):.0f})"
-    out = [f"Medians of {runs} runs (min..max); link: lab veth, unlimited.\n",
-           "| workload | method | downtime ms | total ms | MiB on the wire | downtime tern/manual | total tern/manual |",
-           "|---|---|---|---|---|---|---|"]
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    for w in workloads:
-        med = {}
-        for m in ("manual", "stop-and-copy"):
-            rs = [r for r in rows if r["workload"] == w and r["method"] == m]
-            med[m] = (statistics.median(r["downtime_ms"] for r in rs), statistics.median(r["total_ms"] for r in rs))
-            ratio = ("", "") if m == "manual" else (
-                f"{med[m][0] / med['manual'][0]:.2f}", f"{med[m][1] / med['manual'][1]:.2f}")
-            out.append(f"| {w} | {m} | {stat([r['downtime_ms'] for r in rs])} | {stat([r['total_ms'] for r in rs])} | "
-                       f"{statistics.median(r['bytes_on_wire'] for r in rs) / 2**20:.1f} | {ratio[0]} | {ratio[1]} |")
+# --- the report -----------------------------------------------------------------
+
+def fmt_stat(vals, scale=1.0, digits=0):
+    """median (min..max); digits=None: as many decimals as small values need."""
+    vals = [v * scale for v in vals if v is not None]
+    if not vals:
+        return "-"
+    med = statistics.median(vals)
+    if digits is None:
+        digits = 3 if med < 1 else 2 if med < 10 else 1
+    if len(vals) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({min(vals):.{digits}f}..{max(vals):.{digits}f})"
+
+
+def median(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def order_key(order):
+    def key(x):
+        return order.index(x) if x in order else len(order)
+    return key
+
+
+def groups(rows):
+    """(workload, link) pairs in matrix order, then methods in METHODS order."""
+    wl = sorted({r["workload"] for r in rows}, key=order_key(list(WORKLOADS)))
+    lk = sorted({r["link"] for r in rows}, key=order_key(list(LINKS)))
+    out = []
+    for w in wl:
+        for l in lk:
+            ms_ = sorted({r["method"] for r in rows if r["workload"] == w and r["link"] == l},
+                         key=order_key(METHODS))
+            if ms_:
+                out.append((w, l, ms_))
+    return out
+
+
+def table(rows, failures, meta):
+    out = []
+    if meta:
+        out.append(meta + "\n")
+    out += ["| workload | link | method | runs | downtime ms | total ms | MiB on the wire | MiB through the link "
+            "| source CPU s | target CPU s | agent peak MiB (source / target) | downtime tern/manual "
+            "| total tern/manual |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w, l, methods in groups(rows + failures):
+        man = [r for r in rows if r["workload"] == w and r["link"] == l and r["method"] == "manual"]
+        for m in methods:
+            rs = [r for r in rows if r["workload"] == w and r["link"] == l and r["method"] == m]
+            ratio = ["", ""]
+            if m != "manual":
+                for i, k in enumerate(("downtime_ms", "total_ms")):
+                    a, b = median(rs, k), median(man, k)
+                    ratio[i] = f"{a / b:.2f}" if a is not None and b else "n/a"
+            nfail = sum(1 for f in failures if f["workload"] == w and f["link"] == l and f["method"] == m)
+            runs = f"{len(rs)}" + (f" (+{nfail} failed)" if nfail else "")
+            peak = "-" if m == "manual" else (
+                f"{fmt_stat([r['source_agent_peak_mib'] for r in rs])} / "
+                f"{fmt_stat([r['target_agent_peak_mib'] for r in rs])}")
+            out.append(
+                f"| {w} | {l} | {m} | {runs} | {fmt_stat([r['downtime_ms'] for r in rs])} "
+                f"| {fmt_stat([r['total_ms'] for r in rs])} "
+                f"| {fmt_stat([r['bytes_on_wire'] for r in rs], 1 / MIB, None)} "
+                f"| {fmt_stat([r.get('link_bytes') for r in rs], 1 / MIB, None)} "
+                f"| {fmt_stat([r['source_cpu_s'] for r in rs], digits=2)} "
+                f"| {fmt_stat([r['target_cpu_s'] for r in rs], digits=2)} "
+                f"| {peak} | {ratio[0]} | {ratio[1]} |")
+    if failures:
+        out.append(f"\n{len(failures)} failed run(s) (errors, not data points; details on stderr):\n")
+        for f in failures:
+            first = f["error"].strip().splitlines()[0] if f["error"].strip() else "?"
+            out.append(f"- {f['workload']} / {f['link']} / {f['method']} run {f['run'] + 1}: {first}")
     return "\n".join(out)
 
 
+def chart(rows, path):
+    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(rows, f)
+        tmp = f.name
+    try:
+        r = subprocess.run([py, CHART, tmp, path], capture_output=True, text=True)
+    finally:
+        os.remove(tmp)
+    if r.returncode != 0:
+        log(f"bench: the chart failed: {r.stderr.strip()}")
+        return False
+    log(f"bench: chart written to {path}")
+    return True
+
+
+def git_rev():
+    r = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
+
+
+def binary_time():
+    try:
+        return datetime.datetime.fromtimestamp(os.path.getmtime(TERN)).isoformat(timespec="minutes")
+    except OSError:
+        return "?"
+
+
+def meta_line(opts, runs, methods, skipped, started):
+    parts = [f"Medians of {runs} run(s), (min..max); started {started}, "
+             f"tern {git_rev()} (binary of {binary_time()}), kernel {os.uname().release}, {os.cpu_count()} CPUs; tern --compress "
+             f"{opts.compress}, manual: podman's default export (zstd)."]
+    parts.append("Links: tbf on both lab hosts' eth0 (" + "; ".join(
+        f"{k}: {' '.join(v) if v else 'no qdisc'}" for k, v in LINKS.items()) + ").")
+    parts.append("MiB on the wire: tern's QUIC UDP bytes / the manual archive's size; MiB through the link: "
+                 "Ethernet bytes through the source's bridge port, both directions. CPU: the agents' own and "
+                 "waited-for children's time (manual: the bench's podman and copy processes), plus the restored "
+                 "container's conmon (runc restore, CRIU) on the target.")
+    if skipped:
+        parts.append(skipped)
+    return "\n".join(parts)
+
+
+# --- main -----------------------------------------------------------------------
+
+def split_list(values, allowed, what):
+    out = []
+    for v in values or []:
+        for x in v.split(","):
+            x = x.strip()
+            if not x:
+                continue
+            if x not in allowed:
+                raise SystemExit(f"bench: unknown {what} {x!r} (known: {', '.join(allowed)})")
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="256MiB@20MiB/s over 1gbit, all methods, 3 runs (filters still narrow it)")
+    ap.add_argument("--runs", type=int, help="repeats per (workload, link, method); default 3")
+    ap.add_argument("--methods", action="append", metavar="M[,M...]",
+                    help=f"default: all ({', '.join(METHODS)}); pre-copy only where soft-dirty exists")
+    ap.add_argument("--workload", action="append", metavar="W[,W...]", help=f"default: all ({', '.join(WORKLOADS)})")
+    ap.add_argument("--link", action="append", metavar="L[,L...]", help=f"default: all ({', '.join(LINKS)})")
+    ap.add_argument("--compress", choices=["none", "zstd"], default="none", help="tern's --compress (default none)")
+    ap.add_argument("--json", metavar="FILE", help="write every successful run as one object of a JSON array")
+    ap.add_argument("--chart", metavar="FILE.png", help="downtime medians with min..max, per workload/link and method")
+    ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    ap.add_argument("--from-json", metavar="FILE", help="report rows saved earlier with --json; measure nothing")
+    a = ap.parse_args(argv)
+    if a.runs is not None and a.runs < 1:
+        ap.error("--runs must be at least 1")
+    return a
+
+
+def main(argv):
+    opts = parse_args(argv)
+    if opts.from_json:
+        with open(opts.from_json) as f:
+            rows = json.load(f)
+        runs = max((r.get("run", 0) for r in rows), default=0) + 1
+        print(table(rows, [], f"Rows from {opts.from_json} (up to {runs} run(s) each), medians (min..max)."))
+        if opts.chart:
+            chart(rows, opts.chart)
+        return 0
+
+    workloads = split_list(opts.workload, list(WORKLOADS), "workload") or (
+        QUICK["workloads"] if opts.quick else list(WORKLOADS))
+    links = split_list(opts.link, list(LINKS), "link") or (QUICK["links"] if opts.quick else list(LINKS))
+    methods = split_list(opts.methods, METHODS, "method") or list(METHODS)
+    runs = opts.runs or (QUICK["runs"] if opts.quick else 3)
+
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (through scripts/bench.sh)")
+    if not os.path.exists(f"/run/netns/{SRC}") or not os.path.exists(f"/run/netns/{DST}"):
+        raise SystemExit("bench: the lab is down; run scripts/bench.sh (it brings the lab up)")
+    ensure_agents()
+    skipped = ""
+    if "pre-copy" in methods:
+        dt = dirty_tracking()
+        missing = [f"{h}: {dt.get(h, (False, 'no answer'))[1]}" for h in (SRC, DST) if not dt.get(h, (False,))[0]]
+        if missing:
+            methods.remove("pre-copy")
+            skipped = "pre-copy skipped: no soft-dirty memory tracking (" + "; ".join(missing) + ")."
+            log(f"bench: {skipped}")
+    if not methods:
+        raise SystemExit("bench: no method left to run")
+
+    total = len(links) * len(workloads) * runs * len(methods)
+    log(f"bench: {total} runs: workloads {', '.join(workloads)}; links {', '.join(links)}; "
+        f"methods {', '.join(methods)}; {runs} run(s) each")
+    rows, failures = [], []
+    interrupted = False
+    t_start = time.monotonic()
+    started = datetime.datetime.now().isoformat(timespec="minutes")
+    n = 0
+    try:
+        for link in links:
+            shape(link)
+            for w in workloads:
+                for i in range(runs):
+                    # Rotate the order between runs: drift on a noisy machine hits every method alike.
+                    order = methods[i % len(methods):] + methods[:i % len(methods)]
+                    for m in order:
+                        n += 1
+                        head = (f"[{n}/{total} {time.monotonic() - t_start:5.0f}s] {w} {link} "
+                                f"run {i + 1}/{runs} {m}")
+                        log(f"{head} ...")
+                        try:
+                            r = run_one(m, w, opts)
+                        except RunError as e:
+                            log(f"{head}: FAILED\n{e}")
+                            failures.append({"method": m, "workload": w, "link": link, "run": i, "error": str(e)})
+                            ensure_agents()
+                            if opts.fail_fast:
+                                raise
+                            continue
+                        finally:
+                            clean()
+                        r.update(method=m, workload=w, link=link, run=i, compress=opts.compress if m != "manual"
+                                 else "zstd", at=datetime.datetime.now().isoformat(timespec="seconds"))
+                        rows.append(r)
+                        log(f"{head}: downtime {r['downtime_ms']} ms, total {r['total_ms']} ms, "
+                            f"{r['bytes_on_wire'] / MIB:.2f} MiB, cpu {r['source_cpu_s']:.2f}/"
+                            f"{r['target_cpu_s']:.2f} s, phases {r['phases']}")
+    except RunError as e:
+        if not opts.fail_fast:
+            log(f"bench: stopping: {e}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("bench: interrupted; unshaping the links and removing the bench container; "
+            "the table below has the runs done so far")
+    finally:
+        unshape()
+        clean()
+    log(f"bench: {len(rows)} runs done, {len(failures)} failed, in {time.monotonic() - t_start:.0f} s")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        log(f"bench: rows written to {opts.json}")
+    print(table(rows, failures, meta_line(opts, runs, methods, skipped, started)))
+    ok = True
+    if opts.chart and rows:
+        ok = chart(rows, opts.chart)
+    if interrupted:
+        return 130
+    return 1 if failures or not ok else 0
+
+
+def _terminate(signum, frame):
+    # Once: a second Ctrl-C or SIGTERM must not cut the cleanup short.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
-    main()
+    # SIGINT too: bench.sh runs this in the background, where SIGINT starts out ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        log("bench: interrupted; unshaping the links and removing the bench container")
+        unshape()
+        try:
+            clean()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        sys.exit(130)

@@ -6,7 +6,10 @@ LAB_HOSTS=(client1 client2)
 LAB_BRIDGE=tern0
 LAB_BRIDGE_IP=198.51.100.1
 LAB_PORT=7443
-LAB_STATE=$TERN_REPO/.tern
+# The lab's certificates, agent configs and logs, and the inventory tern
+# reads from the repository root. TERN_LAB_STATE moves them (the soft-dirty
+# tier keeps its own, away from a lab on the host sharing the repository).
+LAB_STATE=${TERN_LAB_STATE:-$TERN_REPO/.tern}
 LAB_VAR=/var/lib/tern-lab
 LAB_RUN=/run/tern-lab
 LAB_IMAGE=localhost/tern-busybox:latest

@@ -40,12 +40,18 @@ trap 'umount "$view" 2>/dev/null || true' EXIT
 
 # What runs inside: a check that the tier has what it is for, then the tests
 # (TIER_CMD=FILE runs that script instead, for experiments).
+# The lab's state lives in the VM's own tmpfs: the repository is the host's,
+# seen live over 9p, and a lab on the host may use its .tern at the same time.
+cat > "$out/env" <<ENV
+export TERN_LAB_STATE=/var/lib/tern-lab/state
+export TERN_INVENTORY=/var/lib/tern-lab/state/inventory.toml
+ENV
 if [ -n "${TIER_CMD:-}" ]; then cp "$TIER_CMD" "$out/cmd"; else cat > "$out/cmd" <<CMD
 export TERN_TIMEOUT_SCALE=${TERN_TIMEOUT_SCALE:-10}
 criu check --feature mem_dirty_track
 TERN_NO_BUILD=1 scripts/lab.sh up
 target/release/tern hosts
-$e2e --ignored --test-threads=1 ${TIER_TESTS:-precopy}
+$e2e --ignored --test-threads=1 --nocapture ${TIER_TESTS:-precopy}
 scripts/lab.sh down
 CMD
 fi

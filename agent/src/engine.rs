@@ -173,13 +173,12 @@ impl Engine for PodmanCli {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
-        // `podman container exists` answers 1 for "no such container".
-        match self.run(&["container", "exists", name], QUICK).await {
-            Ok(_) => {}
-            Err(EngineError::Failed { status, .. }) if status.contains("exit status: 1") => return Ok(None),
-            Err(e) => return Err(e),
+        // One podman call: a missing container is an error that says so.
+        match self.inspect_many(&[name.to_string()]).await {
+            Ok(v) => Ok(v.into_iter().next()),
+            Err(EngineError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(self.inspect_many(&[name.to_string()]).await?.into_iter().next())
     }
 
     async fn image_exists(&self, image_id: &str) -> Result<bool> {

@@ -21,3 +21,9 @@ pub mod server;
 pub mod source;
 pub mod target;
 pub mod transfer;
+
+/// Where soft-dirty pre-copy rounds live inside a container's own folder
+/// (Podman's `StaticDir`), on the source as dumped and on the target as
+/// unpacked by Podman's `--import-previous`: `tern-precopy/1`, `2`, ...
+/// each linked to the one before by a relative `parent` link.
+pub const PRECOPY_DIR: &str = "tern-precopy";

@@ -20,7 +20,14 @@ pub struct Agent {
     pub endpoint: quinn::Endpoint,
     /// Containers with a migration under way (either direction).
     busy: Mutex<HashSet<String>>,
+    /// The host's facts and when they were read: `podman info` and `criu
+    /// check` cost a second of CPU, and facts change with upgrades, not by
+    /// the minute.
+    facts: tokio::sync::Mutex<Option<(std::time::Instant, tern_proto::facts::HostFacts)>>,
 }
+
+/// How long gathered facts are served before they are read again.
+const FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Marks a container busy until dropped.
 pub struct BusyGuard<'a> {
@@ -36,7 +43,20 @@ impl Drop for BusyGuard<'_> {
 
 impl Agent {
     pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
-        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()) }
+        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()), facts: Default::default() }
+    }
+
+    /// This host's facts, read at most once a minute.
+    pub async fn facts(&self) -> anyhow::Result<tern_proto::facts::HostFacts> {
+        let mut cached = self.facts.lock().await;
+        if let Some((at, f)) = cached.as_ref() {
+            if at.elapsed() < FACTS_TTL {
+                return Ok(f.clone());
+            }
+        }
+        let f = facts::gather(&self.cfg.name, self.engine.as_ref(), &self.cfg.facts_override).await?;
+        *cached = Some((std::time::Instant::now(), f.clone()));
+        Ok(f)
     }
 
     /// Claims `name` for one migration; `None` when one is already under way.
@@ -129,9 +149,7 @@ impl Agent {
         let response = match req {
             Request::Migrate(m) => return self.migrate(m, send, recv).await,
             Request::Receive(begin) => return target::receive(&self, conn, peer, begin, send, recv).await,
-            Request::Facts => facts::gather(&self.cfg.name, self.engine.as_ref(), &self.cfg.facts_override)
-                .await
-                .map(Response::Facts),
+            Request::Facts => self.facts().await.map(Response::Facts),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),

@@ -73,6 +73,8 @@ struct Run<'a> {
     saved_bytes: u64,
     /// The container's `pre-checkpoint` link this migration made.
     pre_link: Option<PathBuf>,
+    /// The soft-dirty rounds, inside the container's folder.
+    precopy_dir: Option<PathBuf>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -99,6 +101,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         final_stats: None,
         saved_bytes: 0,
         pre_link: None,
+        precopy_dir: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -110,8 +113,11 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         if let Some(link) = run.pre_link.take() {
             let _ = tokio::fs::remove_file(&link).await;
         }
-        let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
+        if let Some(dir) = run.precopy_dir.take() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
     }
+    let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
     let _ = run.events.send(MigrateEvent::Done(report)).await;
@@ -334,15 +340,16 @@ impl Run<'_> {
         };
         let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
+        let cancel = self.cancel.clone();
         let send_task = {
             let done = done.clone();
             async move {
                 let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
-                transfer::send_encoded(&conn, &header, reader, &done, index).await
+                transfer::send_encoded(&conn, &header, reader, &done, index, &cancel).await
             }
         };
-        // The transfer drains the FIFO whatever happens; a cancel here only
-        // takes effect once the dump is complete.
+        // The FIFO is drained whatever happens, so Podman can finish and the
+        // container can be restored here; a cancel stops the sending at once.
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tokio::pin!(send_task);
         let sent = loop {

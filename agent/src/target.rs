@@ -9,9 +9,20 @@
 //! ```text
 //!  staging/incoming-<id>/
 //!    image.tar                 the image, when shipped
-//!    rounds/1/ rounds/2/ ...   pre-copy rounds; rounds/n/parent -> ../n-1
+//!    pre-checkpoint.tar        soft-dirty rounds, appended as they arrive, for Podman's
+//!                              --import-previous (below); closed by RoundsDone
+//!    rounds/1/                 content-addressed pre-copy's base (its pages files)
 //!    checkpoint.tar            the final archive (rebuilt from deltas in hash mode)
-//!    pre-checkpoint.tar        one link, pre-checkpoint -> rounds/<last>, for --import-previous
+//! ```
+//!
+//! Podman unpacks `--import-previous` into the new container's folder;
+//! CRIU then follows the final dump's `parent` link (`../pre-checkpoint`)
+//! from inside the restored task's mount namespace, so every link must be
+//! relative and stay inside that folder:
+//!
+//! ```text
+//!  pre-checkpoint -> tern-precopy/3
+//!  tern-precopy/1/...   tern-precopy/2/... + parent -> ../1   tern-precopy/3/... + parent -> ../2
 //! ```
 //!
 //! Anything restored or staged here is removed on `Abort`, on a failure
@@ -36,6 +47,8 @@ use tokio::sync::Notify;
 
 /// How long a restored container must keep running before it counts.
 const CONFIRM_MS: u64 = 300;
+/// The archive of soft-dirty rounds, for Podman's `--import-previous`.
+const PRE_CHECKPOINT_TAR: &str = "pre-checkpoint.tar";
 
 /// Serves one `Receive` conversation.
 pub async fn receive(
@@ -159,6 +172,10 @@ impl Target<'_> {
                     Ok(_) => TargetMsg::RoundStored { round },
                     Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
                 },
+                Action::PrepareRounds { rounds } => match self.prepare_rounds(rounds).await {
+                    Ok(bytes) => TargetMsg::RoundsPrepared { bytes },
+                    Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
+                },
                 Action::Restore { digest, rounds } => self.restore(&inbox, digest, rounds).await,
                 Action::Commit => {
                     tracing::info!(id = self.begin.id, "committed");
@@ -231,18 +248,7 @@ impl Target<'_> {
             Ok(p) => p,
             Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
         };
-        let previous = if self.begin.mode == Mode::PreCopy && rounds > 0 {
-            let last = self.staging.join("rounds").join(rounds.to_string());
-            let tar = self.staging.join("pre-checkpoint.tar");
-            match write_pre_checkpoint_link(&tar, &last) {
-                Ok(()) => Some(tar),
-                Err(e) => {
-                    return TargetMsg::Failed(Failure { phase: Phase::Restore, message: format!("preparing the pre-checkpoint: {e}") })
-                }
-            }
-        } else {
-            None
-        };
+        let previous = (self.begin.mode == Mode::PreCopy && rounds > 0).then(|| self.staging.join(PRE_CHECKPOINT_TAR));
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
         match self.restore_and_confirm(&path, previous.as_deref()).await {
@@ -257,6 +263,21 @@ impl Target<'_> {
                 TargetMsg::Failed(Failure { phase: Phase::Restore, message })
             }
         }
+    }
+
+    /// Closes the archive the rounds were appended to: the links of the
+    /// chain (module docs) and the end-of-archive blocks. Returns its size.
+    async fn prepare_rounds(&self, rounds: u32) -> Result<u64, String> {
+        let dir = crate::PRECOPY_DIR;
+        let mut links: Vec<(String, String)> = (2..=rounds).map(|n| (format!("{dir}/{n}/parent"), format!("../{}", n - 1))).collect();
+        links.push(("pre-checkpoint".into(), format!("{dir}/{rounds}")));
+        let tar = self.staging.join(PRE_CHECKPOINT_TAR);
+        let bytes = tokio::task::spawn_blocking(move || transfer::finish_tar(&tar, &links))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("closing the archive of the rounds: {e}"))?;
+        tracing::info!(rounds, bytes, "rounds ready for the restore");
+        Ok(bytes)
     }
 
     /// Restores, then checks the container runs now and still runs a moment
@@ -319,22 +340,6 @@ impl Target<'_> {
     }
 }
 
-/// Writes the archive given to Podman's `--import-previous`: a single link
-/// `pre-checkpoint` to the last round staged here (absolute, since Podman
-/// unpacks it into the container's own folder). The final dump's `parent`
-/// link (`../pre-checkpoint`) then leads CRIU through the rounds, each
-/// linked to the one before, without copying any of them.
-fn write_pre_checkpoint_link(tar_path: &Path, last_round: &Path) -> std::io::Result<()> {
-    let mut b = tar::Builder::new(std::fs::File::create(tar_path)?);
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_mtime(0);
-    b.append_link(&mut h, "pre-checkpoint", last_round)?;
-    b.into_inner()?.sync_all()
-}
-
 /// Accepts the migration's data streams and stages each, posting the result
 /// to `inbox`.
 async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, staging: PathBuf, faults: ReceiveFaults, inbox: Arc<Inbox>) {
@@ -358,14 +363,14 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");
-                transfer::receive(recv, &path, &done, ReceiveFaults::default()).await.map(|d| (path, d)).map_err(|e| e.to_string())
+                transfer::receive(recv, &path, done.clone(), ReceiveFaults::default()).await.map(|d| (path, d)).map_err(|e| e.to_string())
             }
             DataKind::Checkpoint => {
                 let path = staging.join("checkpoint.tar");
-                transfer::receive(recv, &path, &done, faults).await.map(|d| (path, d)).map_err(|e| e.to_string())
+                transfer::receive(recv, &path, done.clone(), faults).await.map(|d| (path, d)).map_err(|e| e.to_string())
             }
             DataKind::Round(n) if mode.has_rounds() && (1..=10_000).contains(&n) => {
-                receive_round(recv, &staging, n, mode, &done).await.map(|(dir, d, names)| {
+                receive_round(recv, &staging, n, mode, done.clone()).await.map(|(dir, d, names)| {
                     round_names.insert(n, names);
                     (dir, d)
                 })
@@ -396,23 +401,24 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
     inbox.close();
 }
 
-/// Stores round `n` in `staging/rounds/n`, linked to its parent round for
-/// soft-dirty pre-copy (CRIU follows `parent` for pages dumped earlier).
+/// Stores round `n`: soft-dirty rounds straight into the archive for the
+/// restore, the hash base as files the page store reads.
 async fn receive_round(
     recv: quinn::RecvStream,
     staging: &Path,
     n: u32,
     mode: Mode,
-    done: &AtomicU64,
+    done: Arc<AtomicU64>,
 ) -> Result<(PathBuf, Digest, Vec<String>), String> {
-    let dir = staging.join("rounds").join(n.to_string());
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let (digest, names) = transfer::receive_fileset(recv, &dir, done).await.map_err(|e| e.to_string())?;
-    if mode == Mode::PreCopy && n > 1 {
-        tokio::fs::symlink(format!("../{}", n - 1), dir.join("parent"))
-            .await
-            .map_err(|e| format!("linking round {n} to its parent: {e}"))?;
-    }
-    Ok((dir, digest, names))
+    let (at, target) = if mode == Mode::PreCopy {
+        let path = staging.join(PRE_CHECKPOINT_TAR);
+        (path.clone(), transfer::FileSetTarget::TarAppend { path, prefix: format!("{}/{n}", crate::PRECOPY_DIR) })
+    } else {
+        let dir = staging.join("rounds").join(n.to_string());
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        (dir.clone(), transfer::FileSetTarget::Dir(dir))
+    };
+    let (digest, names) = transfer::receive_fileset(recv, target, done).await.map_err(|e| e.to_string())?;
+    Ok((at, digest, names))
 }

@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tern_proto::delta::{DeltaDecoder, DeltaEncoder, DeltaStats, Decoded};
-use tern_proto::fileset::{FileEntry, NameCheck};
+use tern_proto::fileset::{FileEntry, FileEvent, FileSetDecoder};
 use tern_proto::frame::{self, expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
 
 /// Read size: large enough that per-chunk costs vanish, small enough to
 /// keep memory per transfer bounded (one buffer in flight).
@@ -57,18 +58,24 @@ pub async fn send<R: AsyncRead + Unpin>(
     reader: R,
     done: &AtomicU64,
 ) -> Result<Digest, TransferError> {
-    send_encoded(conn, header, reader, done, None).await.map(|(d, _)| d)
+    send_encoded(conn, header, reader, done, None, &CancellationToken::new()).await.map(|(d, _)| d)
 }
 
 /// [`send`], but as delta records against the base pages in `index` when
 /// given: pages the target holds are replaced by their numbers. The digest
 /// is the original archive's, as the target rebuilds it.
+///
+/// When `stop` fires the stream is reset at once and the rest of the reader
+/// is drained without sending: Podman finishes writing the checkpoint
+/// quickly, and the rollback can begin, instead of waiting for the whole
+/// archive to cross a slow link.
 pub async fn send_encoded<R: AsyncRead + Unpin>(
     conn: &quinn::Connection,
     header: &DataHeader,
     mut reader: R,
     done: &AtomicU64,
     index: Option<&PageIndex>,
+    stop: &CancellationToken,
 ) -> Result<(Digest, DeltaStats), TransferError> {
     let mut stream = open(conn, header).await;
     let mut encoder = index.map(|ix| (DeltaEncoder::default(), ix));
@@ -77,15 +84,30 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     let mut total = 0u64;
     let write = async |stream: &mut Result<quinn::SendStream, String>, bytes: &[u8]| {
         if let Ok(s) = stream {
-            if let Err(e) = s.write_all(bytes).await {
-                *stream = Err(e.to_string());
+            let r = tokio::select! {
+                r = s.write_all(bytes) => r.map_err(|e| e.to_string()),
+                _ = stop.cancelled() => Err("stopped".to_string()),
+            };
+            if let Err(e) = r {
+                *stream = Err(e);
             }
         }
     };
+    let mut stopped = false;
     loop {
         let n = reader.read(&mut buf).await.map_err(TransferError::Read)?;
         if n == 0 {
             break;
+        }
+        if stop.is_cancelled() {
+            if !stopped {
+                stopped = true;
+                if let Ok(s) = &mut stream {
+                    let _ = s.reset(1u32.into());
+                }
+                stream = Err("cancelled".into());
+            }
+            continue; // drain only
         }
         hasher.update(&buf[..n]);
         total += n as u64;
@@ -98,6 +120,9 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
             }
         }
         done.store(total, Ordering::Relaxed);
+    }
+    if stopped {
+        return Err(TransferError::Send("cancelled; the rest of the archive was drained here, not sent".into()));
     }
     let mut stats = DeltaStats { archive_bytes: total, raw_bytes: total, ..Default::default() };
     if let Some((enc, _)) = &mut encoder {
@@ -161,61 +186,175 @@ pub async fn send_fileset(
     Ok(Digest { bytes: total, blake3: *hasher.finalize().as_bytes() })
 }
 
-/// Receives a file set into `dir` (which must exist); returns its digest
-/// and the file names in the order they came.
-pub async fn receive_fileset(mut recv: quinn::RecvStream, dir: &Path, done: &AtomicU64) -> Result<(Digest, Vec<String>), TransferError> {
-    let rx = |e: &dyn std::fmt::Display| TransferError::Receive(e.to_string());
-    let mut hasher = blake3::Hasher::new();
-    let mut names = NameCheck::default();
-    let mut order = Vec::new();
-    let mut total = 0u64;
+/// Reads `recv` to its end, handing the chunks to `work` in a blocking
+/// thread through a bounded channel (a few chunks in flight: memory stays
+/// bounded whatever the size). Disk writes happen there in large buffered
+/// blocks, never as one small async write per QUIC chunk.
+async fn pump<T: Send + 'static>(
+    mut recv: quinn::RecvStream,
+    work: impl FnOnce(&mut dyn FnMut() -> Option<bytes::Bytes>) -> Result<T, String> + Send + 'static,
+) -> Result<T, TransferError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let worker = tokio::task::spawn_blocking(move || work(&mut || rx.blocking_recv()));
+    let mut read_err = None;
     loop {
-        let entry: FileEntry = expect_frame(&mut recv).await.map_err(|e| rx(&e))?;
-        // Entries are hashed as the source encoded them (postcard is
-        // deterministic), so the digest covers names and sizes too.
-        hasher.update(&frame::encode(&entry).map_err(|e| rx(&e))?);
-        let (name, len) = match entry {
-            FileEntry::File { name, len } => (name, len),
-            FileEntry::End => break,
-            FileEntry::Invalid => return Err(rx(&"invalid file entry")),
-        };
-        names.admit(&name).map_err(|e| rx(&e))?;
-        let mut file = tokio::fs::File::create(dir.join(&name)).await.map_err(TransferError::Write)?;
-        let mut left = len;
-        while left > 0 {
-            let want = (left.min(CHUNK as u64)) as usize;
-            let chunk = recv.read_chunk(want, true).await.map_err(|e| rx(&e))?;
-            let Some(chunk) = chunk else {
-                return Err(rx(&format!("the stream ended inside {name}")));
-            };
-            hasher.update(&chunk.bytes);
-            file.write_all(&chunk.bytes).await.map_err(TransferError::Write)?;
-            left -= chunk.bytes.len() as u64;
-            total += chunk.bytes.len() as u64;
-            done.store(total, Ordering::Relaxed);
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(c)) => {
+                if tx.send(c.bytes).await.is_err() {
+                    break; // the worker failed; its error says why
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                read_err = Some(e.to_string());
+                break;
+            }
         }
-        file.flush().await.map_err(TransferError::Write)?;
-        order.push(name);
     }
-    if recv.read_chunk(1, true).await.map_err(|e| rx(&e))?.is_some() {
-        return Err(rx(&"bytes follow the End of the file set"));
+    drop(tx);
+    let out = worker.await.map_err(|e| TransferError::Write(std::io::Error::other(e.to_string())))?;
+    if let Some(e) = read_err {
+        return Err(TransferError::Receive(e));
     }
-    Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, order))
+    out.map_err(TransferError::Receive)
+}
+
+fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
+    Digest { bytes, blake3: *hasher.finalize().as_bytes() }
+}
+
+/// Where a received file set goes.
+pub enum FileSetTarget {
+    /// Each file into this (existing) folder.
+    Dir(std::path::PathBuf),
+    /// Appended as members `<prefix>/<name>` to this tar archive (created if
+    /// missing), left open for more members: the pre-copy rounds are packed
+    /// for Podman's `--import-previous` as they arrive.
+    TarAppend { path: std::path::PathBuf, prefix: String },
+}
+
+/// Receives a file set ([`tern_proto::fileset`]); returns the digest of the
+/// stream (what the source hashed as it sent) and the file names in order.
+pub async fn receive_fileset(recv: quinn::RecvStream, target: FileSetTarget, done: Arc<AtomicU64>) -> Result<(Digest, Vec<String>), TransferError> {
+    pump(recv, move |next| {
+        let mut sink = FileSink::open(target).map_err(|e| e.to_string())?;
+        let mut hasher = blake3::Hasher::new();
+        let mut decoder = FileSetDecoder::default();
+        let (mut total, mut names) = (0u64, Vec::new());
+        while let Some(chunk) = next() {
+            hasher.update(&chunk);
+            decoder
+                .feed(&chunk, &mut |e| {
+                    match e {
+                        FileEvent::Start { name, len } => {
+                            names.push(name.to_string());
+                            sink.start(name, len)
+                        }
+                        FileEvent::Data(b) => {
+                            total += b.len() as u64;
+                            done.store(total, Ordering::Relaxed);
+                            sink.data(b)
+                        }
+                        FileEvent::EndFile => sink.end_file(),
+                    }
+                    .map_err(|e| e.to_string())
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        decoder.finish().map_err(|e| e.to_string())?;
+        sink.finish().map_err(|e| e.to_string())?;
+        Ok((digest(&hasher, total), names))
+    })
+    .await
+}
+
+/// Writes a file set's files, into a folder or a tar archive.
+enum FileSink {
+    Dir { dir: std::path::PathBuf, file: Option<std::io::BufWriter<std::fs::File>> },
+    Tar { out: std::io::BufWriter<std::fs::File>, prefix: String, len: u64 },
+}
+
+impl FileSink {
+    fn open(target: FileSetTarget) -> std::io::Result<FileSink> {
+        Ok(match target {
+            FileSetTarget::Dir(dir) => FileSink::Dir { dir, file: None },
+            FileSetTarget::TarAppend { path, prefix } => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                FileSink::Tar { out: std::io::BufWriter::with_capacity(CHUNK, f), prefix, len: 0 }
+            }
+        })
+    }
+
+    fn start(&mut self, name: &str, len: u64) -> std::io::Result<()> {
+        match self {
+            FileSink::Dir { dir, file } => {
+                *file = Some(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(dir.join(name))?));
+            }
+            FileSink::Tar { out, prefix, len: l } => {
+                let mut h = tar::Header::new_ustar();
+                h.set_path(format!("{prefix}/{name}"))?;
+                h.set_size(len);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_cksum();
+                out.write_all(h.as_bytes())?;
+                *l = len;
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            FileSink::Dir { file, .. } => file.as_mut().expect("started").write_all(b),
+            FileSink::Tar { out, .. } => out.write_all(b),
+        }
+    }
+
+    fn end_file(&mut self) -> std::io::Result<()> {
+        match self {
+            FileSink::Dir { file, .. } => file.take().expect("started").flush(),
+            FileSink::Tar { out, len, .. } => {
+                let pad = (512 - (*len % 512) as usize) % 512;
+                out.write_all(&[0u8; 512][..pad])
+            }
+        }
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            FileSink::Dir { .. } => Ok(()),
+            FileSink::Tar { out, .. } => out.flush(),
+        }
+    }
+}
+
+/// Ends a tar archive built by [`FileSetTarget::TarAppend`]: appends the
+/// symbolic links `(name, target)` and the end-of-archive blocks.
+pub fn finish_tar(path: &Path, links: &[(String, String)]) -> std::io::Result<u64> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut out = std::io::BufWriter::new(f);
+    for (name, target) in links {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name)?;
+        h.set_link_name(target)?;
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.write_all(h.as_bytes())?;
+    }
+    out.write_all(&[0u8; 1024])?;
+    let f = out.into_inner().map_err(|e| e.into_error())?;
+    Ok(f.metadata()?.len())
 }
 
 /// Rebuilds an archive sent as delta records against `store` into `path`;
-/// returns the rebuilt archive's digest. Records are decoded and written in
-/// a blocking thread fed through a bounded channel: memory stays at a few
-/// chunks whatever the archive's size.
-pub async fn receive_delta(
-    mut recv: quinn::RecvStream,
-    path: &Path,
-    store: Arc<PageStore>,
-    done: Arc<AtomicU64>,
-) -> Result<Digest, TransferError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+/// returns the rebuilt archive's digest.
+pub async fn receive_delta(recv: quinn::RecvStream, path: &Path, store: Arc<PageStore>, done: Arc<AtomicU64>) -> Result<Digest, TransferError> {
     let file = std::fs::File::create(path).map_err(TransferError::Write)?;
-    let writer = tokio::task::spawn_blocking(move || -> Result<Digest, String> {
+    pump(recv, move |next| {
         let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
         let mut hasher = blake3::Hasher::new();
         let mut decoder = DeltaDecoder::default();
@@ -227,7 +366,7 @@ pub async fn receive_delta(
             done.store(*total, Ordering::Relaxed);
             out.write_all(bytes)
         };
-        while let Some(chunk) = rx.blocking_recv() {
+        while let Some(chunk) = next() {
             decoder
                 .feed(&chunk, &mut |d| match d {
                     Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
@@ -240,29 +379,9 @@ pub async fn receive_delta(
         decoder.finish().map_err(|e| e.to_string())?;
         drop(emit);
         out.flush().map_err(|e| e.to_string())?;
-        Ok(Digest { bytes: total, blake3: *hasher.finalize().as_bytes() })
-    });
-    let mut read_err = None;
-    loop {
-        match recv.read_chunk(CHUNK, true).await {
-            Ok(Some(c)) => {
-                if tx.send(c.bytes).await.is_err() {
-                    break; // the writer failed; its error says why
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                read_err = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| TransferError::Write(std::io::Error::other(e.to_string())))?;
-    if let Some(e) = read_err {
-        return Err(TransferError::Receive(e));
-    }
-    written.map_err(TransferError::Receive)
+        Ok(digest(&hasher, total))
+    })
+    .await
 }
 
 /// Reads a data stream's header.
@@ -278,38 +397,32 @@ pub struct ReceiveFaults {
 }
 
 /// Writes the rest of `recv` into `path`, hashing as it goes.
-pub async fn receive(
-    mut recv: quinn::RecvStream,
-    path: &Path,
-    done: &AtomicU64,
-    faults: ReceiveFaults,
-) -> Result<Digest, TransferError> {
-    let mut file = tokio::fs::File::create(path).await.map_err(TransferError::Write)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut total = 0u64;
-    while let Some(chunk) = recv
-        .read_chunk(CHUNK, true)
-        .await
-        .map_err(|e| TransferError::Receive(e.to_string()))?
-    {
-        let mut bytes = chunk.bytes;
-        if faults.corrupt && total == 0 && !bytes.is_empty() {
-            let mut v = bytes.to_vec();
-            v[0] ^= 0xff;
-            bytes = v.into();
-            tracing::warn!("fault injection: corrupted the first received byte");
-        }
-        hasher.update(&bytes);
-        file.write_all(&bytes).await.map_err(TransferError::Write)?;
-        total += bytes.len() as u64;
-        done.store(total, Ordering::Relaxed);
-        if let Some(limit) = faults.exit_after_bytes {
-            if total >= limit {
-                tracing::error!(total, "fault injection: the agent exits now, mid-transfer");
-                std::process::exit(137);
+pub async fn receive(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>, faults: ReceiveFaults) -> Result<Digest, TransferError> {
+    let file = std::fs::File::create(path).map_err(TransferError::Write)?;
+    pump(recv, move |next| {
+        let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        while let Some(mut bytes) = next() {
+            if faults.corrupt && total == 0 && !bytes.is_empty() {
+                let mut v = bytes.to_vec();
+                v[0] ^= 0xff;
+                bytes = v.into();
+                tracing::warn!("fault injection: corrupted the first received byte");
+            }
+            hasher.update(&bytes);
+            out.write_all(&bytes).map_err(|e| e.to_string())?;
+            total += bytes.len() as u64;
+            done.store(total, Ordering::Relaxed);
+            if let Some(limit) = faults.exit_after_bytes {
+                if total >= limit {
+                    tracing::error!(total, "fault injection: the agent exits now, mid-transfer");
+                    std::process::exit(137);
+                }
             }
         }
-    }
-    file.flush().await.map_err(TransferError::Write)?;
-    Ok(Digest { bytes: total, blake3: *hasher.finalize().as_bytes() })
+        out.flush().map_err(|e| e.to_string())?;
+        Ok(digest(&hasher, total))
+    })
+    .await
 }

@@ -281,14 +281,22 @@ impl Engine for FakeEngine {
         let err = |e: &dyn std::fmt::Display| failed("restore", &e.to_string());
         let mut memory = Vec::new();
         if let Some(prev) = previous {
-            // As Podman does: unpack into the container's folder, then CRIU
-            // follows checkpoint/parent -> ../pre-checkpoint -> the rounds.
+            // As Podman does: unpack into the new container's folder, then
+            // CRIU follows checkpoint/parent -> ../pre-checkpoint -> rounds.
+            // Links must be relative: CRIU resolves them inside the
+            // container's mount namespace, where absolute paths break.
+            let folder = self.dir.path().join("restored");
+            let _ = std::fs::remove_dir_all(&folder);
+            std::fs::create_dir_all(&folder).unwrap();
             let mut a = tar::Archive::new(std::fs::File::open(prev).map_err(|e| err(&e))?);
-            let entry = a.entries().map_err(|e| err(&e))?.next().unwrap().map_err(|e| err(&e))?;
-            assert_eq!(entry.path().unwrap().to_str(), Some("pre-checkpoint"));
-            let link = entry.link_name().unwrap().unwrap().into_owned();
-            assert!(link.is_absolute(), "{link:?}");
-            apply_chain(&mut memory, &link);
+            for entry in a.entries().map_err(|e| err(&e))? {
+                let entry = entry.map_err(|e| err(&e))?;
+                if let Some(link) = entry.link_name().map_err(|e| err(&e))? {
+                    assert!(link.is_relative(), "absolute link {link:?} would break inside the container");
+                }
+            }
+            tar::Archive::new(std::fs::File::open(prev).unwrap()).unpack(&folder).map_err(|e| err(&e))?;
+            apply_chain(&mut memory, &folder.join("pre-checkpoint"));
         }
         let mut a = tar::Archive::new(std::fs::File::open(path).map_err(|e| err(&e))?);
         let (mut info, mut map, mut pages) = (None, Vec::new(), Vec::new());
@@ -472,7 +480,7 @@ async fn pre_copy_memory_is_exact_across_the_chain() {
     a.add("db", "203.0.113.6");
     b.state.lock().unwrap().images.insert("img1".into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
-    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 4, ..Default::default() };
+    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 4, min_shrink_pct: 0, ..Default::default() };
     let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
     assert_eq!(r.rounds.len(), 4, "max rounds: {:#?}", r.stop_reason);
@@ -526,7 +534,7 @@ async fn cancel_during_pre_copy_leaves_the_container_untouched() {
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
-    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 50, max_growth_pct: 1000, ..Default::default() };
+    let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 50, min_shrink_pct: 0, ..Default::default() };
     let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, Some(Phase::PreCopy)).await;
     assert!(matches!(&r.outcome, Outcome::Refused { failure } if failure.message.contains("cancelled")), "{r:?}");
     assert!(!a.called("checkpoint"), "never frozen");
@@ -545,7 +553,7 @@ async fn pre_copy_timeout_cancels_or_switches_over_as_asked() {
         let policy = PolicyConfig {
             max_downtime: Duration::ZERO,
             min_pages: 0,
-            max_growth_pct: 1000,
+            min_shrink_pct: 0,
             max_rounds: 100,
             timeout: Duration::ZERO,
             on_timeout,

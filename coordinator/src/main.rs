@@ -239,7 +239,8 @@ async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrat
         return Err(Exit(
             3,
             anyhow::anyhow!(
-                "refused before the freeze: {container} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} still runs on {}.",
+                "refused before the freeze: {container} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} {} on {}.",
+                if plan.container.is_running() { "still runs" } else { "stays as it was" },
                 plan.source_name
             ),
         ));

@@ -90,7 +90,8 @@ impl Display {
     }
 
     fn progress(&mut self, p: &tern_proto::Progress) {
-        if !self.on {
+        // A tick before any byte moved says nothing.
+        if !self.on || (p.bytes == 0 && p.note.is_empty()) {
             return;
         }
         let new_phase = self.phase != Some(p.phase);

@@ -205,10 +205,13 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     let both = src.dirty_tracking.supported && dst.dirty_tracking.supported;
     out.push(match (mode, both) {
         (Mode::PreCopy, false) => {
-            let which = if !src.dirty_tracking.supported { &src.dirty_tracking } else { &dst.dirty_tracking };
+            let (host, which) = if !src.dirty_tracking.supported { (&src.name, &src.dirty_tracking) } else { (&dst.name, &dst.dirty_tracking) };
             f.with(
                 Severity::Block,
-                format!("pre-copy needs soft-dirty memory tracking on both hosts: {}; use --mode stop-and-copy", which.detail),
+                format!(
+                    "pre-copy needs soft-dirty memory tracking on both hosts; {host} has none ({}); use --mode hash-pre-copy (no soft-dirty needed) or stop-and-copy",
+                    which.detail
+                ),
             )
         }
         (Mode::HashPreCopy, false) => f.with(Severity::Ok, "not needed: content-addressed pre-copy works without it"),

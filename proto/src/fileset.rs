@@ -84,6 +84,105 @@ impl NameCheck {
     }
 }
 
+/// What [`FileSetDecoder`] found in the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileEvent<'a> {
+    /// A file begins: `len` bytes of data events follow.
+    Start { name: &'a str, len: u64 },
+    Data(&'a [u8]),
+    /// The current file is complete.
+    EndFile,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileSetStreamError {
+    #[error("bad file entry: {0}")]
+    Frame(#[from] crate::frame::FrameError),
+    #[error(transparent)]
+    Name(#[from] FileSetError),
+    #[error("{0} bytes follow the end of the file set")]
+    AfterEnd(usize),
+    #[error("the file set stream ended early (inside a file or before its End entry)")]
+    Unfinished,
+    #[error("{0}")]
+    Sink(String),
+}
+
+/// Reads a file set from a stream arriving in arbitrary slices, checking
+/// every name. Holds at most one entry header between calls.
+#[derive(Default)]
+pub struct FileSetDecoder {
+    head: Vec<u8>,
+    left: u64,
+    in_file: bool,
+    ended: bool,
+    names: NameCheck,
+}
+
+/// The largest encoded entry: a name of [`MAX_NAME`] bytes and its length.
+const MAX_ENTRY: usize = MAX_NAME + 32;
+
+impl FileSetDecoder {
+    pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(FileEvent<'_>) -> Result<(), String>) -> Result<(), FileSetStreamError> {
+        while !input.is_empty() {
+            if self.ended {
+                return Err(FileSetStreamError::AfterEnd(input.len()));
+            }
+            if self.in_file {
+                let take = (self.left.min(input.len() as u64)) as usize;
+                if take > 0 {
+                    sink(FileEvent::Data(&input[..take])).map_err(FileSetStreamError::Sink)?;
+                }
+                self.left -= take as u64;
+                input = &input[take..];
+                if self.left == 0 {
+                    self.in_file = false;
+                    sink(FileEvent::EndFile).map_err(FileSetStreamError::Sink)?;
+                }
+                continue;
+            }
+            let need = if self.head.len() < 4 {
+                4 - self.head.len()
+            } else {
+                let len = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize;
+                if len > MAX_ENTRY {
+                    return Err(crate::frame::FrameError::TooLarge { len, limit: MAX_ENTRY }.into());
+                }
+                4 + len - self.head.len()
+            };
+            let take = need.min(input.len());
+            self.head.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            let Some((entry, _)) = crate::frame::decode::<FileEntry>(&self.head)? else { continue };
+            self.head.clear();
+            match entry {
+                FileEntry::File { name, len } => {
+                    self.names.admit(&name)?;
+                    sink(FileEvent::Start { name: &name, len }).map_err(FileSetStreamError::Sink)?;
+                    if len == 0 {
+                        sink(FileEvent::EndFile).map_err(FileSetStreamError::Sink)?;
+                    } else {
+                        self.in_file = true;
+                        self.left = len;
+                    }
+                }
+                FileEntry::End => self.ended = true,
+                FileEntry::Invalid => return Err(crate::frame::FrameError::Invalid(FileEntry::NAME).into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Call at the end of the stream: it must have ended with `End`.
+    pub fn finish(&self) -> Result<(), FileSetStreamError> {
+        if self.ended {
+            Ok(())
+        } else {
+            Err(FileSetStreamError::Unfinished)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +203,67 @@ mod tests {
         c.admit("pages-1.img").unwrap();
         assert_eq!(c.admit("pages-1.img"), Err(FileSetError::Duplicate("pages-1.img".into())));
         assert!(c.admit("../x").is_err());
+    }
+
+    fn encode_set(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in files {
+            out.extend(crate::frame::encode(&FileEntry::File { name: name.to_string(), len: data.len() as u64 }).unwrap());
+            out.extend_from_slice(data);
+        }
+        out.extend(crate::frame::encode(&FileEntry::End).unwrap());
+        out
+    }
+
+    fn decode_set(wire: &[u8], step: usize) -> Result<Vec<(String, Vec<u8>)>, FileSetStreamError> {
+        let mut dec = FileSetDecoder::default();
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut open = false;
+        for chunk in wire.chunks(step) {
+            dec.feed(chunk, &mut |e| {
+                match e {
+                    FileEvent::Start { name, .. } => {
+                        assert!(!open);
+                        open = true;
+                        files.push((name.to_string(), Vec::new()));
+                    }
+                    FileEvent::Data(b) => files.last_mut().unwrap().1.extend_from_slice(b),
+                    FileEvent::EndFile => open = false,
+                }
+                Ok(())
+            })?;
+        }
+        dec.finish()?;
+        assert!(!open, "a file was left open");
+        Ok(files)
+    }
+
+    #[test]
+    fn file_sets_round_trip_whatever_the_slicing() {
+        let files = vec![("pages-1.img", vec![7u8; 10_000]), ("empty.img", vec![]), ("inventory.img", b"inv".to_vec())];
+        let wire = encode_set(&files);
+        for step in [1, 2, 5, 64, 4096, wire.len()] {
+            let got = decode_set(&wire, step).unwrap();
+            let want: Vec<(String, Vec<u8>)> = files.iter().map(|(n, d)| (n.to_string(), d.clone())).collect();
+            assert_eq!(got, want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn hostile_file_sets_are_refused() {
+        let traversal = encode_set(&[("../../etc/passwd", b"x".to_vec())]);
+        assert!(matches!(decode_set(&traversal, 7), Err(FileSetStreamError::Name(FileSetError::BadName(_)))));
+        let dup = encode_set(&[("a", b"1".to_vec()), ("a", b"2".to_vec())]);
+        assert!(matches!(decode_set(&dup, 7), Err(FileSetStreamError::Name(FileSetError::Duplicate(_)))));
+        let mut trailing = encode_set(&[("a", b"1".to_vec())]);
+        trailing.push(0);
+        assert!(matches!(decode_set(&trailing, 100), Err(FileSetStreamError::AfterEnd(1))));
+        let wire = encode_set(&[("a", vec![1; 100])]);
+        assert!(matches!(decode_set(&wire[..50], 10), Err(FileSetStreamError::Unfinished)));
+        assert!(matches!(decode_set(&[0xff, 0xff, 0xff, 0xff], 10), Err(FileSetStreamError::Frame(_))));
+        for n in 0..80u8 {
+            let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(91)).collect();
+            let _ = decode_set(&junk, 3);
+        }
     }
 }

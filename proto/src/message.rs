@@ -342,6 +342,10 @@ pub enum SourceMsg {
     /// Pre-copy round `round` (1, 2, ...) was sent on a data stream as a
     /// file set; store it, answer `RoundStored`.
     RoundSent { round: u32, digest: Digest },
+    /// Pre-copy: `rounds` rounds were sent and the freeze comes next;
+    /// prepare them for the restore, answer `RoundsPrepared`. Not downtime:
+    /// the container still runs.
+    RoundsDone { rounds: u32 },
     /// The checkpoint archive was sent on a data stream; here is its digest.
     /// Verify, restore, confirm.
     CheckpointSent(Digest),
@@ -360,6 +364,8 @@ pub enum TargetMsg {
     ImageLoaded,
     /// The round is verified and kept for the final restore.
     RoundStored { round: u32 },
+    /// The rounds are packed for the restore (`bytes` in all).
+    RoundsPrepared { bytes: u64 },
     /// The container runs here: the switchover point.
     Restored(RestoreInfo),
     Committed,

@@ -11,9 +11,11 @@
 //!    at the measured link rate: freeze now.
 //! 3. **Converged**: the last round wrote fewer than `min_pages` pages
 //!    (P.Haul stops under 64): freeze now.
-//! 4. **Not converging**: the last round is more than `max_growth_pct`
-//!    percent larger than the one before (P.Haul stops at +10 %): more
-//!    rounds will not help.
+//! 4. **Not converging**: the last round is not at least `min_shrink_pct`
+//!    percent smaller than the one before. P.Haul stops only when a round
+//!    *grows* by more than 10 %; that misses the worst case, a workload
+//!    writing faster than the link, where every round is all of memory and
+//!    rounds neither grow nor shrink (found by the simulation tests below).
 //! 5. **Max rounds**: `max_rounds` reached.
 //!
 //! Otherwise: another round. The function is pure; tests drive it with
@@ -32,9 +34,9 @@ pub struct PolicyConfig {
     pub max_downtime: Duration,
     pub max_rounds: u32,
     pub min_pages: u64,
-    /// Growth of a round over the previous one that stops iteration, in
-    /// percent (10 = 10 %).
-    pub max_growth_pct: u32,
+    /// How much smaller than the previous round a round must be for
+    /// iteration to go on, in percent (10 = at least 10 % fewer pages).
+    pub min_shrink_pct: u32,
     /// For the whole pre-copy phase, checked after every round's dump.
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
@@ -46,7 +48,7 @@ impl Default for PolicyConfig {
             max_downtime: Duration::from_millis(300),
             max_rounds: 8,
             min_pages: 64,
-            max_growth_pct: 10,
+            min_shrink_pct: 10,
             timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Cancel,
         }
@@ -105,7 +107,7 @@ impl std::fmt::Display for StopReason {
             StopReason::Converged { pages } => write!(f, "converged: the last round wrote only {pages} pages"),
             StopReason::NotConverging { previous_pages, pages } => write!(
                 f,
-                "not converging: the last round grew from {previous_pages} to {pages} pages (the container dirties memory faster than it is copied)"
+                "not converging: a round of {previous_pages} pages was followed by one of {pages} (the container writes memory nearly as fast as it is copied, or faster)"
             ),
             StopReason::MaxRounds { rounds } => write!(f, "reached the maximum of {rounds} rounds"),
             StopReason::Timeout => write!(f, "the pre-copy timeout expired"),
@@ -150,7 +152,7 @@ pub fn decide(cfg: &PolicyConfig, history: &[Round], link_bytes_per_sec: f64, el
             return Decision::Freeze(StopReason::Converged { pages: last.pages });
         }
         let prev = history[history.len() - 2];
-        if last.pages * 100 > prev.pages * (100 + cfg.max_growth_pct as u64) {
+        if last.pages * 100 > prev.pages * (100 - cfg.min_shrink_pct.min(100) as u64) {
             return Decision::Freeze(StopReason::NotConverging { previous_pages: prev.pages, pages: last.pages });
         }
     }
@@ -197,22 +199,25 @@ mod tests {
     }
 
     #[test]
-    fn growing_rounds_stop_iteration() {
+    fn rounds_that_do_not_shrink_stop_iteration() {
         let cfg = PolicyConfig::default();
-        let h = [round(256, 3000), round(100, 1000), round(115, 1100)];
-        assert_eq!(
-            decide(&cfg, &h, LINK, Duration::from_secs(6)),
-            Decision::Freeze(StopReason::NotConverging { previous_pages: 100 * 256, pages: 115 * 256 })
-        );
-        // Within 10 %: keep going.
-        let h = [round(256, 3000), round(100, 1000), round(105, 1000)];
+        for (prev, last) in [(100, 115), (100, 100), (100, 95)] {
+            let h = [round(256, 3000), round(prev, 1000), round(last, 1100)];
+            assert_eq!(
+                decide(&cfg, &h, LINK, Duration::from_secs(6)),
+                Decision::Freeze(StopReason::NotConverging { previous_pages: prev * 256, pages: last * 256 }),
+                "{prev} -> {last}"
+            );
+        }
+        // At least 10 % smaller: keep going.
+        let h = [round(256, 3000), round(100, 1000), round(90, 1000)];
         assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(6)), Decision::Continue);
     }
 
     #[test]
     fn max_rounds_caps_iteration() {
         let cfg = PolicyConfig { max_rounds: 3, ..Default::default() };
-        let h = [round(256, 3000), round(100, 1000), round(95, 1000)];
+        let h = [round(256, 3000), round(100, 1000), round(80, 1000)];
         assert_eq!(decide(&cfg, &h, LINK, Duration::from_secs(6)), Decision::Freeze(StopReason::MaxRounds { rounds: 3 }));
     }
 
@@ -233,6 +238,59 @@ mod tests {
     #[test]
     fn reasons_read_as_sentences() {
         let s = StopReason::NotConverging { previous_pages: 1, pages: 2 }.to_string();
-        assert!(s.contains("grew from 1 to 2 pages"), "{s}");
+        assert!(s.contains("a round of 1 pages was followed by one of 2"), "{s}");
+    }
+
+    /// Runs the policy against a simulated container: `pages` of memory,
+    /// `dirty` pages written per second (to distinct pages, capped at all of
+    /// memory), a link of `link` bytes per second and `overhead` per round
+    /// (the dump). Returns the rounds' page counts and the decision.
+    fn simulate(cfg: &PolicyConfig, pages: u64, dirty: f64, link: f64, overhead: f64) -> (Vec<u64>, Decision) {
+        let mut history = Vec::new();
+        let mut elapsed = 0.0;
+        let mut next = pages;
+        loop {
+            let secs = overhead + (next * 4096) as f64 / link;
+            elapsed += secs;
+            history.push(Round { pages: next, bytes: next * 4096, duration: Duration::from_secs_f64(secs) });
+            match decide(cfg, &history, link, Duration::from_secs_f64(elapsed)) {
+                Decision::Continue => next = ((dirty * secs) as u64).min(pages),
+                d => return (history.iter().map(|r| r.pages).collect(), d),
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_writer_converges_in_a_few_shrinking_rounds() {
+        // 256 MiB, 5 MiB/s written, 1 Gbit/s: rounds shrink by ~20x each.
+        let cfg = PolicyConfig::default();
+        let (rounds, d) = simulate(&cfg, 65_536, 1_280.0, 125e6, 0.2);
+        assert!(matches!(d, Decision::Freeze(StopReason::FitsDowntime { .. })), "{d:?} after {rounds:?}");
+        assert!(rounds.len() >= 2 && rounds.len() <= 4, "{rounds:?}");
+        assert!(rounds.windows(2).all(|w| w[1] < w[0]), "{rounds:?}");
+    }
+
+    #[test]
+    fn a_writer_faster_than_the_link_stops_early_instead_of_looping() {
+        // 1 GiB, written at 200 MiB/s over 100 Mbit/s: every round is all of memory.
+        let cfg = PolicyConfig::default();
+        let (rounds, d) = simulate(&cfg, 262_144, 51_200.0, 12.5e6, 0.2);
+        assert!(rounds.len() <= 3, "{rounds:?}");
+        assert!(matches!(d, Decision::Freeze(StopReason::NotConverging { .. } | StopReason::MaxRounds { .. })), "{d:?}");
+    }
+
+    #[test]
+    fn a_writer_near_the_link_rate_stops_when_rounds_stop_paying() {
+        // Rounds shrink by only 5 % each: freeze at once rather than crawl.
+        let link = 125e6;
+        let (rounds, d) = simulate(&PolicyConfig::default(), 65_536, 0.95 * link / 4096.0, link, 0.0);
+        assert!(matches!(d, Decision::Freeze(StopReason::NotConverging { .. })), "{d:?}");
+        assert_eq!(rounds.len(), 2, "{rounds:?}");
+        // Halving rounds go on until they fit, or up to max_rounds.
+        let (rounds, d) = simulate(&PolicyConfig::default(), 262_144, 0.5 * link / 4096.0, link, 0.0);
+        assert!(matches!(d, Decision::Freeze(StopReason::FitsDowntime { .. })), "{d:?} {rounds:?}");
+        let cfg = PolicyConfig { max_rounds: 3, ..Default::default() };
+        let (rounds, d) = simulate(&cfg, 262_144, 0.5 * link / 4096.0, link, 0.0);
+        assert_eq!(d, Decision::Freeze(StopReason::MaxRounds { rounds: 3 }), "{rounds:?}");
     }
 }

@@ -7,8 +7,9 @@
 //!     └── Ready{needs_image:false} ────────────────────────────▶ │   │ RoundSent{n = rounds+1}
 //!                                                                │   │ (pre-copy modes only)
 //!                                                                │───┘
-//!                                                                │ CheckpointSent
-//!                                                                ▼
+//!                  pre-copy: RoundsDone{rounds} ──▶ Prepared{rounds}
+//!                                                                │ CheckpointSent (stop-and-copy: from
+//!                                                                ▼ Staging{0}; hash-pre-copy: Staging{1})
 //!                                             Restored ──Commit──▶ Done
 //!   Abort from any state but Done ──▶ Done (everything staged or restored is removed)
 //! ```
@@ -25,6 +26,9 @@ pub enum TargetState {
     /// Taking pre-copy rounds (if the mode has them), then the checkpoint.
     /// `rounds` is how many rounds are stored so far.
     Staging { rounds: u32 },
+    /// Soft-dirty pre-copy: the rounds are packed for the restore; waiting
+    /// for the checkpoint.
+    Prepared { rounds: u32 },
     /// The container runs here; waiting for the source to commit.
     Restored,
     /// Committed or aborted: nothing more is accepted.
@@ -49,6 +53,8 @@ pub enum Action {
     LoadImage(Digest),
     /// Check round `round` against the digest, keep it, answer `RoundStored`.
     StoreRound { round: u32, digest: Digest },
+    /// Pack the `rounds` stored rounds for the restore, answer `RoundsPrepared`.
+    PrepareRounds { rounds: u32 },
     /// Check the checkpoint archive, restore (on top of the last of `rounds`
     /// stored rounds when there are any), confirm it runs, answer `Restored`.
     Restore { digest: Digest, rounds: u32 },
@@ -71,6 +77,7 @@ fn name(msg: &SourceMsg) -> String {
         SourceMsg::Invalid => "Invalid".into(),
         SourceMsg::ImageSent(_) => "ImageSent".into(),
         SourceMsg::RoundSent { round, .. } => format!("RoundSent({round})"),
+        SourceMsg::RoundsDone { rounds } => format!("RoundsDone({rounds})"),
         SourceMsg::CheckpointSent(_) => "CheckpointSent".into(),
         SourceMsg::Commit => "Commit".into(),
         SourceMsg::Abort { .. } => "Abort".into(),
@@ -86,12 +93,22 @@ pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetSt
         (Staging { rounds }, SourceMsg::RoundSent { round, digest }) if mode.has_rounds() && *round == rounds + 1 => {
             Ok((Staging { rounds: *round }, Action::StoreRound { round: *round, digest: *digest }))
         }
-        // Content-addressed pre-copy has exactly one round: the base.
-        (Staging { rounds }, SourceMsg::CheckpointSent(d)) if mode != Mode::HashPreCopy || rounds == 1 => {
-            Ok((Restored, Action::Restore { digest: *d, rounds }))
+        (Staging { rounds }, SourceMsg::RoundsDone { rounds: n }) if mode == Mode::PreCopy && *n == rounds && rounds > 0 => {
+            Ok((Prepared { rounds }, Action::PrepareRounds { rounds }))
+        }
+        (Prepared { rounds }, SourceMsg::CheckpointSent(d)) => Ok((Restored, Action::Restore { digest: *d, rounds })),
+        // Stop-and-copy has no rounds; content-addressed pre-copy exactly
+        // one, its base, which needs no preparing.
+        (Staging { rounds: 0 }, SourceMsg::CheckpointSent(d)) if mode == Mode::StopAndCopy => {
+            Ok((Restored, Action::Restore { digest: *d, rounds: 0 }))
+        }
+        (Staging { rounds: 1 }, SourceMsg::CheckpointSent(d)) if mode == Mode::HashPreCopy => {
+            Ok((Restored, Action::Restore { digest: *d, rounds: 1 }))
         }
         (Restored, SourceMsg::Commit) => Ok((Done, Action::Commit)),
-        (AwaitingImage | Staging { .. } | Restored, SourceMsg::Abort { reason }) => Ok((Done, Action::Abort(reason.clone()))),
+        (AwaitingImage | Staging { .. } | Prepared { .. } | Restored, SourceMsg::Abort { reason }) => {
+            Ok((Done, Action::Abort(reason.clone())))
+        }
         (state, msg) => Err(UnexpectedMessage { state, mode, message: name(msg) }),
     }
 }
@@ -129,6 +146,12 @@ mod tests {
             assert_eq!(a, Action::StoreRound { round: n, digest: digest() });
             s = next;
         }
+        // The checkpoint needs the rounds prepared first.
+        assert!(step(m, s, &SourceMsg::CheckpointSent(digest())).is_err());
+        assert!(step(m, s, &SourceMsg::RoundsDone { rounds: 2 }).is_err(), "the count must match");
+        let (s, a) = step(m, s, &SourceMsg::RoundsDone { rounds: 3 }).unwrap();
+        assert_eq!(a, Action::PrepareRounds { rounds: 3 });
+        assert!(step(m, s, &round(4)).is_err(), "no rounds after RoundsDone");
         let (_, a) = step(m, s, &SourceMsg::CheckpointSent(digest())).unwrap();
         assert_eq!(a, Action::Restore { digest: digest(), rounds: 3 });
         // A round out of order, repeated, or after zero is refused.
@@ -145,11 +168,14 @@ mod tests {
         let h = Mode::HashPreCopy;
         assert!(step(h, TargetState::Staging { rounds: 0 }, &SourceMsg::CheckpointSent(digest())).is_err());
         assert!(step(h, TargetState::Staging { rounds: 1 }, &SourceMsg::CheckpointSent(digest())).is_ok());
+        assert!(step(h, TargetState::Staging { rounds: 1 }, &SourceMsg::RoundsDone { rounds: 1 }).is_err());
+        let s = Mode::StopAndCopy;
+        assert!(step(s, TargetState::Staging { rounds: 0 }, &SourceMsg::RoundsDone { rounds: 0 }).is_err());
     }
 
     #[test]
     fn abort_is_legal_until_done() {
-        for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 2 }, TargetState::Restored] {
+        for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 2 }, TargetState::Prepared { rounds: 2 }, TargetState::Restored] {
             let (next, a) = step(Mode::PreCopy, s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
             assert_eq!((next, a), (TargetState::Done, Action::Abort("x".into())));
         }

@@ -2,7 +2,8 @@
  * tern's test workload: holds N MiB of written, incompressible memory,
  * dirties R MiB of it per second (one byte per page, cycling through the
  * pages), and writes a tick counter to /count ten times a second so that
- * continuity can be checked after a migration.
+ * continuity can be checked after a migration (written to /count.new and
+ * renamed, so a reader never sees a half-written value).
  *
  *   memhog MIB [DIRTY_MIB_PER_S]
  */
@@ -50,10 +51,11 @@ int main(int argc, char **argv) {
             budget -= 1.0;
         }
         ticks++;
-        FILE *f = fopen("/count", "w");
+        FILE *f = fopen("/count.new", "w");
         if (f) {
             fprintf(f, "%llu\n", ticks);
             fclose(f);
+            rename("/count.new", "/count");
         }
     }
 }

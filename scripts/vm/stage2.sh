@@ -16,6 +16,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 cd "$repo" || exit 1
 echo "stage2: kernel $(uname -r); running /tern-out/cmd"
 echo 1 > /tern-out/rc
+[ -f /tern-out/env ] && . /tern-out/env
 { sh -e /tern-out/cmd; echo $? > /tern-out/rc; } 2>&1 | tee /tern-out/log
 sync
 /bin/busybox poweroff -f

@@ -197,3 +197,19 @@ pub fn restart_agent(host: &str, extra: &str) -> Result<()> {
     ok(lab(&["agent-restart", host]).env(var, extra))?;
     Ok(())
 }
+
+/// A memhog container: `mib` MiB of written memory, `dirty` MiB/s of it
+/// rewritten, a tick counter in /count. Waits until it ticks (all its
+/// memory is written by then).
+pub fn start_memhog(host: &str, name: &str, mib: u32, dirty: u32) -> Result<()> {
+    let _ = run(&mut podman(host, &["rm", "-f", "-t", "0", name]));
+    ok(&mut podman(host, &["run", "-d", "--name", name, IMAGE, "memhog", &mib.to_string(), &dirty.to_string()]))?;
+    count_reaches(host, name, 3)?;
+    Ok(())
+}
+
+/// Every host's `tern hosts --json` entry.
+pub fn hosts() -> Result<Vec<Value>> {
+    let r = tern_json(&["hosts"])?;
+    Ok(r.json.as_array().cloned().unwrap_or_default())
+}

@@ -2,29 +2,39 @@
 //! One function per scenario; thin `#[test]` wrappers call them.
 
 use anyhow::{ensure, Result};
+use serde_json::Value;
 use std::time::Duration;
 use tern_tests::*;
-
-
 
 /// Migrates `name` from `from` to `to` and checks everything a user would:
 /// exit 0, the report's figures, the counter continuing, PIDs and IP equal,
 /// gone from the source.
 fn migrate_and_verify(name: &str, from: &str, to: &str) -> Result<serde_json::Value> {
+    migrate_and_verify_with(name, from, to, &[], "stop-and-copy")
+}
+
+/// [`migrate_and_verify`] with extra `tern migrate` flags and the mode the
+/// report must name.
+fn migrate_and_verify_with(name: &str, from: &str, to: &str, flags: &[&str], mode: &str) -> Result<serde_json::Value> {
     let before_pids = top(from, name)?;
     let before_ip = ip(from, name)?;
     let c0 = count(from, name)?;
-    let r = tern_json(&["migrate", name, "--to", to])?;
+    let mut args = vec!["migrate", name, "--to", to];
+    args.extend_from_slice(flags);
+    let r = tern_json(&args)?;
     ensure!(r.code == 0, "tern migrate failed: {}", r.all);
     let j = &r.json;
     ensure!(j["outcome"] == "completed", "{j}");
-    ensure!(j["mode"] == "stop-and-copy", "{j}");
+    ensure!(j["mode"] == mode, "{j}");
     for key in ["downtime_ms", "total_ms", "bytes_on_wire", "checkpoint_bytes"] {
         ensure!(j[key].as_u64().is_some_and(|v| v > 0), "{key} missing or zero in {j}");
     }
     ensure!(j["downtime_ms"].as_u64() <= j["total_ms"].as_u64(), "{j}");
     ensure!(j["bytes_on_wire"].as_u64() >= j["checkpoint_bytes"].as_u64(), "{j}");
     let phases: Vec<&str> = j["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    if mode != "stop-and-copy" {
+        ensure!(phases.contains(&"pre-copy"), "phase pre-copy missing in {phases:?}");
+    }
     for p in ["prepare", "checkpoint", "verify", "restore", "cleanup"] {
         ensure!(phases.contains(&p), "phase {p} missing in {phases:?}");
     }
@@ -86,7 +96,8 @@ fn scenario_rollback(fault: &str, expect_in_message: &str) -> Result<()> {
     Ok(())
 }
 
-/// A refusal before the freeze: exit 3, the container untouched.
+/// A refusal before the freeze: exit 3, the container untouched. A
+/// refusal on dirty tracking is asked for with `--mode pre-copy`.
 fn scenario_refusal(prepare: impl FnOnce(&str) -> Result<()>, expect_field: &str) -> Result<()> {
     let name = "e2e-refused";
     remove_everywhere(name);
@@ -95,7 +106,11 @@ fn scenario_refusal(prepare: impl FnOnce(&str) -> Result<()>, expect_field: &str
     let pids = top("client1", name)?;
     let started = inspect("client1", name)?.unwrap()["State"]["StartedAt"].clone();
     prepare(name)?;
-    let r = tern_json(&["migrate", name, "--to", "client2"]);
+    let mut args = vec!["migrate", name, "--to", "client2"];
+    if expect_field == "dirty tracking" {
+        args.extend(["--mode", "pre-copy"]);
+    }
+    let r = tern_json(&args);
     restart_agent("client2", "")?;
     let _ = run(&mut podman("client2", &["rm", "-f", "-t", "0", name]));
     let r = r?;
@@ -164,6 +179,27 @@ fn refused_when_name_taken_on_target() {
 fn refused_when_target_criu_is_older() {
     let _lab = lab_guard();
     scenario_refusal(|_| restart_agent("client2", "[facts_override]\ncriu_version = \"3.0.0\""), "criu").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn refused_pre_copy_without_soft_dirty_names_the_host_and_why() {
+    let _lab = lab_guard();
+    // Whatever this kernel has, client2 says it lacks soft-dirty.
+    let detail = "no soft-dirty memory tracking: criu check says \\\"Dirty tracking is OFF\\\"";
+    let over = format!("[facts_override]\ndirty_tracking = {{ supported = false, detail = \"{detail}\" }}");
+    scenario_refusal(|_| restart_agent("client2", &over), "dirty tracking").unwrap_or_else(|e| panic!("{e:#}"));
+    // The default mode then says pre-copy is unavailable, and why.
+    let name = "e2e-refused";
+    start_counter("client1", name).unwrap();
+    restart_agent("client2", &over).unwrap();
+    let r = tern_json(&["check", name, "--to", "client2"]);
+    restart_agent("client2", "").unwrap();
+    let r = r.unwrap();
+    assert_eq!(r.json["mode"], "stop-and-copy", "{}", r.all);
+    let note = r.json["mode_note"].as_str().unwrap();
+    assert!(note.contains("pre-copy is unavailable") && note.contains("client2") && note.contains("Dirty tracking is OFF"), "{note}");
+    remove_everywhere(name);
 }
 
 #[test]
@@ -258,4 +294,92 @@ fn scenario_tcp_established() -> Result<()> {
 fn tcp_connection_survives_with_tcp_established() {
     let _lab = lab_guard();
     scenario_tcp_established().unwrap();
+}
+
+/// The figures every pre-copy report must carry, per round.
+fn check_rounds(j: &Value) -> Result<Vec<Value>> {
+    let rounds = j["rounds"].as_array().cloned().unwrap_or_default();
+    for r in &rounds {
+        for key in ["round", "pages", "bytes", "duration_ms", "dump_ms", "frozen_ms", "transfer_ms", "dirty_pages_per_s"] {
+            ensure!(r[key].is_u64(), "round figure {key} missing in {r}");
+        }
+        ensure!(r["bytes"].as_u64() > Some(0) && r["pages"].as_u64() > Some(0), "an empty round: {r}");
+    }
+    ensure!(j["stop_reason"].as_str().is_some_and(|s| !s.is_empty()), "no stop_reason in {j}");
+    Ok(rounds)
+}
+
+/// Content-addressed pre-copy, on any kernel: a full dump ships while the
+/// container runs; at the freeze most pages are already on the target.
+fn scenario_hash_pre_copy() -> Result<()> {
+    let name = "e2e-hash";
+    remove_everywhere(name);
+    start_memhog("client1", name, 64, 2)?;
+    let j = migrate_and_verify_with(name, "client1", "client2", &["--mode", "hash-pre-copy"], "hash-pre-copy")?;
+    let rounds = check_rounds(&j)?;
+    ensure!(rounds.len() == 1, "one base round expected: {j}");
+    let (ckpt, saved) = (j["checkpoint_bytes"].as_u64().unwrap(), j["saved_bytes"].as_u64().unwrap());
+    // 64 MiB written, 2 MiB/s rewritten for a few seconds: most pages reused.
+    ensure!(saved > ckpt / 2, "only {saved} of {ckpt} checkpoint bytes were reused: {j}");
+    let base = rounds[0]["bytes"].as_u64().unwrap();
+    let wire = j["bytes_on_wire"].as_u64().unwrap();
+    ensure!(wire < base + ckpt - saved / 2, "the final dump did not shrink on the wire: {wire} bytes for base {base}, archive {ckpt}, saved {saved}");
+    eprintln!("hash-pre-copy: base {base} bytes, archive {ckpt}, {saved} reused, {wire} on the wire, downtime {} ms", j["downtime_ms"]);
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn hash_pre_copy_sends_only_changed_pages() {
+    let _lab = lab_guard();
+    scenario_hash_pre_copy().unwrap();
+}
+
+/// Iterative pre-copy with soft-dirty tracking (the qemu tier: this
+/// machine's kernel has none, and the test fails rather than pass
+/// vacuously where it is missing): at least two rounds, a final dump much
+/// smaller than the first round, the counter continuing, the figures in the
+/// report; then back again.
+fn scenario_precopy() -> Result<()> {
+    for h in hosts()? {
+        ensure!(
+            h["facts"]["dirty_tracking"]["supported"] == true,
+            "{} has no soft-dirty tracking ({}); run this test in the soft-dirty tier (scripts/softdirty-tier.sh)",
+            h["name"],
+            h["facts"]["dirty_tracking"]["detail"]
+        );
+    }
+    let name = "e2e-precopy";
+    remove_everywhere(name);
+    start_memhog("client1", name, 64, 1)?;
+    // Emulation makes the link slow (a few MiB/s): allow the final dump a
+    // larger transfer time, and bound the rounds.
+    let flags = ["--mode", "pre-copy", "--max-rounds", "4", "--max-downtime", "2s"];
+    let j = migrate_and_verify_with(name, "client1", "client2", &flags, "pre-copy")?;
+    let rounds = check_rounds(&j)?;
+    ensure!(rounds.len() >= 2, "at least two rounds expected: {j}");
+    let first = rounds[0]["pages"].as_u64().unwrap();
+    let last = rounds.last().unwrap()["pages"].as_u64().unwrap();
+    let final_pages = j["final_pages"].as_u64().unwrap();
+    ensure!(first >= 16_000, "the first round must hold all 64 MiB: {first} pages");
+    ensure!(final_pages > 0 && final_pages * 4 < first, "the final dump ({final_pages} pages) is not much smaller than the first round ({first})");
+    ensure!(last < first, "rounds did not shrink: {first} then {last}");
+    eprintln!(
+        "pre-copy: rounds {:?} pages, final {final_pages} pages, downtime {} ms, stop: {}",
+        rounds.iter().map(|r| r["pages"].as_u64().unwrap()).collect::<Vec<_>>(),
+        j["downtime_ms"],
+        j["stop_reason"]
+    );
+    // And back: the rounds of a restored container chain as well.
+    migrate_and_verify_with(name, "client2", "client1", &flags, "pre-copy")?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the soft-dirty tier: run scripts/softdirty-tier.sh"]
+fn precopy_rounds_shrink_and_the_counter_carries_on() {
+    let _lab = lab_guard();
+    scenario_precopy().unwrap();
 }

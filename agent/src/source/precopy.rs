@@ -9,6 +9,17 @@
 //!   whose parent is the previous round, so it holds only the pages written
 //!   since. The final dump (Podman's `--with-previous`) sits on top of the
 //!   last round through the container's `pre-checkpoint` link.
+//!
+//!   Every link in the chain is relative and the rounds live inside the
+//!   container's own folder: CRIU follows `parent` from inside the
+//!   restored task's mount namespace, where an absolute path outside the
+//!   container does not exist ("Can't open parent path").
+//!
+//!   ```text
+//!   <container dir>/checkpoint/parent -> ../pre-checkpoint     (Podman's)
+//!   <container dir>/pre-checkpoint    -> tern-precopy/3        (ours)
+//!   <container dir>/tern-precopy/3/parent -> ../2, 2/parent -> ../1
+//!   ```
 //! * **hash-pre-copy** (content-addressed): one full dump that leaves the
 //!   container running; its pages files are shipped and hashed into a
 //!   [`PageIndex`], against which the final archive is delta-encoded.
@@ -88,7 +99,18 @@ impl Run<'_> {
         let mode = self.req.options.mode;
         let policy = self.req.options.policy.clone();
         self.enter(p, "copying memory while the container runs");
-        let rounds_dir = self.work_dir.join("rounds");
+        // Soft-dirty rounds must sit where the final dump's chain can reach
+        // them by relative links; the hash base is only read by tern.
+        let rounds_dir = match mode {
+            Mode::PreCopy => {
+                let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+                let dir = cdir.join(crate::PRECOPY_DIR);
+                let _ = tokio::fs::remove_dir_all(&dir).await; // a previous attempt's
+                self.precopy_dir = Some(dir.clone());
+                dir
+            }
+            _ => self.work_dir.join("rounds"),
+        };
         let started = Instant::now();
         let mut history: Vec<Round> = Vec::new();
         let mut index = (mode == Mode::HashPreCopy).then(PageIndex::default);
@@ -177,13 +199,22 @@ impl Run<'_> {
         };
         tracing::info!(rounds = n, %stop, "pre-copy stops");
         self.stop_reason = Some(stop.to_string());
+        if mode == Mode::PreCopy {
+            self.progress(p, 0, &format!("the target packs the {n} rounds for the restore"));
+            write_frame(send, &SourceMsg::RoundsDone { rounds: n }).await.map_err(|e| Fail::new(p, e))?;
+            match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
+                TargetMsg::RoundsPrepared { .. } => {}
+                TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
+                other => return Err(Fail::new(p, self.session().unexpected("RoundsPrepared", &other))),
+            }
+        }
         self.leave(p);
         Ok(Precopied { rounds: n, last_dir: rounds_dir.join(n.to_string()), index })
     }
 
-    /// Points the container's `pre-checkpoint` at the last round, so that
-    /// Podman's `--with-previous` dump (and a local rollback restore) follow
-    /// the chain of rounds.
+    /// Points the container's `pre-checkpoint` at the last round (a
+    /// relative link), so that Podman's `--with-previous` dump and a local
+    /// rollback restore follow the chain of rounds.
     pub(super) async fn link_pre_checkpoint(&mut self, info: &ContainerInfo, last_dir: &Path) -> Result<(), Fail> {
         let p = Phase::PreCopy;
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
@@ -200,9 +231,12 @@ impl Run<'_> {
             }
             Err(_) => {}
         }
-        tokio::fs::symlink(last_dir, &link)
+        let relative = last_dir.strip_prefix(&cdir).map_err(|_| {
+            Fail::new(p, format!("the last round {} is not inside the container's folder {}", last_dir.display(), cdir.display()))
+        })?;
+        tokio::fs::symlink(relative, &link)
             .await
-            .map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), last_dir.display())))?;
+            .map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), relative.display())))?;
         self.pre_link = Some(link);
         Ok(())
     }
