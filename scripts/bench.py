@@ -99,6 +99,17 @@ def _workloads():
 
 
 WORKLOADS = _workloads()
+# Any other size and rate can be named on the command line: 512MiB@20MiB/s.
+CUSTOM = re.compile(r"^(\d+)(MiB|GiB)@(\d+)MiB/s$")
+
+
+def add_custom_workloads(values):
+    for v in values or []:
+        for x in v.split(","):
+            m = CUSTOM.match(x.strip())
+            if m and x.strip() not in WORKLOADS:
+                mib = int(m.group(1)) * (1024 if m.group(2) == "GiB" else 1)
+                WORKLOADS[x.strip()] = ["memhog", str(mib), m.group(3)]
 QUICK = {"workloads": ["256MiB@20MiB/s"], "links": ["1gbit"], "runs": 3}
 
 
@@ -463,6 +474,7 @@ def run_tern(mode, workload, opts):
     agents = {h: agent_pid(h) for h in (SRC, DST)}
     offsets = {h: log_size(h) for h in (SRC, DST)}
     cmd = [TERN, "migrate", NAME, "--inventory", INVENTORY, "--to", DST, "--mode", mode, "--compress", opts.compress, "--json"]
+    cmd += shlex.split(opts.tern_args or "")
     before = read_count(pid)
     if before is None:
         raise RunError(f"cannot read /count of {NAME} on {SRC}")
@@ -665,7 +677,8 @@ def parse_args(argv):
     ap.add_argument("--runs", type=int, help="repeats per (workload, link, method); default 3")
     ap.add_argument("--methods", action="append", metavar="M[,M...]",
                     help=f"default: all ({', '.join(METHODS)}); pre-copy only where soft-dirty exists")
-    ap.add_argument("--workload", action="append", metavar="W[,W...]", help=f"default: all ({', '.join(WORKLOADS)})")
+    ap.add_argument("--tern-args", metavar="ARGS", help="extra `tern migrate` flags, e.g. \"--max-rounds 4 --max-downtime 2s\"")
+    ap.add_argument("--workload", action="append", metavar="W[,W...]", help=f"default: all ({', '.join(WORKLOADS)}); any NMiB@RMiB/s too")
     ap.add_argument("--link", action="append", metavar="L[,L...]", help=f"default: all ({', '.join(LINKS)})")
     ap.add_argument("--compress", choices=["none", "zstd"], default="none", help="tern's --compress (default none)")
     ap.add_argument("--json", metavar="FILE", help="write every successful run as one object of a JSON array")
@@ -689,6 +702,7 @@ def main(argv):
             chart(rows, opts.chart)
         return 0
 
+    add_custom_workloads(opts.workload)
     workloads = split_list(opts.workload, list(WORKLOADS), "workload") or (
         QUICK["workloads"] if opts.quick else list(WORKLOADS))
     links = split_list(opts.link, list(LINKS), "link") or (QUICK["links"] if opts.quick else list(LINKS))

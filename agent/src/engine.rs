@@ -36,19 +36,9 @@ pub struct CheckpointOpts {
     /// Dump on top of the container's `pre-checkpoint` folder (Podman's
     /// `--with-previous`): only pages written since it are dumped.
     pub with_previous: bool,
-}
-
-/// A dump taken while the container keeps running, into a folder of CRIU
-/// images, driven through the OCI runtime (Podman keeps one level only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunningDump {
-    /// A soft-dirty pre-dump: memory only. With a parent (a path relative to
-    /// the image folder, as runc requires), only the pages written since
-    /// the parent's dump.
-    PreDump { parent: Option<String> },
-    /// A full dump that leaves the container running (no soft-dirty needed);
-    /// the container is paused for the dump's duration.
-    Full { tcp_established: bool },
+    /// The container goes on running after the dump (Podman's
+    /// `--leave-running`); it is paused only while CRIU dumps.
+    pub leave_running: bool,
 }
 
 /// What the agent needs from the container engine.
@@ -74,8 +64,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Restores a container from an exported archive; with `previous`, on
     /// top of that pre-checkpoint archive (Podman's `--import-previous`).
     async fn restore_import(&self, path: &Path, previous: Option<&Path>, opts: CheckpointOpts) -> Result<()>;
-    /// Dumps the running container `id` into `dir` and leaves it running.
-    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<()>;
+    /// A soft-dirty pre-dump of the running container `id` into `dir`
+    /// (memory only; it goes on running), through the OCI runtime since
+    /// Podman keeps one pre-checkpoint level only. With `parent` (a path
+    /// relative to `dir`, as runc requires) it holds only the pages written
+    /// since the parent's dump.
+    async fn pre_dump(&self, id: &str, dir: &Path, parent: Option<&str>) -> Result<()>;
     /// The container's own folder (Podman's `StaticDir`, "userdata"), where
     /// its checkpoint and pre-checkpoint live.
     async fn container_dir(&self, name: &str) -> Result<std::path::PathBuf>;
@@ -211,27 +205,19 @@ impl Engine for PodmanCli {
         if opts.with_previous {
             args.push("--with-previous");
         }
+        if opts.leave_running {
+            args.push("--leave-running");
+        }
         args.push(name);
         self.run(&args, SLOW).await.map(drop)
     }
 
-    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<()> {
+    async fn pre_dump(&self, id: &str, dir: &Path, parent: Option<&str>) -> Result<()> {
         let d = dir.to_string_lossy();
         // The work path holds CRIU's log and statistics next to the images.
-        let mut args = vec!["checkpoint", "--image-path", &d, "--work-path", &d];
-        match kind {
-            RunningDump::PreDump { parent } => {
-                args.push("--pre-dump");
-                if let Some(p) = parent {
-                    args.extend(["--parent-path", p.as_str()]);
-                }
-            }
-            RunningDump::Full { tcp_established } => {
-                args.push("--leave-running");
-                if *tcp_established {
-                    args.push("--tcp-established");
-                }
-            }
+        let mut args = vec!["checkpoint", "--pre-dump", "--image-path", &d, "--work-path", &d];
+        if let Some(p) = parent {
+            args.extend(["--parent-path", p]);
         }
         args.push(id);
         self.exec(&self.runc, &self.runc_args, &args, SLOW).await.map_err(|e| match e {

@@ -321,6 +321,7 @@ impl Run<'_> {
             // Deduplication needs the pages as CRIU wrote them.
             zstd: self.req.options.compress == Compression::Zstd && index.is_none(),
             with_previous: mode == Mode::PreCopy && base.is_some(),
+            leave_running: false,
         };
         self.frozen_at = Some(Instant::now());
         let engine = self.agent.engine.clone();
@@ -345,7 +346,11 @@ impl Run<'_> {
             let done = done.clone();
             async move {
                 let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
-                transfer::send_encoded(&conn, &header, reader, &done, index, &cancel).await
+                let encoding = match index {
+                    Some(ix) => transfer::Encoding::Delta(ix),
+                    None => transfer::Encoding::Raw,
+                };
+                transfer::send_encoded(&conn, &header, reader, &done, encoding, &cancel).await
             }
         };
         // The FIFO is drained whatever happens, so Podman can finish and the

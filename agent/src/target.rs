@@ -11,7 +11,7 @@
 //!    image.tar                 the image, when shipped
 //!    pre-checkpoint.tar        soft-dirty rounds, appended as they arrive, for Podman's
 //!                              --import-previous (below); closed by RoundsDone
-//!    rounds/1/                 content-addressed pre-copy's base (its pages files)
+//!    base.tar                  content-addressed pre-copy's base archive
 //!    checkpoint.tar            the final archive (rebuilt from deltas in hash mode)
 //! ```
 //!
@@ -168,7 +168,7 @@ impl Target<'_> {
             state = next;
             let reply = match action {
                 Action::LoadImage(d) => self.load_image(&inbox, d).await,
-                Action::StoreRound { round, digest } => match self.verified(&inbox, DataKind::Round(round), digest).await {
+                Action::StoreRound { round, digest } => match self.verified(&inbox, round_kind(mode, round), digest).await {
                     Ok(_) => TargetMsg::RoundStored { round },
                     Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
                 },
@@ -344,9 +344,8 @@ impl Target<'_> {
 /// to `inbox`.
 async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, staging: PathBuf, faults: ReceiveFaults, inbox: Arc<Inbox>) {
     let done = Arc::new(AtomicU64::new(0));
-    // The file names of each stored round, in the order they came: the page
-    // numbering of content-addressed pre-copy follows it.
-    let mut round_names: HashMap<u32, Vec<String>> = HashMap::new();
+    // Where the base's pages sit in base.tar (content-addressed pre-copy).
+    let mut base_pages: Option<Arc<PageStore>> = None;
     loop {
         let Ok(mut recv) = conn.accept_uni().await else { break };
         let header = match transfer::accept_header(&mut recv).await {
@@ -369,22 +368,27 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
                 let path = staging.join("checkpoint.tar");
                 transfer::receive(recv, &path, done.clone(), faults).await.map(|d| (path, d)).map_err(|e| e.to_string())
             }
-            DataKind::Round(n) if mode.has_rounds() && (1..=10_000).contains(&n) => {
-                receive_round(recv, &staging, n, mode, done.clone()).await.map(|(dir, d, names)| {
-                    round_names.insert(n, names);
-                    (dir, d)
-                })
+            DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
+                receive_round(recv, &staging, n, done.clone()).await
             }
-            DataKind::CheckpointDelta { base } if mode == Mode::HashPreCopy => {
+            DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
+                let path = staging.join("base.tar");
+                match transfer::receive_base(recv, &path, done.clone()).await {
+                    Ok((d, offsets)) => {
+                        base_pages = Some(Arc::new(PageStore::new(&path, offsets)));
+                        Ok((path, d))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => {
                 let path = staging.join("checkpoint.tar");
-                let dir = staging.join("rounds").join(base.to_string());
-                match round_names.get(&base).map(|names| PageStore::open(&dir, names)) {
-                    Some(Ok(store)) => transfer::receive_delta(recv, &path, Arc::new(store), done.clone())
+                match &base_pages {
+                    Some(store) => transfer::receive_delta(recv, &path, store.clone(), done.clone())
                         .await
                         .map(|d| (path, d))
                         .map_err(|e| e.to_string()),
-                    Some(Err(e)) => Err(format!("opening the base round {base}: {e}")),
-                    None => Err(format!("the delta refers to round {base}, which never arrived")),
+                    None => Err("the delta refers to a base that never arrived".into()),
                 }
             }
             other => {
@@ -401,24 +405,18 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
     inbox.close();
 }
 
-/// Stores round `n`: soft-dirty rounds straight into the archive for the
-/// restore, the hash base as files the page store reads.
-async fn receive_round(
-    recv: quinn::RecvStream,
-    staging: &Path,
-    n: u32,
-    mode: Mode,
-    done: Arc<AtomicU64>,
-) -> Result<(PathBuf, Digest, Vec<String>), String> {
-    let (at, target) = if mode == Mode::PreCopy {
-        let path = staging.join(PRE_CHECKPOINT_TAR);
-        (path.clone(), transfer::FileSetTarget::TarAppend { path, prefix: format!("{}/{n}", crate::PRECOPY_DIR) })
-    } else {
-        let dir = staging.join("rounds").join(n.to_string());
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        (dir.clone(), transfer::FileSetTarget::Dir(dir))
-    };
-    let (digest, names) = transfer::receive_fileset(recv, target, done).await.map_err(|e| e.to_string())?;
-    Ok((at, digest, names))
+/// Appends soft-dirty round `n` to the archive for the restore.
+async fn receive_round(recv: quinn::RecvStream, staging: &Path, n: u32, done: Arc<AtomicU64>) -> Arrived {
+    let path = staging.join(PRE_CHECKPOINT_TAR);
+    let target = transfer::FileSetTarget::TarAppend { path: path.clone(), prefix: format!("{}/{n}", crate::PRECOPY_DIR) };
+    let (digest, _) = transfer::receive_fileset(recv, target, done).await.map_err(|e| e.to_string())?;
+    Ok((path, digest))
+}
+
+/// The data stream a round arrives on.
+fn round_kind(mode: Mode, round: u32) -> DataKind {
+    match mode {
+        Mode::HashPreCopy => DataKind::Base,
+        _ => DataKind::Round(round),
+    }
 }

@@ -3,7 +3,7 @@
 //! checkpoint), file sets (pre-copy rounds) and delta-encoded archives
 //! (content-addressed pre-copy).
 
-use crate::pages::{is_pages_file, PageIndex, PageStore};
+use crate::pages::{PageIndex, PageOffsets, PageStore};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,12 +58,23 @@ pub async fn send<R: AsyncRead + Unpin>(
     reader: R,
     done: &AtomicU64,
 ) -> Result<Digest, TransferError> {
-    send_encoded(conn, header, reader, done, None, &CancellationToken::new()).await.map(|(d, _)| d)
+    send_encoded(conn, header, reader, done, Encoding::Raw, &CancellationToken::new()).await.map(|(d, _)| d)
 }
 
-/// [`send`], but as delta records against the base pages in `index` when
-/// given: pages the target holds are replaced by their numbers. The digest
-/// is the original archive's, as the target rebuilds it.
+/// How [`send_encoded`] treats the bytes it reads.
+pub enum Encoding<'a> {
+    /// As they are.
+    Raw,
+    /// As they are, and cut into pages hashed into the index (the base of
+    /// content-addressed pre-copy).
+    Index(&'a mut PageIndex),
+    /// As delta records: pages the index holds go as their numbers.
+    Delta(&'a PageIndex),
+}
+
+/// [`send`], with an [`Encoding`]. With `Encoding::Delta`, pages the target
+/// holds are replaced by their numbers; the digest is still the original
+/// archive's, as the target rebuilds it.
 ///
 /// When `stop` fires the stream is reset at once and the rest of the reader
 /// is drained without sending: Podman finishes writing the checkpoint
@@ -74,11 +85,14 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     header: &DataHeader,
     mut reader: R,
     done: &AtomicU64,
-    index: Option<&PageIndex>,
+    mut encoding: Encoding<'_>,
     stop: &CancellationToken,
 ) -> Result<(Digest, DeltaStats), TransferError> {
     let mut stream = open(conn, header).await;
-    let mut encoder = index.map(|ix| (DeltaEncoder::default(), ix));
+    let mut encoder = match &encoding {
+        Encoding::Delta(ix) => Some((DeltaEncoder::default(), *ix)),
+        _ => None,
+    };
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -111,6 +125,9 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
         }
         hasher.update(&buf[..n]);
         total += n as u64;
+        if let Encoding::Index(ix) = &mut encoding {
+            ix.add(&buf[..n]);
+        }
         match &mut encoder {
             None => write(&mut stream, &buf[..n]).await,
             Some((enc, ix)) => {
@@ -135,15 +152,13 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
 }
 
 /// Sends the regular files `names` of `dir` as a file set
-/// ([`tern_proto::fileset`]). With `index`, the pages files are hashed into
-/// it as they pass (the base of content-addressed pre-copy).
+/// ([`tern_proto::fileset`]).
 pub async fn send_fileset(
     conn: &quinn::Connection,
     header: &DataHeader,
     dir: &Path,
     names: &[String],
     done: &AtomicU64,
-    mut index: Option<&mut PageIndex>,
 ) -> Result<Digest, TransferError> {
     let mut stream = open(conn, header).await.map_err(TransferError::Send)?;
     let mut hasher = blake3::Hasher::new();
@@ -156,7 +171,6 @@ pub async fn send_fileset(
         let entry = frame::encode(&FileEntry::File { name: name.clone(), len }).map_err(|e| send_err(&e))?;
         hasher.update(&entry);
         stream.write_all(&entry).await.map_err(|e| send_err(&e))?;
-        let pages = index.is_some() && is_pages_file(name);
         let mut left = len;
         while left > 0 {
             let want = (left.min(CHUNK as u64)) as usize;
@@ -165,18 +179,10 @@ pub async fn send_fileset(
                 return Err(TransferError::Read(std::io::Error::other(format!("{name} shrank while it was sent"))));
             }
             hasher.update(&buf[..n]);
-            if pages {
-                if let Some(ix) = index.as_deref_mut() {
-                    ix.add(&buf[..n]);
-                }
-            }
             stream.write_all(&buf[..n]).await.map_err(|e| send_err(&e))?;
             left -= n as u64;
             total += n as u64;
             done.store(total, Ordering::Relaxed);
-        }
-        if let Some(ix) = index.as_deref_mut() {
-            ix.end_file();
         }
     }
     let end = frame::encode(&FileEntry::End).map_err(|e| send_err(&e))?;
@@ -225,8 +231,6 @@ fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
 
 /// Where a received file set goes.
 pub enum FileSetTarget {
-    /// Each file into this (existing) folder.
-    Dir(std::path::PathBuf),
     /// Appended as members `<prefix>/<name>` to this tar archive (created if
     /// missing), left open for more members: the pre-copy rounds are packed
     /// for Podman's `--import-previous` as they arrive.
@@ -268,64 +272,43 @@ pub async fn receive_fileset(recv: quinn::RecvStream, target: FileSetTarget, don
     .await
 }
 
-/// Writes a file set's files, into a folder or a tar archive.
-enum FileSink {
-    Dir { dir: std::path::PathBuf, file: Option<std::io::BufWriter<std::fs::File>> },
-    Tar { out: std::io::BufWriter<std::fs::File>, prefix: String, len: u64 },
+/// Appends a file set's files to a tar archive as they arrive.
+struct FileSink {
+    out: std::io::BufWriter<std::fs::File>,
+    prefix: String,
+    len: u64,
 }
 
 impl FileSink {
     fn open(target: FileSetTarget) -> std::io::Result<FileSink> {
-        Ok(match target {
-            FileSetTarget::Dir(dir) => FileSink::Dir { dir, file: None },
-            FileSetTarget::TarAppend { path, prefix } => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-                FileSink::Tar { out: std::io::BufWriter::with_capacity(CHUNK, f), prefix, len: 0 }
-            }
-        })
+        let FileSetTarget::TarAppend { path, prefix } = target;
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(FileSink { out: std::io::BufWriter::with_capacity(CHUNK, f), prefix, len: 0 })
     }
 
     fn start(&mut self, name: &str, len: u64) -> std::io::Result<()> {
-        match self {
-            FileSink::Dir { dir, file } => {
-                *file = Some(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(dir.join(name))?));
-            }
-            FileSink::Tar { out, prefix, len: l } => {
-                let mut h = tar::Header::new_ustar();
-                h.set_path(format!("{prefix}/{name}"))?;
-                h.set_size(len);
-                h.set_mode(0o644);
-                h.set_mtime(0);
-                h.set_cksum();
-                out.write_all(h.as_bytes())?;
-                *l = len;
-            }
-        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("{}/{name}", self.prefix))?;
+        h.set_size(len);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        self.out.write_all(h.as_bytes())?;
+        self.len = len;
         Ok(())
     }
 
     fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
-        match self {
-            FileSink::Dir { file, .. } => file.as_mut().expect("started").write_all(b),
-            FileSink::Tar { out, .. } => out.write_all(b),
-        }
+        self.out.write_all(b)
     }
 
     fn end_file(&mut self) -> std::io::Result<()> {
-        match self {
-            FileSink::Dir { file, .. } => file.take().expect("started").flush(),
-            FileSink::Tar { out, len, .. } => {
-                let pad = (512 - (*len % 512) as usize) % 512;
-                out.write_all(&[0u8; 512][..pad])
-            }
-        }
+        let pad = (512 - (self.len % 512) as usize) % 512;
+        self.out.write_all(&[0u8; 512][..pad])
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
-        match self {
-            FileSink::Dir { .. } => Ok(()),
-            FileSink::Tar { out, .. } => out.flush(),
-        }
+        self.out.flush()
     }
 }
 
@@ -398,8 +381,26 @@ pub struct ReceiveFaults {
 
 /// Writes the rest of `recv` into `path`, hashing as it goes.
 pub async fn receive(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>, faults: ReceiveFaults) -> Result<Digest, TransferError> {
+    receive_raw(recv, path, done, faults, false).await.map(|(d, _)| d)
+}
+
+/// [`receive`] for content-addressed pre-copy's base: also returns where
+/// each of its pages sits in the file.
+pub async fn receive_base(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>) -> Result<(Digest, Vec<u64>), TransferError> {
+    let (d, offsets) = receive_raw(recv, path, done, ReceiveFaults::default(), true).await?;
+    Ok((d, offsets.unwrap_or_default()))
+}
+
+async fn receive_raw(
+    recv: quinn::RecvStream,
+    path: &Path,
+    done: Arc<AtomicU64>,
+    faults: ReceiveFaults,
+    index: bool,
+) -> Result<(Digest, Option<Vec<u64>>), TransferError> {
     let file = std::fs::File::create(path).map_err(TransferError::Write)?;
     pump(recv, move |next| {
+        let mut offsets = index.then(PageOffsets::default);
         let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
         let mut hasher = blake3::Hasher::new();
         let mut total = 0u64;
@@ -411,6 +412,9 @@ pub async fn receive(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>,
                 tracing::warn!("fault injection: corrupted the first received byte");
             }
             hasher.update(&bytes);
+            if let Some(o) = &mut offsets {
+                o.add(&bytes);
+            }
             out.write_all(&bytes).map_err(|e| e.to_string())?;
             total += bytes.len() as u64;
             done.store(total, Ordering::Relaxed);
@@ -422,7 +426,7 @@ pub async fn receive(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>,
             }
         }
         out.flush().map_err(|e| e.to_string())?;
-        Ok(digest(&hasher, total))
+        Ok((digest(&hasher, total), offsets.map(PageOffsets::finish)))
     })
     .await
 }

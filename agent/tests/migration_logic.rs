@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_agent::config::{AgentConfig, Faults, PodmanConfig};
-use tern_agent::engine::{CheckpointOpts, Engine, EngineError, RunningDump};
+use tern_agent::engine::{CheckpointOpts, Engine, EngineError};
 use tern_agent::server::Agent;
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
@@ -204,12 +204,12 @@ impl Engine for FakeEngine {
         std::fs::create_dir_all(&d).unwrap();
         Ok(d)
     }
-    async fn dump_running(&self, id: &str, dir: &Path, kind: &RunningDump) -> Result<(), EngineError> {
+    async fn pre_dump(&self, id: &str, dir: &Path, parent: Option<&str>) -> Result<(), EngineError> {
         let mut s = self.state.lock().unwrap();
-        s.calls.push(format!("dump_running {kind:?}"));
+        s.calls.push(format!("pre_dump parent={parent:?}"));
         let c = s.containers.values_mut().find(|c| c.info.id == id).ok_or_else(|| failed("runc", "no such container"))?;
-        let which: Vec<usize> = match kind {
-            RunningDump::PreDump { parent: Some(p) } => {
+        let which: Vec<usize> = match parent {
+            Some(p) => {
                 if !dir.join(p).join("pagemap-1.img").exists() {
                     return Err(failed("runc", &format!("no parent images at {p}")));
                 }
@@ -218,7 +218,7 @@ impl Engine for FakeEngine {
                 d.sort();
                 d
             }
-            RunningDump::PreDump { parent: None } | RunningDump::Full { .. } => (0..c.memory.len()).collect(),
+            None => (0..c.memory.len()).collect(),
         };
         write_images(dir, &c.memory, &which).map_err(|e| failed("runc", &e.to_string()))?;
         c.dirty.clear();
@@ -229,21 +229,27 @@ impl Engine for FakeEngine {
         let pre = self.dir.path().join(name).join("pre-checkpoint");
         let (info, memory, which) = {
             let mut s = self.state.lock().unwrap();
-            s.calls.push(format!("checkpoint with_previous={}", opts.with_previous));
-            if self.fail_checkpoint {
+            s.calls.push(format!("checkpoint with_previous={} leave_running={}", opts.with_previous, opts.leave_running));
+            if self.fail_checkpoint && !opts.leave_running {
                 return Err(failed("checkpoint", "CRIU dump failed (fake)"));
             }
             if opts.with_previous && !pre.join("pagemap-1.img").exists() {
                 return Err(failed("checkpoint", "no pre-checkpoint"));
             }
             let c = s.containers.get_mut(name).ok_or_else(|| failed("checkpoint", "no such container"))?;
-            c.info.state = "exited".into();
-            *self.last_frozen.lock().unwrap() = Some(c.memory.clone());
             let mut which: Vec<usize> =
                 if opts.with_previous { c.dirty.iter().copied().collect() } else { (0..c.memory.len()).collect() };
             which.sort();
             let r = (c.info.clone(), c.memory.clone(), which);
-            s.checkpoints.insert(name.into());
+            if opts.leave_running {
+                // It runs on: its workload writes on.
+                c.dirty.clear();
+                c.work(self.dirty_per_dump);
+            } else {
+                c.info.state = "exited".into();
+                *self.last_frozen.lock().unwrap() = Some(c.memory.clone());
+                s.checkpoints.insert(name.into());
+            }
             r
         };
         let path = path.to_path_buf();
@@ -464,8 +470,8 @@ async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly(
     assert!(r.stop_reason.as_deref().unwrap().contains("fits the downtime target"), "{:?}", r.stop_reason);
     // The final archive holds only what was written since round 2.
     assert!(r.checkpoint_bytes < 50 * PAGE as u64, "{}", r.checkpoint_bytes);
-    assert!(a.called("checkpoint with_previous=true"));
-    assert_eq!(a.count("dump_running PreDump"), 2);
+    assert!(a.called("checkpoint with_previous=true leave_running=false"));
+    assert_eq!(a.count("pre_dump"), 2);
     let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
     assert_eq!(phases, [Phase::Prepare, Phase::PreCopy, Phase::Checkpoint, Phase::Verify, Phase::Restore, Phase::Cleanup]);
     assert!(events.iter().any(|e| e.phase == Phase::PreCopy && e.note.contains("round 2")));
@@ -502,10 +508,12 @@ async fn hash_pre_copy_sends_only_changed_pages_at_the_freeze() {
     let (_, r) = c.migrate_with("cache", options(Mode::HashPreCopy), None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
     assert_eq!(r.rounds.len(), 1);
-    assert!(a.called("dump_running Full"));
-    assert!(a.called("checkpoint with_previous=false"));
-    // 2048 pages in the archive, 30 changed since the base: 2018 reused.
-    assert_eq!(r.saved_bytes, 2018 * PAGE as u64, "{r:#?}");
+    assert!(a.called("checkpoint with_previous=false leave_running=true"), "the base");
+    assert!(a.called("checkpoint with_previous=false leave_running=false"), "the final dump");
+    assert!(!a.called("pre_dump"));
+    // 2048 pages of memory, 30 changed since the base: 2018 reused; and the
+    // page map (8 KiB, unchanged) too: every member is deduplicated.
+    assert_eq!(r.saved_bytes, (2018 + 2) * PAGE as u64, "{r:#?}");
     assert!(r.checkpoint_bytes > 2048 * PAGE as u64);
     // Had the final archive crossed whole, twice the base would be on the wire.
     assert!(r.bytes_on_wire < r.rounds[0].bytes * 13 / 10, "{} on the wire for a base of {}", r.bytes_on_wire, r.rounds[0].bytes);

@@ -1,13 +1,14 @@
 //! Delta records: a checkpoint archive sent as "bytes you do not have" and
 //! "pages you already hold", for content-addressed pre-copy.
 //!
-//! The target holds the pages of an earlier full dump (the base round),
-//! numbered 0, 1, 2, ... in the order they were shipped. The source knows
-//! the blake3 hash of each. At the freeze, Podman writes the checkpoint
-//! archive (an uncompressed tar); the source walks it with [`TarPager`],
-//! which cuts the data of every CRIU `pages-*.img` member into the 4 KiB
-//! pages CRIU wrote, and [`DeltaEncoder`] replaces each page the target
-//! holds by its number:
+//! The target holds an earlier full checkpoint archive of the container,
+//! taken while it ran (the base). [`TarPager`] cuts the data of every member
+//! of an archive into 4 KiB pages, counted from the start of each member:
+//! CRIU's page images, the root file system's changes and the volumes alike.
+//! Both sides number the base's pages 0, 1, 2, ... in archive order; the
+//! source knows the blake3 hash of each. At the freeze, Podman writes the
+//! final archive (uncompressed) and [`DeltaEncoder`] replaces each of its
+//! pages that the target holds by its number:
 //!
 //! ```text
 //!  DataHeader{kind: CheckpointDelta{base}}
@@ -72,16 +73,26 @@ enum State {
     Opaque,
 }
 
-/// Cuts a tar stream into raw bytes and the pages of CRIU `pages-*.img`
-/// members, as the stream arrives in arbitrary slices.
+/// Cuts a tar stream into raw bytes and the 4 KiB pages of its members'
+/// data, as the stream arrives in arbitrary slices.
 pub struct TarPager {
     state: State,
     buf: Vec<u8>,
+    /// Page only CRIU `pages-*.img` members (else every regular member).
+    criu_pages_only: bool,
 }
 
 impl Default for TarPager {
+    /// Pages every regular member.
     fn default() -> Self {
-        TarPager { state: State::Header, buf: Vec::with_capacity(PAGE) }
+        TarPager { state: State::Header, buf: Vec::with_capacity(PAGE), criu_pages_only: false }
+    }
+}
+
+impl TarPager {
+    /// Pages only CRIU's page images.
+    pub fn criu_pages_only() -> Self {
+        TarPager { criu_pages_only: true, ..Default::default() }
     }
 }
 
@@ -113,9 +124,10 @@ fn is_pages_file(path: &[u8]) -> bool {
     base.starts_with(b"pages-") && base.ends_with(b".img")
 }
 
-/// What follows a header block: (data length, whether it is a pages file),
-/// or `None` when the block does not parse.
-fn parse_header(h: &[u8]) -> Option<(u64, bool)> {
+/// What follows a header block: (data length, whether it is a regular
+/// file, whether it is a CRIU pages file), or `None` when the block does
+/// not parse.
+fn parse_header(h: &[u8]) -> Option<(u64, bool, bool)> {
     let size = tar_number(&h[124..136])?;
     let typeflag = h[156];
     let name = c_str(&h[0..100]);
@@ -127,7 +139,7 @@ fn parse_header(h: &[u8]) -> Option<(u64, bool)> {
     }
     path.extend_from_slice(name);
     let regular = typeflag == b'0' || typeflag == 0;
-    Some((size, regular && is_pages_file(&path)))
+    Some((size, regular, regular && is_pages_file(&path)))
 }
 
 impl TarPager {
@@ -153,8 +165,9 @@ impl TarPager {
                         State::Header
                     } else {
                         match parse_header(&header) {
-                            Some((0, _)) => State::Header,
-                            Some((left, pages)) => {
+                            Some((0, _, _)) => State::Header,
+                            Some((left, regular, criu)) => {
+                                let pages = if self.criu_pages_only { criu } else { regular };
                                 State::Data { left, pages, pad: left.div_ceil(BLOCK as u64) * BLOCK as u64 - left }
                             }
                             None => State::Opaque,
@@ -466,7 +479,10 @@ mod tests {
     /// Cuts `archive` fed in slices of `step` bytes; returns the pieces joined
     /// back and the pages seen.
     fn cut(archive: &[u8], step: usize) -> (Vec<u8>, Vec<u8>) {
-        let mut pager = TarPager::default();
+        cut_with(TarPager::criu_pages_only(), archive, step)
+    }
+
+    fn cut_with(mut pager: TarPager, archive: &[u8], step: usize) -> (Vec<u8>, Vec<u8>) {
         let mut joined = Vec::new();
         let mut seen = Vec::new();
         let mut on_piece = |p: Piece<'_>| match p {
@@ -497,6 +513,23 @@ mod tests {
             let (joined, seen) = cut(&archive, step);
             assert_eq!(joined, archive, "step {step}: every byte comes back, in order");
             assert_eq!(seen, vec![1, 2, 3, 4], "step {step}: only pages files are paged");
+        }
+    }
+
+    #[test]
+    fn by_default_every_member_is_paged_from_its_start() {
+        let mut volume = pages(&[5, 6]);
+        volume.extend_from_slice(&[1; 100]); // a short tail stays raw
+        let archive = tar(&[
+            ("config.dump", b"{}".to_vec()),
+            ("checkpoint/pages-1.img", pages(&[1])),
+            ("volumes/data.tar", volume),
+            ("rootfs-diff.tar", page(7)),
+        ]);
+        for step in [3, 512, 4096, archive.len()] {
+            let (joined, seen) = cut_with(TarPager::default(), &archive, step);
+            assert_eq!(joined, archive);
+            assert_eq!(seen, vec![1, 5, 6, 7], "step {step}");
         }
     }
 

@@ -409,8 +409,11 @@ pub enum DataKind {
     /// A pre-copy round: a file set ([`crate::fileset`]).
     Round(u32),
     /// The checkpoint archive as delta records ([`crate::delta`]) against
-    /// the pages of round `base`, which the target holds.
+    /// the pages of the base archive, which the target holds.
     CheckpointDelta { base: u32 },
+    /// Content-addressed pre-copy's base: a full checkpoint archive taken
+    /// while the container runs, raw bytes.
+    Base,
 }
 
 /// The one frame at the start of a data stream; raw bytes follow to the end.

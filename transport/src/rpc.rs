@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn hello_checks_name_and_version() {
         let h = hello("coordinator");
-        assert!(matches!(answer_hello(&h, Some("coordinator"), "a"), HelloReply::Accepted { version: 1, .. }));
+        assert!(matches!(answer_hello(&h, Some("coordinator"), "a"), HelloReply::Accepted { version: PROTOCOL_VERSION, .. }));
         assert!(matches!(answer_hello(&h, Some("client1"), "a"), HelloReply::Refused { .. }));
         assert!(matches!(answer_hello(&h, None, "a"), HelloReply::Refused { .. }));
         let old = Hello { supported: vec![99], ..h };

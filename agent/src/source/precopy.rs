@@ -20,19 +20,22 @@
 //!   <container dir>/pre-checkpoint    -> tern-precopy/3        (ours)
 //!   <container dir>/tern-precopy/3/parent -> ../2, 2/parent -> ../1
 //!   ```
-//! * **hash-pre-copy** (content-addressed): one full dump that leaves the
-//!   container running; its pages files are shipped and hashed into a
-//!   [`PageIndex`], against which the final archive is delta-encoded.
+//! * **hash-pre-copy** (content-addressed): one full checkpoint archive
+//!   taken while the container runs (Podman's `--leave-running --export`),
+//!   streamed to the target and cut into pages hashed into a [`PageIndex`].
+//!   The final archive is delta-encoded against it: memory, root file
+//!   system changes and volumes that did not change since do not cross the
+//!   wire again.
 //!
 //! The container runs during all of this: any failure or cancel here ends
 //! as `Refused` with the container untouched, and the target drops what it
 //! staged.
 
-use super::{Fail, Run};
+use super::{release_fifo_reader, Fail, Run};
 use crate::criu_stats;
-use crate::engine::RunningDump;
-use crate::pages::{is_pages_file, PageIndex};
-use crate::transfer;
+use crate::engine::CheckpointOpts;
+use crate::pages::PageIndex;
+use crate::transfer::{self, Encoding};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,8 +57,8 @@ pub(super) struct Precopied {
 }
 
 /// Files of a round's image folder that the target needs: regular files
-/// but CRIU's logs; for content-addressed pre-copy only the page data.
-fn round_files(dir: &Path, pages_only: bool) -> std::io::Result<Vec<String>> {
+/// but CRIU's logs.
+fn round_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -63,7 +66,7 @@ fn round_files(dir: &Path, pages_only: bool) -> std::io::Result<Vec<String>> {
             continue; // the `parent` link is made by the target itself
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".log") || (pages_only && !is_pages_file(&name)) {
+        if name.ends_with(".log") {
             continue;
         }
         names.push(name);
@@ -81,7 +84,10 @@ fn pages_written(dir: &Path, stats: Option<criu_stats::DumpStats>) -> u64 {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| is_pages_file(&e.file_name().to_string_lossy()))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("pages-") && n.ends_with(".img")
+        })
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum();
@@ -95,25 +101,20 @@ impl Run<'_> {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<Precopied, Fail> {
+        if self.req.options.mode == Mode::HashPreCopy {
+            return self.hash_base(info, send, recv).await;
+        }
         let p = Phase::PreCopy;
-        let mode = self.req.options.mode;
         let policy = self.req.options.policy.clone();
         self.enter(p, "copying memory while the container runs");
-        // Soft-dirty rounds must sit where the final dump's chain can reach
-        // them by relative links; the hash base is only read by tern.
-        let rounds_dir = match mode {
-            Mode::PreCopy => {
-                let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
-                let dir = cdir.join(crate::PRECOPY_DIR);
-                let _ = tokio::fs::remove_dir_all(&dir).await; // a previous attempt's
-                self.precopy_dir = Some(dir.clone());
-                dir
-            }
-            _ => self.work_dir.join("rounds"),
-        };
+        // The rounds sit where the final dump's chain reaches them by
+        // relative links: inside the container's folder.
+        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+        let rounds_dir = cdir.join(crate::PRECOPY_DIR);
+        let _ = tokio::fs::remove_dir_all(&rounds_dir).await; // a previous attempt's
+        self.precopy_dir = Some(rounds_dir.clone());
         let started = Instant::now();
         let mut history: Vec<Round> = Vec::new();
-        let mut index = (mode == Mode::HashPreCopy).then(PageIndex::default);
         let mut prev_dump_start: Option<Instant> = None;
         let (mut sent_bytes, mut sent_time) = (0u64, Duration::ZERO);
         let mut n = 0u32;
@@ -122,17 +123,14 @@ impl Run<'_> {
             self.check_cancel(p)?;
             let dir = rounds_dir.join(n.to_string());
             tokio::fs::create_dir_all(&dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", dir.display())))?;
-            let kind = match mode {
-                Mode::HashPreCopy => RunningDump::Full { tcp_established: self.req.options.tcp_established },
-                _ => RunningDump::PreDump { parent: (n > 1).then(|| format!("../{}", n - 1)) },
-            };
+            let parent = (n > 1).then(|| format!("../{}", n - 1));
             self.progress(p, 0, &format!("round {n}: dumping"));
             let dump_start = Instant::now();
             // Never interrupted: killing runc mid-dump could leave CRIU's
             // freeze in place. A cancel takes effect right after.
             self.agent
                 .engine
-                .dump_running(&info.id, &dir, &kind)
+                .pre_dump(&info.id, &dir, parent.as_deref())
                 .await
                 .map_err(|e| Fail::new(p, format!("round {n}: the dump failed (the container keeps running): {e}")))?;
             let dump_ms = dump_start.elapsed().as_millis() as u64;
@@ -140,13 +138,13 @@ impl Run<'_> {
             let pages = pages_written(&dir, stats);
             self.check_cancel(p)?;
 
-            let names = round_files(&dir, mode == Mode::HashPreCopy)
+            let names = round_files(&dir)
                 .map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
             let t0 = Instant::now();
             let done = Arc::new(AtomicU64::new(0));
             let header = DataHeader { id: self.req.id, kind: DataKind::Round(n) };
             let conn = self.session().conn.clone();
-            let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done, index.as_mut());
+            let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done);
             let digest = self.with_ticker(p, &done, ship).await.map_err(|e| Fail::new(p, format!("shipping round {n}: {e}")))?;
             write_frame(send, &SourceMsg::RoundSent { round: n, digest }).await.map_err(|e| Fail::new(p, e))?;
             match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
@@ -178,9 +176,6 @@ impl Run<'_> {
             );
             tracing::info!(round = n, pages, bytes = digest.bytes, dump_ms, transfer_ms = transfer.as_millis() as u64, "pre-copy round");
 
-            if mode == Mode::HashPreCopy {
-                break StopReason::BaseShipped;
-            }
             let link_rate = sent_bytes as f64 / sent_time.as_secs_f64().max(1e-3);
             match decide(&policy, &history, link_rate, started.elapsed()) {
                 Decision::Continue => continue,
@@ -199,17 +194,78 @@ impl Run<'_> {
         };
         tracing::info!(rounds = n, %stop, "pre-copy stops");
         self.stop_reason = Some(stop.to_string());
-        if mode == Mode::PreCopy {
-            self.progress(p, 0, &format!("the target packs the {n} rounds for the restore"));
-            write_frame(send, &SourceMsg::RoundsDone { rounds: n }).await.map_err(|e| Fail::new(p, e))?;
-            match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
-                TargetMsg::RoundsPrepared { .. } => {}
-                TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
-                other => return Err(Fail::new(p, self.session().unexpected("RoundsPrepared", &other))),
-            }
+        self.progress(p, 0, &format!("the target closes the archive of the {n} rounds"));
+        write_frame(send, &SourceMsg::RoundsDone { rounds: n }).await.map_err(|e| Fail::new(p, e))?;
+        match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
+            TargetMsg::RoundsPrepared { .. } => {}
+            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
+            other => return Err(Fail::new(p, self.session().unexpected("RoundsPrepared", &other))),
         }
         self.leave(p);
-        Ok(Precopied { rounds: n, last_dir: rounds_dir.join(n.to_string()), index })
+        Ok(Precopied { rounds: n, last_dir: rounds_dir.join(n.to_string()), index: None })
+    }
+
+    /// Content-addressed pre-copy's single round: a full checkpoint archive
+    /// taken while the container runs, streamed to the target as Podman
+    /// writes it and indexed page by page on the way.
+    async fn hash_base(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<Precopied, Fail> {
+        let p = Phase::PreCopy;
+        self.enter(p, "checkpointing while the container runs (the base); it pauses only while CRIU dumps");
+        tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, e))?;
+        let fifo = self.work_dir.join("base.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
+        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, leave_running: true, ..Default::default() };
+        let started = Instant::now();
+        let (engine, name, fifo2) = (self.agent.engine.clone(), info.name.clone(), fifo.clone());
+        let dump = tokio::spawn(async move {
+            let r = engine.checkpoint_export(&name, &fifo2, opts).await;
+            release_fifo_reader(&fifo2);
+            (r, Instant::now())
+        });
+        let mut index = PageIndex::default();
+        let done = Arc::new(AtomicU64::new(0));
+        let header = DataHeader { id: self.req.id, kind: DataKind::Base };
+        let conn = self.session().conn.clone();
+        let cancel = self.cancel.clone();
+        let ship = async {
+            let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(&mut index), &cancel).await
+        };
+        // The FIFO is always drained (so Podman finishes); a cancel stops
+        // the sending at once.
+        let sent = self.with_ticker(p, &done, ship).await;
+        let (dumped, dumped_at) = dump.await.map_err(|e| Fail::new(p, e))?;
+        let dump_ms = (dumped_at - started).as_millis() as u64;
+        dumped.map_err(|e| Fail::new(p, format!("the base checkpoint failed (the container keeps running): {e}")))?;
+        let (digest, _) = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        // CRIU's statistics, then the base's images: the final dump writes
+        // a fresh set, and stale files must not ride along in its archive.
+        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+        let stats = criu_stats::read(&cdir);
+        let _ = tokio::fs::remove_dir_all(cdir.join("checkpoint")).await;
+        write_frame(send, &SourceMsg::RoundSent { round: 1, digest }).await.map_err(|e| Fail::new(p, e))?;
+        match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
+            TargetMsg::RoundStored { round: 1 } => {}
+            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
+            other => return Err(Fail::new(p, self.session().unexpected("RoundStored", &other))),
+        }
+        let total_ms = started.elapsed().as_millis() as u64;
+        self.rounds.push(RoundReport {
+            round: 1,
+            pages: stats.map(|s| s.pages_written).unwrap_or(index.pages() as u64),
+            bytes: digest.bytes,
+            dump_ms,
+            frozen_ms: stats.map(|s| s.frozen_us / 1000).unwrap_or(0),
+            // The archive streams as Podman writes it: transfer and dump overlap.
+            transfer_ms: total_ms,
+            duration_ms: total_ms,
+            dirty_pages_per_s: 0,
+        });
+        tracing::info!(bytes = digest.bytes, pages = index.pages(), dump_ms, total_ms, "hash pre-copy base shipped");
+        self.stop_reason = Some(StopReason::BaseShipped.to_string());
+        self.leave(p);
+        Ok(Precopied { rounds: 1, last_dir: PathBuf::new(), index: Some(index) })
     }
 
     /// Points the container's `pre-checkpoint` at the last round (a
