@@ -10,6 +10,7 @@
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
 //! | `engine`   | everything asked of Podman/runc/CRIU, behind a trait           |
 //! | `facts`    | this host's facts for the compatibility rules                  |
+//! | `probe`    | `tern probe`: the link between two agents, measured            |
 //! | `config`   | the agent's TOML configuration                                 |
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod criu_stats;
 pub mod engine;
 pub mod facts;
 pub mod pages;
+pub mod probe;
 pub mod server;
 pub mod source;
 pub mod target;

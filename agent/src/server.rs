@@ -149,6 +149,8 @@ impl Agent {
         let response = match req {
             Request::Migrate(m) => return self.migrate(m, send, recv).await,
             Request::Receive(begin) => return target::receive(&self, conn, peer, begin, send, recv).await,
+            Request::Sink { bytes } => return crate::probe::sink(bytes, send, recv).await,
+            Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.map(Response::Facts),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),

@@ -58,6 +58,13 @@ impl Cluster {
     }
 }
 
+/// One authenticated session to one host; the endpoint must outlive it.
+pub async fn connect(inv: &Inventory, entry: &HostEntry) -> anyhow::Result<(quinn::Endpoint, Session)> {
+    let endpoint = tern_transport::client_endpoint(&inv.tls)?;
+    let session = Session::connect(&endpoint, entry.address, &entry.name, COORDINATOR).await?;
+    Ok((endpoint, session))
+}
+
 async fn survey_one(endpoint: &quinn::Endpoint, entry: &HostEntry) -> Result<HostState, String> {
     let session = Session::connect(endpoint, entry.address, &entry.name, COORDINATOR)
         .await

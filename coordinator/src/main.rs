@@ -59,6 +59,19 @@ enum Cmd {
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
+    /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
+    /// migration uses it): how fast a checkpoint can cross.
+    Probe {
+        /// The sending host.
+        #[arg(long)]
+        from: String,
+        /// The receiving host.
+        #[arg(long)]
+        to: String,
+        /// How much to send (B, KiB, MiB, GiB).
+        #[arg(long, default_value = "256MiB", value_parser = output::parse_size)]
+        bytes: u64,
+    },
     /// Certificates for the cluster.
     Pki {
         #[command(subcommand)]
@@ -175,6 +188,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Hosts => hosts(cli.inventory, cli.json).await,
         Cmd::Ps => ps(cli.inventory, cli.json).await,
         Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
+        Cmd::Probe { from, to, bytes } => probe(cli.inventory, cli.json, &from, &to, bytes).await,
         Cmd::Migrate { mv, tcp_established, compress, precopy } => {
             let compress = match compress {
                 CompressArg::None => tern_proto::Compression::None,
@@ -275,6 +289,55 @@ fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, 
     }
     let files = tern_transport::pki::init(out, &specs, force)?;
     println!("wrote {} files to {}", files.len(), out.display());
+    Ok(0)
+}
+
+async fn probe(inv: Option<PathBuf>, as_json: bool, from: &str, to: &str, bytes: u64) -> Result<u8, Exit> {
+    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
+    let target = inv.host(to).map_err(|e| Exit(2, e))?;
+    let source = inv.host(from).map_err(|e| Exit(2, e))?;
+    if from == to {
+        return Err(Exit(2, anyhow::anyhow!("--from and --to name the same host")));
+    }
+    let (_endpoint, session) = cluster::connect(&inv, source).await?;
+    let req = tern_proto::ProbeRequest {
+        target: tern_proto::Peer { name: target.name.clone(), address: target.address.to_string() },
+        bytes,
+    };
+    if !as_json {
+        eprintln!("sending {} from {from} to {to} ...", output::bytes(bytes));
+    }
+    // As long as the slowest link worth measuring (1 MiB/s) needs.
+    let limit = std::time::Duration::from_secs(90 + bytes / (1 << 20));
+    let (mut send, mut recv) = session.open(&tern_proto::Request::Probe(req)).await?;
+    let _ = send.finish();
+    let r = match session.read::<tern_proto::Response>(&mut recv, limit).await? {
+        tern_proto::Response::Probe(r) => r,
+        tern_proto::Response::Error(e) => return Err(Exit(1, anyhow::anyhow!("{from}: {}", e.message))),
+        other => return Err(Exit(1, anyhow::anyhow!("{from} answered {other:?}"))),
+    };
+    let secs = (r.ms as f64 / 1000.0).max(1e-3);
+    let mbit = r.bytes as f64 * 8.0 / secs / 1e6;
+    if as_json {
+        println!(
+            "{}",
+            json!({"from": r.from, "to": r.to, "bytes": r.bytes, "ms": r.ms, "mbit_per_s": (mbit * 10.0).round() / 10.0,
+                   "bytes_on_wire": r.bytes_on_wire, "lost_packets": r.lost_packets, "rtt_us": r.rtt_us})
+        );
+    } else {
+        println!(
+            "{} → {}: {} in {} = {:.0} Mbit/s ({}/s) of payload; {} on the wire, {} packets lost, rtt {:.2} ms",
+            r.from,
+            r.to,
+            output::bytes(r.bytes),
+            output::ms(r.ms),
+            mbit,
+            output::bytes((r.bytes as f64 / secs) as u64),
+            output::bytes(r.bytes_on_wire),
+            r.lost_packets,
+            r.rtt_us as f64 / 1000.0
+        );
+    }
     Ok(0)
 }
 

@@ -19,6 +19,22 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// "256MiB", "1 GiB", "4096", "10kib": a size in bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))
+}
+
 pub fn ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
@@ -204,6 +220,15 @@ mod tests {
         assert_eq!(bytes(256 << 20), "256.0 MiB");
         assert_eq!(ms(812), "812 ms");
         assert_eq!(ms(1430), "1.43 s");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10k"), Ok(10 << 10));
+        assert!(parse_size("MiB").is_err() && parse_size("5 parsecs").is_err() && parse_size("99999999999999G").is_err());
     }
 
     #[test]

@@ -59,6 +59,39 @@ pub enum Request {
     Migrate(MigrateRequest),
     /// Receive a migrating container (to the target agent, from the source).
     Receive(Begin),
+    /// Measure the link from this agent to another (to the source agent):
+    /// answer with [`Response::Probe`].
+    Probe(ProbeRequest),
+    /// `bytes` bytes follow on this stream; read and drop them, answer with
+    /// [`Response::Sunk`] (agent to agent, for a probe).
+    Sink { bytes: u64 },
+}
+
+/// The most a probe may send (16 GiB).
+pub const MAX_PROBE_BYTES: u64 = 16 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub target: Peer,
+    pub bytes: u64,
+}
+
+/// What a probe measured, from the sending agent's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub from: String,
+    pub to: String,
+    /// Payload bytes sent.
+    pub bytes: u64,
+    /// From the first byte written until the target had them all.
+    pub ms: u64,
+    /// UDP payload bytes the sender sent (QUIC's own count, headers and
+    /// retransmissions included).
+    pub bytes_on_wire: u64,
+    /// Packets QUIC declared lost and sent again.
+    pub lost_packets: u64,
+    /// The connection's smoothed round-trip time at the end.
+    pub rtt_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +101,9 @@ pub enum Response {
     Facts(HostFacts),
     Containers(Vec<ContainerInfo>),
     IncomingCheck(Vec<Finding>),
+    Probe(ProbeReport),
+    /// The bytes of a `Sink` request arrived: this many, in this long.
+    Sunk { bytes: u64, ms: u64 },
     Error(RemoteError),
 }
 

@@ -18,8 +18,10 @@ pub const STREAM_WINDOW: u32 = 16 << 20;
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 /// How much unacknowledged data a sender keeps.
 pub const SEND_WINDOW: u64 = 64 << 20;
-/// Kernel UDP buffers asked for (the kernel may cap them at
-/// net.core.rmem_max/wmem_max); quinn's `perf` tool does the same.
+/// Kernel UDP buffers asked for; quinn's `perf` tool does the same. Plain
+/// requests are capped at net.core.rmem_max/wmem_max (208 KiB on a stock
+/// Debian), too little for a burst of a few hundred packets at 1 Gbit/s:
+/// the agent runs as root and forces them (SO_RCVBUFFORCE/SO_SNDBUFFORCE).
 pub const SOCKET_BUFFER: usize = 8 << 20;
 /// A keep-alive every 2 s and an idle timeout of 10 s: a dead peer is
 /// noticed within 10 s, a busy-but-alive one never times out.
@@ -47,8 +49,28 @@ fn socket(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
     // Best effort: a smaller buffer is slower, not wrong.
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    force_buffers(&s);
     s.bind(&addr.into()).map_err(bind)?;
     Ok(s.into())
+}
+
+/// Raises the socket's buffers past the system's caps where allowed
+/// (CAP_NET_ADMIN); silently keeps what it got otherwise.
+fn force_buffers(s: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_BUFFER as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: a valid socket, an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 fn quic_client(files: &TlsFiles) -> Result<quinn::ClientConfig, TransportError> {
