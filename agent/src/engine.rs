@@ -291,6 +291,8 @@ struct InspectJson {
 #[serde(rename_all = "PascalCase")]
 struct InspectState {
     status: String,
+    #[serde(default)]
+    pid: i64,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +322,7 @@ impl InspectJson {
                 }
             }
         }
+        let memory_bytes = if self.state.pid > 0 { container_memory(self.state.pid) } else { 0 };
         ContainerInfo {
             name: self.name,
             id: self.id,
@@ -327,8 +330,42 @@ impl InspectJson {
             image_id: self.image,
             state: self.state.status,
             ips,
+            memory_bytes,
         }
     }
+}
+
+/// Anonymous memory in the cgroup of process `pid` (0 when unreadable).
+fn container_memory(pid: i64) -> u64 {
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return 0 };
+    memory_stat_paths(&cgroups)
+        .into_iter()
+        .find_map(|(path, key)| Some(anon_bytes(&std::fs::read_to_string(path).ok()?, key)))
+        .unwrap_or(0)
+}
+
+/// Where a process's memory statistics are, from its `/proc/PID/cgroup`:
+/// the v1 memory controller's `memory.stat` (key `total_rss`) or the
+/// unified hierarchy's (key `anon`), whichever this host has.
+fn memory_stat_paths(cgroups: &str) -> Vec<(std::path::PathBuf, &'static str)> {
+    let mut out = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            out.push((Path::new("/sys/fs/cgroup/memory").join(path).join("memory.stat"), "total_rss"));
+        } else if controllers.is_empty() {
+            out.push((Path::new("/sys/fs/cgroup").join(path).join("memory.stat"), "anon"));
+        }
+    }
+    out
+}
+
+fn anon_bytes(stat: &str, key: &str) -> u64 {
+    stat.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -346,6 +383,18 @@ mod tests {
         assert_eq!(info.image_id, "sha256img");
         assert_eq!(info.ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
         assert!(info.is_running());
+    }
+
+    #[test]
+    fn finds_a_containers_memory_statistics() {
+        let hybrid = "12:memory:/libpod_parent/libpod-abc\n1:name=systemd:/libpod_parent/libpod-abc\n0::/libpod_parent/libpod-abc\n";
+        let paths = memory_stat_paths(hybrid);
+        assert_eq!(paths[0], (Path::new("/sys/fs/cgroup/memory/libpod_parent/libpod-abc/memory.stat").into(), "total_rss"));
+        let v2 = "0::/machine.slice/libpod-abc.scope/container\n";
+        assert_eq!(memory_stat_paths(v2), vec![(Path::new("/sys/fs/cgroup/machine.slice/libpod-abc.scope/container/memory.stat").into(), "anon")]);
+        assert_eq!(anon_bytes("cache 4096\nrss 8192\ntotal_rss 268435456\n", "total_rss"), 256 << 20);
+        assert_eq!(anon_bytes("anon 1048576\nanon_thp 0\n", "anon"), 1 << 20);
+        assert_eq!(anon_bytes("nonsense", "anon"), 0);
     }
 
     #[test]

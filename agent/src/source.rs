@@ -313,8 +313,7 @@ impl Run<'_> {
             },
         );
         let fifo = self.work_dir.join("checkpoint.fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
+        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
         let index = base.and_then(|b| b.index.as_ref());
         let opts = CheckpointOpts {
             tcp_established: self.req.options.tcp_established,
@@ -329,9 +328,7 @@ impl Run<'_> {
         let fifo2 = fifo.clone();
         let checkpoint = tokio::spawn(async move {
             let r = engine.checkpoint_export(&name, &fifo2, opts).await;
-            // If Podman failed before opening the FIFO, our reader still
-            // waits in open(): open the write side once to release it.
-            release_fifo_reader(&fifo2);
+            drop(hold); // Podman is done: the reader sees the end
             r
         });
         let done = Arc::new(AtomicU64::new(0));
@@ -345,7 +342,6 @@ impl Run<'_> {
         let send_task = {
             let done = done.clone();
             async move {
-                let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
                 let encoding = match index {
                     Some(ix) => transfer::Encoding::Delta(ix),
                     None => transfer::Encoding::Raw,
@@ -505,13 +501,20 @@ fn rpc_timeout() -> Duration {
     tern_transport::rpc::REPLY_TIMEOUT
 }
 
-/// Makes a reader blocked in `open()` of `fifo` return (it then reads EOF).
-fn release_fifo_reader(fifo: &Path) {
+/// A FIFO for Podman to write an archive into, read as it is written.
+///
+/// The reader opens it first, without blocking, and also opens a write end
+/// of its own (`hold`), so that reads never see an end of file before
+/// Podman has even opened the FIFO. Dropping `hold` once Podman has exited
+/// ends the stream after the last byte Podman wrote, or at once when Podman
+/// failed before writing anything. No order of events can leave the reader
+/// waiting forever.
+fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo);
+    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
+    let reader = tokio::net::unix::pipe::OpenOptions::new().open_receiver(fifo)?;
+    let hold = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo)?;
+    Ok((reader, hold))
 }
 
 /// Brings a checkpointed container back here, unless it already runs (a

@@ -89,6 +89,7 @@ impl FakeEngine {
                     image_id: "img1".into(),
                     state: "running".into(),
                     ips: vec![ip.parse().unwrap()],
+                    memory_bytes: 0,
                 },
                 memory,
                 dirty: HashSet::new(),

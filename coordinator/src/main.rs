@@ -402,8 +402,10 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
             Ok(s) => {
                 for c in &s.containers {
                     let ips: Vec<String> = c.ips.iter().map(|i| i.to_string()).collect();
-                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), c.image.clone()]);
-                    all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips, "image": c.image}));
+                    let mem = if c.memory_bytes > 0 { output::bytes(c.memory_bytes) } else { "-".into() };
+                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), mem, c.image.clone()]);
+                    all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips,
+                                    "memory_bytes": c.memory_bytes, "image": c.image}));
                 }
             }
             Err(e) => eprintln!("tern: {} is unreachable: {e}", h.entry.name),
@@ -412,7 +414,7 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
     if as_json {
         println!("{}", serde_json::Value::Array(all));
     } else {
-        print!("{}", output::table(&["host", "container", "state", "address", "image"], &rows));
+        print!("{}", output::table(&["host", "container", "state", "address", "memory", "image"], &rows));
     }
     Ok(0)
 }

@@ -10,7 +10,10 @@ use tern_proto::{Mode, Request, Response};
 /// What the user asked for with `--mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
-    /// Pre-copy where both hosts track dirty memory, else stop-and-copy.
+    /// Pre-copy where both hosts track dirty memory; else content-addressed
+    /// pre-copy for containers holding 64 MiB or more, stop-and-copy for
+    /// smaller ones (a base costs a pause and a full extra copy, which only
+    /// pays off when there is memory to spare at the freeze).
     Auto,
     /// Freeze, dump everything, stream it, restore.
     StopAndCopy,
@@ -20,6 +23,9 @@ pub enum ModeArg {
     /// while it runs, then only the pages the target lacks.
     HashPreCopy,
 }
+
+/// `auto` uses content-addressed pre-copy from this much memory on.
+pub const HASH_PRE_COPY_FROM: u64 = 64 << 20;
 
 pub struct Plan<'a> {
     pub container: ContainerInfo,
@@ -107,7 +113,17 @@ pub async fn plan<'a>(
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
         ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
         ModeArg::Auto if both_track => (Mode::PreCopy, "both hosts track dirty memory".to_string()),
-        ModeArg::Auto => (Mode::StopAndCopy, format!("pre-copy is unavailable ({why_not})")),
+        ModeArg::Auto if info.memory_bytes >= HASH_PRE_COPY_FROM => (
+            Mode::HashPreCopy,
+            format!(
+                "soft-dirty pre-copy is unavailable ({why_not}); {} MiB of memory: content-addressed pre-copy",
+                info.memory_bytes >> 20
+            ),
+        ),
+        ModeArg::Auto => (
+            Mode::StopAndCopy,
+            format!("pre-copy is unavailable ({why_not}); {} MiB of memory: stop-and-copy", info.memory_bytes >> 20),
+        ),
     };
 
     let mut findings = compat::compare_hosts(&source.facts, &target_state.facts, mode);

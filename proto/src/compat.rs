@@ -372,6 +372,7 @@ mod tests {
             image_id: "sha256:1".into(),
             state: state.into(),
             ips: vec![ip.parse().unwrap()],
+            memory_bytes: 0,
         }
     }
 

@@ -74,6 +74,9 @@ pub struct ContainerInfo {
     pub state: String,
     /// Addresses on Podman networks.
     pub ips: Vec<IpAddr>,
+    /// Anonymous memory of the container's processes (what a checkpoint
+    /// dumps), from its cgroup; 0 when unknown or not running.
+    pub memory_bytes: u64,
 }
 
 impl ContainerInfo {

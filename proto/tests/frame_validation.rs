@@ -30,6 +30,7 @@ fn container() -> ContainerInfo {
         image_id: "sha256:1".into(),
         state: "running".into(),
         ips: vec!["203.0.113.5".parse().unwrap()],
+        memory_bytes: 64 << 20,
     }
 }
 

@@ -31,7 +31,7 @@
 //! as `Refused` with the container untouched, and the target drops what it
 //! staged.
 
-use super::{release_fifo_reader, Fail, Run};
+use super::{archive_pipe, Fail, Run};
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
 use crate::pages::PageIndex;
@@ -213,14 +213,13 @@ impl Run<'_> {
         self.enter(p, "checkpointing while the container runs (the base); it pauses only while CRIU dumps");
         tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, e))?;
         let fifo = self.work_dir.join("base.fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| Fail::new(p, format!("mkfifo {}: {e}", fifo.display())))?;
+        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, leave_running: true, ..Default::default() };
         let started = Instant::now();
         let (engine, name, fifo2) = (self.agent.engine.clone(), info.name.clone(), fifo.clone());
         let dump = tokio::spawn(async move {
             let r = engine.checkpoint_export(&name, &fifo2, opts).await;
-            release_fifo_reader(&fifo2);
+            drop(hold); // Podman is done: the reader sees the end
             (r, Instant::now())
         });
         let mut index = PageIndex::default();
@@ -229,7 +228,6 @@ impl Run<'_> {
         let conn = self.session().conn.clone();
         let cancel = self.cancel.clone();
         let ship = async {
-            let reader = tokio::fs::File::open(&fifo).await.map_err(transfer::TransferError::Read)?;
             transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(&mut index), &cancel).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
