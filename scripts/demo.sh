@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo, from a fresh Debian 12 machine (as root): installs what is
 # missing, builds, brings up the two-host lab, starts a counter container on
-# client1, migrates it to client2 and shows it carrying on from where it was.
-# The lab stays up afterwards; `scripts/lab.sh down` removes it.
+# client1, migrates it to client2 and shows it carrying on from where it was;
+# then moves a container holding 256 MiB of memory, which tern copies while
+# it runs. The lab stays up afterwards; `scripts/lab.sh down` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ say "starting a counter container 'demo1' on client1"
 lab podman client1 rm -f -t 0 demo1 >/dev/null 2>&1 || true
 lab podman client2 rm -f -t 0 demo1 >/dev/null 2>&1 || true
 lab podman client1 run -d --name demo1 localhost/tern-busybox:latest \
-    sh -c 'i=0; while true; do echo $i > /count; i=$((i+1)); sleep 0.1; done' >/dev/null
+    sh -c 'i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.1; done' >/dev/null
 sleep 3
 echo "counter on client1: $(lab podman client1 exec demo1 cat /count)"
 echo "processes on client1:"; lab podman client1 top demo1 pid comm
@@ -50,6 +51,17 @@ done
 echo "processes on client2 (same PIDs):"; lab podman client2 top demo1 pid comm
 echo "address on client2: $(lab podman client2 inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
 echo "on client1: $(lab podman client1 ps -a --filter name=demo1 --format '{{.Names}}' | grep -c . || true) container(s) named demo1"
+
+say "a bigger one: 'hog' holds 256 MiB and rewrites 20 MiB of it every second"
+lab podman client1 rm -f -t 0 hog >/dev/null 2>&1 || true
+lab podman client2 rm -f -t 0 hog >/dev/null 2>&1 || true
+lab podman client1 run -d --name hog localhost/tern-busybox:latest memhog 256 20 >/dev/null
+until [ "$(lab podman client1 exec hog cat /count 2>/dev/null || echo 0)" -ge 5 ]; do sleep 0.5; done
+$tern ps
+say "tern migrate hog --to client2: copies memory while it runs, then freezes for what changed"
+echo "ticks just before: $(lab podman client1 exec hog cat /count)"
+$tern migrate hog --to client2
+echo "ticks on client2: $(lab podman client2 exec hog cat /count)"
 
 say "done; the lab is still up"
 echo "try: $tern migrate demo1 --to client1      or: scripts/lab.sh down"

@@ -32,7 +32,8 @@ out=$work/out
 rm -rf "$out"; mkdir -p "$out"
 # Export the root filesystem alone: a non-recursive bind mount holds no
 # submounts (/proc, /sys, /run, tmpfs), so 9p sees one device and file IDs
-# cannot collide.
+# cannot collide. The repository goes as a share of its own: wherever the
+# clone lives (/tmp, /var/tmp, another mount), the VM sees it at its path.
 view=$work/rootview
 mkdir -p "$view"
 mountpoint -q "$view" || mount --bind / "$view"
@@ -63,6 +64,7 @@ timeout "${TIER_TIMEOUT:-3000}" qemu-system-x86_64 -accel tcg -cpu max -m "${TIE
     -kernel "$kernel" -initrd "$work/initrd.img" \
     -append "console=ttyS0 panic=1 quiet loglevel=3 tern.repo=$repo" \
     -virtfs "local,path=$view,mount_tag=hostroot,security_model=none,readonly=on" \
+    -virtfs "local,path=$repo,mount_tag=ternrepo,security_model=none,readonly=on" \
     -virtfs "local,path=$out,mount_tag=ternout,security_model=none" || true
 rc=$(cat "$out/rc" 2>/dev/null || echo "no result")
 echo "softdirty-tier: the VM ran $(( $(date +%s) - start )) s; tests inside exited with: $rc"

@@ -31,8 +31,6 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointOpts {
     pub tcp_established: bool,
-    /// Compress the exported archive with zstd (else no compression).
-    pub zstd: bool,
     /// Dump on top of the container's `pre-checkpoint` folder (Podman's
     /// `--with-previous`): only pages written since it are dumped.
     pub with_previous: bool,
@@ -199,8 +197,9 @@ impl Engine for PodmanCli {
 
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {
         let p = path.to_string_lossy();
-        let compress = if opts.zstd { "zstd" } else { "none" };
-        let mut args = vec!["container", "checkpoint", "--keep", "--compress", compress, "--export", &p];
+        // Uncompressed: tern compresses on the wire where it pays, and the
+        // hash base's pages must be seen as CRIU wrote them.
+        let mut args = vec!["container", "checkpoint", "--keep", "--compress", "none", "--export", &p];
         args.extend(tcp_flag(opts));
         if opts.with_previous {
             args.push("--with-previous");

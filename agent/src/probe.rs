@@ -43,7 +43,11 @@ pub async fn probe(agent: &Agent, req: ProbeRequest) -> anyhow::Result<ProbeRepo
     let stats = session.conn.stats();
     session.conn.close(0u32.into(), b"probe done");
     match reply {
-        Response::Sunk { bytes, .. } if bytes == req.bytes => Ok(ProbeReport {
+        Response::Sunk { bytes, .. } if bytes == req.bytes => {
+            if bytes >= 32 << 20 {
+                agent.note_link_rate(&req.target.name, bytes as f64 / (ms.max(1) as f64 / 1000.0));
+            }
+            Ok(ProbeReport {
             from: agent.cfg.name.clone(),
             to: req.target.name,
             bytes,
@@ -51,7 +55,8 @@ pub async fn probe(agent: &Agent, req: ProbeRequest) -> anyhow::Result<ProbeRepo
             bytes_on_wire: stats.udp_tx.bytes - stats0.udp_tx.bytes,
             lost_packets: stats.path.lost_packets - stats0.path.lost_packets,
             rtt_us: stats.path.rtt.as_micros() as u64,
-        }),
+        })
+        }
         Response::Sunk { bytes, .. } => anyhow::bail!("{} received {bytes} of {} bytes", req.target.name, req.bytes),
         Response::Error(e) => anyhow::bail!("{}: {}", req.target.name, e.message),
         other => anyhow::bail!("{} answered {other:?} to the probe", req.target.name),

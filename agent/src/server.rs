@@ -24,6 +24,9 @@ pub struct Agent {
     /// check` cost a second of CPU, and facts change with upgrades, not by
     /// the minute.
     facts: tokio::sync::Mutex<Option<(std::time::Instant, tern_proto::facts::HostFacts)>>,
+    /// The rate last measured to each peer (bytes/s), by a probe or a
+    /// migration: `--compress auto` decides with it.
+    links: Mutex<std::collections::HashMap<String, f64>>,
 }
 
 /// How long gathered facts are served before they are read again.
@@ -43,7 +46,17 @@ impl Drop for BusyGuard<'_> {
 
 impl Agent {
     pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
-        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()), facts: Default::default() }
+        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()), facts: Default::default(), links: Default::default() }
+    }
+
+    /// The rate last measured to `peer`, in bytes per second.
+    pub fn link_rate(&self, peer: &str) -> Option<f64> {
+        self.links.lock().unwrap().get(peer).copied()
+    }
+
+    pub fn note_link_rate(&self, peer: &str, bytes_per_sec: f64) {
+        tracing::debug!(peer, mbit = bytes_per_sec * 8e-6, "link rate measured");
+        self.links.lock().unwrap().insert(peer.to_string(), bytes_per_sec);
     }
 
     /// This host's facts, read at most once a minute.

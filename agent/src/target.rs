@@ -362,20 +362,26 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");
-                transfer::receive(recv, &path, done.clone(), ReceiveFaults::default()).await.map(|d| (path, d)).map_err(|e| e.to_string())
+                transfer::receive_records(recv, &path, None, false, done.clone(), ReceiveFaults::default())
+                    .await
+                    .map(|(d, _)| (path, d))
+                    .map_err(|e| e.to_string())
             }
             DataKind::Checkpoint => {
                 let path = staging.join("checkpoint.tar");
-                transfer::receive(recv, &path, done.clone(), faults).await.map(|d| (path, d)).map_err(|e| e.to_string())
+                transfer::receive_records(recv, &path, None, false, done.clone(), faults)
+                    .await
+                    .map(|(d, _)| (path, d))
+                    .map_err(|e| e.to_string())
             }
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
                 receive_round(recv, &staging, n, done.clone()).await
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
-                match transfer::receive_base(recv, &path, done.clone()).await {
+                match transfer::receive_records(recv, &path, None, true, done.clone(), ReceiveFaults::default()).await {
                     Ok((d, offsets)) => {
-                        base_pages = Some(Arc::new(PageStore::new(&path, offsets)));
+                        base_pages = Some(Arc::new(PageStore::new(&path, offsets.unwrap_or_default())));
                         Ok((path, d))
                     }
                     Err(e) => Err(e.to_string()),
@@ -384,9 +390,9 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
             DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => {
                 let path = staging.join("checkpoint.tar");
                 match &base_pages {
-                    Some(store) => transfer::receive_delta(recv, &path, store.clone(), done.clone())
+                    Some(store) => transfer::receive_records(recv, &path, Some(store.clone()), false, done.clone(), faults)
                         .await
-                        .map(|d| (path, d))
+                        .map(|(d, _)| (path, d))
                         .map_err(|e| e.to_string()),
                     None => Err("the delta refers to a base that never arrived".into()),
                 }

@@ -1,7 +1,8 @@
 //! Bulk data over unidirectional QUIC streams, hashed with blake3 on both
-//! sides as the bytes pass, never held whole in memory: raw archives (image,
-//! checkpoint), file sets (pre-copy rounds) and delta-encoded archives
-//! (content-addressed pre-copy).
+//! sides as the bytes pass, never held whole in memory. Archives (image,
+//! hash base, checkpoint) travel as records ([`tern_proto::delta`]): raw or
+//! zstd-compressed runs, and page references where the target holds a
+//! base. Pre-copy rounds travel as file sets ([`tern_proto::fileset`]).
 
 use crate::pages::{PageIndex, PageOffsets, PageStore};
 use std::io::Write;
@@ -47,7 +48,8 @@ async fn close(s: Result<quinn::SendStream, String>) -> Result<(), TransferError
     Ok(())
 }
 
-/// Streams everything `reader` yields to a new uni stream on `conn`.
+/// Streams everything `reader` yields to a new uni stream on `conn`, as
+/// records compressed at `zstd` (a level) where that pays.
 ///
 /// The reader is always drained to its end, even when the stream fails:
 /// it may be a FIFO that Podman writes the checkpoint into, and Podman must
@@ -57,18 +59,19 @@ pub async fn send<R: AsyncRead + Unpin>(
     header: &DataHeader,
     reader: R,
     done: &AtomicU64,
-) -> Result<Digest, TransferError> {
-    send_encoded(conn, header, reader, done, Encoding::Raw, &CancellationToken::new()).await.map(|(d, _)| d)
+    zstd: Option<i32>,
+) -> Result<(Digest, DeltaStats), TransferError> {
+    send_encoded(conn, header, reader, done, Encoding::Raw, zstd, &CancellationToken::new()).await
 }
 
 /// How [`send_encoded`] treats the bytes it reads.
 pub enum Encoding<'a> {
-    /// As they are.
+    /// Every byte is sent (raw or compressed).
     Raw,
-    /// As they are, and cut into pages hashed into the index (the base of
-    /// content-addressed pre-copy).
+    /// Every byte is sent, and the bytes are cut into pages hashed into the
+    /// index (the base of content-addressed pre-copy).
     Index(&'a mut PageIndex),
-    /// As delta records: pages the index holds go as their numbers.
+    /// Pages the index holds go as their numbers.
     Delta(&'a PageIndex),
 }
 
@@ -86,13 +89,14 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     mut reader: R,
     done: &AtomicU64,
     mut encoding: Encoding<'_>,
+    zstd: Option<i32>,
     stop: &CancellationToken,
 ) -> Result<(Digest, DeltaStats), TransferError> {
     let mut stream = open(conn, header).await;
-    let mut encoder = match &encoding {
-        Encoding::Delta(ix) => Some((DeltaEncoder::default(), *ix)),
-        _ => None,
-    };
+    let mut encoder = DeltaEncoder::default();
+    if let Some(level) = zstd {
+        encoder = encoder.compress(level);
+    }
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -125,28 +129,25 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
         }
         hasher.update(&buf[..n]);
         total += n as u64;
-        if let Encoding::Index(ix) = &mut encoding {
-            ix.add(&buf[..n]);
-        }
-        match &mut encoder {
-            None => write(&mut stream, &buf[..n]).await,
-            Some((enc, ix)) => {
-                enc.feed(&buf[..n], &mut |page| ix.lookup(page)).map_err(|e| TransferError::Send(e.to_string()))?;
-                let out = enc.take_output();
-                write(&mut stream, &out).await;
+        let fed = match &mut encoding {
+            Encoding::Delta(ix) => encoder.feed(&buf[..n], &mut |page| ix.lookup(page)),
+            Encoding::Index(ix) => {
+                ix.add(&buf[..n]);
+                encoder.feed(&buf[..n], &mut |_| None)
             }
-        }
+            Encoding::Raw => encoder.feed(&buf[..n], &mut |_| None),
+        };
+        fed.map_err(|e| TransferError::Send(e.to_string()))?;
+        let out = encoder.take_output();
+        write(&mut stream, &out).await;
         done.store(total, Ordering::Relaxed);
     }
     if stopped {
         return Err(TransferError::Send("cancelled; the rest of the archive was drained here, not sent".into()));
     }
-    let mut stats = DeltaStats { archive_bytes: total, raw_bytes: total, ..Default::default() };
-    if let Some((enc, _)) = &mut encoder {
-        let tail = enc.finish().map_err(|e| TransferError::Send(e.to_string()))?;
-        write(&mut stream, &tail).await;
-        stats = enc.stats;
-    }
+    let tail = encoder.finish().map_err(|e| TransferError::Send(e.to_string()))?;
+    write(&mut stream, &tail).await;
+    let stats = encoder.stats;
     close(stream).await?;
     Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, stats))
 }
@@ -333,36 +334,67 @@ pub fn finish_tar(path: &Path, links: &[(String, String)]) -> std::io::Result<u6
     Ok(f.metadata()?.len())
 }
 
-/// Rebuilds an archive sent as delta records against `store` into `path`;
-/// returns the rebuilt archive's digest.
-pub async fn receive_delta(recv: quinn::RecvStream, path: &Path, store: Arc<PageStore>, done: Arc<AtomicU64>) -> Result<Digest, TransferError> {
+/// Receives an archive sent as records into `path`, rebuilding pages from
+/// `base` where the records refer to it; returns the archive's digest and,
+/// when `offsets` is asked, where each of its pages sits in the file (the
+/// hash base). Fault injection (tests) applies to the rebuilt bytes.
+pub async fn receive_records(
+    recv: quinn::RecvStream,
+    path: &Path,
+    base: Option<Arc<PageStore>>,
+    offsets: bool,
+    done: Arc<AtomicU64>,
+    faults: ReceiveFaults,
+) -> Result<(Digest, Option<Vec<u64>>), TransferError> {
     let file = std::fs::File::create(path).map_err(TransferError::Write)?;
     pump(recv, move |next| {
         let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
         let mut hasher = blake3::Hasher::new();
         let mut decoder = DeltaDecoder::default();
+        let mut pages = offsets.then(PageOffsets::default);
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         let mut emit = |bytes: &[u8], hasher: &mut blake3::Hasher, total: &mut u64| -> std::io::Result<()> {
-            hasher.update(bytes);
+            if faults.corrupt && *total == 0 && !bytes.is_empty() {
+                let mut v = bytes.to_vec();
+                v[0] ^= 0xff;
+                tracing::warn!("fault injection: corrupted the first received byte");
+                hasher.update(&v);
+                out.write_all(&v)?;
+            } else {
+                hasher.update(bytes);
+                out.write_all(bytes)?;
+            }
+            if let Some(p) = &mut pages {
+                p.add(bytes);
+            }
             *total += bytes.len() as u64;
             done.store(*total, Ordering::Relaxed);
-            out.write_all(bytes)
+            if let Some(limit) = faults.exit_after_bytes {
+                if *total >= limit {
+                    tracing::error!(total = *total, "fault injection: the agent exits now, mid-transfer");
+                    std::process::exit(137);
+                }
+            }
+            Ok(())
         };
         while let Some(chunk) = next() {
             decoder
                 .feed(&chunk, &mut |d| match d {
                     Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
-                    Decoded::Pages { index, count } => store
-                        .copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total))
-                        .map_err(|e| e.to_string()),
+                    Decoded::Pages { index, count } => match &base {
+                        Some(store) => store
+                            .copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total))
+                            .map_err(|e| e.to_string()),
+                        None => Err("a record refers to base pages, and this stream has no base".into()),
+                    },
                 })
                 .map_err(|e| e.to_string())?;
         }
         decoder.finish().map_err(|e| e.to_string())?;
         drop(emit);
         out.flush().map_err(|e| e.to_string())?;
-        Ok(digest(&hasher, total))
+        Ok((digest(&hasher, total), pages.map(PageOffsets::finish)))
     })
     .await
 }
@@ -379,54 +411,3 @@ pub struct ReceiveFaults {
     pub corrupt: bool,
 }
 
-/// Writes the rest of `recv` into `path`, hashing as it goes.
-pub async fn receive(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>, faults: ReceiveFaults) -> Result<Digest, TransferError> {
-    receive_raw(recv, path, done, faults, false).await.map(|(d, _)| d)
-}
-
-/// [`receive`] for content-addressed pre-copy's base: also returns where
-/// each of its pages sits in the file.
-pub async fn receive_base(recv: quinn::RecvStream, path: &Path, done: Arc<AtomicU64>) -> Result<(Digest, Vec<u64>), TransferError> {
-    let (d, offsets) = receive_raw(recv, path, done, ReceiveFaults::default(), true).await?;
-    Ok((d, offsets.unwrap_or_default()))
-}
-
-async fn receive_raw(
-    recv: quinn::RecvStream,
-    path: &Path,
-    done: Arc<AtomicU64>,
-    faults: ReceiveFaults,
-    index: bool,
-) -> Result<(Digest, Option<Vec<u64>>), TransferError> {
-    let file = std::fs::File::create(path).map_err(TransferError::Write)?;
-    pump(recv, move |next| {
-        let mut offsets = index.then(PageOffsets::default);
-        let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        while let Some(mut bytes) = next() {
-            if faults.corrupt && total == 0 && !bytes.is_empty() {
-                let mut v = bytes.to_vec();
-                v[0] ^= 0xff;
-                bytes = v.into();
-                tracing::warn!("fault injection: corrupted the first received byte");
-            }
-            hasher.update(&bytes);
-            if let Some(o) = &mut offsets {
-                o.add(&bytes);
-            }
-            out.write_all(&bytes).map_err(|e| e.to_string())?;
-            total += bytes.len() as u64;
-            done.store(total, Ordering::Relaxed);
-            if let Some(limit) = faults.exit_after_bytes {
-                if total >= limit {
-                    tracing::error!(total, "fault injection: the agent exits now, mid-transfer");
-                    std::process::exit(137);
-                }
-            }
-        }
-        out.flush().map_err(|e| e.to_string())?;
-        Ok((digest(&hasher, total), offsets.map(PageOffsets::finish)))
-    })
-    .await
-}

@@ -52,9 +52,10 @@ enum Cmd {
         /// Keep established TCP connections open across the move (CRIU TCP repair).
         #[arg(long)]
         tcp_established: bool,
-        /// Compress the checkpoint: none is fastest on LAN links (>= 1 Gbit/s),
-        /// zstd pays off on slow links with compressible memory.
-        #[arg(long, value_enum, default_value = "none")]
+        /// Compress what crosses the wire: auto (zstd's fastest level where a
+        /// run shrinks by 10 % or more, off on links measured at 2 Gbit/s or
+        /// faster), zstd (always try, level 3), none.
+        #[arg(long, value_enum, default_value = "auto")]
         compress: CompressArg,
         #[command(flatten)]
         precopy: PrecopyArgs,
@@ -81,6 +82,7 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CompressArg {
+    Auto,
     None,
     Zstd,
 }
@@ -191,6 +193,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Probe { from, to, bytes } => probe(cli.inventory, cli.json, &from, &to, bytes).await,
         Cmd::Migrate { mv, tcp_established, compress, precopy } => {
             let compress = match compress {
+                CompressArg::Auto => tern_proto::Compression::Auto,
                 CompressArg::None => tern_proto::Compression::None,
                 CompressArg::Zstd => tern_proto::Compression::Zstd,
             };

@@ -124,6 +124,8 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         "final_pages": r.final_pages,
         "final_frozen_ms": r.final_frozen_ms,
         "saved_bytes": r.saved_bytes,
+        "zstd_in": r.zstd_in,
+        "zstd_out": r.zstd_out,
         "phases": r.phases.iter().map(|p| json!({"phase": p.phase.as_str(), "ms": p.ms})).collect::<Vec<_>>(),
         "rounds": r.rounds.iter().map(|x| json!({
             "round": x.round, "pages": x.pages, "bytes": x.bytes, "duration_ms": x.duration_ms,
@@ -167,6 +169,9 @@ pub fn report_text(r: &MigrationReport) -> String {
         bytes(r.checkpoint_bytes),
         bytes(r.image_bytes)
     ));
+    if r.zstd_in > 0 {
+        s.push_str(&format!("  compressed   {} into {} (zstd, where it paid)\n", bytes(r.zstd_in), bytes(r.zstd_out)));
+    }
     if r.final_pages > 0 || r.final_frozen_ms > 0 {
         s.push_str(&format!(
             "  final dump   {} pages ({}), CRIU frozen {}\n",

@@ -82,6 +82,8 @@ fn responses_and_reports_round_trip() {
         final_pages: 30,
         final_frozen_ms: 120,
         saved_bytes: 4096,
+        zstd_in: 8192,
+        zstd_out: 1024,
         phases: vec![PhaseTime { phase: Phase::Checkpoint, ms: 500 }],
         rounds: vec![RoundReport {
             round: 1,

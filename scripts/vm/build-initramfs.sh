@@ -17,5 +17,6 @@ for m in $MODULES; do
 done
 echo "$MODULES" > "$tmp/lib/modules/order"
 install -m 755 "$here/init" "$tmp/init"
+install -m 755 "$here/stage2.sh" "$tmp/stage2.sh"
 (cd "$tmp" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$out.new"
 mv "$out.new" "$out"

@@ -9,6 +9,11 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 for d in /tmp /run /var/tmp /var/lib/containers /var/lib/tern-lab; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+# The repository, from its own share, at the path it has on the host (the
+# test binaries know it): it may sit under one of the tmpfs just mounted, or
+# on a host mount the root's view does not include.
+mkdir -p "$repo"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose ternrepo "$repo" || { echo "stage2: cannot mount the repository"; /bin/busybox poweroff -f; }
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /run/netns /run/lock
 ip link set lo up

@@ -177,6 +177,9 @@ impl Run<'_> {
             tracing::info!(round = n, pages, bytes = digest.bytes, dump_ms, transfer_ms = transfer.as_millis() as u64, "pre-copy round");
 
             let link_rate = sent_bytes as f64 / sent_time.as_secs_f64().max(1e-3);
+            if sent_bytes >= 32 << 20 {
+                self.agent.note_link_rate(&self.req.target.name, link_rate);
+            }
             match decide(&policy, &history, link_rate, started.elapsed()) {
                 Decision::Continue => continue,
                 Decision::Freeze(reason) => break reason,
@@ -227,8 +230,9 @@ impl Run<'_> {
         let header = DataHeader { id: self.req.id, kind: DataKind::Base };
         let conn = self.session().conn.clone();
         let cancel = self.cancel.clone();
+        let zstd = self.zstd_level();
         let ship = async {
-            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(&mut index), &cancel).await
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(&mut index), zstd, &cancel).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
@@ -236,7 +240,8 @@ impl Run<'_> {
         let (dumped, dumped_at) = dump.await.map_err(|e| Fail::new(p, e))?;
         let dump_ms = (dumped_at - started).as_millis() as u64;
         dumped.map_err(|e| Fail::new(p, format!("the base checkpoint failed (the container keeps running): {e}")))?;
-        let (digest, _) = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        let (digest, stats) = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        self.count_sent(&stats, started.elapsed());
         // CRIU's statistics, then the base's images: the final dump writes
         // a fresh set, and stale files must not ride along in its archive.
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
