@@ -34,7 +34,7 @@
 //! found: a member the pager does not understand is sent raw, so a wrong
 //! guess costs bytes on the wire, never correctness.
 
-use crate::frame::{encode, FrameError, WireMessage};
+use crate::frame::{encode, FrameCollector, FrameError, WireMessage};
 use serde::{Deserialize, Serialize};
 
 /// CRIU's page size on x86_64 (and the unit of deduplication).
@@ -441,14 +441,20 @@ pub enum DeltaError {
 /// Reads delta records from a stream arriving in arbitrary slices. Holds at
 /// most one record header (a few bytes) between calls: raw bytes are handed
 /// on as they arrive.
-#[derive(Default)]
 pub struct DeltaDecoder {
-    head: Vec<u8>,
+    /// Record frames are tiny.
+    head: FrameCollector,
     raw_left: u32,
     /// A compressed record being collected: its bytes so far, its raw size.
     zstd: Option<(Vec<u8>, u32)>,
     zstd_left: u32,
     ended: bool,
+}
+
+impl Default for DeltaDecoder {
+    fn default() -> Self {
+        DeltaDecoder { head: FrameCollector::new(64), raw_left: 0, zstd: None, zstd_left: 0, ended: false }
+    }
 }
 
 /// The most a compressed record of [`MAX_RAW`] bytes may take (zstd's bound).
@@ -489,22 +495,7 @@ impl DeltaDecoder {
                 }
                 continue;
             }
-            // A record header: take bytes until a whole frame is there. Record
-            // frames are tiny, so a few bytes at a time is fine.
-            let need = if self.head.len() < 4 {
-                4 - self.head.len()
-            } else {
-                let len = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize;
-                if len > 64 {
-                    return Err(FrameError::TooLarge { len, limit: 64 }.into());
-                }
-                4 + len - self.head.len()
-            };
-            let take = need.min(input.len());
-            self.head.extend_from_slice(&input[..take]);
-            input = &input[take..];
-            let Some((rec, _)) = crate::frame::decode::<DeltaRecord>(&self.head)? else { continue };
-            self.head.clear();
+            let Some(rec) = self.head.push::<DeltaRecord>(&mut input)? else { continue };
             match rec {
                 DeltaRecord::Raw { len } if len > MAX_RAW => return Err(DeltaError::RawTooLarge(len)),
                 DeltaRecord::Raw { len } => self.raw_left = len,

@@ -110,9 +110,8 @@ pub enum FileSetStreamError {
 
 /// Reads a file set from a stream arriving in arbitrary slices, checking
 /// every name. Holds at most one entry header between calls.
-#[derive(Default)]
 pub struct FileSetDecoder {
-    head: Vec<u8>,
+    head: crate::frame::FrameCollector,
     left: u64,
     in_file: bool,
     ended: bool,
@@ -121,6 +120,18 @@ pub struct FileSetDecoder {
 
 /// The largest encoded entry: a name of [`MAX_NAME`] bytes and its length.
 const MAX_ENTRY: usize = MAX_NAME + 32;
+
+impl Default for FileSetDecoder {
+    fn default() -> Self {
+        FileSetDecoder {
+            head: crate::frame::FrameCollector::new(MAX_ENTRY),
+            left: 0,
+            in_file: false,
+            ended: false,
+            names: NameCheck::default(),
+        }
+    }
+}
 
 impl FileSetDecoder {
     pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(FileEvent<'_>) -> Result<(), String>) -> Result<(), FileSetStreamError> {
@@ -141,20 +152,7 @@ impl FileSetDecoder {
                 }
                 continue;
             }
-            let need = if self.head.len() < 4 {
-                4 - self.head.len()
-            } else {
-                let len = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize;
-                if len > MAX_ENTRY {
-                    return Err(crate::frame::FrameError::TooLarge { len, limit: MAX_ENTRY }.into());
-                }
-                4 + len - self.head.len()
-            };
-            let take = need.min(input.len());
-            self.head.extend_from_slice(&input[..take]);
-            input = &input[take..];
-            let Some((entry, _)) = crate::frame::decode::<FileEntry>(&self.head)? else { continue };
-            self.head.clear();
+            let Some(entry) = self.head.push::<FileEntry>(&mut input)? else { continue };
             match entry {
                 FileEntry::File { name, len } => {
                     self.names.admit(&name)?;

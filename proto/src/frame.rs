@@ -96,6 +96,47 @@ pub fn decode<M: WireMessage>(buf: &[u8]) -> Result<Option<(M, usize)>, FrameErr
     Ok(Some((decode_payload(&buf[4..4 + len])?, 4 + len)))
 }
 
+/// Collects one frame from a stream arriving in arbitrary slices, holding
+/// at most `limit` bytes: the streaming decoders of records and file sets
+/// take their small headers with it, byte runs in between.
+pub struct FrameCollector {
+    head: Vec<u8>,
+    limit: usize,
+}
+
+impl FrameCollector {
+    pub fn new(limit: usize) -> Self {
+        FrameCollector { head: Vec::new(), limit }
+    }
+
+    /// Takes from `input` what the current frame still needs; returns the
+    /// frame once it is whole, `None` when `input` ran out first.
+    pub fn push<M: WireMessage>(&mut self, input: &mut &[u8]) -> Result<Option<M>, FrameError> {
+        loop {
+            let need = if self.head.len() < 4 {
+                4 - self.head.len()
+            } else {
+                let len = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize;
+                if len > self.limit {
+                    return Err(FrameError::TooLarge { len, limit: self.limit });
+                }
+                4 + len - self.head.len()
+            };
+            if need == 0 {
+                let msg = decode_payload(&self.head[4..]);
+                self.head.clear();
+                return msg.map(Some);
+            }
+            if input.is_empty() {
+                return Ok(None);
+            }
+            let take = need.min(input.len());
+            self.head.extend_from_slice(&input[..take]);
+            *input = &input[take..];
+        }
+    }
+}
+
 /// Writes one frame.
 pub async fn write_frame<W, M>(w: &mut W, msg: &M) -> Result<(), FrameError>
 where
