@@ -51,8 +51,15 @@ fn roots(files: &TlsFiles) -> Result<RootCertStore, TransportError> {
     Ok(roots)
 }
 
+/// ring, with the TLS 1.3 suites in the order that moves bulk data fastest:
+/// AES-128-GCM (10 AES rounds a block, against AES-256's 14: about 30 %
+/// less cipher work, on every machine with AES instructions), then
+/// AES-256-GCM, then ChaCha20-Poly1305 (faster where AES runs in software).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    Arc::new(p)
 }
 
 fn tls_err(e: rustls::Error) -> TransportError {
