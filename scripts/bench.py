@@ -680,7 +680,7 @@ def parse_args(argv):
     ap.add_argument("--tern-args", metavar="ARGS", help="extra `tern migrate` flags, e.g. \"--max-rounds 4 --max-downtime 2s\"")
     ap.add_argument("--workload", action="append", metavar="W[,W...]", help=f"default: all ({', '.join(WORKLOADS)}); any NMiB@RMiB/s too")
     ap.add_argument("--link", action="append", metavar="L[,L...]", help=f"default: all ({', '.join(LINKS)})")
-    ap.add_argument("--compress", choices=["none", "zstd"], default="none", help="tern's --compress (default none)")
+    ap.add_argument("--compress", choices=["auto", "none", "zstd"], default="auto", help="tern's --compress (default auto, what a user gets)")
     ap.add_argument("--json", metavar="FILE", help="write every successful run as one object of a JSON array")
     ap.add_argument("--chart", metavar="FILE.png", help="downtime medians with min..max, per workload/link and method")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")

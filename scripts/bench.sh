@@ -3,7 +3,7 @@
 # copy over the same link, podman restore --import) in the lab.
 #
 #   scripts/bench.sh [--quick] [--runs N] [--methods M,...] [--workload W,...]
-#                    [--link L,...] [--compress none|zstd] [--json FILE]
+#                    [--link L,...] [--compress auto|none|zstd] [--json FILE]
 #                    [--chart FILE.png] [--fail-fast]
 #   scripts/bench.sh --from-json FILE [--chart FILE.png]   (report saved rows)
 #

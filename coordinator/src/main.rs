@@ -2,9 +2,11 @@
 //!
 //! `cluster` talks to every agent of the `inventory`; `plan` runs the
 //! compatibility rules before anything is frozen; `migrate` drives one
-//! migration and shows its progress; `output` formats what users read.
+//! migration and shows its progress; `evacuate` places a host's containers
+//! on the others; `output` formats what users read.
 
 mod cluster;
+mod evacuate;
 mod inventory;
 mod migrate;
 mod output;
@@ -49,14 +51,31 @@ enum Cmd {
     Migrate {
         #[command(flatten)]
         mv: MoveArgs,
-        /// Keep established TCP connections open across the move (CRIU TCP repair).
-        #[arg(long)]
-        tcp_established: bool,
-        /// Compress what crosses the wire: auto (zstd's fastest level where a
-        /// run shrinks by 10 % or more, off on links measured at 2 Gbit/s or
-        /// faster), zstd (always try, level 3), none.
+        #[command(flatten)]
+        transfer: TransferArgs,
+        #[command(flatten)]
+        precopy: PrecopyArgs,
+    },
+    /// Move every running container off a host (before a reboot), one at a
+    /// time, each to the compatible target holding the least memory.
+    Evacuate {
+        /// The host to empty.
+        host: String,
+        /// The hosts that may take its containers (comma-separated or
+        /// repeated; default: every other host in the inventory).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
         #[arg(long, value_enum, default_value = "auto")]
-        compress: CompressArg,
+        mode: plan::ModeArg,
+        /// Print where each container would go, and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move what can move when some container has no compatible target
+        /// (default: refuse the whole evacuation before freezing anything).
+        #[arg(long)]
+        skip_blocked: bool,
+        #[command(flatten)]
+        transfer: TransferArgs,
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
@@ -78,6 +97,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PkiCmd,
     },
+}
+
+/// How the checkpoint crosses the wire.
+#[derive(clap::Args)]
+struct TransferArgs {
+    /// Keep established TCP connections open across the move (CRIU TCP repair).
+    #[arg(long)]
+    tcp_established: bool,
+    /// Compress what crosses the wire: auto (zstd's fastest level where a
+    /// run shrinks by 10 % or more, off on links measured at 2 Gbit/s or
+    /// faster), zstd (always try, level 3), none.
+    #[arg(long, value_enum, default_value = "auto")]
+    compress: CompressArg,
+}
+
+impl TransferArgs {
+    fn options(&self, precopy: &PrecopyArgs) -> migrate::Options {
+        let compress = match self.compress {
+            CompressArg::Auto => tern_proto::Compression::Auto,
+            CompressArg::None => tern_proto::Compression::None,
+            CompressArg::Zstd => tern_proto::Compression::Zstd,
+        };
+        migrate::Options { tcp_established: self.tcp_established, compress, progress: true, policy: precopy.policy() }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -191,14 +234,10 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Ps => ps(cli.inventory, cli.json).await,
         Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
         Cmd::Probe { from, to, bytes } => probe(cli.inventory, cli.json, &from, &to, bytes).await,
-        Cmd::Migrate { mv, tcp_established, compress, precopy } => {
-            let compress = match compress {
-                CompressArg::Auto => tern_proto::Compression::Auto,
-                CompressArg::None => tern_proto::Compression::None,
-                CompressArg::Zstd => tern_proto::Compression::Zstd,
-            };
-            let opts = migrate::Options { tcp_established, compress, progress: true, policy: precopy.policy() };
-            migrate(cli.inventory, cli.json, mv, opts).await
+        Cmd::Migrate { mv, transfer, precopy } => migrate(cli.inventory, cli.json, mv, transfer.options(&precopy)).await,
+        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, transfer, precopy } => {
+            let ask = EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts: transfer.options(&precopy) };
+            evacuate(cli.inventory, cli.json, ask).await
         }
     }
 }
@@ -275,6 +314,21 @@ async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrat
         Outcome::Completed => 0,
         _ => 1,
     })
+}
+
+/// What `tern evacuate` was asked.
+struct EvacuateAsk {
+    host: String,
+    to: Vec<String>,
+    mode: plan::ModeArg,
+    dry_run: bool,
+    skip_blocked: bool,
+    opts: migrate::Options,
+}
+
+async fn evacuate(inv: Option<PathBuf>, as_json: bool, ask: EvacuateAsk) -> Result<u8, Exit> {
+    let (inv, cluster) = survey(inv).await?;
+    evacuate::run(&inv, &cluster, as_json, ask).await
 }
 
 fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, Exit> {

@@ -7,12 +7,21 @@ use std::io::{IsTerminal, Write};
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Phase, Request};
 
+#[derive(Clone)]
 pub struct Options {
     pub tcp_established: bool,
     pub compress: tern_proto::Compression,
     /// Print progress lines (on stderr).
     pub progress: bool,
     pub policy: tern_proto::policy::PolicyConfig,
+}
+
+/// Set once the user pressed Ctrl-C during a migration: an evacuation
+/// starts no further move.
+static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn user_cancelled() -> bool {
+    CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn new_id() -> u64 {
@@ -65,6 +74,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
             },
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
+                CANCELLED.store(true, std::sync::atomic::Ordering::Relaxed);
                 display.note(&format!(
                     "cancelling: before the switchover {} goes back to running on {}; waiting for the agent",
                     plan.container.name, plan.source_name

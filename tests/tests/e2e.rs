@@ -415,3 +415,61 @@ fn probe_measures_the_link_between_agents() {
     let bad = tern_json(&["probe", "--from", "client1", "--to", "nowhere"]).unwrap();
     assert_eq!(bad.code, 2, "an unknown host is bad input: {}", bad.all);
 }
+
+/// `tern evacuate`: refused up front while one container cannot go
+/// anywhere (nothing touched); a dry run moves nothing; with
+/// --skip-blocked the others move, their counters carrying on, and the
+/// blocked one keeps running on the source.
+fn scenario_evacuate() -> Result<()> {
+    let (a, b, stuck) = ("e2e-evac-a", "e2e-evac-b", "e2e-evac-stuck");
+    for n in [a, b, stuck] {
+        remove_everywhere(n);
+        start_counter("client1", n)?;
+    }
+    // A container of the same name on client2 blocks `stuck`.
+    ok(&mut podman("client2", &["create", "--name", stuck, IMAGE, "true"]))?;
+    count_reaches("client1", a, 10)?;
+    let started = inspect("client1", a)?.unwrap()["State"]["StartedAt"].clone();
+
+    let r = tern_json(&["evacuate", "client1", "--to", "client2"])?;
+    ensure!(r.code == 3, "expected exit 3 (refused): {}", r.all);
+    ensure!(r.json["outcome"] == "refused", "{}", r.all);
+    let stuck_names: Vec<&str> = r.json["stuck"].as_array().unwrap().iter().map(|s| s["container"].as_str().unwrap()).collect();
+    ensure!(stuck_names == [stuck], "stuck: {stuck_names:?}");
+    ensure!(r.stderr.contains("Nothing was touched"), "{}", r.stderr);
+    let after = inspect("client1", a)?.unwrap();
+    ensure!(after["State"]["Status"] == "running" && after["State"]["StartedAt"] == started, "{a} was touched: {}", after["State"]);
+
+    let r = tern_json(&["evacuate", "client1", "--to", "client2", "--skip-blocked", "--dry-run"])?;
+    ensure!(r.code == 0 && r.json["outcome"] == "dry-run", "{}", r.all);
+    let planned: Vec<&str> = r.json["plan"].as_array().unwrap().iter().map(|p| p["container"].as_str().unwrap()).collect();
+    ensure!(planned.contains(&a) && planned.contains(&b) && !planned.contains(&stuck), "plan: {planned:?}");
+    ensure!(state("client2", a)?.is_none(), "the dry run moved {a}");
+
+    let pids = top("client1", b)?;
+    let (ca, cb) = (count("client1", a)?, count("client1", b)?);
+    let r = tern_json(&["evacuate", "client1", "--to", "client2", "--skip-blocked"])?;
+    ensure!(r.code == 1, "expected exit 1 (the host is not empty): {}", r.all);
+    ensure!(r.json["outcome"] == "partial", "{}", r.all);
+    for (n, c0) in [(a, ca), (b, cb)] {
+        let m = r.json["moves"].as_array().unwrap().iter().find(|m| m["container"] == n).cloned().unwrap_or_default();
+        ensure!(m["report"]["outcome"] == "completed", "{n}: {m}");
+        ensure!(state("client2", n)?.as_deref() == Some("running") && state("client1", n)?.is_none(), "{n} did not move");
+        let c1 = count("client2", n)?;
+        ensure!(c1 >= c0, "{n}'s counter restarted: {c0} -> {c1}");
+        count_reaches("client2", n, c1 + 5)?;
+    }
+    ensure!(top("client2", b)? == pids, "PIDs changed");
+    ensure!(state("client1", stuck)?.as_deref() == Some("running"), "{stuck} stopped running on client1");
+    for n in [a, b, stuck] {
+        remove_everywhere(n);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn evacuate_moves_what_can_move_and_refuses_up_front_otherwise() {
+    let _lab = lab_guard();
+    scenario_evacuate().unwrap();
+}
