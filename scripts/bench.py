@@ -9,6 +9,11 @@ Methods
                   `podman container restore --import` on the target. Its
                   downtime is all of it: frozen from the checkpoint until the
                   restore returns.
+  podman-floor    Podman's own floor: `checkpoint --export --compress none`,
+                  the file handed to the target with a hard link (same disk,
+                  no network), `restore --import`. What any tool built on
+                  Podman's export and import pays over an infinitely fast
+                  link: the bound under tern's downtime.
   stop-and-copy   tern migrate --mode stop-and-copy
   hash-pre-copy   tern migrate --mode hash-pre-copy (content-addressed)
   pre-copy        tern migrate --mode pre-copy (soft-dirty rounds; only when
@@ -67,8 +72,8 @@ MIB = 1 << 20
 # Generous: 1 GiB at 100 Mbit/s is ~90 s a copy, and pre-copy may copy it more than once.
 STEP_TIMEOUT = 1800
 
-METHODS = ["manual", "stop-and-copy", "pre-copy", "hash-pre-copy"]
-TERN_MODES = METHODS[1:]
+METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy"]
+TERN_MODES = METHODS[2:]
 
 # tbf on each namespace's eth0 (egress). With hrtimers tbf does not need a
 # burst of rate/HZ, but the burst must hold a whole GSO super-packet (up to
@@ -416,14 +421,18 @@ def ms(a, b):
     return round((b - a) * 1000)
 
 
-def run_manual(workload, opts):
+def run_manual(workload, opts, floor=False):
+    """The manual procedure; floor=True: Podman's own floor instead (an
+    uncompressed export handed to the target with a rename on the shared
+    disk, no network), what any tool built on export and import pays even
+    over an infinitely fast link."""
     pid = start(workload)
     src, dst = manual_paths()
     for p in (src, dst):
         os.makedirs(os.path.dirname(p), exist_ok=True)
-    recv = subprocess.Popen(ns(DST) + [sys.executable, "-c", COPY_RECV, dst], stdout=subprocess.PIPE, text=True)
+    recv = None if floor else subprocess.Popen(ns(DST) + [sys.executable, "-c", COPY_RECV, dst], stdout=subprocess.PIPE, text=True)
     try:
-        if recv.stdout.readline().strip() != "ready":
+        if recv and recv.stdout.readline().strip() != "ready":
             raise RunError("the copy's receiver on the target did not start")
         before = read_count(pid)
         if before is None:
@@ -433,23 +442,28 @@ def run_manual(workload, opts):
         # reaped after the source-side figure is taken, so it lands on the target's.
         c0 = children_cpu()
         t0 = time.monotonic()
-        podman(SRC, "container", "checkpoint", "--export", src, NAME)
+        podman(SRC, "container", "checkpoint", "--export", src, *(["--compress", "none"] if floor else []), NAME)
         t1 = time.monotonic()
-        sh(ns(SRC) + [sys.executable, "-c", COPY_SEND, src, DST_IP], what="copy to the target")
-        c1 = children_cpu()
-        try:
-            recv.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired as e:
-            raise RunError("the copy's receiver did not finish") from e
+        if floor:
+            size = os.path.getsize(src)
+            os.link(src, dst)
+            c1 = children_cpu()
+        else:
+            sh(ns(SRC) + [sys.executable, "-c", COPY_SEND, src, DST_IP], what="copy to the target")
+            c1 = children_cpu()
+            try:
+                recv.wait(timeout=STEP_TIMEOUT)
+            except subprocess.TimeoutExpired as e:
+                raise RunError("the copy's receiver did not finish") from e
+            if recv.returncode != 0:
+                raise RunError(f"the copy's receiver failed (exit {recv.returncode})")
         t2 = time.monotonic()
-        if recv.returncode != 0:
-            raise RunError(f"the copy's receiver failed (exit {recv.returncode})")
         podman(DST, "container", "restore", "--import", dst)
         t3 = time.monotonic()
         c2 = children_cpu()
         lb1 = link_bytes()
     finally:
-        if recv.poll() is None:
+        if recv and recv.poll() is None:
             recv.kill()
             recv.wait()
     size = os.path.getsize(src)
@@ -458,12 +472,12 @@ def run_manual(workload, opts):
     after = check_continued(before)
     conmon = restored_conmon_cpu()
     return {
-        "downtime_ms": ms(t0, t3), "total_ms": ms(t0, t3), "bytes_on_wire": size, "link_bytes": lb1 - lb0,
+        "downtime_ms": ms(t0, t3), "total_ms": ms(t0, t3), "bytes_on_wire": 0 if floor else size, "link_bytes": lb1 - lb0,
         "checkpoint_bytes": size, "saved_bytes": 0, "rounds": 0, "final_frozen_ms": None, "stop_reason": None,
         "source_cpu_s": round(c1 - c0, 3), "target_cpu_s": round(c2 - c1 + conmon, 3),
         "target_conmon_cpu_s": round(conmon, 3), "coordinator_cpu_s": None,
         "source_agent_peak_mib": None, "target_agent_peak_mib": None,
-        "phases": {"checkpoint": ms(t0, t1), "copy": ms(t1, t2), "restore": ms(t2, t3)},
+        "phases": {"checkpoint": ms(t0, t1), ("hand-over" if floor else "copy"): ms(t1, t2), "restore": ms(t2, t3)},
         "count_before": before, "count_after": after,
     }
 
@@ -528,8 +542,8 @@ def run_tern(mode, workload, opts):
 
 
 def run_one(method, workload, opts):
-    if method == "manual":
-        return run_manual(workload, opts)
+    if method in ("manual", "podman-floor"):
+        return run_manual(workload, opts, floor=method == "podman-floor")
     return run_tern(method, workload, opts)
 
 
@@ -592,7 +606,7 @@ def table(rows, failures, meta):
                     ratio[i] = f"{a / b:.2f}" if a is not None and b else "n/a"
             nfail = sum(1 for f in failures if f["workload"] == w and f["link"] == l and f["method"] == m)
             runs = f"{len(rs)}" + (f" (+{nfail} failed)" if nfail else "")
-            peak = "-" if m == "manual" else (
+            peak = "-" if m in ("manual", "podman-floor") else (
                 f"{fmt_stat([r['source_agent_peak_mib'] for r in rs])} / "
                 f"{fmt_stat([r['target_agent_peak_mib'] for r in rs])}")
             out.append(
@@ -756,8 +770,8 @@ def main(argv):
                             continue
                         finally:
                             clean()
-                        r.update(method=m, workload=w, link=link, run=i, compress=opts.compress if m != "manual"
-                                 else "zstd", at=datetime.datetime.now().isoformat(timespec="seconds"))
+                        r.update(method=m, workload=w, link=link, run=i, compress=opts.compress if m in TERN_MODES
+                                 else "none" if m == "podman-floor" else "zstd", at=datetime.datetime.now().isoformat(timespec="seconds"))
                         rows.append(r)
                         log(f"{head}: downtime {r['downtime_ms']} ms, total {r['total_ms']} ms, "
                             f"{r['bytes_on_wire'] / MIB:.2f} MiB, cpu {r['source_cpu_s']:.2f}/"
