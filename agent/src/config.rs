@@ -99,6 +99,20 @@ pub struct Faults {
     /// As target: flip one received checkpoint byte, so the digest check fails.
     #[serde(default)]
     pub corrupt_checkpoint: bool,
+    /// The source agent exits (as if killed) at this point after the freeze.
+    #[serde(default)]
+    pub source_exit: Option<SourceExit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceExit {
+    /// Once the checkpoint is dumped and streamed, before telling the
+    /// target: the target never restores, and drops what it staged.
+    BeforeCheckpointSent,
+    /// Once the target answered that the container runs there, before the
+    /// source removed its copy: the target keeps it.
+    AfterRestored,
 }
 
 impl AgentConfig {

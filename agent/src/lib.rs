@@ -5,6 +5,7 @@
 //! | `server`   | the QUIC server: Hello, then one request per stream            |
 //! | `source`   | the source's side of a migration, rollback included; `source/precopy.rs` its pre-copy rounds |
 //! | `target`   | the target's side: stage, verify, restore, confirm             |
+//! | `recovery` | the journal of frozen containers; recovery after the agent died mid-migration |
 //! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed |
 //! | `pages`    | page hashes (source) and the base's pages (target)             |
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod facts;
 pub mod pages;
 pub mod probe;
+pub mod recovery;
 pub mod server;
 pub mod source;
 pub mod target;

@@ -52,6 +52,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
     let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));
+    // Containers a predecessor left frozen mid-migration.
+    tokio::spawn(tern_agent::recovery::recover(agent.clone()));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {

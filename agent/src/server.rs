@@ -81,6 +81,11 @@ impl Agent {
             .then(|| BusyGuard { agent: self, name: name.to_string() })
     }
 
+    /// Whether a migration of `name` is under way here.
+    pub fn is_busy(&self, name: &str) -> bool {
+        self.busy.lock().unwrap().contains(name)
+    }
+
     /// Serves until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -167,6 +172,9 @@ impl Agent {
             Request::Facts => self.facts().await.map(Response::Facts),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
+            Request::Whereabouts { container, container_id } => {
+                crate::recovery::whereabouts(&self, &container, &container_id).await.map(Response::Whereabouts)
+            }
             Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),
         };
         let response = response.unwrap_or_else(|e| Response::Error(tern_proto::RemoteError { message: format!("{e:#}") }));

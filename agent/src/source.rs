@@ -81,6 +81,8 @@ struct Run<'a> {
     precopy_dir: Option<PathBuf>,
     zstd_in: u64,
     zstd_out: u64,
+    /// This migration's journal entry, from the freeze to the end.
+    journal: Option<PathBuf>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -110,6 +112,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         precopy_dir: None,
         zstd_in: 0,
         zstd_out: 0,
+        journal: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -126,6 +129,11 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         }
     }
     let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
+    // Seen to the end (a failed rollback included: its report tells the
+    // user how to restore), so nothing is left to recover.
+    if let Some(j) = run.journal.take() {
+        crate::recovery::forget(&j);
+    }
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
     let _ = run.events.send(MigrateEvent::Done(report)).await;
@@ -357,6 +365,20 @@ impl Run<'_> {
             with_previous: mode == Mode::PreCopy && base.is_some(),
             leave_running: false,
         };
+        // Should this agent die from here on, its successor finds the
+        // container checkpointed and asks the target what became of it.
+        let entry = crate::recovery::Entry {
+            id: self.req.id,
+            container: info.name.clone(),
+            container_id: info.id.clone(),
+            target: self.req.target.clone(),
+            tcp_established: self.req.options.tcp_established,
+            leftovers: self.pre_link.iter().chain(self.precopy_dir.iter()).cloned().collect(),
+        };
+        self.journal = Some(
+            crate::recovery::record(self.agent, &entry)
+                .map_err(|e| Fail::new(p, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))?,
+        );
         self.frozen_at = Some(Instant::now());
         let engine = self.agent.engine.clone();
         let name = info.name.clone();
@@ -407,6 +429,7 @@ impl Run<'_> {
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
         self.check_cancel(p)?;
+        self.injected_exit(crate::config::SourceExit::BeforeCheckpointSent);
         write_frame(send, &SourceMsg::CheckpointSent(digest))
             .await
             .map_err(|e| Fail::new(p, format!("telling {target} the checkpoint is complete: {e}")))?;
@@ -430,10 +453,19 @@ impl Run<'_> {
                 self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
                 self.leave(p);
                 tracing::info!(container = %r.container.name, "restored on the target: switchover");
+                self.injected_exit(crate::config::SourceExit::AfterRestored);
                 Ok(())
             }
             TargetMsg::Failed(f) => Err(Fail::new(f.phase, format!("on {}: {}", self.req.target.name, f.message))),
             other => Err(Fail::new(p, self.session().unexpected("Restored", &other))),
+        }
+    }
+
+    /// Tests: the agent dies here, as if killed.
+    fn injected_exit(&self, at: crate::config::SourceExit) {
+        if self.agent.cfg.faults.source_exit == Some(at) {
+            tracing::error!("fault injected: the source agent exits ({at:?})");
+            std::process::exit(70);
         }
     }
 
@@ -559,7 +591,7 @@ fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receive
 
 /// Brings a checkpointed container back here, unless it already runs (a
 /// failed dump leaves it running).
-async fn restore_here(agent: &Agent, name: &str, tcp_established: bool) -> anyhow::Result<()> {
+pub(crate) async fn restore_here(agent: &Agent, name: &str, tcp_established: bool) -> anyhow::Result<()> {
     let engine = &agent.engine;
     if engine.inspect(name).await?.is_some_and(|c| c.is_running()) {
         return Ok(());

@@ -67,8 +67,12 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
                 Err(e) => {
                     display.finish();
                     anyhow::bail!(
-                        "lost contact with {} during the migration ({e}); the agent finishes or rolls back on its own: check `tern ps`",
-                        plan.source_name
+                        "lost contact with {src} during the migration ({e}). If only the network failed, {src}'s agent \
+                         finishes or rolls back on its own; if the agent died, {} stays frozen on {src} until the agent \
+                         is restarted, which then asks {} and restores it on {src} or, if the switchover had happened, \
+                         leaves it on {}. Check with `tern ps`",
+                        plan.container.name, plan.target_name, plan.target_name,
+                        src = plan.source_name
                     );
                 }
             },

@@ -65,6 +65,24 @@ pub enum Request {
     /// `bytes` bytes follow on this stream; read and drop them, answer with
     /// [`Response::Sunk`] (agent to agent, for a probe).
     Sink { bytes: u64 },
+    /// Where is this container now (agent to agent)? A restarted source
+    /// agent asks the target of a migration it did not see to its end;
+    /// answer with [`Response::Whereabouts`].
+    Whereabouts { container: String, container_id: String },
+}
+
+/// What a target answers about a container a dead source was migrating.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Whereabouts {
+    Invalid,
+    /// A migration of it is still under way here: ask again later.
+    Busy,
+    /// It runs here (the same container ID): the switchover happened.
+    Running,
+    /// It is here but not running (this state).
+    Stopped { state: String },
+    /// Not here (never restored, or removed when the source vanished).
+    Absent,
 }
 
 /// The most a probe may send (16 GiB).
@@ -104,6 +122,7 @@ pub enum Response {
     Probe(ProbeReport),
     /// The bytes of a `Sink` request arrived: this many, in this long.
     Sunk { bytes: u64, ms: u64 },
+    Whereabouts(Whereabouts),
     Error(RemoteError),
 }
 

@@ -52,6 +52,7 @@ fn samples() -> Vec<Request> {
             },
         }),
         Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false, mode: Mode::HashPreCopy }),
+        Request::Whereabouts { container: "demo1".into(), container_id: "abc".into() },
     ]
 }
 
@@ -101,6 +102,8 @@ fn responses_and_reports_round_trip() {
     let msgs = vec![
         Response::Facts(facts()),
         Response::Containers(vec![container()]),
+        Response::Whereabouts(Whereabouts::Stopped { state: "exited".into() }),
+        Response::Whereabouts(Whereabouts::Busy),
         Response::IncomingCheck(vec![Finding {
             field: "image".into(),
             source: "x".into(),

@@ -426,7 +426,13 @@ fn scenario_evacuate() -> Result<()> {
         remove_everywhere(n);
         start_counter("client1", n)?;
     }
-    // A container of the same name on client2 blocks `stuck`.
+    // A container of the same name on client2 blocks `stuck` (client2 may
+    // not hold the test image yet: the lab gives it to client1 only).
+    let tar = std::env::temp_dir().join("tern-e2e-image.tar");
+    let tar = tar.to_str().unwrap();
+    ok(&mut podman("client1", &["save", "-o", tar, IMAGE]))?;
+    ok(&mut podman("client2", &["load", "-i", tar]))?;
+    let _ = std::fs::remove_file(tar);
     ok(&mut podman("client2", &["create", "--name", stuck, IMAGE, "true"]))?;
     count_reaches("client1", a, 10)?;
     let started = inspect("client1", a)?.unwrap()["State"]["StartedAt"].clone();
@@ -472,4 +478,47 @@ fn scenario_evacuate() -> Result<()> {
 fn evacuate_moves_what_can_move_and_refuses_up_front_otherwise() {
     let _lab = lab_guard();
     scenario_evacuate().unwrap();
+}
+
+/// The source agent itself dies after the freeze (a fault makes it exit as
+/// if killed). Its successor finds the journal entry, asks the target, and
+/// settles it: the container ends running on `ends_on` only, its counter
+/// carrying on, its PIDs unchanged.
+fn scenario_source_agent_dies(at: &str, ends_on: &str) -> Result<()> {
+    let name = "e2e-source-dies";
+    let other = if ends_on == "client1" { "client2" } else { "client1" };
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 20)?;
+    let pids = top("client1", name)?;
+    restart_agent("client1", &format!("[faults]\nsource_exit = \"{at}\""))?;
+    let c0 = count("client1", name)?;
+    let r = tern_json(&["migrate", name, "--to", "client2"]);
+    restart_agent("client1", "")?;
+    let r = r?;
+    ensure!(r.code == 1, "expected exit 1: {}", r.all);
+    ensure!(r.stderr.contains("lost contact with client1"), "{}", r.stderr);
+    wait_until(Duration::from_secs(90), &format!("{name} running on {ends_on} only"), || {
+        Ok((state(ends_on, name)?.as_deref() == Some("running") && state(other, name)?.is_none()).then_some(()))
+    })?;
+    let c1 = count(ends_on, name)?;
+    ensure!(c1 >= c0, "counter restarted: {c0} -> {c1}");
+    count_reaches(ends_on, name, c1 + 5)?;
+    ensure!(top(ends_on, name)? == pids, "PIDs changed");
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn source_agent_dies_before_the_switchover_and_its_successor_restores_the_container() {
+    let _lab = lab_guard();
+    scenario_source_agent_dies("before-checkpoint-sent", "client1").unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn source_agent_dies_after_the_switchover_and_its_successor_removes_the_stale_copy() {
+    let _lab = lab_guard();
+    scenario_source_agent_dies("after-restored", "client2").unwrap();
 }
