@@ -59,9 +59,10 @@ pub trait Engine: Send + Sync + 'static {
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()>;
     /// Restores a checkpointed container from the checkpoint kept on this host.
     async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()>;
-    /// Restores a container from an exported archive; with `previous`, on
-    /// top of that pre-checkpoint archive (Podman's `--import-previous`).
-    async fn restore_import(&self, path: &Path, previous: Option<&Path>, opts: CheckpointOpts) -> Result<()>;
+    /// Creates and restores a container from an exported archive. Podman
+    /// keeps what the container's folder ([`Engine::bundle_dir`]) already
+    /// holds: the images may be there and the archive hold only the rest.
+    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()>;
     /// A soft-dirty pre-dump of the running container `id` into `dir`
     /// (memory only; it goes on running), through the OCI runtime since
     /// Podman keeps one pre-checkpoint level only. With `parent` (a path
@@ -71,6 +72,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The container's own folder (Podman's `StaticDir`, "userdata"), where
     /// its checkpoint and pre-checkpoint live.
     async fn container_dir(&self, name: &str) -> Result<std::path::PathBuf>;
+    /// The folder Podman will give a container with this ID once it is
+    /// created here (its `StaticDir`); `restore --import` keeps what that
+    /// folder already holds (`target/inplace.rs`).
+    async fn bundle_dir(&self, id: &str) -> Result<std::path::PathBuf>;
     /// Removes a container and its kept checkpoint.
     async fn remove(&self, name: &str, force: bool) -> Result<()>;
     /// `podman info` as JSON, for the host facts.
@@ -145,6 +150,15 @@ impl PodmanCli {
         let raw: Vec<InspectJson> = self.run_json(&args).await?;
         Ok(raw.into_iter().map(InspectJson::into_info).collect())
     }
+}
+
+/// containers/storage's layout: `<graph root>/<driver>-containers/<id>/userdata`.
+/// `None` unless `id` is a container ID (hex digits): it comes from the
+/// source, and must never name a path of its choosing.
+pub fn bundle_path(graph_root: &str, driver: &str, id: &str) -> Option<std::path::PathBuf> {
+    let is_id = (12..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let driver_ok = driver.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (is_id && driver_ok).then(|| Path::new(graph_root).join(format!("{driver}-containers")).join(id).join("userdata"))
 }
 
 fn last_lines(s: &str, n: usize) -> String {
@@ -241,6 +255,15 @@ impl Engine for PodmanCli {
         Ok(dir.into())
     }
 
+    async fn bundle_dir(&self, id: &str) -> Result<std::path::PathBuf> {
+        let info = self.info().await?;
+        let parse = |detail: String| EngineError::Parse { cmd: "podman info".into(), detail };
+        let store = &info["store"];
+        let root = store["graphRoot"].as_str().filter(|r| r.starts_with('/')).ok_or_else(|| parse(format!("store.graphRoot is {}", store["graphRoot"])))?;
+        let driver = store["graphDriverName"].as_str().filter(|d| !d.is_empty()).ok_or_else(|| parse(format!("store.graphDriverName is {}", store["graphDriverName"])))?;
+        bundle_path(root, driver, id).ok_or_else(|| EngineError::Parse { cmd: "bundle_dir".into(), detail: format!("{id:?} is not a container ID") })
+    }
+
     async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()> {
         let mut args = vec!["container", "restore", "--keep"];
         args.extend(tcp_flag(opts));
@@ -248,13 +271,13 @@ impl Engine for PodmanCli {
         self.run(&args, SLOW).await.map(drop)
     }
 
-    async fn restore_import(&self, path: &Path, previous: Option<&Path>, opts: CheckpointOpts) -> Result<()> {
+    async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()> {
         let p = path.to_string_lossy();
-        let prev = previous.map(|p| p.to_string_lossy().into_owned());
-        let mut args = vec!["container", "restore", "--import", &p];
-        if let Some(prev) = &prev {
-            args.extend(["--import-previous", prev.as_str()]);
-        }
+        // --keep: Podman would otherwise delete the images (as large as the
+        // container's memory) before it returns, inside the downtime; the
+        // target drops them right after (target/inplace.rs), and CRIU's
+        // restore.log and statistics stay for the report and for diagnosis.
+        let mut args = vec!["container", "restore", "--keep", "--import", &p];
         args.extend(tcp_flag(opts));
         self.run(&args, SLOW).await.map(drop)
     }
@@ -394,6 +417,19 @@ mod tests {
         assert_eq!(anon_bytes("cache 4096\nrss 8192\ntotal_rss 268435456\n", "total_rss"), 256 << 20);
         assert_eq!(anon_bytes("anon 1048576\nanon_thp 0\n", "anon"), 1 << 20);
         assert_eq!(anon_bytes("nonsense", "anon"), 0);
+    }
+
+    #[test]
+    fn bundle_paths_follow_storage_layout_and_refuse_odd_ids() {
+        let id = "8a744f9a5aff4143bb5fd13ef9d5f6331909a857b76e6504dbf7cd61c82d074b";
+        assert_eq!(
+            bundle_path("/var/lib/containers/storage", "overlay", id),
+            Some(format!("/var/lib/containers/storage/overlay-containers/{id}/userdata").into())
+        );
+        for bad in ["../../etc", "", "abc", "8a744f9a5aff/../x", "8a744f9a5aff4143 "] {
+            assert_eq!(bundle_path("/s", "overlay", bad), None, "{bad:?}");
+        }
+        assert_eq!(bundle_path("/s", "../x", id), None);
     }
 
     #[test]

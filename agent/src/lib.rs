@@ -4,7 +4,8 @@
 //! |------------|----------------------------------------------------------------|
 //! | `server`   | the QUIC server: Hello, then one request per stream            |
 //! | `source`   | the source's side of a migration, rollback included; `source/precopy.rs` its pre-copy rounds |
-//! | `target`   | the target's side: stage, verify, restore, confirm             |
+//! | `target`   | the target's side: stage, verify, restore, confirm; `target/inplace.rs` the container's folder made ahead, `target/unpack.rs` the final archive unpacked as it arrives |
+//! | `ramdir`   | checkpoint folders in RAM (tmpfs), on both sides               |
 //! | `recovery` | the journal of frozen containers; recovery after the agent died mid-migration |
 //! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed |
 //! | `pages`    | page hashes (source) and the base's pages (target)             |
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod facts;
 pub mod pages;
 pub mod probe;
+pub mod ramdir;
 pub mod recovery;
 pub mod server;
 pub mod source;
@@ -28,6 +30,6 @@ pub mod transfer;
 
 /// Where soft-dirty pre-copy rounds live inside a container's own folder
 /// (Podman's `StaticDir`), on the source as dumped and on the target as
-/// unpacked by Podman's `--import-previous`: `tern-precopy/1`, `2`, ...
+/// written there by the target before the restore: `tern-precopy/1`, `2`, ...
 /// each linked to the one before by a relative `parent` link.
 pub const PRECOPY_DIR: &str = "tern-precopy";

@@ -49,6 +49,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         podman = %facts.podman_version, runtime = %facts.runtime_name, criu = %facts.criu_version,
         kernel = %facts.kernel, dirty_tracking = facts.dirty_tracking.supported, "host facts"
     );
+    // Folders a predecessor made for incoming migrations it did not finish,
+    // tidied before the agent answers anyone.
+    tern_agent::target::inplace::sweep(engine.as_ref()).await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
     let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));

@@ -43,6 +43,9 @@ pub struct Entry {
     /// What the migration made in the container's folder (soft-dirty
     /// rounds and the link to them), removed once resolved.
     pub leftovers: Vec<PathBuf>,
+    /// The tmpfs holding the checkpoint (ramdir.rs), unmounted once resolved.
+    #[serde(default)]
+    pub ram: Option<PathBuf>,
 }
 
 fn dir(agent: &Agent) -> PathBuf {
@@ -95,13 +98,13 @@ pub async fn recover(agent: Arc<Agent>) {
         }
         for (path, e) in pending {
             match resolve(&agent, &e).await {
-                Ok(true) => {
-                    for p in &e.leftovers {
-                        let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+                Ok(Some(settled)) => {
+                    if settled == Settled::Done {
+                        release(&e);
                     }
                     forget(&path);
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(err) => tracing::error!(id = e.id, container = %e.container, "recovery: {err:#}; trying again"),
             }
         }
@@ -109,20 +112,41 @@ pub async fn recover(agent: Arc<Agent>) {
     }
 }
 
-/// One entry: `Ok(true)` once settled, `Ok(false)` to ask again later.
-async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<bool> {
-    let Some(_guard) = agent.claim(&e.container) else { return Ok(false) };
+/// How an entry was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The container runs somewhere: what the migration left here goes.
+    Done,
+    /// A human must decide: the checkpoint, rounds and RAM folder stay.
+    KeepForHand,
+}
+
+/// Unmounts an entry's RAM folder and removes its leftovers.
+fn release(e: &Entry) {
+    if let Some(dir) = &e.ram {
+        if let Err(err) = crate::ramdir::unmount(dir, true) {
+            tracing::warn!("recovery: {err}");
+        }
+    }
+    for p in &e.leftovers {
+        let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+    }
+}
+
+/// One entry: `Ok(Some(_))` once settled, `Ok(None)` to ask again later.
+async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
+    let Some(_guard) = agent.claim(&e.container) else { return Ok(None) };
     let name = &e.container;
     match agent.engine.inspect(name).await? {
         None => {
             tracing::info!(id = e.id, %name, "recovery: no longer here, the migration had completed");
-            return Ok(true);
+            return Ok(Some(Settled::Done));
         }
         Some(c) if c.id != e.container_id => {
             tracing::warn!(id = e.id, %name, "recovery: a different container has that name now; nothing to do");
-            return Ok(true);
+            return Ok(Some(Settled::Done));
         }
-        Some(c) if c.is_running() => return Ok(true),
+        Some(c) if c.is_running() => return Ok(Some(Settled::Done)),
         Some(_) => {}
     }
     let answer = match ask(agent, e).await {
@@ -133,20 +157,22 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<bool> {
                 "recovery: cannot ask {} ({err:#}); {name} stays checkpointed here until it answers (restoring now could make two copies)",
                 e.target.name
             );
-            return Ok(false);
+            return Ok(None);
         }
     };
     match answer {
-        Whereabouts::Busy => Ok(false),
+        Whereabouts::Busy => Ok(None),
         Whereabouts::Absent => {
             crate::source::restore_here(agent, name, e.tcp_established).await?;
             tracing::warn!(id = e.id, %name, "recovery: the agent had died before the switchover; {name} runs here again");
-            Ok(true)
+            Ok(Some(Settled::Done))
         }
         Whereabouts::Running => {
+            // The RAM folder first: Podman cannot remove a folder with a mount in it.
+            release(e);
             agent.engine.remove(name, false).await?;
             tracing::warn!(id = e.id, %name, target = %e.target.name, "recovery: the switchover had happened; {name} runs on {}, the stopped copy here is removed", e.target.name);
-            Ok(true)
+            Ok(Some(Settled::Done))
         }
         Whereabouts::Stopped { state } => {
             tracing::error!(
@@ -154,7 +180,7 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<bool> {
                 "recovery: {name} was restored on {} and is {state} there; both copies are kept, decide by hand (`podman container restore --keep {name}` here)",
                 e.target.name
             );
-            Ok(true)
+            Ok(Some(Settled::KeepForHand))
         }
         Whereabouts::Invalid => anyhow::bail!("{} answered an invalid whereabouts", e.target.name),
     }

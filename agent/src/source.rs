@@ -83,6 +83,9 @@ struct Run<'a> {
     zstd_out: u64,
     /// This migration's journal entry, from the freeze to the end.
     journal: Option<PathBuf>,
+    /// The container's `checkpoint` folder, when this migration put it in
+    /// RAM (ramdir.rs).
+    ram_dir: Option<PathBuf>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -113,6 +116,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         zstd_in: 0,
         zstd_out: 0,
         journal: None,
+        ram_dir: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -127,6 +131,11 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         if let Some(dir) = run.precopy_dir.take() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
+    }
+    // The images in RAM are needed no more, but after a failed rollback:
+    // then they are the container's only state, kept for a manual restore.
+    if !matches!(outcome, Outcome::Failed { .. }) {
+        run.release_ram();
     }
     let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
     // Seen to the end (a failed rollback included: its report tells the
@@ -206,6 +215,7 @@ impl Run<'_> {
             Ok(x) => x,
             Err(f) => return Outcome::Refused { failure: f.failure() },
         };
+        self.checkpoint_to_ram(&info).await;
         if needs_image {
             if let Err(f) = self.ship_image(&info, &mut send, &mut recv).await {
                 self.abort_target(&mut send, &mut recv, &f).await;
@@ -284,6 +294,49 @@ impl Run<'_> {
         Ok((info, send, recv, needs_image))
     }
 
+    /// Puts the container's `checkpoint` folder in RAM for the dumps to
+    /// come (ramdir.rs), when the host has the memory. Soft-dirty pre-copy
+    /// keeps it on disk: its final dump links to rounds there, and CRIU
+    /// cannot follow a link out of a mount at restore time.
+    async fn checkpoint_to_ram(&mut self, info: &ContainerInfo) {
+        if self.req.options.mode == Mode::PreCopy {
+            return;
+        }
+        let dir = match self.agent.engine.container_dir(&info.name).await {
+            Ok(d) => d.join("checkpoint"),
+            Err(e) => {
+                tracing::info!("the checkpoint goes to disk: {e}");
+                return;
+            }
+        };
+        // A folder left by an earlier migration that died is emptied;
+        // anything else there is the user's and is not hidden under a mount.
+        if crate::ramdir::is_mounted(&dir) {
+            let _ = crate::ramdir::empty(&dir);
+            self.ram_dir = Some(dir);
+            return;
+        }
+        let fits = crate::ramdir::mem_available()
+            .ok_or_else(|| "cannot read MemAvailable".to_string())
+            .and_then(|avail| crate::ramdir::fits(info.memory_bytes, 1, avail));
+        match fits.and_then(|cap| crate::ramdir::mount(&dir, cap).map_err(|e| e.to_string())) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "the checkpoint goes to RAM");
+                self.ram_dir = Some(dir);
+            }
+            Err(why) => tracing::info!("the checkpoint goes to disk: {why}"),
+        }
+    }
+
+    /// Unmounts the RAM checkpoint folder, dropping what it holds.
+    fn release_ram(&mut self) {
+        if let Some(dir) = self.ram_dir.take() {
+            if let Err(e) = crate::ramdir::unmount(&dir, true) {
+                self.warnings.push(format!("{e}; unmount it by hand"));
+            }
+        }
+    }
+
     async fn read_target(&self, recv: &mut quinn::RecvStream, limit: Duration) -> Result<TargetMsg, RpcError> {
         let session = self.session();
         tokio::select! {
@@ -302,7 +355,7 @@ impl Run<'_> {
         let header = DataHeader { id: self.req.id, kind: DataKind::Image };
         let t0 = Instant::now();
         let zstd = self.zstd_level();
-        let (digest, stats) = self
+        let transfer::Sent { digest, stats, .. } = self
             .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd))
             .await
             .map_err(|e| Fail::new(p, e))?;
@@ -359,7 +412,7 @@ impl Run<'_> {
         );
         let fifo = self.work_dir.join("checkpoint.fifo");
         let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
-        let index = base.and_then(|b| b.index.as_ref());
+        let index = base.and_then(|b| b.index.clone());
         let opts = CheckpointOpts {
             tcp_established: self.req.options.tcp_established,
             with_previous: mode == Mode::PreCopy && base.is_some(),
@@ -374,6 +427,7 @@ impl Run<'_> {
             target: self.req.target.clone(),
             tcp_established: self.req.options.tcp_established,
             leftovers: self.pre_link.iter().chain(self.precopy_dir.iter()).cloned().collect(),
+            ram: self.ram_dir.clone(),
         };
         self.journal = Some(
             crate::recovery::record(self.agent, &entry)
@@ -389,7 +443,7 @@ impl Run<'_> {
             r
         });
         let done = Arc::new(AtomicU64::new(0));
-        let kind = match (index, base) {
+        let kind = match (&index, base) {
             (Some(_), Some(b)) => DataKind::CheckpointDelta { base: b.rounds },
             _ => DataKind::Checkpoint,
         };
@@ -424,7 +478,8 @@ impl Run<'_> {
             self.final_stats = criu_stats::read(&dir);
         }
         let target = self.req.target.name.clone();
-        let (digest, delta) = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
+        let transfer::Sent { digest, stats: delta, .. } =
+            sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
         self.checkpoint_bytes = digest.bytes;
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
@@ -473,6 +528,8 @@ impl Run<'_> {
     async fn cleanup(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
         let p = Phase::Cleanup;
         self.enter(p, "removing the source copy");
+        // A mount inside the container's folder would make Podman fail.
+        self.release_ram();
         if let Err(e) = self.agent.engine.remove(&self.req.container, false).await {
             self.warnings.push(format!(
                 "the container runs on {} but its stopped copy could not be removed here: {e}; remove it with `podman rm {}`",
@@ -531,8 +588,13 @@ impl Run<'_> {
             Err(e) => Outcome::Failed {
                 failure,
                 rollback_error: format!(
-                    "{e}; the checkpoint is kept: restore it with `podman container restore --keep {}` on {}",
-                    self.req.container, self.agent.cfg.name
+                    "{e}; the checkpoint is kept{}: restore it with `podman container restore --keep {}` on {}",
+                    match &self.ram_dir {
+                        Some(d) => format!(" in RAM (a tmpfs on {}, lost at reboot)", d.display()),
+                        None => String::new(),
+                    },
+                    self.req.container,
+                    self.agent.cfg.name
                 ),
             },
         }
@@ -586,8 +648,18 @@ fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receive
     nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
     let reader = tokio::net::unix::pipe::OpenOptions::new().open_receiver(fifo)?;
     let hold = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo)?;
+    // A 1 MiB pipe instead of 64 KiB: Podman writes the archive 32 KiB at
+    // a time, and each full pipe is a sleep and a wake-up on both sides.
+    // Best effort: an unprivileged agent may be held to a smaller size.
+    use std::os::fd::AsRawFd;
+    if let Err(e) = nix::fcntl::fcntl(hold.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)) {
+        tracing::debug!("the archive pipe keeps its default size: {e}");
+    }
     Ok((reader, hold))
 }
+
+/// The archive pipe's capacity.
+const PIPE_BYTES: libc::c_int = 1 << 20;
 
 /// Brings a checkpointed container back here, unless it already runs (a
 /// failed dump leaves it running).

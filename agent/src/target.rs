@@ -1,28 +1,22 @@
 //! The target's side of a migration: stage, verify, restore, confirm.
 //!
 //! The legal order of the source's messages is [`tern_proto::state`]; this
-//! module does the IO for each step. Data streams are received as they come
-//! into the staging folder and posted to an [`Inbox`] keyed by what they
-//! carry; the control conversation takes each one when the source announces
-//! its digest.
+//! module does the IO for each step. Data streams are received as they
+//! come and posted to an [`Inbox`] keyed by what they carry; the control
+//! conversation takes each one when the source announces its digest.
+//!
+//! Everything large lands where the restore reads it ([`inplace`]): the
+//! container's folder is made when the migration begins, soft-dirty rounds
+//! are written into it, and the final archive is unpacked into it as it
+//! arrives ([`unpack`]), its `checkpoint/` in RAM when memory allows. The
+//! staging folder keeps the rest:
 //!
 //! ```text
-//!  staging/incoming-<id>/
-//!    image.tar                 the image, when shipped
-//!    pre-checkpoint.tar        soft-dirty rounds, appended as they arrive, for Podman's
-//!                              --import-previous (below); closed by RoundsDone
-//!    base.tar                  content-addressed pre-copy's base archive
-//!    checkpoint.tar            the final archive (rebuilt from deltas in hash mode)
-//! ```
-//!
-//! Podman unpacks `--import-previous` into the new container's folder;
-//! CRIU then follows the final dump's `parent` link (`../pre-checkpoint`)
-//! from inside the restored task's mount namespace, so every link must be
-//! relative and stay inside that folder:
-//!
-//! ```text
-//!  pre-checkpoint -> tern-precopy/3
-//!  tern-precopy/1/...   tern-precopy/2/... + parent -> ../1   tern-precopy/3/... + parent -> ../2
+//!  <state dir>/incoming-<id>/
+//!    image.tar     the image, when shipped
+//!    base.tar      content-addressed pre-copy's base archive
+//!    rest.tar      the final archive but its checkpoint/ images: what
+//!                  `podman container restore --import` reads
 //! ```
 //!
 //! Anything restored or staged here is removed on `Abort`, on a failure
@@ -30,10 +24,14 @@
 //! After `Restored` the container is the user's only running copy and is
 //! kept whatever happens to the connection.
 
+pub mod inplace;
+pub mod unpack;
+
 use crate::engine::CheckpointOpts;
 use crate::pages::PageStore;
+use inplace::Bundle;
 use crate::server::Agent;
-use crate::transfer::{self, ReceiveFaults};
+use crate::transfer::{self, ArchiveOut, ReceiveFaults};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -47,8 +45,8 @@ use tokio::sync::Notify;
 
 /// How long a restored container must keep running before it counts.
 const CONFIRM_MS: u64 = 300;
-/// The archive of soft-dirty rounds, for Podman's `--import-previous`.
-const PRE_CHECKPOINT_TAR: &str = "pre-checkpoint.tar";
+/// The final archive but its images, for `podman container restore --import`.
+const REST_TAR: &str = "rest.tar";
 
 /// Serves one `Receive` conversation.
 pub async fn receive(
@@ -65,7 +63,7 @@ pub async fn receive(
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
     let staging = agent.cfg.state_dir.join(format!("incoming-{}", begin.id));
-    let mut t = Target { agent, begin, staging, restored: false };
+    let mut t = Target { agent, begin, staging, restored: false, bundle: None };
     let result = t.run(conn, &mut send, &mut recv).await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
     let _ = send.finish();
@@ -127,6 +125,8 @@ struct Target<'a> {
     staging: PathBuf,
     /// A container was created here by this migration.
     restored: bool,
+    /// The container's folder, made by this migration until Podman owns it.
+    bundle: Option<Bundle>,
 }
 
 impl Target<'_> {
@@ -139,7 +139,17 @@ impl Target<'_> {
         if self.begin.mode == Mode::Invalid {
             return refuse(send, "the source asked for no migration mode".into()).await;
         }
-        tokio::fs::create_dir_all(self.staging.join("rounds")).await?;
+        tokio::fs::create_dir_all(&self.staging).await?;
+        // Soft-dirty pre-copy's final dump links to rounds on disk: its
+        // images stay on disk too (inplace.rs).
+        let bundle = match Bundle::prepare(engine.as_ref(), c, self.begin.mode != Mode::PreCopy).await {
+            Ok(b) => b,
+            Err(e) => return refuse(send, e).await,
+        };
+        tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
+        let dir = bundle.dir.clone();
+        let checkpoint_dir = bundle.checkpoint_dir();
+        self.bundle = Some(bundle);
         let needs_image = !engine.image_exists(&c.image_id).await?;
         if !needs_image {
             // Before the freeze: restore looks the image up by this name.
@@ -148,7 +158,8 @@ impl Target<'_> {
             }
         }
         let inbox = Arc::new(Inbox::default());
-        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, self.staging.clone(), self.faults(), inbox.clone()));
+        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir };
+        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
 
         let mode = self.begin.mode;
@@ -248,12 +259,15 @@ impl Target<'_> {
             Ok(p) => p,
             Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
         };
-        let previous = (self.begin.mode == Mode::PreCopy && rounds > 0).then(|| self.staging.join(PRE_CHECKPOINT_TAR));
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
-        match self.restore_and_confirm(&path, previous.as_deref()).await {
+        match self.restore_and_confirm(&path).await {
             Ok((container, running_at)) => {
                 let restore_ms = (running_at - t1).as_millis() as u64;
+                // Podman owns the folder now; the images can go.
+                if let Some(b) = self.bundle.take() {
+                    b.after_restore();
+                }
                 let confirm_ms = running_at.elapsed().as_millis() as u64;
                 tracing::info!(name = %container.name, restore_ms, confirm_ms, "restored and running");
                 TargetMsg::Restored(RestoreInfo { verify_ms, restore_ms, confirm_ms, container })
@@ -265,17 +279,17 @@ impl Target<'_> {
         }
     }
 
-    /// Closes the archive the rounds were appended to: the links of the
-    /// chain (module docs) and the end-of-archive blocks. Returns its size.
+    /// Links the stored rounds into the chain the final dump's `parent`
+    /// reaches (inplace.rs). Returns their size.
     async fn prepare_rounds(&self, rounds: u32) -> Result<u64, String> {
-        let dir = crate::PRECOPY_DIR;
-        let mut links: Vec<(String, String)> = (2..=rounds).map(|n| (format!("{dir}/{n}/parent"), format!("../{}", n - 1))).collect();
-        links.push(("pre-checkpoint".into(), format!("{dir}/{rounds}")));
-        let tar = self.staging.join(PRE_CHECKPOINT_TAR);
-        let bytes = tokio::task::spawn_blocking(move || transfer::finish_tar(&tar, &links))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("closing the archive of the rounds: {e}"))?;
+        let bundle = self.bundle.as_ref().ok_or("the container's folder is gone")?;
+        bundle.link_rounds(rounds).map_err(|e| format!("linking the {rounds} rounds in {}: {e}", bundle.dir.display()))?;
+        let bytes = (1..=rounds)
+            .flat_map(|n| std::fs::read_dir(bundle.round_dir(n)).into_iter().flatten().flatten())
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
         tracing::info!(rounds, bytes, "rounds ready for the restore");
         Ok(bytes)
     }
@@ -283,7 +297,7 @@ impl Target<'_> {
     /// Restores, then checks the container runs now and still runs a moment
     /// later: a process that dies right after restore is not a success.
     /// Returns the container and when it was first seen running.
-    async fn restore_and_confirm(&mut self, path: &Path, previous: Option<&Path>) -> Result<(ContainerInfo, Instant), String> {
+    async fn restore_and_confirm(&mut self, path: &Path) -> Result<(ContainerInfo, Instant), String> {
         if self.agent.cfg.faults.fail_restore {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
@@ -291,7 +305,7 @@ impl Target<'_> {
         let name = &self.begin.container.name;
         self.restored = true;
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
-        engine.restore_import(path, previous, opts).await.map_err(|e| e.to_string())?;
+        engine.restore_import(path, opts).await.map_err(|e| e.to_string())?;
         let running_at = Instant::now();
         for wait in [0u64, CONFIRM_MS] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -322,27 +336,46 @@ impl Target<'_> {
             .map_err(|e| format!("naming the image {} here: {e}", c.image))
     }
 
-    /// Removes the container this migration restored here, if any.
+    /// Removes the container this migration restored here, if any, and
+    /// the folder it made.
     async fn undo(&mut self) {
-        if !self.restored {
-            return;
-        }
         let name = &self.begin.container.name;
-        match self.agent.engine.inspect(name).await {
-            Ok(Some(c)) if c.id == self.begin.container.id => {
-                if let Err(e) = self.agent.engine.remove(name, true).await {
-                    tracing::error!("could not remove the half-migrated {name}: {e}");
-                }
+        if self.restored {
+            // The tmpfs first: Podman cannot remove a folder with a mount in it.
+            if let Some(b) = &self.bundle {
+                b.release_ram();
             }
-            _ => {}
+            match self.agent.engine.inspect(name).await {
+                Ok(Some(c)) if c.id == self.begin.container.id => {
+                    if let Err(e) = self.agent.engine.remove(name, true).await {
+                        tracing::error!("could not remove the half-migrated {name}: {e}");
+                    }
+                }
+                _ => {}
+            }
+            self.restored = false;
         }
-        self.restored = false;
+        if let Some(b) = self.bundle.take() {
+            b.remove();
+        }
     }
+}
+
+/// Where a migration's data streams go.
+struct Places {
+    /// The staging folder (image, base, the rest of the final archive).
+    staging: PathBuf,
+    /// The container's folder (inplace.rs).
+    bundle: PathBuf,
+    /// Its `checkpoint/`, where the final dump's images go.
+    checkpoint: PathBuf,
 }
 
 /// Accepts the migration's data streams and stages each, posting the result
 /// to `inbox`.
-async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, staging: PathBuf, faults: ReceiveFaults, inbox: Arc<Inbox>) {
+async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, places: Places, faults: ReceiveFaults, inbox: Arc<Inbox>) {
+    let staging = &places.staging;
+    let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR) };
     let done = Arc::new(AtomicU64::new(0));
     // Where the base's pages sit in base.tar (content-addressed pre-copy).
     let mut base_pages: Option<Arc<PageStore>> = None;
@@ -362,24 +395,22 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");
-                transfer::receive_records(recv, &path, None, false, done.clone(), ReceiveFaults::default())
+                transfer::receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
                     .await
                     .map(|(d, _)| (path, d))
                     .map_err(|e| e.to_string())
             }
-            DataKind::Checkpoint => {
-                let path = staging.join("checkpoint.tar");
-                transfer::receive_records(recv, &path, None, false, done.clone(), faults)
-                    .await
-                    .map(|(d, _)| (path, d))
-                    .map_err(|e| e.to_string())
-            }
+            DataKind::Checkpoint => transfer::receive_records(recv, unpacked(), None, false, done.clone(), faults)
+                .await
+                .map(|(d, _)| (staging.join(REST_TAR), d))
+                .map_err(|e| e.to_string()),
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
-                receive_round(recv, &staging, n, done.clone()).await
+                let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
+                transfer::receive_fileset(recv, &dir, done.clone()).await.map(|(d, _)| (dir, d)).map_err(|e| e.to_string())
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
-                match transfer::receive_records(recv, &path, None, true, done.clone(), ReceiveFaults::default()).await {
+                match transfer::receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await {
                     Ok((d, offsets)) => {
                         base_pages = Some(Arc::new(PageStore::new(&path, offsets.unwrap_or_default())));
                         Ok((path, d))
@@ -388,11 +419,10 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
                 }
             }
             DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => {
-                let path = staging.join("checkpoint.tar");
                 match &base_pages {
-                    Some(store) => transfer::receive_records(recv, &path, Some(store.clone()), false, done.clone(), faults)
+                    Some(store) => transfer::receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults)
                         .await
-                        .map(|(d, _)| (path, d))
+                        .map(|(d, _)| (staging.join(REST_TAR), d))
                         .map_err(|e| e.to_string()),
                     None => Err("the delta refers to a base that never arrived".into()),
                 }
@@ -409,14 +439,6 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, stagi
         inbox.post(header.kind, arrived);
     }
     inbox.close();
-}
-
-/// Appends soft-dirty round `n` to the archive for the restore.
-async fn receive_round(recv: quinn::RecvStream, staging: &Path, n: u32, done: Arc<AtomicU64>) -> Arrived {
-    let path = staging.join(PRE_CHECKPOINT_TAR);
-    let target = transfer::FileSetTarget::TarAppend { path: path.clone(), prefix: format!("{}/{n}", crate::PRECOPY_DIR) };
-    let (digest, _) = transfer::receive_fileset(recv, target, done).await.map_err(|e| e.to_string())?;
-    Ok((path, digest))
 }
 
 /// The data stream a round arrives on.

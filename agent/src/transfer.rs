@@ -5,6 +5,7 @@
 //! base. Pre-copy rounds travel as file sets ([`tern_proto::fileset`]).
 
 use crate::pages::{PageIndex, PageOffsets, PageStore};
+use crate::target::unpack::TarSplit;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,96 +61,223 @@ pub async fn send<R: AsyncRead + Unpin>(
     reader: R,
     done: &AtomicU64,
     zstd: Option<i32>,
-) -> Result<(Digest, DeltaStats), TransferError> {
+) -> Result<Sent, TransferError> {
     send_encoded(conn, header, reader, done, Encoding::Raw, zstd, &CancellationToken::new()).await
 }
 
 /// How [`send_encoded`] treats the bytes it reads.
-pub enum Encoding<'a> {
+pub enum Encoding {
     /// Every byte is sent (raw or compressed).
     Raw,
-    /// Every byte is sent, and the bytes are cut into pages hashed into the
-    /// index (the base of content-addressed pre-copy).
-    Index(&'a mut PageIndex),
+    /// Every byte is sent, and the bytes are cut into pages hashed into this
+    /// index (the base of content-addressed pre-copy), handed back in [`Sent`].
+    Index(PageIndex),
     /// Pages the index holds go as their numbers.
-    Delta(&'a PageIndex),
+    Delta(Arc<PageIndex>),
 }
+
+/// What [`send_encoded`] sent.
+pub struct Sent {
+    /// Size and blake3 of what the reader yielded (the original archive).
+    pub digest: Digest,
+    pub stats: DeltaStats,
+    /// The index built with [`Encoding::Index`].
+    pub index: Option<PageIndex>,
+}
+
+/// Buffers in flight between two stages of [`send_encoded`].
+const IN_FLIGHT: usize = 4;
 
 /// [`send`], with an [`Encoding`]. With `Encoding::Delta`, pages the target
 /// holds are replaced by their numbers; the digest is still the original
 /// archive's, as the target rebuilds it.
 ///
-/// When `stop` fires the stream is reset at once and the rest of the reader
-/// is drained without sending: Podman finishes writing the checkpoint
-/// quickly, and the rollback can begin, instead of waiting for the whole
-/// archive to cross a slow link.
+/// Three stages run at once, so that reading the archive, the CPU work on
+/// it and the network overlap instead of taking turns:
+///
+/// ```text
+///  reader (async) ──1 MiB chunks──▶ encoder (a thread: blake3, pages,
+///       ▲                            delta, zstd) ──records──▶ sender (async, QUIC)
+///       └────────── spent buffers ◀──────┘
+/// ```
+///
+/// Each link holds [`IN_FLIGHT`] buffers, so memory stays bounded whatever
+/// the archive's size. When `stop` fires the stream is reset at once and
+/// the rest of the reader is drained without sending: Podman finishes
+/// writing the checkpoint quickly, and the rollback can begin, instead of
+/// waiting for the whole archive to cross a slow link.
 pub async fn send_encoded<R: AsyncRead + Unpin>(
     conn: &quinn::Connection,
     header: &DataHeader,
-    mut reader: R,
+    reader: R,
     done: &AtomicU64,
-    mut encoding: Encoding<'_>,
+    encoding: Encoding,
     zstd: Option<i32>,
     stop: &CancellationToken,
-) -> Result<(Digest, DeltaStats), TransferError> {
-    let mut stream = open(conn, header).await;
+) -> Result<Sent, TransferError> {
+    let stream = open(conn, header).await;
+    let (to_encoder, from_reader) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+    let (to_sender, from_encoder) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT * 2);
+    let started = std::time::Instant::now();
+    let encoder = tokio::task::spawn_blocking(move || encode_stage(from_reader, to_sender, recycle, encoding, zstd));
+    let (read, (stream, send_wait)) = tokio::join!(
+        read_stage(reader, to_encoder, spare, done, stop),
+        send_stage(stream, from_encoder, stop)
+    );
+    let encoded = encoder.await.map_err(|e| TransferError::Send(format!("the encoder failed: {e}")))?;
+    let (total, read_wait) = read?;
+    let fail = |mut stream: Result<quinn::SendStream, String>, e: TransferError| {
+        if let Ok(s) = &mut stream {
+            let _ = s.reset(1u32.into());
+        }
+        Err(e)
+    };
+    if stop.is_cancelled() {
+        return fail(stream, TransferError::Send("cancelled; the rest of the archive was drained here, not sent".into()));
+    }
+    // The network's own reason comes first: the encoder only saw it end.
+    let stream = match stream {
+        Ok(s) => Ok(s),
+        Err(e) => return Err(TransferError::Send(e)),
+    };
+    let (digest, stats, encoding, busy) = match encoded {
+        Ok(x) => x,
+        Err(e) => return fail(stream, TransferError::Send(e)),
+    };
+    tracing::debug!(
+        total,
+        ms = started.elapsed().as_millis() as u64,
+        read_wait_ms = read_wait.as_millis() as u64,
+        encode_ms = busy.as_millis() as u64,
+        send_wait_ms = send_wait.as_millis() as u64,
+        "archive sent"
+    );
+    debug_assert_eq!(digest.bytes, total);
+    close(stream).await?;
+    let index = match encoding {
+        Encoding::Index(ix) => Some(ix),
+        _ => None,
+    };
+    Ok(Sent { digest, stats, index })
+}
+
+/// Reads the whole archive in chunks of [`CHUNK`] and hands them to the
+/// encoder, which may be gone (then the rest is drained). Returns the size
+/// and the time spent waiting for the reader.
+async fn read_stage<R: AsyncRead + Unpin>(
+    mut reader: R,
+    to_encoder: tokio::sync::mpsc::Sender<(Vec<u8>, usize)>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    done: &AtomicU64,
+    stop: &CancellationToken,
+) -> Result<(u64, std::time::Duration), TransferError> {
+    let mut to_encoder = Some(to_encoder);
+    let (mut total, mut waited) = (0u64, std::time::Duration::ZERO);
+    loop {
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        while n < CHUNK {
+            match reader.read(&mut buf[n..]).await.map_err(TransferError::Read)? {
+                0 => break,
+                got => n += got,
+            }
+        }
+        waited += t.elapsed();
+        if n == 0 {
+            return Ok((total, waited));
+        }
+        total += n as u64;
+        done.store(total, Ordering::Relaxed);
+        if stop.is_cancelled() {
+            to_encoder = None; // drain only
+        }
+        if let Some(tx) = &to_encoder {
+            if tx.send((buf, n)).await.is_err() {
+                to_encoder = None;
+            }
+        }
+    }
+}
+
+/// The CPU work, on a thread of its own: the archive's digest, page
+/// hashes, delta records, compression. After a failure (its own, or the
+/// sender's) it only drains. Returns the digest, the counts, the encoding
+/// (with the index it built) and the time it was busy.
+fn encode_stage(
+    mut input: tokio::sync::mpsc::Receiver<(Vec<u8>, usize)>,
+    output: tokio::sync::mpsc::Sender<Vec<u8>>,
+    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
+    mut encoding: Encoding,
+    zstd: Option<i32>,
+) -> Result<(Digest, DeltaStats, Encoding, std::time::Duration), String> {
     let mut encoder = DeltaEncoder::default();
     if let Some(level) = zstd {
         encoder = encoder.compress(level);
     }
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    let write = async |stream: &mut Result<quinn::SendStream, String>, bytes: &[u8]| {
-        if let Ok(s) = stream {
-            let r = tokio::select! {
-                r = s.write_all(bytes) => r.map_err(|e| e.to_string()),
-                _ = stop.cancelled() => Err("stopped".to_string()),
+    let (mut total, mut busy) = (0u64, std::time::Duration::ZERO);
+    let mut failed: Option<String> = None;
+    while let Some((buf, n)) = input.blocking_recv() {
+        if failed.is_none() {
+            let t = std::time::Instant::now();
+            let bytes = &buf[..n];
+            hasher.update(bytes);
+            total += n as u64;
+            let fed = match &mut encoding {
+                Encoding::Delta(ix) => encoder.feed(bytes, &mut |page| ix.lookup(page)),
+                Encoding::Index(ix) => {
+                    ix.add(bytes);
+                    encoder.feed(bytes, &mut |_| None)
+                }
+                Encoding::Raw => encoder.feed(bytes, &mut |_| None),
             };
-            if let Err(e) = r {
-                *stream = Err(e);
+            busy += t.elapsed();
+            match fed {
+                Ok(()) => {
+                    let out = encoder.take_output();
+                    if !out.is_empty() && output.blocking_send(out).is_err() {
+                        failed = Some("the stream to the target failed".into());
+                    }
+                }
+                Err(e) => failed = Some(e.to_string()),
             }
         }
-    };
-    let mut stopped = false;
-    loop {
-        let n = reader.read(&mut buf).await.map_err(TransferError::Read)?;
-        if n == 0 {
+        let _ = recycle.try_send(buf);
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let tail = encoder.finish().map_err(|e| e.to_string())?;
+    output.blocking_send(tail).map_err(|_| "the stream to the target failed".to_string())?;
+    Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, encoder.stats, encoding, busy))
+}
+
+/// Writes the encoder's records to the stream until they end or the stream
+/// fails (the encoder then drains). Returns the stream (or why it failed)
+/// and the time spent waiting for the network.
+async fn send_stage(
+    mut stream: Result<quinn::SendStream, String>,
+    mut from_encoder: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    stop: &CancellationToken,
+) -> (Result<quinn::SendStream, String>, std::time::Duration) {
+    let mut waited = std::time::Duration::ZERO;
+    while let Some(out) = from_encoder.recv().await {
+        let Ok(s) = &mut stream else { break };
+        let t = std::time::Instant::now();
+        let r = tokio::select! {
+            r = s.write_all(&out) => r.map_err(|e| e.to_string()),
+            _ = stop.cancelled() => Err("stopped".to_string()),
+        };
+        waited += t.elapsed();
+        if let Err(e) = r {
+            let _ = s.reset(1u32.into());
+            stream = Err(e);
             break;
         }
-        if stop.is_cancelled() {
-            if !stopped {
-                stopped = true;
-                if let Ok(s) = &mut stream {
-                    let _ = s.reset(1u32.into());
-                }
-                stream = Err("cancelled".into());
-            }
-            continue; // drain only
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        let fed = match &mut encoding {
-            Encoding::Delta(ix) => encoder.feed(&buf[..n], &mut |page| ix.lookup(page)),
-            Encoding::Index(ix) => {
-                ix.add(&buf[..n]);
-                encoder.feed(&buf[..n], &mut |_| None)
-            }
-            Encoding::Raw => encoder.feed(&buf[..n], &mut |_| None),
-        };
-        fed.map_err(|e| TransferError::Send(e.to_string()))?;
-        let out = encoder.take_output();
-        write(&mut stream, &out).await;
-        done.store(total, Ordering::Relaxed);
     }
-    if stopped {
-        return Err(TransferError::Send("cancelled; the rest of the archive was drained here, not sent".into()));
-    }
-    let tail = encoder.finish().map_err(|e| TransferError::Send(e.to_string()))?;
-    write(&mut stream, &tail).await;
-    let stats = encoder.stats;
-    close(stream).await?;
-    Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, stats))
+    (stream, waited)
 }
 
 /// Sends the regular files `names` of `dir` as a file set
@@ -230,19 +358,14 @@ fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
     Digest { bytes, blake3: *hasher.finalize().as_bytes() }
 }
 
-/// Where a received file set goes.
-pub enum FileSetTarget {
-    /// Appended as members `<prefix>/<name>` to this tar archive (created if
-    /// missing), left open for more members: the pre-copy rounds are packed
-    /// for Podman's `--import-previous` as they arrive.
-    TarAppend { path: std::path::PathBuf, prefix: String },
-}
-
-/// Receives a file set ([`tern_proto::fileset`]); returns the digest of the
-/// stream (what the source hashed as it sent) and the file names in order.
-pub async fn receive_fileset(recv: quinn::RecvStream, target: FileSetTarget, done: Arc<AtomicU64>) -> Result<(Digest, Vec<String>), TransferError> {
+/// Receives a file set ([`tern_proto::fileset`]) into the folder `dir`
+/// (created); returns the digest of the stream (what the source hashed as
+/// it sent) and the file names in order.
+pub async fn receive_fileset(recv: quinn::RecvStream, dir: &Path, done: Arc<AtomicU64>) -> Result<(Digest, Vec<String>), TransferError> {
+    std::fs::create_dir_all(dir).map_err(TransferError::Write)?;
+    let dir = dir.to_path_buf();
     pump(recv, move |next| {
-        let mut sink = FileSink::open(target).map_err(|e| e.to_string())?;
+        let mut sink = FileSink { dir, file: None };
         let mut hasher = blake3::Hasher::new();
         let mut decoder = FileSetDecoder::default();
         let (mut total, mut names) = (0u64, Vec::new());
@@ -251,9 +374,9 @@ pub async fn receive_fileset(recv: quinn::RecvStream, target: FileSetTarget, don
             decoder
                 .feed(&chunk, &mut |e| {
                     match e {
-                        FileEvent::Start { name, len } => {
+                        FileEvent::Start { name, .. } => {
                             names.push(name.to_string());
-                            sink.start(name, len)
+                            sink.start(name)
                         }
                         FileEvent::Data(b) => {
                             total += b.len() as u64;
@@ -267,103 +390,135 @@ pub async fn receive_fileset(recv: quinn::RecvStream, target: FileSetTarget, don
                 .map_err(|e| e.to_string())?;
         }
         decoder.finish().map_err(|e| e.to_string())?;
-        sink.finish().map_err(|e| e.to_string())?;
+        sink.end_file().map_err(|e| e.to_string())?;
         Ok((digest(&hasher, total), names))
     })
     .await
 }
 
-/// Appends a file set's files to a tar archive as they arrive.
+/// Writes a file set's files into a folder as they arrive. Names were
+/// checked by the decoder (single path components); files are created new,
+/// never through a link.
 struct FileSink {
-    out: std::io::BufWriter<std::fs::File>,
-    prefix: String,
-    len: u64,
+    dir: std::path::PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl FileSink {
-    fn open(target: FileSetTarget) -> std::io::Result<FileSink> {
-        let FileSetTarget::TarAppend { path, prefix } = target;
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(FileSink { out: std::io::BufWriter::with_capacity(CHUNK, f), prefix, len: 0 })
-    }
-
-    fn start(&mut self, name: &str, len: u64) -> std::io::Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(format!("{}/{name}", self.prefix))?;
-        h.set_size(len);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_cksum();
-        self.out.write_all(h.as_bytes())?;
-        self.len = len;
+    fn start(&mut self, name: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.end_file()?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join(name))?;
+        self.file = Some(std::io::BufWriter::with_capacity(CHUNK, f));
         Ok(())
     }
 
     fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(b)
+        match &mut self.file {
+            Some(f) => f.write_all(b),
+            None => Err(std::io::Error::other("file data before its entry")),
+        }
     }
 
     fn end_file(&mut self) -> std::io::Result<()> {
-        let pad = (512 - (self.len % 512) as usize) % 512;
-        self.out.write_all(&[0u8; 512][..pad])
-    }
-
-    fn finish(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        match self.file.take() {
+            Some(f) => f.into_inner().map_err(|e| e.into_error()).map(drop),
+            None => Ok(()),
+        }
     }
 }
 
-/// Ends a tar archive built by [`FileSetTarget::TarAppend`]: appends the
-/// symbolic links `(name, target)` and the end-of-archive blocks.
-pub fn finish_tar(path: &Path, links: &[(String, String)]) -> std::io::Result<u64> {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let mut out = std::io::BufWriter::new(f);
-    for (name, target) in links {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)?;
-        h.set_link_name(target)?;
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_mtime(0);
-        h.set_cksum();
-        out.write_all(h.as_bytes())?;
-    }
-    out.write_all(&[0u8; 1024])?;
-    let f = out.into_inner().map_err(|e| e.into_error())?;
-    Ok(f.metadata()?.len())
+/// Where a received archive goes.
+pub enum ArchiveOut {
+    /// Written whole to this file.
+    File(std::path::PathBuf),
+    /// Written whole to this file, and on disk before the transfer counts
+    /// as done: content-addressed pre-copy's base arrives while the
+    /// container runs, and left dirty its writeback would land in the
+    /// freeze (Podman's checkpoint ends by syncing the file system its
+    /// overlay sits on; in the lab, where both hosts share one disk, the
+    /// source's sync measured 0.85 s of the downtime for a 512 MiB base).
+    FileSynced(std::path::PathBuf),
+    /// Unpacked as it arrives ([`TarSplit`]): `checkpoint/` members into
+    /// `dir`, everything else into the archive `rest`.
+    Unpack { dir: std::path::PathBuf, rest: std::path::PathBuf },
 }
 
-/// Receives an archive sent as records into `path`, rebuilding pages from
+/// The writer behind an [`ArchiveOut`].
+enum OutWriter {
+    File(std::io::BufWriter<std::fs::File>, bool),
+    Split(Box<TarSplit>),
+}
+
+impl OutWriter {
+    fn open(out: &ArchiveOut) -> std::io::Result<OutWriter> {
+        Ok(match out {
+            ArchiveOut::File(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), false),
+            ArchiveOut::FileSynced(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), true),
+            ArchiveOut::Unpack { dir, rest } => OutWriter::Split(Box::new(TarSplit::new(dir, rest)?)),
+        })
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            OutWriter::File(f, _) => f.write_all(b),
+            OutWriter::Split(s) => s.write_all(b),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            OutWriter::File(f, sync) => {
+                let f = f.into_inner().map_err(|e| e.into_error())?;
+                if sync {
+                    f.sync_data()?;
+                }
+                Ok(())
+            }
+            OutWriter::Split(s) => {
+                let stats = s.finish()?;
+                tracing::debug!(?stats, "archive unpacked in place");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Receives an archive sent as records into `out`, rebuilding pages from
 /// `base` where the records refer to it; returns the archive's digest and,
 /// when `offsets` is asked, where each of its pages sits in the file (the
-/// hash base). Fault injection (tests) applies to the rebuilt bytes.
+/// hash base, always an [`ArchiveOut::File`]). Fault injection (tests)
+/// applies to the rebuilt bytes.
 pub async fn receive_records(
     recv: quinn::RecvStream,
-    path: &Path,
+    out: ArchiveOut,
     base: Option<Arc<PageStore>>,
     offsets: bool,
     done: Arc<AtomicU64>,
     faults: ReceiveFaults,
 ) -> Result<(Digest, Option<Vec<u64>>), TransferError> {
-    let file = std::fs::File::create(path).map_err(TransferError::Write)?;
+    let mut writer = OutWriter::open(&out).map_err(TransferError::Write)?;
     pump(recv, move |next| {
-        let mut out = std::io::BufWriter::with_capacity(CHUNK, file);
         let mut hasher = blake3::Hasher::new();
         let mut decoder = DeltaDecoder::default();
         let mut pages = offsets.then(PageOffsets::default);
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
+        let (mut waited, started) = (std::time::Duration::ZERO, std::time::Instant::now());
         let mut emit = |bytes: &[u8], hasher: &mut blake3::Hasher, total: &mut u64| -> std::io::Result<()> {
             if faults.corrupt && *total == 0 && !bytes.is_empty() {
                 let mut v = bytes.to_vec();
                 v[0] ^= 0xff;
                 tracing::warn!("fault injection: corrupted the first received byte");
                 hasher.update(&v);
-                out.write_all(&v)?;
+                writer.write_all(&v)?;
             } else {
                 hasher.update(bytes);
-                out.write_all(bytes)?;
+                writer.write_all(bytes)?;
             }
             if let Some(p) = &mut pages {
                 p.add(bytes);
@@ -378,7 +533,10 @@ pub async fn receive_records(
             }
             Ok(())
         };
-        while let Some(chunk) = next() {
+        loop {
+            let t = std::time::Instant::now();
+            let Some(chunk) = next() else { break };
+            waited += t.elapsed();
             decoder
                 .feed(&chunk, &mut |d| match d {
                     Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
@@ -393,7 +551,9 @@ pub async fn receive_records(
         }
         decoder.finish().map_err(|e| e.to_string())?;
         drop(emit);
-        out.flush().map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())?;
+        // Where the time went: waiting for the network, or writing.
+        tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
         Ok((digest(&hasher, total), pages.map(PageOffsets::finish)))
     })
     .await

@@ -106,6 +106,23 @@ impl FakeEngine {
     fn frozen(&self) -> Vec<Vec<u8>> {
         self.last_frozen.lock().unwrap().clone().expect("a container was checkpointed")
     }
+    /// The container folder with this ID, as Podman's layout names it.
+    fn folder(&self, id: &str) -> PathBuf {
+        self.dir.path().join("containers").join(id)
+    }
+    /// After a migration in: the folder holds the container's own files
+    /// only, none of what the migration staged.
+    fn assert_tidy(&self, id: &str) {
+        let f = self.folder(id);
+        assert!(f.join("userdata").is_dir(), "the restored container's folder is there");
+        for staged in ["tern-incoming", "userdata/checkpoint", "userdata/tern-precopy", "userdata/pre-checkpoint"] {
+            assert!(std::fs::symlink_metadata(f.join(staged)).is_err(), "{staged} left in {}", f.display());
+        }
+    }
+    /// After a migration in failed: no folder at all.
+    fn assert_no_folder(&self, id: &str) {
+        assert!(!self.folder(id).exists(), "{} left behind", self.folder(id).display());
+    }
     fn called(&self, what: &str) -> bool {
         self.state.lock().unwrap().calls.iter().any(|c| c.starts_with(what))
     }
@@ -152,6 +169,20 @@ fn apply_images(memory: &mut Vec<Vec<u8>>, map: &[u8], pages: &[u8]) {
             memory.resize(i + 1, Vec::new());
         }
         memory[i] = pages[k * PAGE..(k + 1) * PAGE].to_vec();
+    }
+}
+
+/// Every link under `dir` is relative: CRIU resolves them inside the
+/// restored container's mount namespace, where absolute paths break.
+fn check_links_relative(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let t = entry.file_type().unwrap();
+        if t.is_symlink() {
+            let link = std::fs::read_link(entry.path()).unwrap();
+            assert!(link.is_relative(), "absolute link {link:?} would break inside the container");
+        } else if t.is_dir() {
+            check_links_relative(&entry.path());
+        }
     }
 }
 
@@ -254,6 +285,7 @@ impl Engine for FakeEngine {
             r
         };
         let path = path.to_path_buf();
+        let with_previous = opts.with_previous;
         // Opening a FIFO blocks until the reader comes: do it off the runtime.
         tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -269,6 +301,13 @@ impl Engine for FakeEngine {
             add("checkpoint/pagemap-1.img", &map)?;
             let pages: Vec<u8> = which.iter().flat_map(|i| memory[*i].clone()).collect();
             add("checkpoint/pages-1.img", &pages)?;
+            if with_previous {
+                // CRIU links a dump to its parent, and Podman exports the link.
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, "checkpoint/parent", "../pre-checkpoint")?;
+            }
             b.finish()
         })
         .await
@@ -284,43 +323,39 @@ impl Engine for FakeEngine {
         s.containers.get_mut(name).unwrap().info.state = "running".into();
         Ok(())
     }
-    async fn restore_import(&self, path: &Path, previous: Option<&Path>, _: CheckpointOpts) -> Result<(), EngineError> {
+    async fn restore_import(&self, path: &Path, _: CheckpointOpts) -> Result<(), EngineError> {
         let err = |e: &dyn std::fmt::Display| failed("restore", &e.to_string());
-        let mut memory = Vec::new();
-        if let Some(prev) = previous {
-            // As Podman does: unpack into the new container's folder, then
-            // CRIU follows checkpoint/parent -> ../pre-checkpoint -> rounds.
-            // Links must be relative: CRIU resolves them inside the
-            // container's mount namespace, where absolute paths break.
-            let folder = self.dir.path().join("restored");
-            let _ = std::fs::remove_dir_all(&folder);
-            std::fs::create_dir_all(&folder).unwrap();
-            let mut a = tar::Archive::new(std::fs::File::open(prev).map_err(|e| err(&e))?);
-            for entry in a.entries().map_err(|e| err(&e))? {
-                let entry = entry.map_err(|e| err(&e))?;
-                if let Some(link) = entry.link_name().map_err(|e| err(&e))? {
-                    assert!(link.is_relative(), "absolute link {link:?} would break inside the container");
-                }
-            }
-            tar::Archive::new(std::fs::File::open(prev).unwrap()).unpack(&folder).map_err(|e| err(&e))?;
-            apply_chain(&mut memory, &folder.join("pre-checkpoint"));
-        }
+        // As Podman does: the archive's config names the container; the
+        // archive is unpacked into the container's folder, which may hold
+        // the images already; CRIU reads checkpoint/ and follows its
+        // `parent` link down the chain of rounds.
         let mut a = tar::Archive::new(std::fs::File::open(path).map_err(|e| err(&e))?);
-        let (mut info, mut map, mut pages) = (None, Vec::new(), Vec::new());
+        let mut info = None;
+        let mut members = Vec::new();
         for entry in a.entries().map_err(|e| err(&e))? {
             let mut entry = entry.map_err(|e| err(&e))?;
             let name = entry.path().unwrap().to_string_lossy().into_owned();
             let mut data = Vec::new();
             entry.read_to_end(&mut data).map_err(|e| err(&e))?;
-            match name.as_str() {
-                "config.dump" => info = Some(serde_json::from_slice::<ContainerInfo>(&data).map_err(|e| err(&e))?),
-                "checkpoint/pagemap-1.img" => map = data,
-                "checkpoint/pages-1.img" => pages = data,
-                _ => {}
+            if name == "config.dump" {
+                info = Some(serde_json::from_slice::<ContainerInfo>(&data).map_err(|e| err(&e))?);
             }
+            members.push((name, data));
         }
-        apply_images(&mut memory, &map, &pages);
         let mut info = info.ok_or_else(|| err(&"no config.dump"))?;
+        let folder = self.bundle_dir(&info.id).await?;
+        for (name, data) in &members {
+            let p = folder.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).map_err(|e| err(&e))?;
+            std::fs::write(p, data).map_err(|e| err(&e))?;
+        }
+        let images = folder.join("checkpoint");
+        if !images.join("pages-1.img").exists() {
+            return Err(err(&"a complete checkpoint for this container cannot be found"));
+        }
+        let mut memory = Vec::new();
+        check_links_relative(&folder);
+        apply_chain(&mut memory, &images);
         let mut s = self.state.lock().unwrap();
         s.calls.push("restore_import".into());
         if s.containers.contains_key(&info.name) {
@@ -329,13 +364,20 @@ impl Engine for FakeEngine {
         info.state = "running".into();
         let c = FakeContainer { info: info.clone(), memory, dirty: HashSet::new(), writes: 0 };
         s.containers.insert(info.name.clone(), c);
+        // The agent restores with --keep: the images stay for it to drop.
         Ok(())
+    }
+    async fn bundle_dir(&self, id: &str) -> Result<PathBuf, EngineError> {
+        Ok(self.dir.path().join("containers").join(id).join("userdata"))
     }
     async fn remove(&self, name: &str, _force: bool) -> Result<(), EngineError> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(format!("remove {name}"));
         s.checkpoints.remove(name);
-        s.containers.remove(name).map(drop).ok_or_else(|| failed("rm", "no such container"))
+        let c = s.containers.remove(name).ok_or_else(|| failed("rm", "no such container"))?;
+        // Podman removes the container's folder with it.
+        let _ = std::fs::remove_dir_all(self.dir.path().join("containers").join(&c.info.id));
+        Ok(())
     }
     async fn info(&self) -> Result<serde_json::Value, EngineError> {
         Ok(serde_json::json!({
@@ -448,6 +490,7 @@ async fn stop_and_copy_moves_the_container_and_ships_the_image() {
     let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
     assert_eq!(phases, [Phase::Prepare, Phase::Image, Phase::Checkpoint, Phase::Verify, Phase::Restore, Phase::Cleanup]);
     assert!(events.iter().any(|e| e.phase == Phase::Checkpoint));
+    b.assert_tidy("id-web");
 }
 
 #[tokio::test]
@@ -478,6 +521,7 @@ async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly(
     assert!(events.iter().any(|e| e.phase == Phase::PreCopy && e.note.contains("round 2")));
     assert_eq!(a.state_of("db"), None);
     assert_eq!(b.state_of("db").as_deref(), Some("running"));
+    b.assert_tidy("id-db");
 }
 
 #[tokio::test]
@@ -519,6 +563,7 @@ async fn hash_pre_copy_sends_only_changed_pages_at_the_freeze() {
     // Had the final archive crossed whole, twice the base would be on the wire.
     assert!(r.bytes_on_wire < r.rounds[0].bytes * 13 / 10, "{} on the wire for a base of {}", r.bytes_on_wire, r.rounds[0].bytes);
     assert!(b.memory_of("cache") == a.frozen(), "rebuilt memory differs");
+    b.assert_tidy("id-cache");
 }
 
 #[tokio::test]
@@ -597,6 +642,7 @@ async fn target_restore_failure_rolls_back_on_the_source() {
     assert_eq!(a.state_of("web").as_deref(), Some("running"), "back on the source");
     assert!(a.called("restore_local"));
     assert_eq!(b.state_of("web"), None, "nothing left on the target");
+    b.assert_no_folder("id-web");
     assert!(r.downtime_ms.is_some());
 }
 
@@ -616,6 +662,7 @@ async fn corrupted_transfer_is_caught_by_the_digest_and_rolled_back() {
     }
     assert_eq!(a.state_of("web").as_deref(), Some("running"));
     assert!(!b.called("restore_import"), "a corrupt archive is never restored");
+    b.assert_no_folder("id-web");
 }
 
 #[tokio::test]

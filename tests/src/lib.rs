@@ -213,3 +213,37 @@ pub fn hosts() -> Result<Vec<Value>> {
     let r = tern_json(&["hosts"])?;
     Ok(r.json.as_array().cloned().unwrap_or_default())
 }
+
+/// Mount points of tern's tmpfs checkpoint folders, on any lab host (they
+/// share this mount namespace). None may outlive a migration that ended.
+pub fn ram_mounts() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter(|l| l.contains(" - tmpfs tern-checkpoint "))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect()
+}
+
+/// Container folders on `host` that a target made for a migration and
+/// Podman never took over (`agent/src/target/inplace.rs`).
+pub fn staged_folders(host: &str) -> Vec<PathBuf> {
+    let dir = PathBuf::from(format!("/var/lib/tern-lab/{host}/storage/overlay-containers"));
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("tern-incoming").exists())
+        .collect()
+}
+
+/// Nothing a migration made is left on either host.
+pub fn no_leftovers() -> Result<()> {
+    let mounts = ram_mounts();
+    anyhow::ensure!(mounts.is_empty(), "tmpfs checkpoint folders left mounted: {mounts:?}");
+    for h in ["client1", "client2"] {
+        let staged = staged_folders(h);
+        anyhow::ensure!(staged.is_empty(), "folders staged for a migration left on {h}: {staged:?}");
+    }
+    Ok(())
+}

@@ -52,6 +52,7 @@ fn migrate_and_verify_with(name: &str, from: &str, to: &str, flags: &[&str], mod
     count_reaches(to, name, c1 + 5)?;
     ensure!(top(to, name)? == before_pids, "PIDs changed: {before_pids:?} vs {:?}", top(to, name)?);
     ensure!(ip(to, name)? == before_ip, "IP changed");
+    no_leftovers()?;
     eprintln!(
         "{name} {from}->{to}: downtime {} ms, total {} ms, {} bytes on the wire, counter {c0} -> {c1}",
         j["downtime_ms"], j["total_ms"], j["bytes_on_wire"]
@@ -96,6 +97,7 @@ fn scenario_rollback(fault: &str, expect_in_message: &str) -> Result<()> {
     let after = top("client1", name)?;
     ensure!(after == pids, "PIDs changed on rollback: {pids:?} -> {after:?}");
     ensure!(state("client2", name)?.is_none(), "a copy was left on client2");
+    no_leftovers()?;
     // And the text report says so, for people.
     eprintln!("rolled back as expected: {msg}");
     remove_everywhere(name);

@@ -53,7 +53,7 @@ pub(super) struct Precopied {
     /// The last round's image folder here (the final dump's parent).
     pub last_dir: PathBuf,
     /// Content-addressed pre-copy: the base's page hashes.
-    pub index: Option<PageIndex>,
+    pub index: Option<Arc<PageIndex>>,
 }
 
 /// Files of a round's image folder that the target needs: regular files
@@ -225,14 +225,13 @@ impl Run<'_> {
             drop(hold); // Podman is done: the reader sees the end
             (r, Instant::now())
         });
-        let mut index = PageIndex::default();
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind: DataKind::Base };
         let conn = self.session().conn.clone();
         let cancel = self.cancel.clone();
         let zstd = self.zstd_level();
         let ship = async {
-            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(&mut index), zstd, &cancel).await
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(PageIndex::default()), zstd, &cancel).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
@@ -240,13 +239,20 @@ impl Run<'_> {
         let (dumped, dumped_at) = dump.await.map_err(|e| Fail::new(p, e))?;
         let dump_ms = (dumped_at - started).as_millis() as u64;
         dumped.map_err(|e| Fail::new(p, format!("the base checkpoint failed (the container keeps running): {e}")))?;
-        let (digest, stats) = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        let transfer::Sent { digest, stats, index } = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        // Always there: an Index encoding hands its index back.
+        let index = index.unwrap_or_default();
         self.count_sent(&stats, started.elapsed());
         // CRIU's statistics, then the base's images: the final dump writes
         // a fresh set, and stale files must not ride along in its archive.
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
         let stats = criu_stats::read(&cdir);
-        let _ = tokio::fs::remove_dir_all(cdir.join("checkpoint")).await;
+        let images = cdir.join("checkpoint");
+        if self.ram_dir.as_deref() == Some(images.as_path()) {
+            crate::ramdir::empty(&images).map_err(|e| Fail::new(p, format!("emptying {}: {e}", images.display())))?;
+        } else {
+            let _ = tokio::fs::remove_dir_all(&images).await;
+        }
         write_frame(send, &SourceMsg::RoundSent { round: 1, digest }).await.map_err(|e| Fail::new(p, e))?;
         match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
             TargetMsg::RoundStored { round: 1 } => {}
@@ -268,7 +274,7 @@ impl Run<'_> {
         tracing::info!(bytes = digest.bytes, pages = index.pages(), dump_ms, total_ms, "hash pre-copy base shipped");
         self.stop_reason = Some(StopReason::BaseShipped.to_string());
         self.leave(p);
-        Ok(Precopied { rounds: 1, last_dir: PathBuf::new(), index: Some(index) })
+        Ok(Precopied { rounds: 1, last_dir: PathBuf::new(), index: Some(Arc::new(index)) })
     }
 
     /// Points the container's `pre-checkpoint` at the last round (a

@@ -1,0 +1,183 @@
+//! Restoring in place: the container's folder is made before Podman makes
+//! the container.
+//!
+//! `podman container restore --import ARCHIVE` creates the container with
+//! the ID it had on the source and unpacks the archive into its folder,
+//! `<graph root>/<driver>-containers/<id>/userdata` (Podman's `StaticDir`),
+//! reading the archive twice and writing all of it again, during the
+//! downtime. Podman keeps whatever that folder already holds. So the target
+//! makes the folder when the migration begins, and everything large
+//! arrives straight where CRIU will read it:
+//!
+//! ```text
+//!  <graph root>/<driver>-containers/<id>/          made here, removed on undo
+//!    userdata/
+//!      checkpoint/              tmpfs when memory allows (ramdir.rs); the final
+//!                               dump's images, written as they arrive (unpack.rs)
+//!      tern-precopy/1, 2, ...   soft-dirty rounds, each `parent` -> ../<n-1>
+//!      pre-checkpoint -> tern-precopy/<last>
+//!  <state dir>/incoming-<id>/rest.tar                config.dump, spec.dump,
+//!                                                    rootfs-diff.tar, ...:
+//!                                                    what Podman imports
+//! ```
+//!
+//! Links stay relative and on one file system: CRIU follows `parent` from
+//! inside the restored container's mount namespace, where absolute paths
+//! and paths that leave the mount break. That is also why soft-dirty
+//! pre-copy keeps its `checkpoint/` on disk: its final dump's `parent` link
+//! leaves the folder.
+//!
+//! Measured on a 512 MiB container: `restore --import` of the whole
+//! archive took 2.9 s, of the rest with the images in place 1.0 s.
+//!
+//! A marker file, `<id>/tern-incoming`, says the folder is this agent's
+//! until Podman has restored a container from it: an agent that died
+//! mid-migration finds such folders at start ([`sweep`]) and removes the
+//! ones no container was made of.
+
+use crate::engine::Engine;
+use crate::ramdir;
+use std::path::{Path, PathBuf};
+use tern_proto::facts::ContainerInfo;
+
+/// Marks a container folder as made by tern for a migration not yet restored.
+const MARKER: &str = "tern-incoming";
+
+/// The restored container's folder, prepared before the freeze.
+#[derive(Debug)]
+pub struct Bundle {
+    /// `<driver>-containers/<id>`, which did not exist before.
+    root: PathBuf,
+    /// `root/userdata`.
+    pub dir: PathBuf,
+    /// Whether `checkpoint/` is a tmpfs.
+    pub in_ram: bool,
+    /// Why not, when it is not.
+    pub on_disk_because: Option<String>,
+}
+
+impl Bundle {
+    /// Makes the folder for `container`. With `ram`, tries to put its
+    /// `checkpoint/` in RAM (the images and the restored container must
+    /// both fit).
+    pub async fn prepare(engine: &dyn Engine, container: &ContainerInfo, ram: bool) -> Result<Bundle, String> {
+        let dir = engine.bundle_dir(&container.id).await.map_err(|e| e.to_string())?;
+        let root = dir.parent().map(Path::to_path_buf).ok_or_else(|| format!("{} has no parent folder", dir.display()))?;
+        if root.exists() {
+            return Err(format!(
+                "a container with ID {} already has a folder here ({}); remove that container first",
+                container.id,
+                root.display()
+            ));
+        }
+        let checkpoint = dir.join("checkpoint");
+        std::fs::create_dir_all(&checkpoint).map_err(|e| format!("creating {}: {e}", checkpoint.display()))?;
+        std::fs::write(root.join(MARKER), b"").map_err(|e| format!("creating {}: {e}", root.join(MARKER).display()))?;
+        let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None };
+        if !ram {
+            bundle.on_disk_because = Some("soft-dirty pre-copy links its final dump to rounds on disk".into());
+            return Ok(bundle);
+        }
+        let fits = ramdir::mem_available()
+            .ok_or_else(|| "cannot read MemAvailable from /proc/meminfo".to_string())
+            .and_then(|avail| ramdir::fits(container.memory_bytes, 2, avail));
+        match fits.and_then(|cap| ramdir::mount(&checkpoint, cap).map_err(|e| e.to_string())) {
+            Ok(()) => bundle.in_ram = true,
+            Err(why) => {
+                tracing::info!("the checkpoint images go to disk: {why}");
+                bundle.on_disk_because = Some(why);
+            }
+        }
+        Ok(bundle)
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.join("checkpoint")
+    }
+
+    /// Where soft-dirty round `n` goes.
+    pub fn round_dir(&self, n: u32) -> PathBuf {
+        self.dir.join(crate::PRECOPY_DIR).join(n.to_string())
+    }
+
+    /// Links the `rounds` rounds into the chain CRIU follows (module docs).
+    pub fn link_rounds(&self, rounds: u32) -> std::io::Result<()> {
+        for n in 2..=rounds {
+            std::os::unix::fs::symlink(format!("../{}", n - 1), self.round_dir(n).join("parent"))?;
+        }
+        std::os::unix::fs::symlink(format!("{}/{rounds}", crate::PRECOPY_DIR), self.dir.join("pre-checkpoint"))
+    }
+
+    /// The container was restored (Podman kept the images, `--keep`):
+    /// they go now, with the rounds.
+    pub fn after_restore(&self) {
+        tidy_restored(&self.root);
+    }
+
+    /// Unmounts the tmpfs (so that Podman can remove the container's
+    /// folder) without removing anything.
+    pub fn release_ram(&self) {
+        if let Err(e) = ramdir::unmount(&self.checkpoint_dir(), false) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Removes the folder this migration made; for when no container was
+    /// made of it (Podman removes its own containers' folders).
+    pub fn remove(&self) {
+        self.release_ram();
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", self.root.display());
+            }
+        }
+    }
+}
+
+/// What a restored container's folder no longer needs: the images (a
+/// tmpfs, or a folder), the rounds, the marker. CRIU's `restore.log` stays.
+fn tidy_restored(root: &Path) {
+    let dir = root.join("userdata");
+    let images = dir.join("checkpoint");
+    if ramdir::is_mounted(&images) {
+        if let Err(e) = ramdir::unmount(&images, true) {
+            tracing::warn!("{e}");
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&images);
+    }
+    let _ = std::fs::remove_file(dir.join("pre-checkpoint"));
+    let _ = std::fs::remove_dir_all(dir.join(crate::PRECOPY_DIR));
+    let _ = std::fs::remove_file(root.join(MARKER));
+}
+
+/// At start: the folders a predecessor made for migrations it did not see
+/// to their end. A container made of one is tidied; the others, holding
+/// nothing but what the dead migration staged, are removed.
+pub async fn sweep(engine: &dyn Engine) {
+    // Any valid ID names the folder that holds every container's folder.
+    let Ok(probe) = engine.bundle_dir(&"0".repeat(64)).await else { return };
+    let Some(containers) = probe.parent().and_then(Path::parent) else { return };
+    let Ok(list) = std::fs::read_dir(containers) else { return };
+    for entry in list.flatten() {
+        let root = entry.path();
+        if !root.join(MARKER).exists() {
+            continue;
+        }
+        let id = entry.file_name().to_string_lossy().into_owned();
+        match engine.inspect(&id).await {
+            Ok(Some(c)) => {
+                tracing::warn!(id = %id, name = %c.name, "tidying the folder of a container restored by a migration this agent did not see end");
+                tidy_restored(&root);
+            }
+            Ok(None) => {
+                tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged");
+                let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
+                if let Err(e) = std::fs::remove_dir_all(&root) {
+                    tracing::error!("removing {}: {e}", root.display());
+                }
+            }
+            Err(e) => tracing::warn!("cannot tell whether {id} is a container: {e}; its folder stays"),
+        }
+    }
+}
