@@ -12,7 +12,7 @@ pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) ->
     let info = engine.info().await?;
     let s = |ptr: &str| info.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let runtime_version = s("/host/ociRuntime/version").lines().next().unwrap_or("").to_string();
-    let (criu_version, dirty_tracking) = criu().await;
+    let (criu_version, dirty_tracking, lazy_restore) = criu().await;
     let facts = HostFacts {
         name: name.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -28,6 +28,7 @@ pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) ->
         cpu_flags: cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         network_backend: s("/host/networkBackend"),
         dirty_tracking,
+        lazy_restore,
     };
     apply_overrides(facts, overrides)
 }
@@ -61,27 +62,29 @@ async fn output(program: &str, args: &[&str]) -> Option<(bool, String)> {
     Some((out.status.success(), text))
 }
 
-/// CRIU's version and whether it can track dirty memory.
-async fn criu() -> (String, Capability) {
+/// CRIU's version, whether it can track dirty memory, whether it can
+/// restore lazily.
+async fn criu() -> (String, Capability, Capability) {
     let version = match output("criu", &["--version"]).await {
         Some((true, text)) => parse_criu_version(&text),
         _ => String::new(),
     };
     if version.is_empty() {
-        return (
-            version,
-            Capability { supported: false, detail: "criu not found on PATH (run scripts/install-deps.sh)".into() },
-        );
+        let missing = || Capability { supported: false, detail: "criu not found on PATH (run scripts/install-deps.sh)".into() };
+        return (version, missing(), missing());
     }
-    let dirty = match output("criu", &["check", "--feature", "mem_dirty_track"]).await {
-        Some((true, _)) => Capability { supported: true, detail: "criu check --feature mem_dirty_track: supported".into() },
-        Some((false, text)) => Capability {
-            supported: false,
-            detail: format!("no soft-dirty memory tracking: criu check says \"{}\"", criu_message(&text)),
-        },
+    let dirty = feature("mem_dirty_track", "no soft-dirty memory tracking").await;
+    let lazy = feature("uffd-noncoop", "no lazy restores (userfaultfd)").await;
+    (version, dirty, lazy)
+}
+
+/// `criu check --feature NAME`, with what it said.
+async fn feature(name: &str, missing: &str) -> Capability {
+    match output("criu", &["check", "--feature", name]).await {
+        Some((true, _)) => Capability { supported: true, detail: format!("criu check --feature {name}: supported") },
+        Some((false, text)) => Capability { supported: false, detail: format!("{missing}: criu check says \"{}\"", criu_message(&text)) },
         None => Capability { supported: false, detail: "criu check could not run".into() },
-    };
-    (version, dirty)
+    }
 }
 
 /// The last line CRIU printed, without its `Warn  (file.c:123): ` prefix.
@@ -144,6 +147,7 @@ mod tests {
             cpu_flags: vec![],
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: String::new() },
+            lazy_restore: Capability { supported: false, detail: String::new() },
         }
     }
 

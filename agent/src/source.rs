@@ -86,6 +86,10 @@ struct Run<'a> {
     /// The container's `checkpoint` folder, when this migration put it in
     /// RAM (ramdir.rs).
     ram_dir: Option<PathBuf>,
+    /// What the target said about its restore.
+    restore_info: Option<RestoreInfo>,
+    /// The final dump went to RAM.
+    checkpoint_in_ram: bool,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -117,6 +121,8 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         zstd_out: 0,
         journal: None,
         ram_dir: None,
+        restore_info: None,
+        checkpoint_in_ram: false,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -279,6 +285,7 @@ impl Run<'_> {
             container: info.clone(),
             tcp_established: self.req.options.tcp_established,
             mode: self.req.options.mode,
+            lazy_restore: self.req.options.lazy_restore,
         };
         let (send, mut recv) = self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))?;
         let needs_image = match self.read_target(&mut recv, rpc_timeout()).await.map_err(|e| Fail::new(p, e))? {
@@ -433,6 +440,7 @@ impl Run<'_> {
             crate::recovery::record(self.agent, &entry)
                 .map_err(|e| Fail::new(p, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))?,
         );
+        self.checkpoint_in_ram = self.ram_dir.is_some();
         self.frozen_at = Some(Instant::now());
         let engine = self.agent.engine.clone();
         let name = info.name.clone();
@@ -507,6 +515,8 @@ impl Run<'_> {
                 // The target's own split of this phase.
                 self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
                 self.leave(p);
+                self.warnings.extend(r.notes.iter().map(|n| format!("on {}: {n}", self.req.target.name)));
+                self.restore_info = Some(r.clone());
                 tracing::info!(container = %r.container.name, "restored on the target: switchover");
                 self.injected_exit(crate::config::SourceExit::AfterRestored);
                 Ok(())
@@ -624,6 +634,11 @@ impl Run<'_> {
             zstd_in: self.zstd_in,
             zstd_out: self.zstd_out,
             phases: self.phases.clone(),
+            memory_fill_ms: self.restore_info.as_ref().and_then(|r| r.memory_fill_ms),
+            images_in_ram: ImagesInRam {
+                source: self.checkpoint_in_ram,
+                target: self.restore_info.as_ref().is_some_and(|r| r.images_in_ram),
+            },
             rounds: self.rounds.clone(),
             stop_reason: self.stop_reason.clone(),
             warnings: self.warnings.clone(),

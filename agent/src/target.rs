@@ -25,6 +25,7 @@
 //! kept whatever happens to the connection.
 
 pub mod inplace;
+pub mod lazy;
 pub mod unpack;
 
 use crate::engine::CheckpointOpts;
@@ -33,7 +34,7 @@ use inplace::Bundle;
 use crate::server::Agent;
 use crate::transfer::{self, ArchiveOut, ReceiveFaults};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ pub async fn receive(
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
     let staging = agent.cfg.state_dir.join(format!("incoming-{}", begin.id));
-    let mut t = Target { agent, begin, staging, restored: false, bundle: None };
+    let mut t = Target { agent, begin, staging, restored: false, bundle: None, lazy: false, notes: Vec::new() };
     let result = t.run(conn, &mut send, &mut recv).await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
     let _ = send.finish();
@@ -78,9 +79,16 @@ async fn refuse(send: &mut quinn::SendStream, message: String) -> anyhow::Result
     Ok(())
 }
 
-/// What a data stream left in the staging folder: the file or folder, and
-/// the digest of what arrived.
-type Arrived = Result<(PathBuf, Digest), String>;
+/// What a data stream left: the file or folder, the digest of what
+/// arrived, and whether `spec.dump` now names the container's own CRIU
+/// options file (`lazy.rs`).
+struct Staged {
+    path: PathBuf,
+    digest: Digest,
+    annotated: bool,
+}
+
+type Arrived = Result<Staged, String>;
 
 /// Data streams that arrived, by kind, until the control conversation
 /// takes them.
@@ -127,6 +135,25 @@ struct Target<'a> {
     restored: bool,
     /// The container's folder, made by this migration until Podman owns it.
     bundle: Option<Bundle>,
+    /// Restore lazily: the source asked, and this host can.
+    lazy: bool,
+    /// What the source should tell the user about this side.
+    notes: Vec<String>,
+}
+
+/// A restore that went well.
+struct Running {
+    container: ContainerInfo,
+    /// When the container was first seen running: the downtime ends here.
+    at: Instant,
+    /// After a lazy restore, from running until all memory was in place.
+    filled: Option<Duration>,
+}
+
+/// The longest a lazy restore may take to fill the memory: a minute, plus
+/// a second for each 50 MiB (local copies run at hundreds of MiB/s).
+fn fill_limit(memory_bytes: u64) -> Duration {
+    Duration::from_secs(60 + memory_bytes / (50 << 20))
 }
 
 impl Target<'_> {
@@ -147,8 +174,17 @@ impl Target<'_> {
             Err(e) => return refuse(send, e).await,
         };
         tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
+        self.notes.extend(bundle.on_disk_because.iter().map(|why| format!("the images were held on disk: {why}")));
+        if self.begin.lazy_restore {
+            match self.agent.facts().await {
+                Ok(f) if f.lazy_restore.supported => self.lazy = true,
+                Ok(f) => self.notes.push(format!("restored eagerly: {}", f.lazy_restore.detail)),
+                Err(e) => self.notes.push(format!("restored eagerly: this host's facts are unreadable ({e:#})")),
+            }
+        }
         let dir = bundle.dir.clone();
         let checkpoint_dir = bundle.checkpoint_dir();
+        let annotate = Some((dir.join(lazy::CONF), self.lazy));
         self.bundle = Some(bundle);
         let needs_image = !engine.image_exists(&c.image_id).await?;
         if !needs_image {
@@ -158,7 +194,7 @@ impl Target<'_> {
             }
         }
         let inbox = Arc::new(Inbox::default());
-        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir };
+        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir, annotate };
         let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
 
@@ -220,8 +256,9 @@ impl Target<'_> {
     }
 
     /// Waits for the data stream of `kind` and checks it against `digest`.
-    async fn verified(&self, inbox: &Inbox, kind: DataKind, digest: Digest) -> Result<PathBuf, String> {
-        let (path, got) = inbox.take(kind).await?;
+    async fn verified(&self, inbox: &Inbox, kind: DataKind, digest: Digest) -> Result<Staged, String> {
+        let staged = inbox.take(kind).await?;
+        let got = staged.digest;
         if got != digest {
             return Err(format!(
                 "the {kind:?} data does not match its digest: received {} bytes with blake3 {}, the source sent {} bytes with blake3 {}",
@@ -231,12 +268,12 @@ impl Target<'_> {
                 digest.hex()
             ));
         }
-        Ok(path)
+        Ok(staged)
     }
 
     async fn load_image(&self, inbox: &Inbox, digest: Digest) -> TargetMsg {
         let r = async {
-            let path = self.verified(inbox, DataKind::Image, digest).await?;
+            let path = self.verified(inbox, DataKind::Image, digest).await?.path;
             self.agent.engine.image_load(&path).await.map_err(|e| e.to_string())?;
             let _ = tokio::fs::remove_file(&path).await;
             self.name_image().await?;
@@ -255,22 +292,32 @@ impl Target<'_> {
             Mode::HashPreCopy => DataKind::CheckpointDelta { base: rounds },
             _ => DataKind::Checkpoint,
         };
-        let path = match self.verified(inbox, kind, digest).await {
-            Ok(p) => p,
+        let staged = match self.verified(inbox, kind, digest).await {
+            Ok(s) => s,
             Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
         };
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
-        match self.restore_and_confirm(&path).await {
-            Ok((container, running_at)) => {
-                let restore_ms = (running_at - t1).as_millis() as u64;
+        match self.restore_and_confirm(&staged).await {
+            Ok(run) => {
+                let restore_ms = (run.at - t1).as_millis() as u64;
+                let images_in_ram = self.bundle.as_ref().is_some_and(|b| b.in_ram);
                 // Podman owns the folder now; the images can go.
                 if let Some(b) = self.bundle.take() {
                     b.after_restore();
                 }
-                let confirm_ms = running_at.elapsed().as_millis() as u64;
-                tracing::info!(name = %container.name, restore_ms, confirm_ms, "restored and running");
-                TargetMsg::Restored(RestoreInfo { verify_ms, restore_ms, confirm_ms, container })
+                let confirm_ms = run.at.elapsed().as_millis() as u64;
+                let memory_fill_ms = run.filled.map(|d| d.as_millis() as u64);
+                tracing::info!(name = %run.container.name, restore_ms, confirm_ms, ?memory_fill_ms, "restored and running");
+                TargetMsg::Restored(RestoreInfo {
+                    verify_ms,
+                    restore_ms,
+                    confirm_ms,
+                    memory_fill_ms,
+                    images_in_ram,
+                    notes: std::mem::take(&mut self.notes),
+                    container: run.container,
+                })
             }
             Err(message) => {
                 self.undo().await;
@@ -294,32 +341,78 @@ impl Target<'_> {
         Ok(bytes)
     }
 
-    /// Restores, then checks the container runs now and still runs a moment
-    /// later: a process that dies right after restore is not a success.
-    /// Returns the container and when it was first seen running.
-    async fn restore_and_confirm(&mut self, path: &Path) -> Result<(ContainerInfo, Instant), String> {
+    /// Restores (lazily when it can: `lazy.rs`), then checks the container
+    /// runs now and still runs a moment later, and after a lazy restore that
+    /// all its memory came in: a process that dies right after restore is
+    /// not a success.
+    async fn restore_and_confirm(&mut self, staged: &Staged) -> Result<Running, String> {
         if self.agent.cfg.faults.fail_restore {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
-        let engine = &self.agent.engine;
-        let name = &self.begin.container.name;
-        self.restored = true;
+        let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or("the container's folder is gone")?;
+        let engine = self.agent.engine.clone();
+        let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
-        engine.restore_import(path, opts).await.map_err(|e| e.to_string())?;
-        let running_at = Instant::now();
+        let mut daemon = None;
+        if staged.annotated {
+            if self.lazy {
+                lazy::write_conf(&folder, true).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
+                match lazy::Daemon::start(&folder).await {
+                    Ok(d) => daemon = Some(d),
+                    Err(e) => self.notes.push(format!("restored eagerly: {e}")),
+                }
+            }
+            if daemon.is_none() {
+                lazy::write_conf(&folder, false).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
+            }
+        } else if self.lazy {
+            self.notes.push("restored eagerly: its spec.dump names a CRIU options file of its own (org.criu.config), or could not be read".into());
+        }
+        self.restored = true;
+        let restored = engine.restore_import(&staged.path, opts).await;
+        if staged.annotated {
+            // CRIU has read its options: from now on the host's apply.
+            lazy::settle_conf(&folder);
+        }
+        if let Err(e) = restored {
+            if daemon.take().is_none() {
+                return Err(e.to_string());
+            }
+            // Once more, eagerly, from the images still in place: Podman
+            // made the container before CRIU failed.
+            tracing::warn!("the lazy restore failed: {e}; restoring eagerly");
+            self.notes.push(format!("restored eagerly: the lazy restore failed ({e})"));
+            match engine.inspect(&name).await {
+                Ok(Some(c)) if c.id == self.begin.container.id => {
+                    engine.restore_local(&name, opts).await.map_err(|e2| format!("{e2} (after a lazy restore that failed: {e})"))?
+                }
+                _ => return Err(e.to_string()),
+            }
+        }
+        let at = Instant::now();
+        let container = self.confirm(&name).await?;
+        let filled = match daemon {
+            Some(d) => {
+                d.finish(&folder, fill_limit(self.begin.container.memory_bytes)).await?;
+                Some(at.elapsed())
+            }
+            None => None,
+        };
+        Ok(Running { container, at, filled })
+    }
+
+    /// The container runs now, and [`CONFIRM_MS`] later.
+    async fn confirm(&self, name: &str) -> Result<ContainerInfo, String> {
+        let mut seen = None;
         for wait in [0u64, CONFIRM_MS] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            match engine.inspect(name).await.map_err(|e| e.to_string())? {
-                Some(c) if c.is_running() => {
-                    if wait > 0 {
-                        return Ok((c, running_at));
-                    }
-                }
+            match self.agent.engine.inspect(name).await.map_err(|e| e.to_string())? {
+                Some(c) if c.is_running() => seen = Some(c),
                 Some(c) => return Err(format!("the restored container is {}, not running", c.state)),
                 None => return Err("the restored container is not there".into()),
             }
         }
-        unreachable!("the loop returns on its last pass")
+        seen.ok_or_else(|| "the restored container was never seen running".into())
     }
 
     /// Gives the image the name the container was created from: `restore
@@ -369,13 +462,20 @@ struct Places {
     bundle: PathBuf,
     /// Its `checkpoint/`, where the final dump's images go.
     checkpoint: PathBuf,
+    /// `spec.dump`'s CRIU options file ([`unpack::TarSplit::annotating`]).
+    annotate: Option<(PathBuf, bool)>,
 }
 
 /// Accepts the migration's data streams and stages each, posting the result
 /// to `inbox`.
 async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, places: Places, faults: ReceiveFaults, inbox: Arc<Inbox>) {
     let staging = &places.staging;
-    let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR) };
+    let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR), annotate: places.annotate.clone() };
+    let rest = |r: transfer::Received| Staged {
+        path: staging.join(REST_TAR),
+        digest: r.digest,
+        annotated: r.split.is_some_and(|s| s.annotated),
+    };
     let done = Arc::new(AtomicU64::new(0));
     // Where the base's pages sit in base.tar (content-addressed pre-copy).
     let mut base_pages: Option<Arc<PageStore>> = None;
@@ -397,23 +497,25 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                 let path = staging.join("image.tar");
                 transfer::receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
                     .await
-                    .map(|(d, _)| (path, d))
+                    .map(|r| Staged { path, digest: r.digest, annotated: false })
                     .map_err(|e| e.to_string())
             }
-            DataKind::Checkpoint => transfer::receive_records(recv, unpacked(), None, false, done.clone(), faults)
-                .await
-                .map(|(d, _)| (staging.join(REST_TAR), d))
-                .map_err(|e| e.to_string()),
+            DataKind::Checkpoint => {
+                transfer::receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string())
+            }
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
                 let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
-                transfer::receive_fileset(recv, &dir, done.clone()).await.map(|(d, _)| (dir, d)).map_err(|e| e.to_string())
+                transfer::receive_fileset(recv, &dir, done.clone())
+                    .await
+                    .map(|(digest, _)| Staged { path: dir, digest, annotated: false })
+                    .map_err(|e| e.to_string())
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
                 match transfer::receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await {
-                    Ok((d, offsets)) => {
-                        base_pages = Some(Arc::new(PageStore::new(&path, offsets.unwrap_or_default())));
-                        Ok((path, d))
+                    Ok(r) => {
+                        base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
+                        Ok(Staged { path, digest: r.digest, annotated: false })
                     }
                     Err(e) => Err(e.to_string()),
                 }
@@ -422,7 +524,7 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                 match &base_pages {
                     Some(store) => transfer::receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults)
                         .await
-                        .map(|(d, _)| (staging.join(REST_TAR), d))
+                        .map(rest)
                         .map_err(|e| e.to_string()),
                     None => Err("the delta refers to a base that never arrived".into()),
                 }

@@ -444,8 +444,18 @@ pub enum ArchiveOut {
     /// source's sync measured 0.85 s of the downtime for a 512 MiB base).
     FileSynced(std::path::PathBuf),
     /// Unpacked as it arrives ([`TarSplit`]): `checkpoint/` members into
-    /// `dir`, everything else into the archive `rest`.
-    Unpack { dir: std::path::PathBuf, rest: std::path::PathBuf },
+    /// `dir`, everything else into the archive `rest`; `spec.dump`
+    /// annotated with `annotate` ([`TarSplit::annotating`]).
+    Unpack { dir: std::path::PathBuf, rest: std::path::PathBuf, annotate: Option<(std::path::PathBuf, bool)> },
+}
+
+/// What [`receive_records`] received.
+pub struct Received {
+    pub digest: Digest,
+    /// Where the pages of the archive sit in the file (when asked).
+    pub offsets: Option<Vec<u64>>,
+    /// How an [`ArchiveOut::Unpack`] went.
+    pub split: Option<crate::target::unpack::SplitStats>,
 }
 
 /// The writer behind an [`ArchiveOut`].
@@ -459,7 +469,13 @@ impl OutWriter {
         Ok(match out {
             ArchiveOut::File(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), false),
             ArchiveOut::FileSynced(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), true),
-            ArchiveOut::Unpack { dir, rest } => OutWriter::Split(Box::new(TarSplit::new(dir, rest)?)),
+            ArchiveOut::Unpack { dir, rest, annotate } => {
+                let mut split = TarSplit::new(dir, rest)?;
+                if let Some((conf, add)) = annotate {
+                    split = split.annotating(conf.clone(), *add);
+                }
+                OutWriter::Split(Box::new(split))
+            }
         })
     }
 
@@ -470,19 +486,19 @@ impl OutWriter {
         }
     }
 
-    fn finish(self) -> std::io::Result<()> {
+    fn finish(self) -> std::io::Result<Option<crate::target::unpack::SplitStats>> {
         match self {
             OutWriter::File(f, sync) => {
                 let f = f.into_inner().map_err(|e| e.into_error())?;
                 if sync {
                     f.sync_data()?;
                 }
-                Ok(())
+                Ok(None)
             }
             OutWriter::Split(s) => {
                 let stats = s.finish()?;
                 tracing::debug!(?stats, "archive unpacked in place");
-                Ok(())
+                Ok(Some(stats))
             }
         }
     }
@@ -500,7 +516,7 @@ pub async fn receive_records(
     offsets: bool,
     done: Arc<AtomicU64>,
     faults: ReceiveFaults,
-) -> Result<(Digest, Option<Vec<u64>>), TransferError> {
+) -> Result<Received, TransferError> {
     let mut writer = OutWriter::open(&out).map_err(TransferError::Write)?;
     pump(recv, move |next| {
         let mut hasher = blake3::Hasher::new();
@@ -551,10 +567,10 @@ pub async fn receive_records(
         }
         decoder.finish().map_err(|e| e.to_string())?;
         drop(emit);
-        writer.finish().map_err(|e| e.to_string())?;
+        let split = writer.finish().map_err(|e| e.to_string())?;
         // Where the time went: waiting for the network, or writing.
         tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
-        Ok((digest(&hasher, total), pages.map(PageOffsets::finish)))
+        Ok(Received { digest: digest(&hasher, total), offsets: pages.map(PageOffsets::finish), split })
     })
     .await
 }

@@ -425,7 +425,7 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
 }
 
 fn options(mode: Mode) -> MigrateOptions {
-    MigrateOptions { mode, compress: Compression::None, tcp_established: false, policy: PolicyConfig::default() }
+    MigrateOptions { mode, compress: Compression::None, tcp_established: false, policy: PolicyConfig::default(), lazy_restore: true }
 }
 
 impl Cluster {

@@ -110,6 +110,12 @@ struct TransferArgs {
     /// faster), zstd (always try, level 3), none.
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressArg,
+    /// Restore eagerly: copy all memory into place before the container
+    /// resumes on the target. By default a target that can (userfaultfd,
+    /// `tern hosts`) resumes it first and fills its memory from its own
+    /// copy right after; the source keeps its checkpoint until it is full.
+    #[arg(long)]
+    no_lazy_restore: bool,
 }
 
 impl TransferArgs {
@@ -119,7 +125,13 @@ impl TransferArgs {
             CompressArg::None => tern_proto::Compression::None,
             CompressArg::Zstd => tern_proto::Compression::Zstd,
         };
-        migrate::Options { tcp_established: self.tcp_established, compress, progress: true, policy: precopy.policy() }
+        migrate::Options {
+            tcp_established: self.tcp_established,
+            compress,
+            lazy_restore: !self.no_lazy_restore,
+            progress: true,
+            policy: precopy.policy(),
+        }
     }
 }
 
@@ -429,6 +441,7 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                         f.kernel.clone(),
                         f.cgroups.to_string(),
                         if f.dirty_tracking.supported { "yes".into() } else { "no".into() },
+                        if f.lazy_restore.supported { "yes".into() } else { "no".into() },
                         s.containers.len().to_string(),
                     ]
                 }
@@ -442,7 +455,7 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
         print!(
             "{}",
             output::table(
-                &["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "containers"],
+                &["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers"],
                 &rows
             )
         );

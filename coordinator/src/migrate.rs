@@ -11,6 +11,8 @@ use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest
 pub struct Options {
     pub tcp_established: bool,
     pub compress: tern_proto::Compression,
+    /// Restore lazily where the target can.
+    pub lazy_restore: bool,
     /// Print progress lines (on stderr).
     pub progress: bool,
     pub policy: tern_proto::policy::PolicyConfig,
@@ -43,6 +45,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
             compress: opts.compress,
             tcp_established: opts.tcp_established,
             policy: opts.policy.clone(),
+            lazy_restore: opts.lazy_restore,
         },
     };
     let session = &plan.source.session;

@@ -124,6 +124,8 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         "final_pages": r.final_pages,
         "final_frozen_ms": r.final_frozen_ms,
         "saved_bytes": r.saved_bytes,
+        "memory_fill_ms": r.memory_fill_ms,
+        "images_in_ram": {"source": r.images_in_ram.source, "target": r.images_in_ram.target},
         "zstd_in": r.zstd_in,
         "zstd_out": r.zstd_out,
         "phases": r.phases.iter().map(|p| json!({"phase": p.phase.as_str(), "ms": p.ms})).collect::<Vec<_>>(),
@@ -160,6 +162,9 @@ pub fn report_text(r: &MigrationReport) -> String {
     if let Some(d) = r.downtime_ms {
         let until = if matches!(r.outcome, Outcome::Completed) { format!("running on {}", r.target) } else { format!("running again on {}", r.source) };
         s.push_str(&format!("  downtime     {}  (frozen until {until})\n", ms(d)));
+    }
+    if let Some(f) = r.memory_fill_ms {
+        s.push_str(&format!("  memory       restored lazily: resumed first, all in place {} later\n", ms(f)));
     }
     s.push_str(&format!("  total        {}\n", ms(r.total_ms)));
     let saved = if r.saved_bytes > 0 { format!(", {} of it already on the target", bytes(r.saved_bytes)) } else { String::new() };

@@ -282,6 +282,7 @@ mod tests {
             cpu_flags: vec!["avx2".into(), "fpu".into(), "sse4_2".into()],
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: "Dirty tracking is OFF".into() },
+            lazy_restore: Capability { supported: true, detail: "uffd".into() },
         }
     }
 

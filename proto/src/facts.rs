@@ -59,6 +59,10 @@ pub struct HostFacts {
     /// Soft-dirty memory tracking (`criu check --feature mem_dirty_track`):
     /// needed for iterative pre-copy.
     pub dirty_tracking: Capability,
+    /// Lazy restores (`criu check --feature uffd-noncoop`): the container
+    /// resumes before its memory is copied in, the rest is filled on demand
+    /// from this host's own copy.
+    pub lazy_restore: Capability,
 }
 
 /// A container as the agent sees it.

@@ -220,6 +220,9 @@ pub struct MigrateOptions {
     pub tcp_established: bool,
     /// When to stop pre-copy rounds and freeze (ignored by stop-and-copy).
     pub policy: PolicyConfig,
+    /// Restore lazily where the target can: the container resumes before
+    /// its memory is copied in (from the target's own copy of the images).
+    pub lazy_restore: bool,
 }
 
 /// The phases of a migration, in order. Used for progress and the report.
@@ -354,11 +357,23 @@ pub struct MigrationReport {
     pub zstd_in: u64,
     pub zstd_out: u64,
     pub phases: Vec<PhaseTime>,
+    /// The target restored lazily: from running until all memory was in
+    /// place (the container ran during it).
+    pub memory_fill_ms: Option<u64>,
+    /// Where the images were held during the freeze: RAM (a tmpfs) or disk.
+    pub images_in_ram: ImagesInRam,
     /// Pre-copy rounds, in order (empty for stop-and-copy).
     pub rounds: Vec<RoundReport>,
     /// Why pre-copy stopped iterating (None for stop-and-copy).
     pub stop_reason: Option<String>,
     pub warnings: Vec<String>,
+}
+
+/// Whether each side held the checkpoint images in RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesInRam {
+    pub source: bool,
+    pub target: bool,
 }
 
 /// One pre-copy round as the report shows it.
@@ -394,6 +409,8 @@ pub struct Begin {
     pub tcp_established: bool,
     /// Decides which messages the target accepts (rounds or not).
     pub mode: Mode,
+    /// Restore lazily if this target can ([`MigrateOptions::lazy_restore`]).
+    pub lazy_restore: bool,
 }
 
 /// Source to target, on a `Receive` stream.
@@ -442,9 +459,16 @@ pub struct RestoreInfo {
     pub verify_ms: u64,
     /// Until `podman restore` returned with the container running.
     pub restore_ms: u64,
-    /// The check afterwards that it is still running; the container runs
-    /// during it, so it is not downtime.
+    /// The check afterwards that it is still running (and, after a lazy
+    /// restore, that all its memory is in place); the container runs during
+    /// it, so it is not downtime.
     pub confirm_ms: u64,
+    /// After a lazy restore: from running until all its memory was in place.
+    pub memory_fill_ms: Option<u64>,
+    /// The images were held in RAM here, not on disk.
+    pub images_in_ram: bool,
+    /// Why the restore was not lazy, or the images not in RAM, when so.
+    pub notes: Vec<String>,
     pub container: ContainerInfo,
 }
 

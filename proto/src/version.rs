@@ -4,12 +4,15 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 2 added pre-copy rounds, file sets and delta records; version 1
-/// (stop-and-copy only) is no longer spoken: no deployment of it exists.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added lazy restores (the user's choice in `MigrateOptions` and
+/// `Begin`, the host's ability in its facts, the fill time in `RestoreInfo`
+/// and the report) and where the images were held (RAM or disk). Version 2
+/// added pre-copy rounds, file sets and delta records. Older versions are no
+/// longer spoken: agents of one cluster are upgraded together.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[2];
+pub const SUPPORTED_VERSIONS: &[u16] = &[3];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

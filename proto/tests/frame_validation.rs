@@ -19,6 +19,7 @@ fn facts() -> HostFacts {
         cpu_flags: vec!["fpu".into(), "sse2".into()],
         network_backend: "netavark".into(),
         dirty_tracking: Capability { supported: false, detail: "off".into() },
+        lazy_restore: Capability { supported: true, detail: "uffd".into() },
     }
 }
 
@@ -49,9 +50,10 @@ fn samples() -> Vec<Request> {
                 compress: Compression::Zstd,
                 tcp_established: true,
                 policy: tern_proto::policy::PolicyConfig::default(),
+                lazy_restore: false,
             },
         }),
-        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false, mode: Mode::HashPreCopy }),
+        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false, mode: Mode::HashPreCopy, lazy_restore: true }),
         Request::Whereabouts { container: "demo1".into(), container_id: "abc".into() },
     ]
 }
@@ -86,6 +88,8 @@ fn responses_and_reports_round_trip() {
         zstd_in: 8192,
         zstd_out: 1024,
         phases: vec![PhaseTime { phase: Phase::Checkpoint, ms: 500 }],
+        memory_fill_ms: Some(390),
+        images_in_ram: ImagesInRam { source: true, target: false },
         rounds: vec![RoundReport {
             round: 1,
             pages: 65_536,

@@ -247,3 +247,10 @@ pub fn no_leftovers() -> Result<()> {
     }
     Ok(())
 }
+
+/// The CRIU options file a container's `org.criu.config` annotation names
+/// (tern sets one on containers it restored lazily), if any.
+pub fn criu_options_file(host: &str, name: &str) -> Result<Option<String>> {
+    let v = inspect(host, name)?.context("no such container")?;
+    Ok(v.pointer("/Config/Annotations/org.criu.config").and_then(Value::as_str).map(str::to_string))
+}

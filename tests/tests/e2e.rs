@@ -53,6 +53,19 @@ fn migrate_and_verify_with(name: &str, from: &str, to: &str, flags: &[&str], mod
     ensure!(top(to, name)? == before_pids, "PIDs changed: {before_pids:?} vs {:?}", top(to, name)?);
     ensure!(ip(to, name)? == before_ip, "IP changed");
     no_leftovers()?;
+    // Lazily restored where the target can, unless asked not to; and the
+    // container's CRIU options never keep `lazy-pages` afterwards (its next
+    // dump would be a lazy one).
+    let lazy_here = hosts()?.iter().any(|h| h["name"] == to && h["facts"]["lazy_restore"]["supported"] == true);
+    if lazy_here && !flags.contains(&"--no-lazy-restore") {
+        ensure!(j["memory_fill_ms"].as_u64().is_some(), "not restored lazily: {j}");
+    } else {
+        ensure!(j["memory_fill_ms"].is_null(), "restored lazily though asked not to: {j}");
+    }
+    if let Some(conf) = criu_options_file(to, name)? {
+        let text = std::fs::read_to_string(&conf).unwrap_or_default();
+        ensure!(!text.contains("lazy-pages"), "{conf} still says lazy-pages:\n{text}");
+    }
     eprintln!(
         "{name} {from}->{to}: downtime {} ms, total {} ms, {} bytes on the wire, counter {c0} -> {c1}",
         j["downtime_ms"], j["total_ms"], j["bytes_on_wire"]
@@ -66,7 +79,9 @@ fn scenario_migrate_there_and_back() -> Result<()> {
     start_counter("client1", name)?;
     count_reaches("client1", name, 40)?;
     migrate_and_verify(name, "client1", "client2")?;
-    migrate_and_verify(name, "client2", "client1")?;
+    // Back eagerly: the container carries tern's CRIU options annotation
+    // from the lazy restore, which must work either way.
+    migrate_and_verify_with(name, "client2", "client1", &["--no-lazy-restore"], "stop-and-copy")?;
     remove_everywhere(name);
     Ok(())
 }

@@ -52,7 +52,7 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// Whether `checkpoint/` is a tmpfs.
     pub in_ram: bool,
-    /// Why not, when it is not.
+    /// Why not, when RAM was asked for and it is not.
     pub on_disk_because: Option<String>,
 }
 
@@ -75,7 +75,6 @@ impl Bundle {
         std::fs::write(root.join(MARKER), b"").map_err(|e| format!("creating {}: {e}", root.join(MARKER).display()))?;
         let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None };
         if !ram {
-            bundle.on_disk_because = Some("soft-dirty pre-copy links its final dump to rounds on disk".into());
             return Ok(bundle);
         }
         let fits = ramdir::mem_available()
@@ -148,6 +147,12 @@ fn tidy_restored(root: &Path) {
     }
     let _ = std::fs::remove_file(dir.join("pre-checkpoint"));
     let _ = std::fs::remove_dir_all(dir.join(crate::PRECOPY_DIR));
+    // A restore cut short may have left `lazy-pages` in the container's
+    // CRIU options: its next dump must not read it.
+    if dir.join(super::lazy::CONF).exists() {
+        super::lazy::settle_conf(&dir);
+    }
+    let _ = std::fs::remove_file(dir.join(super::lazy::SOCKET));
     let _ = std::fs::remove_file(root.join(MARKER));
 }
 

@@ -17,6 +17,11 @@
 //!            rootfs-diff.tar, ...
 //! ```
 //!
+//! With [`TarSplit::annotating`], `spec.dump` is rewritten on its way to the
+//! small archive so that runc reads the container's CRIU options from its
+//! own folder (`lazy.rs`): the digest of the stream still covers the bytes
+//! as they arrived.
+//!
 //! Only plain members are placed: a regular file or symbolic link whose
 //! path is `checkpoint/<name>`, `<name>` a single path component, with no
 //! extended (PAX or GNU long name) header before it. Anything else goes to
@@ -43,7 +48,12 @@ pub struct SplitStats {
     /// Members passed to the small archive, and its size.
     pub rest_members: u32,
     pub rest_bytes: u64,
+    /// `spec.dump` now names the container's own CRIU options file.
+    pub annotated: bool,
 }
+
+/// The largest `spec.dump` rewritten (they are a few tens of KiB).
+const MAX_SPEC: u64 = 16 << 20;
 
 enum Sink {
     /// Into the small archive, as it came.
@@ -52,6 +62,8 @@ enum Sink {
     File(BufWriter<File>),
     /// Dropped (the data of a member that needs none, such as a directory).
     Skip,
+    /// Held whole (`spec.dump`, to annotate), with its header.
+    Hold(Vec<u8>, Vec<u8>),
 }
 
 enum State {
@@ -71,6 +83,9 @@ pub struct TarSplit {
     block: Vec<u8>,
     /// The member after an extended header goes to the small archive too.
     extended: bool,
+    /// Point `spec.dump` at this CRIU options file (and add the annotation
+    /// when it has none, with `true`).
+    annotate: Option<(PathBuf, bool)>,
     pub stats: SplitStats,
 }
 
@@ -124,8 +139,37 @@ impl TarSplit {
             state: State::Header,
             block: Vec::with_capacity(BLOCK),
             extended: false,
+            annotate: None,
             stats: SplitStats::default(),
         })
+    }
+
+    /// Rewrites `spec.dump` so that runc reads CRIU's options from `conf`
+    /// ([`super::lazy::annotate`]; `add`: also when it names no file).
+    pub fn annotating(mut self, conf: PathBuf, add: bool) -> Self {
+        self.annotate = Some((conf, add));
+        self
+    }
+
+    /// A held `spec.dump` is complete: into the small archive, annotated
+    /// when it can be.
+    fn release_held(&mut self, header: Vec<u8>, data: Vec<u8>) -> std::io::Result<()> {
+        let annotated = self.annotate.as_ref().and_then(|(conf, add)| super::lazy::annotate(&data, conf, *add));
+        let (mut header, data) = match annotated {
+            Some(new) => {
+                self.stats.annotated = true;
+                let mut h = tar::Header::from_byte_slice(&header).clone();
+                h.set_size(new.len() as u64);
+                h.set_cksum();
+                (h.as_bytes().to_vec(), new)
+            }
+            None => (header, data),
+        };
+        let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
+        header.extend_from_slice(&data);
+        header.extend(std::iter::repeat_n(0u8, pad));
+        self.stats.rest_members += 1;
+        self.to_rest(&header)
     }
 
     fn to_rest(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -159,7 +203,13 @@ impl TarSplit {
         let was_extended = self.extended;
         self.extended = matches!(kind, tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink);
         let pad = size.div_ceil(BLOCK as u64) * BLOCK as u64 - size;
+        let hold = self.annotate.is_some()
+            && !(was_extended || self.extended)
+            && kind.is_file()
+            && &*header.path_bytes() == b"spec.dump"
+            && size <= MAX_SPEC;
         let sink = match route(header, was_extended || self.extended) {
+            Route::Rest if hold => Sink::Hold(block.clone(), Vec::with_capacity(size as usize)),
             Route::Rest => {
                 self.stats.rest_members += 1;
                 self.to_rest(&block)?;
@@ -178,18 +228,20 @@ impl TarSplit {
         };
         self.block = block;
         self.block.clear();
-        self.state = Self::after_data(size, pad, sink)?;
+        self.state = self.after_data(size, pad, sink)?;
         Ok(())
     }
 
     /// The state once `left` data bytes remain.
-    fn after_data(left: u64, pad: u64, sink: Sink) -> std::io::Result<State> {
+    fn after_data(&mut self, left: u64, pad: u64, sink: Sink) -> std::io::Result<State> {
         if left > 0 {
             return Ok(State::Data { left, pad, sink });
         }
         let to_rest = matches!(sink, Sink::Rest);
-        if let Sink::File(mut f) = sink {
-            f.flush()?;
+        match sink {
+            Sink::File(mut f) => f.flush()?,
+            Sink::Hold(header, data) => self.release_held(header, data)?,
+            Sink::Rest | Sink::Skip => {}
         }
         Ok(if pad > 0 { State::Pad { left: pad, to_rest } } else { State::Header })
     }
@@ -236,6 +288,7 @@ impl Write for TarSplit {
                             self.stats.placed_bytes += take as u64;
                             f.write_all(bytes)?;
                         }
+                        Sink::Hold(_, data) => data.extend_from_slice(bytes),
                         Sink::Skip => {}
                     }
                     input = more;
@@ -244,7 +297,7 @@ impl Write for TarSplit {
                         let (pad, State::Data { sink, .. }) = (*pad, std::mem::replace(&mut self.state, State::Header)) else {
                             unreachable!("matched above")
                         };
-                        self.state = Self::after_data(0, pad, sink)?;
+                        self.state = self.after_data(0, pad, sink)?;
                     }
                 }
                 State::Pad { left, to_rest } => {
@@ -357,6 +410,34 @@ mod tests {
             for (name, data) in members(&rest) {
                 assert_eq!(&whole.iter().find(|m| m.0 == name).unwrap().1, &data, "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn annotates_spec_dump_on_its_way_through() {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [("config.dump", &b"{}"[..]), ("spec.dump", &br#"{"process":{"args":["sh"]}}"#[..]), ("checkpoint/x.img", &b"img"[..])] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let archive = b.into_inner().unwrap();
+        for piece in [1, 100, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("tern-criu.conf");
+            let mut s = TarSplit::new(dir.path(), &dir.path().join("rest.tar")).unwrap().annotating(conf.clone(), true);
+            for part in archive.chunks(piece) {
+                s.write_all(part).unwrap();
+            }
+            let stats = s.finish().unwrap();
+            assert!(stats.annotated);
+            let rest = members(&std::fs::read(dir.path().join("rest.tar")).unwrap());
+            assert_eq!(rest.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["config.dump", "spec.dump"]);
+            let spec: serde_json::Value = serde_json::from_slice(&rest[1].1).unwrap();
+            assert_eq!(spec["annotations"]["org.criu.config"], conf.to_str().unwrap());
+            assert_eq!(spec["process"]["args"][0], "sh");
+            assert_eq!(std::fs::read(dir.path().join("x.img")).unwrap(), b"img");
         }
     }
 
