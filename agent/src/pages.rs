@@ -32,6 +32,12 @@ fn key(page: &[u8]) -> u128 {
 }
 
 impl PageIndex {
+    /// An index sized for about `pages` pages: built by doubling, it would
+    /// hold its old and new tables at once (12 MiB at 512 MiB of memory).
+    pub fn with_capacity(pages: usize) -> Self {
+        PageIndex { map: HashMap::with_capacity(pages), ..Default::default() }
+    }
+
     /// Adds the next bytes of the base archive.
     pub fn add(&mut self, bytes: &[u8]) {
         let mut pager = std::mem::take(&mut self.pager);

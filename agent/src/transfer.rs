@@ -85,8 +85,10 @@ pub struct Sent {
     pub index: Option<PageIndex>,
 }
 
-/// Buffers in flight between two stages of [`send_encoded`].
-const IN_FLIGHT: usize = 4;
+/// Buffers in flight between two stages of [`send_encoded`]: enough to
+/// keep each stage busy, few enough to keep the agent small (each is up to
+/// [`CHUNK`]).
+const IN_FLIGHT: usize = 2;
 
 /// [`send`], with an [`Encoding`]. With `Encoding::Delta`, pages the target
 /// holds are replaced by their numbers; the digest is still the original
@@ -118,7 +120,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     let stream = open(conn, header).await;
     let (to_encoder, from_reader) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
     let (to_sender, from_encoder) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-    let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT * 2);
+    let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
     let started = std::time::Instant::now();
     let encoder = tokio::task::spawn_blocking(move || encode_stage(from_reader, to_sender, recycle, encoding, zstd));
     let (read, (stream, send_wait)) = tokio::join!(

@@ -231,7 +231,11 @@ impl Run<'_> {
         let cancel = self.cancel.clone();
         let zstd = self.zstd_level();
         let ship = async {
-            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(PageIndex::default()), zstd, &cancel).await
+            // Memory, plus an eighth for the file system and images'
+            // overhead; a hint only, capped (16 GiB of pages) against a bad reading.
+            let pages = (info.memory_bytes / PAGE as u64).min(1 << 22) as usize;
+            let index = PageIndex::with_capacity(pages + pages / 8);
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(index), zstd, &cancel).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
