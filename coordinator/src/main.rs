@@ -142,6 +142,9 @@ enum CompressArg {
     Zstd,
 }
 
+/// The columns of `tern hosts`.
+const HOST_COLUMNS: [&str; 11] = ["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers"];
+
 /// When pre-copy stops copying rounds and freezes.
 #[derive(clap::Args)]
 #[command(next_help_heading = "Pre-copy")]
@@ -448,14 +451,14 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                 Err(e) => vec![h.entry.name.clone(), h.entry.address.to_string(), format!("DOWN: {e}")],
             })
             .map(|mut r| {
-                r.resize(10, String::new());
+                r.resize(HOST_COLUMNS.len(), String::new());
                 r
             })
             .collect();
         print!(
             "{}",
             output::table(
-                &["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers"],
+                &HOST_COLUMNS,
                 &rows
             )
         );
