@@ -29,8 +29,9 @@ use tern_proto::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// From this rate on (bytes/s, 2 Gbit/s) `--compress auto` sends raw:
-/// zstd's fastest level runs at about 300-500 MB/s per core on memory.
+/// From this rate on (bytes/s, 2 Gbit/s) per compressing thread
+/// ([`transfer::compress_threads`]) `--compress auto` sends raw: zstd's
+/// fastest level runs at about 300-500 MB/s per core on memory.
 const FAST_LINK: f64 = 250e6;
 
 /// How long the target may take to verify and restore.
@@ -188,7 +189,7 @@ impl Run<'_> {
             Compression::None | Compression::Invalid => None,
             Compression::Zstd => Some(3),
             Compression::Auto => match self.agent.link_rate(&self.req.target.name) {
-                Some(rate) if rate >= FAST_LINK => None,
+                Some(rate) if rate >= FAST_LINK * transfer::compress_threads() as f64 => None,
                 _ => Some(1),
             },
         }

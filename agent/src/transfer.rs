@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tern_proto::delta::{DeltaDecoder, DeltaEncoder, DeltaStats, Decoded};
+use tern_proto::delta::{compress_run, pack_run, DeltaDecoder, DeltaEncoder, DeltaStats, Decoded, Packer, Segment};
 use tern_proto::fileset::{FileEntry, FileEvent, FileSetDecoder};
 use tern_proto::frame::{self, expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
@@ -204,9 +204,10 @@ async fn read_stage<R: AsyncRead + Unpin>(
 }
 
 /// The CPU work, on a thread of its own: the archive's digest, page
-/// hashes, delta records, compression. After a failure (its own, or the
-/// sender's) it only drains. Returns the digest, the counts, the encoding
-/// (with the index it built) and the time it was busy.
+/// hashes, delta records, compression (on helper threads, [`Batch`]).
+/// After a failure (its own, or the sender's) it only drains. Returns the
+/// digest, the counts, the encoding (with the index it built) and the time
+/// it was busy.
 fn encode_stage(
     mut input: tokio::sync::mpsc::Receiver<(Vec<u8>, usize)>,
     output: tokio::sync::mpsc::Sender<Vec<u8>>,
@@ -215,12 +216,15 @@ fn encode_stage(
     zstd: Option<i32>,
 ) -> Result<(Digest, DeltaStats, Encoding, std::time::Duration), String> {
     let mut encoder = DeltaEncoder::default();
-    if let Some(level) = zstd {
-        encoder = encoder.compress(level);
-    }
+    let mut batch = Batch::new(zstd.map(Packer::new));
     let mut hasher = blake3::Hasher::new();
     let (mut total, mut busy) = (0u64, std::time::Duration::ZERO);
     let mut failed: Option<String> = None;
+    let send = |out: Vec<u8>, failed: &mut Option<String>| {
+        if !out.is_empty() && output.blocking_send(out).is_err() {
+            *failed = Some("the stream to the target failed".into());
+        }
+    };
     while let Some((buf, n)) = input.blocking_recv() {
         if failed.is_none() {
             let t = std::time::Instant::now();
@@ -235,15 +239,15 @@ fn encode_stage(
                 }
                 Encoding::Raw => encoder.feed(bytes, &mut |_| None),
             };
+            let out = fed.map_err(|e| e.to_string()).and_then(|()| {
+                batch.add(encoder.take_segments());
+                batch.take_if_full().map_err(|e| e.to_string())
+            });
             busy += t.elapsed();
-            match fed {
-                Ok(()) => {
-                    let out = encoder.take_output();
-                    if !out.is_empty() && output.blocking_send(out).is_err() {
-                        failed = Some("the stream to the target failed".into());
-                    }
-                }
-                Err(e) => failed = Some(e.to_string()),
+            match out {
+                Ok(Some(out)) => send(out, &mut failed),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
             }
         }
         let _ = recycle.try_send(buf);
@@ -251,9 +255,105 @@ fn encode_stage(
     if let Some(e) = failed {
         return Err(e);
     }
-    let tail = encoder.finish().map_err(|e| e.to_string())?;
+    batch.add(encoder.finish_segments().map_err(|e| e.to_string())?);
+    let tail = batch.take().map_err(|e| e.to_string())?;
     output.blocking_send(tail).map_err(|_| "the stream to the target failed".to_string())?;
-    Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, encoder.stats, encoding, busy))
+    let mut stats = encoder.stats;
+    stats.raw_bytes += batch.stats.raw_bytes;
+    stats.zstd_in += batch.stats.zstd_in;
+    stats.zstd_out += batch.stats.zstd_out;
+    Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, stats, encoding, busy))
+}
+
+/// Threads that compress raw runs at once: all cores but one (the reader,
+/// the sender and Podman need some), at most 8.
+pub fn compress_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, 8)
+}
+
+/// Segments waiting to be packed, in order. Runs the [`Packer`] wants to
+/// try are compressed together, on as many threads as there are runs (up to
+/// [`compress_threads`]), so that compression never holds the stream to one
+/// core: zstd's fastest level packs 300 to 500 MB/s per core, a 10 Gbit/s
+/// link carries 1.2 GB/s.
+struct Batch {
+    packer: Option<Packer>,
+    threads: usize,
+    items: Vec<Item>,
+    /// Runs waiting to be compressed.
+    tries: usize,
+    stats: DeltaStats,
+}
+
+enum Item {
+    Ready(Vec<u8>),
+    /// A run to send raw.
+    Raw(Vec<u8>),
+    /// A run to try compressing.
+    Try(Vec<u8>),
+}
+
+impl Batch {
+    fn new(packer: Option<Packer>) -> Self {
+        Batch { packer, threads: compress_threads(), items: Vec::new(), tries: 0, stats: DeltaStats::default() }
+    }
+
+    fn add(&mut self, segments: Vec<Segment>) {
+        for seg in segments {
+            self.items.push(match seg {
+                Segment::Ready(b) => Item::Ready(b),
+                Segment::Run(run) => {
+                    if self.packer.as_mut().is_some_and(|p| p.want()) {
+                        self.tries += 1;
+                        Item::Try(run)
+                    } else {
+                        Item::Raw(run)
+                    }
+                }
+            });
+        }
+    }
+
+    /// The packed output, once there is a run for every thread to try (or
+    /// nothing to compress at all).
+    fn take_if_full(&mut self) -> Result<Option<Vec<u8>>, tern_proto::FrameError> {
+        if self.tries > 0 && self.tries < self.threads {
+            return Ok(None);
+        }
+        self.take().map(Some)
+    }
+
+    /// Packs everything waiting, in order.
+    fn take(&mut self) -> Result<Vec<u8>, tern_proto::FrameError> {
+        let items = std::mem::take(&mut self.items);
+        self.tries = 0;
+        let level = self.packer.as_ref().map_or(1, |p| p.level);
+        let runs: Vec<&[u8]> = items.iter().filter_map(|i| if let Item::Try(r) = i { Some(r.as_slice()) } else { None }).collect();
+        let packed: Vec<Option<Vec<u8>>> = match runs.len() {
+            0 => Vec::new(),
+            1 => vec![compress_run(runs[0], level)],
+            _ => std::thread::scope(|s| {
+                let handles: Vec<_> = runs.iter().map(|r| s.spawn(move || compress_run(r, level))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+            }),
+        };
+        let mut packed = packed.into_iter();
+        let mut out = Vec::new();
+        for item in &items {
+            match item {
+                Item::Ready(b) => out.extend_from_slice(b),
+                Item::Raw(run) => pack_run(run, None, &mut out, &mut self.stats)?,
+                Item::Try(run) => {
+                    let z = packed.next().flatten();
+                    if let Some(p) = &mut self.packer {
+                        p.tried(z.is_some());
+                    }
+                    pack_run(run, z.as_deref(), &mut out, &mut self.stats)?;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Writes the encoder's records to the stream until they end or the stream
@@ -589,3 +689,66 @@ pub struct ReceiveFaults {
     pub corrupt: bool,
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::delta::DeltaDecoder;
+
+    fn decode(wire: &[u8]) -> Vec<u8> {
+        let mut dec = DeltaDecoder::default();
+        let mut out = Vec::new();
+        dec.feed(wire, &mut |d| match d {
+            Decoded::Raw(b) => {
+                out.extend_from_slice(b);
+                Ok(())
+            }
+            Decoded::Pages { .. } => Err("no base here".into()),
+        })
+        .unwrap();
+        dec.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn a_batch_compresses_on_several_threads_and_keeps_the_order() {
+        // Compressible runs and noise, interleaved, packed three at a time.
+        let mut seed = 11u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect()
+        };
+        let runs: Vec<Vec<u8>> = (0..12)
+            .map(|i| if i % 3 == 1 { noise(300_000) } else { format!("run {i} ").bytes().cycle().take(500_000).collect() })
+            .collect();
+        let mut batch = Batch::new(Some(Packer::new(1)));
+        batch.threads = 3;
+        let mut wire = Vec::new();
+        for r in &runs {
+            batch.add(vec![Segment::Run(r.clone())]);
+            if let Some(out) = batch.take_if_full().unwrap() {
+                wire.extend(out);
+            }
+        }
+        batch.add(vec![Segment::Ready(tern_proto::frame::encode(&tern_proto::delta::DeltaRecord::End).unwrap())]);
+        wire.extend(batch.take().unwrap());
+        assert_eq!(decode(&wire), runs.concat());
+        assert!(batch.stats.zstd_in >= 6 * 500_000, "{:?}", batch.stats);
+        assert!(batch.stats.raw_bytes >= 300_000, "noise goes raw: {:?}", batch.stats);
+    }
+
+    #[test]
+    fn without_compression_nothing_waits() {
+        let mut batch = Batch::new(None);
+        batch.add(vec![Segment::Run(vec![1; 10]), Segment::Ready(vec![])]);
+        let out = batch.take_if_full().unwrap().expect("sent at once");
+        assert!(out.ends_with(&[1; 10]));
+        assert_eq!(batch.stats.raw_bytes, 10);
+    }
+}

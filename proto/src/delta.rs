@@ -266,37 +266,102 @@ pub struct DeltaStats {
     pub zstd_out: u64,
 }
 
-/// Adaptive compression of raw runs.
-struct Compressor {
-    level: i32,
-    /// Runs to send without trying, after a run that did not compress.
+/// When to try compressing the next raw run: after a run that did not
+/// shrink by 10 %, skip 1, then 2, 4, at most 8 runs (module docs).
+#[derive(Debug, Clone)]
+pub struct Packer {
+    pub level: i32,
+    /// Runs to send without trying.
     skip: u32,
     /// How many runs the next failure skips (doubles up to 8).
     backoff: u32,
 }
 
+impl Packer {
+    pub fn new(level: i32) -> Self {
+        Packer { level, skip: 0, backoff: 1 }
+    }
+
+    /// Whether to try the next run (false while backing off).
+    pub fn want(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// What a try gave: compression paid, or not.
+    pub fn tried(&mut self, paid: bool) {
+        if paid {
+            self.backoff = 1;
+        } else {
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2).min(8);
+        }
+    }
+}
+
+/// `run` compressed at `level`, when that saves at least 10 %.
+pub fn compress_run(run: &[u8], level: i32) -> Option<Vec<u8>> {
+    let packed = zstd::bulk::compress(run, level).ok()?;
+    (!packed.is_empty() && packed.len() * 10 <= run.len() * 9).then_some(packed)
+}
+
+/// Appends `run` as one record: `packed` (its zstd form) when given, else
+/// raw; counts it in `stats`.
+pub fn pack_run(run: &[u8], packed: Option<&[u8]>, out: &mut Vec<u8>, stats: &mut DeltaStats) -> Result<(), FrameError> {
+    match packed {
+        Some(z) => {
+            out.extend(encode(&DeltaRecord::Zstd { len: z.len() as u32, raw_len: run.len() as u32 })?);
+            out.extend_from_slice(z);
+            stats.zstd_in += run.len() as u64;
+            stats.zstd_out += z.len() as u64;
+        }
+        None => {
+            out.extend(encode(&DeltaRecord::Raw { len: run.len() as u32 })?);
+            out.extend_from_slice(run);
+            stats.raw_bytes += run.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+/// What the encoder hands on, in stream order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Records ready for the wire (page references, the end).
+    Ready(Vec<u8>),
+    /// Raw bytes (at most [`MAX_RAW`]) still to be packed as one record,
+    /// compressed or not ([`pack_run`]): a caller may compress several on
+    /// as many threads, as long as it keeps the order.
+    Run(Vec<u8>),
+}
+
 /// Turns an archive stream into delta records, given which pages the target
-/// holds. Output accumulates in a buffer the caller drains with
-/// [`DeltaEncoder::take_output`] and writes to the stream.
+/// holds. Output accumulates until the caller takes it: as bytes packed on
+/// this thread ([`DeltaEncoder::take_output`]), or as [`Segment`]s to pack
+/// elsewhere ([`DeltaEncoder::take_segments`]).
 pub struct DeltaEncoder {
     pager: TarPager,
     raw: Vec<u8>,
     run: Option<(u32, u32)>,
-    out: Vec<u8>,
+    segments: Vec<Segment>,
     pub stats: DeltaStats,
-    compressor: Option<Compressor>,
+    packer: Option<Packer>,
 }
 
 impl Default for DeltaEncoder {
     fn default() -> Self {
-        DeltaEncoder { pager: TarPager::default(), raw: Vec::new(), run: None, out: Vec::new(), stats: DeltaStats::default(), compressor: None }
+        DeltaEncoder { pager: TarPager::default(), raw: Vec::new(), run: None, segments: Vec::new(), stats: DeltaStats::default(), packer: None }
     }
 }
 
 impl DeltaEncoder {
-    /// Compress raw runs with zstd at `level` where it pays (module docs).
+    /// Compress raw runs with zstd at `level` where it pays (module docs),
+    /// in [`DeltaEncoder::take_output`].
     pub fn compress(mut self, level: i32) -> Self {
-        self.compressor = Some(Compressor { level, skip: 0, backoff: 1 });
+        self.packer = Some(Packer::new(level));
         self
     }
 
@@ -338,14 +403,14 @@ impl DeltaEncoder {
             self.raw.extend_from_slice(&b[..take]);
             b = &b[take..];
             if self.raw.len() == MAX_RAW as usize {
-                self.flush_raw()?;
+                self.flush_raw();
             }
         }
         Ok(())
     }
 
     fn push_page(&mut self, index: u32) -> Result<(), FrameError> {
-        self.flush_raw()?;
+        self.flush_raw();
         match &mut self.run {
             Some((start, count)) if start.checked_add(*count) == Some(index) => *count += 1,
             _ => {
@@ -356,57 +421,73 @@ impl DeltaEncoder {
         Ok(())
     }
 
-    fn flush_raw(&mut self) -> Result<(), FrameError> {
-        if self.raw.is_empty() {
-            return Ok(());
+    fn flush_raw(&mut self) {
+        if !self.raw.is_empty() {
+            self.segments.push(Segment::Run(std::mem::take(&mut self.raw)));
         }
-        if let Some(z) = self.compressor.as_mut() {
-            if z.skip > 0 {
-                z.skip -= 1;
-            } else {
-                let packed = zstd::bulk::compress(&self.raw, z.level).unwrap_or_default();
-                if !packed.is_empty() && packed.len() * 10 <= self.raw.len() * 9 {
-                    z.backoff = 1;
-                    self.out.extend(encode(&DeltaRecord::Zstd { len: packed.len() as u32, raw_len: self.raw.len() as u32 })?);
-                    self.out.extend_from_slice(&packed);
-                    self.stats.zstd_in += self.raw.len() as u64;
-                    self.stats.zstd_out += packed.len() as u64;
-                    self.raw.clear();
-                    return Ok(());
-                }
-                z.skip = z.backoff;
-                z.backoff = (z.backoff * 2).min(8);
-            }
+    }
+
+    fn ready(&mut self, record: &DeltaRecord) -> Result<(), FrameError> {
+        let bytes = encode(record)?;
+        match self.segments.last_mut() {
+            Some(Segment::Ready(b)) => b.extend(bytes),
+            _ => self.segments.push(Segment::Ready(bytes)),
         }
-        self.out.extend(encode(&DeltaRecord::Raw { len: self.raw.len() as u32 })?);
-        self.out.extend_from_slice(&self.raw);
-        self.stats.raw_bytes += self.raw.len() as u64;
-        self.raw.clear();
         Ok(())
     }
 
     fn flush_run(&mut self) -> Result<(), FrameError> {
         if let Some((index, count)) = self.run.take() {
-            self.out.extend(encode(&DeltaRecord::Pages { index, count })?);
+            self.ready(&DeltaRecord::Pages { index, count })?;
         }
         Ok(())
     }
 
-    /// The encoded bytes so far (records and raw data), leaving the buffer empty.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+    /// What is ready so far, raw runs still to pack; leaves none behind.
+    pub fn take_segments(&mut self) -> Vec<Segment> {
+        std::mem::take(&mut self.segments)
     }
 
-    /// Ends the stream: flushes what is pending and appends `End`.
-    pub fn finish(&mut self) -> Result<Vec<u8>, FrameError> {
+    /// The encoded bytes so far (records and raw data, runs packed here),
+    /// leaving the buffer empty.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for seg in self.take_segments() {
+            match seg {
+                Segment::Ready(b) => out.extend(b),
+                Segment::Run(run) => {
+                    let mut packed = None;
+                    if let Some(p) = self.packer.as_mut() {
+                        if p.want() {
+                            packed = compress_run(&run, p.level);
+                            p.tried(packed.is_some());
+                        }
+                    }
+                    // Encoding a record header cannot fail: its length fits.
+                    let _ = pack_run(&run, packed.as_deref(), &mut out, &mut self.stats);
+                }
+            }
+        }
+        out
+    }
+
+    /// Ends the stream: what is pending, then `End`, as segments.
+    pub fn finish_segments(&mut self) -> Result<Vec<Segment>, FrameError> {
         let mut tail = Vec::new();
         self.pager.finish(&mut |p| match p {
             Piece::Raw(b) | Piece::Page(b) => tail.extend_from_slice(b),
         });
         self.push_raw(&tail)?;
-        self.flush_raw()?;
+        self.flush_raw();
         self.flush_run()?;
-        self.out.extend(encode(&DeltaRecord::End)?);
+        self.ready(&DeltaRecord::End)?;
+        Ok(self.take_segments())
+    }
+
+    /// Ends the stream: flushes what is pending and appends `End`.
+    pub fn finish(&mut self) -> Result<Vec<u8>, FrameError> {
+        let tail = self.finish_segments()?;
+        self.segments = tail;
         Ok(self.take_output())
     }
 }
@@ -811,6 +892,45 @@ mod tests {
         assert!(s.zstd_out * 20 < s.zstd_in, "{s:?}");
         assert!(s.raw_bytes >= 5 << 20, "the noise went raw: {s:?}");
         assert!(wire.len() < archive.len() * 3 / 4);
+    }
+
+    #[test]
+    fn segments_packed_elsewhere_make_the_same_stream() {
+        // Runs mixed with page references, packed by the caller (as the
+        // agent does on several threads) or by the encoder itself.
+        let base = pages(&[1, 2, 3]);
+        let text: Vec<u8> = b"abcdefgh".iter().cycle().take(2 << 20).copied().collect();
+        let archive = tar(&[("checkpoint/pages-1.img", [page(9), page(1), page(2), page(8), page(3)].concat()), ("t", text)]);
+        let held = |p: &[u8]| base.chunks(PAGE).position(|b| b == p).map(|i| i as u32);
+        let mut inline = DeltaEncoder::default().compress(1);
+        let mut outside = DeltaEncoder::default();
+        let mut packer = Packer::new(1);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut stats = DeltaStats::default();
+        let mut pack = |segs: Vec<Segment>, out: &mut Vec<u8>| {
+            for seg in segs {
+                match seg {
+                    Segment::Ready(r) => out.extend(r),
+                    Segment::Run(run) => {
+                        let z = if packer.want() { compress_run(&run, 1) } else { None };
+                        packer.tried(z.is_some());
+                        pack_run(&run, z.as_deref(), out, &mut stats).unwrap();
+                    }
+                }
+            }
+        };
+        for chunk in archive.chunks(3000) {
+            inline.feed(chunk, &mut |p| held(p)).unwrap();
+            a.extend(inline.take_output());
+            outside.feed(chunk, &mut |p| held(p)).unwrap();
+            pack(outside.take_segments(), &mut b);
+        }
+        a.extend(inline.finish().unwrap());
+        pack(outside.finish_segments().unwrap(), &mut b);
+        assert_eq!(a, b);
+        assert_eq!((stats.zstd_in, stats.raw_bytes), (inline.stats.zstd_in, inline.stats.raw_bytes));
+        let base_pages: Vec<Vec<u8>> = base.chunks(PAGE).map(<[u8]>::to_vec).collect();
+        assert_eq!(decode_all(&b, 1000, &base_pages).unwrap(), archive);
     }
 
     #[test]
