@@ -33,3 +33,28 @@ pub mod transfer;
 /// written there by the target before the restore: `tern-precopy/1`, `2`, ...
 /// each linked to the one before by a relative `parent` link.
 pub const PRECOPY_DIR: &str = "tern-precopy";
+
+/// Keeps the agent's memory from creeping up migration after migration.
+/// A migration hands megabyte buffers from thread to thread; glibc serves
+/// them from its per-thread arenas once its adaptive mmap threshold has
+/// risen past their size, and the arenas keep them, fragmented: resident
+/// memory grew 38 -> 47 -> 51 -> 53 MiB over four migrations of a 512 MiB
+/// container. A fixed threshold maps every buffer of 256 KiB or more on its
+/// own and returns it when freed. (mimalloc, tried instead, held 136 MiB.)
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters, before any threads
+    // of ours allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
+/// Hands the heap memory a migration freed back to the system.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

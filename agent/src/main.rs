@@ -1,6 +1,7 @@
 //! `tern-agent`: the daemon on every host (the library holds the logic).
 
 use clap::Parser;
+
 use tern_agent::{config, engine, facts, server};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    tern_agent::tune_allocator();
     let cfg = config::AgentConfig::load(&args.config)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;

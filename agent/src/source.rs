@@ -152,6 +152,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
     }
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
+    crate::release_freed_memory();
     let _ = run.events.send(MigrateEvent::Done(report)).await;
 }
 

@@ -67,6 +67,7 @@ pub async fn receive(
     let mut t = Target { agent, begin, staging, restored: false, bundle: None, lazy: false, notes: Vec::new() };
     let result = t.run(conn, &mut send, &mut recv).await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
+    crate::release_freed_memory();
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
     result
