@@ -102,6 +102,14 @@ pub struct Faults {
     /// The source agent exits (as if killed) at this point after the freeze.
     #[serde(default)]
     pub source_exit: Option<SourceExit>,
+    /// As target: kill `criu lazy-pages` as soon as a lazy restore returns,
+    /// so the container's memory can never be completed.
+    #[serde(default)]
+    pub kill_lazy_daemon: bool,
+    /// As target: the agent exits abruptly right after Podman restored the
+    /// container, before confirming it (its successor must remove it).
+    #[serde(default)]
+    pub exit_after_restore: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

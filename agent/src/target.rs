@@ -391,6 +391,15 @@ impl Target<'_> {
             }
         }
         let at = Instant::now();
+        if self.agent.cfg.faults.exit_after_restore {
+            tracing::error!("fault injected: the target agent exits right after the restore, before confirming it");
+            std::process::exit(137);
+        }
+        if self.agent.cfg.faults.kill_lazy_daemon {
+            if let Some(d) = &mut daemon {
+                d.kill();
+            }
+        }
         let container = self.confirm(&name).await?;
         let filled = match daemon {
             Some(d) => {

@@ -198,6 +198,56 @@ pub fn restart_agent(host: &str, extra: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `host`'s agent process is alive (the lab's pid file).
+pub fn agent_running(host: &str) -> bool {
+    let state = std::env::var_os("TERN_LAB_STATE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tern"));
+    let Ok(pid) = std::fs::read_to_string(state.join("hosts").join(host).join("agent.pid")) else { return false };
+    let Ok(pid) = pid.trim().parse::<i32>() else { return false };
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What systemd's `Restart=always` does for an agent: once `host`'s agent
+/// dies, it is started again with the plain config. Stops watching when
+/// dropped; at most one restart.
+pub struct Respawner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<bool>>>,
+}
+
+impl Respawner {
+    pub fn watch(host: &'static str) -> Respawner {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if !agent_running(host) {
+                    restart_agent(host, "")?;
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(false)
+        });
+        Respawner { stop, thread: Some(thread) }
+    }
+
+    /// Stops watching; whether it restarted the agent.
+    pub fn finish(mut self) -> Result<bool> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().map_err(|_| anyhow::anyhow!("the respawner panicked"))?
+    }
+}
+
+impl Drop for Respawner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A memhog container: `mib` MiB of written memory, `dirty` MiB/s of it
 /// rewritten, a tick counter in /count. Waits until it ticks (all its
 /// memory is written by then).

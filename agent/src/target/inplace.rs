@@ -31,9 +31,11 @@
 //! archive took 2.9 s, of the rest with the images in place 1.0 s.
 //!
 //! A marker file, `<id>/tern-incoming`, says the folder is this agent's
-//! until Podman has restored a container from it: an agent that died
-//! mid-migration finds such folders at start ([`sweep`]) and removes the
-//! ones no container was made of.
+//! until the container restored from it is confirmed (memory complete, if
+//! lazily restored); it goes before the target answers `Restored`. An agent
+//! that died mid-migration finds such folders at start ([`sweep`]): the
+//! source never heard `Restored`, so it rolled the container back to
+//! itself, and whatever was restored here is a second copy, removed.
 
 use crate::engine::Engine;
 use crate::ramdir;
@@ -157,8 +159,8 @@ fn tidy_restored(root: &Path) {
 }
 
 /// At start: the folders a predecessor made for migrations it did not see
-/// to their end. A container made of one is tidied; the others, holding
-/// nothing but what the dead migration staged, are removed.
+/// to their end (module docs). A container made of one is removed (the
+/// source rolled it back to itself), and the folder with it.
 pub async fn sweep(engine: &dyn Engine) {
     // Any valid ID names the folder that holds every container's folder.
     let Ok(probe) = engine.bundle_dir(&"0".repeat(64)).await else { return };
@@ -172,8 +174,17 @@ pub async fn sweep(engine: &dyn Engine) {
         let id = entry.file_name().to_string_lossy().into_owned();
         match engine.inspect(&id).await {
             Ok(Some(c)) => {
-                tracing::warn!(id = %id, name = %c.name, "tidying the folder of a container restored by a migration this agent did not see end");
-                tidy_restored(&root);
+                tracing::warn!(
+                    id = %id, name = %c.name,
+                    "removing {}, restored here by a migration this agent did not see end: the source never heard it was restored and rolled it back to itself",
+                    c.name
+                );
+                let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
+                if let Err(e) = engine.remove(&id, true).await {
+                    tracing::error!("removing the second copy of {}: {e}; remove it by hand (`podman rm -f {id}`)", c.name);
+                    continue;
+                }
+                let _ = std::fs::remove_dir_all(&root);
             }
             Ok(None) => {
                 tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged");

@@ -103,6 +103,9 @@ pub fn settle_conf(folder: &Path) {
 pub struct Daemon {
     child: Child,
     started: Instant,
+    /// Killed on purpose (tests): the fill counts as failed, even if it had
+    /// finished before the kill landed.
+    killed: bool,
 }
 
 impl Daemon {
@@ -134,13 +137,21 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(Daemon { child, started: Instant::now() })
+        Ok(Daemon { child, started: Instant::now(), killed: false })
+    }
+
+    /// Tests: the daemon dies, with pages still to fill.
+    pub fn kill(&mut self) {
+        tracing::error!("fault injected: killing criu lazy-pages before the memory is complete");
+        let _ = self.child.start_kill();
+        self.killed = true;
     }
 
     /// Waits until every page is in place (the daemon exits by itself).
     pub async fn finish(mut self, folder: &Path, limit: Duration) -> Result<(), String> {
         let limit = tern_transport::timeouts::scaled(limit);
         match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(s)) if self.killed => Err(format!("`criu lazy-pages` was killed ({s}; fault injected) before the memory was complete")),
             Ok(Ok(s)) if s.success() => Ok(()),
             Ok(Ok(s)) => Err(format!("`criu lazy-pages` failed ({s}) before the memory was complete; see {}", log(folder).display())),
             Ok(Err(e)) => Err(format!("waiting for `criu lazy-pages`: {e}")),
