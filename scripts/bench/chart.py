@@ -11,6 +11,7 @@ python3-matplotlib (scripts/bench.sh installs it); run with /usr/bin/python3,
 not a pyenv or venv python that lacks Debian's packages.
 """
 import json
+import re
 import statistics
 import sys
 
@@ -22,14 +23,23 @@ except ImportError:
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METHODS = ["manual", "stop-and-copy", "pre-copy", "hash-pre-copy"]
-COLORS = {"manual": "#7f7f7f", "stop-and-copy": "#1f77b4", "pre-copy": "#2ca02c", "hash-pre-copy": "#ff7f0e"}
+METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy"]
+COLORS = {"manual": "#7f7f7f", "podman-floor": "#d9d9d9", "stop-and-copy": "#1f77b4", "pre-copy": "#2ca02c",
+          "hash-pre-copy": "#ff7f0e"}
 LINKS = ["unlimited", "1gbit", "100mbit"]
-WORKLOADS = ["idle"] + [f"{s}@{r}MiB/s" for s in ("256MiB", "1GiB") for r in (0, 20, 100)]
+SIZED = re.compile(r"^(\d+)(MiB|GiB)@(\d+)MiB/s$")
 
 
 def rank(order):
     return lambda x: (order.index(x) if x in order else len(order), x)
+
+
+def workload_rank(w):
+    """idle first, then by memory size, then by dirty rate."""
+    m = SIZED.match(w)
+    if not m:
+        return (0 if w == "idle" else 2, 0, 0, w)
+    return (1, int(m.group(1)) * (1024 if m.group(2) == "GiB" else 1), int(m.group(3)), w)
 
 
 def main(src, out):
@@ -45,7 +55,7 @@ def main(src, out):
     fig, axes = plt.subplots(len(links), 1, figsize=(width, 1.0 + 3.4 * len(links)), squeeze=False)
     bar = 0.8 / len(methods)
     for ax, link in zip(axes[:, 0], links):
-        wls = sorted({r["workload"] for r in rows if r["link"] == link}, key=rank(WORKLOADS))
+        wls = sorted({r["workload"] for r in rows if r["link"] == link}, key=workload_rank)
         top = 0.0
         for mi, m in enumerate(methods):
             xs, meds, lo, hi, mans = [], [], [], [], []
@@ -65,7 +75,8 @@ def main(src, out):
                 mans.append(statistics.median(man) if man else None)
             if not xs:
                 continue
-            ax.bar(xs, meds, bar * 0.92, color=COLORS.get(m, None), label=m, zorder=2)
+            ax.bar(xs, meds, bar * 0.92, color=COLORS.get(m, None), label=m, zorder=2,
+                   edgecolor="#7f7f7f" if m == "podman-floor" else None, hatch="//" if m == "podman-floor" else None)
             ax.errorbar(xs, meds, yerr=[lo, hi], fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
             for x, med, h, man in zip(xs, meds, hi, mans):
                 label = f"{med:.2f} s"
