@@ -9,6 +9,7 @@
 #
 #   scripts/softdirty-tier.sh            (as root)
 #   TIER_TESTS="migrate_counter" scripts/softdirty-tier.sh
+#   TIER_CMD=scripts/vm/tier-bench.cmd scripts/softdirty-tier.sh   (the tier's benchmark)
 #
 # Emulation makes every step 5-20x slower: compare ratios, not times.
 set -euo pipefail
