@@ -78,6 +78,10 @@ pub trait Engine: Send + Sync + 'static {
     async fn bundle_dir(&self, id: &str) -> Result<std::path::PathBuf>;
     /// Removes a container and its kept checkpoint.
     async fn remove(&self, name: &str, force: bool) -> Result<()>;
+    /// Every named volume on this host.
+    async fn volumes(&self) -> Result<Vec<String>>;
+    /// Removes a named volume no container uses.
+    async fn volume_remove(&self, name: &str) -> Result<()>;
     /// `podman info` as JSON, for the host facts.
     async fn info(&self) -> Result<serde_json::Value>;
 }
@@ -148,7 +152,10 @@ impl PodmanCli {
         let mut args = vec!["container", "inspect", "--format", "json"];
         args.extend(ids.iter().map(String::as_str));
         let raw: Vec<InspectJson> = self.run_json(&args).await?;
-        Ok(raw.into_iter().map(InspectJson::into_info).collect())
+        // Sizing their files walks directories: off the async threads.
+        tokio::task::spawn_blocking(move || raw.into_iter().map(InspectJson::into_info).collect())
+            .await
+            .map_err(|e| EngineError::Parse { cmd: "podman container inspect".into(), detail: format!("sizing the containers' files: {e}") })
     }
 }
 
@@ -291,6 +298,15 @@ impl Engine for PodmanCli {
         self.run(&args, QUICK).await.map(drop)
     }
 
+    async fn volumes(&self) -> Result<Vec<String>> {
+        let out = self.run(&["volume", "ls", "--quiet"], QUICK).await?;
+        Ok(String::from_utf8_lossy(&out).split_whitespace().map(str::to_string).collect())
+    }
+
+    async fn volume_remove(&self, name: &str) -> Result<()> {
+        self.run(&["volume", "rm", name], QUICK).await.map(drop)
+    }
+
     async fn info(&self) -> Result<serde_json::Value> {
         self.run_json(&["info", "--format", "json"]).await
     }
@@ -307,6 +323,28 @@ struct InspectJson {
     image_name: String,
     state: InspectState,
     network_settings: Option<InspectNet>,
+    #[serde(default)]
+    graph_driver: Option<InspectGraphDriver>,
+    #[serde(default)]
+    mounts: Vec<InspectMount>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectGraphDriver {
+    #[serde(default)]
+    data: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectMount {
+    #[serde(default, rename = "Type")]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    source: String,
 }
 
 #[derive(Deserialize)]
@@ -345,7 +383,24 @@ impl InspectJson {
             }
         }
         let memory_bytes = if self.state.pid > 0 { container_memory(self.state.pid) } else { 0 };
+        // What `podman container checkpoint --export` packs besides memory:
+        // the overlay's upper layer (the root file system changes) and the
+        // named volumes (bind mounts stay behind).
+        let mut roots: Vec<&Path> = Vec::new();
+        if let Some(upper) = self.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir")) {
+            roots.push(Path::new(upper));
+        }
+        roots.extend(self.mounts.iter().filter(|m| m.kind == "volume" && !m.source.is_empty()).map(|m| Path::new(&m.source)));
+        let files_bytes = files_size(&roots, tern_proto::facts::FILES_COUNTED);
+        let volumes = self
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && !m.name.is_empty())
+            .map(|m| tern_proto::facts::Volume { name: m.name.clone(), path: m.source.clone() })
+            .collect();
         ContainerInfo {
+            files_bytes,
+            volumes,
             name: self.name,
             id: self.id,
             image: self.image_name,
@@ -355,6 +410,31 @@ impl InspectJson {
             memory_bytes,
         }
     }
+}
+
+/// Bytes of file data under `roots`, symbolic links not followed, walking
+/// at most `limit` entries (past that, what was counted: a lower bound).
+/// Unreadable parts count as empty.
+fn files_size(roots: &[&Path], limit: usize) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut dirs: Vec<std::path::PathBuf> = roots.iter().map(|p| p.to_path_buf()).collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > limit {
+                return total;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }
 
 /// Anonymous memory in the cgroup of process `pid` (0 when unreadable).
@@ -393,6 +473,32 @@ fn anon_bytes(stat: &str, key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_files_without_following_links_and_within_the_bound() {
+        let dir = std::env::temp_dir().join(format!("tern-files-size-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/one"), vec![1u8; 1000]).unwrap();
+        std::fs::write(dir.join("a/b/two"), vec![2u8; 24]).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.join("a/usr")).unwrap();
+        assert_eq!(files_size(&[dir.as_path()], 100), 1024);
+        assert!(files_size(&[dir.as_path()], 1) < 1024, "the bound stops the walk");
+        assert_eq!(files_size(&[Path::new("/nonexistent/tern")], 100), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn inspect_output_names_the_upper_layer_and_volumes() {
+        let raw = r#"[{"Id":"abc","Name":"v","Image":"i","ImageName":"n","State":{"Status":"exited"},
+            "GraphDriver":{"Name":"overlay","Data":{"UpperDir":"/nonexistent/upper"}},
+            "Mounts":[{"Type":"volume","Source":"/nonexistent/vol"},{"Type":"bind","Source":"/"}]}]"#;
+        let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
+        assert_eq!(v[0].graph_driver.as_ref().unwrap().data["UpperDir"], "/nonexistent/upper");
+        assert_eq!(v[0].mounts.len(), 2);
+        // The bind mount of / is not counted: nothing else exists here.
+        assert_eq!(v.into_iter().next().unwrap().into_info().files_bytes, 0);
+    }
 
     #[test]
     fn parses_podman_inspect_output() {

@@ -186,7 +186,14 @@ impl Agent {
     async fn check_incoming(&self, c: &tern_proto::facts::ContainerInfo) -> anyhow::Result<Vec<compat::Finding>> {
         let existing = self.engine.list().await?;
         let has_image = self.engine.image_exists(&c.image_id).await?;
-        Ok(compat::check_incoming(c, &existing, has_image))
+        let (volumes, volume_dir) = if c.volumes.is_empty() {
+            (Vec::new(), String::new())
+        } else {
+            let info = self.engine.info().await?;
+            let dir = info["store"]["volumePath"].as_str().unwrap_or_default().to_string();
+            (self.engine.volumes().await?, dir)
+        };
+        Ok(compat::check_incoming(c, &existing, &volumes, &volume_dir, has_image))
     }
 
     /// Runs a migration as source, streaming events to the coordinator and

@@ -253,7 +253,7 @@ impl Run<'_> {
             Ok(()) => {}
             Err(f) => return self.rollback(f, &mut send, &mut recv).await,
         }
-        self.cleanup(&mut send, &mut recv).await;
+        self.cleanup(&info, &mut send, &mut recv).await;
         Outcome::Completed
     }
 
@@ -537,7 +537,7 @@ impl Run<'_> {
     }
 
     /// The container runs on the target: remove it here, then tell the target.
-    async fn cleanup(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    async fn cleanup(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
         let p = Phase::Cleanup;
         self.enter(p, "removing the source copy");
         // A mount inside the container's folder would make Podman fail.
@@ -547,6 +547,8 @@ impl Run<'_> {
                 "the container runs on {} but its stopped copy could not be removed here: {e}; remove it with `podman rm {}`",
                 self.req.target.name, self.req.container
             ));
+        } else {
+            self.remove_moved_volumes(&info.volumes).await;
         }
         let acked = async {
             write_frame(send, &SourceMsg::Commit).await.ok()?;
@@ -557,6 +559,22 @@ impl Run<'_> {
             self.warnings.push(format!("{} did not confirm the commit ({acked:?}); the container runs there regardless", self.req.target.name));
         }
         self.leave(p);
+    }
+
+    /// The named volumes moved with the container (Podman's export carried
+    /// their content, the target's restore made them): the copies here are
+    /// stale, and would block the container's coming back. One another
+    /// container still uses is kept (Podman refuses), with a warning.
+    async fn remove_moved_volumes(&mut self, volumes: &[tern_proto::facts::Volume]) {
+        for vol in volumes.iter().map(|v| &v.name) {
+            if let Err(e) = self.agent.engine.volume_remove(vol).await {
+                self.warnings.push(format!(
+                    "volume {vol} moved to {} with the container, but its old copy here could not be removed: {e}; \
+                     remove it with `podman volume rm {vol}` once no container here uses it",
+                    self.req.target.name
+                ));
+            }
+        }
     }
 
     /// Best effort: tell the target to drop whatever it staged or restored.

@@ -90,6 +90,8 @@ impl FakeEngine {
                     state: "running".into(),
                     ips: vec![ip.parse().unwrap()],
                     memory_bytes: 0,
+                    files_bytes: 0,
+                    volumes: vec![],
                 },
                 memory,
                 dirty: HashSet::new(),
@@ -377,6 +379,13 @@ impl Engine for FakeEngine {
         let c = s.containers.remove(name).ok_or_else(|| failed("rm", "no such container"))?;
         // Podman removes the container's folder with it.
         let _ = std::fs::remove_dir_all(self.dir.path().join("containers").join(&c.info.id));
+        Ok(())
+    }
+    async fn volumes(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+    async fn volume_remove(&self, name: &str) -> Result<(), EngineError> {
+        self.state.lock().unwrap().calls.push(format!("volume rm {name}"));
         Ok(())
     }
     async fn info(&self) -> Result<serde_json::Value, EngineError> {

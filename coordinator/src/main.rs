@@ -476,9 +476,10 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                 for c in &s.containers {
                     let ips: Vec<String> = c.ips.iter().map(|i| i.to_string()).collect();
                     let mem = if c.memory_bytes > 0 { output::bytes(c.memory_bytes) } else { "-".into() };
-                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), mem, c.image.clone()]);
+                    let files = output::bytes(c.files_bytes);
+                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), mem, files, c.image.clone()]);
                     all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips,
-                                    "memory_bytes": c.memory_bytes, "image": c.image}));
+                                    "memory_bytes": c.memory_bytes, "files_bytes": c.files_bytes, "image": c.image}));
                 }
             }
             Err(e) => eprintln!("tern: {} is unreachable: {e}", h.entry.name),
@@ -487,7 +488,7 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
     if as_json {
         println!("{}", serde_json::Value::Array(all));
     } else {
-        print!("{}", output::table(&["host", "container", "state", "address", "memory", "image"], &rows));
+        print!("{}", output::table(&["host", "container", "state", "address", "memory", "files", "image"], &rows));
     }
     Ok(0)
 }

@@ -10,10 +10,11 @@ use tern_proto::{Mode, Request, Response};
 /// What the user asked for with `--mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
-    /// Pre-copy where both hosts track dirty memory; else content-addressed
-    /// pre-copy for containers holding 64 MiB or more, stop-and-copy for
-    /// smaller ones (a base costs a pause and a full extra copy, which only
-    /// pays off when there is memory to spare at the freeze).
+    /// Pre-copy where both hosts track dirty memory (unless the container's
+    /// files outweigh its memory); else content-addressed pre-copy for
+    /// containers holding 64 MiB or more of memory and files, stop-and-copy
+    /// for smaller ones (a base costs a pause and a full extra copy, which
+    /// only pays off when there is data to spare at the freeze).
     Auto,
     /// Freeze, dump everything, stream it, restore.
     StopAndCopy,
@@ -24,8 +25,29 @@ pub enum ModeArg {
     HashPreCopy,
 }
 
-/// `auto` uses content-addressed pre-copy from this much memory on.
+/// `auto` uses content-addressed pre-copy from this much memory and files
+/// on.
 pub const HASH_PRE_COPY_FROM: u64 = 64 << 20;
+
+/// `auto`'s choice from what the container holds, and why. Soft-dirty
+/// pre-copy copies memory only: a container whose files (root file system
+/// changes, volumes) outweigh its memory goes content-addressed, the one
+/// mode that ships files before the freeze. Without soft-dirty, a base is
+/// worth its pause and extra copy from [`HASH_PRE_COPY_FROM`] on.
+pub fn auto_mode(both_track: bool, memory_bytes: u64, files_bytes: u64) -> (Mode, String) {
+    let held = format!("{} MiB of memory and {} MiB of files", memory_bytes >> 20, files_bytes >> 20);
+    if both_track {
+        if files_bytes >= HASH_PRE_COPY_FROM && files_bytes > memory_bytes {
+            return (Mode::HashPreCopy, format!("{held}: content-addressed pre-copy ships the files before the freeze"));
+        }
+        return (Mode::PreCopy, "both hosts track dirty memory".to_string());
+    }
+    if memory_bytes.saturating_add(files_bytes) >= HASH_PRE_COPY_FROM {
+        (Mode::HashPreCopy, format!("{held}: content-addressed pre-copy"))
+    } else {
+        (Mode::StopAndCopy, format!("{held}: stop-and-copy"))
+    }
+}
 
 pub struct Plan<'a> {
     pub container: ContainerInfo,
@@ -112,18 +134,15 @@ pub async fn plan<'a>(
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
         ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
-        ModeArg::Auto if both_track => (Mode::PreCopy, "both hosts track dirty memory".to_string()),
-        ModeArg::Auto if info.memory_bytes >= HASH_PRE_COPY_FROM => (
-            Mode::HashPreCopy,
-            format!(
-                "soft-dirty pre-copy is unavailable ({why_not}); {} MiB of memory: content-addressed pre-copy",
-                info.memory_bytes >> 20
-            ),
-        ),
-        ModeArg::Auto => (
-            Mode::StopAndCopy,
-            format!("pre-copy is unavailable ({why_not}); {} MiB of memory: stop-and-copy", info.memory_bytes >> 20),
-        ),
+        ModeArg::Auto => {
+            let (mode, why) = auto_mode(both_track, info.memory_bytes, info.files_bytes);
+            let note = match mode {
+                Mode::PreCopy => why,
+                _ if both_track => format!("both hosts track dirty memory, but {why}"),
+                _ => format!("soft-dirty pre-copy is unavailable ({why_not}); {why}"),
+            };
+            (mode, note)
+        }
     };
 
     let mut findings = compat::compare_hosts(&source.facts, &target_state.facts, mode);
@@ -149,4 +168,24 @@ pub async fn plan<'a>(
         mode_note,
         findings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_weighs_memory_and_files() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(auto_mode(false, 10 * MIB, 0).0, Mode::StopAndCopy);
+        assert_eq!(auto_mode(false, 64 * MIB, 0).0, Mode::HashPreCopy);
+        // Little memory, a big volume: its files are staged before the freeze.
+        assert_eq!(auto_mode(false, 2 * MIB, 500 * MIB).0, Mode::HashPreCopy);
+        assert_eq!(auto_mode(false, 40 * MIB, 30 * MIB).0, Mode::HashPreCopy);
+        assert_eq!(auto_mode(true, 512 * MIB, 100 * MIB).0, Mode::PreCopy);
+        assert_eq!(auto_mode(true, 10 * MIB, 40 * MIB).0, Mode::PreCopy);
+        let (mode, why) = auto_mode(true, 10 * MIB, 300 * MIB);
+        assert_eq!(mode, Mode::HashPreCopy);
+        assert!(why.contains("300 MiB of files"), "{why}");
+    }
 }

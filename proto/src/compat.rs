@@ -222,7 +222,15 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
 }
 
 /// Run by the target agent: can `incoming` land among `existing`?
-pub fn check_incoming(incoming: &ContainerInfo, existing: &[ContainerInfo], has_image: bool) -> Vec<Finding> {
+/// `volumes_here`: the named volumes the target already has; `volume_dir`:
+/// where it keeps them (`podman info`'s store.volumePath).
+pub fn check_incoming(
+    incoming: &ContainerInfo,
+    existing: &[ContainerInfo],
+    volumes_here: &[String],
+    volume_dir: &str,
+    has_image: bool,
+) -> Vec<Finding> {
     let mut out = Vec::new();
 
     let f = Finding::new("container name", &incoming.name, "");
@@ -254,6 +262,48 @@ pub fn check_incoming(incoming: &ContainerInfo, existing: &[ContainerInfo], has_
         None => Finding { target: "free".into(), ..f },
     });
 
+    if !incoming.volumes.is_empty() {
+        let names: Vec<&str> = incoming.volumes.iter().map(|v| v.name.as_str()).collect();
+        let f = Finding::new("volumes", names.join(","), "");
+        let taken: Vec<&str> = names.iter().copied().filter(|n| volumes_here.iter().any(|h| h == n)).collect();
+        out.push(if taken.is_empty() {
+            Finding { target: "free".into(), ..f }
+        } else {
+            Finding {
+                target: format!("{} exist", taken.join(",")),
+                ..f.with(
+                    Severity::Block,
+                    format!(
+                        "the container's volumes move with it and Podman will not restore over an existing one; \
+                         if {} on the target is a stale copy (left by an earlier stay there), remove it (`podman volume rm {}`)",
+                        taken.join(", "),
+                        taken.join(" ")
+                    ),
+                )
+            }
+        });
+        let dir = volume_dir.trim_end_matches('/');
+        let source_dirs: Vec<&str> = incoming
+            .volumes
+            .iter()
+            .map(|v| v.path.strip_suffix(&format!("/{}/_data", v.name)).unwrap_or(&v.path))
+            .collect();
+        let f = Finding::new("volume path", source_dirs.join(","), dir);
+        let moved = incoming.volumes.iter().find(|v| v.path != format!("{dir}/{}/_data", v.name));
+        out.push(match moved {
+            None => f,
+            Some(v) => f.with(
+                Severity::Block,
+                format!(
+                    "Podman restores volume {} bound at the path it had on the source ({}), and this host keeps volumes \
+                     in {dir}; give both hosts the same volume path (containers-storage graph root, or volume_path in \
+                     containers.conf)",
+                    v.name, v.path
+                ),
+            ),
+        });
+    }
+
     let f = Finding::new("image", &incoming.image, if has_image { "present" } else { "missing" });
     out.push(if has_image {
         f
@@ -266,7 +316,7 @@ pub fn check_incoming(incoming: &ContainerInfo, existing: &[ContainerInfo], has_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{Capability, CgroupsVersion};
+    use crate::facts::{Capability, CgroupsVersion, Volume};
 
     fn facts() -> HostFacts {
         HostFacts {
@@ -367,6 +417,8 @@ mod tests {
 
     fn ctr(name: &str, ip: &str, state: &str) -> ContainerInfo {
         ContainerInfo {
+            files_bytes: 0,
+            volumes: vec![],
             name: name.into(),
             id: "0123456789abcdef".into(),
             image: "localhost/tern-busybox:latest".into(),
@@ -380,13 +432,33 @@ mod tests {
     #[test]
     fn incoming_name_and_address_clashes_block() {
         let me = ctr("demo1", "203.0.113.2", "running");
-        assert!(!blocks(&check_incoming(&me, &[], true)));
-        assert!(blocks(&check_incoming(&me, &[ctr("demo1", "203.0.113.9", "exited")], true)));
-        assert!(blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "running")], true)));
+        assert!(!blocks(&check_incoming(&me, &[], &[], VOLS, true)));
+        assert!(blocks(&check_incoming(&me, &[ctr("demo1", "203.0.113.9", "exited")], &[], VOLS, true)));
+        assert!(blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "running")], &[], VOLS, true)));
         // A stopped container holds no address.
-        assert!(!blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "exited")], true)));
-        let f = check_incoming(&me, &[], false);
+        assert!(!blocks(&check_incoming(&me, &[ctr("other", "203.0.113.2", "exited")], &[], VOLS, true)));
+        let f = check_incoming(&me, &[], &[], VOLS, false);
         assert_eq!(severity(&f, "image"), Severity::Warn);
         assert!(!blocks(&f));
+    }
+
+    const VOLS: &str = "/var/lib/containers/storage/volumes";
+
+    #[test]
+    fn a_volume_already_on_the_target_or_kept_elsewhere_blocks() {
+        let mut me = ctr("demo1", "203.0.113.2", "running");
+        me.volumes = vec![Volume { name: "data".into(), path: format!("{VOLS}/data/_data") }];
+        let here = vec!["other".to_string()];
+        let ok = check_incoming(&me, &[], &here, VOLS, true);
+        assert!(!blocks(&ok), "{ok:?}");
+        let f = check_incoming(&me, &[], &["data".to_string()], VOLS, true);
+        assert_eq!(severity(&f, "volumes"), Severity::Block);
+        assert!(f.iter().any(|x| x.note.contains("podman volume rm data")), "{f:?}");
+        // The target keeps volumes elsewhere: Podman would bind the source's path.
+        let f = check_incoming(&me, &[], &here, "/srv/volumes/", true);
+        assert_eq!(severity(&f, "volume path"), Severity::Block);
+        // No volumes, no finding.
+        me.volumes.clear();
+        assert!(!check_incoming(&me, &[], &here, "/elsewhere", true).iter().any(|x| x.field.starts_with("volume")));
     }
 }

@@ -81,7 +81,28 @@ pub struct ContainerInfo {
     /// Anonymous memory of the container's processes (what a checkpoint
     /// dumps), from its cgroup; 0 when unknown or not running.
     pub memory_bytes: u64,
+    /// What Podman's checkpoint carries besides memory: the container's
+    /// root file system changes and its named volumes, in bytes of file
+    /// data (a lower bound past [`FILES_COUNTED`] entries); 0 when unknown.
+    pub files_bytes: u64,
+    /// Its named volumes: Podman's export carries their content and the
+    /// restore creates them, so none may exist on the target already.
+    pub volumes: Vec<Volume>,
 }
+
+/// A named volume of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    /// Where its data lives on the container's host. Podman 4 restores the
+    /// container with the volume bound at this same path, so the target
+    /// must keep volumes where the source does.
+    pub path: String,
+}
+
+/// How many directory entries an agent walks to size a container's files:
+/// enough for any container worth weighing, bounded for one with millions.
+pub const FILES_COUNTED: usize = 100_000;
 
 impl ContainerInfo {
     pub fn is_running(&self) -> bool {

@@ -25,6 +25,8 @@ fn facts() -> HostFacts {
 
 fn container() -> ContainerInfo {
     ContainerInfo {
+        files_bytes: 0,
+        volumes: vec![],
         name: "demo1".into(),
         id: "abc".into(),
         image: "localhost/tern-busybox:latest".into(),

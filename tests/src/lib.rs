@@ -143,8 +143,23 @@ pub fn count_reaches(host: &str, name: &str, at_least: u64) -> Result<u64> {
     })
 }
 
+/// `podman top` reads /proc for every process it lists, and fails when one
+/// of the counter's short-lived children exits meanwhile ("read
+/// /proc/85/cmdline: no such process"): that race is tried again.
 fn top_once(host: &str, name: &str) -> Result<Vec<String>> {
-    let s = ok(&mut podman(host, &["top", name, "pid", "comm"]))?;
+    let mut tries = 0;
+    let s = loop {
+        let out = run(&mut podman(host, &["top", name, "pid", "comm"]))?;
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        tries += 1;
+        if tries >= 5 || !err.contains("no such process") {
+            bail!("podman top {name} on {host} failed: {}", err.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     Ok(s.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect())
 }
 

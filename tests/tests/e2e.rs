@@ -404,6 +404,83 @@ fn hash_pre_copy_sends_only_changed_pages() {
     scenario_hash_pre_copy().unwrap();
 }
 
+/// Little memory, many files (80 MiB written into its root file system):
+/// `auto` weighs the files too and picks content-addressed pre-copy, so
+/// they cross before the freeze, not during it.
+fn scenario_files_cross_before_the_freeze() -> Result<()> {
+    let name = "e2e-files";
+    remove_everywhere(name);
+    ok(&mut podman(
+        "client1",
+        &[
+            "run", "-d", "--name", name, IMAGE, "sh", "-c",
+            "head -c 50331648 /dev/urandom > /blob1 && head -c 33554432 /dev/urandom > /blob2 && \
+             i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
+        ],
+    ))?;
+    count_reaches("client1", name, 5)?;
+    let sums = ok(&mut podman("client1", &["exec", name, "md5sum", "/blob1", "/blob2"]))?;
+    let listed = tern_json(&["ps"])?;
+    let files = listed.json.as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).map(|c| c["files_bytes"].clone());
+    ensure!(files.as_ref().and_then(Value::as_u64).is_some_and(|b| b >= 80 << 20), "tern ps sizes its files at {files:?}, 80 MiB written");
+    let check = tern_json(&["check", name, "--to", "client2"])?;
+    let note = check.json["mode_note"].as_str().unwrap_or_default();
+    ensure!(check.json["mode"] == "hash-pre-copy" && note.contains("MiB of files"), "auto chose {}: {note}", check.json["mode"]);
+    let j = migrate_and_verify_with(name, "client1", "client2", &[], "hash-pre-copy")?;
+    let saved = j["saved_bytes"].as_u64().unwrap_or(0);
+    ensure!(saved >= 75 << 20, "only {saved} bytes of the files were on the target before the freeze: {j}");
+    let after = ok(&mut podman("client2", &["exec", name, "md5sum", "/blob1", "/blob2"]))?;
+    ensure!(after == sums, "the files changed on the way: {sums} became {after}");
+    eprintln!("files: {} MiB reused at the freeze, downtime {} ms", saved >> 20, j["downtime_ms"]);
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn auto_ships_a_containers_files_before_the_freeze() {
+    let _lab = lab_guard();
+    scenario_files_cross_before_the_freeze().unwrap();
+}
+
+/// Named volumes move with the container, and Podman 4 binds them at the
+/// path they had on the source. The lab's hosts keep volumes in different
+/// folders (each its own storage), and here one of the same name exists on
+/// the target: both are refused before the freeze, naming the fix.
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn refused_when_a_volume_cannot_move() {
+    let _lab = lab_guard();
+    let (name, vol) = ("e2e-vol", "e2e-vol-data");
+    let remove_all = || {
+        remove_everywhere(name);
+        for h in ["client1", "client2"] {
+            let _ = run(&mut podman(h, &["volume", "rm", "-f", vol]));
+        }
+    };
+    remove_all();
+    let volume = format!("{vol}:/data");
+    ok(&mut podman(
+        "client1",
+        &["run", "-d", "--name", name, "-v", &volume, IMAGE, "sh", "-c",
+          "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done"],
+    ))
+    .unwrap();
+    count_reaches("client1", name, 5).unwrap();
+    ok(&mut podman("client2", &["volume", "create", vol])).unwrap();
+    let pids = top("client1", name).unwrap();
+    let r = tern_json(&["migrate", name, "--to", "client2"]).unwrap();
+    assert!(r.code == 3 && r.json["outcome"] == "refused", "expected a refusal: {}", r.all);
+    let fields: Vec<&str> = r.json["findings"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"volumes") && fields.contains(&"volume path"), "findings: {fields:?}");
+    let notes = r.json["findings"].to_string();
+    assert!(notes.contains(&format!("podman volume rm {vol}")), "the refusal does not name the fix: {notes}");
+    assert!(notes.contains("same volume path"), "{notes}");
+    assert_eq!(state("client1", name).unwrap().as_deref(), Some("running"));
+    assert_eq!(top("client1", name).unwrap(), pids, "the container was touched");
+    remove_all();
+}
+
 /// Iterative pre-copy with soft-dirty tracking (the qemu tier: this
 /// machine's kernel has none, and the test fails rather than pass
 /// vacuously where it is missing): at least two rounds, a final dump much
