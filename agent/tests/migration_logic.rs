@@ -75,6 +75,13 @@ impl FakeEngine {
             last_frozen: Mutex::default(),
         }
     }
+    /// Gives `name` a named volume.
+    fn add_volume(&self, name: &str, volume: &str) {
+        let mut s = self.state.lock().unwrap();
+        let c = s.containers.get_mut(name).unwrap();
+        c.info.volumes.push(tern_proto::facts::Volume { name: volume.into(), path: format!("{VOLUME_DIR}/{volume}/_data") });
+    }
+
     fn add(&self, name: &str, ip: &str) {
         let mut s = self.state.lock().unwrap();
         s.images.insert("img1".into());
@@ -134,6 +141,9 @@ impl FakeEngine {
 }
 
 /// Distinct, recognisable content for page `i` of `name` after `writes` writes.
+/// Where both fake hosts keep named volumes.
+const VOLUME_DIR: &str = "/var/lib/containers/storage/volumes";
+
 fn page_of(name: &str, i: usize, writes: u64) -> Vec<u8> {
     let seed = blake3::hash(format!("{name}/{i}/{writes}").as_bytes());
     seed.as_bytes().iter().cycle().take(PAGE).copied().collect()
@@ -391,7 +401,8 @@ impl Engine for FakeEngine {
     async fn info(&self) -> Result<serde_json::Value, EngineError> {
         Ok(serde_json::json!({
             "version": {"Version": "4.3.1"},
-            "host": {"ociRuntime": {"name": "runc", "version": "runc version 1.1.5"}, "networkBackend": "netavark"}
+            "host": {"ociRuntime": {"name": "runc", "version": "runc version 1.1.5"}, "networkBackend": "netavark"},
+            "store": {"volumePath": VOLUME_DIR}
         }))
     }
 }
@@ -632,6 +643,26 @@ async fn pre_copy_timeout_cancels_or_switches_over_as_asked() {
             assert!(!a.called("checkpoint"));
         }
     }
+}
+
+#[tokio::test]
+async fn named_volumes_leave_the_source_only_after_a_move() {
+    let (a, b) = (FakeEngine::new(64), FakeEngine::new(0));
+    a.add("db", "203.0.113.5");
+    a.add_volume("db", "dbdata");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let (_, r) = c.migrate("db", None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(a.count("volume rm dbdata"), 1, "the moved volume's stale copy is removed");
+
+    let (a, b) = (FakeEngine::new(64), FakeEngine::new(0));
+    a.add("db", "203.0.113.5");
+    a.add_volume("db", "dbdata");
+    let faults = Faults { fail_restore: true, ..Default::default() };
+    let c = cluster(a.clone(), b.clone(), faults).await;
+    let (_, r) = c.migrate("db", None).await;
+    assert!(matches!(r.outcome, Outcome::RolledBack { .. }), "{r:#?}");
+    assert!(!a.called("volume rm"), "a rolled-back container keeps its volume");
 }
 
 #[tokio::test]
