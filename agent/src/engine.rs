@@ -386,18 +386,16 @@ impl InspectJson {
         // What `podman container checkpoint --export` packs besides memory:
         // the overlay's upper layer (the root file system changes) and the
         // named volumes (bind mounts stay behind).
-        let mut roots: Vec<&Path> = Vec::new();
-        if let Some(upper) = self.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir")) {
-            roots.push(Path::new(upper));
-        }
-        roots.extend(self.mounts.iter().filter(|m| m.kind == "volume" && !m.source.is_empty()).map(|m| Path::new(&m.source)));
-        let files_bytes = files_size(&roots, tern_proto::facts::FILES_COUNTED);
-        let volumes = self
+        let volumes: Vec<tern_proto::facts::Volume> = self
             .mounts
             .iter()
             .filter(|m| m.kind == "volume" && !m.name.is_empty())
             .map(|m| tern_proto::facts::Volume { name: m.name.clone(), path: m.source.clone() })
             .collect();
+        let upper = self.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir"));
+        let roots: Vec<&Path> =
+            upper.into_iter().chain(volumes.iter().map(|v| &v.path)).filter(|p| !p.is_empty()).map(Path::new).collect();
+        let files_bytes = files_size(&roots, tern_proto::facts::FILES_COUNTED);
         ContainerInfo {
             files_bytes,
             volumes,

@@ -1,7 +1,6 @@
 //! `tern-agent`: the daemon on every host (the library holds the logic).
 
 use clap::Parser;
-
 use tern_agent::{config, engine, facts, server};
 use std::path::PathBuf;
 use std::sync::Arc;

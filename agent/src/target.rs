@@ -357,15 +357,13 @@ impl Target<'_> {
         let mut daemon = None;
         if staged.annotated {
             if self.lazy {
-                lazy::write_conf(&folder, true).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
                 match lazy::Daemon::start(&folder).await {
                     Ok(d) => daemon = Some(d),
                     Err(e) => self.notes.push(format!("restored eagerly: {e}")),
                 }
             }
-            if daemon.is_none() {
-                lazy::write_conf(&folder, false).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
-            }
+            // runc reads it at the restore: `lazy-pages` only with a daemon to serve them.
+            lazy::write_conf(&folder, daemon.is_some()).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
         } else if self.lazy {
             self.notes.push("restored eagerly: its spec.dump names a CRIU options file of its own (org.criu.config), or could not be read".into());
         }

@@ -498,6 +498,22 @@ pub async fn receive_fileset(recv: quinn::RecvStream, dir: &Path, done: Arc<Atom
     .await
 }
 
+/// Creates the file `path` for writing, buffered: new (never an existing
+/// file), never through a link, with `mode` (less the umask). Received
+/// files go through here: a name from the source can neither overwrite nor
+/// escape.
+pub(crate) fn create_new(path: &Path, mode: u32) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", path.display())))?;
+    Ok(std::io::BufWriter::with_capacity(CHUNK, f))
+}
+
 /// Writes a file set's files into a folder as they arrive. Names were
 /// checked by the decoder (single path components); files are created new,
 /// never through a link.
@@ -508,14 +524,8 @@ struct FileSink {
 
 impl FileSink {
     fn start(&mut self, name: &str) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         self.end_file()?;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(name))?;
-        self.file = Some(std::io::BufWriter::with_capacity(CHUNK, f));
+        self.file = Some(create_new(&self.dir.join(name), 0o666)?);
         Ok(())
     }
 

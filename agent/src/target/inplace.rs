@@ -109,10 +109,27 @@ impl Bundle {
         std::os::unix::fs::symlink(format!("{}/{rounds}", crate::PRECOPY_DIR), self.dir.join("pre-checkpoint"))
     }
 
-    /// The container was restored (Podman kept the images, `--keep`):
-    /// they go now, with the rounds.
+    /// The container was restored (Podman kept the images, `--keep`): what
+    /// its folder no longer needs goes: the images (a tmpfs, or a folder),
+    /// the rounds, the marker. CRIU's `restore.log` stays.
     pub fn after_restore(&self) {
-        tidy_restored(&self.root);
+        let images = self.checkpoint_dir();
+        if ramdir::is_mounted(&images) {
+            if let Err(e) = ramdir::unmount(&images, true) {
+                tracing::warn!("{e}");
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&images);
+        }
+        let _ = std::fs::remove_file(self.dir.join("pre-checkpoint"));
+        let _ = std::fs::remove_dir_all(self.dir.join(crate::PRECOPY_DIR));
+        // A restore cut short may have left `lazy-pages` in the container's
+        // CRIU options: its next dump must not read it.
+        if self.dir.join(super::lazy::CONF).exists() {
+            super::lazy::settle_conf(&self.dir);
+        }
+        let _ = std::fs::remove_file(self.dir.join(super::lazy::SOCKET));
+        let _ = std::fs::remove_file(self.root.join(MARKER));
     }
 
     /// Unmounts the tmpfs (so that Podman can remove the container's
@@ -135,29 +152,6 @@ impl Bundle {
     }
 }
 
-/// What a restored container's folder no longer needs: the images (a
-/// tmpfs, or a folder), the rounds, the marker. CRIU's `restore.log` stays.
-fn tidy_restored(root: &Path) {
-    let dir = root.join("userdata");
-    let images = dir.join("checkpoint");
-    if ramdir::is_mounted(&images) {
-        if let Err(e) = ramdir::unmount(&images, true) {
-            tracing::warn!("{e}");
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(&images);
-    }
-    let _ = std::fs::remove_file(dir.join("pre-checkpoint"));
-    let _ = std::fs::remove_dir_all(dir.join(crate::PRECOPY_DIR));
-    // A restore cut short may have left `lazy-pages` in the container's
-    // CRIU options: its next dump must not read it.
-    if dir.join(super::lazy::CONF).exists() {
-        super::lazy::settle_conf(&dir);
-    }
-    let _ = std::fs::remove_file(dir.join(super::lazy::SOCKET));
-    let _ = std::fs::remove_file(root.join(MARKER));
-}
-
 /// At start: the folders a predecessor made for migrations it did not see
 /// to their end (module docs). A container made of one is removed (the
 /// source rolled it back to itself), and the folder with it.
@@ -172,28 +166,33 @@ pub async fn sweep(engine: &dyn Engine) {
             continue;
         }
         let id = entry.file_name().to_string_lossy().into_owned();
-        match engine.inspect(&id).await {
-            Ok(Some(c)) => {
+        let restored = match engine.inspect(&id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot tell whether {id} is a container: {e}; its folder stays");
+                continue;
+            }
+        };
+        // The tmpfs first: neither Podman nor we can remove a folder with a mount in it.
+        let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
+        match restored {
+            Some(c) => {
                 tracing::warn!(
                     id = %id, name = %c.name,
                     "removing {}, restored here by a migration this agent did not see end: the source never heard it was restored and rolled it back to itself",
                     c.name
                 );
-                let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
                 if let Err(e) = engine.remove(&id, true).await {
                     tracing::error!("removing the second copy of {}: {e}; remove it by hand (`podman rm -f {id}`)", c.name);
                     continue;
                 }
-                let _ = std::fs::remove_dir_all(&root);
             }
-            Ok(None) => {
-                tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged");
-                let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
-                if let Err(e) = std::fs::remove_dir_all(&root) {
-                    tracing::error!("removing {}: {e}", root.display());
-                }
+            None => tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged"),
+        }
+        if let Err(e) = std::fs::remove_dir_all(&root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!("removing {}: {e}", root.display());
             }
-            Err(e) => tracing::warn!("cannot tell whether {id} is a container: {e}; its folder stays"),
         }
     }
 }

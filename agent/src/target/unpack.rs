@@ -32,7 +32,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const BLOCK: usize = 512;
@@ -178,14 +177,7 @@ impl TarSplit {
     }
 
     fn open_placed(&self, name: &str, mode: u32) -> std::io::Result<BufWriter<File>> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode.max(0o400))
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(name))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", self.dir.join(name).display())))?;
-        Ok(BufWriter::with_capacity(WRITE_BUF, f))
+        crate::transfer::create_new(&self.dir.join(name), mode.max(0o400))
     }
 
     /// A whole header block arrived.
