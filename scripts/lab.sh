@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# A two-host lab on one machine: network namespaces client1 (198.51.100.11) and
-# client2 (198.51.100.12) on a bridge tern0 (198.51.100.1, the root namespace where
-# `tern` runs), each with its own Podman storage and a running tern-agent.
+# A lab of three machines on one: network namespaces client1 (198.51.100.11)
+# and client2 (198.51.100.12), the agent hosts, each with its own Podman
+# storage, network configuration and address allocations (a mount namespace
+# of its own) and a running tern-agent; client0 (198.51.100.10), a plain
+# machine standing for the applications' clients. All three sit on a bridge
+# tern0 (198.51.100.1, the root namespace, where `tern` runs). Every agent
+# host has a Podman network `lan`, a macvlan over its eth0: containers on it
+# are reachable from client0 and the other hosts wherever they run.
 #
 #   scripts/lab.sh up                 create (idempotent; restarts agents, keeps containers)
 #   scripts/lab.sh down               stop agents, remove containers, storage, namespaces
 #   scripts/lab.sh status             namespaces, agents, containers
-#   scripts/lab.sh podman HOST ARGS   podman on a lab host
-#   scripts/lab.sh nsenter HOST CMD   a command in a lab host's network namespace
+#   scripts/lab.sh exec HOST CMD...   a command on a lab host (client0, client1, client2)
+#   scripts/lab.sh podman HOST ARGS   podman on an agent host
 #   scripts/lab.sh agent-start|agent-stop|agent-restart HOST
 #
 # Environment: TERN_BIN_DIR (default target/release), TERN_NO_BUILD=1 (skip
@@ -80,7 +85,7 @@ agent_start() {
     write_agent_config "$h"
     mkdir -p "$LAB_VAR/$h/agent"
     echo "--- agent start $(date -Is)" >> "$dir/agent.log"
-    setsid nsenter --net="/run/netns/$h" env RUST_LOG="${RUST_LOG:-info}" \
+    setsid nsenter --net="/run/netns/$h" --mount="$(lab_mntns "$h")" --wd="$TERN_REPO" env RUST_LOG="${RUST_LOG:-info}" \
         "$BIN/tern-agent" --config "$dir/agent.toml" >> "$dir/agent.log" 2>&1 < /dev/null &
     echo $! > "$dir/agent.pid"
     for _ in $(seq 300); do
@@ -104,7 +109,7 @@ net_up() {
         ip addr add "$LAB_BRIDGE_IP/24" dev "$LAB_BRIDGE"
     fi
     ip link set "$LAB_BRIDGE" up
-    for h in "${LAB_HOSTS[@]}"; do
+    for h in "$LAB_CLIENT" "${LAB_HOSTS[@]}"; do
         [ -e "/run/netns/$h" ] || ip netns add "$h"
         if ! ip link show "veth-$h" >/dev/null 2>&1; then
             ip link add "veth-$h" type veth peer name eth0 netns "$h"
@@ -113,8 +118,52 @@ net_up() {
         fi
         nsenter --net="/run/netns/$h" ip link set lo up
         nsenter --net="/run/netns/$h" ip link set eth0 up
-        mkdir -p "$LAB_VAR/$h/storage" "$LAB_VAR/$h/agent" "$LAB_RUN/$h/runroot" "$LAB_RUN/$h/libpod"
     done
+    for h in "${LAB_HOSTS[@]}"; do
+        mkdir -p "$LAB_VAR/$h/storage" "$LAB_VAR/$h/agent" "$LAB_RUN/$h/runroot" "$LAB_RUN/$h/libpod"
+        mntns_up "$h"
+    done
+}
+
+# An agent host's own mount namespace, kept in a file as `ip netns` keeps
+# network namespaces. Inside it, the folders where Podman keeps what one
+# machine has once (network definitions, netavark's address allocations,
+# runc's container state) are the host's own. Mounts made in the root
+# namespace still show inside (slave propagation); none go the other way.
+mntns_up() {
+    local h=$1 ns
+    ns=$(lab_mntns "$h")
+    [ -e "$ns" ] && nsenter --mount="$ns" true 2>/dev/null && return 0
+    mkdir -p "$LAB_RUN/ns"
+    # unshare keeps a namespace only in a file on a private mount.
+    if ! mountpoint -q "$LAB_RUN/ns"; then
+        mount --bind "$LAB_RUN/ns" "$LAB_RUN/ns"
+        mount --make-private "$LAB_RUN/ns"
+    fi
+    touch "$ns"
+    mkdir -p "$LAB_VAR/$h/networks" "$LAB_RUN/$h/networks" "$LAB_RUN/$h/runc" \
+        /etc/containers/networks /run/containers/networks /run/runc
+    unshare --mount="$ns" --propagation slave sh -c "
+        mount --bind '$LAB_VAR/$h/networks' /etc/containers/networks &&
+        mount --bind '$LAB_RUN/$h/networks' /run/containers/networks &&
+        mount --bind '$LAB_RUN/$h/runc' /run/runc" ||
+        die "could not make $h's mount namespace"
+}
+
+mntns_down() {
+    local ns
+    ns=$(lab_mntns "$1")
+    [ -e "$ns" ] && umount "$ns" 2>/dev/null
+    rm -f "$ns"
+}
+
+# The `lan` network on an agent host: a macvlan over eth0 in the lab's
+# subnet, with the host's own range of addresses.
+lan_up() {
+    local h=$1
+    lab_podman "$h" network exists "$LAB_LAN" && return 0
+    lab_podman "$h" network create --driver macvlan --opt parent=eth0 --subnet "$LAB_LAN_SUBNET" \
+        --gateway "$LAB_BRIDGE_IP" --ip-range "$(lab_lan_range "$h")" --disable-dns "$LAB_LAN" >/dev/null
 }
 
 cmd_up() {
@@ -122,6 +171,7 @@ cmd_up() {
     command -v podman >/dev/null && command -v criu >/dev/null || die "podman or criu missing: run scripts/install-deps.sh"
     if [ "${TERN_NO_BUILD:-}" != 1 ]; then cargo build --release --bins; fi
     net_up
+    for h in "${LAB_HOSTS[@]}"; do lan_up "$h"; done
     for h in ${LAB_IMAGE_HOSTS:-client1}; do
         lab_podman "$h" image exists "$LAB_IMAGE" || lab_podman "$h" import "$LAB_IMAGE_TAR" "$LAB_IMAGE" >/dev/null
     done
@@ -141,21 +191,27 @@ cmd_up() {
         done
     } > "$LAB_STATE/inventory.toml"
     for h in "${LAB_HOSTS[@]}"; do agent_start "$h"; done
-    echo "lab is up: ${LAB_HOSTS[*]}; try: $BIN/tern hosts"
+    echo "lab is up: agents on ${LAB_HOSTS[*]}, clients on $LAB_CLIENT; try: $BIN/tern hosts"
 }
 
 cmd_down() {
     need_root
     for h in "${LAB_HOSTS[@]}"; do
         agent_stop "$h"
-        if [ -e "/run/netns/$h" ]; then
+        if [ -e "/run/netns/$h" ] && [ -e "$(lab_mntns "$h")" ]; then
             lab_podman "$h" rm -af -t 0 >/dev/null 2>&1 || true
-            ip netns pids "$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
         fi
     done
-    # Leftover overlay and shm mounts of the lab's storage.
+    for h in "$LAB_CLIENT" "${LAB_HOSTS[@]}"; do
+        [ -e "/run/netns/$h" ] && { ip netns pids "$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; }
+    done
+    # The hosts' mount namespaces (and every mount inside them) go with
+    # their files; leftover overlay and shm mounts of the lab's storage made
+    # from the root namespace go too.
+    for h in "${LAB_HOSTS[@]}"; do mntns_down "$h"; done
+    mountpoint -q "$LAB_RUN/ns" && umount "$LAB_RUN/ns"
     grep -E " ($LAB_VAR|$LAB_RUN)/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-    for h in "${LAB_HOSTS[@]}"; do
+    for h in "$LAB_CLIENT" "${LAB_HOSTS[@]}"; do
         ip link del "veth-$h" 2>/dev/null || true
         [ -e "/run/netns/$h" ] && ip netns del "$h"
     done
@@ -169,6 +225,7 @@ cmd_down() {
 }
 
 cmd_status() {
+    if [ -e "/run/netns/$LAB_CLIENT" ]; then echo "$LAB_CLIENT: up (clients, no agent)"; else echo "$LAB_CLIENT: down"; fi
     for h in "${LAB_HOSTS[@]}"; do
         if [ ! -e "/run/netns/$h" ]; then echo "$h: down"; continue; fi
         local pid
@@ -182,9 +239,9 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     podman) shift; [ $# -ge 1 ] || die "usage: lab.sh podman HOST ARGS..."; lab_podman "$@" ;;
-    nsenter) shift; [ $# -ge 2 ] || die "usage: lab.sh nsenter HOST CMD..."; lab_nsenter "$@" ;;
+    exec|nsenter) shift; [ $# -ge 2 ] || die "usage: lab.sh exec HOST CMD..."; lab_nsenter "$@" ;;
     agent-start) need_root; agent_start "${2:?host}" ;;
     agent-stop) need_root; agent_stop "${2:?host}" ;;
     agent-restart) need_root; agent_start "${2:?host}" ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,8 +1,15 @@
-# Shared by tern's lab scripts: the lab's hosts and how to run podman on one.
+# Shared by tern's lab scripts: the lab's hosts and how to run a command or
+# podman on one.
 # shellcheck shell=bash
 
 TERN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The hosts with an agent: each a network namespace plus a mount namespace
+# of its own (Podman's network configuration, its address allocations and
+# runc's state are per machine, as on separate hosts).
 LAB_HOSTS=(client1 client2)
+# The application's clients: a plain machine on the lab network, no agent,
+# no Podman (network namespace only).
+LAB_CLIENT=client0
 LAB_BRIDGE=tern0
 LAB_BRIDGE_IP=198.51.100.1
 LAB_PORT=7443
@@ -14,29 +21,60 @@ LAB_VAR=/var/lib/tern-lab
 LAB_RUN=/run/tern-lab
 LAB_IMAGE=localhost/tern-busybox:latest
 LAB_IMAGE_TAR=/opt/tern/images/tern-busybox.tar
+# The Podman network `lan` every agent host gets: a macvlan over the host's
+# NIC, so a container's address sits on the lab's layer-2 segment wherever it
+# runs (README, "Networks"). One subnet; each host hands out addresses from
+# its own range so no two hosts ever allocate the same one.
+LAB_LAN=lan
+LAB_LAN_SUBNET=198.51.100.0/24
 
 lab_ip() {
     case "$1" in
+        client0) echo 198.51.100.10 ;;
         client1) echo 198.51.100.11 ;;
         client2) echo 198.51.100.12 ;;
-        *) echo "unknown lab host $1 (hosts: ${LAB_HOSTS[*]})" >&2; return 2 ;;
+        *) echo "unknown lab host $1 (hosts: $LAB_CLIENT ${LAB_HOSTS[*]})" >&2; return 2 ;;
     esac
 }
+
+# The part of `lan` a host allocates from: 198.51.100.128/28 for client1,
+# .144/28 for client2.
+lab_lan_range() {
+    local n=${1#client}
+    echo "198.51.100.$((128 + 16 * (n - 1)))/28"
+}
+
+lab_is_agent_host() {
+    local h
+    for h in "${LAB_HOSTS[@]}"; do [ "$h" = "$1" ] && return 0; done
+    return 1
+}
+
+# The file holding an agent host's mount namespace.
+lab_mntns() { echo "$LAB_RUN/ns/$1"; }
 
 # Podman's global flags for a lab host: its own storage, run and tmp dirs.
 lab_podman_args() {
     echo --root "$LAB_VAR/$1/storage" --runroot "$LAB_RUN/$1/runroot" --tmpdir "$LAB_RUN/$1/libpod"
 }
 
+# Runs a command on a lab host: in its network namespace and, for an agent
+# host, its mount namespace (nsenter, not `ip netns exec`: the latter
+# remounts /sys and runc then fails with "no cgroup mount found").
 lab_nsenter() {
     local h=$1; shift
     lab_ip "$h" >/dev/null || return 2
     [ -e "/run/netns/$h" ] || { echo "lab host $h is not up (scripts/lab.sh up)" >&2; return 2; }
-    nsenter --net="/run/netns/$h" "$@"
+    if lab_is_agent_host "$h"; then
+        nsenter --net="/run/netns/$h" --mount="$(lab_mntns "$h")" --wd="$PWD" "$@"
+    else
+        nsenter --net="/run/netns/$h" "$@"
+    fi
 }
 
 lab_podman() {
     local h=$1; shift
+    lab_is_agent_host "$h" || { echo "$h runs no Podman (agent hosts: ${LAB_HOSTS[*]})" >&2; return 2; }
     # shellcheck disable=SC2046
     lab_nsenter "$h" podman $(lab_podman_args "$h") "$@"
 }

@@ -14,6 +14,9 @@
 //! [runc]                           # pre-copy dumps go through the runtime
 //! program = "runc"
 //! args = []                        # e.g. ["--root", "/run/runc"]
+//! [network]
+//! hook = "/usr/local/lib/tern/announce"  # optional: run when a container
+//! hook_timeout = 10                # arrives or departs (netid.rs); seconds
 //! [facts_override]                 # tests and labs only: pretend facts differ
 //! criu_version = "3.0.0"
 //! [faults]                         # tests only: inject failures
@@ -36,6 +39,8 @@ pub struct AgentConfig {
     pub podman: PodmanConfig,
     #[serde(default)]
     pub runc: RuncConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// Fields of the reported facts replaced by these values (lab and tests:
     /// two namespaces on one machine have identical facts otherwise).
     #[serde(default)]
@@ -73,6 +78,29 @@ pub struct RuncConfig {
 impl Default for RuncConfig {
     fn default() -> Self {
         RuncConfig { program: default_runc(), args: Vec::new() }
+    }
+}
+
+/// What the agent does about a container's address beyond announcing it
+/// on the segment itself (netid.rs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// A program run when a container arrives here (`TERN_EVENT=arrived`:
+    /// the target after a restore, the source after a rollback) or leaves
+    /// (`departed`), with the container's name, addresses, MACs and
+    /// networks in its environment (README, "Networks"). On arrival at a
+    /// target its failure rolls the migration back.
+    #[serde(default)]
+    pub hook: Option<PathBuf>,
+    /// Seconds the hook may run before it is killed (and counts as failed).
+    #[serde(default)]
+    pub hook_timeout: Option<u64>,
+}
+
+impl NetworkConfig {
+    pub fn hook_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hook_timeout.unwrap_or(10))
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
+use tern_proto::network::{Attachment, NetworkDef, PublishedPort, TcpConnection};
 use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,11 @@ pub trait Engine: Send + Sync + 'static {
     async fn volume_remove(&self, name: &str) -> Result<()>;
     /// `podman info` as JSON, for the host facts.
     async fn info(&self) -> Result<serde_json::Value>;
+    /// The Podman networks this host defines.
+    async fn networks(&self) -> Result<Vec<NetworkDef>>;
+    /// The main process of a running container (0 when it has none): one
+    /// quick call, for the moment right after a restore.
+    async fn main_pid(&self, name: &str) -> Result<u32>;
 }
 
 /// The real thing: the `podman` command line, and `runc` for what Podman
@@ -152,8 +158,9 @@ impl PodmanCli {
         let mut args = vec!["container", "inspect", "--format", "json"];
         args.extend(ids.iter().map(String::as_str));
         let raw: Vec<InspectJson> = self.run_json(&args).await?;
+        let nets = self.networks().await?;
         // Sizing their files walks directories: off the async threads.
-        tokio::task::spawn_blocking(move || raw.into_iter().map(InspectJson::into_info).collect())
+        tokio::task::spawn_blocking(move || raw.into_iter().map(|r| r.into_info(&nets)).collect())
             .await
             .map_err(|e| EngineError::Parse { cmd: "podman container inspect".into(), detail: format!("sizing the containers' files: {e}") })
     }
@@ -310,6 +317,43 @@ impl Engine for PodmanCli {
     async fn info(&self) -> Result<serde_json::Value> {
         self.run_json(&["info", "--format", "json"]).await
     }
+
+    async fn main_pid(&self, name: &str) -> Result<u32> {
+        let out = self.run(&["container", "inspect", "--format", "{{.State.Pid}}", name], QUICK).await?;
+        let text = String::from_utf8_lossy(&out);
+        text.trim().parse().map_err(|_| EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("State.Pid is {text:?}") })
+    }
+
+    async fn networks(&self) -> Result<Vec<NetworkDef>> {
+        let raw: Vec<NetworkJson> = self.run_json(&["network", "ls", "--format", "json"]).await?;
+        Ok(raw
+            .into_iter()
+            .map(|n| NetworkDef {
+                name: n.name,
+                driver: n.driver,
+                subnets: n.subnets.into_iter().map(|s| s.subnet).collect(),
+                interface: n.network_interface,
+            })
+            .collect())
+    }
+}
+
+/// The fields of `podman network ls --format json` that tern reads.
+#[derive(Deserialize)]
+struct NetworkJson {
+    name: String,
+    #[serde(default)]
+    driver: String,
+    #[serde(default)]
+    subnets: Vec<SubnetJson>,
+    #[serde(default)]
+    network_interface: String,
+}
+
+#[derive(Deserialize)]
+struct SubnetJson {
+    #[serde(default)]
+    subnet: String,
 }
 
 /// The fields of `podman container inspect` that tern reads.
@@ -362,16 +406,34 @@ struct InspectNet {
     ip_address: String,
     #[serde(default)]
     networks: Option<std::collections::BTreeMap<String, InspectNetwork>>,
+    /// `"6379/tcp": [{"HostIp": "", "HostPort": "8080"}]`, or null for a
+    /// port exposed but not published.
+    #[serde(default)]
+    ports: Option<std::collections::BTreeMap<String, Option<Vec<InspectBinding>>>>,
 }
 
 #[derive(Deserialize)]
 struct InspectNetwork {
     #[serde(default, rename = "IPAddress")]
     ip_address: String,
+    #[serde(default, rename = "GlobalIPv6Address")]
+    ipv6_address: String,
+    #[serde(default, rename = "MacAddress")]
+    mac: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectBinding {
+    #[serde(default)]
+    host_ip: String,
+    #[serde(default)]
+    host_port: String,
 }
 
 impl InspectJson {
-    fn into_info(self) -> ContainerInfo {
+    /// `nets`: this host's networks, for the drivers of the container's.
+    fn into_info(self, nets: &[NetworkDef]) -> ContainerInfo {
         let mut ips: Vec<IpAddr> = Vec::new();
         if let Some(net) = &self.network_settings {
             let all = std::iter::once(net.ip_address.as_str())
@@ -396,7 +458,25 @@ impl InspectJson {
         let roots: Vec<&Path> =
             upper.into_iter().chain(volumes.iter().map(|v| &v.path)).filter(|p| !p.is_empty()).map(Path::new).collect();
         let files_bytes = files_size(&roots, tern_proto::facts::FILES_COUNTED);
+        let networks: Vec<Attachment> = self
+            .network_settings
+            .iter()
+            .flat_map(|n| n.networks.iter().flatten())
+            .map(|(name, n)| Attachment {
+                network: name.clone(),
+                driver: nets.iter().find(|d| d.name == *name).map(|d| d.driver.clone()).unwrap_or_default(),
+                ips: [&n.ip_address, &n.ipv6_address].into_iter().filter_map(|s| s.parse().ok()).collect(),
+                mac: n.mac.clone(),
+            })
+            .collect();
+        let ports = self.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published).unwrap_or_default();
+        let pid = u32::try_from(self.state.pid).unwrap_or(0);
+        let connections = if pid > 0 { connections_of(pid) } else { Vec::new() };
         ContainerInfo {
+            pid,
+            networks,
+            ports,
+            connections,
             files_bytes,
             volumes,
             name: self.name,
@@ -408,6 +488,30 @@ impl InspectJson {
             memory_bytes,
         }
     }
+}
+
+/// The published ports of `podman inspect`'s `NetworkSettings.Ports`.
+fn published(ports: &std::collections::BTreeMap<String, Option<Vec<InspectBinding>>>) -> Vec<PublishedPort> {
+    let mut out = Vec::new();
+    for (key, bindings) in ports {
+        let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+        let Ok(container_port) = port.parse() else { continue };
+        for b in bindings.iter().flatten() {
+            if let Ok(host_port) = b.host_port.parse() {
+                out.push(PublishedPort { host_ip: b.host_ip.clone(), host_port, container_port, protocol: protocol.to_string() });
+            }
+        }
+    }
+    out
+}
+
+/// The established TCP connections in the network namespace of `pid`.
+pub fn connections_of(pid: u32) -> Vec<TcpConnection> {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+        .flat_map(|text| tern_proto::network::established(&text))
+        .collect()
 }
 
 /// Bytes of file data under `roots`, symbolic links not followed, walking
@@ -495,20 +599,25 @@ mod tests {
         assert_eq!(v[0].graph_driver.as_ref().unwrap().data["UpperDir"], "/nonexistent/upper");
         assert_eq!(v[0].mounts.len(), 2);
         // The bind mount of / is not counted: nothing else exists here.
-        assert_eq!(v.into_iter().next().unwrap().into_info().files_bytes, 0);
+        assert_eq!(v.into_iter().next().unwrap().into_info(&[]).files_bytes, 0);
     }
 
     #[test]
     fn parses_podman_inspect_output() {
         let raw = r#"[{"Id":"abc","Name":"demo1","Image":"sha256img","ImageName":"localhost/tern-busybox:latest",
             "State":{"Status":"running","Running":true},
-            "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"203.0.113.7"}}}}]"#;
+            "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"203.0.113.7","MacAddress":"ae:4e:0b:b6:6b:4b"}},
+                "Ports":{"6379/tcp":[{"HostIp":"","HostPort":"8080"}],"9000/udp":null}}}]"#;
         let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
-        let info = v.into_iter().next().unwrap().into_info();
+        let nets = [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
+        let info = v.into_iter().next().unwrap().into_info(&nets);
         assert_eq!(info.name, "demo1");
         assert_eq!(info.image_id, "sha256img");
         assert_eq!(info.ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
         assert!(info.is_running());
+        assert_eq!(info.networks[0].driver, "bridge");
+        assert_eq!(info.networks[0].mac, "ae:4e:0b:b6:6b:4b");
+        assert_eq!(info.ports, vec![PublishedPort { host_ip: String::new(), host_port: 8080, container_port: 6379, protocol: "tcp".into() }]);
     }
 
     #[test]

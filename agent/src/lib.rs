@@ -12,13 +12,17 @@
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
 //! | `engine`   | everything asked of Podman/runc/CRIU, behind a trait           |
 //! | `facts`    | this host's facts for the compatibility rules                  |
+//! | `netid`    | a container's address announced where it runs, its peers woken, the network hook |
+//! | `criu_tcp` | the established TCP connections in a CRIU checkpoint folder    |
 //! | `probe`    | `tern probe`: the link between two agents, measured            |
 //! | `config`   | the agent's TOML configuration                                 |
 
 pub mod config;
 pub mod criu_stats;
+pub mod criu_tcp;
 pub mod engine;
 pub mod facts;
+pub mod netid;
 pub mod pages;
 pub mod probe;
 pub mod ramdir;

@@ -53,6 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Folders a predecessor made for incoming migrations it did not finish,
     // tidied before the agent answers anyone.
     tern_agent::target::inplace::sweep(engine.as_ref()).await;
+    tern_agent::netid::sweep_holds().await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
     let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));

@@ -164,6 +164,9 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
         Whereabouts::Busy => Ok(None),
         Whereabouts::Absent => {
             crate::source::restore_here(agent, name, e.tcp_established).await?;
+            for problem in crate::source::reclaim_address(agent, name, &e.target.name, e.id).await {
+                tracing::warn!(id = e.id, %name, "recovery: {problem}");
+            }
             tracing::warn!(id = e.id, %name, "recovery: the agent had died before the switchover; {name} runs here again");
             Ok(Some(Settled::Done))
         }

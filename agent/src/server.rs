@@ -193,7 +193,17 @@ impl Agent {
             let dir = info["store"]["volumePath"].as_str().unwrap_or_default().to_string();
             (self.engine.volumes().await?, dir)
         };
-        Ok(compat::check_incoming(c, &existing, &volumes, &volume_dir, has_image))
+        let mut findings = compat::check_incoming(c, &existing, &volumes, &volume_dir, has_image);
+        let networks = self.engine.networks().await?;
+        findings.extend(tern_proto::network::networks_finding(c, &networks));
+        if !c.ports.is_empty() {
+            // The agent runs in the host's network namespace: its sockets
+            // are the host's. Conmon holds every port Podman publishes.
+            let read = |f: &str| std::fs::read_to_string(format!("/proc/self/net/{f}")).unwrap_or_default();
+            let in_use = tern_proto::network::ports_in_use(&(read("tcp") + &read("tcp6")), &(read("udp") + &read("udp6")));
+            findings.extend(tern_proto::network::ports_finding(c, &in_use, "its current host", &self.cfg.name));
+        }
+        Ok(findings)
     }
 
     /// Runs a migration as source, streaming events to the coordinator and

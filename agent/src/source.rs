@@ -91,6 +91,8 @@ struct Run<'a> {
     restore_info: Option<RestoreInfo>,
     /// The final dump went to RAM.
     checkpoint_in_ram: bool,
+    /// The container as prepare saw it (its networks, for a rollback).
+    container: Option<ContainerInfo>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -124,6 +126,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         ram_dir: None,
         restore_info: None,
         checkpoint_in_ram: false,
+        container: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -223,6 +226,7 @@ impl Run<'_> {
             Ok(x) => x,
             Err(f) => return Outcome::Refused { failure: f.failure() },
         };
+        self.container = Some(info.clone());
         self.checkpoint_to_ram(&info).await;
         if needs_image {
             if let Err(f) = self.ship_image(&info, &mut send, &mut recv).await {
@@ -247,6 +251,10 @@ impl Run<'_> {
                     return Outcome::Refused { failure: f.failure() };
                 }
             }
+        }
+        if let Err(f) = self.connections_survive(&info).await {
+            self.abort_target(&mut send, &mut recv, &f).await;
+            return Outcome::Refused { failure: f.failure() };
         }
         // From here on, the container is frozen: every failure rolls back.
         match self.freeze_and_switch(&info, base.as_ref(), &mut send, &mut recv).await {
@@ -528,6 +536,35 @@ impl Run<'_> {
         }
     }
 
+    /// The last look before the freeze: a connection opened since the
+    /// coordinator's check that the move would reset is refused unless the
+    /// user allowed resets (`tern_proto::network::fate`).
+    async fn connections_survive(&self, info: &ContainerInfo) -> Result<(), Fail> {
+        if self.req.options.allow_reset || info.pid == 0 {
+            return Ok(());
+        }
+        let now = ContainerInfo { connections: crate::engine::connections_of(info.pid), ..info.clone() };
+        let lost: Vec<String> = now
+            .connections
+            .iter()
+            .filter_map(|c| match tern_proto::network::fate(&now, c) {
+                tern_proto::network::Fate::Lost(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        Err(Fail::new(
+            Phase::Prepare,
+            format!(
+                "{} connection(s) would not survive the move: {}; nothing was frozen. Pass --allow-reset to move it anyway",
+                lost.len(),
+                lost.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            ),
+        ))
+    }
+
     /// Tests: the agent dies here, as if killed.
     fn injected_exit(&self, at: crate::config::SourceExit) {
         if self.agent.cfg.faults.source_exit == Some(at) {
@@ -549,6 +586,16 @@ impl Run<'_> {
             ));
         } else {
             self.remove_moved_volumes(&info.volumes).await;
+        }
+        let ctx = crate::netid::HookContext {
+            event: crate::netid::HookEvent::Departed,
+            container: info,
+            host: &self.agent.cfg.name,
+            peer: &self.req.target.name,
+            migration: self.req.id,
+        };
+        if let Err(e) = crate::netid::run_hook(&self.agent.cfg.network, &ctx).await {
+            self.warnings.push(format!("{e}; the container runs on {} regardless", self.req.target.name));
         }
         let acked = async {
             write_frame(send, &SourceMsg::Commit).await.ok()?;
@@ -608,9 +655,32 @@ impl Run<'_> {
                 failure.message, self.req.target.name
             );
         }
+        let hold = match self.agent.engine.networks().await.map_err(|e| e.to_string()) {
+            Ok(nets) => {
+                let info = self.container.clone();
+                match info {
+                    Some(c) => crate::netid::Hold::install(&c, &nets, self.req.id).await,
+                    None => Ok(None),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let hold = hold.unwrap_or_else(|e| {
+            self.warnings.push(format!("its traffic was not held during the local restore (a peer may see a reset): {e}"));
+            None
+        });
         let r = restore_here(self.agent, &self.req.container, self.req.options.tcp_established).await;
+        if let Some(h) = hold {
+            if let Err(e) = h.release().await {
+                self.warnings.push(format!("its traffic hold could not be removed: {e}; remove it (nft delete table netdev ...) or its address stays unreachable here"));
+            }
+        }
         if let Some(t) = self.frozen_at.take() {
             self.downtime = Some(t.elapsed());
+        }
+        if r.is_ok() {
+            let problems = reclaim_address(self.agent, &self.req.container, &self.req.target.name, self.req.id).await;
+            self.warnings.extend(problems);
         }
         self.leave(p);
         match r {
@@ -695,6 +765,37 @@ fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receive
 
 /// The archive pipe's capacity.
 const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// After a container was brought back here from its checkpoint: its
+/// address announced from here again, its peers woken, the hook told it
+/// arrived (netid.rs). Returns what went wrong, as warnings: the container
+/// runs here whatever they say.
+pub(crate) async fn reclaim_address(agent: &Agent, name: &str, peer: &str, migration: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let info = match agent.engine.inspect(name).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return problems,
+        Err(e) => return vec![format!("its address was not announced again here: {e}")],
+    };
+    let peers = match agent.engine.container_dir(name).await {
+        Ok(dir) => crate::netid::peers_in(&crate::netid::checkpoint_dir(&dir)).unwrap_or_else(|e| {
+            problems.push(format!("its TCP peers were not woken: {e}"));
+            Vec::new()
+        }),
+        Err(e) => {
+            problems.push(format!("its TCP peers were not woken: {e}"));
+            Vec::new()
+        }
+    };
+    let done = crate::netid::announce(info.pid, peers).await;
+    tracing::info!(addresses = ?done.addresses, peers_woken = done.peers_woken, "address announced again after the rollback");
+    problems.extend(done.problems.into_iter().map(|p| format!("network: {p}")));
+    let ctx = crate::netid::HookContext { event: crate::netid::HookEvent::Arrived, container: &info, host: &agent.cfg.name, peer, migration };
+    if let Err(e) = crate::netid::run_hook(&agent.cfg.network, &ctx).await {
+        problems.push(format!("{e}; the container runs here again regardless"));
+    }
+    problems
+}
 
 /// Brings a checkpointed container back here, unless it already runs (a
 /// failed dump leaves it running).

@@ -64,8 +64,9 @@ pub async fn receive(
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
     let staging = agent.cfg.state_dir.join(format!("incoming-{}", begin.id));
-    let mut t = Target { agent, begin, staging, restored: false, bundle: None, lazy: false, notes: Vec::new() };
+    let mut t = Target { agent, begin, staging, restored: false, bundle: None, lazy: false, notes: Vec::new(), hold: None };
     let result = t.run(conn, &mut send, &mut recv).await;
+    t.release_hold().await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
     crate::release_freed_memory();
     let _ = send.finish();
@@ -140,6 +141,9 @@ struct Target<'a> {
     lazy: bool,
     /// What the source should tell the user about this side.
     notes: Vec<String>,
+    /// Packets for the container's address, dropped here until it runs
+    /// (netid.rs).
+    hold: Option<crate::netid::Hold>,
 }
 
 /// A restore that went well.
@@ -182,6 +186,14 @@ impl Target<'_> {
                 Ok(f) => self.notes.push(format!("restored eagerly: {}", f.lazy_restore.detail)),
                 Err(e) => self.notes.push(format!("restored eagerly: this host's facts are unreadable ({e:#})")),
             }
+        }
+        // Before the freeze, so that it costs no downtime.
+        match engine.networks().await.map_err(|e| e.to_string()) {
+            Ok(nets) => match crate::netid::Hold::install(c, &nets, self.begin.id).await {
+                Ok(h) => self.hold = h,
+                Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
+            },
+            Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
         }
         let dir = bundle.dir.clone();
         let checkpoint_dir = bundle.checkpoint_dir();
@@ -363,10 +375,31 @@ impl Target<'_> {
                 }
             }
             // runc reads it at the restore: `lazy-pages` only with a daemon to serve them.
-            lazy::write_conf(&folder, daemon.is_some()).map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
+            // The hold ends the moment CRIU unlocks the container's network.
+            let script = match &self.hold {
+                Some(h) => match h.unlock_script(&folder) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!("the traffic hold ends after the restore, not at CRIU's unlock: {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            lazy::write_conf(&folder, daemon.is_some(), script.as_deref())
+                .map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
         } else if self.lazy {
             self.notes.push("restored eagerly: its spec.dump names a CRIU options file of its own (org.criu.config), or could not be read".into());
         }
+        // The peers to wake once it runs, while the images are at hand.
+        let peers = match self.bundle.as_ref().map(|b| crate::netid::peers_in(&b.checkpoint_dir())) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                self.notes.push(format!("its TCP peers were not woken after the restore: {e}"));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         self.restored = true;
         let restored = engine.restore_import(&staged.path, opts).await;
         if staged.annotated {
@@ -389,6 +422,7 @@ impl Target<'_> {
             }
         }
         let at = Instant::now();
+        self.take_over_address(&name, peers).await?;
         if self.agent.cfg.faults.exit_after_restore {
             tracing::error!("fault injected: the target agent exits right after the restore, before confirming it");
             std::process::exit(137);
@@ -407,6 +441,42 @@ impl Target<'_> {
             None => None,
         };
         Ok(Running { container, at, filled })
+    }
+
+    /// The container runs here now: its address is announced from here and
+    /// its peers woken (netid.rs), then the operator's hook runs, whose
+    /// failure fails the restore (and rolls the migration back).
+    async fn take_over_address(&mut self, name: &str, peers: Vec<crate::netid::Peer>) -> Result<(), String> {
+        let (pid, ()) = tokio::join!(self.agent.engine.main_pid(name), self.release_hold());
+        let pid = match pid {
+            Ok(p) => p,
+            Err(e) => {
+                self.notes.push(format!("its address was not announced: {e}"));
+                0
+            }
+        };
+        if pid > 0 {
+            let done = crate::netid::announce(pid, peers).await;
+            tracing::info!(addresses = ?done.addresses, peers_woken = done.peers_woken, problems = ?done.problems, "address announced");
+            self.notes.extend(done.problems.into_iter().map(|p| format!("network: {p}")));
+        }
+        let ctx = crate::netid::HookContext {
+            event: crate::netid::HookEvent::Arrived,
+            container: &self.begin.container,
+            host: &self.agent.cfg.name,
+            peer: &self.begin.source,
+            migration: self.begin.id,
+        };
+        crate::netid::run_hook(&self.agent.cfg.network, &ctx).await
+    }
+
+    async fn release_hold(&mut self) {
+        if let Some(h) = self.hold.take() {
+            if let Err(e) = h.release().await {
+                tracing::error!("{e}; remove the table by hand (nft delete table netdev ...) or the container's address stays unreachable here");
+                self.notes.push(format!("its traffic hold could not be removed: {e}"));
+            }
+        }
     }
 
     /// The container runs now, and [`CONFIRM_MS`] later.

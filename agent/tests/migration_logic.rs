@@ -99,6 +99,10 @@ impl FakeEngine {
                     memory_bytes: 0,
                     files_bytes: 0,
                     volumes: vec![],
+                    pid: 0,
+                    networks: vec![],
+                    ports: vec![],
+                    connections: vec![],
                 },
                 memory,
                 dirty: HashSet::new(),
@@ -405,6 +409,13 @@ impl Engine for FakeEngine {
             "store": {"volumePath": VOLUME_DIR}
         }))
     }
+    async fn networks(&self) -> Result<Vec<tern_proto::network::NetworkDef>, EngineError> {
+        Ok(Vec::new())
+    }
+    async fn main_pid(&self, _name: &str) -> Result<u32, EngineError> {
+        // No real process: nothing to announce from.
+        Ok(0)
+    }
 }
 
 struct Cluster {
@@ -432,6 +443,7 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
             tls: files(dir.path(), name),
             podman: PodmanConfig::default(),
             runc: Default::default(),
+            network: Default::default(),
             facts_override: Default::default(),
             faults,
         };
@@ -445,7 +457,7 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
 }
 
 fn options(mode: Mode) -> MigrateOptions {
-    MigrateOptions { mode, compress: Compression::None, tcp_established: false, policy: PolicyConfig::default(), lazy_restore: true }
+    MigrateOptions { mode, compress: Compression::None, tcp_established: false, allow_reset: false, policy: PolicyConfig::default(), lazy_restore: true }
 }
 
 impl Cluster {

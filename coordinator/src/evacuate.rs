@@ -113,7 +113,7 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
     for c in &running {
         let mut allowed = Vec::new();
         for (t, _) in &load {
-            match plan::plan(cluster, &c.name, t, Some(host), ask.mode).await {
+            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset).await {
                 Ok(p) if !p.blocked() => {
                     modes.insert((c.name.clone(), t.clone()), p.mode.as_str().to_string());
                     allowed.push(t.clone());
@@ -248,7 +248,7 @@ async fn move_one(
     i: usize,
     n: usize,
 ) -> anyhow::Result<tern_proto::MigrationReport> {
-    let plan = plan::plan(cluster, container, target, Some(host), mode).await?;
+    let plan = plan::plan(cluster, container, target, Some(host), mode, opts.allow_reset).await?;
     if plan.blocked() {
         anyhow::bail!("refused before the freeze, on the check right before it: {}", blockers(&plan));
     }

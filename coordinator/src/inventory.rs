@@ -9,6 +9,9 @@
 //! [[hosts]]
 //! name = "client1"            # as in the host's certificate
 //! address = "198.51.100.11:7443"
+//! [migrate]                   # optional defaults for migrate and evacuate
+//! allow_reset = false         # true: move containers whose connections
+//!                             # cannot survive, with a warning, as --allow-reset
 //! ```
 //!
 //! Found at `--inventory`, else `$TERN_INVENTORY`, else `./.tern/inventory.toml`
@@ -27,8 +30,20 @@ pub struct Inventory {
     pub tls: TlsFiles,
     #[serde(default)]
     pub hosts: Vec<HostEntry>,
+    #[serde(default)]
+    pub migrate: MigrateDefaults,
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Defaults for `tern migrate` and `tern evacuate`, set by the operator.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateDefaults {
+    /// Move a container even when some of its TCP connections cannot
+    /// survive the move (a warning instead of a refusal).
+    #[serde(default)]
+    pub allow_reset: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,7 +116,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(inv.host("client1").unwrap().address.port(), 7443);
+        assert!(!inv.migrate.allow_reset);
         assert!(inv.host("nope").unwrap_err().to_string().contains("known: client1"));
+        let lenient: Inventory = toml::from_str("[tls]\nca='a'\ncert='b'\nkey='c'\n[migrate]\nallow_reset = true\n").unwrap();
+        assert!(lenient.migrate.allow_reset);
     }
 
     #[test]

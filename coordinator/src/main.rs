@@ -74,6 +74,10 @@ enum Cmd {
         /// (default: refuse the whole evacuation before freezing anything).
         #[arg(long)]
         skip_blocked: bool,
+        /// Move containers even when some of their TCP connections cannot
+        /// survive the move (as `tern migrate --allow-reset`).
+        #[arg(long)]
+        allow_reset: bool,
         #[command(flatten)]
         transfer: TransferArgs,
         #[command(flatten)]
@@ -102,8 +106,9 @@ enum Cmd {
 /// How the checkpoint crosses the wire.
 #[derive(clap::Args)]
 struct TransferArgs {
-    /// Keep established TCP connections open across the move (CRIU TCP repair).
-    #[arg(long)]
+    /// Accepted for scripts written for earlier versions: established TCP
+    /// connections are always checkpointed and restored (CRIU TCP repair).
+    #[arg(long, hide = true)]
     tcp_established: bool,
     /// Compress what crosses the wire: auto (zstd's fastest level where a
     /// run shrinks by 10 % or more, off on links measured at 2 Gbit/s or
@@ -125,8 +130,13 @@ impl TransferArgs {
             CompressArg::None => tern_proto::Compression::None,
             CompressArg::Zstd => tern_proto::Compression::Zstd,
         };
+        // TCP repair always: a container with an established connection
+        // cannot be dumped without it, and whether a connection survives
+        // is the network's doing (the "tcp connections" check).
+        let _ = self.tcp_established;
         migrate::Options {
-            tcp_established: self.tcp_established,
+            tcp_established: true,
+            allow_reset: false,
             compress,
             lazy_restore: !self.no_lazy_restore,
             progress: true,
@@ -199,6 +209,12 @@ struct MoveArgs {
     from: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     mode: plan::ModeArg,
+    /// Move it even when some of its TCP connections cannot survive the
+    /// move (they are reset); without it such a move is refused before
+    /// anything is frozen. The inventory's `[migrate] allow_reset` sets it
+    /// for every move.
+    #[arg(long)]
+    allow_reset: bool,
 }
 
 #[derive(Subcommand)]
@@ -250,8 +266,9 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
         Cmd::Probe { from, to, bytes } => probe(cli.inventory, cli.json, &from, &to, bytes).await,
         Cmd::Migrate { mv, transfer, precopy } => migrate(cli.inventory, cli.json, mv, transfer.options(&precopy)).await,
-        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, transfer, precopy } => {
-            let ask = EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts: transfer.options(&precopy) };
+        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, transfer, precopy } => {
+            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy) };
+            let ask = EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
             evacuate(cli.inventory, cli.json, ask).await
         }
     }
@@ -265,8 +282,9 @@ async fn survey(inv: Option<PathBuf>) -> Result<(inventory::Inventory, cluster::
 }
 
 async fn check(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs) -> Result<u8, Exit> {
-    let (_, cluster) = survey(inv).await?;
-    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode).await.map_err(|e| Exit(2, e))?;
+    let (inv, cluster) = survey(inv).await?;
+    let allow_reset = mv.allow_reset || inv.migrate.allow_reset;
+    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset).await.map_err(|e| Exit(2, e))?;
     if as_json {
         println!(
             "{}",
@@ -294,7 +312,8 @@ async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrat
     let (inv, cluster) = survey(inv).await?;
     let (container, to) = (&mv.container, &mv.to);
     let target_addr = inv.host(to).map_err(|e| Exit(2, e))?.address;
-    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode).await.map_err(|e| Exit(2, e))?;
+    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, ..opts };
+    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset).await.map_err(|e| Exit(2, e))?;
     if plan.blocked() {
         let blockers: Vec<_> =
             plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();

@@ -10,6 +10,9 @@ use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest
 #[derive(Clone)]
 pub struct Options {
     pub tcp_established: bool,
+    /// Move even when some connections cannot survive (checked again by
+    /// the source right before the freeze).
+    pub allow_reset: bool,
     pub compress: tern_proto::Compression,
     /// Restore lazily where the target can.
     pub lazy_restore: bool,
@@ -44,6 +47,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
             mode: plan.mode,
             compress: opts.compress,
             tcp_established: opts.tcp_established,
+            allow_reset: opts.allow_reset,
             policy: opts.policy.clone(),
             lazy_restore: opts.lazy_restore,
         },

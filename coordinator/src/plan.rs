@@ -72,6 +72,7 @@ pub async fn plan<'a>(
     target: &str,
     from: Option<&str>,
     mode: ModeArg,
+    allow_reset: bool,
 ) -> anyhow::Result<Plan<'a>> {
     let source_view = match from {
         Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
@@ -155,6 +156,7 @@ pub async fn plan<'a>(
             note: format!("{container} is not running; start it first (tern migrates running containers)"),
         });
     }
+    findings.push(tern_proto::network::connections_finding(&info, allow_reset));
     match target_state.session.request(&Request::CheckIncoming(info.clone())).await? {
         Response::IncomingCheck(f) => findings.extend(f),
         other => bail!("{target} answered {other:?} to CheckIncoming"),

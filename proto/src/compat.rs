@@ -55,7 +55,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(field: &str, source: impl Into<String>, target: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, source: impl Into<String>, target: impl Into<String>) -> Self {
         Finding {
             field: field.to_string(),
             source: source.into(),
@@ -65,7 +65,7 @@ impl Finding {
         }
     }
 
-    fn with(mut self, severity: Severity, note: impl Into<String>) -> Self {
+    pub(crate) fn with(mut self, severity: Severity, note: impl Into<String>) -> Self {
         self.severity = severity;
         self.note = note.into();
         self
@@ -426,6 +426,10 @@ mod tests {
             state: state.into(),
             ips: vec![ip.parse().unwrap()],
             memory_bytes: 0,
+            pid: 0,
+            networks: vec![],
+            ports: vec![],
+            connections: vec![],
         }
     }
 

@@ -88,6 +88,15 @@ pub struct ContainerInfo {
     /// Its named volumes: Podman's export carries their content and the
     /// restore creates them, so none may exist on the target already.
     pub volumes: Vec<Volume>,
+    /// Its main process on its host (0 when not running): the way into its
+    /// network namespace.
+    pub pid: u32,
+    /// The Podman networks it is attached to.
+    pub networks: Vec<crate::network::Attachment>,
+    /// Host ports published to it.
+    pub ports: Vec<crate::network::PublishedPort>,
+    /// Its established TCP connections when it was inspected.
+    pub connections: Vec<crate::network::TcpConnection>,
 }
 
 /// A named volume of a container.

@@ -50,11 +50,14 @@
 //! is proven by the blake3 digest sent on the control stream.
 
 pub mod compat;
+pub mod criu_image;
 pub mod delta;
 pub mod facts;
 pub mod fileset;
 pub mod frame;
 pub mod message;
+pub mod network;
+pub mod packets;
 pub mod policy;
 pub mod state;
 pub mod version;

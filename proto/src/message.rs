@@ -218,6 +218,10 @@ pub struct MigrateOptions {
     pub compress: Compression,
     /// Checkpoint and restore established TCP connections (CRIU TCP repair).
     pub tcp_established: bool,
+    /// Move the container even when some of its connections cannot survive
+    /// the move (`tern_proto::network::fate`); otherwise the source checks
+    /// again right before the freeze and refuses.
+    pub allow_reset: bool,
     /// When to stop pre-copy rounds and freeze (ignored by stop-and-copy).
     pub policy: PolicyConfig,
     /// Restore lazily where the target can: the container resumes before

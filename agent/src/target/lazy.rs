@@ -70,16 +70,23 @@ pub fn annotate(spec: &[u8], conf: &Path, add: bool) -> Option<Vec<u8>> {
 }
 
 /// Writes the container's options file: the host's runc options, plus
-/// `lazy-pages` when `lazy`.
-pub fn write_conf(folder: &Path, lazy: bool) -> std::io::Result<()> {
+/// `lazy-pages` when `lazy`, plus an action script CRIU runs at each stage
+/// of the restore (`netid::Hold::unlock_script`) when there is one.
+pub fn write_conf(folder: &Path, lazy: bool, action_script: Option<&Path>) -> std::io::Result<()> {
     let path = folder.join(CONF);
     let _ = std::fs::remove_file(&path);
     let mut text = std::fs::read_to_string(RUNC_CONF).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if lazy || action_script.is_some() {
+        text.push_str("# tern: this restore only (agent/src/target/lazy.rs)\n");
+    }
     if lazy {
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str("# tern: this restore only (agent/src/target/lazy.rs)\nlazy-pages\n");
+        text.push_str("lazy-pages\n");
+    }
+    if let Some(script) = action_script {
+        text.push_str(&format!("action-script {}\n", script.display()));
     }
     std::fs::write(path, text)
 }
@@ -201,12 +208,14 @@ mod tests {
     #[test]
     fn the_options_file_says_lazy_only_until_settled() {
         let dir = tempfile::tempdir().unwrap();
-        write_conf(dir.path(), true).unwrap();
-        assert!(std::fs::read_to_string(dir.path().join(CONF)).unwrap().contains("\nlazy-pages\n"));
+        write_conf(dir.path(), true, Some(Path::new("/x/tern-criu-action.sh"))).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(CONF)).unwrap();
+        assert!(text.contains("\nlazy-pages\n") && text.contains("\naction-script /x/tern-criu-action.sh\n"), "{text}");
         settle_conf(dir.path());
         assert_eq!(std::fs::read_link(dir.path().join(CONF)).unwrap(), Path::new(RUNC_CONF));
         settle_conf(dir.path());
-        write_conf(dir.path(), false).unwrap();
-        assert!(!std::fs::read_to_string(dir.path().join(CONF)).unwrap().contains("lazy-pages"));
+        write_conf(dir.path(), false, None).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(CONF)).unwrap();
+        assert!(!text.contains("lazy-pages") && !text.contains("action-script"), "{text}");
     }
 }
