@@ -9,9 +9,15 @@
 #    prefix (/opt/tern/criu) with its own glibc, behind a wrapper at
 #    /usr/local/sbin/criu. forky is pinned at priority 100: nothing else
 #    is ever upgraded from it.
+#  - nftables: the agent holds a restored container's packets at the NIC
+#    while CRIU restores its sockets (agent/src/netid.rs).
 #  - /etc/containers/containers.conf: runc, cgroupfs, rlimits this machine
 #    allows, and a documentation-range subnet for containers.
 #  - The test image's root filesystem (busybox) at /opt/tern/images.
+#  - Redis 7 and PostgreSQL 15 (binaries and clients: redis-cli,
+#    redis-benchmark, psql, pgbench) for the application test images
+#    (scripts/test-image/build-apps.sh), also at /opt/tern/images. The host
+#    runs neither: no cluster is created, no service is started or enabled.
 #  - With --vm: qemu and Debian's stock kernel, for scripts/softdirty-tier.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,17 +33,62 @@ ARCH_DIR=x86_64-linux-gnu
 
 # --- Debian packages --------------------------------------------------------
 PKGS=(podman runc conmon netavark aardvark-dns slirp4netns uidmap catatonit fuse-overlayfs
-      busybox-static iproute2 zstd util-linux iptables procps psmisc ca-certificates
-      gcc libc6-dev)
+      busybox-static iproute2 zstd util-linux iptables nftables procps psmisc ca-certificates
+      gcc libc6-dev
+      redis-server redis-tools postgresql-15 postgresql-client-15)
 [ "${1:-}" = --vm ] && PKGS+=(qemu-system-x86 linux-image-amd64)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    installed "$p" || missing+=("$p")
 done
+# Redis and PostgreSQL are here for their binaries only: Debian would create
+# and start a cluster "main" and start redis-server. pg_createcluster reads
+# this drop-in (createcluster.conf includes createcluster.d/, so the conffile
+# itself stays the package's); services stay unstarted through a policy-rc.d
+# that lives only during the install, and are then disabled.
+cc_dropin=/etc/postgresql-common/createcluster.d/tern.conf
+cc_want='# tern (scripts/install-deps.sh): PostgreSQL binaries only, no default cluster.
+create_main_cluster = false'
+if [ "$(cat "$cc_dropin" 2>/dev/null)" != "$cc_want" ]; then
+    mkdir -p "${cc_dropin%/*}"
+    printf '%s\n' "$cc_want" > "$cc_dropin"
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
+    had_pg_common=false; installed postgresql-common && had_pg_common=true
+    had_pg_main=false; [ -e "/etc/postgresql/15/main" ] && had_pg_main=true
+    policy=/usr/sbin/policy-rc.d own_policy=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# tern install-deps.sh: no service starts while it installs.\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=true
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    UCF_FORCE_CONFFOLD=1 apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
+    if $own_policy; then rm -f "$policy"; trap - EXIT; fi
+    no_service() {   # stop and disable a service this run installed
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now --quiet "$1.service" 2>/dev/null || true
+        else
+            "/etc/init.d/$1" status >/dev/null 2>&1 && { "/etc/init.d/$1" stop >/dev/null || true; }
+            systemctl disable --quiet "$1.service" 2>/dev/null || true
+        fi
+        update-rc.d "$1" disable >/dev/null 2>&1 || true
+    }
+    if [[ " ${missing[*]} " = *" redis-server "* ]]; then no_service redis-server; fi
+    if ! $had_pg_common && installed postgresql-common; then no_service postgresql; fi
+    if ! $had_pg_main && [ -e /etc/postgresql/15/main ]; then
+        log "removing the PostgreSQL cluster 15/main the install created"
+        pg_dropcluster --stop 15 main
+    fi
+fi
+# pgbench ships in postgresql-15 (/usr/lib/postgresql/15/bin); postgresql-client-common
+# puts its wrapper on PATH. Should it not, a link does.
+if ! command -v pgbench >/dev/null && [ -x /usr/lib/postgresql/15/bin/pgbench ]; then
+    ln -sf /usr/lib/postgresql/15/bin/pgbench /usr/local/bin/pgbench
 fi
 # Debian's own criu (3.17) must not shadow ours.
 if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q "install ok installed"; then
@@ -61,7 +112,8 @@ Package: *
 Pin: release n=forky
 Pin-Priority: 100
 PIN
-    apt-get update -qq
+    # A development suite's Release file may be past its Valid-Until date.
+    apt-get update -qq -o Acquire::Check-Valid-Until=false
     debs=$(mktemp -d /var/tmp/tern-criu.XXXXXX)
     chown _apt "$debs" 2>/dev/null || true
     (cd "$debs" && apt-get download -qq criu/forky libcompel1/forky libc6/forky libnet9/forky libnl-3-200/forky \
@@ -116,6 +168,7 @@ fi
 
 # --- test image --------------------------------------------------------------------
 scripts/test-image/build.sh "$IMAGES"
+scripts/test-image/build-apps.sh "$IMAGES"
 
 # --- summary -------------------------------------------------------------------------
 log "podman $(podman version --format '{{.Client.Version}}' 2>/dev/null), $(runc --version | head -1), criu $(criu --version | sed -n 's/^Version: *//p'), kernel $(uname -r)"

@@ -279,14 +279,23 @@ pub fn hosts() -> Result<Vec<Value>> {
     Ok(r.json.as_array().cloned().unwrap_or_default())
 }
 
-/// Mount points of tern's tmpfs checkpoint folders, on any lab host (they
-/// share this mount namespace). None may outlive a migration that ended.
-pub fn ram_mounts() -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
+/// Mount points of tern's tmpfs checkpoint folders on a lab host (each
+/// has a mount namespace of its own). None may outlive a migration that
+/// ended.
+pub fn ram_mounts(host: &str) -> Result<Vec<String>> {
+    let info = ok(&mut lab(&["exec", host, "cat", "/proc/self/mountinfo"]))?;
+    Ok(info
+        .lines()
         .filter(|l| l.contains(" - tmpfs tern-checkpoint "))
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .collect()
+        .collect())
+}
+
+/// Traffic holds (netfilter tables `tern-hold-*`) left on a lab host: the
+/// container's address would stay unreachable there.
+pub fn traffic_holds(host: &str) -> Result<Vec<String>> {
+    let out = ok(&mut lab(&["exec", host, "nft", "list", "tables", "netdev"]))?;
+    Ok(out.lines().filter(|l| l.contains("tern-hold-")).map(|l| l.trim().to_string()).collect())
 }
 
 /// Container folders on `host` that a target made for a migration and
@@ -304,11 +313,13 @@ pub fn staged_folders(host: &str) -> Vec<PathBuf> {
 
 /// Nothing a migration made is left on either host.
 pub fn no_leftovers() -> Result<()> {
-    let mounts = ram_mounts();
-    anyhow::ensure!(mounts.is_empty(), "tmpfs checkpoint folders left mounted: {mounts:?}");
     for h in ["client1", "client2"] {
+        let mounts = ram_mounts(h)?;
+        anyhow::ensure!(mounts.is_empty(), "tmpfs checkpoint folders left mounted on {h}: {mounts:?}");
         let staged = staged_folders(h);
         anyhow::ensure!(staged.is_empty(), "folders staged for a migration left on {h}: {staged:?}");
+        let holds = traffic_holds(h)?;
+        anyhow::ensure!(holds.is_empty(), "traffic holds left on {h}: {holds:?}");
     }
     Ok(())
 }
