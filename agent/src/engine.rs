@@ -472,7 +472,9 @@ impl InspectJson {
         let ports = self.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published).unwrap_or_default();
         let pid = u32::try_from(self.state.pid).unwrap_or(0);
         let connections = if pid > 0 { connections_of(pid) } else { Vec::new() };
+        let process_uids = if pid > 0 { process_uids(pid) } else { Vec::new() };
         ContainerInfo {
+            process_uids,
             pid,
             networks,
             ports,
@@ -503,6 +505,26 @@ fn published(ports: &std::collections::BTreeMap<String, Option<Vec<InspectBindin
         }
     }
     out
+}
+
+/// The users other than root that the processes in the PID namespace of
+/// `pid` run as (real, effective, saved or file system uid).
+pub fn process_uids(pid: u32) -> Vec<u32> {
+    let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else { return Vec::new() };
+    let mut uids: Vec<u32> = Vec::new();
+    let Ok(all) = std::fs::read_dir("/proc") else { return uids };
+    for entry in all.flatten() {
+        let p = entry.path();
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) || std::fs::read_link(p.join("ns/pid")).ok().as_ref() != Some(&ns) {
+            continue;
+        }
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("");
+        uids.extend(line.split_whitespace().filter_map(|u| u.parse::<u32>().ok()).filter(|u| *u != 0));
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    uids
 }
 
 /// The established TCP connections in the network namespace of `pid`.

@@ -29,6 +29,7 @@ pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) ->
         network_backend: s("/host/networkBackend"),
         dirty_tracking,
         lazy_restore,
+        dump_other_users: cap_sys_resource(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()),
     };
     apply_overrides(facts, overrides)
 }
@@ -76,6 +77,23 @@ async fn criu() -> (String, Capability, Capability) {
     let dirty = feature("mem_dirty_track", "no soft-dirty memory tracking").await;
     let lazy = feature("uffd-noncoop", "no lazy restores (userfaultfd)").await;
     (version, dirty, lazy)
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE (bit 24 of `CapEff` in
+/// `/proc/self/status`), which CRIU needs to read the resource limits of
+/// another user's processes.
+pub fn cap_sys_resource(status: &str) -> Capability {
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+    match eff {
+        Some(bits) if bits & (1 << 24) != 0 => Capability { supported: true, detail: "the agent holds CAP_SYS_RESOURCE".into() },
+        Some(_) => Capability {
+            supported: false,
+            detail: "the agent runs without CAP_SYS_RESOURCE (this host drops it even for root), so CRIU cannot read the \
+                     resource limits of another user's processes"
+                .into(),
+        },
+        None => Capability { supported: false, detail: "cannot read the agent's capabilities from /proc/self/status".into() },
+    }
 }
 
 /// `criu check --feature NAME`, with what it said.
@@ -148,6 +166,7 @@ mod tests {
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: String::new() },
             lazy_restore: Capability { supported: false, detail: String::new() },
+        dump_other_users: Capability { supported: true, detail: String::new() },
         }
     }
 
@@ -166,6 +185,14 @@ mod tests {
         assert!(apply_overrides(sample(), &t).unwrap_err().to_string().contains("unknown field `criu`"));
         let t: toml::Table = toml::from_str("cpu_flags = 3").unwrap();
         assert!(apply_overrides(sample(), &t).is_err());
+    }
+
+    #[test]
+    fn reads_cap_sys_resource() {
+        assert!(cap_sys_resource("Name:\ttern\nCapEff:\t000001ffffffffff\n").supported);
+        // This development VM's root: everything but CAP_SYS_RESOURCE (and a few more).
+        assert!(!cap_sys_resource("CapEff:\t00000000a80425fb\n").supported);
+        assert!(!cap_sys_resource("").supported);
     }
 
     #[test]

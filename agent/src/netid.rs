@@ -16,8 +16,10 @@
 //!    The byte is the restored socket's `rcv_nxt`, read from CRIU's images.
 //! 3. **The hook** (agent config `[network] hook`), for what a segment
 //!    announcement cannot do: a router's API, a BGP speaker, a cloud's
-//!    secondary-address call. It runs with a time limit; on the target a
-//!    failure fails the restore, so the migration rolls back.
+//!    secondary-address call. It runs with a time limit. On the target it
+//!    runs after the checkpoint arrived and before the restore (inside the
+//!    downtime: keep it quick), so that its failure rolls the migration
+//!    back before the container has said anything from the target.
 //!
 //! The source needs no step of its own at the freeze: the dump stops the
 //! container and Podman tears its network namespace down, so nothing there
@@ -112,6 +114,71 @@ pub async fn announce(pid: u32, peers: Vec<Peer>) -> Announced {
         return Announced { problems: vec![format!("cannot start the announcing thread: {e}")], ..Default::default() };
     }
     rx.await.unwrap_or_else(|_| Announced { problems: vec!["the announcing thread died".into()], ..Default::default() })
+}
+
+/// Takes every interface of the container's network namespace down, so
+/// that nothing leaves it any more: before a copy that must not run is
+/// removed. Killing it would otherwise close its sockets, and each would
+/// send its peer a reset; the peers' connections belong to the copy that
+/// runs on (the source's, after a rollback). Best effort: a failure is
+/// only logged.
+pub async fn silence(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("tern-silence".into()).spawn(move || {
+        let r = enter_netns(pid).and_then(|_ns| {
+            let names: Vec<String> = nix::ifaddrs::getifaddrs()
+                .map_err(|e| format!("listing interfaces: {e}"))?
+                .filter(|a| !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK))
+                .map(|a| a.interface_name)
+                .collect();
+            let mut names = names;
+            names.sort();
+            names.dedup();
+            names.iter().try_for_each(|n| link_down(n).map_err(|e| format!("taking {n} down: {e}")))
+        });
+        let _ = tx.send(r);
+    });
+    let r = match spawned {
+        Ok(_) => rx.await.unwrap_or_else(|_| Err("the thread died".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = r {
+        tracing::warn!(pid, "could not silence the container before removing it (its peers may see resets): {e}");
+    }
+}
+
+/// `ip link set NAME down`, in this thread's network namespace.
+fn link_down(name: &str) -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments, checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Moves this thread into the network namespace of `pid`.
@@ -508,6 +575,7 @@ mod tests {
             ],
             ports: vec![],
             connections: vec![],
+            process_uids: vec![],
         };
         let here = vec![
             NetworkDef { name: "lan".into(), driver: "macvlan".into(), subnets: vec![], interface: "eth0".into() },

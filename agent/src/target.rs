@@ -400,6 +400,18 @@ impl Target<'_> {
             }
             None => Vec::new(),
         };
+        // The operator's hook (a route, a cloud's address) before the
+        // container runs here: should it fail, nothing ran here and the
+        // source takes over again cleanly. Once the container has talked to
+        // its peers from here, going back would lose what it said.
+        let ctx = crate::netid::HookContext {
+            event: crate::netid::HookEvent::Arrived,
+            container: &self.begin.container,
+            host: &self.agent.cfg.name,
+            peer: &self.begin.source,
+            migration: self.begin.id,
+        };
+        crate::netid::run_hook(&self.agent.cfg.network, &ctx).await?;
         self.restored = true;
         let restored = engine.restore_import(&staged.path, opts).await;
         if staged.annotated {
@@ -422,7 +434,7 @@ impl Target<'_> {
             }
         }
         let at = Instant::now();
-        self.take_over_address(&name, peers).await?;
+        self.take_over_address(&name, peers).await;
         if self.agent.cfg.faults.exit_after_restore {
             tracing::error!("fault injected: the target agent exits right after the restore, before confirming it");
             std::process::exit(137);
@@ -444,9 +456,8 @@ impl Target<'_> {
     }
 
     /// The container runs here now: its address is announced from here and
-    /// its peers woken (netid.rs), then the operator's hook runs, whose
-    /// failure fails the restore (and rolls the migration back).
-    async fn take_over_address(&mut self, name: &str, peers: Vec<crate::netid::Peer>) -> Result<(), String> {
+    /// its peers woken (netid.rs).
+    async fn take_over_address(&mut self, name: &str, peers: Vec<crate::netid::Peer>) {
         let (pid, ()) = tokio::join!(self.agent.engine.main_pid(name), self.release_hold());
         let pid = match pid {
             Ok(p) => p,
@@ -460,14 +471,6 @@ impl Target<'_> {
             tracing::info!(addresses = ?done.addresses, peers_woken = done.peers_woken, problems = ?done.problems, "address announced");
             self.notes.extend(done.problems.into_iter().map(|p| format!("network: {p}")));
         }
-        let ctx = crate::netid::HookContext {
-            event: crate::netid::HookEvent::Arrived,
-            container: &self.begin.container,
-            host: &self.agent.cfg.name,
-            peer: &self.begin.source,
-            migration: self.begin.id,
-        };
-        crate::netid::run_hook(&self.agent.cfg.network, &ctx).await
     }
 
     async fn release_hold(&mut self) {
@@ -518,6 +521,9 @@ impl Target<'_> {
             }
             match self.agent.engine.inspect(name).await {
                 Ok(Some(c)) if c.id == self.begin.container.id => {
+                    // Its sockets must not reset the peers of the copy
+                    // that runs on at the source.
+                    crate::netid::silence(c.pid).await;
                     if let Err(e) = self.agent.engine.remove(name, true).await {
                         tracing::error!("could not remove the half-migrated {name}: {e}");
                     }

@@ -103,6 +103,7 @@ impl FakeEngine {
                     networks: vec![],
                     ports: vec![],
                     connections: vec![],
+                    process_uids: vec![],
                 },
                 memory,
                 dirty: HashSet::new(),

@@ -4,6 +4,7 @@
 use crate::output;
 use crate::plan::Plan;
 use std::io::{IsTerminal, Write};
+use tern_proto::compat::Severity;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Phase, Request};
 
@@ -28,6 +29,10 @@ static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 pub fn user_cancelled() -> bool {
     CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// The checks' rows about the container's clients, whose warnings the
+/// report repeats.
+const CLIENT_FIELDS: [&str; 2] = ["tcp connections", "published ports"];
 
 fn new_id() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -60,8 +65,16 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
         tokio::select! {
             ev = read_frame::<_, MigrateEvent>(&mut recv) => match ev {
                 Ok(Some(MigrateEvent::Progress(p))) => display.progress(&p),
-                Ok(Some(MigrateEvent::Done(report))) => {
+                Ok(Some(MigrateEvent::Done(mut report))) => {
                     display.finish();
+                    // What the check said clients would lose goes into the
+                    // report too: a reset is never silent.
+                    let lost = plan
+                        .findings
+                        .iter()
+                        .filter(|f| f.severity == Severity::Warn && CLIENT_FIELDS.contains(&f.field.as_str()))
+                        .map(|f| format!("{}: {}", f.field, f.note));
+                    report.warnings.splice(0..0, lost);
                     return Ok(report);
                 }
                 Ok(Some(MigrateEvent::Invalid)) | Ok(None) => {

@@ -156,6 +156,7 @@ pub async fn plan<'a>(
             note: format!("{container} is not running; start it first (tern migrates running containers)"),
         });
     }
+    findings.extend(compat::process_owners(&info, &source.facts));
     findings.push(tern_proto::network::connections_finding(&info, allow_reset));
     match target_state.session.request(&Request::CheckIncoming(info.clone())).await? {
         Response::IncomingCheck(f) => findings.extend(f),

@@ -221,6 +221,30 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     out
 }
 
+/// Whether the source can dump the container's processes at all: CRIU
+/// reads each one's resource limits, which needs CAP_SYS_RESOURCE for a
+/// process of another user. `None` when all of them run as root.
+pub fn process_owners(c: &ContainerInfo, src: &HostFacts) -> Option<Finding> {
+    if c.process_uids.is_empty() {
+        return None;
+    }
+    let uids: Vec<String> = c.process_uids.iter().map(|u| u.to_string()).collect();
+    let f = Finding::new("process owners", format!("uid {}", uids.join(",")), "");
+    Some(if src.dump_other_users.supported {
+        f
+    } else {
+        f.with(
+            Severity::Block,
+            format!(
+                "{}: CRIU would fail to checkpoint processes of uid {} (\"Can't get rlimit\"); run the agent with \
+                 CAP_SYS_RESOURCE, or the container's processes as root",
+                src.dump_other_users.detail,
+                uids.join(",")
+            ),
+        )
+    })
+}
+
 /// Run by the target agent: can `incoming` land among `existing`?
 /// `volumes_here`: the named volumes the target already has; `volume_dir`:
 /// where it keeps them (`podman info`'s store.volumePath).
@@ -333,6 +357,7 @@ mod tests {
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: "Dirty tracking is OFF".into() },
             lazy_restore: Capability { supported: true, detail: "uffd".into() },
+        dump_other_users: Capability { supported: true, detail: String::new() },
         }
     }
 
@@ -408,6 +433,19 @@ mod tests {
     }
 
     #[test]
+    fn processes_of_other_users_need_cap_sys_resource() {
+        let mut c = ctr("pg", "203.0.113.2", "running");
+        assert!(process_owners(&c, &facts()).is_none());
+        c.process_uids = vec![999];
+        assert_eq!(process_owners(&c, &facts()).unwrap().severity, Severity::Ok);
+        let mut weak = facts();
+        weak.dump_other_users = Capability { supported: false, detail: "no CAP_SYS_RESOURCE".into() };
+        let f = process_owners(&c, &weak).unwrap();
+        assert_eq!(f.severity, Severity::Block);
+        assert!(f.note.contains("999") && f.note.contains("CAP_SYS_RESOURCE"), "{}", f.note);
+    }
+
+    #[test]
     fn version_numbers_parse_real_strings() {
         assert_eq!(version_numbers("6.18.44-fc-v669"), vec![6, 18, 44]);
         assert_eq!(version_numbers("runc version 1.1.5+ds1"), vec![1, 1, 5]);
@@ -430,6 +468,7 @@ mod tests {
             networks: vec![],
             ports: vec![],
             connections: vec![],
+            process_uids: vec![],
         }
     }
 

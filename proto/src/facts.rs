@@ -63,6 +63,11 @@ pub struct HostFacts {
     /// resumes before its memory is copied in, the rest is filled on demand
     /// from this host's own copy.
     pub lazy_restore: Capability,
+    /// Whether the agent can checkpoint processes of other users: CRIU
+    /// reads every process's resource limits with prlimit(2), which the
+    /// kernel allows across users only with CAP_SYS_RESOURCE (a VM or
+    /// container host may drop it even for root).
+    pub dump_other_users: Capability,
 }
 
 /// A container as the agent sees it.
@@ -97,6 +102,8 @@ pub struct ContainerInfo {
     pub ports: Vec<crate::network::PublishedPort>,
     /// Its established TCP connections when it was inspected.
     pub connections: Vec<crate::network::TcpConnection>,
+    /// The users (as this host numbers them) its processes run as, but root.
+    pub process_uids: Vec<u32>,
 }
 
 /// A named volume of a container.

@@ -352,6 +352,7 @@ mod tests {
             networks: vec![Attachment { network: "lan".into(), driver: driver.into(), ips: vec![ip], mac: String::new() }],
             ports: vec![],
             connections: vec![],
+            process_uids: vec![],
         }
     }
 

@@ -20,6 +20,7 @@ fn facts() -> HostFacts {
         network_backend: "netavark".into(),
         dirty_tracking: Capability { supported: false, detail: "off".into() },
         lazy_restore: Capability { supported: true, detail: "uffd".into() },
+    dump_other_users: Capability { supported: true, detail: String::new() },
     }
 }
 
@@ -46,6 +47,7 @@ fn container() -> ContainerInfo {
             local: "203.0.113.5:80".parse().unwrap(),
             remote: "198.51.100.10:40000".parse().unwrap(),
         }],
+        process_uids: vec![999],
     }
 }
 

@@ -330,3 +330,115 @@ pub fn criu_options_file(host: &str, name: &str) -> Result<Option<String>> {
     let v = inspect(host, name)?.context("no such container")?;
     Ok(v.pointer("/Config/Annotations/org.criu.config").and_then(Value::as_str).map(str::to_string))
 }
+
+/// The application images (scripts/test-image/build-apps.sh).
+pub const REDIS_IMAGE: &str = "localhost/tern-redis:latest";
+pub const POSTGRES_IMAGE: &str = "localhost/tern-postgres:latest";
+
+/// Imports an application image on `host` unless it is there.
+pub fn ensure_image(host: &str, image: &str) -> Result<()> {
+    if run(&mut podman(host, &["image", "exists", image]))?.status.success() {
+        return Ok(());
+    }
+    let file = image.trim_start_matches("localhost/").split(':').next().unwrap_or_default();
+    let tar = format!("/opt/tern/images/{file}.tar");
+    ok(&mut podman(host, &["import", &tar, image]))?;
+    Ok(())
+}
+
+/// A command on client0, the lab's client machine (`scripts/lab.sh exec`).
+pub fn on_client0(args: &[&str]) -> Command {
+    let mut c = lab(&["exec", "client0"]);
+    c.args(args);
+    c
+}
+
+/// Starts Redis in container `name` on `host`, on Podman network `network`
+/// (`lan`: the lab's macvlan; `podman`: the NATed default bridge), with
+/// extra `podman run` flags (`-p ...`). Waits until it answers on
+/// `addr_from_client0` (IP:PORT as client0 reaches it; `None`: its own
+/// address, port 6379) and returns that address.
+pub fn start_redis(host: &str, name: &str, network: &str, flags: &[&str], addr_from_client0: Option<&str>) -> Result<String> {
+    let _ = run(&mut podman(host, &["rm", "-f", "-t", "0", name]));
+    ensure_image(host, REDIS_IMAGE)?;
+    let mut args = vec!["run", "-d", "--name", name, "--network", network];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[REDIS_IMAGE, "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]);
+    ok(&mut podman(host, &args))?;
+    let addr = match addr_from_client0 {
+        Some(a) => a.to_string(),
+        None => format!("{}:6379", ip(host, name)?),
+    };
+    let (h, p) = addr.rsplit_once(':').context("address without a port")?;
+    wait_until(Duration::from_secs(20), "Redis to answer client0", || {
+        let out = run(&mut on_client0(&["redis-cli", "-h", h, "-p", p, "PING"]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("PONG").then_some(()))
+    })?;
+    Ok(addr)
+}
+
+/// `appclient redis` (tests/src/bin/appclient.rs) running on client0: one
+/// persistent connection appending 0, 1, 2, ... to a list every 10 ms,
+/// measuring its longest wait for an answer.
+pub struct RedisClient {
+    child: std::process::Child,
+    stop: PathBuf,
+    out: PathBuf,
+    addr: String,
+    key: String,
+}
+
+impl RedisClient {
+    pub fn start(addr: &str, key: &str) -> Result<RedisClient> {
+        let dir = std::env::temp_dir().join(format!("tern-appclient-{}-{key}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (stop, out) = (dir.join("stop"), dir.join("summary.json"));
+        let bin = bin_dir().join("appclient");
+        let child = on_client0(&[
+            bin.to_str().unwrap(), "redis", "--addr", addr, "--key", key, "--interval", "10ms",
+            "--duration", "600s", "--until-file", stop.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting appclient on client0")?;
+        // Let it connect and answer a while before anything moves.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(RedisClient { child, stop, out, addr: addr.to_string(), key: key.to_string() })
+    }
+
+    /// Stops the client; its summary (`acked`, `errors`, `connections`,
+    /// `longest_gap_ms`, ...).
+    pub fn finish(mut self) -> Result<Value> {
+        std::fs::write(&self.stop, b"")?;
+        let status = self.child.wait()?;
+        let text = std::fs::read_to_string(&self.out).with_context(|| format!("appclient left no summary (exit {status})"))?;
+        let v: Value = serde_json::from_str(&text)?;
+        let _ = std::fs::remove_dir_all(self.out.parent().unwrap());
+        Ok(v)
+    }
+
+    /// Every acknowledged write is in the list, in order (`redis-verify`).
+    pub fn verify(addr: &str, key: &str, acked: u64) -> Result<Value> {
+        let bin = bin_dir().join("appclient");
+        let out = run(&mut on_client0(&[bin.to_str().unwrap(), "redis-verify", "--addr", addr, "--key", key, "--acked", &acked.to_string()]))?;
+        let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("redis-verify printed {}", text(&out)))?;
+        Ok(v)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for RedisClient {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop, b"");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

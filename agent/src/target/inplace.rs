@@ -182,6 +182,7 @@ pub async fn sweep(engine: &dyn Engine) {
                     "removing {}, restored here by a migration this agent did not see end: the source never heard it was restored and rolled it back to itself",
                     c.name
                 );
+                crate::netid::silence(c.pid).await;
                 if let Err(e) = engine.remove(&id, true).await {
                     tracing::error!("removing the second copy of {}: {e}; remove it by hand (`podman rm -f {id}`)", c.name);
                     continue;
