@@ -4,21 +4,26 @@
 #
 #   scripts/bench.sh [--quick] [--runs N] [--methods M,...] [--workload W,...]
 #                    [--link L,...] [--compress auto|none|zstd] [--json FILE]
-#                    [--chart FILE.png] [--fail-fast]
+#                    [--chart FILE.png] [--fail-fast] [--pg-seconds S] [--no-cap-check]
 #   scripts/bench.sh --from-json FILE [--chart FILE.png]   (report saved rows)
 #
-#   methods    manual, stop-and-copy, hash-pre-copy, pre-copy (only where both
-#              hosts track soft-dirty memory; skipped with a note otherwise)
+#   methods    manual, podman-floor, stop-and-copy, hash-pre-copy, pre-copy
+#              (only where both hosts track soft-dirty memory; skipped with a
+#              note otherwise)
 #   workloads  idle, 256MiB@0MiB/s, 256MiB@20MiB/s, 256MiB@100MiB/s,
-#              1GiB@0MiB/s, 1GiB@20MiB/s, 1GiB@100MiB/s
+#              1GiB@0MiB/s, 1GiB@20MiB/s, 1GiB@100MiB/s (the default), any
+#              NMiB@RMiB/s; when named: redis (redis@NMiB), postgres: real
+#              servers on the `lan` network with a client on client0 across
+#              the migration (the table adds the client's longest gap)
 #   links      unlimited, 1gbit, 100mbit (tbf on both lab hosts' eth0)
 #   --quick    256MiB@20MiB/s over 1gbit, every method, 3 runs: a few minutes
 #
 # TERN_NO_BUILD=1 skips `cargo build` (it runs otherwise, incremental).
 # Prints a Markdown table (medians, min..max, tern/manual) on stdout and
 # progress on stderr; `scripts/bench.py --help` says more. Needs root; brings
-# the lab up (both hosts hold the test image, so no image is shipped while
-# measuring) and leaves it up, with no bench container and no tbf qdisc left.
+# the lab up (both hosts hold the test image, and the harness imports the
+# application images on both, so no image is shipped while measuring) and
+# leaves it up, with no bench container and no tbf qdisc left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo, from a fresh Debian 12 machine (as root): installs what is
-# missing, builds, brings up the two-host lab, starts a counter container on
-# client1, migrates it to client2 and shows it carrying on from where it was;
-# then moves a container holding 256 MiB of memory, which tern copies while
-# it runs. The lab stays up afterwards; `scripts/lab.sh down` removes it.
+# missing, builds, brings up the lab, starts a counter container on client1,
+# migrates it to client2 and shows it carrying on from where it was; then
+# moves Redis while a client on client0 writes to it over one connection,
+# printing every answer, the connection carrying on; then moves a container
+# holding 256 MiB of memory, which tern copies while it runs. The lab stays
+# up afterwards; `scripts/lab.sh down` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,7 @@ say "installing dependencies (idempotent)"
 scripts/install-deps.sh
 say "building"
 cargo build --release --bins
-say "bringing up the lab: hosts client1 and client2"
+say "bringing up the lab: agent hosts client1 and client2, client machine client0"
 TERN_NO_BUILD=1 lab up
 
 say "the hosts"
@@ -51,6 +53,33 @@ done
 echo "processes on client2 (same PIDs):"; lab podman client2 top demo1 pid comm
 echo "address on client2: $(lab podman client2 inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' demo1)"
 echo "on client1: $(lab podman client1 ps -a --filter name=demo1 --format '{{.Names}}' | grep -c . || true) container(s) named demo1"
+
+say "a real service: Redis on the network 'lan', a client on client0 (another machine) writing over one connection"
+lab podman client1 rm -f -t 0 kv >/dev/null 2>&1 || true
+lab podman client2 rm -f -t 0 kv >/dev/null 2>&1 || true
+lab podman client1 image exists localhost/tern-redis:latest ||
+    lab podman client1 import /opt/tern/images/tern-redis.tar localhost/tern-redis:latest >/dev/null
+lab podman client1 run -d --name kv --network lan localhost/tern-redis:latest \
+    redis-server --bind 0.0.0.0 --protected-mode no --save '' --appendonly no >/dev/null
+kv=$(lab podman client1 inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' kv)
+until lab exec client0 redis-cli -h "$kv" PING 2>/dev/null | grep -q PONG; do sleep 0.2; done
+echo "Redis at $kv on client1; on client0: appclient appends 0, 1, 2, ... every 100 ms and prints each answer"
+stop=$(mktemp -u /var/tmp/tern-demo-stop.XXXXXX); summary=$(mktemp /var/tmp/tern-demo-client.XXXXXX)
+lab exec client0 target/release/appclient redis --addr "$kv:6379" --key demo --interval 100ms \
+    --print --until-file "$stop" --out "$summary" &
+client=$!
+sleep 2
+$tern check kv --to client2 | grep -E 'tcp connections|networks'
+$tern migrate kv --to client2
+sleep 2
+touch "$stop"; wait "$client" || true
+python3 - "$summary" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"client on client0: {s['acked']} answers over {s['connections']} connection(s), {s['errors']} errors, "
+      f"longest wait for an answer {s['longest_gap_ms']} ms")
+PY
+rm -f "$stop" "$summary"
 
 say "a bigger one: 'hog' holds 256 MiB and rewrites 20 MiB of it every second"
 lab podman client1 rm -f -t 0 hog >/dev/null 2>&1 || true

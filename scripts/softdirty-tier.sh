@@ -3,8 +3,11 @@
 # tracking, so iterative pre-copy cannot run on it. This script boots
 # Debian's stock kernel (6.1, CONFIG_MEM_SOFT_DIRTY=y) under qemu with
 # software emulation, the host's root filesystem mounted read-only over 9p
-# with a tmpfs overlay, and runs inside it: the two-host lab and the
-# end-to-end tests named by TIER_TESTS (default: the pre-copy tests).
+# with a tmpfs overlay, and runs inside it: the lab and the end-to-end tests
+# named by TIER_TESTS (default: the pre-copy tests, and PostgreSQL under
+# pgbench moved there and back: its server runs as uid 999, which CRIU can
+# checkpoint only with CAP_SYS_RESOURCE, which root has in the VM and not
+# on the development machine).
 # Exits 0 only when the tests inside passed.
 #
 #   scripts/softdirty-tier.sh            (as root)
@@ -53,7 +56,7 @@ export TERN_TIMEOUT_SCALE=${TERN_TIMEOUT_SCALE:-10}
 criu check --feature mem_dirty_track
 TERN_NO_BUILD=1 scripts/lab.sh up
 target/release/tern hosts
-$e2e --ignored --test-threads=1 --nocapture ${TIER_TESTS:-precopy}
+$e2e --ignored --test-threads=1 --nocapture ${TIER_TESTS:-precopy postgres}
 scripts/lab.sh down
 CMD
 fi

@@ -83,6 +83,17 @@ pub struct Announced {
 /// Announces the addresses of the container whose main process is `pid`
 /// and wakes `peers`, from inside its network namespace.
 pub async fn announce(pid: u32, peers: Vec<Peer>) -> Announced {
+    in_netns(pid, peers, true).await
+}
+
+/// Wakes `peers` only: after a dump that left the container running here
+/// (its address never moved), for the peers whose packets CRIU's network
+/// lock dropped meanwhile.
+pub async fn wake_only(pid: u32, peers: Vec<Peer>) -> Announced {
+    in_netns(pid, peers, false).await
+}
+
+async fn in_netns(pid: u32, peers: Vec<Peer>, announce: bool) -> Announced {
     if pid == 0 {
         return Announced { problems: vec!["the container has no process to announce from".into()], ..Default::default() };
     }
@@ -98,6 +109,11 @@ pub async fn announce(pid: u32, peers: Vec<Peer>) -> Announced {
             }
         };
         let mut done = Announced::default();
+        if !announce {
+            wake(&peers, &mut done);
+            let _ = tx.send(done);
+            return;
+        }
         let ifaces = interfaces();
         announce_on(&ifaces, &mut done, 2);
         wake(&peers, &mut done);

@@ -252,6 +252,14 @@ impl Run<'_> {
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
         let stats = criu_stats::read(&cdir);
         let images = cdir.join("checkpoint");
+        // CRIU locked the container's network while it dumped: peers whose
+        // packets it dropped are backing off; wake them (netid.rs).
+        if let Ok(peers) = crate::netid::peers_in(&images) {
+            if !peers.is_empty() {
+                let done = crate::netid::wake_only(info.pid, peers).await;
+                tracing::debug!(peers_woken = done.peers_woken, problems = ?done.problems, "peers woken after the base dump");
+            }
+        }
         if self.ram_dir.as_deref() == Some(images.as_path()) {
             crate::ramdir::empty(&images).map_err(|e| Fail::new(p, format!("emptying {}: {e}", images.display())))?;
         } else {
