@@ -508,8 +508,15 @@ fn published(ports: &std::collections::BTreeMap<String, Option<Vec<InspectBindin
 }
 
 /// The users other than root that the processes in the PID namespace of
-/// `pid` run as (real, effective, saved or file system uid).
+/// `pid` run as (real, effective, saved or file system uid). Empty for a
+/// container with a user namespace of its own: CRIU dumps those from
+/// inside it (seen here: `--uidmap` containers checkpoint without
+/// CAP_SYS_RESOURCE).
 pub fn process_uids(pid: u32) -> Vec<u32> {
+    let own_userns = std::fs::read_link("/proc/self/ns/user").ok();
+    if own_userns.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != own_userns {
+        return Vec::new();
+    }
     let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else { return Vec::new() };
     let mut uids: Vec<u32> = Vec::new();
     let Ok(all) = std::fs::read_dir("/proc") else { return uids };

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tern_agent::config::{AgentConfig, Faults, PodmanConfig};
+use tern_agent::config::{AgentConfig, Faults, NetworkConfig, PodmanConfig};
 use tern_agent::engine::{CheckpointOpts, Engine, EngineError};
 use tern_agent::server::Agent;
 use tern_proto::facts::ContainerInfo;
@@ -431,12 +431,19 @@ fn files(dir: &Path, name: &str) -> TlsFiles {
 
 /// Starts agents `a` (source) and `b` (target) on loopback.
 async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cluster {
+    cluster_with(a, b, b_faults, NetworkConfig::default()).await
+}
+
+/// [`cluster`] with `b`'s network settings (its hook).
+async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, b_network: NetworkConfig) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let hosts = ["a", "b"].map(|n| tern_transport::pki::HostSpec { name: n.into(), addresses: vec![local] });
     tern_transport::pki::init(dir.path(), &hosts, false).unwrap();
     let mut addrs = BTreeMap::new();
-    for (name, engine, faults) in [("a", a as Arc<dyn Engine>, Faults::default()), ("b", b as Arc<dyn Engine>, b_faults)] {
+    for (name, engine, faults, network) in
+        [("a", a as Arc<dyn Engine>, Faults::default(), NetworkConfig::default()), ("b", b as Arc<dyn Engine>, b_faults, b_network)]
+    {
         let cfg = AgentConfig {
             name: name.into(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -444,7 +451,7 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
             tls: files(dir.path(), name),
             podman: PodmanConfig::default(),
             runc: Default::default(),
-            network: Default::default(),
+            network,
             facts_override: Default::default(),
             faults,
         };
@@ -697,6 +704,29 @@ async fn target_restore_failure_rolls_back_on_the_source() {
     assert_eq!(b.state_of("web"), None, "nothing left on the target");
     b.assert_no_folder("id-web");
     assert!(r.downtime_ms.is_some());
+}
+
+#[tokio::test]
+async fn a_failing_network_hook_on_the_target_rolls_back_before_any_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let (a, b) = (FakeEngine::new(64), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("hook.sh");
+    let said = dir.path().join("said");
+    std::fs::write(&hook, format!("#!/bin/sh\necho \"$TERN_EVENT $TERN_CONTAINER $TERN_ADDRESSES $TERN_PEER\" > {}\necho no route >&2\nexit 4\n", said.display())).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let net = NetworkConfig { hook: Some(hook), hook_timeout: Some(5) };
+    let c = cluster_with(a.clone(), b.clone(), Faults::default(), net).await;
+    let (_, r) = c.migrate("web", None).await;
+    match &r.outcome {
+        Outcome::RolledBack { failure } => assert!(failure.message.contains("network hook") && failure.message.contains("no route"), "{failure:?}"),
+        other => panic!("expected a rollback: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&said).unwrap().trim(), "arrived web 203.0.113.5 a");
+    assert!(!b.called("restore_import"), "the target must not restore before its hook said yes");
+    assert_eq!(a.state_of("web").as_deref(), Some("running"));
+    assert_eq!(b.state_of("web"), None);
 }
 
 #[tokio::test]

@@ -496,8 +496,20 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                     let ips: Vec<String> = c.ips.iter().map(|i| i.to_string()).collect();
                     let mem = if c.memory_bytes > 0 { output::bytes(c.memory_bytes) } else { "-".into() };
                     let files = output::bytes(c.files_bytes);
-                    rows.push(vec![h.entry.name.clone(), c.name.clone(), c.state.clone(), ips.join(","), mem, files, c.image.clone()]);
+                    let nets: Vec<String> = c.networks.iter().map(|n| format!("{} ({})", n.network, n.driver)).collect();
+                    rows.push(vec![
+                        h.entry.name.clone(),
+                        c.name.clone(),
+                        c.state.clone(),
+                        ips.join(","),
+                        nets.join(","),
+                        c.connections.len().to_string(),
+                        mem,
+                        files,
+                        c.image.clone(),
+                    ]);
                     all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips,
+                                    "networks": c.networks, "ports": c.ports, "connections": c.connections,
                                     "memory_bytes": c.memory_bytes, "files_bytes": c.files_bytes, "image": c.image}));
                 }
             }
@@ -507,7 +519,7 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
     if as_json {
         println!("{}", serde_json::Value::Array(all));
     } else {
-        print!("{}", output::table(&["host", "container", "state", "address", "memory", "files", "image"], &rows));
+        print!("{}", output::table(&["host", "container", "state", "address", "network", "tcp", "memory", "files", "image"], &rows));
     }
     Ok(0)
 }

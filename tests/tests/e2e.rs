@@ -530,11 +530,16 @@ fn scenario_postgres_pgbench() -> Result<()> {
     })?;
     ok(&mut on_client0(&["pgbench", "-i", "-s", "1", "-q", "-h", &ip, "-U", "postgres", "postgres"]))?;
     // -T is only an upper bound: SIGALRM ends the run as its timer would,
-    // with the summary.
-    let bench = on_client0(&["pgbench", "-c", "4", "-j", "2", "-T", "3000", "-P", "5", "-h", &ip, "-U", "postgres", "postgres"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    // with the summary. A connection that stalls for good fails its client
+    // (libpq's tcp_user_timeout) instead of hanging the test.
+    let log = std::env::temp_dir().join(format!("tern-e2e-pgbench-{}.log", std::process::id()));
+    let mut bench = on_client0(&[
+        "pgbench", "-c", "4", "-j", "2", "-T", "3000", "-P", "5", "-h", &ip, "-U", "postgres",
+        "dbname=postgres tcp_user_timeout=120000 keepalives_idle=30",
+    ])
+    .stdout(std::fs::File::create(&log)?)
+    .stderr(std::fs::File::options().append(true).open(&log)?)
+    .spawn()?;
     std::thread::sleep(Duration::from_secs(3));
     let can = hosts()?.iter().any(|h| h["name"] == "client1" && h["facts"]["dump_other_users"]["supported"] == true);
     let mut downtimes = Vec::new();
@@ -556,11 +561,17 @@ fn scenario_postgres_pgbench() -> Result<()> {
         }
     };
     std::thread::sleep(Duration::from_secs(3));
-    alarm_pgbench(&ip)?;
-    let out = bench.wait_with_output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let alarmed = alarm_pgbench(&ip);
+    let status = wait_until(Duration::from_secs(180), "pgbench to finish", || Ok(bench.try_wait()?));
+    if status.is_err() {
+        let _ = bench.kill();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
     moved?;
-    ensure!(out.status.success(), "pgbench failed ({}):\n{text}", out.status);
+    alarmed?;
+    let status = status.with_context(|| format!("pgbench did not finish; its output so far:\n{text}"))?;
+    ensure!(status.success(), "pgbench failed ({status}):\n{text}");
     let p = pgbench_summary(&text)?;
     ensure!(p.failed == 0 && !p.aborted && p.processed > 0, "pgbench: {} processed, {} failed, aborted {}:\n{text}", p.processed, p.failed, p.aborted);
     let rows: u64 = psql(&ip, "select count(*) from pgbench_history")?.parse()?;
