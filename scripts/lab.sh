@@ -126,10 +126,15 @@ net_up() {
 }
 
 # An agent host's own mount namespace, kept in a file as `ip netns` keeps
-# network namespaces. Inside it, the folders where Podman keeps what one
-# machine has once (network definitions, netavark's address allocations,
-# runc's container state) are the host's own. Mounts made in the root
-# namespace still show inside (slave propagation); none go the other way.
+# network namespaces. Inside it, Podman's folders at their usual paths are
+# the host's own: storage (/var/lib/containers/storage), run root
+# (/run/containers/storage), tmp dir (/run/libpod), network definitions,
+# netavark's address allocations, runc's state. Every host thus has what a
+# separate machine has, at the paths a real one uses: Podman records some
+# of them in a container's configuration (its conmon pid file, its
+# volumes), which a migrated container takes to the other host. Mounts
+# made in the root namespace still show inside (slave propagation); none
+# go the other way.
 mntns_up() {
     local h=$1 ns
     ns=$(lab_mntns "$h")
@@ -142,8 +147,12 @@ mntns_up() {
     fi
     touch "$ns"
     mkdir -p "$LAB_VAR/$h/networks" "$LAB_RUN/$h/networks" "$LAB_RUN/$h/runc" \
-        /etc/containers/networks /run/containers/networks /run/runc
+        /etc/containers/networks /run/containers/networks /run/runc \
+        /var/lib/containers/storage /run/containers/storage /run/libpod
     unshare --mount="$ns" --propagation slave sh -c "
+        mount --bind '$LAB_VAR/$h/storage' /var/lib/containers/storage &&
+        mount --bind '$LAB_RUN/$h/runroot' /run/containers/storage &&
+        mount --bind '$LAB_RUN/$h/libpod' /run/libpod &&
         mount --bind '$LAB_VAR/$h/networks' /etc/containers/networks &&
         mount --bind '$LAB_RUN/$h/networks' /run/containers/networks &&
         mount --bind '$LAB_RUN/$h/runc' /run/runc" ||

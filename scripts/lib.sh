@@ -53,9 +53,11 @@ lab_is_agent_host() {
 # The file holding an agent host's mount namespace.
 lab_mntns() { echo "$LAB_RUN/ns/$1"; }
 
-# Podman's global flags for a lab host: its own storage, run and tmp dirs.
+# Podman's global flags for a lab host: none. Its mount namespace puts the
+# host's own storage ($LAB_VAR/HOST/storage), run root and tmp dir
+# ($LAB_RUN/HOST/...) at Podman's default paths, as on a real machine.
 lab_podman_args() {
-    echo --root "$LAB_VAR/$1/storage" --runroot "$LAB_RUN/$1/runroot" --tmpdir "$LAB_RUN/$1/libpod"
+    :
 }
 
 # Runs a command on a lab host: in its network namespace and, for an agent

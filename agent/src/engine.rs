@@ -134,11 +134,12 @@ impl PodmanCli {
         tracing::debug!(cmd = %cmd_text, ms = started.elapsed().as_millis() as u64, status = %out.status, "ran");
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(EngineError::Failed {
-                cmd: cmd_text,
-                status: out.status.to_string(),
-                stderr: last_lines(&stderr, 6),
-            });
+            let mut text = last_lines(&stderr, 6);
+            // CRIU's own reason is in the log runc names, not in stderr.
+            if let Some(why) = criu_log_errors(&stderr) {
+                text.push_str(&format!("\nCRIU: {why}"));
+            }
+            return Err(EngineError::Failed { cmd: cmd_text, status: out.status.to_string(), stderr: text });
         }
         Ok(out.stdout)
     }
@@ -173,6 +174,18 @@ pub fn bundle_path(graph_root: &str, driver: &str, id: &str) -> Option<std::path
     let is_id = (12..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit());
     let driver_ok = driver.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (is_id && driver_ok).then(|| Path::new(graph_root).join(format!("{driver}-containers")).join(id).join("userdata"))
+}
+
+/// The last error lines of the CRIU log a runtime's error names (`log
+/// file: /path/restore.log`), if it can be read.
+fn criu_log_errors(stderr: &str) -> Option<String> {
+    let path = stderr.lines().find_map(|l| l.trim().strip_prefix("log file: "))?.trim();
+    if !path.starts_with('/') || !path.ends_with(".log") {
+        return None;
+    }
+    let log = std::fs::read_to_string(path).ok()?;
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+    (!errors.is_empty()).then(|| errors[errors.len().saturating_sub(3)..].join("\n"))
 }
 
 fn last_lines(s: &str, n: usize) -> String {
@@ -672,6 +685,19 @@ mod tests {
             assert_eq!(bundle_path("/s", "overlay", bad), None, "{bad:?}");
         }
         assert_eq!(bundle_path("/s", "../x", id), None);
+    }
+
+    #[test]
+    fn names_criu_errors_from_the_log_runc_points_at() {
+        let dir = std::env::temp_dir().join(format!("tern-criu-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("restore.log");
+        std::fs::write(&log, "(00.1) a\n(00.2) Error (criu/tun.c:85): tun: Unable to create tun\n(00.3) b\n").unwrap();
+        let stderr = format!("Error: OCI runtime error: runc: criu failed: type NOTIFY errno 0\nlog file: {}\n", log.display());
+        assert_eq!(criu_log_errors(&stderr).unwrap(), "(00.2) Error (criu/tun.c:85): tun: Unable to create tun");
+        assert!(criu_log_errors("log file: /etc/passwd").is_none());
+        assert!(criu_log_errors("no log here").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
