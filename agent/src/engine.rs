@@ -184,8 +184,14 @@ fn criu_log_errors(stderr: &str) -> Option<String> {
         return None;
     }
     let log = std::fs::read_to_string(path).ok()?;
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
-    (!errors.is_empty()).then(|| errors[errors.len().saturating_sub(3)..].join("\n"))
+    // The first errors say what went wrong; the last ones, that it did.
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error") || l.contains("error")).collect();
+    if errors.is_empty() {
+        return None;
+    }
+    let mut shown: Vec<&str> = errors.iter().take(3).copied().collect();
+    shown.extend(errors.iter().skip(3).rev().take(2).rev());
+    Some(shown.join("\n"))
 }
 
 fn last_lines(s: &str, n: usize) -> String {

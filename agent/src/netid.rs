@@ -1,8 +1,10 @@
 //! A container's network identity where it now runs.
 //!
-//! Once a container runs on a host (the target after a migration, or the
-//! source again after a rollback), three things make its address and its
-//! connections follow it, in this order:
+//! While a container is restored on a host, packets for its addresses are
+//! **held** (dropped) at that host's NIC, until CRIU has restored its
+//! sockets ([`Hold`]). Once it runs there (the target after a migration, or
+//! the source again after a rollback), three things make its address and
+//! its connections follow it, in this order:
 //!
 //! 1. **Announce** the address on the segment from inside the container's
 //!    network namespace: a gratuitous ARP per IPv4 address and an
@@ -24,7 +26,10 @@
 //! The source needs no step of its own at the freeze: the dump stops the
 //! container and Podman tears its network namespace down, so nothing there
 //! answers for the address any more (no ARP reply, no reset). Its hook runs
-//! with `TERN_EVENT=departed` for deployments that withdraw a route.
+//! with `TERN_EVENT=departed` for deployments that withdraw a route. A copy
+//! that must not run on is **silenced** before it is removed ([`silence`]).
+//! After a dump that leaves the container running (content-addressed
+//! pre-copy's base), its peers are woken where it is ([`wake_only`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

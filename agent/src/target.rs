@@ -420,17 +420,18 @@ impl Target<'_> {
         }
         if let Err(e) = restored {
             if daemon.take().is_none() {
-                return Err(e.to_string());
+                return Err(format!("{e}{}", self.keep_criu_log(&folder)));
             }
             // Once more, eagerly, from the images still in place: Podman
             // made the container before CRIU failed.
             tracing::warn!("the lazy restore failed: {e}; restoring eagerly");
             self.notes.push(format!("restored eagerly: the lazy restore failed ({e})"));
             match engine.inspect(&name).await {
-                Ok(Some(c)) if c.id == self.begin.container.id => {
-                    engine.restore_local(&name, opts).await.map_err(|e2| format!("{e2} (after a lazy restore that failed: {e})"))?
-                }
-                _ => return Err(e.to_string()),
+                Ok(Some(c)) if c.id == self.begin.container.id => engine
+                    .restore_local(&name, opts)
+                    .await
+                    .map_err(|e2| format!("{e2} (after a lazy restore that failed: {e}){}", self.keep_criu_log(&folder)))?,
+                _ => return Err(format!("{e}{}", self.keep_criu_log(&folder))),
             }
         }
         let at = Instant::now();
@@ -470,6 +471,18 @@ impl Target<'_> {
             let done = crate::netid::announce(pid, peers).await;
             tracing::info!(addresses = ?done.addresses, peers_woken = done.peers_woken, problems = ?done.problems, "address announced");
             self.notes.extend(done.problems.into_iter().map(|p| format!("network: {p}")));
+        }
+    }
+
+    /// Keeps CRIU's log of a failed restore in the agent's state folder:
+    /// the container's folder goes with the undo. Returns the words to add
+    /// to the error.
+    fn keep_criu_log(&self, folder: &std::path::Path) -> String {
+        let dir = self.agent.cfg.state_dir.join("logs");
+        let kept = dir.join(format!("{}-{}-restore.log", self.begin.container.name, self.begin.id));
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(folder.join("restore.log"), &kept)) {
+            Ok(_) => format!(" (CRIU's log is kept at {} on {})", kept.display(), self.agent.cfg.name),
+            Err(_) => String::new(),
         }
     }
 
