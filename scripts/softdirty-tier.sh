@@ -22,8 +22,10 @@ repo=$(pwd)
 
 scripts/install-deps.sh --vm
 cargo build --release --bins --locked
+# The e2e binary by its path: cargo reports every artifact it built (the
+# package's binaries too) in an order that depends on what was cached.
 e2e=$(cargo test --release --locked -p tern-tests --test e2e --no-run --message-format=json 2>/dev/null |
-      sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+      sed -n 's/.*"executable":"\([^"]*\/deps\/e2e-[^"]*\)".*/\1/p' | tail -1)
 [ -x "$e2e" ] || { echo "softdirty-tier.sh: could not build the e2e test binary" >&2; exit 1; }
 
 kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -1)
