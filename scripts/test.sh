@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian 12 machine (as root):
 #   1. installs what is missing (scripts/install-deps.sh, idempotent),
-#   2. builds the release binaries,
+#   2. checks the code's health (cargo fmt --check, cargo clippy with
+#      warnings as errors) and builds the release binaries, with overflow
+#      checks on for everything this script builds and runs,
 #   3. runs the unit and in-process tests (cargo test --workspace),
 #   4. brings the two-host lab up and runs the end-to-end tests against
 #      real Podman, runc and CRIU, then takes the lab down,
@@ -24,6 +26,16 @@ started=$(date +%s)
 
 step "installing dependencies"
 scripts/install-deps.sh
+
+# Arithmetic that overflows panics in every binary the tests run (the
+# soft-dirty tier inherits this and builds the same way).
+export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+
+step "code health: formatting and lints"
+cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 ||
+    rustup component add rustfmt clippy
+cargo fmt --all --check || { echo "scripts/test.sh: run cargo fmt --all" >&2; exit 1; }
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "building"
 cargo build --release --bins --locked

@@ -95,8 +95,7 @@ mod tests {
     fn reads_a_real_dump() {
         let dir = copy_dump("server");
         let c = read_dir_connections(dir.path()).unwrap();
-        let ends: Vec<_> =
-            c.iter().map(|c| (c.ino, c.local.to_string(), c.remote.to_string(), c.inq_seq, c.outq_seq)).collect();
+        let ends: Vec<_> = c.iter().map(|c| (c.ino, c.local.to_string(), c.remote.to_string(), c.inq_seq, c.outq_seq)).collect();
         assert_eq!(
             ends,
             vec![

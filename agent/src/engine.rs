@@ -119,12 +119,7 @@ impl PodmanCli {
         let cmd_text = format!("{program} {}", args.join(" "));
         let started = Instant::now();
         let mut cmd = Command::new(program);
-        cmd.args(global)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(global).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let child = cmd.spawn().map_err(|source| EngineError::Spawn { cmd: cmd_text.clone(), source })?;
         let limit = tern_transport::timeouts::scaled(limit);
         let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
@@ -146,10 +141,7 @@ impl PodmanCli {
 
     async fn run_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
         let out = self.run(args, QUICK).await?;
-        serde_json::from_slice(&out).map_err(|e| EngineError::Parse {
-            cmd: format!("{} {}", self.program, args.join(" ")),
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&out).map_err(|e| EngineError::Parse { cmd: format!("{} {}", self.program, args.join(" ")), detail: e.to_string() })
     }
 
     async fn inspect_many(&self, ids: &[String]) -> Result<Vec<ContainerInfo>> {
@@ -292,8 +284,12 @@ impl Engine for PodmanCli {
         let info = self.info().await?;
         let parse = |detail: String| EngineError::Parse { cmd: "podman info".into(), detail };
         let store = &info["store"];
-        let root = store["graphRoot"].as_str().filter(|r| r.starts_with('/')).ok_or_else(|| parse(format!("store.graphRoot is {}", store["graphRoot"])))?;
-        let driver = store["graphDriverName"].as_str().filter(|d| !d.is_empty()).ok_or_else(|| parse(format!("store.graphDriverName is {}", store["graphDriverName"])))?;
+        let root =
+            store["graphRoot"].as_str().filter(|r| r.starts_with('/')).ok_or_else(|| parse(format!("store.graphRoot is {}", store["graphRoot"])))?;
+        let driver = store["graphDriverName"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| parse(format!("store.graphDriverName is {}", store["graphDriverName"])))?;
         bundle_path(root, driver, id).ok_or_else(|| EngineError::Parse { cmd: "bundle_dir".into(), detail: format!("{id:?} is not a container ID") })
     }
 
@@ -340,7 +336,9 @@ impl Engine for PodmanCli {
     async fn main_pid(&self, name: &str) -> Result<u32> {
         let out = self.run(&["container", "inspect", "--format", "{{.State.Pid}}", name], QUICK).await?;
         let text = String::from_utf8_lossy(&out);
-        text.trim().parse().map_err(|_| EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("State.Pid is {text:?}") })
+        text.trim()
+            .parse()
+            .map_err(|_| EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("State.Pid is {text:?}") })
     }
 
     async fn networks(&self) -> Result<Vec<NetworkDef>> {
@@ -455,8 +453,7 @@ impl InspectJson {
     fn into_info(self, nets: &[NetworkDef]) -> ContainerInfo {
         let mut ips: Vec<IpAddr> = Vec::new();
         if let Some(net) = &self.network_settings {
-            let all = std::iter::once(net.ip_address.as_str())
-                .chain(net.networks.iter().flatten().map(|(_, n)| n.ip_address.as_str()));
+            let all = std::iter::once(net.ip_address.as_str()).chain(net.networks.iter().flatten().map(|(_, n)| n.ip_address.as_str()));
             for ip in all.filter_map(|s| s.parse().ok()) {
                 if !ips.contains(&ip) {
                     ips.push(ip);
@@ -474,8 +471,7 @@ impl InspectJson {
             .map(|m| tern_proto::facts::Volume { name: m.name.clone(), path: m.source.clone() })
             .collect();
         let upper = self.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir"));
-        let roots: Vec<&Path> =
-            upper.into_iter().chain(volumes.iter().map(|v| &v.path)).filter(|p| !p.is_empty()).map(Path::new).collect();
+        let roots: Vec<&Path> = upper.into_iter().chain(volumes.iter().map(|v| &v.path)).filter(|p| !p.is_empty()).map(Path::new).collect();
         let files_bytes = files_size(&roots, tern_proto::facts::FILES_COUNTED);
         let networks: Vec<Attachment> = self
             .network_settings
@@ -541,7 +537,8 @@ pub fn process_uids(pid: u32) -> Vec<u32> {
     let Ok(all) = std::fs::read_dir("/proc") else { return uids };
     for entry in all.flatten() {
         let p = entry.path();
-        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) || std::fs::read_link(p.join("ns/pid")).ok().as_ref() != Some(&ns) {
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) || std::fs::read_link(p.join("ns/pid")).ok().as_ref() != Some(&ns)
+        {
             continue;
         }
         let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
@@ -590,10 +587,7 @@ fn files_size(roots: &[&Path], limit: usize) -> u64 {
 /// Anonymous memory in the cgroup of process `pid` (0 when unreadable).
 fn container_memory(pid: i64) -> u64 {
     let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return 0 };
-    memory_stat_paths(&cgroups)
-        .into_iter()
-        .find_map(|(path, key)| Some(anon_bytes(&std::fs::read_to_string(path).ok()?, key)))
-        .unwrap_or(0)
+    memory_stat_paths(&cgroups).into_iter().find_map(|(path, key)| Some(anon_bytes(&std::fs::read_to_string(path).ok()?, key))).unwrap_or(0)
 }
 
 /// Where a process's memory statistics are, from its `/proc/PID/cgroup`:
@@ -615,9 +609,7 @@ fn memory_stat_paths(cgroups: &str) -> Vec<(std::path::PathBuf, &'static str)> {
 }
 
 fn anon_bytes(stat: &str, key: &str) -> u64 {
-    stat.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
+    stat.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -657,7 +649,8 @@ mod tests {
             "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"203.0.113.7","MacAddress":"ae:4e:0b:b6:6b:4b"}},
                 "Ports":{"6379/tcp":[{"HostIp":"","HostPort":"8080"}],"9000/udp":null}}}]"#;
         let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
-        let nets = [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
+        let nets =
+            [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
         let info = v.into_iter().next().unwrap().into_info(&nets);
         assert_eq!(info.name, "demo1");
         assert_eq!(info.image_id, "sha256img");

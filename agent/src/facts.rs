@@ -21,9 +21,7 @@ pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) ->
         runtime_version,
         criu_version,
         cgroups: cgroups_version(),
-        kernel: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         arch: std::env::consts::ARCH.to_string(),
         cpu_flags: cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         network_backend: s("/host/networkBackend"),
@@ -52,12 +50,7 @@ pub fn apply_overrides(facts: HostFacts, overrides: &toml::Table) -> anyhow::Res
 }
 
 async fn output(program: &str, args: &[&str]) -> Option<(bool, String)> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .ok()?;
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().await.ok()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Some((out.status.success(), text))
@@ -113,10 +106,7 @@ pub fn criu_message(text: &str) -> &str {
 
 /// `criu --version` prints `Version: 4.2` (and sometimes a GitID line).
 pub fn parse_criu_version(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Version:"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
+    text.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
@@ -132,9 +122,7 @@ pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
 }
 
 fn is_cgroup2(path: &str) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC).unwrap_or(false)
 }
 
 fn cgroups_version() -> CgroupsVersion {
@@ -166,7 +154,7 @@ mod tests {
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: String::new() },
             lazy_restore: Capability { supported: false, detail: String::new() },
-        dump_other_users: Capability { supported: true, detail: String::new() },
+            dump_other_users: Capability { supported: true, detail: String::new() },
         }
     }
 

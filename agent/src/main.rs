@@ -1,9 +1,9 @@
 //! `tern-agent`: the daemon on every host (the library holds the logic).
 
 use clap::Parser;
-use tern_agent::{config, engine, facts, server};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tern_agent::{config, engine, facts, server};
 
 /// tern's per-host agent: reports this host's facts and moves containers
 /// to and from other agents over QUIC with mutual TLS.
@@ -18,9 +18,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(Args::parse()).await {
@@ -35,15 +33,9 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::tune_allocator();
     let cfg = config::AgentConfig::load(&args.config)?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
     let engine: Arc<dyn engine::Engine> =
-        Arc::new(engine::PodmanCli::new(
-            cfg.podman.program.clone(),
-            cfg.podman.args.clone(),
-            cfg.runc.program.clone(),
-            cfg.runc.args.clone(),
-        ));
+        Arc::new(engine::PodmanCli::new(cfg.podman.program.clone(), cfg.podman.args.clone(), cfg.runc.program.clone(), cfg.runc.args.clone()));
     // Check the overrides and Podman once at start, so a bad config fails now.
     let facts = facts::gather(&cfg.name, engine.as_ref(), &cfg.facts_override).await?;
     tracing::info!(

@@ -440,7 +440,11 @@ async fn nft(args: &[&str], stdin: Option<String>) -> Result<String, String> {
 impl Hold {
     /// Holds incoming packets for the container's addresses on its layer-2
     /// networks' parent interfaces here; `None` when it has none.
-    pub async fn install(c: &tern_proto::facts::ContainerInfo, here: &[tern_proto::network::NetworkDef], migration: u64) -> Result<Option<Hold>, String> {
+    pub async fn install(
+        c: &tern_proto::facts::ContainerInfo,
+        here: &[tern_proto::network::NetworkDef],
+        migration: u64,
+    ) -> Result<Option<Hold>, String> {
         let targets = hold_targets(c, here);
         if targets.is_empty() {
             return Ok(None);

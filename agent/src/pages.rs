@@ -110,9 +110,10 @@ impl PageStore {
     /// pages that lie next to each other in the base in one go, in slices of
     /// at most `buf.len()` bytes.
     pub fn copy(&self, index: u32, count: u32, buf: &mut [u8], out: &mut impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
-        let end = index.checked_add(count).filter(|e| *e as usize <= self.offsets.len()).ok_or_else(|| {
-            std::io::Error::other(format!("pages {index}..+{count} are outside the base's {} pages", self.offsets.len()))
-        })?;
+        let end = index
+            .checked_add(count)
+            .filter(|e| *e as usize <= self.offsets.len())
+            .ok_or_else(|| std::io::Error::other(format!("pages {index}..+{count} are outside the base's {} pages", self.offsets.len())))?;
         let mut f = File::open(&self.file)?;
         let mut i = index as usize;
         while i < end as usize {

@@ -48,14 +48,14 @@ pub async fn probe(agent: &Agent, req: ProbeRequest) -> anyhow::Result<ProbeRepo
                 agent.note_link_rate(&req.target.name, bytes as f64 / (ms.max(1) as f64 / 1000.0));
             }
             Ok(ProbeReport {
-            from: agent.cfg.name.clone(),
-            to: req.target.name,
-            bytes,
-            ms,
-            bytes_on_wire: stats.udp_tx.bytes - stats0.udp_tx.bytes,
-            lost_packets: stats.path.lost_packets - stats0.path.lost_packets,
-            rtt_us: stats.path.rtt.as_micros() as u64,
-        })
+                from: agent.cfg.name.clone(),
+                to: req.target.name,
+                bytes,
+                ms,
+                bytes_on_wire: stats.udp_tx.bytes - stats0.udp_tx.bytes,
+                lost_packets: stats.path.lost_packets - stats0.path.lost_packets,
+                rtt_us: stats.path.rtt.as_micros() as u64,
+            })
         }
         Response::Sunk { bytes, .. } => anyhow::bail!("{} received {bytes} of {} bytes", req.target.name, req.bytes),
         Response::Error(e) => anyhow::bail!("{}: {}", req.target.name, e.message),

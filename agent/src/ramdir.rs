@@ -46,11 +46,7 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 pub fn fits(need: u64, copies: u64, available: u64) -> Result<u64, String> {
     let want = need.saturating_mul(copies).saturating_add(MARGIN);
     if available < want {
-        return Err(format!(
-            "{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM",
-            available >> 20,
-            want >> 20
-        ));
+        return Err(format!("{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM", available >> 20, want >> 20));
     }
     // A cap, not a reservation: the dump may hold a little more than the
     // anonymous memory counted (shared memory, page tables), never the

@@ -3,12 +3,12 @@
 
 use crate::config::AgentConfig;
 use crate::engine::Engine;
-use tern_transport::rpc::answer_hello;
 use crate::{facts, source, target};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{compat, CoordinatorSignal, Request, Response};
+use tern_transport::rpc::answer_hello;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -74,11 +74,7 @@ impl Agent {
 
     /// Claims `name` for one migration; `None` when one is already under way.
     pub fn claim(&self, name: &str) -> Option<BusyGuard<'_>> {
-        self.busy
-            .lock()
-            .unwrap()
-            .insert(name.to_string())
-            .then(|| BusyGuard { agent: self, name: name.to_string() })
+        self.busy.lock().unwrap().insert(name.to_string()).then(|| BusyGuard { agent: self, name: name.to_string() })
     }
 
     /// Whether a migration of `name` is under way here.

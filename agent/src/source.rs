@@ -16,7 +16,6 @@ mod precopy;
 
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
-use tern_transport::rpc::{RpcError, Session};
 use crate::server::Agent;
 use crate::transfer;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::write_frame;
 use tern_proto::*;
+use tern_transport::rpc::{RpcError, Session};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -278,15 +278,8 @@ impl Run<'_> {
         if !info.is_running() {
             return Err(Fail::new(p, format!("{} is {}, not running; tern migrates running containers", info.name, info.state)));
         }
-        let addr = self
-            .req
-            .target
-            .address
-            .parse()
-            .map_err(|e| Fail::new(p, format!("bad target address {}: {e}", self.req.target.address)))?;
-        let session = Session::connect(&self.agent.endpoint, addr, &self.req.target.name, &self.agent.cfg.name)
-            .await
-            .map_err(|e| Fail::new(p, e))?;
+        let addr = self.req.target.address.parse().map_err(|e| Fail::new(p, format!("bad target address {}: {e}", self.req.target.address)))?;
+        let session = Session::connect(&self.agent.endpoint, addr, &self.req.target.name, &self.agent.cfg.name).await.map_err(|e| Fail::new(p, e))?;
         self.wire_base = session.conn.stats().udp_tx.bytes;
         self.session = Some(session);
         let begin = Begin {
@@ -303,9 +296,7 @@ impl Run<'_> {
             TargetMsg::Failed(f) => return Err(Fail::new(p, format!("the target refused: {}", f.message))),
             other => return Err(Fail::new(p, self.session().unexpected("Ready", &other))),
         };
-        tokio::fs::create_dir_all(&self.work_dir)
-            .await
-            .map_err(|e| Fail::new(p, format!("cannot create {}: {e}", self.work_dir.display())))?;
+        tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", self.work_dir.display())))?;
         self.check_cancel(p)?;
         self.leave(p);
         Ok((info, send, recv, needs_image))
@@ -372,10 +363,8 @@ impl Run<'_> {
         let header = DataHeader { id: self.req.id, kind: DataKind::Image };
         let t0 = Instant::now();
         let zstd = self.zstd_level();
-        let transfer::Sent { digest, stats, .. } = self
-            .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd))
-            .await
-            .map_err(|e| Fail::new(p, e))?;
+        let transfer::Sent { digest, stats, .. } =
+            self.with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd)).await.map_err(|e| Fail::new(p, e))?;
         self.count_sent(&stats, t0.elapsed());
         let _ = tokio::fs::remove_file(&path).await;
         self.image_bytes = digest.bytes;
@@ -496,8 +485,7 @@ impl Run<'_> {
             self.final_stats = criu_stats::read(&dir);
         }
         let target = self.req.target.name.clone();
-        let transfer::Sent { digest, stats: delta, .. } =
-            sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
+        let transfer::Sent { digest, stats: delta, .. } = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
         self.checkpoint_bytes = digest.bytes;
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
@@ -518,10 +506,7 @@ impl Run<'_> {
             TargetMsg::Restored(r) => {
                 // Downtime ends when the container ran on the target, before
                 // the target's extra check that it keeps running.
-                self.downtime = self
-                    .frozen_at
-                    .take()
-                    .map(|t| t.elapsed().saturating_sub(Duration::from_millis(r.confirm_ms)));
+                self.downtime = self.frozen_at.take().map(|t| t.elapsed().saturating_sub(Duration::from_millis(r.confirm_ms)));
                 // The target's own split of this phase.
                 self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
                 self.leave(p);
@@ -672,7 +657,9 @@ impl Run<'_> {
         let r = restore_here(self.agent, &self.req.container, self.req.options.tcp_established).await;
         if let Some(h) = hold {
             if let Err(e) = h.release().await {
-                self.warnings.push(format!("its traffic hold could not be removed: {e}; remove it (nft delete table netdev ...) or its address stays unreachable here"));
+                self.warnings.push(format!(
+                    "its traffic hold could not be removed: {e}; remove it (nft delete table netdev ...) or its address stays unreachable here"
+                ));
             }
         }
         if let Some(t) = self.frozen_at.take() {
@@ -701,11 +688,7 @@ impl Run<'_> {
     }
 
     fn report(&self, outcome: Outcome) -> MigrationReport {
-        let bytes_on_wire = self
-            .session
-            .as_ref()
-            .map(|s| s.conn.stats().udp_tx.bytes.saturating_sub(self.wire_base))
-            .unwrap_or(0);
+        let bytes_on_wire = self.session.as_ref().map(|s| s.conn.stats().udp_tx.bytes.saturating_sub(self.wire_base)).unwrap_or(0);
         MigrationReport {
             id: self.req.id,
             container: self.req.container.clone(),
@@ -725,10 +708,7 @@ impl Run<'_> {
             zstd_out: self.zstd_out,
             phases: self.phases.clone(),
             memory_fill_ms: self.restore_info.as_ref().and_then(|r| r.memory_fill_ms),
-            images_in_ram: ImagesInRam {
-                source: self.checkpoint_in_ram,
-                target: self.restore_info.as_ref().is_some_and(|r| r.images_in_ram),
-            },
+            images_in_ram: ImagesInRam { source: self.checkpoint_in_ram, target: self.restore_info.as_ref().is_some_and(|r| r.images_in_ram) },
             rounds: self.rounds.clone(),
             stop_reason: self.stop_reason.clone(),
             warnings: self.warnings.clone(),

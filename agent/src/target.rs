@@ -30,9 +30,9 @@ pub mod unpack;
 
 use crate::engine::CheckpointOpts;
 use crate::pages::PageStore;
-use inplace::Bundle;
 use crate::server::Agent;
 use crate::transfer::{self, ArchiveOut, ReceiveFaults};
+use inplace::Bundle;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -516,11 +516,7 @@ impl Target<'_> {
         if c.image.is_empty() || c.image.contains("<none>") {
             return Ok(());
         }
-        self.agent
-            .engine
-            .image_tag(&c.image_id, &c.image)
-            .await
-            .map_err(|e| format!("naming the image {} here: {e}", c.image))
+        self.agent.engine.image_tag(&c.image_id, &c.image).await.map_err(|e| format!("naming the image {} here: {e}", c.image))
     }
 
     /// Removes the container this migration restored here, if any, and
@@ -568,11 +564,7 @@ struct Places {
 async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, places: Places, faults: ReceiveFaults, inbox: Arc<Inbox>) {
     let staging = &places.staging;
     let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR), annotate: places.annotate.clone() };
-    let rest = |r: transfer::Received| Staged {
-        path: staging.join(REST_TAR),
-        digest: r.digest,
-        annotated: r.split.is_some_and(|s| s.annotated),
-    };
+    let rest = |r: transfer::Received| Staged { path: staging.join(REST_TAR), digest: r.digest, annotated: r.split.is_some_and(|s| s.annotated) };
     let done = Arc::new(AtomicU64::new(0));
     // Where the base's pages sit in base.tar (content-addressed pre-copy).
     let mut base_pages: Option<Arc<PageStore>> = None;
@@ -609,7 +601,8 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
-                match transfer::receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await {
+                match transfer::receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await
+                {
                     Ok(r) => {
                         base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
                         Ok(Staged { path, digest: r.digest, annotated: false })
@@ -617,15 +610,13 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                     Err(e) => Err(e.to_string()),
                 }
             }
-            DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => {
-                match &base_pages {
-                    Some(store) => transfer::receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults)
-                        .await
-                        .map(rest)
-                        .map_err(|e| e.to_string()),
-                    None => Err("the delta refers to a base that never arrived".into()),
-                }
-            }
+            DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => match &base_pages {
+                Some(store) => transfer::receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults)
+                    .await
+                    .map(rest)
+                    .map_err(|e| e.to_string()),
+                None => Err("the delta refers to a base that never arrived".into()),
+            },
             other => {
                 tracing::warn!("refusing a {other:?} data stream in a {} migration", mode.as_str());
                 let _ = recv.stop(1u32.into());

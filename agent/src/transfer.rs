@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tern_proto::delta::{compress_run, pack_run, DeltaDecoder, DeltaEncoder, DeltaStats, Decoded, Packer, Segment};
+use tern_proto::delta::{compress_run, pack_run, Decoded, DeltaDecoder, DeltaEncoder, DeltaStats, Packer, Segment};
 use tern_proto::fileset::{FileEntry, FileEvent, FileSetDecoder};
 use tern_proto::frame::{self, expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
@@ -123,10 +123,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
     let started = std::time::Instant::now();
     let encoder = tokio::task::spawn_blocking(move || encode_stage(from_reader, to_sender, recycle, encoding, zstd));
-    let (read, (stream, send_wait)) = tokio::join!(
-        read_stage(reader, to_encoder, spare, done, stop),
-        send_stage(stream, from_encoder, stop)
-    );
+    let (read, (stream, send_wait)) = tokio::join!(read_stage(reader, to_encoder, spare, done, stop), send_stage(stream, from_encoder, stop));
     let encoded = encoder.await.map_err(|e| TransferError::Send(format!("the encoder failed: {e}")))?;
     let (total, read_wait) = read?;
     let fail = |mut stream: Result<quinn::SendStream, String>, e: TransferError| {
@@ -669,16 +666,13 @@ pub async fn receive_records(
                 .feed(&chunk, &mut |d| match d {
                     Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
                     Decoded::Pages { index, count } => match &base {
-                        Some(store) => store
-                            .copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total))
-                            .map_err(|e| e.to_string()),
+                        Some(store) => store.copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total)).map_err(|e| e.to_string()),
                         None => Err("a record refers to base pages, and this stream has no base".into()),
                     },
                 })
                 .map_err(|e| e.to_string())?;
         }
         decoder.finish().map_err(|e| e.to_string())?;
-        drop(emit);
         let split = writer.finish().map_err(|e| e.to_string())?;
         // Where the time went: waiting for the network, or writing.
         tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
@@ -698,7 +692,6 @@ pub struct ReceiveFaults {
     pub exit_after_bytes: Option<u64>,
     pub corrupt: bool,
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -734,9 +727,8 @@ mod tests {
                 })
                 .collect()
         };
-        let runs: Vec<Vec<u8>> = (0..12)
-            .map(|i| if i % 3 == 1 { noise(300_000) } else { format!("run {i} ").bytes().cycle().take(500_000).collect() })
-            .collect();
+        let runs: Vec<Vec<u8>> =
+            (0..12).map(|i| if i % 3 == 1 { noise(300_000) } else { format!("run {i} ").bytes().cycle().take(500_000).collect() }).collect();
         let mut batch = Batch::new(Some(Packer::new(1)));
         batch.threads = 3;
         let mut wire = Vec::new();

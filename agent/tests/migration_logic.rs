@@ -286,8 +286,7 @@ impl Engine for FakeEngine {
                 return Err(failed("checkpoint", "no pre-checkpoint"));
             }
             let c = s.containers.get_mut(name).ok_or_else(|| failed("checkpoint", "no such container"))?;
-            let mut which: Vec<usize> =
-                if opts.with_previous { c.dirty.iter().copied().collect() } else { (0..c.memory.len()).collect() };
+            let mut which: Vec<usize> = if opts.with_previous { c.dirty.iter().copied().collect() } else { (0..c.memory.len()).collect() };
             which.sort();
             let r = (c.info.clone(), c.memory.clone(), which);
             if opts.leave_running {
@@ -465,7 +464,14 @@ async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, 
 }
 
 fn options(mode: Mode) -> MigrateOptions {
-    MigrateOptions { mode, compress: Compression::None, tcp_established: false, allow_reset: false, policy: PolicyConfig::default(), lazy_restore: true }
+    MigrateOptions {
+        mode,
+        compress: Compression::None,
+        tcp_established: false,
+        allow_reset: false,
+        policy: PolicyConfig::default(),
+        lazy_restore: true,
+    }
 }
 
 impl Cluster {
@@ -481,12 +487,7 @@ impl Cluster {
 
     async fn migrate_with(&self, name: &str, options: MigrateOptions, cancel_after: Option<Phase>) -> (Vec<Progress>, MigrationReport) {
         let s = self.session("a").await;
-        let req = MigrateRequest {
-            id: 7,
-            container: name.into(),
-            target: Peer { name: "b".into(), address: self.addrs["b"].to_string() },
-            options,
-        };
+        let req = MigrateRequest { id: 7, container: name.into(), target: Peer { name: "b".into(), address: self.addrs["b"].to_string() }, options };
         let (mut send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
         let mut events = Vec::new();
         loop {
@@ -644,14 +645,8 @@ async fn pre_copy_timeout_cancels_or_switches_over_as_asked() {
         let b = FakeEngine::new(0);
         a.add("db", "203.0.113.6");
         let c = cluster(a.clone(), b.clone(), Faults::default()).await;
-        let policy = PolicyConfig {
-            max_downtime: Duration::ZERO,
-            min_pages: 0,
-            min_shrink_pct: 0,
-            max_rounds: 100,
-            timeout: Duration::ZERO,
-            on_timeout,
-        };
+        let policy =
+            PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, min_shrink_pct: 0, max_rounds: 100, timeout: Duration::ZERO, on_timeout };
         let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
         assert!(r.stop_reason.as_deref().unwrap_or_default().contains("timeout"), "{r:?}");
         if completed {
@@ -714,7 +709,11 @@ async fn a_failing_network_hook_on_the_target_rolls_back_before_any_restore() {
     let dir = tempfile::tempdir().unwrap();
     let hook = dir.path().join("hook.sh");
     let said = dir.path().join("said");
-    std::fs::write(&hook, format!("#!/bin/sh\necho \"$TERN_EVENT $TERN_CONTAINER $TERN_ADDRESSES $TERN_PEER\" > {}\necho no route >&2\nexit 4\n", said.display())).unwrap();
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$TERN_EVENT $TERN_CONTAINER $TERN_ADDRESSES $TERN_PEER\" > {}\necho no route >&2\nexit 4\n", said.display()),
+    )
+    .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     let net = NetworkConfig { hook: Some(hook), hook_timeout: Some(5) };
     let c = cluster_with(a.clone(), b.clone(), Faults::default(), net).await;

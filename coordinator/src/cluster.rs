@@ -51,10 +51,7 @@ impl Cluster {
 
     /// The reachable host that has `container`.
     pub fn find_container(&self, container: &str) -> Vec<&HostView> {
-        self.hosts
-            .iter()
-            .filter(|h| h.state.as_ref().is_ok_and(|s| s.containers.iter().any(|c| c.name == container)))
-            .collect()
+        self.hosts.iter().filter(|h| h.state.as_ref().is_ok_and(|s| s.containers.iter().any(|c| c.name == container))).collect()
     }
 }
 
@@ -66,9 +63,7 @@ pub async fn connect(inv: &Inventory, entry: &HostEntry) -> anyhow::Result<(quin
 }
 
 async fn survey_one(endpoint: &quinn::Endpoint, entry: &HostEntry) -> Result<HostState, String> {
-    let session = Session::connect(endpoint, entry.address, &entry.name, COORDINATOR)
-        .await
-        .map_err(|e| e.to_string())?;
+    let session = Session::connect(endpoint, entry.address, &entry.name, COORDINATOR).await.map_err(|e| e.to_string())?;
     let facts = match session.request(&Request::Facts).await.map_err(|e| e.to_string())? {
         Response::Facts(f) => f,
         other => return Err(session.unexpected("Facts", &other).to_string()),
@@ -85,9 +80,9 @@ pub async fn containers(session: &Session) -> Result<Vec<ContainerInfo>, RpcErro
 }
 
 /// `join_all` without pulling in the futures crate.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

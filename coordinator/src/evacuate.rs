@@ -48,11 +48,7 @@ pub fn place(mut containers: Vec<Candidate>, load: &[(String, u64)]) -> Placemen
     let mut moves = Vec::new();
     let mut stuck = Vec::new();
     for c in containers {
-        let best = order
-            .iter()
-            .filter(|t| c.allowed.iter().any(|a| a == **t))
-            .min_by_key(|t| held[**t])
-            .copied();
+        let best = order.iter().filter(|t| c.allowed.iter().any(|a| a == **t)).min_by_key(|t| held[**t]).copied();
         match best {
             Some(t) => {
                 *held.get_mut(t).expect("target in load") += c.memory_bytes;
@@ -67,13 +63,9 @@ pub fn place(mut containers: Vec<Candidate>, load: &[(String, u64)]) -> Placemen
 /// Plans, prints and carries out `tern evacuate`.
 pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: EvacuateAsk) -> Result<u8, Exit> {
     let host = ask.host.as_str();
-    let source = cluster.get(host).ok_or_else(|| {
-        Exit(2, anyhow!("no host named {host} in the inventory (known: {})", names(cluster).join(", ")))
-    })?;
-    let source_state = source
-        .state
-        .as_ref()
-        .map_err(|e| Exit(1, anyhow!("{host} is unreachable: {e}; evacuating needs its agent (`scripts/lab.sh status`)")))?;
+    let source = cluster.get(host).ok_or_else(|| Exit(2, anyhow!("no host named {host} in the inventory (known: {})", names(cluster).join(", "))))?;
+    let source_state =
+        source.state.as_ref().map_err(|e| Exit(1, anyhow!("{host} is unreachable: {e}; evacuating needs its agent (`scripts/lab.sh status`)")))?;
     let targets: Vec<String> = if ask.to.is_empty() {
         names(cluster).into_iter().filter(|n| n != host).collect()
     } else {
@@ -302,15 +294,10 @@ mod tests {
 
     #[test]
     fn largest_first_onto_the_least_loaded_target() {
-        let p = place(
-            vec![cand("small", 10, &["a", "b"]), cand("big", 500, &["a", "b"]), cand("mid", 200, &["a", "b"])],
-            &load(&[("a", 0), ("b", 100)]),
-        );
+        let p =
+            place(vec![cand("small", 10, &["a", "b"]), cand("big", 500, &["a", "b"]), cand("mid", 200, &["a", "b"])], &load(&[("a", 0), ("b", 100)]));
         // big → a (0 < 100); mid → b (100 < 500); small → b (300 < 500).
-        assert_eq!(
-            p.moves,
-            vec![("big".into(), "a".into()), ("mid".into(), "b".into()), ("small".into(), "b".into())]
-        );
+        assert_eq!(p.moves, vec![("big".into(), "a".into()), ("mid".into(), "b".into()), ("small".into(), "b".into())]);
         assert!(p.stuck.is_empty());
     }
 

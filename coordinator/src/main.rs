@@ -295,15 +295,9 @@ async fn check(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs) -> Result<u8, 
             })
         );
     } else {
-        println!(
-            "{} on {} → {}: mode {} ({})\n",
-            plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note
-        );
+        println!("{} on {} → {}: mode {} ({})\n", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
         print!("{}", output::findings(&plan.findings));
-        println!(
-            "\n{}",
-            if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." }
-        );
+        println!("\n{}", if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." });
     }
     Ok(if plan.blocked() { 3 } else { 0 })
 }
@@ -315,8 +309,7 @@ async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrat
     let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, ..opts };
     let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset).await.map_err(|e| Exit(2, e))?;
     if plan.blocked() {
-        let blockers: Vec<_> =
-            plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
+        let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
         if as_json {
             println!(
                 "{}",
@@ -368,9 +361,7 @@ async fn evacuate(inv: Option<PathBuf>, as_json: bool, ask: EvacuateAsk) -> Resu
 fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, Exit> {
     let mut specs = Vec::new();
     for h in hosts {
-        let (name, ips) = h
-            .split_once('=')
-            .ok_or_else(|| Exit(2, anyhow::anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
+        let (name, ips) = h.split_once('=').ok_or_else(|| Exit(2, anyhow::anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
         let addresses = ips
             .split(',')
             .map(|ip| ip.trim().parse())
@@ -391,10 +382,7 @@ async fn probe(inv: Option<PathBuf>, as_json: bool, from: &str, to: &str, bytes:
         return Err(Exit(2, anyhow::anyhow!("--from and --to name the same host")));
     }
     let (_endpoint, session) = cluster::connect(&inv, source).await?;
-    let req = tern_proto::ProbeRequest {
-        target: tern_proto::Peer { name: target.name.clone(), address: target.address.to_string() },
-        bytes,
-    };
+    let req = tern_proto::ProbeRequest { target: tern_proto::Peer { name: target.name.clone(), address: target.address.to_string() }, bytes };
     if !as_json {
         eprintln!("sending {} from {from} to {to} ...", output::bytes(bytes));
     }
@@ -458,7 +446,11 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                         h.entry.address.to_string(),
                         "up".into(),
                         f.podman_version.clone(),
-                        format!("{} {}", f.runtime_name, tern_proto::compat::version_numbers(&f.runtime_version).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")),
+                        format!(
+                            "{} {}",
+                            f.runtime_name,
+                            tern_proto::compat::version_numbers(&f.runtime_version).iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+                        ),
                         f.criu_version.clone(),
                         f.kernel.clone(),
                         f.cgroups.to_string(),
@@ -474,13 +466,7 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                 r
             })
             .collect();
-        print!(
-            "{}",
-            output::table(
-                &HOST_COLUMNS,
-                &rows
-            )
-        );
+        print!("{}", output::table(&HOST_COLUMNS, &rows));
     }
     Ok(if down > 0 { 1 } else { 0 })
 }

@@ -35,10 +35,7 @@ pub fn user_cancelled() -> bool {
 const CLIENT_FIELDS: [&str; 2] = ["tcp connections", "published ports"];
 
 fn new_id() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     nanos ^ ((std::process::id() as u64) << 40)
 }
 

@@ -73,10 +73,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn findings(f: &[Finding]) -> String {
-    let rows: Vec<Vec<String>> = f
-        .iter()
-        .map(|x| vec![x.severity.as_str().to_string(), x.field.clone(), x.source.clone(), x.target.clone(), x.note.clone()])
-        .collect();
+    let rows: Vec<Vec<String>> =
+        f.iter().map(|x| vec![x.severity.as_str().to_string(), x.field.clone(), x.source.clone(), x.target.clone(), x.note.clone()]).collect();
     table(&["", "field", "source", "target", "note"], &rows)
 }
 
@@ -146,24 +144,23 @@ pub fn report_text(r: &MigrationReport) -> String {
     let mut s = String::new();
     let head = match &r.outcome {
         Outcome::Completed => format!("{} moved from {} to {} ({})", r.container, r.source, r.target, r.mode.as_str()),
-        Outcome::Refused { failure } => format!(
-            "{} was NOT migrated: {failure}.\nNothing was frozen; {} still runs on {}.",
-            r.container, r.container, r.source
-        ),
+        Outcome::Refused { failure } => {
+            format!("{} was NOT migrated: {failure}.\nNothing was frozen; {} still runs on {}.", r.container, r.container, r.source)
+        }
         Outcome::RolledBack { failure } => format!(
             "{} was NOT migrated: {failure}.\nRolled back: {} runs again on {}, from the state it was frozen in.",
             r.container, r.container, r.source
         ),
-        Outcome::Failed { failure, rollback_error } => format!(
-            "{} was NOT migrated: {failure}.\nThe rollback failed too: {rollback_error}",
-            r.container
-        ),
+        Outcome::Failed { failure, rollback_error } => {
+            format!("{} was NOT migrated: {failure}.\nThe rollback failed too: {rollback_error}", r.container)
+        }
         Outcome::Invalid => "invalid report".into(),
     };
     s.push_str(&head);
     s.push('\n');
     if let Some(d) = r.downtime_ms {
-        let until = if matches!(r.outcome, Outcome::Completed) { format!("running on {}", r.target) } else { format!("running again on {}", r.source) };
+        let until =
+            if matches!(r.outcome, Outcome::Completed) { format!("running on {}", r.target) } else { format!("running again on {}", r.source) };
         s.push_str(&format!("  downtime     {}  (frozen until {until})\n", ms(d)));
     }
     if let Some(f) = r.memory_fill_ms {
@@ -181,12 +178,7 @@ pub fn report_text(r: &MigrationReport) -> String {
         s.push_str(&format!("  compressed   {} into {} (zstd, where it paid)\n", bytes(r.zstd_in), bytes(r.zstd_out)));
     }
     if r.final_pages > 0 || r.final_frozen_ms > 0 {
-        s.push_str(&format!(
-            "  final dump   {} pages ({}), CRIU frozen {}\n",
-            r.final_pages,
-            bytes(r.final_pages * 4096),
-            ms(r.final_frozen_ms)
-        ));
+        s.push_str(&format!("  final dump   {} pages ({}), CRIU frozen {}\n", r.final_pages, bytes(r.final_pages * 4096), ms(r.final_frozen_ms)));
     }
     if !r.rounds.is_empty() {
         s.push_str("  pre-copy rounds (the container ran during these; \"paused\" is CRIU's freeze inside each dump):\n");

@@ -78,20 +78,11 @@ pub async fn plan<'a>(
         Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
         // The source is never the target: a same-named container there is a
         // clash the checks report, not a second candidate.
-        None => match cluster
-            .find_container(container)
-            .into_iter()
-            .filter(|h| h.entry.name != target)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
+        None => match cluster.find_container(container).into_iter().filter(|h| h.entry.name != target).collect::<Vec<_>>().as_slice() {
             [one] => *one,
             [] => {
-                let down: Vec<String> = cluster
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.state.as_ref().err().map(|e| format!("{}: {e}", h.entry.name)))
-                    .collect();
+                let down: Vec<String> =
+                    cluster.hosts.iter().filter_map(|h| h.state.as_ref().err().map(|e| format!("{}: {e}", h.entry.name))).collect();
                 if down.is_empty() {
                     bail!("no host has a container named {container}; `tern ps` lists them");
                 }
@@ -162,15 +153,7 @@ pub async fn plan<'a>(
         Response::IncomingCheck(f) => findings.extend(f),
         other => bail!("{target} answered {other:?} to CheckIncoming"),
     }
-    Ok(Plan {
-        container: info,
-        source,
-        source_name,
-        target_name: target.to_string(),
-        mode,
-        mode_note,
-        findings,
-    })
+    Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, findings })
 }
 
 #[cfg(test)]

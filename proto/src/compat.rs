@@ -56,13 +56,7 @@ pub struct Finding {
 
 impl Finding {
     pub(crate) fn new(field: &str, source: impl Into<String>, target: impl Into<String>) -> Self {
-        Finding {
-            field: field.to_string(),
-            source: source.into(),
-            target: target.into(),
-            severity: Severity::Ok,
-            note: String::new(),
-        }
+        Finding { field: field.to_string(), source: source.into(), target: target.into(), severity: Severity::Ok, note: String::new() }
     }
 
     pub(crate) fn with(mut self, severity: Severity, note: impl Into<String>) -> Self {
@@ -81,13 +75,7 @@ pub fn blocks(findings: &[Finding]) -> bool {
 /// `[6, 18, 44]`, `"runc version 1.1.5"` gives `[1, 1, 5]`.
 pub fn version_numbers(s: &str) -> Vec<u64> {
     let start = s.find(|c: char| c.is_ascii_digit()).unwrap_or(s.len());
-    s[start..]
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .map_while(|p| p.parse().ok())
-        .collect()
+    s[start..].split(|c: char| !c.is_ascii_digit() && c != '.').next().unwrap_or("").split('.').map_while(|p| p.parse().ok()).collect()
 }
 
 fn major_minor(s: &str) -> (u64, u64) {
@@ -100,18 +88,10 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     let mut out = Vec::new();
 
     let f = Finding::new("arch", &src.arch, &dst.arch);
-    out.push(if src.arch != dst.arch {
-        f.with(Severity::Block, "process images are architecture-specific")
-    } else {
-        f
-    });
+    out.push(if src.arch != dst.arch { f.with(Severity::Block, "process images are architecture-specific") } else { f });
 
     let f = Finding::new("cgroups", src.cgroups.to_string(), dst.cgroups.to_string());
-    out.push(if src.cgroups != dst.cgroups {
-        f.with(Severity::Block, "runc restores into the cgroup layout the dump was taken from")
-    } else {
-        f
-    });
+    out.push(if src.cgroups != dst.cgroups { f.with(Severity::Block, "runc restores into the cgroup layout the dump was taken from") } else { f });
 
     let f = Finding::new("oci runtime", &src.runtime_name, &dst.runtime_name);
     out.push(if src.runtime_name != dst.runtime_name {
@@ -124,11 +104,7 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     });
 
     let f = Finding::new("oci runtime version", &src.runtime_version, &dst.runtime_version);
-    out.push(if src.runtime_version != dst.runtime_version {
-        f.with(Severity::Warn, "different runtime versions usually restore fine")
-    } else {
-        f
-    });
+    out.push(if src.runtime_version != dst.runtime_version { f.with(Severity::Warn, "different runtime versions usually restore fine") } else { f });
 
     let f = Finding::new("podman", &src.podman_version, &dst.podman_version);
     out.push(if major_minor(&src.podman_version).0 != major_minor(&dst.podman_version).0 {
@@ -144,10 +120,7 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     out.push(if smaj == (0, 0) || dmaj == (0, 0) {
         f.with(Severity::Block, "CRIU is missing or unusable on a host; run scripts/install-deps.sh there")
     } else if dmaj < smaj {
-        f.with(
-            Severity::Block,
-            "the target's CRIU is older than the source's and may not read its images; upgrade CRIU on the target",
-        )
+        f.with(Severity::Block, "the target's CRIU is older than the source's and may not read its images; upgrade CRIU on the target")
     } else if src.criu_version != dst.criu_version {
         f.with(Severity::Warn, "a newer CRIU restores older images")
     } else {
@@ -163,26 +136,13 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
         f
     });
 
-    let missing: Vec<&str> = src
-        .cpu_flags
-        .iter()
-        .filter(|flag| !dst.cpu_flags.contains(flag))
-        .map(String::as_str)
-        .collect();
-    let f = Finding::new(
-        "cpu flags",
-        format!("{} flags", src.cpu_flags.len()),
-        format!("{} flags", dst.cpu_flags.len()),
-    );
+    let missing: Vec<&str> = src.cpu_flags.iter().filter(|flag| !dst.cpu_flags.contains(flag)).map(String::as_str).collect();
+    let f = Finding::new("cpu flags", format!("{} flags", src.cpu_flags.len()), format!("{} flags", dst.cpu_flags.len()));
     out.push(if missing.is_empty() {
         f
     } else {
         let shown: Vec<&str> = missing.iter().take(12).copied().collect();
-        let more = if missing.len() > shown.len() {
-            format!(" and {} more", missing.len() - shown.len())
-        } else {
-            String::new()
-        };
+        let more = if missing.len() > shown.len() { format!(" and {} more", missing.len() - shown.len()) } else { String::new() };
         f.with(
             Severity::Block,
             format!(
@@ -261,10 +221,7 @@ pub fn check_incoming(
     out.push(match existing.iter().find(|c| c.name == incoming.name) {
         Some(c) => Finding {
             target: format!("taken ({}, {})", &c.id[..c.id.len().min(12)], c.state),
-            ..f.with(
-                Severity::Block,
-                format!("a container named {} already exists on the target; remove or rename it there", incoming.name),
-            )
+            ..f.with(Severity::Block, format!("a container named {} already exists on the target; remove or rename it there", incoming.name))
         },
         None => Finding { target: "free".into(), ..f },
     });
@@ -278,10 +235,7 @@ pub fn check_incoming(
     out.push(match clash {
         Some((c, ip)) => Finding {
             target: format!("{ip} used by {}", c.name),
-            ..f.with(
-                Severity::Block,
-                format!("the container keeps its address and {ip} is in use on the target by {}", c.name),
-            )
+            ..f.with(Severity::Block, format!("the container keeps its address and {ip} is in use on the target by {}", c.name))
         },
         None => Finding { target: "free".into(), ..f },
     });
@@ -307,11 +261,7 @@ pub fn check_incoming(
             }
         });
         let dir = volume_dir.trim_end_matches('/');
-        let source_dirs: Vec<&str> = incoming
-            .volumes
-            .iter()
-            .map(|v| v.path.strip_suffix(&format!("/{}/_data", v.name)).unwrap_or(&v.path))
-            .collect();
+        let source_dirs: Vec<&str> = incoming.volumes.iter().map(|v| v.path.strip_suffix(&format!("/{}/_data", v.name)).unwrap_or(&v.path)).collect();
         let f = Finding::new("volume path", source_dirs.join(","), dir);
         let moved = incoming.volumes.iter().find(|v| v.path != format!("{dir}/{}/_data", v.name));
         out.push(match moved {
@@ -329,11 +279,7 @@ pub fn check_incoming(
     }
 
     let f = Finding::new("image", &incoming.image, if has_image { "present" } else { "missing" });
-    out.push(if has_image {
-        f
-    } else {
-        f.with(Severity::Warn, "the image will be shipped before the freeze")
-    });
+    out.push(if has_image { f } else { f.with(Severity::Warn, "the image will be shipped before the freeze") });
     out
 }
 
@@ -357,7 +303,7 @@ mod tests {
             network_backend: "netavark".into(),
             dirty_tracking: Capability { supported: false, detail: "Dirty tracking is OFF".into() },
             lazy_restore: Capability { supported: true, detail: "uffd".into() },
-        dump_other_users: Capability { supported: true, detail: String::new() },
+            dump_other_users: Capability { supported: true, detail: String::new() },
         }
     }
 

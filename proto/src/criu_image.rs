@@ -325,12 +325,7 @@ pub fn parse_tcp_stream(bytes: &[u8]) -> Result<TcpStream, ImageError> {
     const IMAGE: &str = "tcp-stream image";
     let (magic, magic_at, start) = read_magic(bytes, IMAGE)?;
     if magic != TCP_STREAM_MAGIC {
-        return Err(ImageError::BadMagic {
-            image: IMAGE,
-            offset: magic_at,
-            found: magic,
-            expected: "TCP_STREAM_MAGIC 0x51465506",
-        });
+        return Err(ImageError::BadMagic { image: IMAGE, offset: magic_at, found: magic, expected: "TCP_STREAM_MAGIC 0x51465506" });
     }
     let mut entries = Entries { img: bytes, pos: start, image: IMAGE };
     let Some((at, end)) = entries.next_entry()? else {
@@ -360,9 +355,7 @@ pub fn parse_tcp_stream(bytes: &[u8]) -> Result<TcpStream, ImageError> {
         };
         *slot = Some(msg.uint32(field, TCP_STREAM_FIELDS[field as usize], value)?);
     }
-    let need = |v: Option<u32>, field| {
-        v.ok_or(ImageError::MissingField { image: IMAGE, message: "tcp_stream_entry", offset: at, field })
-    };
+    let need = |v: Option<u32>, field| v.ok_or(ImageError::MissingField { image: IMAGE, message: "tcp_stream_entry", offset: at, field });
     s.inq_len = need(inq_len, "inq_len (1)")?;
     s.inq_seq = need(inq_seq, "inq_seq (2)")?;
     s.outq_len = need(outq_len, "outq_len (3)")?;
@@ -396,14 +389,10 @@ const TCP_STREAM_FIELDS: [&str; 18] = [
 /// which `read_stream(ino)` returns (the whole file or at least its head;
 /// `None` when it is missing, which is an error: CRIU writes one for each).
 /// Listening, closed and UDP sockets are left out.
-pub fn established_connections(
-    files_img: &[u8],
-    mut read_stream: impl FnMut(u32) -> Option<Vec<u8>>,
-) -> Result<Vec<TcpImage>, ImageError> {
+pub fn established_connections(files_img: &[u8], mut read_stream: impl FnMut(u32) -> Option<Vec<u8>>) -> Result<Vec<TcpImage>, ImageError> {
     let mut out = Vec::new();
     for sk in inet_sockets(files_img)?.iter().filter(|s| s.is_established_tcp()) {
-        let bytes =
-            read_stream(sk.ino).ok_or(ImageError::MissingStream { ino: sk.ino, local: sk.local, remote: sk.remote })?;
+        let bytes = read_stream(sk.ino).ok_or(ImageError::MissingStream { ino: sk.ino, local: sk.local, remote: sk.remote })?;
         let stream = parse_tcp_stream(&bytes).map_err(|e| ImageError::Stream { ino: sk.ino, source: Box::new(e) })?;
         out.push(TcpImage::from_parts(sk, &stream));
     }
@@ -416,9 +405,7 @@ pub fn established_connections(
 fn u32_at(img: &[u8], at: usize, image: &'static str, what: &'static str) -> Result<u32, ImageError> {
     match img.get(at..).and_then(|rest| rest.get(..4)) {
         Some(b) => Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        None => {
-            Err(ImageError::Truncated { image, offset: at, what, needed: 4, available: img.len().saturating_sub(at) })
-        }
+        None => Err(ImageError::Truncated { image, offset: at, what, needed: 4, available: img.len().saturating_sub(at) }),
     }
 }
 
@@ -550,8 +537,7 @@ impl<'a> Msg<'a> {
     /// A `uint32` field's value; anything but a varint that fits is an error.
     fn uint32(&self, field: u32, name: &'static str, value: Value) -> Result<u32, ImageError> {
         match value {
-            Value::Varint(v) => u32::try_from(v)
-                .map_err(|_| self.malformed(self.field_at, WireProblem::NotU32 { field, name, value: v })),
+            Value::Varint(v) => u32::try_from(v).map_err(|_| self.malformed(self.field_at, WireProblem::NotU32 { field, name, value: v })),
             _ => Err(self.malformed(self.field_at, WireProblem::BadWireType { field, wire_type: wire_type_of(value) })),
         }
     }
@@ -588,22 +574,13 @@ impl Words {
 }
 
 /// Adds one occurrence of a repeated uint32 field, unpacked (a varint) or packed.
-fn repeated_u32(
-    msg: &Msg<'_>,
-    field: u32,
-    name: &'static str,
-    value: Value,
-    into: &mut Words,
-) -> Result<(), ImageError> {
+fn repeated_u32(msg: &Msg<'_>, field: u32, name: &'static str, value: Value, into: &mut Words) -> Result<(), ImageError> {
     match value {
         Value::Bytes(start, end) => {
             let mut packed = msg.sub(start, end, msg.message);
             while packed.pos < packed.end {
                 let v = packed.varint()?;
-                into.push(
-                    u32::try_from(v)
-                        .map_err(|_| msg.malformed(start, WireProblem::NotU32 { field, name, value: v }))?,
-                );
+                into.push(u32::try_from(v).map_err(|_| msg.malformed(start, WireProblem::NotU32 { field, name, value: v }))?);
             }
             Ok(())
         }
@@ -624,11 +601,7 @@ fn file_entry_isk(mut msg: Msg<'_>) -> Result<Option<Msg<'_>>, ImageError> {
             1 => kind = Some(msg.uint32(1, "type", value)?),
             4 => match value {
                 Value::Bytes(s, e) => isk = Some(msg.sub(s, e, "inet_sk_entry")),
-                other => {
-                    return Err(
-                        msg.malformed(msg.field_at, WireProblem::BadWireType { field, wire_type: wire_type_of(other) })
-                    )
-                }
+                other => return Err(msg.malformed(msg.field_at, WireProblem::BadWireType { field, wire_type: wire_type_of(other) })),
             },
             _ => {}
         }
@@ -655,9 +628,7 @@ fn inet_sk_entry(mut msg: Msg<'_>) -> Result<InetSocket, ImageError> {
         }
     }
     let image = msg.image;
-    let need = |i: usize| {
-        v[i].ok_or(ImageError::MissingField { image, message: "inet_sk_entry", offset: at, field: NAMES[i] })
-    };
+    let need = |i: usize| v[i].ok_or(ImageError::MissingField { image, message: "inet_sk_entry", offset: at, field: NAMES[i] });
     let (id, ino, family, sock_type, protocol, state, sport, dport) =
         (need(1)?, need(2)?, need(3)?, need(4)?, need(5)?, need(6)?, need(7)?, need(8)?);
     let bad = |problem| ImageError::BadSocket { image, ino, offset: at, problem };
@@ -669,13 +640,7 @@ fn inet_sk_entry(mut msg: Msg<'_>) -> Result<InetSocket, ImageError> {
 /// The address words are in_addr/in6_addr bytes `memcpy`d into host-order
 /// `uint32`s by the dumping CRIU; CRIU restores only on the architecture it
 /// dumped on, so the words' native-order bytes are the address.
-fn socket_addr(
-    family: u32,
-    addr_field: &'static str,
-    words: &Words,
-    port_field: &'static str,
-    port: u32,
-) -> Result<SocketAddr, SocketProblem> {
+fn socket_addr(family: u32, addr_field: &'static str, words: &Words, port_field: &'static str, port: u32) -> Result<SocketAddr, SocketProblem> {
     let port = u16::try_from(port).map_err(|_| SocketProblem::BadPort { field: port_field, value: port })?;
     let ip = match (family, words.n) {
         (AF_INET, 1..=4) => IpAddr::V4(Ipv4Addr::from(words.w[0].to_ne_bytes())),
@@ -686,9 +651,7 @@ fn socket_addr(
             }
             IpAddr::V6(Ipv6Addr::from(b))
         }
-        (AF_INET, n) => {
-            return Err(SocketProblem::AddressWords { field: addr_field, family, words: n, needs: "1 to 4" })
-        }
+        (AF_INET, n) => return Err(SocketProblem::AddressWords { field: addr_field, family, words: n, needs: "1 to 4" }),
         (AF_INET6, n) => return Err(SocketProblem::AddressWords { field: addr_field, family, words: n, needs: "4" }),
         (f, _) => return Err(SocketProblem::UnknownFamily(f)),
     };
@@ -713,10 +676,7 @@ mod tests {
         assert!(matches!(msg(&over).varint(), Err(ImageError::Malformed { problem: WireProblem::VarintTooLong, .. })));
         let long = [0x80; 11];
         assert!(matches!(msg(&long).varint(), Err(ImageError::Malformed { problem: WireProblem::VarintTooLong, .. })));
-        assert!(matches!(
-            msg(&[0x80, 0x80]).varint(),
-            Err(ImageError::Malformed { problem: WireProblem::VarintTruncated, .. })
-        ));
+        assert!(matches!(msg(&[0x80, 0x80]).varint(), Err(ImageError::Malformed { problem: WireProblem::VarintTruncated, .. })));
     }
 
     #[test]
@@ -724,34 +684,16 @@ mod tests {
         // field 2, length 5, but only 2 bytes follow
         let b = [0x12, 0x05, 0x01, 0x02];
         let e = msg(&b).next_field().err().unwrap();
-        assert!(
-            matches!(
-                e,
-                ImageError::Malformed { problem: WireProblem::LengthPastEnd { field: 2, len: 5, available: 2 }, .. }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, ImageError::Malformed { problem: WireProblem::LengthPastEnd { field: 2, len: 5, available: 2 }, .. }), "{e}");
         // a fixed64 with 3 bytes left
         let b = [0x09, 1, 2, 3];
-        assert!(matches!(
-            msg(&b).next_field(),
-            Err(ImageError::Malformed { problem: WireProblem::FixedPastEnd { .. }, .. })
-        ));
+        assert!(matches!(msg(&b).next_field(), Err(ImageError::Malformed { problem: WireProblem::FixedPastEnd { .. }, .. })));
         // a huge length must not wrap around
         let b = [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert!(matches!(
-            msg(&b).next_field(),
-            Err(ImageError::Malformed { problem: WireProblem::LengthPastEnd { .. }, .. })
-        ));
+        assert!(matches!(msg(&b).next_field(), Err(ImageError::Malformed { problem: WireProblem::LengthPastEnd { .. }, .. })));
         // field number 0, and a group
-        assert!(matches!(
-            msg(&[0x00, 0x00]).next_field(),
-            Err(ImageError::Malformed { problem: WireProblem::BadFieldNumber(0), .. })
-        ));
-        assert!(matches!(
-            msg(&[0x0b]).next_field(),
-            Err(ImageError::Malformed { problem: WireProblem::BadWireType { field: 1, wire_type: 3 }, .. })
-        ));
+        assert!(matches!(msg(&[0x00, 0x00]).next_field(), Err(ImageError::Malformed { problem: WireProblem::BadFieldNumber(0), .. })));
+        assert!(matches!(msg(&[0x0b]).next_field(), Err(ImageError::Malformed { problem: WireProblem::BadWireType { field: 1, wire_type: 3 }, .. })));
     }
 
     #[test]
@@ -762,13 +704,7 @@ mod tests {
         }
         assert_eq!(w.n, 6);
         assert_eq!(w.w, [0, 1, 2, 3]);
-        assert!(matches!(
-            socket_addr(AF_INET6, "src_addr", &w, "src_port", 1),
-            Err(SocketProblem::AddressWords { words: 6, .. })
-        ));
-        assert!(matches!(
-            socket_addr(AF_INET, "src_addr", &w, "src_port", 1 << 16),
-            Err(SocketProblem::BadPort { .. })
-        ));
+        assert!(matches!(socket_addr(AF_INET6, "src_addr", &w, "src_port", 1), Err(SocketProblem::AddressWords { words: 6, .. })));
+        assert!(matches!(socket_addr(AF_INET, "src_addr", &w, "src_port", 1 << 16), Err(SocketProblem::BadPort { .. })));
     }
 }

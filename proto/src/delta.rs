@@ -47,12 +47,20 @@ const BLOCK: usize = 512;
 pub enum DeltaRecord {
     Invalid,
     /// `len` (at most [`MAX_RAW`]) raw bytes follow.
-    Raw { len: u32 },
+    Raw {
+        len: u32,
+    },
     /// `len` bytes of zstd follow, `raw_len` (at most [`MAX_RAW`]) once
     /// decompressed.
-    Zstd { len: u32, raw_len: u32 },
+    Zstd {
+        len: u32,
+        raw_len: u32,
+    },
     /// `count` pages of the base, starting at page `index`.
-    Pages { index: u32, count: u32 },
+    Pages {
+        index: u32,
+        count: u32,
+    },
     /// The archive is complete.
     End,
 }
@@ -342,6 +350,7 @@ pub enum Segment {
 /// holds. Output accumulates until the caller takes it: as bytes packed on
 /// this thread ([`DeltaEncoder::take_output`]), or as [`Segment`]s to pack
 /// elsewhere ([`DeltaEncoder::take_segments`]).
+#[derive(Default)]
 pub struct DeltaEncoder {
     pager: TarPager,
     raw: Vec<u8>,
@@ -349,12 +358,6 @@ pub struct DeltaEncoder {
     segments: Vec<Segment>,
     pub stats: DeltaStats,
     packer: Option<Packer>,
-}
-
-impl Default for DeltaEncoder {
-    fn default() -> Self {
-        DeltaEncoder { pager: TarPager::default(), raw: Vec::new(), run: None, segments: Vec::new(), stats: DeltaStats::default(), packer: None }
-    }
 }
 
 impl DeltaEncoder {
@@ -888,7 +891,7 @@ mod tests {
             assert_eq!(decode_all(&wire, step, &[]).unwrap(), archive, "step {step}");
         }
         let s = enc.stats;
-        assert!(s.zstd_in >= 3 + 4 << 20, "both texts compressed: {s:?}");
+        assert!(s.zstd_in >= (3 + 4) << 20, "both texts compressed: {s:?}");
         assert!(s.zstd_out * 20 < s.zstd_in, "{s:?}");
         assert!(s.raw_bytes >= 5 << 20, "the noise went raw: {s:?}");
         assert!(wire.len() < archive.len() * 3 / 4);

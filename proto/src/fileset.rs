@@ -28,7 +28,10 @@ pub const MAX_NAME: usize = 255;
 pub enum FileEntry {
     Invalid,
     /// `len` bytes of the file `name` follow.
-    File { name: String, len: u64 },
+    File {
+        name: String,
+        len: u64,
+    },
     /// No more files.
     End,
 }
@@ -52,12 +55,7 @@ pub enum FileSetError {
 
 /// A name the receiver may create inside its folder: one path component.
 pub fn check_name(name: &str) -> Result<(), FileSetError> {
-    let bad = name.is_empty()
-        || name.len() > MAX_NAME
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0');
+    let bad = name.is_empty() || name.len() > MAX_NAME || name == "." || name == ".." || name.contains('/') || name.contains('\0');
     if bad {
         Err(FileSetError::BadName(name.to_string()))
     } else {
@@ -88,7 +86,10 @@ impl NameCheck {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FileEvent<'a> {
     /// A file begins: `len` bytes of data events follow.
-    Start { name: &'a str, len: u64 },
+    Start {
+        name: &'a str,
+        len: u64,
+    },
     Data(&'a [u8]),
     /// The current file is complete.
     EndFile,
@@ -123,13 +124,7 @@ const MAX_ENTRY: usize = MAX_NAME + 32;
 
 impl Default for FileSetDecoder {
     fn default() -> Self {
-        FileSetDecoder {
-            head: crate::frame::FrameCollector::new(MAX_ENTRY),
-            left: 0,
-            in_file: false,
-            ended: false,
-            names: NameCheck::default(),
-        }
+        FileSetDecoder { head: crate::frame::FrameCollector::new(MAX_ENTRY), left: 0, in_file: false, ended: false, names: NameCheck::default() }
     }
 }
 

@@ -17,8 +17,8 @@
 
 use crate::compat::Finding;
 use crate::facts::{ContainerInfo, HostFacts};
-use crate::policy::PolicyConfig;
 use crate::frame::WireMessage;
+use crate::policy::PolicyConfig;
 use serde::{Deserialize, Serialize};
 
 /// A migration's identifier, chosen by the coordinator, logged on all sides.
@@ -64,11 +64,16 @@ pub enum Request {
     Probe(ProbeRequest),
     /// `bytes` bytes follow on this stream; read and drop them, answer with
     /// [`Response::Sunk`] (agent to agent, for a probe).
-    Sink { bytes: u64 },
+    Sink {
+        bytes: u64,
+    },
     /// Where is this container now (agent to agent)? A restarted source
     /// agent asks the target of a migration it did not see to its end;
     /// answer with [`Response::Whereabouts`].
-    Whereabouts { container: String, container_id: String },
+    Whereabouts {
+        container: String,
+        container_id: String,
+    },
 }
 
 /// What a target answers about a container a dead source was migrating.
@@ -80,7 +85,9 @@ pub enum Whereabouts {
     /// It runs here (the same container ID): the switchover happened.
     Running,
     /// It is here but not running (this state).
-    Stopped { state: String },
+    Stopped {
+        state: String,
+    },
     /// Not here (never restored, or removed when the source vanished).
     Absent,
 }
@@ -112,6 +119,9 @@ pub struct ProbeReport {
     pub rtt_us: u64,
 }
 
+// Decoded once per message and moved a few times: boxing the large
+// variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Invalid,
@@ -121,7 +131,10 @@ pub enum Response {
     IncomingCheck(Vec<Finding>),
     Probe(ProbeReport),
     /// The bytes of a `Sink` request arrived: this many, in this long.
-    Sunk { bytes: u64, ms: u64 },
+    Sunk {
+        bytes: u64,
+        ms: u64,
+    },
     Whereabouts(Whereabouts),
     Error(RemoteError),
 }
@@ -268,6 +281,9 @@ impl Phase {
 }
 
 /// Sent by the source agent to the coordinator during a migration.
+// Decoded once per message and moved a few times: boxing the large
+// variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrateEvent {
     Invalid,
@@ -322,13 +338,20 @@ pub enum Outcome {
     Completed,
     /// Stopped before the freeze: the container never stopped running on the
     /// source.
-    Refused { failure: Failure },
+    Refused {
+        failure: Failure,
+    },
     /// The migration failed; the container runs on the source again.
-    RolledBack { failure: Failure },
+    RolledBack {
+        failure: Failure,
+    },
     /// The migration failed and the container could not be brought back
     /// running: the checkpoint is kept on the source, the message says how to
     /// restore it by hand.
-    Failed { failure: Failure, rollback_error: String },
+    Failed {
+        failure: Failure,
+        rollback_error: String,
+    },
 }
 
 /// The final report of a migration, as the source agent measured it.
@@ -425,31 +448,47 @@ pub enum SourceMsg {
     ImageSent(Digest),
     /// Pre-copy round `round` (1, 2, ...) was sent on a data stream as a
     /// file set; store it, answer `RoundStored`.
-    RoundSent { round: u32, digest: Digest },
+    RoundSent {
+        round: u32,
+        digest: Digest,
+    },
     /// Pre-copy: `rounds` rounds were sent and the freeze comes next;
     /// prepare them for the restore, answer `RoundsPrepared`. Not downtime:
     /// the container still runs.
-    RoundsDone { rounds: u32 },
+    RoundsDone {
+        rounds: u32,
+    },
     /// The checkpoint archive was sent on a data stream; here is its digest.
     /// Verify, restore, confirm.
     CheckpointSent(Digest),
     /// The source removed its copy: forget the rollback state.
     Commit,
     /// Give up: remove anything restored or staged for this migration.
-    Abort { reason: String },
+    Abort {
+        reason: String,
+    },
 }
 
 /// Target to source, on a `Receive` stream.
+// Decoded once per message and moved a few times: boxing the large
+// variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TargetMsg {
     Invalid,
     /// Prepared; ship the image first when `needs_image`.
-    Ready { needs_image: bool },
+    Ready {
+        needs_image: bool,
+    },
     ImageLoaded,
     /// The round is verified and kept for the final restore.
-    RoundStored { round: u32 },
+    RoundStored {
+        round: u32,
+    },
     /// The rounds are packed for the restore (`bytes` in all).
-    RoundsPrepared { bytes: u64 },
+    RoundsPrepared {
+        bytes: u64,
+    },
     /// The container runs here: the switchover point.
     Restored(RestoreInfo),
     Committed,
@@ -501,7 +540,9 @@ pub enum DataKind {
     Round(u32),
     /// The checkpoint archive as delta records ([`crate::delta`]) against
     /// the pages of the base archive, which the target holds.
-    CheckpointDelta { base: u32 },
+    CheckpointDelta {
+        base: u32,
+    },
     /// Content-addressed pre-copy's base: a full checkpoint archive taken
     /// while the container runs, raw bytes.
     Base,

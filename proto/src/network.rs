@@ -91,18 +91,12 @@ pub fn fate(c: &ContainerInfo, conn: &TcpConnection) -> Fate {
     if own(&conn.remote.ip()) {
         return Fate::Internal;
     }
-    let published = c
-        .ports
-        .iter()
-        .find(|p| p.protocol == "tcp" && p.container_port == conn.local.port());
+    let published = c.ports.iter().find(|p| p.protocol == "tcp" && p.container_port == conn.local.port());
     let net = c.networks.iter().find(|n| n.ips.contains(&conn.local.ip()));
     match net {
         Some(n) if driver_keeps_address(&n.driver) => Fate::Kept,
         Some(n) => Fate::Lost(match published {
-            Some(p) => format!(
-                "{} reached it through the published port {} of its host, whose address does not move",
-                conn.remote, p.host_port
-            ),
+            Some(p) => format!("{} reached it through the published port {} of its host, whose address does not move", conn.remote, p.host_port),
             None => format!(
                 "{} reaches it on the {} network {}, which source-NATs its traffic: the target would rewrite the restored \
                  connection's packets to its own address",
@@ -137,11 +131,7 @@ pub fn connections_finding(c: &ContainerInfo, allow_reset: bool) -> Finding {
     } else if lost.is_empty() {
         ("kept (TCP repair, address announced)".to_string(), Severity::Ok, String::new())
     } else {
-        let reason = format!(
-            "{} of them would be reset: {}",
-            lost.len(),
-            lost.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
-        );
+        let reason = format!("{} of them would be reset: {}", lost.len(), lost.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
         if allow_reset {
             (format!("{} lost", lost.len()), Severity::Warn, format!("{reason}; going ahead as --allow-reset says"))
         } else {
@@ -188,7 +178,10 @@ pub fn networks_finding(c: &ContainerInfo, here: &[NetworkDef]) -> Option<Findin
         if def.driver != a.driver {
             return Some(Finding { target: format!("{} is {}", def.name, def.driver), ..f }.with(
                 Severity::Block,
-                format!("network {} is {} on the source and {} here; Podman restores the container on the same kind", a.network, a.driver, def.driver),
+                format!(
+                    "network {} is {} on the source and {} here; Podman restores the container on the same kind",
+                    a.network, a.driver, def.driver
+                ),
             ));
         }
         if let Some(ip) = a.ips.iter().find(|ip| !def.subnets.iter().any(|s| subnet_contains(s, ip))) {
@@ -284,11 +277,7 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<(SocketAddr, SocketAddr, u8)> {
 
 /// The established connections in a `/proc/net/tcp*` text.
 pub fn established(text: &str) -> Vec<TcpConnection> {
-    parse_proc_net_tcp(text)
-        .into_iter()
-        .filter(|(_, _, s)| *s == TCP_ESTABLISHED)
-        .map(|(local, remote, _)| TcpConnection { local, remote })
-        .collect()
+    parse_proc_net_tcp(text).into_iter().filter(|(_, _, s)| *s == TCP_ESTABLISHED).map(|(local, remote, _)| TcpConnection { local, remote }).collect()
 }
 
 /// The ports listened on in a `/proc/net/tcp*` text.
@@ -424,7 +413,9 @@ mod tests {
     #[test]
     fn the_target_must_have_the_network_with_the_address_in_it() {
         let c = ctr("macvlan");
-        let lan = |driver: &str, subnet: &str| vec![NetworkDef { name: "lan".into(), driver: driver.into(), subnets: vec![subnet.into()], interface: "eth0".into() }];
+        let lan = |driver: &str, subnet: &str| {
+            vec![NetworkDef { name: "lan".into(), driver: driver.into(), subnets: vec![subnet.into()], interface: "eth0".into() }]
+        };
         assert_eq!(networks_finding(&c, &lan("macvlan", "198.51.100.0/24")).unwrap().severity, Severity::Ok);
         assert_eq!(networks_finding(&c, &[]).unwrap().severity, Severity::Block);
         assert_eq!(networks_finding(&c, &lan("bridge", "198.51.100.0/24")).unwrap().severity, Severity::Block);

@@ -88,10 +88,19 @@ impl Round {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     Invalid,
-    FitsDowntime { estimated_ms: u64 },
-    Converged { pages: u64 },
-    NotConverging { previous_pages: u64, pages: u64 },
-    MaxRounds { rounds: u32 },
+    FitsDowntime {
+        estimated_ms: u64,
+    },
+    Converged {
+        pages: u64,
+    },
+    NotConverging {
+        previous_pages: u64,
+        pages: u64,
+    },
+    MaxRounds {
+        rounds: u32,
+    },
     Timeout,
     /// Content-addressed pre-copy ships one full dump, no more.
     BaseShipped,

@@ -106,9 +106,7 @@ pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetSt
             Ok((Restored, Action::Restore { digest: *d, rounds: 1 }))
         }
         (Restored, SourceMsg::Commit) => Ok((Done, Action::Commit)),
-        (AwaitingImage | Staging { .. } | Prepared { .. } | Restored, SourceMsg::Abort { reason }) => {
-            Ok((Done, Action::Abort(reason.clone())))
-        }
+        (AwaitingImage | Staging { .. } | Prepared { .. } | Restored, SourceMsg::Abort { reason }) => Ok((Done, Action::Abort(reason.clone()))),
         (state, msg) => Err(UnexpectedMessage { state, mode, message: name(msg) }),
     }
 }

@@ -20,10 +20,7 @@ pub const SUPPORTED_VERSIONS: &[u16] = &[5];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {
-    ours.iter()
-        .copied()
-        .filter(|v| *v != 0 && theirs.contains(v))
-        .max()
+    ours.iter().copied().filter(|v| *v != 0 && theirs.contains(v)).max()
 }
 
 #[cfg(test)]

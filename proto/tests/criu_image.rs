@@ -44,8 +44,7 @@ fn v6(s: &str, port: u16) -> SocketAddr {
 #[test]
 fn server_dump_lists_every_inet_socket() {
     let s = inet_sockets(SERVER_FILES).unwrap();
-    let brief: Vec<_> =
-        s.iter().map(|s| (s.id, s.ino, s.family, s.sock_type, s.protocol, s.state, s.local, s.remote)).collect();
+    let brief: Vec<_> = s.iter().map(|s| (s.id, s.ino, s.family, s.sock_type, s.protocol, s.state, s.local, s.remote)).collect();
     let any4 = v4([0, 0, 0, 0], 0);
     let any6 = v6("::", 0);
     assert_eq!(
@@ -54,26 +53,8 @@ fn server_dump_lists_every_inet_socket() {
             (11, 37743, AF_INET, SOCK_STREAM, IPPROTO_TCP, 10, v4([0, 0, 0, 0], 7000), any4), // LISTEN
             (12, 37744, AF_INET6, SOCK_STREAM, IPPROTO_TCP, 10, v6("::", 7001), any6),        // LISTEN
             (13, 37745, AF_INET, 2, 17, 7, v4([0, 0, 0, 0], 7002), any4),                     // UDP, CLOSE
-            (
-                14,
-                37746,
-                AF_INET,
-                SOCK_STREAM,
-                IPPROTO_TCP,
-                TCP_ESTABLISHED,
-                v4([203, 0, 113, 1], 7000),
-                v4([203, 0, 113, 2], 42938)
-            ),
-            (
-                15,
-                38658,
-                AF_INET6,
-                SOCK_STREAM,
-                IPPROTO_TCP,
-                TCP_ESTABLISHED,
-                v6("2001:db8::1", 7001),
-                v6("2001:db8::2", 41196)
-            ),
+            (14, 37746, AF_INET, SOCK_STREAM, IPPROTO_TCP, TCP_ESTABLISHED, v4([203, 0, 113, 1], 7000), v4([203, 0, 113, 2], 42938)),
+            (15, 38658, AF_INET6, SOCK_STREAM, IPPROTO_TCP, TCP_ESTABLISHED, v6("2001:db8::1", 7001), v6("2001:db8::2", 41196)),
         ]
     );
     assert_eq!(s.iter().filter(|s| s.is_established_tcp()).count(), 2);
@@ -172,18 +153,15 @@ fn stream_file_names_are_lowercase_hex() {
 
 #[test]
 fn a_missing_stream_image_is_an_error_naming_the_socket() {
-    let e = established_connections(SERVER_FILES, |ino| if ino == 0x9372 { Some(SERVER_9372.to_vec()) } else { None })
-        .unwrap_err();
+    let e = established_connections(SERVER_FILES, |ino| if ino == 0x9372 { Some(SERVER_9372.to_vec()) } else { None }).unwrap_err();
     assert!(matches!(e, ImageError::MissingStream { ino: 0x9702, .. }), "{e}");
     assert!(e.to_string().contains("tcp-stream-9702.img"), "{e}");
 }
 
 #[test]
 fn a_corrupt_stream_image_is_an_error_naming_its_file() {
-    let e = established_connections(SERVER_FILES, |ino| {
-        Some(if ino == 0x9372 { SERVER_9372[..20].to_vec() } else { SERVER_9702.to_vec() })
-    })
-    .unwrap_err();
+    let e =
+        established_connections(SERVER_FILES, |ino| Some(if ino == 0x9372 { SERVER_9372[..20].to_vec() } else { SERVER_9702.to_vec() })).unwrap_err();
     match &e {
         ImageError::Stream { ino: 0x9372, source } => {
             assert!(matches!(**source, ImageError::EntryTooLong { offset: 8, len: 58, available: 8, .. }), "{source}")
@@ -206,10 +184,7 @@ fn every_prefix_of_files_img_is_an_error_or_fewer_sockets() {
         }
     }
     assert!(matches!(inet_sockets(&[]), Err(ImageError::Truncated { offset: 0, needed: 4, available: 0, .. })));
-    assert!(matches!(
-        inet_sockets(&SERVER_FILES[..6]),
-        Err(ImageError::Truncated { offset: 4, needed: 4, available: 2, .. })
-    ));
+    assert!(matches!(inet_sockets(&SERVER_FILES[..6]), Err(ImageError::Truncated { offset: 4, needed: 4, available: 2, .. })));
     // Two bytes of the first entry's size.
     assert!(matches!(inet_sockets(&SERVER_FILES[..10]), Err(ImageError::Truncated { offset: 8, available: 2, .. })));
     // Cut inside the first entry.
@@ -256,13 +231,7 @@ fn oversized_lengths_are_refused_without_allocating() {
     varint(&mut fe, 1 << 40);
     fe.extend_from_slice(&[0; 8]);
     let e = inet_sockets(&image(FILES_MAGIC, &[fe])).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            ImageError::Malformed { message: "file_entry", problem: WireProblem::LengthPastEnd { field: 4, .. }, .. }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::Malformed { message: "file_entry", problem: WireProblem::LengthPastEnd { field: 4, .. }, .. }), "{e}");
     // A packed address with a billion words.
     let mut isk = inet_sk(1, AF_INET6, TCP_ESTABLISHED, &[1, 2, 3, 4], 80, &[5, 6, 7, 8], 81, false);
     key(&mut isk, 11, 2);
@@ -275,10 +244,7 @@ fn oversized_lengths_are_refused_without_allocating() {
         field_u32(&mut isk, 11, 7);
     }
     let e = inet_sockets(&image(INETSK_MAGIC, &[isk])).unwrap_err();
-    assert!(
-        matches!(e, ImageError::BadSocket { ino: 1, problem: SocketProblem::AddressWords { words: 1004, .. }, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::BadSocket { ino: 1, problem: SocketProblem::AddressWords { words: 1004, .. }, .. }), "{e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -324,29 +290,9 @@ fn words(ip: &[u8]) -> Vec<u32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn inet_sk(
-    ino: u32,
-    family: u32,
-    state: u32,
-    src: &[u32],
-    sport: u32,
-    dst: &[u32],
-    dport: u32,
-    packed: bool,
-) -> Vec<u8> {
+fn inet_sk(ino: u32, family: u32, state: u32, src: &[u32], sport: u32, dst: &[u32], dport: u32, packed: bool) -> Vec<u8> {
     let mut m = Vec::new();
-    for (f, v) in [
-        (1, ino + 100),
-        (2, ino),
-        (3, family),
-        (4, SOCK_STREAM),
-        (5, IPPROTO_TCP),
-        (6, state),
-        (7, sport),
-        (8, dport),
-        (9, 2),
-        (10, 0),
-    ] {
+    for (f, v) in [(1, ino + 100), (2, ino), (3, family), (4, SOCK_STREAM), (5, IPPROTO_TCP), (6, state), (7, sport), (8, dport), (9, 2), (10, 0)] {
         field_u32(&mut m, f, v);
     }
     for (f, ws) in [(11, src), (12, dst)] {
@@ -448,26 +394,15 @@ fn packed_addresses_ipv6_and_old_inetsk_images() {
     old.extend_from_slice(&isk);
     assert_eq!(inet_sockets(&old).unwrap(), s);
     // v0.1 wrote four words for an IPv4 address; the first is the address.
-    let isk = inet_sk(
-        9,
-        AF_INET,
-        TCP_ESTABLISHED,
-        &words(&[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        1,
-        &words(&[192, 0, 2, 2]),
-        2,
-        false,
-    );
+    let isk = inet_sk(9, AF_INET, TCP_ESTABLISHED, &words(&[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 1, &words(&[192, 0, 2, 2]), 2, false);
     assert_eq!(inet_sockets(&image(INETSK_MAGIC, &[isk])).unwrap()[0].local, v4([192, 0, 2, 1], 1));
 }
 
 #[test]
 fn sockets_not_established_are_left_out() {
     let w = words(&[10, 0, 0, 1]);
-    let entries: Vec<Vec<u8>> = [10u32, 7, 8, 4, 2]
-        .iter()
-        .map(|state| file_entry(FD_TYPE_INETSK, Some(&inet_sk(*state, AF_INET, *state, &w, 1, &w, 2, false))))
-        .collect();
+    let entries: Vec<Vec<u8>> =
+        [10u32, 7, 8, 4, 2].iter().map(|state| file_entry(FD_TYPE_INETSK, Some(&inet_sk(*state, AF_INET, *state, &w, 1, &w, 2, false)))).collect();
     let files = image(FILES_MAGIC, &entries);
     assert_eq!(inet_sockets(&files).unwrap().len(), 5);
     let c = established_connections(&files, |ino| panic!("no stream should be read, asked for {ino:#x}")).unwrap();
@@ -485,18 +420,12 @@ fn sockets_not_established_are_left_out() {
 fn missing_required_fields() {
     let e = parse_tcp_stream(&stream(&[(1, 0), (2, 1), (3, 0)])).unwrap_err();
     assert!(matches!(e, ImageError::MissingField { field: "outq_seq (4)", offset: 12, .. }), "{e}");
-    assert_eq!(
-        e.to_string(),
-        "tcp-stream image: the tcp_stream_entry at byte 12 lacks its required field outq_seq (4)"
-    );
+    assert_eq!(e.to_string(), "tcp-stream image: the tcp_stream_entry at byte 12 lacks its required field outq_seq (4)");
     let e = inet_sockets(&image(FILES_MAGIC, &[file_entry(FD_TYPE_INETSK, None)])).unwrap_err();
     assert!(matches!(e, ImageError::MissingField { message: "file_entry", field: "isk (4)", .. }), "{e}");
     let mut no_type = Vec::new();
     field_u32(&mut no_type, 2, 1);
-    assert!(matches!(
-        inet_sockets(&image(FILES_MAGIC, &[no_type])),
-        Err(ImageError::MissingField { field: "type (1)", .. })
-    ));
+    assert!(matches!(inet_sockets(&image(FILES_MAGIC, &[no_type])), Err(ImageError::MissingField { field: "type (1)", .. })));
     // An isk without its ino.
     let mut isk = Vec::new();
     for (f, v) in [(1, 1), (3, AF_INET), (4, 1), (5, 6), (6, 1), (7, 1), (8, 1)] {
@@ -509,52 +438,26 @@ fn missing_required_fields() {
 #[test]
 fn bad_addresses_ports_and_values() {
     let w4 = words(&[10, 0, 0, 1]);
-    let check =
-        |isk: Vec<u8>| inet_sockets(&image(FILES_MAGIC, &[file_entry(FD_TYPE_INETSK, Some(&isk))])).unwrap_err();
+    let check = |isk: Vec<u8>| inet_sockets(&image(FILES_MAGIC, &[file_entry(FD_TYPE_INETSK, Some(&isk))])).unwrap_err();
     let e = check(inet_sk(5, AF_INET6, 1, &w4, 1, &w4, 2, false));
-    assert!(
-        matches!(
-            e,
-            ImageError::BadSocket {
-                ino: 5,
-                problem: SocketProblem::AddressWords { field: "src_addr", words: 1, .. },
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::BadSocket { ino: 5, problem: SocketProblem::AddressWords { field: "src_addr", words: 1, .. }, .. }), "{e}");
     let e = check(inet_sk(5, AF_INET, 1, &w4, 1, &[], 2, false));
-    assert!(
-        matches!(
-            e,
-            ImageError::BadSocket { problem: SocketProblem::AddressWords { field: "dst_addr", words: 0, .. }, .. }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::BadSocket { problem: SocketProblem::AddressWords { field: "dst_addr", words: 0, .. }, .. }), "{e}");
     let e = check(inet_sk(5, 1, 1, &w4, 1, &w4, 2, false));
     assert!(matches!(e, ImageError::BadSocket { problem: SocketProblem::UnknownFamily(1), .. }), "{e}");
     let e = check(inet_sk(5, AF_INET, 1, &w4, 70000, &w4, 2, false));
-    assert!(
-        matches!(e, ImageError::BadSocket { problem: SocketProblem::BadPort { field: "src_port", value: 70000 }, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::BadSocket { problem: SocketProblem::BadPort { field: "src_port", value: 70000 }, .. }), "{e}");
     // A uint32 field holding more than 32 bits.
     let mut isk = inet_sk(5, AF_INET, 1, &w4, 1, &w4, 2, false);
     key(&mut isk, 2, 0);
     varint(&mut isk, 1 << 33);
     let e = check(isk);
-    assert!(
-        matches!(e, ImageError::Malformed { problem: WireProblem::NotU32 { field: 2, name: "ino", .. }, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::Malformed { problem: WireProblem::NotU32 { field: 2, name: "ino", .. }, .. }), "{e}");
     // A known scalar field with the wrong wire type.
     let mut isk = inet_sk(5, AF_INET, 1, &w4, 1, &w4, 2, false);
     field_bytes(&mut isk, 6, b"x");
     let e = check(isk);
-    assert!(
-        matches!(e, ImageError::Malformed { problem: WireProblem::BadWireType { field: 6, wire_type: 2 }, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::Malformed { problem: WireProblem::BadWireType { field: 6, wire_type: 2 }, .. }), "{e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -585,12 +488,8 @@ fn decode_all(files: &[u8], stream: &[u8]) {
 
 #[test]
 fn fuzz_prefixes_and_byte_flips_never_panic() {
-    let fixtures: [(&[u8], &[u8]); 4] = [
-        (SERVER_FILES, SERVER_9372),
-        (SERVER_FILES, SERVER_9702),
-        (CLIENT_FILES, CLIENT_937F),
-        (CLIENT_FILES, CLIENT_9380),
-    ];
+    let fixtures: [(&[u8], &[u8]); 4] =
+        [(SERVER_FILES, SERVER_9372), (SERVER_FILES, SERVER_9702), (CLIENT_FILES, CLIENT_937F), (CLIENT_FILES, CLIENT_9380)];
     for (files, stream) in fixtures {
         for n in 0..=files.len().max(stream.len()) {
             decode_all(&files[..n.min(files.len())], &stream[..n.min(stream.len())]);

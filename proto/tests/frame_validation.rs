@@ -20,7 +20,7 @@ fn facts() -> HostFacts {
         network_backend: "netavark".into(),
         dirty_tracking: Capability { supported: false, detail: "off".into() },
         lazy_restore: Capability { supported: true, detail: "uffd".into() },
-    dump_other_users: Capability { supported: true, detail: String::new() },
+        dump_other_users: Capability { supported: true, detail: String::new() },
     }
 }
 
@@ -70,7 +70,14 @@ fn samples() -> Vec<Request> {
                 lazy_restore: false,
             },
         }),
-        Request::Receive(Begin { id: 42, source: "client1".into(), container: container(), tcp_established: false, mode: Mode::HashPreCopy, lazy_restore: true }),
+        Request::Receive(Begin {
+            id: 42,
+            source: "client1".into(),
+            container: container(),
+            tcp_established: false,
+            mode: Mode::HashPreCopy,
+            lazy_restore: true,
+        }),
         Request::Whereabouts { container: "demo1".into(), container_id: "abc".into() },
     ]
 }

@@ -123,7 +123,13 @@ pub fn start_counter(host: &str, name: &str) -> Result<()> {
     ok(&mut podman(
         host,
         &[
-            "run", "-d", "--name", name, IMAGE, "sh", "-c",
+            "run",
+            "-d",
+            "--name",
+            name,
+            IMAGE,
+            "sh",
+            "-c",
             "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
         ],
     ))?;
@@ -193,9 +199,7 @@ pub fn state(host: &str, name: &str) -> Result<Option<String>> {
 pub fn ip(host: &str, name: &str) -> Result<String> {
     let v = inspect(host, name)?.context("no such container")?;
     let nets = v.pointer("/NetworkSettings/Networks").and_then(Value::as_object).context("no networks")?;
-    nets.values()
-        .find_map(|n| n.get("IPAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string))
-        .context("no IP address")
+    nets.values().find_map(|n| n.get("IPAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)).context("no IP address")
 }
 
 /// Removes a container from both hosts.
@@ -284,11 +288,7 @@ pub fn hosts() -> Result<Vec<Value>> {
 /// ended.
 pub fn ram_mounts(host: &str) -> Result<Vec<String>> {
     let info = ok(&mut lab(&["exec", host, "cat", "/proc/self/mountinfo"]))?;
-    Ok(info
-        .lines()
-        .filter(|l| l.contains(" - tmpfs tern-checkpoint "))
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .collect())
+    Ok(info.lines().filter(|l| l.contains(" - tmpfs tern-checkpoint ")).filter_map(|l| l.split(' ').nth(4).map(str::to_string)).collect())
 }
 
 /// Traffic holds (netfilter tables `tern-hold-*`) left on a lab host: the
@@ -302,13 +302,7 @@ pub fn traffic_holds(host: &str) -> Result<Vec<String>> {
 /// Podman never took over (`agent/src/target/inplace.rs`).
 pub fn staged_folders(host: &str) -> Vec<PathBuf> {
     let dir = PathBuf::from(format!("/var/lib/tern-lab/{host}/storage/overlay-containers"));
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("tern-incoming").exists())
-        .collect()
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.join("tern-incoming").exists()).collect()
 }
 
 /// Nothing a migration made is left on either host.
@@ -396,8 +390,20 @@ impl RedisClient {
         let (stop, out) = (dir.join("stop"), dir.join("summary.json"));
         let bin = bin_dir().join("appclient");
         let child = on_client0(&[
-            bin.to_str().unwrap(), "redis", "--addr", addr, "--key", key, "--interval", "10ms",
-            "--duration", "600s", "--until-file", stop.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            bin.to_str().unwrap(),
+            "redis",
+            "--addr",
+            addr,
+            "--key",
+            key,
+            "--interval",
+            "10ms",
+            "--duration",
+            "600s",
+            "--until-file",
+            stop.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ])
         .stdout(std::process::Stdio::null())
         .spawn()

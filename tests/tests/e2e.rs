@@ -33,9 +33,8 @@ fn migrate_and_verify_with(name: &str, from: &str, to: &str, flags: &[&str], mod
     // The wire carries the archive (and image), less what compression and
     // the target's copy of a base saved.
     let n = |k: &str| j[k].as_u64().unwrap_or(0);
-    let must_cross = (n("checkpoint_bytes") + n("image_bytes"))
-        .saturating_sub(n("saved_bytes"))
-        .saturating_sub(n("zstd_in").saturating_sub(n("zstd_out")));
+    let must_cross =
+        (n("checkpoint_bytes") + n("image_bytes")).saturating_sub(n("saved_bytes")).saturating_sub(n("zstd_in").saturating_sub(n("zstd_out")));
     ensure!(n("bytes_on_wire") >= must_cross, "fewer bytes on the wire than the archive needs: {j}");
     let phases: Vec<&str> = j["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
     if mode != "stop-and-copy" {
@@ -151,7 +150,7 @@ fn scenario_refusal(prepare: impl FnOnce(&str) -> Result<()>, expect_field: &str
     let after = inspect("client1", name)?.unwrap();
     ensure!(after["State"]["Status"] == "running");
     ensure!(after["State"]["StartedAt"] == started, "the container was restarted");
-    ensure!(after["State"]["CheckpointedAt"].as_str().map_or(true, |s| s.starts_with("0001")), "it was checkpointed: {}", after["State"]);
+    ensure!(after["State"]["CheckpointedAt"].as_str().is_none_or(|s| s.starts_with("0001")), "it was checkpointed: {}", after["State"]);
     ensure!(top("client1", name)? == pids);
     remove_everywhere(name);
     Ok(())
@@ -281,7 +280,20 @@ fn check_reports_without_migrating() {
     assert_eq!(r.code, 0, "{}", r.all);
     assert_eq!(r.json["ok"], true);
     let fields: Vec<&str> = r.json["findings"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
-    for f in ["arch", "cgroups", "oci runtime", "podman", "criu", "kernel", "cpu flags", "network backend", "dirty tracking", "container name", "address", "image"] {
+    for f in [
+        "arch",
+        "cgroups",
+        "oci runtime",
+        "podman",
+        "criu",
+        "kernel",
+        "cpu flags",
+        "network backend",
+        "dirty tracking",
+        "container name",
+        "address",
+        "image",
+    ] {
         assert!(fields.contains(&f), "{f} missing from {fields:?}");
     }
     assert_eq!(state("client1", name).unwrap().as_deref(), Some("running"));
@@ -333,7 +345,8 @@ fn consecutive(v: &[u64]) -> bool {
 fn scenario_tcp_established() -> Result<()> {
     let name = "e2e-tcp";
     remove_everywhere(name);
-    let script = "sleep 100000 | nc -l -p 7000 > /received & sleep 0.3; i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done | nc 127.0.0.1 7000";
+    let script =
+        "sleep 100000 | nc -l -p 7000 > /received & sleep 0.3; i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done | nc 127.0.0.1 7000";
     ok(&mut podman("client1", &["run", "-d", "--name", name, IMAGE, "sh", "-c", script]))?;
     wait_until(Duration::from_secs(20), "numbers over TCP", || Ok((received("client1", name)?.len() > 20).then_some(())))?;
 
@@ -523,7 +536,10 @@ fn scenario_postgres_pgbench() -> Result<()> {
     let name = "e2e-postgres";
     remove_everywhere(name);
     ensure_image("client1", POSTGRES_IMAGE)?;
-    ok(&mut podman("client1", &["run", "-d", "--name", name, "--network", "lan", "--user", "postgres", POSTGRES_IMAGE, "postgres", "-D", "/var/lib/postgresql/data"]))?;
+    ok(&mut podman(
+        "client1",
+        &["run", "-d", "--name", name, "--network", "lan", "--user", "postgres", POSTGRES_IMAGE, "postgres", "-D", "/var/lib/postgresql/data"],
+    ))?;
     let ip = ip("client1", name)?;
     wait_until(Duration::from_secs(60), "PostgreSQL to accept connections", || {
         Ok(run(&mut on_client0(&["pg_isready", "-h", &ip, "-U", "postgres"]))?.status.success().then_some(()))
@@ -534,7 +550,19 @@ fn scenario_postgres_pgbench() -> Result<()> {
     // (libpq's tcp_user_timeout) instead of hanging the test.
     let log = std::env::temp_dir().join(format!("tern-e2e-pgbench-{}.log", std::process::id()));
     let mut bench = on_client0(&[
-        "pgbench", "-c", "4", "-j", "2", "-T", "3000", "-P", "5", "-h", &ip, "-U", "postgres",
+        "pgbench",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        "3000",
+        "-P",
+        "5",
+        "-h",
+        &ip,
+        "-U",
+        "postgres",
         "dbname=postgres tcp_user_timeout=120000 keepalives_idle=30",
     ])
     .stdout(std::fs::File::create(&log)?)
@@ -576,13 +604,23 @@ fn scenario_postgres_pgbench() -> Result<()> {
     let status = status.with_context(|| format!("pgbench did not finish; its output so far:\n{text}"))?;
     ensure!(status.success(), "pgbench failed ({status}):\n{text}");
     let p = pgbench_summary(&text)?;
-    ensure!(p.failed == 0 && !p.aborted && p.processed > 0, "pgbench: {} processed, {} failed, aborted {}:\n{text}", p.processed, p.failed, p.aborted);
+    ensure!(
+        p.failed == 0 && !p.aborted && p.processed > 0,
+        "pgbench: {} processed, {} failed, aborted {}:\n{text}",
+        p.processed,
+        p.failed,
+        p.aborted
+    );
     let rows: u64 = psql(&ip, "select count(*) from pgbench_history")?.parse()?;
     ensure!(rows == p.processed, "pgbench reported {} transactions committed, pgbench_history holds {rows} rows", p.processed);
     eprintln!(
         "postgres: {} transactions, 0 failed, none aborted, {rows} rows; {}",
         p.processed,
-        if can { format!("moved there and back, downtimes {downtimes:?} ms") } else { "the move was refused before the freeze (no CAP_SYS_RESOURCE here)".into() }
+        if can {
+            format!("moved there and back, downtimes {downtimes:?} ms")
+        } else {
+            "the move was refused before the freeze (no CAP_SYS_RESOURCE here)".into()
+        }
     );
     remove_everywhere(name);
     Ok(())
@@ -672,7 +710,13 @@ fn scenario_files_cross_before_the_freeze() -> Result<()> {
     ok(&mut podman(
         "client1",
         &[
-            "run", "-d", "--name", name, IMAGE, "sh", "-c",
+            "run",
+            "-d",
+            "--name",
+            name,
+            IMAGE,
+            "sh",
+            "-c",
             "head -c 50331648 /dev/urandom > /blob1 && head -c 33554432 /dev/urandom > /blob2 && \
              i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
         ],
@@ -723,8 +767,18 @@ fn a_volume_moves_with_its_container_and_a_clash_is_refused() {
     let volume = format!("{vol}:/data");
     ok(&mut podman(
         "client1",
-        &["run", "-d", "--name", name, "-v", &volume, IMAGE, "sh", "-c",
-          "head -c 1048576 /dev/urandom > /data/blob; i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done"],
+        &[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-v",
+            &volume,
+            IMAGE,
+            "sh",
+            "-c",
+            "head -c 1048576 /dev/urandom > /data/blob; i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
+        ],
     ))
     .unwrap();
     count_reaches("client1", name, 5).unwrap();

@@ -1,8 +1,8 @@
 //! quinn endpoints, tuned for moving container checkpoints (hundreds of MiB)
 //! between hosts on a LAN, and detecting a dead peer within seconds.
 
-use crate::tls::{client_config, server_config, TlsFiles};
 use crate::timeouts::scaled;
+use crate::tls::{client_config, server_config, TlsFiles};
 use crate::TransportError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
@@ -112,9 +112,7 @@ pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint, TransportError> {
 
 /// Connects to `name` at `addr`; the server's certificate must name `name`.
 pub async fn connect(endpoint: &Endpoint, addr: SocketAddr, name: &str) -> Result<quinn::Connection, TransportError> {
-    let connecting = endpoint
-        .connect(addr, name)
-        .map_err(|e| TransportError::Connect { name: name.into(), addr, detail: e.to_string() })?;
+    let connecting = endpoint.connect(addr, name).map_err(|e| TransportError::Connect { name: name.into(), addr, detail: e.to_string() })?;
     // With TLS 1.3 the server checks the client's certificate after the
     // client considers the handshake done: a rejection of *our* certificate
     // arrives as a close right after this returns. Callers that then fail on
@@ -143,10 +141,7 @@ pub fn classify(name: &str, addr: SocketAddr, e: quinn::ConnectionError) -> Tran
 /// The authenticated peer's name: its certificate's common name, else its
 /// first DNS subject alternative name.
 pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     let der = certs.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {

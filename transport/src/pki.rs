@@ -6,9 +6,7 @@
 //! is valid for both server and client authentication: agents are servers
 //! to the coordinator and clients of each other.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -39,13 +37,8 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| PkiError::Write { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(err)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(if secret { 0o600 } else { 0o644 }).open(path).map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)?;
     // `mode` applies only to new files; make an existing key private too.
     if secret {
@@ -56,9 +49,7 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
 }
 
 fn valid_name(name: &str) -> Result<(), PkiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let ok = !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if ok {
         Ok(())
     } else {

@@ -64,9 +64,7 @@ impl Session {
         };
         match reply {
             Response::Hello(HelloReply::Accepted { version, .. }) => session.version = version,
-            Response::Hello(HelloReply::Refused { reason }) => {
-                return Err(RpcError::Refused { peer: session.peer, reason })
-            }
+            Response::Hello(HelloReply::Refused { reason }) => return Err(RpcError::Refused { peer: session.peer, reason }),
             other => return Err(session.unexpected("Hello", &other)),
         }
         Ok(session)
@@ -84,11 +82,7 @@ impl Session {
 
     /// Opens a stream and sends `req` as its first frame; for conversations.
     pub async fn open(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
-        let (mut send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|source| RpcError::Connection { peer: self.peer.clone(), source })?;
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|source| RpcError::Connection { peer: self.peer.clone(), source })?;
         write_frame(&mut send, req).await.map_err(|e| self.frame_err(e))?;
         Ok((send, recv))
     }
@@ -118,19 +112,11 @@ impl Session {
 pub fn answer_hello(hello: &Hello, cert_name: Option<&str>, my_name: &str) -> HelloReply {
     if cert_name != Some(hello.name.as_str()) {
         return HelloReply::Refused {
-            reason: format!(
-                "the peer calls itself {:?} but its certificate names {:?}",
-                hello.name,
-                cert_name.unwrap_or("nobody")
-            ),
+            reason: format!("the peer calls itself {:?} but its certificate names {:?}", hello.name, cert_name.unwrap_or("nobody")),
         };
     }
     match negotiate(SUPPORTED_VERSIONS, &hello.supported) {
-        Some(version) => HelloReply::Accepted {
-            version,
-            name: my_name.to_string(),
-            software: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
-        },
+        Some(version) => HelloReply::Accepted { version, name: my_name.to_string(), software: format!("tern-agent {}", env!("CARGO_PKG_VERSION")) },
         None => HelloReply::Refused {
             reason: format!(
                 "no common protocol version: this agent speaks {SUPPORTED_VERSIONS:?}, the peer {:?}; upgrade the older side",

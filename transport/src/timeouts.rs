@@ -9,9 +9,7 @@ use std::time::Duration;
 /// The factor from `TERN_TIMEOUT_SCALE`, read once.
 pub fn scale() -> u32 {
     static SCALE: OnceLock<u32> = OnceLock::new();
-    *SCALE.get_or_init(|| {
-        std::env::var("TERN_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(1)
-    })
+    *SCALE.get_or_init(|| std::env::var("TERN_TIMEOUT_SCALE").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(1))
 }
 
 /// `d` times the scale.

@@ -27,9 +27,11 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
 
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let pem = read(what, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TransportError::ReadPem { what, path: path.to_path_buf(), source })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>().map_err(|source| TransportError::ReadPem {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     if certs.is_empty() {
         return Err(TransportError::EmptyPem { what, path: path.to_path_buf() });
     }

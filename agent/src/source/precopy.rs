@@ -138,8 +138,7 @@ impl Run<'_> {
             let pages = pages_written(&dir, stats);
             self.check_cancel(p)?;
 
-            let names = round_files(&dir)
-                .map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
+            let names = round_files(&dir).map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
             let t0 = Instant::now();
             let done = Arc::new(AtomicU64::new(0));
             let header = DataHeader { id: self.req.id, kind: DataKind::Round(n) };
@@ -308,12 +307,10 @@ impl Run<'_> {
             }
             Err(_) => {}
         }
-        let relative = last_dir.strip_prefix(&cdir).map_err(|_| {
-            Fail::new(p, format!("the last round {} is not inside the container's folder {}", last_dir.display(), cdir.display()))
-        })?;
-        tokio::fs::symlink(relative, &link)
-            .await
-            .map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), relative.display())))?;
+        let relative = last_dir
+            .strip_prefix(&cdir)
+            .map_err(|_| Fail::new(p, format!("the last round {} is not inside the container's folder {}", last_dir.display(), cdir.display())))?;
+        tokio::fs::symlink(relative, &link).await.map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), relative.display())))?;
         self.pre_link = Some(link);
         Ok(())
     }

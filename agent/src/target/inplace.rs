@@ -66,11 +66,7 @@ impl Bundle {
         let dir = engine.bundle_dir(&container.id).await.map_err(|e| e.to_string())?;
         let root = dir.parent().map(Path::to_path_buf).ok_or_else(|| format!("{} has no parent folder", dir.display()))?;
         if root.exists() {
-            return Err(format!(
-                "a container with ID {} already has a folder here ({}); remove that container first",
-                container.id,
-                root.display()
-            ));
+            return Err(format!("a container with ID {} already has a folder here ({}); remove that container first", container.id, root.display()));
         }
         let checkpoint = dir.join("checkpoint");
         std::fs::create_dir_all(&checkpoint).map_err(|e| format!("creating {}: {e}", checkpoint.display()))?;

@@ -92,8 +92,14 @@ pub struct TarSplit {
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Rest,
-    PlaceFile { name: String, mode: u32 },
-    PlaceLink { name: String, target: PathBuf },
+    PlaceFile {
+        name: String,
+        mode: u32,
+    },
+    PlaceLink {
+        name: String,
+        target: PathBuf,
+    },
     /// The `checkpoint/` directory entry itself: the folder exists.
     SkipDir,
 }
@@ -168,10 +174,10 @@ impl TarSplit {
         header.extend_from_slice(&data);
         header.extend(std::iter::repeat_n(0u8, pad));
         self.stats.rest_members += 1;
-        self.to_rest(&header)
+        self.write_rest(&header)
     }
 
-    fn to_rest(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn write_rest(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stats.rest_bytes += bytes.len() as u64;
         self.rest.write_all(bytes)
     }
@@ -193,7 +199,8 @@ impl TarSplit {
         let size = header.entry_size().map_err(|e| std::io::Error::other(format!("a tar header does not parse: {e}")))?;
         let kind = header.entry_type();
         let was_extended = self.extended;
-        self.extended = matches!(kind, tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink);
+        self.extended =
+            matches!(kind, tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink);
         let pad = size.div_ceil(BLOCK as u64) * BLOCK as u64 - size;
         let hold = self.annotate.is_some()
             && !(was_extended || self.extended)
@@ -204,7 +211,7 @@ impl TarSplit {
             Route::Rest if hold => Sink::Hold(block.clone(), Vec::with_capacity(size as usize)),
             Route::Rest => {
                 self.stats.rest_members += 1;
-                self.to_rest(&block)?;
+                self.write_rest(&block)?;
                 Sink::Rest
             }
             Route::PlaceFile { name, mode } => {

@@ -261,8 +261,7 @@ fn run(o: Opts) -> Result<bool> {
     local_addr = conn.r.get_ref().local_addr().ok();
     r.last_answer = Instant::now();
     r.say(&format!("connected {} -> {addr}", local_addr.map_or("?".into(), |a| a.to_string())));
-    let should_stop =
-        || o.duration.is_some_and(|d| start.elapsed() >= d) || o.until_file.as_ref().is_some_and(|f| f.exists());
+    let should_stop = || o.duration.is_some_and(|d| start.elapsed() >= d) || o.until_file.as_ref().is_some_and(|f| f.exists());
     let mut next_send = Instant::now();
     'run: while !should_stop() {
         std::thread::sleep(next_send.saturating_duration_since(Instant::now()));
