@@ -178,7 +178,7 @@ lan_up() {
 cmd_up() {
     need_root
     command -v podman >/dev/null && command -v criu >/dev/null || die "podman or criu missing: run scripts/install-deps.sh"
-    if [ "${TERN_NO_BUILD:-}" != 1 ]; then cargo build --release --bins; fi
+    if [ "${TERN_NO_BUILD:-}" != 1 ]; then cargo build --release --bins --features tern-agent/fault-injection; fi
     net_up
     for h in "${LAB_HOSTS[@]}"; do lan_up "$h"; done
     for h in ${LAB_IMAGE_HOSTS:-client1}; do

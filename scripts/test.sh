@@ -38,7 +38,9 @@ cargo fmt --all --check || { echo "scripts/test.sh: run cargo fmt --all" >&2; ex
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "building"
-cargo build --release --bins --locked
+# With the agent's test faults ([faults] in its config, faults.rs): the
+# end-to-end tests inject failures with them.
+cargo build --release --bins --locked --features tern-agent/fault-injection
 
 log=$(mktemp /var/tmp/tern-test.XXXXXX)
 # Release profile throughout: the tests reuse the dependencies just built.

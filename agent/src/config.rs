@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tern_transport::TlsFiles;
 
+pub use crate::faults::{Faults, SourceExit};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -45,6 +47,7 @@ pub struct AgentConfig {
     /// two namespaces on one machine have identical facts otherwise).
     #[serde(default)]
     pub facts_override: toml::Table,
+    /// Tests only (`faults.rs`).
     #[serde(default)]
     pub faults: Faults,
 }
@@ -110,45 +113,6 @@ fn default_runc() -> String {
 
 fn default_podman() -> String {
     "podman".to_string()
-}
-
-/// Failures the agent injects on purpose, so that tests exercise the
-/// rollback paths with real processes. Never set in production.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Faults {
-    /// As target: answer every restore with a failure instead of restoring.
-    #[serde(default)]
-    pub fail_restore: bool,
-    /// As target: the agent process exits abruptly once it has received this
-    /// many checkpoint bytes, as if it were killed mid-transfer.
-    #[serde(default)]
-    pub exit_after_checkpoint_bytes: Option<u64>,
-    /// As target: flip one received checkpoint byte, so the digest check fails.
-    #[serde(default)]
-    pub corrupt_checkpoint: bool,
-    /// The source agent exits (as if killed) at this point after the freeze.
-    #[serde(default)]
-    pub source_exit: Option<SourceExit>,
-    /// As target: kill `criu lazy-pages` as soon as a lazy restore returns,
-    /// so the container's memory can never be completed.
-    #[serde(default)]
-    pub kill_lazy_daemon: bool,
-    /// As target: the agent exits abruptly right after Podman restored the
-    /// container, before confirming it (its successor must remove it).
-    #[serde(default)]
-    pub exit_after_restore: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceExit {
-    /// Once the checkpoint is dumped and streamed, before telling the
-    /// target: the target never restores, and drops what it staged.
-    BeforeCheckpointSent,
-    /// Once the target answered that the container runs there, before the
-    /// source removed its copy: the target keeps it.
-    AfterRestored,
 }
 
 impl AgentConfig {

@@ -22,6 +22,7 @@ pub mod criu_stats;
 pub mod criu_tcp;
 pub mod engine;
 pub mod facts;
+pub mod faults;
 pub mod netid;
 pub mod pages;
 pub mod probe;

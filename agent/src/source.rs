@@ -16,6 +16,7 @@ mod precopy;
 
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
+use crate::faults::SourceExit;
 use crate::server::Agent;
 use crate::transfer;
 use std::path::{Path, PathBuf};
@@ -490,7 +491,7 @@ impl Run<'_> {
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
         self.check_cancel(p)?;
-        self.injected_exit(crate::config::SourceExit::BeforeCheckpointSent);
+        self.agent.cfg.faults.exit_at_source(SourceExit::BeforeCheckpointSent);
         write_frame(send, &SourceMsg::CheckpointSent(digest))
             .await
             .map_err(|e| Fail::new(p, format!("telling {target} the checkpoint is complete: {e}")))?;
@@ -513,7 +514,7 @@ impl Run<'_> {
                 self.warnings.extend(r.notes.iter().map(|n| format!("on {}: {n}", self.req.target.name)));
                 self.restore_info = Some(r.clone());
                 tracing::info!(container = %r.container.name, "restored on the target: switchover");
-                self.injected_exit(crate::config::SourceExit::AfterRestored);
+                self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
                 Ok(())
             }
             TargetMsg::Failed(f) => Err(Fail::new(f.phase, format!("on {}: {}", self.req.target.name, f.message))),
@@ -548,14 +549,6 @@ impl Run<'_> {
                 lost.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
             ),
         ))
-    }
-
-    /// Tests: the agent dies here, as if killed.
-    fn injected_exit(&self, at: crate::config::SourceExit) {
-        if self.agent.cfg.faults.source_exit == Some(at) {
-            tracing::error!("fault injected: the source agent exits ({at:?})");
-            std::process::exit(70);
-        }
     }
 
     /// The container runs on the target: remove it here, then tell the target.

@@ -29,9 +29,10 @@ pub mod lazy;
 pub mod unpack;
 
 use crate::engine::CheckpointOpts;
+use crate::faults::ReceiveFaults;
 use crate::pages::PageStore;
 use crate::server::Agent;
-use crate::transfer::{self, ArchiveOut, ReceiveFaults};
+use crate::transfer::{self, ArchiveOut};
 use inplace::Bundle;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -264,8 +265,7 @@ impl Target<'_> {
     }
 
     fn faults(&self) -> ReceiveFaults {
-        let f = &self.agent.cfg.faults;
-        ReceiveFaults { exit_after_bytes: f.exit_after_checkpoint_bytes, corrupt: f.corrupt_checkpoint }
+        self.agent.cfg.faults.receive()
     }
 
     /// Waits for the data stream of `kind` and checks it against `digest`.
@@ -359,7 +359,7 @@ impl Target<'_> {
     /// all its memory came in: a process that dies right after restore is
     /// not a success.
     async fn restore_and_confirm(&mut self, staged: &Staged) -> Result<Running, String> {
-        if self.agent.cfg.faults.fail_restore {
+        if self.agent.cfg.faults.fail_restore() {
             return Err("injected failure: this agent is configured with faults.fail_restore".into());
         }
         let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or("the container's folder is gone")?;
@@ -436,11 +436,9 @@ impl Target<'_> {
         }
         let at = Instant::now();
         self.take_over_address(&name, peers).await;
-        if self.agent.cfg.faults.exit_after_restore {
-            tracing::error!("fault injected: the target agent exits right after the restore, before confirming it");
-            std::process::exit(137);
-        }
-        if self.agent.cfg.faults.kill_lazy_daemon {
+        self.agent.cfg.faults.exit_after_restore();
+        #[cfg(feature = "fault-injection")]
+        if self.agent.cfg.faults.kill_lazy_daemon() {
             if let Some(d) = &mut daemon {
                 d.kill();
             }

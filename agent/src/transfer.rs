@@ -4,6 +4,7 @@
 //! zstd-compressed runs, and page references where the target holds a
 //! base. Pre-copy rounds travel as file sets ([`tern_proto::fileset`]).
 
+use crate::faults::ReceiveFaults;
 use crate::pages::{PageIndex, PageOffsets, PageStore};
 use crate::target::unpack::TarSplit;
 use std::io::Write;
@@ -635,7 +636,7 @@ pub async fn receive_records(
         let mut total = 0u64;
         let (mut waited, started) = (std::time::Duration::ZERO, std::time::Instant::now());
         let mut emit = |bytes: &[u8], hasher: &mut blake3::Hasher, total: &mut u64| -> std::io::Result<()> {
-            if faults.corrupt && *total == 0 && !bytes.is_empty() {
+            if cfg!(feature = "fault-injection") && faults.corrupt && *total == 0 && !bytes.is_empty() {
                 let mut v = bytes.to_vec();
                 v[0] ^= 0xff;
                 tracing::warn!("fault injection: corrupted the first received byte");
@@ -650,10 +651,9 @@ pub async fn receive_records(
             }
             *total += bytes.len() as u64;
             done.store(*total, Ordering::Relaxed);
-            if let Some(limit) = faults.exit_after_bytes {
+            if let Some(limit) = faults.exit_after_bytes.filter(|_| cfg!(feature = "fault-injection")) {
                 if *total >= limit {
-                    tracing::error!(total = *total, "fault injection: the agent exits now, mid-transfer");
-                    std::process::exit(137);
+                    crate::faults::die(137, &format!("the agent exits mid-transfer, {} bytes received", *total));
                 }
             }
             Ok(())
@@ -684,13 +684,6 @@ pub async fn receive_records(
 /// Reads a data stream's header.
 pub async fn accept_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, TransferError> {
     expect_frame(recv).await.map_err(|e| TransferError::Receive(e.to_string()))
-}
-
-/// Hooks for injected faults while receiving (tests only).
-#[derive(Default, Clone, Copy)]
-pub struct ReceiveFaults {
-    pub exit_after_bytes: Option<u64>,
-    pub corrupt: bool,
 }
 
 #[cfg(test)]

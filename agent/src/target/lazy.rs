@@ -148,6 +148,7 @@ impl Daemon {
     }
 
     /// Tests: the daemon dies, with pages still to fill.
+    #[cfg(feature = "fault-injection")]
     pub fn kill(&mut self) {
         tracing::error!("fault injected: killing criu lazy-pages before the memory is complete");
         let _ = self.child.start_kill();
