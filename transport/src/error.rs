@@ -7,6 +7,8 @@ pub enum TransportError {
     ReadPem { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{path} holds no {what}; it must be a PEM file written by `tern pki init`")]
     EmptyPem { what: &'static str, path: PathBuf },
+    #[error("{path} is not a valid PEM file of a {what} ({detail}); write it again with `tern pki init`")]
+    BadPem { what: &'static str, path: PathBuf, detail: String },
     #[error("the TLS configuration is invalid: {0}")]
     Tls(String),
     #[error("cannot bind UDP {addr}: {source}; is another agent already listening there?")]

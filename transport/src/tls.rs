@@ -5,6 +5,7 @@
 //! (QUIC requires it).
 
 use crate::{TransportError, ALPN};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -27,11 +28,8 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
 
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let pem = read(what, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>().map_err(|source| TransportError::ReadPem {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let certs: Vec<_> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
         return Err(TransportError::EmptyPem { what, path: path.to_path_buf() });
     }
@@ -40,9 +38,16 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
     let pem = read("private key", path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TransportError::ReadPem { what: "private key", path: path.to_path_buf(), source })?
-        .ok_or_else(|| TransportError::EmptyPem { what: "private key", path: path.to_path_buf() })
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| pem_error("private key", path, e))
+}
+
+fn pem_error(what: &'static str, path: &Path, e: pem::Error) -> TransportError {
+    let path = path.to_path_buf();
+    match e {
+        pem::Error::NoItemsFound => TransportError::EmptyPem { what, path },
+        pem::Error::Io(source) => TransportError::ReadPem { what, path, source },
+        other => TransportError::BadPem { what, path, detail: other.to_string() },
+    }
 }
 
 fn roots(files: &TlsFiles) -> Result<RootCertStore, TransportError> {
@@ -95,4 +100,28 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, Transport
         .map_err(tls_err)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn pem_files_that_hold_nothing_or_garbage_name_the_file_and_the_fix() {
+        let empty = file("");
+        assert!(matches!(certs("CA certificate", empty.path()), Err(TransportError::EmptyPem { .. })));
+        assert!(matches!(key(empty.path()), Err(TransportError::EmptyPem { .. })));
+        let broken = file("-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n");
+        let e = certs("CA certificate", broken.path()).unwrap_err();
+        assert!(matches!(e, TransportError::BadPem { .. }), "{e:?}");
+        assert!(e.to_string().contains("tern pki init"), "{e}");
+        let missing = read("private key", Path::new("/nonexistent/key.pem")).unwrap_err();
+        assert!(matches!(missing, TransportError::ReadPem { .. }));
+    }
 }
