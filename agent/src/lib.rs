@@ -24,6 +24,7 @@ pub mod engine;
 pub mod facts;
 pub mod faults;
 pub mod netid;
+pub mod notify;
 pub mod pages;
 pub mod probe;
 pub mod ramdir;

@@ -17,10 +17,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // TERN_LOG, as for `tern` (RUST_LOG where it is not set): e.g. TERN_LOG=debug.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -51,6 +52,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));
     // Containers a predecessor left frozen mid-migration.
     tokio::spawn(tern_agent::recovery::recover(agent.clone()));
+    // Listening: systemd may start what comes after the agent.
+    tern_agent::notify::notify("READY=1\nSTATUS=serving");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
@@ -58,6 +61,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        tern_agent::notify::notify("STOPPING=1");
     };
     agent.serve(shutdown).await;
     Ok(())

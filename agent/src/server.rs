@@ -107,6 +107,9 @@ impl Agent {
             if waited % 50 == 0 {
                 let busy: Vec<String> = self.busy.lock().unwrap().iter().cloned().collect();
                 tracing::info!(?busy, "waiting for migrations under way before exiting");
+                // Under systemd, each 5 s asks for 30 s more than the unit's
+                // stop timeout, so that no migration is killed mid-way.
+                crate::notify::notify(&format!("STATUS=waiting for {} migration(s) under way\nEXTEND_TIMEOUT_USEC=30000000", busy.len()));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             waited += 1;

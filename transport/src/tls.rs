@@ -28,8 +28,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
 
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let pem = read(what, path)?;
-    let certs: Vec<_> =
-        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| pem_error(what, path, e))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
         return Err(TransportError::EmptyPem { what, path: path.to_path_buf() });
     }
