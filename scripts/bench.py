@@ -449,7 +449,7 @@ def dirty_tracking():
     r = sh([TERN, "hosts", "--inventory", INVENTORY, "--json"], check=False, timeout=120)
     out = {}
     try:
-        for h in json.loads(r.stdout):
+        for h in json.loads(r.stdout).get("hosts") or []:
             dt = (h.get("facts") or {}).get("dirty_tracking") or {}
             out[h["name"]] = (bool(dt.get("supported")), dt.get("detail") or h.get("error") or "")
     except (ValueError, KeyError, TypeError):

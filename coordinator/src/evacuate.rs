@@ -11,13 +11,12 @@
 
 use crate::cluster::Cluster;
 use crate::inventory::Inventory;
-use crate::{migrate, output, plan, EvacuateAsk, Exit};
+use crate::{migrate, output, plan, view, Ctx, Done, EvacuateAsk, Exit};
 use anyhow::anyhow;
-use serde_json::json;
 use std::collections::BTreeMap;
 use tern_proto::compat::Severity;
 use tern_proto::facts::ContainerInfo;
-use tern_proto::Outcome;
+use tern_proto::{MigrationReport, Outcome};
 
 /// One container to place, and the targets its compatibility check allows.
 #[derive(Debug, Clone)]
@@ -60,21 +59,34 @@ pub fn place(mut containers: Vec<Candidate>, load: &[(String, u64)]) -> Placemen
     Placement { moves, stuck }
 }
 
+/// What became of one planned move.
+enum MoveResult {
+    /// Cancelled (Ctrl-C) before it started.
+    NotStarted,
+    /// Failed before the source agent could report (refused on the check
+    /// right before the freeze, or contact lost).
+    NotMoved(String),
+    Reported(Box<MigrationReport>),
+}
+
 /// Plans, prints and carries out `tern evacuate`.
-pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: EvacuateAsk) -> Result<u8, Exit> {
+pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk) -> Done {
     let host = ask.host.as_str();
-    let source = cluster.get(host).ok_or_else(|| Exit(2, anyhow!("no host named {host} in the inventory (known: {})", names(cluster).join(", "))))?;
-    let source_state =
-        source.state.as_ref().map_err(|e| Exit(1, anyhow!("{host} is unreachable: {e}; evacuating needs its agent (`scripts/lab.sh status`)")))?;
+    let source =
+        cluster.get(host).ok_or_else(|| Exit::new(2, anyhow!("no host named {host} in the inventory (known: {})", names(cluster).join(", "))))?;
+    let source_state = source
+        .state
+        .as_ref()
+        .map_err(|e| Exit::new(1, anyhow!("{host} is unreachable: {e}; evacuating needs its agent (`scripts/lab.sh status`)")))?;
     let targets: Vec<String> = if ask.to.is_empty() {
         names(cluster).into_iter().filter(|n| n != host).collect()
     } else {
         for t in &ask.to {
             if t == host {
-                return Err(Exit(2, anyhow!("--to names {host}, the host being emptied")));
+                return Err(Exit::new(2, anyhow!("--to names {host}, the host being emptied")));
             }
             if cluster.get(t).is_none() {
-                return Err(Exit(2, anyhow!("--to {t}: no such host in the inventory (known: {})", names(cluster).join(", "))));
+                return Err(Exit::new(2, anyhow!("--to {t}: no such host in the inventory (known: {})", names(cluster).join(", "))));
             }
         }
         ask.to.clone()
@@ -87,13 +99,11 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
             Err(e) => down.push(format!("{t}: {e}")),
         }
     }
-    if !as_json {
-        for d in &down {
-            eprintln!("tern: skipping unreachable target {d}");
-        }
+    for d in &down {
+        eprintln!("tern: skipping unreachable target {d}");
     }
     if load.is_empty() {
-        return Err(Exit(1, anyhow!("no reachable host to evacuate {host} to{}", fmt_down(&down))));
+        return Err(Exit::new(1, anyhow!("no reachable host to evacuate {host} to{}", fmt_down(&down))));
     }
 
     // Plan every container on every target before anything is frozen.
@@ -119,7 +129,7 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
     let placement = place(candidates, &load);
     let memory = |name: &str| running.iter().find(|c| c.name == name).map(|c| c.memory_bytes).unwrap_or(0);
 
-    if !as_json {
+    if !ctx.json {
         if running.is_empty() {
             println!("{host} runs no container: nothing to move");
         } else {
@@ -141,36 +151,40 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
             println!("{c} is not running: it stays on {host} (tern moves running containers)");
         }
     }
-    let plan_json = |outcome: &str, moved: &[serde_json::Value]| {
-        json!({
-            "host": host, "targets": targets, "outcome": outcome,
-            "plan": placement.moves.iter().map(|(c, t)| json!({"container": c, "target": t,
-                "mode": modes.get(&(c.clone(), t.clone())), "memory_bytes": memory(c)})).collect::<Vec<_>>(),
-            "stuck": placement.stuck.iter().map(|c| json!({"container": c, "reasons": why_not.get(c)})).collect::<Vec<_>>(),
-            "not_running": idle, "unreachable_targets": down, "moves": moved,
-        })
+    // Its moves are added once there are any.
+    let doc = |outcome: &'static str| view::Evacuate {
+        host,
+        targets: &targets,
+        outcome,
+        plan: placement
+            .moves
+            .iter()
+            .map(|(c, t)| view::PlannedMove {
+                container: c,
+                target: t,
+                mode: modes.get(&(c.clone(), t.clone())).map(String::as_str),
+                memory_bytes: memory(c),
+            })
+            .collect(),
+        stuck: placement.stuck.iter().map(|c| view::Stuck { container: c, reasons: why_not.get(c).map(Vec::as_slice) }).collect(),
+        not_running: &idle,
+        unreachable_targets: &down,
+        moves: Vec::new(),
     };
     if !placement.stuck.is_empty() && !ask.skip_blocked {
-        if as_json {
-            println!("{}", plan_json("refused", &[]));
-        }
-        return Err(Exit(
-            3,
-            anyhow!(
-                "refused before anything was frozen: {} cannot move to {} (see STAYS above; `tern check NAME --to HOST` shows every rule). \
-                 Nothing was touched. --skip-blocked moves the others.",
-                placement.stuck.join(", "),
-                load.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" or ")
-            ),
-        ));
+        let e = anyhow!(
+            "refused before anything was frozen: {} cannot move to {} (see STAYS above; `tern check NAME --to HOST` shows every rule). \
+             Nothing was touched. --skip-blocked moves the others.",
+            placement.stuck.join(", "),
+            load.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" or ")
+        );
+        return Err(Exit::new(3, e).with(&doc("refused")));
     }
     if ask.dry_run {
-        if as_json {
-            println!("{}", plan_json("dry-run", &[]));
-        } else {
+        if !ctx.json {
             println!("dry run: nothing was moved");
         }
-        return Ok(0);
+        return Ok(ctx.doc(&doc("dry-run")));
     }
 
     // One move at a time, each checked again right before its freeze.
@@ -181,17 +195,17 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
     for (i, (c, t)) in placement.moves.iter().enumerate() {
         if migrate::user_cancelled() {
             rows.push(vec![c.clone(), t.clone(), "-".into(), "not started (cancelled)".into(), "-".into(), "-".into()]);
-            moved.push(json!({"container": c, "target": t, "outcome": "not-started"}));
+            moved.push((c.clone(), t.clone(), MoveResult::NotStarted));
             all_ok = false;
             continue;
         }
-        let result = move_one(inv, cluster, host, c, t, ask.mode, &ask.opts, as_json, i + 1, n).await;
+        let result = move_one(inv, cluster, host, c, t, ask.mode, &ask.opts, ctx.quiet, i + 1, n).await;
         match result {
             Ok(report) => {
                 if !matches!(report.outcome, Outcome::Completed) {
                     all_ok = false;
                 }
-                if !as_json {
+                if !ctx.json {
                     print!("{}", output::report_text(&report));
                 }
                 rows.push(vec![
@@ -202,28 +216,44 @@ pub async fn run(inv: &Inventory, cluster: &Cluster, as_json: bool, ask: Evacuat
                     report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
                     output::ms(report.total_ms),
                 ]);
-                moved.push(json!({"container": c, "target": t, "report": output::report_json(&report)}));
+                moved.push((c.clone(), t.clone(), MoveResult::Reported(Box::new(report))));
             }
             Err(e) => {
                 all_ok = false;
-                if !as_json {
-                    eprintln!("tern: {c}: {e:#}");
-                }
+                eprintln!("tern: {c}: {e:#}");
                 rows.push(vec![c.clone(), t.clone(), "-".into(), "not moved".into(), "-".into(), "-".into()]);
-                moved.push(json!({"container": c, "target": t, "outcome": "not-moved", "error": format!("{e:#}")}));
+                moved.push((c.clone(), t.clone(), MoveResult::NotMoved(format!("{e:#}"))));
             }
         }
     }
-    if as_json {
-        println!("{}", plan_json(if all_ok { "completed" } else { "partial" }, &moved));
-    } else if n > 0 {
+    if !ctx.json && n > 0 {
         println!("{}", if all_ok { format!("{host} is empty of running containers:") } else { format!("{host} is NOT empty:") });
         print!("{}", output::table(&["container", "to", "mode", "outcome", "downtime", "total"], &rows));
         for c in &placement.stuck {
             println!("{c} stays on {host}: {}", why_not.get(c).map(|v| v.join("; ")).unwrap_or_default());
         }
     }
-    Ok(if all_ok { 0 } else { 1 })
+    let done = |outcome| view::Evacuate { moves: moved.iter().map(|(c, t, result)| move_view(c, t, result)).collect(), ..doc(outcome) };
+    if all_ok {
+        return Ok(ctx.doc(&done("completed")));
+    }
+    let left: Vec<&str> = moved
+        .iter()
+        .filter(|(_, _, r)| !matches!(r, MoveResult::Reported(report) if matches!(report.outcome, Outcome::Completed)))
+        .map(|(c, _, _)| c.as_str())
+        .chain(placement.stuck.iter().map(String::as_str))
+        .collect();
+    // The text output's last table says it.
+    Err(Exit::new(1, anyhow!("{host} is NOT empty: {} still on it", left.join(", "))).with(&done("partial")).told())
+}
+
+fn move_view<'a>(container: &'a str, target: &'a str, result: &'a MoveResult) -> view::Move<'a> {
+    let (report, outcome, error) = match result {
+        MoveResult::NotStarted => (None, Some("not-started"), None),
+        MoveResult::NotMoved(e) => (None, Some("not-moved"), Some(e.as_str())),
+        MoveResult::Reported(r) => (Some(view::Report::new(r)), None, None),
+    };
+    view::Move { container, target, report, outcome, error }
 }
 
 /// Plans one move again (the cluster changed since the first check) and runs it.
@@ -236,7 +266,7 @@ async fn move_one(
     target: &str,
     mode: plan::ModeArg,
     opts: &migrate::Options,
-    as_json: bool,
+    quiet: bool,
     i: usize,
     n: usize,
 ) -> anyhow::Result<tern_proto::MigrationReport> {
@@ -245,11 +275,10 @@ async fn move_one(
         anyhow::bail!("refused before the freeze, on the check right before it: {}", blockers(&plan));
     }
     let address = inv.host(target)?.address;
-    if !as_json {
+    if !quiet {
         eprintln!("[{i}/{n}] migrating {container} from {host} to {target} ({}: {})", plan.mode.as_str(), plan.mode_note);
     }
-    let opts = migrate::Options { progress: !as_json, ..opts.clone() };
-    migrate::run(&plan, address, &opts).await
+    migrate::run(&plan, address, opts).await
 }
 
 fn names(cluster: &Cluster) -> Vec<String> {

@@ -2,8 +2,9 @@
 //!
 //! `cluster` talks to every agent of the `inventory`; `plan` runs the
 //! compatibility rules before anything is frozen; `migrate` drives one
-//! migration and shows its progress; `evacuate` places a host's containers
-//! on the others; `output` formats what users read.
+//! migration and `progress` shows how it goes; `evacuate` places a host's
+//! containers on the others; `output` formats what users read and `view`
+//! what `--json` prints.
 
 mod cluster;
 mod evacuate;
@@ -11,30 +12,39 @@ mod inventory;
 mod migrate;
 mod output;
 mod plan;
+mod progress;
+mod view;
 
-use clap::{Parser, Subcommand};
-use serde_json::json;
-use std::path::PathBuf;
+use anyhow::anyhow;
+use clap::{CommandFactory, Parser, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tern_proto::Outcome;
 
 /// Live migration of running Podman containers between hosts.
 #[derive(Parser)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(name = "tern", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// The hosts inventory (default: $TERN_INVENTORY, ./.tern/inventory.toml,
     /// ~/.config/tern/inventory.toml, /etc/tern/inventory.toml).
     #[arg(long, global = true)]
     inventory: Option<PathBuf>,
-    /// Print one JSON document on stdout instead of text.
+    /// Print one JSON document on stdout instead of text, `"schema": 1` at
+    /// its top; a failure prints one too, with "error" and "exit_code".
+    /// Progress still goes to stderr.
     #[arg(long, global = true)]
     json: bool,
+    /// No progress lines on stderr: only the report, or the error.
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 the operation failed (a migration rolled back or failed); \
-2 bad usage or input; 3 refused by the compatibility check before anything was frozen.";
+2 bad usage or input; 3 refused by the compatibility check before anything was frozen.\n\
+Logging: TERN_LOG (else RUST_LOG) filters the log on stderr, e.g. TERN_LOG=debug (default: warn).";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -101,6 +111,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PkiCmd,
     },
+    /// Print a shell's completion script on stdout, e.g.
+    /// `tern completions bash > /etc/bash_completion.d/tern`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages: tern.1 and one per subcommand
+    /// (tern-migrate.1, ...); prints the files written.
+    Man {
+        /// The folder to write them into (made if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// How the checkpoint crosses the wire.
@@ -124,7 +147,7 @@ struct TransferArgs {
 }
 
 impl TransferArgs {
-    fn options(&self, precopy: &PrecopyArgs) -> migrate::Options {
+    fn options(&self, precopy: &PrecopyArgs, quiet: bool) -> migrate::Options {
         let compress = match self.compress {
             CompressArg::Auto => tern_proto::Compression::Auto,
             CompressArg::None => tern_proto::Compression::None,
@@ -139,7 +162,7 @@ impl TransferArgs {
             allow_reset: false,
             compress,
             lazy_restore: !self.no_lazy_restore,
-            progress: true,
+            progress: !quiet,
             policy: precopy.policy(),
         }
     }
@@ -234,113 +257,223 @@ enum PkiCmd {
 }
 
 /// An error with the exit code it deserves.
-struct Exit(u8, anyhow::Error);
+struct Exit {
+    code: u8,
+    error: anyhow::Error,
+    /// What the command had to show when it failed (a view's JSON): the
+    /// `--json` failure document carries it.
+    partial: Option<serde_json::Value>,
+    /// The text output already says what failed: no `tern: ...` line.
+    told: bool,
+}
 
-impl<E: Into<anyhow::Error>> From<E> for Exit {
-    fn from(e: E) -> Self {
-        Exit(1, e.into())
+impl Exit {
+    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Exit { code, error: error.into(), partial: None, told: false }
+    }
+
+    /// With the view the `--json` failure document shows.
+    fn with<T: Serialize>(mut self, view: &T) -> Self {
+        self.partial = Some(view::value(view));
+        self
+    }
+
+    /// The text output has said it already.
+    fn told(mut self) -> Self {
+        self.told = true;
+        self
     }
 }
 
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Exit::new(1, e)
+    }
+}
+
+/// The global flags, as every command sees them.
+struct Ctx {
+    inventory: Option<PathBuf>,
+    json: bool,
+    quiet: bool,
+}
+
+impl Ctx {
+    /// The command's `--json` document, when asked for one.
+    fn doc<T: Serialize>(&self, view: &T) -> Option<serde_json::Value> {
+        self.json.then(|| view::value(view))
+    }
+}
+
+/// What a command hands back: its `--json` view (None under text, where it
+/// printed its own output).
+type Done = Result<Option<serde_json::Value>, Exit>;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
+    let as_json = cli.json;
     match run(cli).await {
-        Ok(code) => ExitCode::from(code),
-        Err(Exit(code, e)) => {
-            eprintln!("tern: {e:#}");
+        Ok(doc) => {
+            if let (true, Some(doc)) = (as_json, doc) {
+                print_json(&view::Doc::ok(doc));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Exit { code, error, partial, told }) => {
+            if !told {
+                eprintln!("tern: {error:#}");
+            }
+            if as_json {
+                print_json(&view::Doc::failed(format!("{error:#}"), code, partial));
+            }
             ExitCode::from(code)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<u8, Exit> {
+/// The log filter: `$TERN_LOG` (what the agent reads too), else
+/// `$RUST_LOG`, else warnings only.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = log_spec(std::env::var("TERN_LOG").ok(), std::env::var("RUST_LOG").ok());
+    tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+}
+
+fn log_spec(tern: Option<String>, rust: Option<String>) -> String {
+    [tern, rust].into_iter().flatten().find(|s| !s.trim().is_empty()).unwrap_or_else(|| "warn".into())
+}
+
+fn print_json<T: Serialize>(doc: &view::Doc<T>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe is the reader's choice; nothing to tell it.
+    let _ = serde_json::to_writer(&mut out, doc);
+    let _ = writeln!(out);
+    let _ = out.flush();
+}
+
+/// Bad usage: clap says why on stderr and exits with 2; under `--json`
+/// stdout gets the failure document first. Help and `--version` are no
+/// failures.
+fn usage_error(e: clap::Error) -> ! {
+    if e.use_stderr() && json_asked(std::env::args_os().skip(1)) {
+        print_json(&view::Doc::<serde_json::Value>::failed(usage_message(&e), e.exit_code() as u8, None));
+    }
+    e.exit()
+}
+
+/// Whether `--json` is among the arguments (before a `--`).
+fn json_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.take_while(|a| a != "--").any(|a| a == "--json")
+}
+
+/// clap's error in one line, without its "error: " and usage.
+fn usage_message(e: &clap::Error) -> String {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        return "a subcommand is required (`tern --help` lists them)".into();
+    }
+    let text = e.to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad usage");
+    first.trim().trim_start_matches("error:").trim().to_string()
+}
+
+async fn run(cli: Cli) -> Done {
+    let ctx = Ctx { inventory: cli.inventory, json: cli.json, quiet: cli.quiet };
     match cli.cmd {
-        Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force } } => pki_init(&out, &hosts, force),
-        Cmd::Hosts => hosts(cli.inventory, cli.json).await,
-        Cmd::Ps => ps(cli.inventory, cli.json).await,
-        Cmd::Check { mv } => check(cli.inventory, cli.json, mv).await,
-        Cmd::Probe { from, to, bytes } => probe(cli.inventory, cli.json, &from, &to, bytes).await,
-        Cmd::Migrate { mv, transfer, precopy } => migrate(cli.inventory, cli.json, mv, transfer.options(&precopy)).await,
+        Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force } } => pki_init(&ctx, &out, &hosts, force),
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Man { dir } => man(&ctx, &dir),
+        Cmd::Hosts => hosts(&ctx).await,
+        Cmd::Ps => ps(&ctx).await,
+        Cmd::Check { mv } => check(&ctx, mv).await,
+        Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,
+        Cmd::Migrate { mv, transfer, precopy } => {
+            let opts = transfer.options(&precopy, ctx.quiet);
+            migrate(&ctx, mv, opts).await
+        }
         Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, transfer, precopy } => {
-            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy) };
+            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
             let ask = EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
-            evacuate(cli.inventory, cli.json, ask).await
+            let (inv, cluster) = survey(&ctx).await?;
+            evacuate::run(&ctx, &inv, &cluster, ask).await
         }
     }
 }
 
 /// Loads the inventory and asks every host for its facts and containers.
-async fn survey(inv: Option<PathBuf>) -> Result<(inventory::Inventory, cluster::Cluster), Exit> {
-    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
+async fn survey(ctx: &Ctx) -> Result<(inventory::Inventory, cluster::Cluster), Exit> {
+    let inv = inventory::Inventory::load(ctx.inventory.as_deref()).map_err(|e| Exit::new(2, e))?;
     let cluster = cluster::Cluster::survey(&inv).await?;
     Ok((inv, cluster))
 }
 
-async fn check(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs) -> Result<u8, Exit> {
-    let (inv, cluster) = survey(inv).await?;
+async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
+    let (inv, cluster) = survey(ctx).await?;
     let allow_reset = mv.allow_reset || inv.migrate.allow_reset;
-    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset).await.map_err(|e| Exit(2, e))?;
-    if as_json {
-        println!(
-            "{}",
-            json!({
-                "container": plan.container.name, "source": plan.source_name, "target": plan.target_name,
-                "mode": plan.mode.as_str(), "mode_note": plan.mode_note,
-                "ok": !plan.blocked(), "findings": output::findings_json(&plan.findings),
-            })
-        );
-    } else {
+    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset).await.map_err(|e| Exit::new(2, e))?;
+    let view = view::Check {
+        container: &plan.container.name,
+        source: &plan.source_name,
+        target: &plan.target_name,
+        mode: plan.mode,
+        mode_note: &plan.mode_note,
+        ok: !plan.blocked(),
+        findings: &plan.findings,
+    };
+    if !ctx.json {
         println!("{} on {} → {}: mode {} ({})\n", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
         print!("{}", output::findings(&plan.findings));
         println!("\n{}", if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." });
     }
-    Ok(if plan.blocked() { 3 } else { 0 })
+    if plan.blocked() {
+        let e = anyhow!("BLOCKED: tern migrate would refuse to move {} to {} (see the blocking findings)", plan.container.name, plan.target_name);
+        return Err(Exit::new(3, e).with(&view).told());
+    }
+    Ok(ctx.doc(&view))
 }
 
-async fn migrate(inv: Option<PathBuf>, as_json: bool, mv: MoveArgs, opts: migrate::Options) -> Result<u8, Exit> {
-    let (inv, cluster) = survey(inv).await?;
+async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
+    let (inv, cluster) = survey(ctx).await?;
     let (container, to) = (&mv.container, &mv.to);
-    let target_addr = inv.host(to).map_err(|e| Exit(2, e))?.address;
+    let target_addr = inv.host(to).map_err(|e| Exit::new(2, e))?.address;
     let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, ..opts };
-    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset).await.map_err(|e| Exit(2, e))?;
+    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset).await.map_err(|e| Exit::new(2, e))?;
     if plan.blocked() {
         let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
-        if as_json {
-            println!(
-                "{}",
-                json!({"container": container, "source": plan.source_name, "target": to, "mode": plan.mode.as_str(),
-                       "outcome": "refused", "running_on": plan.source_name, "findings": output::findings_json(&blockers)})
-            );
-        } else {
-            eprint!("{}", output::findings(&blockers));
-        }
-        return Err(Exit(
-            3,
-            anyhow::anyhow!(
-                "refused before the freeze: {container} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} {} on {}.",
-                if plan.container.is_running() { "still runs" } else { "stays as it was" },
-                plan.source_name
-            ),
-        ));
+        eprint!("{}", output::findings(&blockers));
+        let e = anyhow!(
+            "refused before the freeze: {container} cannot move to {to} (rows above; `tern check {container} --to {to}` shows all). Nothing was touched; {container} {} on {}.",
+            if plan.container.is_running() { "still runs" } else { "stays as it was" },
+            plan.source_name
+        );
+        let refused = view::Refused {
+            container,
+            source: &plan.source_name,
+            target: to,
+            mode: plan.mode,
+            outcome: "refused",
+            running_on: &plan.source_name,
+            findings: &blockers,
+        };
+        return Err(Exit::new(3, e).with(&refused));
     }
-    if !as_json {
+    if !ctx.quiet {
         eprintln!("migrating {container} from {} to {to} ({}: {})", plan.source_name, plan.mode.as_str(), plan.mode_note);
     }
     let report = migrate::run(&plan, target_addr, &opts).await?;
-    if as_json {
-        println!("{}", output::report_json(&report));
-    } else {
+    if !ctx.json {
         print!("{}", output::report_text(&report));
     }
-    Ok(match report.outcome {
-        Outcome::Completed => 0,
-        _ => 1,
-    })
+    let view = view::Report::new(&report);
+    match report.outcome {
+        Outcome::Completed => Ok(ctx.doc(&view)),
+        _ => Err(Exit::new(1, anyhow!(output::failure_text(&report).unwrap_or_default())).with(&view).told()),
+    }
 }
 
 /// What `tern evacuate` was asked.
@@ -353,37 +486,76 @@ struct EvacuateAsk {
     opts: migrate::Options,
 }
 
-async fn evacuate(inv: Option<PathBuf>, as_json: bool, ask: EvacuateAsk) -> Result<u8, Exit> {
-    let (inv, cluster) = survey(inv).await?;
-    evacuate::run(&inv, &cluster, as_json, ask).await
-}
-
-fn pki_init(out: &std::path::Path, hosts: &[String], force: bool) -> Result<u8, Exit> {
+fn pki_init(ctx: &Ctx, out: &Path, hosts: &[String], force: bool) -> Done {
     let mut specs = Vec::new();
     for h in hosts {
-        let (name, ips) = h.split_once('=').ok_or_else(|| Exit(2, anyhow::anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
+        let (name, ips) = h.split_once('=').ok_or_else(|| Exit::new(2, anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
         let addresses = ips
             .split(',')
             .map(|ip| ip.trim().parse())
             .collect::<Result<Vec<std::net::IpAddr>, _>>()
-            .map_err(|e| Exit(2, anyhow::anyhow!("--host {h}: {e}")))?;
+            .map_err(|e| Exit::new(2, anyhow!("--host {h}: {e}")))?;
         specs.push(tern_transport::pki::HostSpec { name: name.to_string(), addresses });
     }
     let files = tern_transport::pki::init(out, &specs, force)?;
-    println!("wrote {} files to {}", files.len(), out.display());
-    Ok(0)
+    if !ctx.json {
+        println!("wrote {} files to {}", files.len(), out.display());
+    }
+    Ok(ctx.doc(&view::Written { dir: out, files: &files }))
 }
 
-async fn probe(inv: Option<PathBuf>, as_json: bool, from: &str, to: &str, bytes: u64) -> Result<u8, Exit> {
-    let inv = inventory::Inventory::load(inv.as_deref()).map_err(|e| Exit(2, e))?;
-    let target = inv.host(to).map_err(|e| Exit(2, e))?;
-    let source = inv.host(from).map_err(|e| Exit(2, e))?;
+/// `tern completions SHELL`: clap_complete's script for the command line's
+/// own definitions (not a `--json` document: the script is the output).
+fn completions(shell: clap_complete::Shell) -> Done {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tern", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        // `tern completions bash | head`: the reader had enough.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Exit::new(1, anyhow!("writing the script: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// `tern man`: a page for `tern` and for every subcommand, as clap_mangen
+/// renders the command line's own definitions.
+fn man(ctx: &Ctx, dir: &Path) -> Done {
+    let files = man_pages(dir).map_err(|e| Exit::new(1, anyhow!("writing the manual pages into {}: {e}", dir.display())))?;
+    if !ctx.json {
+        for f in &files {
+            println!("{}", f.display());
+        }
+    }
+    Ok(ctx.doc(&view::Written { dir, files: &files }))
+}
+
+fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn write(cmd: &clap::Command, dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let source = format!("tern {}", env!("CARGO_PKG_VERSION"));
+        files.push(clap_mangen::Man::new(cmd.clone()).source(source).generate_to(dir)?);
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir, files)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut files = Vec::new();
+    write(&cmd, dir, &mut files)?;
+    Ok(files)
+}
+
+async fn probe(ctx: &Ctx, from: &str, to: &str, bytes: u64) -> Done {
+    let inv = inventory::Inventory::load(ctx.inventory.as_deref()).map_err(|e| Exit::new(2, e))?;
+    let target = inv.host(to).map_err(|e| Exit::new(2, e))?;
+    let source = inv.host(from).map_err(|e| Exit::new(2, e))?;
     if from == to {
-        return Err(Exit(2, anyhow::anyhow!("--from and --to name the same host")));
+        return Err(Exit::new(2, anyhow!("--from and --to name the same host")));
     }
     let (_endpoint, session) = cluster::connect(&inv, source).await?;
     let req = tern_proto::ProbeRequest { target: tern_proto::Peer { name: target.name.clone(), address: target.address.to_string() }, bytes };
-    if !as_json {
+    if !ctx.quiet {
         eprintln!("sending {} from {from} to {to} ...", output::bytes(bytes));
     }
     // As long as the slowest link worth measuring (1 MiB/s) needs.
@@ -392,18 +564,12 @@ async fn probe(inv: Option<PathBuf>, as_json: bool, from: &str, to: &str, bytes:
     let _ = send.finish();
     let r = match session.read::<tern_proto::Response>(&mut recv, limit).await? {
         tern_proto::Response::Probe(r) => r,
-        tern_proto::Response::Error(e) => return Err(Exit(1, anyhow::anyhow!("{from}: {}", e.message))),
-        other => return Err(Exit(1, anyhow::anyhow!("{from} answered {other:?}"))),
+        tern_proto::Response::Error(e) => return Err(Exit::new(1, anyhow!("{from}: {}", e.message))),
+        other => return Err(Exit::new(1, anyhow!("{from} answered {other:?}"))),
     };
     let secs = (r.ms as f64 / 1000.0).max(1e-3);
     let mbit = r.bytes as f64 * 8.0 / secs / 1e6;
-    if as_json {
-        println!(
-            "{}",
-            json!({"from": r.from, "to": r.to, "bytes": r.bytes, "ms": r.ms, "mbit_per_s": (mbit * 10.0).round() / 10.0,
-                   "bytes_on_wire": r.bytes_on_wire, "lost_packets": r.lost_packets, "rtt_us": r.rtt_us})
-        );
-    } else {
+    if !ctx.json {
         println!(
             "{} → {}: {} in {} = {:.0} Mbit/s ({}/s) of payload; {} on the wire, {} packets lost, rtt {:.2} ms",
             r.from,
@@ -417,24 +583,28 @@ async fn probe(inv: Option<PathBuf>, as_json: bool, from: &str, to: &str, bytes:
             r.rtt_us as f64 / 1000.0
         );
     }
-    Ok(0)
+    Ok(ctx.doc(&view::Probe { report: &r, mbit_per_s: (mbit * 10.0).round() / 10.0 }))
 }
 
-async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
-    let (_, cluster) = survey(inv).await?;
-    let down = cluster.hosts.iter().filter(|h| h.state.is_err()).count();
-    if as_json {
-        let v: Vec<_> = cluster
+async fn hosts(ctx: &Ctx) -> Done {
+    let (_, cluster) = survey(ctx).await?;
+    let down: Vec<String> = cluster.hosts.iter().filter_map(|h| h.state.as_ref().err().map(|e| format!("{}: {e}", h.entry.name))).collect();
+    let view = view::Hosts {
+        hosts: cluster
             .hosts
             .iter()
-            .map(|h| match &h.state {
-                Ok(s) => json!({"name": h.entry.name, "address": h.entry.address.to_string(), "reachable": true,
-                                "facts": s.facts, "containers": s.containers.len()}),
-                Err(e) => json!({"name": h.entry.name, "address": h.entry.address.to_string(), "reachable": false, "error": e}),
+            .map(|h| {
+                let (name, address) = (h.entry.name.as_str(), h.entry.address);
+                match &h.state {
+                    Ok(s) => {
+                        view::HostRow { name, address, reachable: true, facts: Some(&s.facts), containers: Some(s.containers.len()), error: None }
+                    }
+                    Err(e) => view::HostRow { name, address, reachable: false, facts: None, containers: None, error: Some(e) },
+                }
             })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+            .collect(),
+    };
+    if !ctx.json {
         let rows: Vec<Vec<String>> = cluster
             .hosts
             .iter()
@@ -468,11 +638,15 @@ async fn hosts(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
             .collect();
         print!("{}", output::table(&HOST_COLUMNS, &rows));
     }
-    Ok(if down > 0 { 1 } else { 0 })
+    if !down.is_empty() {
+        // The table's DOWN rows say it.
+        return Err(Exit::new(1, anyhow!("not every agent answered: {}", down.join("; "))).with(&view).told());
+    }
+    Ok(ctx.doc(&view))
 }
 
-async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
-    let (_, cluster) = survey(inv).await?;
+async fn ps(ctx: &Ctx) -> Done {
+    let (_, cluster) = survey(ctx).await?;
     let mut rows = Vec::new();
     let mut all = Vec::new();
     for h in &cluster.hosts {
@@ -494,18 +668,87 @@ async fn ps(inv: Option<PathBuf>, as_json: bool) -> Result<u8, Exit> {
                         files,
                         c.image.clone(),
                     ]);
-                    all.push(json!({"host": h.entry.name, "name": c.name, "id": c.id, "state": c.state, "ips": ips,
-                                    "networks": c.networks, "ports": c.ports, "connections": c.connections,
-                                    "memory_bytes": c.memory_bytes, "files_bytes": c.files_bytes, "image": c.image}));
+                    all.push(view::ContainerRow { host: &h.entry.name, container: c });
                 }
             }
             Err(e) => eprintln!("tern: {} is unreachable: {e}", h.entry.name),
         }
     }
-    if as_json {
-        println!("{}", serde_json::Value::Array(all));
-    } else {
+    if !ctx.json {
         print!("{}", output::table(&["host", "container", "state", "address", "network", "tcp", "memory", "files", "image"], &rows));
     }
-    Ok(0)
+    Ok(ctx.doc(&view::Ps { containers: all }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_named_tern() {
+        Cli::command().debug_assert();
+        assert_eq!(Cli::command().get_name(), "tern");
+        let v = Cli::command().render_version();
+        assert!(v.starts_with("tern "), "{v}");
+    }
+
+    #[test]
+    fn quiet_and_json_are_global() {
+        let cli = Cli::try_parse_from(["tern", "migrate", "c", "--to", "b", "-q", "--json"]).unwrap();
+        assert!(cli.quiet && cli.json);
+        let cli = Cli::try_parse_from(["tern", "--quiet", "hosts"]).unwrap();
+        assert!(cli.quiet && !cli.json);
+        assert!(Cli::try_parse_from(["tern", "completions", "fish"]).is_ok());
+        assert!(Cli::try_parse_from(["tern", "completions", "tcsh"]).is_err());
+        let cli = Cli::try_parse_from(["tern", "man"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Man { ref dir } if dir == Path::new(".")));
+    }
+
+    #[test]
+    fn json_is_asked_before_a_double_dash_only() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>().into_iter();
+        assert!(json_asked(args(&["migrate", "--bogus", "--json"])));
+        assert!(!json_asked(args(&["migrate", "--", "--json"])));
+        assert!(!json_asked(args(&["hosts"])));
+    }
+
+    #[test]
+    fn usage_errors_read_in_one_line() {
+        let e = Cli::try_parse_from(["tern", "hosts", "--bogus"]).err().unwrap();
+        let msg = usage_message(&e);
+        assert!(msg.contains("--bogus") && !msg.starts_with("error") && !msg.contains('\n'), "{msg}");
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["tern", "--json"]).err().unwrap();
+        assert!(usage_message(&e).contains("subcommand"), "{}", usage_message(&e));
+    }
+
+    #[test]
+    fn tern_log_before_rust_log() {
+        assert_eq!(log_spec(Some("debug".into()), Some("trace".into())), "debug");
+        assert_eq!(log_spec(None, Some("trace".into())), "trace");
+        assert_eq!(log_spec(Some(" ".into()), Some("info".into())), "info");
+        assert_eq!(log_spec(None, None), "warn");
+    }
+
+    #[test]
+    fn man_pages_for_tern_and_every_subcommand() {
+        let dir = std::env::temp_dir().join(format!("tern-man-{}", std::process::id()));
+        let files = man_pages(&dir).unwrap();
+        let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        for want in ["tern.1", "tern-migrate.1", "tern-evacuate.1", "tern-pki.1", "tern-pki-init.1", "tern-completions.1", "tern-man.1"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("help")), "{names:?}");
+        let page = std::fs::read_to_string(dir.join("tern-migrate.1")).unwrap();
+        assert!(page.contains("max\\-downtime") && page.contains("quiet"), "{page}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn completions_name_tern_and_its_subcommands() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "tern", &mut out);
+        let script = String::from_utf8(out).unwrap();
+        assert!(script.contains("_tern()") && script.contains("evacuate") && script.contains("--quiet"), "{script}");
+    }
 }

@@ -1,12 +1,11 @@
 //! Driving one migration from the CLI: ask the source agent, show its
 //! progress, pass on the user's Ctrl-C, print the report.
 
-use crate::output;
 use crate::plan::Plan;
-use std::io::{IsTerminal, Write};
+use crate::progress::Display;
 use tern_proto::compat::Severity;
 use tern_proto::frame::{read_frame, write_frame};
-use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Phase, Request};
+use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Request};
 
 #[derive(Clone)]
 pub struct Options {
@@ -17,7 +16,7 @@ pub struct Options {
     pub compress: tern_proto::Compression,
     /// Restore lazily where the target can.
     pub lazy_restore: bool,
-    /// Print progress lines (on stderr).
+    /// Print progress lines (on stderr; not under `--quiet`).
     pub progress: bool,
     pub policy: tern_proto::policy::PolicyConfig,
 }
@@ -56,7 +55,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;
-    let mut display = Display::new(opts.progress);
+    let mut display = Display::new(opts.progress, plan.mode, plan.container.memory_bytes, plan.container.files_bytes);
     let mut cancelled = false;
     loop {
         tokio::select! {
@@ -102,69 +101,6 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
                 ));
                 write_frame(&mut send, &CoordinatorSignal::Cancel).await?;
             }
-        }
-    }
-}
-
-/// Progress lines on stderr; one updating line on a terminal.
-struct Display {
-    on: bool,
-    tty: bool,
-    phase: Option<Phase>,
-    last_bytes: u64,
-    last_ms: u64,
-}
-
-impl Display {
-    fn new(on: bool) -> Self {
-        Display { on, tty: std::io::stderr().is_terminal(), phase: None, last_bytes: 0, last_ms: 0 }
-    }
-
-    fn progress(&mut self, p: &tern_proto::Progress) {
-        // A tick before any byte moved says nothing.
-        if !self.on || (p.bytes == 0 && p.note.is_empty()) {
-            return;
-        }
-        let new_phase = self.phase != Some(p.phase);
-        let rate = if !new_phase && p.elapsed_ms > self.last_ms {
-            (p.bytes.saturating_sub(self.last_bytes)) as f64 * 1000.0 / (p.elapsed_ms - self.last_ms) as f64
-        } else {
-            0.0
-        };
-        let mut line = format!("[{:>7}] {:<10}", output::ms(p.elapsed_ms), p.phase.as_str());
-        if p.bytes > 0 {
-            line.push_str(&format!(" {:>10}", output::bytes(p.bytes)));
-            if rate > 0.0 {
-                line.push_str(&format!("  {}/s", output::bytes(rate as u64)));
-            }
-        }
-        if !p.note.is_empty() {
-            line.push_str(&format!("  {}", p.note));
-        }
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            if new_phase && self.phase.is_some() {
-                let _ = writeln!(err);
-            }
-            let _ = write!(err, "\r\x1b[2K{line}");
-        } else if new_phase || p.note.is_empty() {
-            let _ = writeln!(err, "{line}");
-        }
-        let _ = err.flush();
-        self.phase = Some(p.phase);
-        self.last_bytes = p.bytes;
-        self.last_ms = p.elapsed_ms;
-    }
-
-    fn note(&mut self, text: &str) {
-        self.finish();
-        eprintln!("{text}");
-    }
-
-    fn finish(&mut self) {
-        if self.on && self.tty && self.phase.is_some() {
-            eprintln!();
-            self.phase = None;
         }
     }
 }

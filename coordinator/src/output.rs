@@ -1,7 +1,6 @@
 //! Human output: tables, sizes, durations, the migration report.
 
-use serde_json::json;
-use tern_proto::compat::{Finding, Severity};
+use tern_proto::compat::Finding;
 use tern_proto::{MigrationReport, Outcome};
 
 pub fn bytes(n: u64) -> String {
@@ -78,19 +77,6 @@ pub fn findings(f: &[Finding]) -> String {
     table(&["", "field", "source", "target", "note"], &rows)
 }
 
-pub fn findings_json(f: &[Finding]) -> serde_json::Value {
-    json!(f
-        .iter()
-        .map(|x| json!({
-            "field": x.field,
-            "source": x.source,
-            "target": x.target,
-            "severity": match x.severity { Severity::Block => "block", Severity::Warn => "warn", _ => "ok" },
-            "note": x.note,
-        }))
-        .collect::<Vec<_>>())
-}
-
 pub fn outcome_word(o: &Outcome) -> &'static str {
     match o {
         Outcome::Completed => "completed",
@@ -101,42 +87,17 @@ pub fn outcome_word(o: &Outcome) -> &'static str {
     }
 }
 
-pub fn report_json(r: &MigrationReport) -> serde_json::Value {
-    let (failure, rollback_error) = match &r.outcome {
-        Outcome::Refused { failure } | Outcome::RolledBack { failure } => (Some(failure), None),
-        Outcome::Failed { failure, rollback_error } => (Some(failure), Some(rollback_error)),
-        _ => (None, None),
-    };
-    json!({
-        "id": r.id,
-        "container": r.container,
-        "source": r.source,
-        "target": r.target,
-        "mode": r.mode.as_str(),
-        "outcome": outcome_word(&r.outcome),
-        "running_on": match r.outcome { Outcome::Completed => &r.target, Outcome::Failed { .. } => "", _ => &r.source },
-        "failure": failure.map(|f| json!({"phase": f.phase.as_str(), "message": f.message})),
-        "rollback_error": rollback_error,
-        "downtime_ms": r.downtime_ms,
-        "total_ms": r.total_ms,
-        "bytes_on_wire": r.bytes_on_wire,
-        "checkpoint_bytes": r.checkpoint_bytes,
-        "image_bytes": r.image_bytes,
-        "final_pages": r.final_pages,
-        "final_frozen_ms": r.final_frozen_ms,
-        "saved_bytes": r.saved_bytes,
-        "memory_fill_ms": r.memory_fill_ms,
-        "images_in_ram": {"source": r.images_in_ram.source, "target": r.images_in_ram.target},
-        "zstd_in": r.zstd_in,
-        "zstd_out": r.zstd_out,
-        "phases": r.phases.iter().map(|p| json!({"phase": p.phase.as_str(), "ms": p.ms})).collect::<Vec<_>>(),
-        "rounds": r.rounds.iter().map(|x| json!({
-            "round": x.round, "pages": x.pages, "bytes": x.bytes, "duration_ms": x.duration_ms,
-            "dump_ms": x.dump_ms, "frozen_ms": x.frozen_ms, "transfer_ms": x.transfer_ms,
-            "dirty_pages_per_s": x.dirty_pages_per_s,
-        })).collect::<Vec<_>>(),
-        "stop_reason": r.stop_reason,
-        "warnings": r.warnings,
+/// Why a migration that did not complete failed, in one line (None once
+/// it completed).
+pub fn failure_text(r: &MigrationReport) -> Option<String> {
+    Some(match &r.outcome {
+        Outcome::Completed => return None,
+        Outcome::Refused { failure } => format!("{} was not migrated: {failure}; it still runs on {}", r.container, r.source),
+        Outcome::RolledBack { failure } => format!("{} was not migrated: {failure}; rolled back, it runs again on {}", r.container, r.source),
+        Outcome::Failed { failure, rollback_error } => {
+            format!("{} was not migrated: {failure}; the rollback failed too: {rollback_error}", r.container)
+        }
+        Outcome::Invalid => format!("{}: the source agent sent an invalid report", r.container),
     })
 }
 

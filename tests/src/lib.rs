@@ -83,6 +83,8 @@ pub fn tern_json(args: &[&str]) -> Result<TernRun> {
     } else {
         serde_json::from_str(stdout.trim()).with_context(|| format!("tern printed no JSON: {all}"))?
     };
+    // Every document, a failure's too, says which shape it has.
+    anyhow::ensure!(json.is_null() || json["schema"] == 1, "tern's JSON has no \"schema\": 1: {all}");
     Ok(TernRun { code: out.status.code().unwrap_or(-1), json, stderr: String::from_utf8_lossy(&out.stderr).into(), all })
 }
 
@@ -277,10 +279,10 @@ pub fn start_memhog(host: &str, name: &str, mib: u32, dirty: u32) -> Result<()> 
     Ok(())
 }
 
-/// Every host's `tern hosts --json` entry.
+/// Every host's `tern hosts --json` entry (the document's `hosts`).
 pub fn hosts() -> Result<Vec<Value>> {
     let r = tern_json(&["hosts"])?;
-    Ok(r.json.as_array().cloned().unwrap_or_default())
+    Ok(r.json["hosts"].as_array().cloned().unwrap_or_default())
 }
 
 /// Mount points of tern's tmpfs checkpoint folders on a lab host (each

@@ -318,8 +318,8 @@ fn agent_refuses_a_peer_from_another_ca() {
     .unwrap();
     let r = tern_json(&["hosts", "--inventory", inv.to_str().unwrap()]).unwrap();
     assert_eq!(r.code, 1, "{}", r.all);
-    assert_eq!(r.json[0]["reachable"], false, "{}", r.all);
-    let err = r.json[0]["error"].as_str().unwrap().to_lowercase();
+    assert_eq!(r.json["hosts"][0]["reachable"], false, "{}", r.all);
+    let err = r.json["hosts"][0]["error"].as_str().unwrap().to_lowercase();
     assert!(err.contains("certificate"), "the error should name the certificate problem: {err}");
     // The real inventory still works.
     let r = tern_json(&["hosts"]).unwrap();
@@ -724,7 +724,7 @@ fn scenario_files_cross_before_the_freeze() -> Result<()> {
     count_reaches("client1", name, 5)?;
     let sums = ok(&mut podman("client1", &["exec", name, "md5sum", "/blob1", "/blob2"]))?;
     let listed = tern_json(&["ps"])?;
-    let files = listed.json.as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).map(|c| c["files_bytes"].clone());
+    let files = listed.json["containers"].as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).map(|c| c["files_bytes"].clone());
     ensure!(files.as_ref().and_then(Value::as_u64).is_some_and(|b| b >= 80 << 20), "tern ps sizes its files at {files:?}, 80 MiB written");
     let check = tern_json(&["check", name, "--to", "client2"])?;
     let note = check.json["mode_note"].as_str().unwrap_or_default();
