@@ -1,4 +1,5 @@
-//! The source's side of a migration.
+//! The source's side of a migration: the IO for each command of the
+//! source's state machine ([`tern_proto::source_state`]).
 //!
 //! ```text
 //!  prepare ─▶ image? ─▶ pre-copy rounds? ─▶ FREEZE: checkpoint ║ stream ─▶ target verifies+restores ─▶ cleanup
@@ -8,23 +9,26 @@
 //!                                                                                     restore locally: RolledBack
 //! ```
 //!
-//! The rounds live in [`precopy`]. The container is removed here only after
-//! the target answered `Restored`. Every failure after the freeze ends in
-//! `rollback`.
+//! The machine decides the order, what a reply means and what to undo;
+//! [`Run::carry_out`] does what each command says and reports the event.
+//! The rounds' IO lives in [`precopy`].
 
 mod precopy;
 
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
 use crate::faults::SourceExit;
+use crate::pages::PageIndex;
 use crate::server::Agent;
 use crate::transfer;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::write_frame;
+use tern_proto::source_state::{self, Command, End, Event, Expect, Plan, SourceState};
 use tern_proto::*;
 use tern_transport::rpc::{RpcError, Session};
 use tokio::sync::mpsc;
@@ -40,7 +44,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long to wait for the target to confirm an Abort or a Commit.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A failure, and whether it happened after the freeze.
+/// A failure, in the phase it happened.
 struct Fail {
     phase: Phase,
     message: String,
@@ -55,7 +59,21 @@ impl Fail {
     }
 }
 
-/// One migration's bookkeeping.
+/// The event for a step that reports only that it is done.
+fn done(r: Result<(), Fail>) -> Option<Event> {
+    Some(r.map_or_else(|f| Event::Failed(f.failure()), |()| Event::Done))
+}
+
+/// The event for a step that reports a value.
+fn event<T>(r: Result<T, Fail>, ok: impl FnOnce(T) -> Event) -> Option<Event> {
+    Some(r.map_or_else(|f| Event::Failed(f.failure()), ok))
+}
+
+/// The control stream of the `Receive` conversation.
+type Streams = (quinn::SendStream, quinn::RecvStream);
+
+/// One migration's bookkeeping, for the report. What must be undone is the
+/// machine's ([`source_state::Made`]).
 struct Run<'a> {
     agent: &'a Agent,
     req: MigrateRequest,
@@ -67,6 +85,7 @@ struct Run<'a> {
     warnings: Vec<String>,
     image_bytes: u64,
     checkpoint_bytes: u64,
+    /// When the final dump began, until the container ran again.
     frozen_at: Option<Instant>,
     /// From the freeze until the container ran again (here or there).
     downtime: Option<Duration>,
@@ -74,31 +93,27 @@ struct Run<'a> {
     wire_base: u64,
     work_dir: PathBuf,
     rounds: Vec<RoundReport>,
+    /// The soft-dirty rounds' accounts, for the policy.
+    book: precopy::Book,
+    /// Content-addressed pre-copy: the base's page hashes.
+    base_index: Option<Arc<PageIndex>>,
     stop_reason: Option<String>,
     final_stats: Option<criu_stats::DumpStats>,
     saved_bytes: u64,
-    /// The container's `pre-checkpoint` link this migration made.
-    pre_link: Option<PathBuf>,
-    /// The soft-dirty rounds, inside the container's folder.
-    precopy_dir: Option<PathBuf>,
     zstd_in: u64,
     zstd_out: u64,
-    /// This migration's journal entry, from the freeze to the end.
-    journal: Option<PathBuf>,
-    /// The container's `checkpoint` folder, when this migration put it in
-    /// RAM (ramdir.rs).
-    ram_dir: Option<PathBuf>,
     /// What the target said about its restore.
     restore_info: Option<RestoreInfo>,
     /// The final dump went to RAM.
     checkpoint_in_ram: bool,
-    /// The container as prepare saw it (its networks, for a rollback).
+    /// The container as the connect saw it.
     container: Option<ContainerInfo>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
 pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<MigrateEvent>, cancel: CancellationToken) {
     let work_dir = agent.cfg.state_dir.join(format!("outgoing-{}", req.id));
+    let policy = req.options.policy.clone();
     let mut run = Run {
         agent,
         req,
@@ -116,44 +131,19 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         wire_base: 0,
         work_dir,
         rounds: Vec::new(),
+        book: precopy::Book::new(policy),
+        base_index: None,
         stop_reason: None,
         final_stats: None,
         saved_bytes: 0,
-        pre_link: None,
-        precopy_dir: None,
         zstd_in: 0,
         zstd_out: 0,
-        journal: None,
-        ram_dir: None,
         restore_info: None,
         checkpoint_in_ram: false,
         container: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
-    // A checkpoint kept after a failed rollback sits on top of the rounds:
-    // keep them for the manual restore. Otherwise the container runs (here
-    // or there) and neither the rounds nor the link to them are needed.
-    let keep_rounds = matches!(outcome, Outcome::Failed { .. }) && run.pre_link.is_some();
-    if !keep_rounds {
-        if let Some(link) = run.pre_link.take() {
-            let _ = tokio::fs::remove_file(&link).await;
-        }
-        if let Some(dir) = run.precopy_dir.take() {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-        }
-    }
-    // The images in RAM are needed no more, but after a failed rollback:
-    // then they are the container's only state, kept for a manual restore.
-    if !matches!(outcome, Outcome::Failed { .. }) {
-        run.release_ram();
-    }
-    let _ = tokio::fs::remove_dir_all(&run.work_dir).await;
-    // Seen to the end (a failed rollback included: its report tells the
-    // user how to restore), so nothing is left to recover.
-    if let Some(j) = run.journal.take() {
-        crate::recovery::forget(&j);
-    }
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
     crate::release_freed_memory();
@@ -217,58 +207,191 @@ impl Run<'_> {
         self.session.as_ref().expect("connected during prepare")
     }
 
+    fn target(&self) -> &str {
+        &self.req.target.name
+    }
+
+    fn info(&self) -> Result<ContainerInfo, Fail> {
+        self.container.clone().ok_or_else(|| Fail::new(Phase::Prepare, "tern bug: no container before the connect"))
+    }
+
+    /// Feeds the machine the events of its commands, carried out in order,
+    /// until it finishes.
     async fn execute(&mut self) -> Outcome {
         let Some(_guard) = self.agent.claim(&self.req.container) else {
             return Outcome::Refused {
                 failure: Failure { phase: Phase::Prepare, message: format!("{} is already being migrated", self.req.container) },
             };
         };
-        let (info, mut send, mut recv, needs_image) = match self.prepare().await {
-            Ok(x) => x,
-            Err(f) => return Outcome::Refused { failure: f.failure() },
-        };
-        self.container = Some(info.clone());
-        self.checkpoint_to_ram(&info).await;
-        if needs_image {
-            if let Err(f) = self.ship_image(&info, &mut send, &mut recv).await {
-                self.abort_target(&mut send, &mut recv, &f).await;
-                return Outcome::Refused { failure: f.failure() };
+        let plan = Plan::for_mode(self.req.options.mode);
+        let (mut state, first) = source_state::start(SourceState::new(self.target()));
+        let mut queue = VecDeque::from(first);
+        let mut streams = None;
+        let mut end = None;
+        while let Some(cmd) = queue.pop_front() {
+            if let Command::Finish(e) = cmd {
+                end = Some(e);
+                continue;
+            }
+            if let Some(ev) = self.carry_out(cmd, &mut streams).await {
+                let (next, cmds) = source_state::step(&plan, state, ev);
+                state = next;
+                queue = cmds.into();
             }
         }
-        let mut base = None;
-        if self.req.options.mode.has_rounds() {
-            let rounds = async {
-                let b = self.precopy(&info, &mut send, &mut recv).await?;
-                if self.req.options.mode == Mode::PreCopy {
-                    self.link_pre_checkpoint(&info, &b.last_dir).await?;
-                }
-                Ok(b)
-            }
-            .await;
-            match rounds {
-                Ok(b) => base = Some(b),
-                Err(f) => {
-                    self.abort_target(&mut send, &mut recv, &f).await;
-                    return Outcome::Refused { failure: f.failure() };
-                }
-            }
+        match end {
+            Some(e) => self.outcome(e),
+            None => Outcome::Failed {
+                failure: Failure { phase: Phase::Rollback, message: "tern bug: the source machine stopped without an end".into() },
+                rollback_error: "check the container with `podman ps -a`".into(),
+            },
         }
-        if let Err(f) = self.connections_survive(&info).await {
-            self.abort_target(&mut send, &mut recv, &f).await;
-            return Outcome::Refused { failure: f.failure() };
-        }
-        // From here on, the container is frozen: every failure rolls back.
-        match self.freeze_and_switch(&info, base.as_ref(), &mut send, &mut recv).await {
-            Ok(()) => {}
-            Err(f) => return self.rollback(f, &mut send, &mut recv).await,
-        }
-        self.cleanup(&info, &mut send, &mut recv).await;
-        Outcome::Completed
     }
 
-    async fn prepare(&mut self) -> Result<(ContainerInfo, quinn::SendStream, quinn::RecvStream, bool), Fail> {
+    /// Does what `cmd` says; returns the event it reports, if any.
+    async fn carry_out(&mut self, cmd: Command, streams: &mut Option<Streams>) -> Option<Event> {
+        match cmd {
+            Command::Connect => {
+                let r = self.connect().await;
+                event(r, |s| {
+                    *streams = Some(s);
+                    Event::Done
+                })
+            }
+            Command::Await { expect, phase } => Some(self.await_reply(streams, expect, phase).await),
+            Command::Tell { msg, phase } => self.tell(streams, msg, phase).await,
+            Command::Unexpected { phase, expected, got } => {
+                Some(Event::Failed(Failure { phase, message: self.session().unexpected(expected.name(), &got).to_string() }))
+            }
+            Command::FinishPrepare => done(self.finish_prepare().await),
+            Command::Enter(phase, note) => {
+                self.enter(phase, note);
+                None
+            }
+            Command::Leave(phase) => {
+                self.leave(phase);
+                None
+            }
+            Command::CheckCancel(phase) => done(self.check_cancel(phase)),
+            Command::MountRam => Some(Event::RamMounted(self.checkpoint_to_ram().await)),
+            Command::ShipImage => event(self.ship_image().await, Event::Shipped),
+            Command::MakeRoundsDir => event(self.make_rounds_dir().await, Event::RoundsDir),
+            Command::DumpRound { n, dir, kind } => event(self.dump_round(n, &dir, kind).await, Event::Shipped),
+            Command::JudgeRound { n } => Some(self.judge_round(n)),
+            Command::ShipBase { kind, ram } => event(self.ship_base(kind, ram.as_deref()).await, Event::Shipped),
+            Command::NoteBase => self.note_base(),
+            Command::LinkPreCheckpoint { dir, rounds } => event(self.link_pre_checkpoint(&dir.join(rounds.to_string())).await, Event::PreLinked),
+            Command::CheckConnections => done(self.connections_survive().await),
+            Command::Journal { leftovers, ram } => event(self.journal(leftovers, ram), Event::Journaled),
+            Command::Dump { kind, with_previous, in_ram } => event(self.dump(kind, with_previous, in_ram).await, Event::Shipped),
+            Command::Switched(r) => self.switched(r),
+            Command::RemoveSourceCopy => {
+                self.remove_source_copy().await;
+                Some(Event::Done)
+            }
+            Command::WarnUncommitted(acked) => {
+                let w = format!("{} did not confirm the commit ({acked:?}); the container runs there regardless", self.target());
+                self.warnings.push(w);
+                None
+            }
+            Command::WarnTwoCopies => {
+                let w = format!(
+                    "{} did not confirm the abort; if it restored {} before failing, two copies may run: check with `podman ps` there",
+                    self.target(),
+                    self.req.container
+                );
+                self.warnings.push(w);
+                None
+            }
+            Command::NameLostConnection(f) => Some(Event::Described(self.name_lost_connection(f))),
+            Command::RestoreHere => Some(self.restore_held().await),
+            Command::Reclaim => {
+                let problems = reclaim_address(self.agent, &self.req.container, &self.req.target.name, self.req.id).await;
+                self.warnings.extend(problems);
+                None
+            }
+            Command::ReleaseRam(dir) => self.release_ram(&dir),
+            Command::RemovePreLink(link) => {
+                let _ = tokio::fs::remove_file(&link).await;
+                None
+            }
+            Command::RemoveRounds(dir) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                None
+            }
+            Command::RemoveWorkDir => {
+                let _ = tokio::fs::remove_dir_all(&self.work_dir).await;
+                None
+            }
+            Command::ForgetJournal(path) => {
+                crate::recovery::forget(&path);
+                None
+            }
+            Command::Finish(_) => None,
+        }
+    }
+
+    /// The report's outcome for how the machine ended.
+    fn outcome(&self, end: End) -> Outcome {
+        match end {
+            End::Completed => Outcome::Completed,
+            End::Refused(failure) => Outcome::Refused { failure },
+            End::RolledBack(failure) => Outcome::RolledBack { failure },
+            End::Failed { failure, error, ram } => Outcome::Failed {
+                failure,
+                rollback_error: format!(
+                    "{error}; the checkpoint is kept{}: restore it with `podman container restore --keep {}` on {}",
+                    match &ram {
+                        Some(d) => format!(" in RAM (a tmpfs on {}, lost at reboot)", d.display()),
+                        None => String::new(),
+                    },
+                    self.req.container,
+                    self.agent.cfg.name
+                ),
+            },
+        }
+    }
+
+    /// Reads the target's next message, in the time `expect` allows.
+    async fn await_reply(&self, streams: &mut Option<Streams>, expect: Expect, phase: Phase) -> Event {
+        let Some((_, recv)) = streams.as_mut() else {
+            return Event::Failed(Failure { phase, message: "tern bug: no stream to the target".into() });
+        };
+        let limit = match expect {
+            Expect::Ready => rpc_timeout(),
+            Expect::Committed | Expect::Aborted => ACK_TIMEOUT,
+            _ => RESTORE_TIMEOUT,
+        };
+        let r = if expect == Expect::Restored {
+            tokio::select! {
+                r = self.read_target(recv, limit) => r.map_err(|e| format!("waiting for {} to restore: {e}", self.target())),
+                _ = self.cancel.cancelled() => Err("cancelled by the user".to_string()),
+            }
+        } else {
+            self.read_target(recv, limit).await.map_err(|e| e.to_string())
+        };
+        match r {
+            Ok(msg) => Event::Reply(msg),
+            Err(message) => Event::Failed(Failure { phase, message }),
+        }
+    }
+
+    /// Sends `msg` to the target; reports only a failure.
+    async fn tell(&self, streams: &mut Option<Streams>, msg: SourceMsg, phase: Phase) -> Option<Event> {
+        let Some((send, _)) = streams.as_mut() else {
+            return Some(Event::Failed(Failure { phase, message: "tern bug: no stream to the target".into() }));
+        };
+        let e = write_frame(send, &msg).await.err()?;
+        let message = match msg {
+            SourceMsg::CheckpointSent(_) => format!("telling {} the checkpoint is complete: {e}", self.target()),
+            _ => e.to_string(),
+        };
+        Some(Event::Failed(Failure { phase, message }))
+    }
+
+    /// Looks the container up, connects to the target and asks it to receive.
+    async fn connect(&mut self) -> Result<Streams, Fail> {
         let p = Phase::Prepare;
-        self.enter(p, "connecting to the target");
         let info = self
             .agent
             .engine
@@ -291,39 +414,34 @@ impl Run<'_> {
             mode: self.req.options.mode,
             lazy_restore: self.req.options.lazy_restore,
         };
-        let (send, mut recv) = self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))?;
-        let needs_image = match self.read_target(&mut recv, rpc_timeout()).await.map_err(|e| Fail::new(p, e))? {
-            TargetMsg::Ready { needs_image } => needs_image,
-            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("the target refused: {}", f.message))),
-            other => return Err(Fail::new(p, self.session().unexpected("Ready", &other))),
-        };
+        self.container = Some(info);
+        self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))
+    }
+
+    /// After the target's `Ready`: the work folder, a last look for a cancel.
+    async fn finish_prepare(&mut self) -> Result<(), Fail> {
+        let p = Phase::Prepare;
         tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", self.work_dir.display())))?;
-        self.check_cancel(p)?;
-        self.leave(p);
-        Ok((info, send, recv, needs_image))
+        self.check_cancel(p)
     }
 
     /// Puts the container's `checkpoint` folder in RAM for the dumps to
-    /// come (ramdir.rs), when the host has the memory. Soft-dirty pre-copy
-    /// keeps it on disk: its final dump links to rounds there, and CRIU
-    /// cannot follow a link out of a mount at restore time.
-    async fn checkpoint_to_ram(&mut self, info: &ContainerInfo) {
-        if self.req.options.mode == Mode::PreCopy {
-            return;
-        }
+    /// come (ramdir.rs), when the host has the memory; the plan asks only
+    /// in modes whose final dump can live there. Returns the folder if so.
+    async fn checkpoint_to_ram(&mut self) -> Option<PathBuf> {
+        let info = self.info().ok()?;
         let dir = match self.agent.engine.container_dir(&info.name).await {
             Ok(d) => d.join("checkpoint"),
             Err(e) => {
                 tracing::info!("the checkpoint goes to disk: {e}");
-                return;
+                return None;
             }
         };
         // A folder left by an earlier migration that died is emptied;
         // anything else there is the user's and is not hidden under a mount.
         if crate::ramdir::is_mounted(&dir) {
             let _ = crate::ramdir::empty(&dir);
-            self.ram_dir = Some(dir);
-            return;
+            return Some(dir);
         }
         let fits = crate::ramdir::mem_available()
             .ok_or_else(|| "cannot read MemAvailable".to_string())
@@ -331,19 +449,21 @@ impl Run<'_> {
         match fits.and_then(|cap| crate::ramdir::mount(&dir, cap).map_err(|e| e.to_string())) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "the checkpoint goes to RAM");
-                self.ram_dir = Some(dir);
+                Some(dir)
             }
-            Err(why) => tracing::info!("the checkpoint goes to disk: {why}"),
+            Err(why) => {
+                tracing::info!("the checkpoint goes to disk: {why}");
+                None
+            }
         }
     }
 
     /// Unmounts the RAM checkpoint folder, dropping what it holds.
-    fn release_ram(&mut self) {
-        if let Some(dir) = self.ram_dir.take() {
-            if let Err(e) = crate::ramdir::unmount(&dir, true) {
-                self.warnings.push(format!("{e}; unmount it by hand"));
-            }
+    fn release_ram(&mut self, dir: &Path) -> Option<Event> {
+        if let Err(e) = crate::ramdir::unmount(dir, true) {
+            self.warnings.push(format!("{e}; unmount it by hand"));
         }
+        None
     }
 
     async fn read_target(&self, recv: &mut quinn::RecvStream, limit: Duration) -> Result<TargetMsg, RpcError> {
@@ -354,9 +474,10 @@ impl Run<'_> {
         }
     }
 
-    async fn ship_image(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<(), Fail> {
+    /// Saves the image and sends it; the machine tells the target.
+    async fn ship_image(&mut self) -> Result<Digest, Fail> {
         let p = Phase::Image;
-        self.enter(p, "the target lacks the image; shipping it");
+        let info = self.info()?;
         let path = self.work_dir.join("image.tar");
         self.agent.engine.image_save(&info.image_id, &path).await.map_err(|e| Fail::new(p, e))?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| Fail::new(p, e))?;
@@ -369,15 +490,7 @@ impl Run<'_> {
         self.count_sent(&stats, t0.elapsed());
         let _ = tokio::fs::remove_file(&path).await;
         self.image_bytes = digest.bytes;
-        write_frame(send, &SourceMsg::ImageSent(digest)).await.map_err(|e| Fail::new(p, e))?;
-        match self.read_target(recv, RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
-            TargetMsg::ImageLoaded => {}
-            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on the target: {}", f.message))),
-            other => return Err(Fail::new(p, self.session().unexpected("ImageLoaded", &other))),
-        }
-        self.check_cancel(p)?;
-        self.leave(p);
-        Ok(())
+        Ok(digest)
     }
 
     /// Sends progress every half second while `fut` runs; stops early with
@@ -399,87 +512,47 @@ impl Run<'_> {
         }
     }
 
-    async fn freeze_and_switch(
-        &mut self,
-        info: &ContainerInfo,
-        base: Option<&precopy::Precopied>,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
-    ) -> Result<(), Fail> {
-        let p = Phase::Checkpoint;
-        self.check_cancel(p)?;
-        let mode = self.req.options.mode;
-        self.enter(
-            p,
-            match mode {
-                Mode::PreCopy => "freezing; the final dump holds only the pages written since the last round",
-                Mode::HashPreCopy => "freezing; only pages the target lacks cross the wire",
-                _ => "freezing and dumping; the archive streams as it is written",
-            },
-        );
-        let fifo = self.work_dir.join("checkpoint.fifo");
-        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
-        let index = base.and_then(|b| b.index.clone());
-        let opts = CheckpointOpts {
-            tcp_established: self.req.options.tcp_established,
-            with_previous: mode == Mode::PreCopy && base.is_some(),
-            leave_running: false,
-        };
-        // Should this agent die from here on, its successor finds the
-        // container checkpointed and asks the target what became of it.
+    /// Writes the journal entry: should this agent die from here on, its
+    /// successor finds the container checkpointed and asks the target what
+    /// became of it.
+    fn journal(&mut self, leftovers: Vec<PathBuf>, ram: Option<PathBuf>) -> Result<PathBuf, Fail> {
+        let info = self.info()?;
         let entry = crate::recovery::Entry {
             id: self.req.id,
             container: info.name.clone(),
             container_id: info.id.clone(),
             target: self.req.target.clone(),
             tcp_established: self.req.options.tcp_established,
-            leftovers: self.pre_link.iter().chain(self.precopy_dir.iter()).cloned().collect(),
-            ram: self.ram_dir.clone(),
+            leftovers,
+            ram,
         };
-        self.journal = Some(
-            crate::recovery::record(self.agent, &entry)
-                .map_err(|e| Fail::new(p, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))?,
-        );
-        self.checkpoint_in_ram = self.ram_dir.is_some();
+        crate::recovery::record(self.agent, &entry)
+            .map_err(|e| Fail::new(Phase::Checkpoint, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))
+    }
+
+    /// The freeze: Podman checkpoints into a FIFO while its archive streams
+    /// to the target as `kind` (delta-encoded against the base's pages when
+    /// the plan says so).
+    async fn dump(&mut self, kind: DataKind, with_previous: bool, in_ram: bool) -> Result<Digest, Fail> {
+        let p = Phase::Checkpoint;
+        let info = self.info()?;
+        let fifo = self.work_dir.join("checkpoint.fifo");
+        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
+        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, with_previous, leave_running: false };
+        self.checkpoint_in_ram = in_ram;
         self.frozen_at = Some(Instant::now());
-        let engine = self.agent.engine.clone();
-        let name = info.name.clone();
-        let fifo2 = fifo.clone();
+        let (engine, name) = (self.agent.engine.clone(), info.name.clone());
         let checkpoint = tokio::spawn(async move {
-            let r = engine.checkpoint_export(&name, &fifo2, opts).await;
+            let r = engine.checkpoint_export(&name, &fifo, opts).await;
             drop(hold); // Podman is done: the reader sees the end
             r
         });
-        let done = Arc::new(AtomicU64::new(0));
-        let kind = match (&index, base) {
-            (Some(_), Some(b)) => DataKind::CheckpointDelta { base: b.rounds },
-            _ => DataKind::Checkpoint,
+        let encoding = match (kind, self.base_index.clone()) {
+            (DataKind::CheckpointDelta { .. }, Some(ix)) => transfer::Encoding::Delta(ix),
+            _ => transfer::Encoding::Raw,
         };
-        let header = DataHeader { id: self.req.id, kind };
-        let conn = self.session().conn.clone();
-        let cancel = self.cancel.clone();
-        let zstd = self.zstd_level();
         let send_started = Instant::now();
-        let send_task = {
-            let done = done.clone();
-            async move {
-                let encoding = match index {
-                    Some(ix) => transfer::Encoding::Delta(ix),
-                    None => transfer::Encoding::Raw,
-                };
-                transfer::send_encoded(&conn, &header, reader, &done, encoding, zstd, &cancel).await
-            }
-        };
-        // The FIFO is drained whatever happens, so Podman can finish and the
-        // container can be restored here; a cancel stops the sending at once.
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tokio::pin!(send_task);
-        let sent = loop {
-            tokio::select! {
-                r = &mut send_task => break r,
-                _ = tick.tick() => self.progress(p, done.load(Ordering::Relaxed), "frozen"),
-            }
-        };
+        let sent = self.stream_frozen(kind, reader, encoding).await;
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
         if let Ok(dir) = self.agent.engine.container_dir(&info.name).await {
@@ -492,40 +565,52 @@ impl Run<'_> {
         self.count_sent(&delta, send_started.elapsed());
         self.check_cancel(p)?;
         self.agent.cfg.faults.exit_at_source(SourceExit::BeforeCheckpointSent);
-        write_frame(send, &SourceMsg::CheckpointSent(digest))
-            .await
-            .map_err(|e| Fail::new(p, format!("telling {target} the checkpoint is complete: {e}")))?;
-        self.leave(p);
+        Ok(digest)
+    }
 
-        let p = Phase::Restore;
-        self.enter(p, "the target verifies and restores");
-        let reply = tokio::select! {
-            r = self.read_target(recv, RESTORE_TIMEOUT) => r.map_err(|e| Fail::new(p, format!("waiting for {} to restore: {e}", self.req.target.name)))?,
-            _ = self.cancel.cancelled() => return Err(Fail::new(p, "cancelled by the user")),
-        };
-        match reply {
-            TargetMsg::Restored(r) => {
-                // Downtime ends when the container ran on the target, before
-                // the target's extra check that it keeps running.
-                self.downtime = self.frozen_at.take().map(|t| t.elapsed().saturating_sub(Duration::from_millis(r.confirm_ms)));
-                // The target's own split of this phase.
-                self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
-                self.leave(p);
-                self.warnings.extend(r.notes.iter().map(|n| format!("on {}: {n}", self.req.target.name)));
-                self.restore_info = Some(r.clone());
-                tracing::info!(container = %r.container.name, "restored on the target: switchover");
-                self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
-                Ok(())
+    /// Streams the final archive as Podman writes it. The FIFO is drained
+    /// whatever happens, so Podman can finish and the container can be
+    /// restored here; a cancel stops the sending at once.
+    async fn stream_frozen(
+        &self,
+        kind: DataKind,
+        reader: tokio::net::unix::pipe::Receiver,
+        encoding: transfer::Encoding,
+    ) -> Result<transfer::Sent, String> {
+        let done = Arc::new(AtomicU64::new(0));
+        let header = DataHeader { id: self.req.id, kind };
+        let conn = self.session().conn.clone();
+        let send_task = transfer::send_encoded(&conn, &header, reader, &done, encoding, self.zstd_level(), &self.cancel);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(send_task);
+        loop {
+            tokio::select! {
+                r = &mut send_task => return r.map_err(|e| e.to_string()),
+                _ = tick.tick() => self.progress(Phase::Checkpoint, done.load(Ordering::Relaxed), "frozen"),
             }
-            TargetMsg::Failed(f) => Err(Fail::new(f.phase, format!("on {}: {}", self.req.target.name, f.message))),
-            other => Err(Fail::new(p, self.session().unexpected("Restored", &other))),
         }
+    }
+
+    /// The switchover: the target said the container runs there.
+    fn switched(&mut self, r: RestoreInfo) -> Option<Event> {
+        // Downtime ends when the container ran on the target, before the
+        // target's extra check that it keeps running.
+        self.downtime = self.frozen_at.take().map(|t| t.elapsed().saturating_sub(Duration::from_millis(r.confirm_ms)));
+        // The target's own split of this phase.
+        self.phases.push(PhaseTime { phase: Phase::Verify, ms: r.verify_ms });
+        self.leave(Phase::Restore);
+        self.warnings.extend(r.notes.iter().map(|n| format!("on {}: {n}", self.req.target.name)));
+        tracing::info!(container = %r.container.name, "restored on the target: switchover");
+        self.restore_info = Some(r);
+        self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
+        None
     }
 
     /// The last look before the freeze: a connection opened since the
     /// coordinator's check that the move would reset is refused unless the
     /// user allowed resets (`tern_proto::network::fate`).
-    async fn connections_survive(&self, info: &ContainerInfo) -> Result<(), Fail> {
+    async fn connections_survive(&self) -> Result<(), Fail> {
+        let info = self.info()?;
         if self.req.options.allow_reset || info.pid == 0 {
             return Ok(());
         }
@@ -551,12 +636,10 @@ impl Run<'_> {
         ))
     }
 
-    /// The container runs on the target: remove it here, then tell the target.
-    async fn cleanup(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
-        let p = Phase::Cleanup;
-        self.enter(p, "removing the source copy");
-        // A mount inside the container's folder would make Podman fail.
-        self.release_ram();
+    /// The container runs on the target: remove it here, then tell the
+    /// operator's hook it left.
+    async fn remove_source_copy(&mut self) {
+        let Ok(info) = self.info() else { return };
         if let Err(e) = self.agent.engine.remove(&self.req.container, false).await {
             self.warnings.push(format!(
                 "the container runs on {} but its stopped copy could not be removed here: {e}; remove it with `podman rm {}`",
@@ -567,7 +650,7 @@ impl Run<'_> {
         }
         let ctx = crate::netid::HookContext {
             event: crate::netid::HookEvent::Departed,
-            container: info,
+            container: &info,
             host: &self.agent.cfg.name,
             peer: &self.req.target.name,
             migration: self.req.id,
@@ -575,15 +658,6 @@ impl Run<'_> {
         if let Err(e) = crate::netid::run_hook(&self.agent.cfg.network, &ctx).await {
             self.warnings.push(format!("{e}; the container runs on {} regardless", self.req.target.name));
         }
-        let acked = async {
-            write_frame(send, &SourceMsg::Commit).await.ok()?;
-            self.read_target(recv, ACK_TIMEOUT).await.ok()
-        }
-        .await;
-        if !matches!(acked, Some(TargetMsg::Committed)) {
-            self.warnings.push(format!("{} did not confirm the commit ({acked:?}); the container runs there regardless", self.req.target.name));
-        }
-        self.leave(p);
     }
 
     /// The named volumes moved with the container (Podman's export carried
@@ -602,45 +676,26 @@ impl Run<'_> {
         }
     }
 
-    /// Best effort: tell the target to drop whatever it staged or restored.
-    async fn abort_target(&mut self, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, f: &Fail) -> bool {
-        if self.session.is_none() {
-            return true;
-        }
-        let reason = f.message.clone();
-        let acked = async {
-            write_frame(send, &SourceMsg::Abort { reason }).await.ok()?;
-            self.read_target(recv, ACK_TIMEOUT).await.ok()
-        }
-        .await;
-        matches!(acked, Some(TargetMsg::Aborted))
-    }
-
-    async fn rollback(&mut self, f: Fail, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Outcome {
-        tracing::warn!(phase = f.phase.as_str(), "migration failed after the freeze: {}; rolling back", f.message);
-        let p = Phase::Rollback;
-        self.enter(p, "bringing the container back on the source");
-        if !self.abort_target(send, recv, &f).await && f.phase == Phase::Restore {
-            self.warnings.push(format!(
-                "{} did not confirm the abort; if it restored {} before failing, two copies may run: check with `podman ps` there",
-                self.req.target.name, self.req.container
-            ));
-        }
-        let mut failure = f.failure();
+    /// Adds to a failure after the freeze that the connection was lost, when it was.
+    fn name_lost_connection(&self, mut failure: Failure) -> Failure {
+        tracing::warn!(phase = failure.phase.as_str(), "migration failed after the freeze: {}; rolling back", failure.message);
         if let Some(reason) = self.session.as_ref().and_then(|s| s.conn.close_reason()) {
             failure.message = format!(
                 "{} (the connection to {} was lost: {reason}; its agent stopped or the network failed)",
                 failure.message, self.req.target.name
             );
         }
+        failure
+    }
+
+    /// Brings the container back here, its traffic held meanwhile; the
+    /// downtime ends here.
+    async fn restore_held(&mut self) -> Event {
         let hold = match self.agent.engine.networks().await.map_err(|e| e.to_string()) {
-            Ok(nets) => {
-                let info = self.container.clone();
-                match info {
-                    Some(c) => crate::netid::Hold::install(&c, &nets, self.req.id).await,
-                    None => Ok(None),
-                }
-            }
+            Ok(nets) => match &self.container {
+                Some(c) => crate::netid::Hold::install(c, &nets, self.req.id).await,
+                None => Ok(None),
+            },
             Err(e) => Err(e),
         };
         let hold = hold.unwrap_or_else(|e| {
@@ -658,25 +713,9 @@ impl Run<'_> {
         if let Some(t) = self.frozen_at.take() {
             self.downtime = Some(t.elapsed());
         }
-        if r.is_ok() {
-            let problems = reclaim_address(self.agent, &self.req.container, &self.req.target.name, self.req.id).await;
-            self.warnings.extend(problems);
-        }
-        self.leave(p);
         match r {
-            Ok(()) => Outcome::RolledBack { failure },
-            Err(e) => Outcome::Failed {
-                failure,
-                rollback_error: format!(
-                    "{e}; the checkpoint is kept{}: restore it with `podman container restore --keep {}` on {}",
-                    match &self.ram_dir {
-                        Some(d) => format!(" in RAM (a tmpfs on {}, lost at reboot)", d.display()),
-                        None => String::new(),
-                    },
-                    self.req.container,
-                    self.agent.cfg.name
-                ),
-            },
+            Ok(()) => Event::RestoredHere,
+            Err(e) => Event::RestoreFailed(e.to_string()),
         }
     }
 

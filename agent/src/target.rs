@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
+use tern_proto::source_state::Plan;
 use tern_proto::state::{step, Action, TargetState};
 use tern_proto::*;
 use tokio::sync::Notify;
@@ -301,10 +302,7 @@ impl Target<'_> {
 
     async fn restore(&mut self, inbox: &Inbox, digest: Digest, rounds: u32) -> TargetMsg {
         let t0 = Instant::now();
-        let kind = match self.begin.mode {
-            Mode::HashPreCopy => DataKind::CheckpointDelta { base: rounds },
-            _ => DataKind::Checkpoint,
-        };
+        let kind = Plan::for_mode(self.begin.mode).final_kind(rounds);
         let staged = match self.verified(inbox, kind, digest).await {
             Ok(s) => s,
             Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
@@ -631,8 +629,5 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
 
 /// The data stream a round arrives on.
 fn round_kind(mode: Mode, round: u32) -> DataKind {
-    match mode {
-        Mode::HashPreCopy => DataKind::Base,
-        _ => DataKind::Round(round),
-    }
+    Plan::for_mode(mode).round_kind(round)
 }

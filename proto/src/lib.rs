@@ -4,7 +4,8 @@
 //! to it, lives here: versioned messages ([`message`]), length-prefixed frames
 //! with a hard size limit ([`frame`]), the facts a host reports
 //! ([`facts`]), the compatibility rules run before anything is frozen
-//! ([`compat`]) and the receiver's migration state machine ([`state`]).
+//! ([`compat`]) and the migration state machines of the receiver ([`state`])
+//! and the sender ([`source_state`]).
 //! The crate does no IO of its own beyond generic async read/write helpers
 //! over any stream, so every rule is unit-tested without a network.
 //!
@@ -59,6 +60,7 @@ pub mod message;
 pub mod network;
 pub mod packets;
 pub mod policy;
+pub mod source_state;
 pub mod state;
 pub mod version;
 

@@ -41,19 +41,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_proto::delta::PAGE;
-use tern_proto::facts::ContainerInfo;
-use tern_proto::frame::write_frame;
-use tern_proto::policy::{decide, Decision, Round, StopReason};
+use tern_proto::policy::{decide, Decision, PolicyConfig, Round, StopReason};
+use tern_proto::source_state::Event;
 use tern_proto::*;
 
-/// What the rounds leave for the freeze.
-pub(super) struct Precopied {
-    /// Rounds stored on the target.
-    pub rounds: u32,
-    /// The last round's image folder here (the final dump's parent).
-    pub last_dir: PathBuf,
-    /// Content-addressed pre-copy: the base's page hashes.
-    pub index: Option<Arc<PageIndex>>,
+/// The rounds so far, for the policy's decision.
+pub(super) struct Book {
+    policy: PolicyConfig,
+    started: Instant,
+    history: Vec<Round>,
+    prev_dump_start: Option<Instant>,
+    sent_bytes: u64,
+    sent_time: Duration,
+    /// The round dumped and sent, until the target stored it.
+    pending: Option<Pending>,
+}
+
+impl Book {
+    pub(super) fn new(policy: PolicyConfig) -> Self {
+        Book { policy, started: Instant::now(), history: Vec::new(), prev_dump_start: None, sent_bytes: 0, sent_time: Duration::ZERO, pending: None }
+    }
+}
+
+/// What a round's dump and transfer measured, for its report.
+struct Pending {
+    dump_start: Instant,
+    dump_ms: u64,
+    stats: Option<criu_stats::DumpStats>,
+    pages: u64,
+    /// When the transfer began: it ends when the target stored the round.
+    t0: Instant,
+    digest: Digest,
+    shipped: u64,
 }
 
 /// Files of a round's image folder that the target needs: regular files
@@ -95,146 +114,137 @@ fn pages_written(dir: &Path, stats: Option<criu_stats::DumpStats>) -> u64 {
 }
 
 impl Run<'_> {
-    pub(super) async fn precopy(
-        &mut self,
-        info: &ContainerInfo,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
-    ) -> Result<Precopied, Fail> {
-        if self.req.options.mode == Mode::HashPreCopy {
-            return self.hash_base(info, send, recv).await;
-        }
-        let p = Phase::PreCopy;
-        let policy = self.req.options.policy.clone();
-        self.enter(p, "copying memory while the container runs");
-        // The rounds sit where the final dump's chain reaches them by
-        // relative links: inside the container's folder.
-        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+    /// The soft-dirty rounds' folder, emptied of a previous attempt's. The
+    /// rounds sit where the final dump's chain reaches them by relative
+    /// links: inside the container's folder.
+    pub(super) async fn make_rounds_dir(&mut self) -> Result<PathBuf, Fail> {
+        let info = self.info()?;
+        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(Phase::PreCopy, e))?;
         let rounds_dir = cdir.join(crate::PRECOPY_DIR);
         let _ = tokio::fs::remove_dir_all(&rounds_dir).await; // a previous attempt's
-        self.precopy_dir = Some(rounds_dir.clone());
-        let started = Instant::now();
-        let mut history: Vec<Round> = Vec::new();
-        let mut prev_dump_start: Option<Instant> = None;
-        let (mut sent_bytes, mut sent_time) = (0u64, Duration::ZERO);
-        let mut n = 0u32;
-        let stop = loop {
-            n += 1;
-            self.check_cancel(p)?;
-            let dir = rounds_dir.join(n.to_string());
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", dir.display())))?;
-            let parent = (n > 1).then(|| format!("../{}", n - 1));
-            self.progress(p, 0, &format!("round {n}: dumping"));
-            let dump_start = Instant::now();
-            // Never interrupted: killing runc mid-dump could leave CRIU's
-            // freeze in place. A cancel takes effect right after.
-            self.agent
-                .engine
-                .pre_dump(&info.id, &dir, parent.as_deref())
-                .await
-                .map_err(|e| Fail::new(p, format!("round {n}: the dump failed (the container keeps running): {e}")))?;
-            let dump_ms = dump_start.elapsed().as_millis() as u64;
-            let stats = criu_stats::read(&dir);
-            let pages = pages_written(&dir, stats);
-            self.check_cancel(p)?;
+        self.book = Book::new(self.req.options.policy.clone());
+        Ok(rounds_dir)
+    }
 
-            let names = round_files(&dir).map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
-            let t0 = Instant::now();
-            let done = Arc::new(AtomicU64::new(0));
-            let header = DataHeader { id: self.req.id, kind: DataKind::Round(n) };
-            let conn = self.session().conn.clone();
-            let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done);
-            let digest = self.with_ticker(p, &done, ship).await.map_err(|e| Fail::new(p, format!("shipping round {n}: {e}")))?;
-            write_frame(send, &SourceMsg::RoundSent { round: n, digest }).await.map_err(|e| Fail::new(p, e))?;
-            match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
-                TargetMsg::RoundStored { round } if round == n => {}
-                TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
-                other => return Err(Fail::new(p, self.session().unexpected("RoundStored", &other))),
-            }
-            let transfer = t0.elapsed();
-            sent_bytes += digest.bytes;
-            sent_time += transfer;
-            let window = prev_dump_start.map(|t| dump_start - t).unwrap_or(Duration::from_millis(dump_ms));
-            prev_dump_start = Some(dump_start);
-            let round = Round { pages, bytes: digest.bytes, duration: window };
-            history.push(round);
-            self.rounds.push(RoundReport {
-                round: n,
-                pages,
-                bytes: digest.bytes,
-                dump_ms,
-                frozen_ms: stats.map(|s| s.frozen_us / 1000).unwrap_or(0),
-                transfer_ms: transfer.as_millis() as u64,
-                duration_ms: dump_ms + transfer.as_millis() as u64,
-                dirty_pages_per_s: if n > 1 { round.dirty_rate().round() as u64 } else { 0 },
-            });
-            self.progress(
-                p,
-                done.load(Ordering::Relaxed),
-                &format!("round {n}: {pages} pages, {:.1} MiB in {} ms", digest.bytes as f64 / 1048576.0, transfer.as_millis()),
-            );
-            tracing::info!(round = n, pages, bytes = digest.bytes, dump_ms, transfer_ms = transfer.as_millis() as u64, "pre-copy round");
+    /// Round `n`: a pre-dump into `rounds_dir`'s `n` on top of round n-1,
+    /// sent as a file set.
+    pub(super) async fn dump_round(&mut self, n: u32, rounds_dir: &Path, kind: DataKind) -> Result<Digest, Fail> {
+        let p = Phase::PreCopy;
+        let info = self.info()?;
+        self.check_cancel(p)?;
+        let dir = rounds_dir.join(n.to_string());
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", dir.display())))?;
+        let parent = (n > 1).then(|| format!("../{}", n - 1));
+        self.progress(p, 0, &format!("round {n}: dumping"));
+        let dump_start = Instant::now();
+        // Never interrupted: killing runc mid-dump could leave CRIU's
+        // freeze in place. A cancel takes effect right after.
+        self.agent
+            .engine
+            .pre_dump(&info.id, &dir, parent.as_deref())
+            .await
+            .map_err(|e| Fail::new(p, format!("round {n}: the dump failed (the container keeps running): {e}")))?;
+        let dump_ms = dump_start.elapsed().as_millis() as u64;
+        let stats = criu_stats::read(&dir);
+        let pages = pages_written(&dir, stats);
+        self.check_cancel(p)?;
 
-            let link_rate = sent_bytes as f64 / sent_time.as_secs_f64().max(1e-3);
-            if sent_bytes >= 32 << 20 {
-                self.agent.note_link_rate(&self.req.target.name, link_rate);
-            }
-            match decide(&policy, &history, link_rate, started.elapsed()) {
-                Decision::Continue => continue,
-                Decision::Freeze(reason) => break reason,
-                Decision::Cancel(reason) => {
-                    self.stop_reason = Some(reason.to_string());
-                    return Err(Fail::new(
-                        p,
-                        format!(
-                            "{reason} after {n} round(s) ({} s); cancelled as asked (--on-timeout cancel); use --on-timeout switchover to freeze instead",
-                            policy.timeout.as_secs()
-                        ),
-                    ));
-                }
-            }
+        let names = round_files(&dir).map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
+        let t0 = Instant::now();
+        let done = Arc::new(AtomicU64::new(0));
+        let header = DataHeader { id: self.req.id, kind };
+        let conn = self.session().conn.clone();
+        let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done);
+        let digest = self.with_ticker(p, &done, ship).await.map_err(|e| Fail::new(p, format!("shipping round {n}: {e}")))?;
+        let shipped = done.load(Ordering::Relaxed);
+        self.book.pending = Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped });
+        Ok(digest)
+    }
+
+    /// The target stored round `n`: account it, then ask the policy.
+    pub(super) fn judge_round(&mut self, n: u32) -> Event {
+        let p = Phase::PreCopy;
+        let Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped }) = self.book.pending.take() else {
+            return Event::Failed(Failure { phase: p, message: format!("tern bug: round {n} was never sent") });
         };
-        tracing::info!(rounds = n, %stop, "pre-copy stops");
-        self.stop_reason = Some(stop.to_string());
-        self.progress(p, 0, &format!("the target closes the archive of the {n} rounds"));
-        write_frame(send, &SourceMsg::RoundsDone { rounds: n }).await.map_err(|e| Fail::new(p, e))?;
-        match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
-            TargetMsg::RoundsPrepared { .. } => {}
-            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
-            other => return Err(Fail::new(p, self.session().unexpected("RoundsPrepared", &other))),
+        let transfer = t0.elapsed();
+        let book = &mut self.book;
+        book.sent_bytes += digest.bytes;
+        book.sent_time += transfer;
+        let window = book.prev_dump_start.map(|t| dump_start - t).unwrap_or(Duration::from_millis(dump_ms));
+        book.prev_dump_start = Some(dump_start);
+        let round = Round { pages, bytes: digest.bytes, duration: window };
+        book.history.push(round);
+        self.rounds.push(RoundReport {
+            round: n,
+            pages,
+            bytes: digest.bytes,
+            dump_ms,
+            frozen_ms: stats.map(|s| s.frozen_us / 1000).unwrap_or(0),
+            transfer_ms: transfer.as_millis() as u64,
+            duration_ms: dump_ms + transfer.as_millis() as u64,
+            dirty_pages_per_s: if n > 1 { round.dirty_rate().round() as u64 } else { 0 },
+        });
+        self.progress(p, shipped, &format!("round {n}: {pages} pages, {:.1} MiB in {} ms", digest.bytes as f64 / 1048576.0, transfer.as_millis()));
+        tracing::info!(round = n, pages, bytes = digest.bytes, dump_ms, transfer_ms = transfer.as_millis() as u64, "pre-copy round");
+        self.decide(n)
+    }
+
+    /// What the policy says after `n` rounds: another, freeze, or give up.
+    fn decide(&mut self, n: u32) -> Event {
+        let p = Phase::PreCopy;
+        let book = &self.book;
+        let link_rate = book.sent_bytes as f64 / book.sent_time.as_secs_f64().max(1e-3);
+        if book.sent_bytes >= 32 << 20 {
+            self.agent.note_link_rate(&self.req.target.name, link_rate);
         }
-        self.leave(p);
-        Ok(Precopied { rounds: n, last_dir: rounds_dir.join(n.to_string()), index: None })
+        match decide(&book.policy, &book.history, link_rate, book.started.elapsed()) {
+            Decision::Continue => Event::NextRound,
+            Decision::Freeze(stop) => {
+                tracing::info!(rounds = n, %stop, "pre-copy stops");
+                self.stop_reason = Some(stop.to_string());
+                self.progress(p, 0, &format!("the target closes the archive of the {n} rounds"));
+                Event::RoundsEnough
+            }
+            Decision::Cancel(reason) => {
+                self.stop_reason = Some(reason.to_string());
+                let message = format!(
+                    "{reason} after {n} round(s) ({} s); cancelled as asked (--on-timeout cancel); use --on-timeout switchover to freeze instead",
+                    book.policy.timeout.as_secs()
+                );
+                Event::Failed(Failure { phase: p, message })
+            }
+        }
     }
 
     /// Content-addressed pre-copy's single round: a full checkpoint archive
     /// taken while the container runs, streamed to the target as Podman
-    /// writes it and indexed page by page on the way.
-    async fn hash_base(&mut self, info: &ContainerInfo, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> Result<Precopied, Fail> {
+    /// writes it and indexed page by page on the way. `ram` is the
+    /// checkpoint folder when it is in RAM.
+    pub(super) async fn ship_base(&mut self, kind: DataKind, ram: Option<&Path>) -> Result<Digest, Fail> {
         let p = Phase::PreCopy;
-        self.enter(p, "checkpointing while the container runs (the base); it pauses only while CRIU dumps");
+        let info = self.info()?;
         tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, e))?;
         let fifo = self.work_dir.join("base.fifo");
         let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, leave_running: true, ..Default::default() };
         let started = Instant::now();
-        let (engine, name, fifo2) = (self.agent.engine.clone(), info.name.clone(), fifo.clone());
+        let (engine, name) = (self.agent.engine.clone(), info.name.clone());
         let dump = tokio::spawn(async move {
-            let r = engine.checkpoint_export(&name, &fifo2, opts).await;
+            let r = engine.checkpoint_export(&name, &fifo, opts).await;
             drop(hold); // Podman is done: the reader sees the end
             (r, Instant::now())
         });
         let done = Arc::new(AtomicU64::new(0));
-        let header = DataHeader { id: self.req.id, kind: DataKind::Base };
+        let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
-        let cancel = self.cancel.clone();
         let zstd = self.zstd_level();
         let ship = async {
             // Memory, plus an eighth for the file system and images'
             // overhead; a hint only, capped (16 GiB of pages) against a bad reading.
             let pages = (info.memory_bytes / PAGE as u64).min(1 << 22) as usize;
             let index = PageIndex::with_capacity(pages + pages / 8);
-            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(index), zstd, &cancel).await
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(index), zstd, &self.cancel).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
@@ -250,30 +260,41 @@ impl Run<'_> {
         // a fresh set, and stale files must not ride along in its archive.
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
         let stats = criu_stats::read(&cdir);
-        let images = cdir.join("checkpoint");
+        self.clear_base_images(&info, &cdir.join("checkpoint"), ram).await?;
+        let pages = stats.map(|s| s.pages_written).unwrap_or(index.pages() as u64);
+        tracing::info!(bytes = digest.bytes, pages = index.pages(), dump_ms, "hash pre-copy base shipped");
+        self.base_index = Some(Arc::new(index));
+        let t0 = started; // the archive streams as Podman writes it: transfer and dump overlap
+        self.book.pending = Some(Pending { dump_start: started, dump_ms, stats, pages, t0, digest, shipped: 0 });
+        Ok(digest)
+    }
+
+    /// Wakes the peers of the base dump, then empties the checkpoint folder
+    /// (`ram` when it is a tmpfs, which stays mounted).
+    async fn clear_base_images(&self, info: &tern_proto::facts::ContainerInfo, images: &Path, ram: Option<&Path>) -> Result<(), Fail> {
         // CRIU locked the container's network while it dumped: peers whose
         // packets it dropped are backing off; wake them (netid.rs).
-        if let Ok(peers) = crate::netid::peers_in(&images) {
+        if let Ok(peers) = crate::netid::peers_in(images) {
             if !peers.is_empty() {
                 let done = crate::netid::wake_only(info.pid, peers).await;
                 tracing::debug!(peers_woken = done.peers_woken, problems = ?done.problems, "peers woken after the base dump");
             }
         }
-        if self.ram_dir.as_deref() == Some(images.as_path()) {
-            crate::ramdir::empty(&images).map_err(|e| Fail::new(p, format!("emptying {}: {e}", images.display())))?;
+        if ram == Some(images) {
+            crate::ramdir::empty(images).map_err(|e| Fail::new(Phase::PreCopy, format!("emptying {}: {e}", images.display())))?;
         } else {
-            let _ = tokio::fs::remove_dir_all(&images).await;
+            let _ = tokio::fs::remove_dir_all(images).await;
         }
-        write_frame(send, &SourceMsg::RoundSent { round: 1, digest }).await.map_err(|e| Fail::new(p, e))?;
-        match self.read_target(recv, super::RESTORE_TIMEOUT).await.map_err(|e| Fail::new(p, e))? {
-            TargetMsg::RoundStored { round: 1 } => {}
-            TargetMsg::Failed(f) => return Err(Fail::new(p, format!("on {}: {}", self.req.target.name, f.message))),
-            other => return Err(Fail::new(p, self.session().unexpected("RoundStored", &other))),
-        }
-        let total_ms = started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// The target stored the base: account it.
+    pub(super) fn note_base(&mut self) -> Option<Event> {
+        let Pending { dump_ms, stats, pages, t0, digest, .. } = self.book.pending.take()?;
+        let total_ms = t0.elapsed().as_millis() as u64;
         self.rounds.push(RoundReport {
             round: 1,
-            pages: stats.map(|s| s.pages_written).unwrap_or(index.pages() as u64),
+            pages,
             bytes: digest.bytes,
             dump_ms,
             frozen_ms: stats.map(|s| s.frozen_us / 1000).unwrap_or(0),
@@ -282,17 +303,16 @@ impl Run<'_> {
             duration_ms: total_ms,
             dirty_pages_per_s: 0,
         });
-        tracing::info!(bytes = digest.bytes, pages = index.pages(), dump_ms, total_ms, "hash pre-copy base shipped");
         self.stop_reason = Some(StopReason::BaseShipped.to_string());
-        self.leave(p);
-        Ok(Precopied { rounds: 1, last_dir: PathBuf::new(), index: Some(Arc::new(index)) })
+        None
     }
 
     /// Points the container's `pre-checkpoint` at the last round (a
     /// relative link), so that Podman's `--with-previous` dump and a local
-    /// rollback restore follow the chain of rounds.
-    pub(super) async fn link_pre_checkpoint(&mut self, info: &ContainerInfo, last_dir: &Path) -> Result<(), Fail> {
+    /// rollback restore follow the chain of rounds. Returns the link.
+    pub(super) async fn link_pre_checkpoint(&mut self, last_dir: &Path) -> Result<PathBuf, Fail> {
         let p = Phase::PreCopy;
+        let info = self.info()?;
         let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
         let link = cdir.join("pre-checkpoint");
         match tokio::fs::symlink_metadata(&link).await {
@@ -311,7 +331,6 @@ impl Run<'_> {
             .strip_prefix(&cdir)
             .map_err(|_| Fail::new(p, format!("the last round {} is not inside the container's folder {}", last_dir.display(), cdir.display())))?;
         tokio::fs::symlink(relative, &link).await.map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), relative.display())))?;
-        self.pre_link = Some(link);
-        Ok(())
+        Ok(link)
     }
 }
