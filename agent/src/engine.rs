@@ -90,6 +90,11 @@ pub trait Engine: Send + Sync + 'static {
     /// The main process of a running container (0 when it has none): one
     /// quick call, for the moment right after a restore.
     async fn main_pid(&self, name: &str) -> Result<u32>;
+    /// The container's overlay upper layer (its file system changes), where
+    /// its storage has one (`rootfs.rs`).
+    async fn upper_dir(&self, _name: &str) -> Result<Option<std::path::PathBuf>> {
+        Ok(None)
+    }
 }
 
 /// The real thing: the `podman` command line, and `runc` for what Podman
@@ -339,6 +344,13 @@ impl Engine for PodmanCli {
         text.trim()
             .parse()
             .map_err(|_| EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("State.Pid is {text:?}") })
+    }
+
+    async fn upper_dir(&self, name: &str) -> Result<Option<std::path::PathBuf>> {
+        let out = self.run(&["container", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", name], QUICK).await?;
+        let text = String::from_utf8_lossy(&out);
+        let path = text.trim();
+        Ok((path.starts_with('/')).then(|| std::path::PathBuf::from(path)))
     }
 
     async fn networks(&self) -> Result<Vec<NetworkDef>> {

@@ -29,6 +29,7 @@ pub mod pages;
 pub mod probe;
 pub mod ramdir;
 pub mod recovery;
+pub mod rootfs;
 pub mod server;
 pub mod source;
 pub mod target;

@@ -538,6 +538,13 @@ impl Run<'_> {
         let info = self.info()?;
         let fifo = self.work_dir.join("checkpoint.fifo");
         let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
+        // Podman's archive can lack changed files of the image (rootfs.rs):
+        // they are added on the way, from the container's upper layer.
+        let upper = self.agent.engine.upper_dir(&info.name).await.unwrap_or_else(|e| {
+            tracing::warn!("cannot find {}'s upper layer ({e}); its archive goes as Podman writes it", info.name);
+            None
+        });
+        let (reader, completion) = crate::rootfs::completing(reader, upper, self.work_dir.join("rootfs-diff.spool"));
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, with_previous, leave_running: false };
         self.checkpoint_in_ram = in_ram;
         self.frozen_at = Some(Instant::now());
@@ -555,6 +562,12 @@ impl Run<'_> {
         let sent = self.stream_frozen(kind, reader, encoding).await;
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
+        let completed = completion.await.map_err(|e| Fail::new(p, e))?.map_err(|e| {
+            Fail::new(p, format!("adding the changed files Podman left out of its archive: {e}; the container stays here"))
+        })?;
+        if !completed.added.is_empty() {
+            tracing::info!(files = completed.added.len(), first = %completed.added[0], "changed files Podman left out of its archive were added");
+        }
         if let Ok(dir) = self.agent.engine.container_dir(&info.name).await {
             self.final_stats = criu_stats::read(&dir);
         }
@@ -574,7 +587,7 @@ impl Run<'_> {
     async fn stream_frozen(
         &self,
         kind: DataKind,
-        reader: tokio::net::unix::pipe::Receiver,
+        reader: impl tokio::io::AsyncRead + Unpin,
         encoding: transfer::Encoding,
     ) -> Result<transfer::Sent, String> {
         let done = Arc::new(AtomicU64::new(0));
