@@ -60,6 +60,7 @@ pub mod network;
 pub mod packets;
 pub mod policy;
 pub mod state;
+pub mod tarwalk;
 pub mod version;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};
