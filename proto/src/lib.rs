@@ -62,6 +62,7 @@ pub mod packets;
 pub mod policy;
 pub mod source_state;
 pub mod state;
+pub mod tarwalk;
 pub mod version;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};

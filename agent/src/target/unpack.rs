@@ -32,9 +32,10 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use tern_proto::tarwalk::{Step, TarHeader, TarWalker, BLOCK};
 
-const BLOCK: usize = 512;
 /// Buffer of each file written in place: CRIU's page images are large.
 const WRITE_BUF: usize = 1 << 20;
 
@@ -65,23 +66,17 @@ enum Sink {
     Hold(Vec<u8>, Vec<u8>),
 }
 
-enum State {
-    /// Collecting a 512-byte header block.
-    Header,
-    /// A member's data (`left` bytes), then `pad` bytes to the next block.
-    Data { left: u64, pad: u64, sink: Sink },
-    /// The padding after a member's data.
-    Pad { left: u64, to_rest: bool },
-}
-
-/// A tar stream, unpacked as it arrives (module docs).
+/// A tar stream, unpacked as it arrives (module docs). The tar framing is
+/// the shared walker's ([`TarWalker`]); what goes where is decided here.
 pub struct TarSplit {
     dir: PathBuf,
     rest: BufWriter<File>,
-    state: State,
-    block: Vec<u8>,
-    /// The member after an extended header goes to the small archive too.
-    extended: bool,
+    walker: TarWalker,
+    /// Where the current member's data goes.
+    sink: Sink,
+    /// The current member's padding goes to the small archive (its header
+    /// and data went there as they came).
+    pad_to_rest: bool,
     /// Point `spec.dump` at this CRIU options file (and add the annotation
     /// when it has none, with `true`).
     annotate: Option<(PathBuf, bool)>,
@@ -111,23 +106,24 @@ fn placed_name(path: &[u8]) -> Option<String> {
     Some(name.to_string())
 }
 
-fn route(header: &tar::Header, extended: bool) -> Route {
-    let path = header.path_bytes();
-    let kind = header.entry_type();
+/// `extended`: the header is, or follows, an extended (PAX or GNU long
+/// name) header, whose name would override the one seen here.
+fn route(header: &TarHeader, extended: bool) -> Route {
+    let path = header.path();
     if extended {
         return Route::Rest;
     }
-    if kind.is_dir() && (&*path == b"checkpoint/" || &*path == b"checkpoint") {
+    if header.is_dir() && (&*path == b"checkpoint/" || &*path == b"checkpoint") {
         return Route::SkipDir;
     }
     let Some(name) = placed_name(&path) else { return Route::Rest };
-    if kind.is_file() {
+    if header.is_regular() {
         let mode = header.mode().unwrap_or(0o644) & 0o777;
         return Route::PlaceFile { name, mode };
     }
-    if kind.is_symlink() {
-        if let Ok(Some(target)) = header.link_name() {
-            return Route::PlaceLink { name, target: target.into_owned() };
+    if header.is_symlink() {
+        if let Some(target) = header.link_name() {
+            return Route::PlaceLink { name, target: PathBuf::from(std::ffi::OsStr::from_bytes(target)) };
         }
     }
     Route::Rest
@@ -141,9 +137,9 @@ impl TarSplit {
         Ok(TarSplit {
             dir: dir.to_path_buf(),
             rest,
-            state: State::Header,
-            block: Vec::with_capacity(BLOCK),
-            extended: false,
+            walker: TarWalker::default(),
+            sink: Sink::Skip,
+            pad_to_rest: false,
             annotate: None,
             stats: SplitStats::default(),
         })
@@ -163,6 +159,8 @@ impl TarSplit {
         let (mut header, data) = match annotated {
             Some(new) => {
                 self.stats.annotated = true;
+                // The tar crate writes the new size and checksum (reading
+                // headers is the walker's; this is the one header written).
                 let mut h = tar::Header::from_byte_slice(&header).clone();
                 h.set_size(new.len() as u64);
                 h.set_cksum();
@@ -186,32 +184,15 @@ impl TarSplit {
         crate::transfer::create_new(&self.dir.join(name), mode.max(0o400))
     }
 
-    /// A whole header block arrived.
-    fn header(&mut self) -> std::io::Result<()> {
-        let block = std::mem::take(&mut self.block);
-        if block.iter().all(|b| *b == 0) {
-            // End-of-archive blocks: the small archive gets its own.
-            self.block = block;
-            self.block.clear();
-            return Ok(());
-        }
-        let header = tar::Header::from_byte_slice(&block);
-        let size = header.entry_size().map_err(|e| std::io::Error::other(format!("a tar header does not parse: {e}")))?;
-        let kind = header.entry_type();
-        let was_extended = self.extended;
-        self.extended =
-            matches!(kind, tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink);
-        let pad = size.div_ceil(BLOCK as u64) * BLOCK as u64 - size;
-        let hold = self.annotate.is_some()
-            && !(was_extended || self.extended)
-            && kind.is_file()
-            && &*header.path_bytes() == b"spec.dump"
-            && size <= MAX_SPEC;
-        let sink = match route(header, was_extended || self.extended) {
-            Route::Rest if hold => Sink::Hold(block.clone(), Vec::with_capacity(size as usize)),
+    /// A member's header: where its data goes.
+    fn header(&mut self, header: TarHeader, size: u64, follows_extended: bool) -> std::io::Result<()> {
+        let extended = follows_extended || header.is_extended();
+        let hold = self.annotate.is_some() && !extended && header.is_regular() && &*header.path() == b"spec.dump" && size <= MAX_SPEC;
+        self.sink = match route(&header, extended) {
+            Route::Rest if hold => Sink::Hold(header.as_bytes().to_vec(), Vec::with_capacity(size as usize)),
             Route::Rest => {
                 self.stats.rest_members += 1;
-                self.write_rest(&block)?;
+                self.write_rest(header.as_bytes())?;
                 Sink::Rest
             }
             Route::PlaceFile { name, mode } => {
@@ -225,31 +206,28 @@ impl TarSplit {
             }
             Route::SkipDir => Sink::Skip,
         };
-        self.block = block;
-        self.block.clear();
-        self.state = self.after_data(size, pad, sink)?;
+        if size == 0 {
+            self.end_of_data()?;
+        }
         Ok(())
     }
 
-    /// The state once `left` data bytes remain.
-    fn after_data(&mut self, left: u64, pad: u64, sink: Sink) -> std::io::Result<State> {
-        if left > 0 {
-            return Ok(State::Data { left, pad, sink });
-        }
-        let to_rest = matches!(sink, Sink::Rest);
+    /// The current member's data is complete: its file closed, or the held
+    /// `spec.dump` released.
+    fn end_of_data(&mut self) -> std::io::Result<()> {
+        let sink = std::mem::replace(&mut self.sink, Sink::Skip);
+        self.pad_to_rest = matches!(sink, Sink::Rest);
         match sink {
-            Sink::File(mut f) => f.flush()?,
-            Sink::Hold(header, data) => self.release_held(header, data)?,
-            Sink::Rest | Sink::Skip => {}
+            Sink::File(mut f) => f.flush(),
+            Sink::Hold(header, data) => self.release_held(header, data),
+            Sink::Rest | Sink::Skip => Ok(()),
         }
-        Ok(if pad > 0 { State::Pad { left: pad, to_rest } } else { State::Header })
     }
 
     /// Everything still to come ends with [`TarSplit::finish`].
     pub fn finish(mut self) -> std::io::Result<SplitStats> {
-        match self.state {
-            State::Header if self.block.is_empty() => {}
-            _ => return Err(std::io::Error::other("the archive ended in the middle of a member")),
+        if !self.walker.at_boundary() {
+            return Err(std::io::Error::other("the archive ended in the middle of a member"));
         }
         self.rest.write_all(&[0u8; 2 * BLOCK])?;
         self.stats.rest_bytes += 2 * BLOCK as u64;
@@ -265,50 +243,32 @@ impl Write for TarSplit {
     }
 
     fn write_all(&mut self, mut input: &[u8]) -> std::io::Result<()> {
-        while !input.is_empty() {
-            match &mut self.state {
-                State::Header => {
-                    let take = (BLOCK - self.block.len()).min(input.len());
-                    self.block.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    if self.block.len() == BLOCK {
-                        self.header()?;
-                    }
-                }
-                State::Data { left, pad, sink } => {
-                    let take = (*left).min(input.len() as u64) as usize;
-                    let (bytes, more) = input.split_at(take);
-                    match sink {
+        while let Some(step) = self.walker.next(&mut input) {
+            match step {
+                Step::Header { header, size, follows_extended } => self.header(header, size, follows_extended)?,
+                // End-of-archive blocks: the small archive gets its own.
+                Step::Zeros => {}
+                Step::Unparsed(_) | Step::Opaque(_) => return Err(std::io::Error::other("a tar header does not parse: its size is not a number")),
+                Step::Data { bytes, left } => {
+                    match &mut self.sink {
                         Sink::Rest => {
-                            self.stats.rest_bytes += take as u64;
+                            self.stats.rest_bytes += bytes.len() as u64;
                             self.rest.write_all(bytes)?;
                         }
                         Sink::File(f) => {
-                            self.stats.placed_bytes += take as u64;
+                            self.stats.placed_bytes += bytes.len() as u64;
                             f.write_all(bytes)?;
                         }
                         Sink::Hold(_, data) => data.extend_from_slice(bytes),
                         Sink::Skip => {}
                     }
-                    input = more;
-                    *left -= take as u64;
-                    if *left == 0 {
-                        let (pad, State::Data { sink, .. }) = (*pad, std::mem::replace(&mut self.state, State::Header)) else {
-                            unreachable!("matched above")
-                        };
-                        self.state = self.after_data(0, pad, sink)?;
+                    if left == 0 {
+                        self.end_of_data()?;
                     }
                 }
-                State::Pad { left, to_rest } => {
-                    let take = (*left).min(input.len() as u64) as usize;
-                    if *to_rest {
-                        self.stats.rest_bytes += take as u64;
-                        self.rest.write_all(&input[..take])?;
-                    }
-                    input = &input[take..];
-                    *left -= take as u64;
-                    if *left == 0 {
-                        self.state = State::Header;
+                Step::Pad(bytes) => {
+                    if self.pad_to_rest {
+                        self.write_rest(bytes)?;
                     }
                 }
             }

@@ -1,0 +1,153 @@
+//! Where a received archive goes: rebuilt from its records into a file,
+//! or unpacked in place as it arrives ([`TarSplit`]), with the
+//! fault-injection hooks the tests use on the rebuilt bytes.
+
+use super::stream::{digest, pump};
+use super::{TransferError, CHUNK};
+use crate::faults::ReceiveFaults;
+use crate::pages::{PageOffsets, PageStore};
+use crate::target::unpack::TarSplit;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tern_proto::delta::{Decoded, DeltaDecoder};
+use tern_proto::Digest;
+
+/// Where a received archive goes.
+pub enum ArchiveOut {
+    /// Written whole to this file.
+    File(std::path::PathBuf),
+    /// Written whole to this file, and on disk before the transfer counts
+    /// as done: content-addressed pre-copy's base arrives while the
+    /// container runs, and left dirty its writeback would land in the
+    /// freeze (Podman's checkpoint ends by syncing the file system its
+    /// overlay sits on; in the lab, where both hosts share one disk, the
+    /// source's sync measured 0.85 s of the downtime for a 512 MiB base).
+    FileSynced(std::path::PathBuf),
+    /// Unpacked as it arrives ([`TarSplit`]): `checkpoint/` members into
+    /// `dir`, everything else into the archive `rest`; `spec.dump`
+    /// annotated with `annotate` ([`TarSplit::annotating`]).
+    Unpack { dir: std::path::PathBuf, rest: std::path::PathBuf, annotate: Option<(std::path::PathBuf, bool)> },
+}
+
+/// What [`receive_records`] received.
+pub struct Received {
+    pub digest: Digest,
+    /// Where the pages of the archive sit in the file (when asked).
+    pub offsets: Option<Vec<u64>>,
+    /// How an [`ArchiveOut::Unpack`] went.
+    pub split: Option<crate::target::unpack::SplitStats>,
+}
+
+/// The writer behind an [`ArchiveOut`].
+enum OutWriter {
+    File(std::io::BufWriter<std::fs::File>, bool),
+    Split(Box<TarSplit>),
+}
+
+impl OutWriter {
+    fn open(out: &ArchiveOut) -> std::io::Result<OutWriter> {
+        Ok(match out {
+            ArchiveOut::File(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), false),
+            ArchiveOut::FileSynced(path) => OutWriter::File(std::io::BufWriter::with_capacity(CHUNK, std::fs::File::create(path)?), true),
+            ArchiveOut::Unpack { dir, rest, annotate } => {
+                let mut split = TarSplit::new(dir, rest)?;
+                if let Some((conf, add)) = annotate {
+                    split = split.annotating(conf.clone(), *add);
+                }
+                OutWriter::Split(Box::new(split))
+            }
+        })
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            OutWriter::File(f, _) => f.write_all(b),
+            OutWriter::Split(s) => s.write_all(b),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Option<crate::target::unpack::SplitStats>> {
+        match self {
+            OutWriter::File(f, sync) => {
+                let f = f.into_inner().map_err(|e| e.into_error())?;
+                if sync {
+                    f.sync_data()?;
+                }
+                Ok(None)
+            }
+            OutWriter::Split(s) => {
+                let stats = s.finish()?;
+                tracing::debug!(?stats, "archive unpacked in place");
+                Ok(Some(stats))
+            }
+        }
+    }
+}
+
+/// Receives an archive sent as records into `out`, rebuilding pages from
+/// `base` where the records refer to it; returns the archive's digest and,
+/// when `offsets` is asked, where each of its pages sits in the file (the
+/// hash base, always an [`ArchiveOut::File`]). Fault injection (tests)
+/// applies to the rebuilt bytes.
+pub async fn receive_records(
+    recv: quinn::RecvStream,
+    out: ArchiveOut,
+    base: Option<Arc<PageStore>>,
+    offsets: bool,
+    done: Arc<AtomicU64>,
+    faults: ReceiveFaults,
+) -> Result<Received, TransferError> {
+    let mut writer = OutWriter::open(&out).map_err(TransferError::Write)?;
+    pump(recv, move |next| {
+        let mut hasher = blake3::Hasher::new();
+        let mut decoder = DeltaDecoder::default();
+        let mut pages = offsets.then(PageOffsets::default);
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        let (mut waited, started) = (std::time::Duration::ZERO, std::time::Instant::now());
+        let mut emit = |bytes: &[u8], hasher: &mut blake3::Hasher, total: &mut u64| -> std::io::Result<()> {
+            if cfg!(feature = "fault-injection") && faults.corrupt && *total == 0 && !bytes.is_empty() {
+                let mut v = bytes.to_vec();
+                v[0] ^= 0xff;
+                tracing::warn!("fault injection: corrupted the first received byte");
+                hasher.update(&v);
+                writer.write_all(&v)?;
+            } else {
+                hasher.update(bytes);
+                writer.write_all(bytes)?;
+            }
+            if let Some(p) = &mut pages {
+                p.add(bytes);
+            }
+            *total += bytes.len() as u64;
+            done.store(*total, Ordering::Relaxed);
+            if let Some(limit) = faults.exit_after_bytes.filter(|_| cfg!(feature = "fault-injection")) {
+                if *total >= limit {
+                    crate::faults::die(137, &format!("the agent exits mid-transfer, {} bytes received", *total));
+                }
+            }
+            Ok(())
+        };
+        loop {
+            let t = std::time::Instant::now();
+            let Some(chunk) = next() else { break };
+            waited += t.elapsed();
+            decoder
+                .feed(&chunk, &mut |d| match d {
+                    Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
+                    Decoded::Pages { index, count } => match &base {
+                        Some(store) => store.copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total)).map_err(|e| e.to_string()),
+                        None => Err("a record refers to base pages, and this stream has no base".into()),
+                    },
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        decoder.finish().map_err(|e| e.to_string())?;
+        let split = writer.finish().map_err(|e| e.to_string())?;
+        // Where the time went: waiting for the network, or writing.
+        tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
+        Ok(Received { digest: digest(&hasher, total), offsets: pages.map(PageOffsets::finish), split })
+    })
+    .await
+}
