@@ -32,13 +32,12 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const BLOCK: usize = 512;
+use tern_proto::tarwalk::{TarHeader, BLOCK};
 /// The member of Podman's archive that holds the file system changes.
 const MEMBER: &str = "rootfs-diff.tar";
 /// Paths Podman's own diff leaves out (libpod's `containerMounts`): they
 /// are mount points Podman fills in on every start.
-const PODMAN_MOUNTS: [&str; 9] =
-    ["dev", "etc/hostname", "etc/hosts", "etc/resolv.conf", "proc", "run", "run/.containerenv", "run/secrets", "sys"];
+const PODMAN_MOUNTS: [&str; 9] = ["dev", "etc/hostname", "etc/hosts", "etc/resolv.conf", "proc", "run", "run/.containerenv", "run/secrets", "sys"];
 /// Trees under which nothing is a file system change.
 const SKIPPED_TREES: [&str; 3] = ["proc", "sys", "dev"];
 /// Pipe between the rewriter and the sender.
@@ -56,7 +55,11 @@ pub struct Completed {
 /// not be completed (then the migration must not go on: the target would
 /// restore old files). `upper`: the container's overlay upper layer (None:
 /// pass through unchanged). `spool`: a scratch file for the member.
-pub fn completing<R>(input: R, upper: Option<PathBuf>, spool: PathBuf) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<std::io::Result<Completed>>)
+pub fn completing<R>(
+    input: R,
+    upper: Option<PathBuf>,
+    spool: PathBuf,
+) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<std::io::Result<Completed>>)
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -115,10 +118,12 @@ where
             tokio::io::copy(input, &mut out).await?;
             break;
         }
-        let size = entry_size(&header)?;
+        let parsed = TarHeader::new(header);
+        let size = parsed.size().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "a member of Podman's archive has no size"))?;
         let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
-        let kind = header[156];
-        if !renamed && (kind == b'0' || kind == 0) && entry_name(&header) == MEMBER && !seen {
+        let path = parsed.path();
+        let named = !renamed && parsed.is_regular() && path.strip_prefix(b"./").unwrap_or(&path) == MEMBER.as_bytes();
+        if named && !seen {
             seen = true;
             let mut file = tokio::fs::File::create(spool).await?;
             let copied = tokio::io::copy(&mut (&mut *input).take(size), &mut file).await?;
@@ -142,7 +147,7 @@ where
                 break;
             }
         }
-        renamed = matches!(kind, b'x' | b'L' | b'K');
+        renamed = parsed.is_extended();
     }
     out.shutdown().await?;
     Ok(done)
@@ -187,28 +192,6 @@ fn new_header(name: &str, file: &Path) -> std::io::Result<[u8; BLOCK]> {
     let mut out = [0u8; BLOCK];
     out.copy_from_slice(h.as_bytes());
     Ok(out)
-}
-
-/// The member's name: ustar's prefix and name fields.
-fn entry_name(h: &[u8; BLOCK]) -> String {
-    let field = |b: &[u8]| String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]).into_owned();
-    let (name, prefix) = (field(&h[0..100]), if &h[257..262] == b"ustar" { field(&h[345..500]) } else { String::new() });
-    let full = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-    full.trim_start_matches("./").to_string()
-}
-
-/// The member's size: octal, or base-256 when its first byte's top bit is set.
-fn entry_size(h: &[u8; BLOCK]) -> std::io::Result<u64> {
-    let f = &h[124..136];
-    if f[0] & 0x80 != 0 {
-        return Ok(f[1..].iter().fold(0u64, |acc, &b| (acc << 8) | b as u64));
-    }
-    let text = String::from_utf8_lossy(f);
-    let digits = text.trim_matches(|c: char| c == '\0' || c == ' ');
-    if digits.is_empty() {
-        return Ok(0);
-    }
-    u64::from_str_radix(digits, 8).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a tar size field reads {text:?}")))
 }
 
 fn set_size(h: &mut [u8; BLOCK], size: u64) {
@@ -359,8 +342,10 @@ mod tests {
         (out, task.await.unwrap().unwrap())
     }
 
+    type Members = Vec<(String, Vec<u8>)>;
+
     /// name -> bytes of every member, and of rootfs-diff.tar's members.
-    fn read(archive: &[u8]) -> (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+    fn read(archive: &[u8]) -> (Members, Members) {
         let mut outer = Vec::new();
         let mut inner = Vec::new();
         for e in tar::Archive::new(archive).entries().unwrap() {
@@ -428,7 +413,7 @@ mod tests {
         let mut h = [0u8; BLOCK];
         for size in [0u64, 1, 511, 8 << 30, (8 << 30) + 3] {
             set_size(&mut h, size);
-            assert_eq!(entry_size(&h).unwrap(), size);
+            assert_eq!(TarHeader::new(h).size(), Some(size));
         }
     }
 }

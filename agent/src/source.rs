@@ -562,9 +562,10 @@ impl Run<'_> {
         let sent = self.stream_frozen(kind, reader, encoding).await;
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
-        let completed = completion.await.map_err(|e| Fail::new(p, e))?.map_err(|e| {
-            Fail::new(p, format!("adding the changed files Podman left out of its archive: {e}; the container stays here"))
-        })?;
+        let completed = completion
+            .await
+            .map_err(|e| Fail::new(p, e))?
+            .map_err(|e| Fail::new(p, format!("adding the changed files Podman left out of its archive: {e}; the container stays here")))?;
         if !completed.added.is_empty() {
             tracing::info!(files = completed.added.len(), first = %completed.added[0], "changed files Podman left out of its archive were added");
         }
