@@ -178,7 +178,12 @@ lan_up() {
 cmd_up() {
     need_root
     command -v podman >/dev/null && command -v criu >/dev/null || die "podman or criu missing: run scripts/install-deps.sh"
-    if [ "${TERN_NO_BUILD:-}" != 1 ]; then cargo build --release --bins --features tern-agent/fault-injection; fi
+    if [ "${TERN_NO_BUILD:-}" != 1 ]; then
+        # The agent with its test faults (-p: `tern-agent/...` from the
+        # workspace would name the agent's dev-dependency on itself).
+        cargo build --release --bins --workspace --exclude tern-agent
+        cargo build --release -p tern-agent --features fault-injection
+    fi
     net_up
     for h in "${LAB_HOSTS[@]}"; do lan_up "$h"; done
     for h in ${LAB_IMAGE_HOSTS:-client1}; do

@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 scripts/install-deps.sh --vm
-cargo build --release --bins --locked --features tern-agent/fault-injection
+cargo build --release --bins --locked --workspace --exclude tern-agent
+cargo build --release --locked -p tern-agent --features fault-injection
 # The e2e binary by its path: cargo reports every artifact it built (the
 # package's binaries too) in an order that depends on what was cached.
 e2e=$(cargo test --release --locked -p tern-tests --test e2e --no-run --message-format=json 2>/dev/null |

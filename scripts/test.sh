@@ -40,7 +40,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "building"
 # With the agent's test faults ([faults] in its config, faults.rs): the
 # end-to-end tests inject failures with them.
-cargo build --release --bins --locked --features tern-agent/fault-injection
+# (-p: `--features tern-agent/...` from the workspace would name the
+# agent's dev-dependency on itself, and enable nothing.)
+cargo build --release --bins --locked --workspace --exclude tern-agent
+cargo build --release --locked -p tern-agent --features fault-injection
 
 log=$(mktemp /var/tmp/tern-test.XXXXXX)
 # Release profile throughout: the tests reuse the dependencies just built.

@@ -3,8 +3,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot read {what} {path}: {source}; create the cluster's certificates with `tern pki init`")]
-    ReadPem { what: &'static str, path: PathBuf, source: std::io::Error },
+    // `io`, not `source`: the message says it already, and anyhow would say
+    // it again as the cause.
+    #[error("cannot read {what} {path}: {io}; create the cluster's certificates with `tern pki init`")]
+    ReadPem { what: &'static str, path: PathBuf, io: std::io::Error },
     #[error("{path} holds no {what}; it must be a PEM file written by `tern pki init`")]
     EmptyPem { what: &'static str, path: PathBuf },
     #[error("{path} is not a valid PEM file of a {what} ({detail}); write it again with `tern pki init`")]

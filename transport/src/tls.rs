@@ -23,7 +23,7 @@ pub struct TlsFiles {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
-    std::fs::read(path).map_err(|source| TransportError::ReadPem { what, path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|io| TransportError::ReadPem { what, path: path.to_path_buf(), io })
 }
 
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
@@ -44,7 +44,7 @@ fn pem_error(what: &'static str, path: &Path, e: pem::Error) -> TransportError {
     let path = path.to_path_buf();
     match e {
         pem::Error::NoItemsFound => TransportError::EmptyPem { what, path },
-        pem::Error::Io(source) => TransportError::ReadPem { what, path, source },
+        pem::Error::Io(io) => TransportError::ReadPem { what, path, io },
         other => TransportError::BadPem { what, path, detail: other.to_string() },
     }
 }
