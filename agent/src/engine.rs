@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tern_proto::facts::ContainerInfo;
-use tern_proto::network::{Attachment, NetworkDef, PublishedPort, TcpConnection};
+use tern_proto::facts::{Attachment, ContainerInfo, PublishedPort, TcpConnection};
+use tern_proto::network::NetworkDef;
 use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]

@@ -578,7 +578,8 @@ pub fn checkpoint_dir(container_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::network::{Attachment, NetworkDef};
+    use tern_proto::facts::Attachment;
+    use tern_proto::network::NetworkDef;
 
     #[test]
     fn holds_the_addresses_of_layer2_networks_on_their_parent_interfaces() {

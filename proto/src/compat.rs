@@ -21,7 +21,7 @@
 //! | image            |                                                    | missing (it is shipped)|
 
 use crate::facts::{ContainerInfo, HostFacts};
-use crate::message::Mode;
+use crate::mode::Mode;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
 //! The facts a host reports about itself, and what a container looks like
-//! from the outside. The agent gathers them; the compatibility rules
-//! ([`crate::compat`]) compare them.
+//! from the outside, its network identity included. The agent gathers them;
+//! the compatibility rules ([`crate::compat`], [`crate::network`]) compare
+//! them.
 
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// How a host mounts cgroups. Migration between different layouts fails at
 /// restore, so the compatibility check blocks on any difference.
@@ -97,13 +98,43 @@ pub struct ContainerInfo {
     /// network namespace.
     pub pid: u32,
     /// The Podman networks it is attached to.
-    pub networks: Vec<crate::network::Attachment>,
+    pub networks: Vec<Attachment>,
     /// Host ports published to it.
-    pub ports: Vec<crate::network::PublishedPort>,
+    pub ports: Vec<PublishedPort>,
     /// Its established TCP connections when it was inspected.
-    pub connections: Vec<crate::network::TcpConnection>,
+    pub connections: Vec<TcpConnection>,
     /// The users (as this host numbers them) its processes run as, but root.
     pub process_uids: Vec<u32>,
+}
+
+/// One Podman network a container is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network's name (`podman network ls`).
+    pub network: String,
+    /// Its driver: `bridge`, `macvlan`, `ipvlan`.
+    pub driver: String,
+    pub ips: Vec<IpAddr>,
+    /// The container's MAC on it, as Podman reports it (may be empty).
+    pub mac: String,
+}
+
+/// A host port published to the container (`podman run -p`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The host address it is bound to; empty for every address.
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+/// An established TCP connection of the container, seen from inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
 }
 
 /// A named volume of a container.

@@ -57,6 +57,7 @@ pub mod facts;
 pub mod fileset;
 pub mod frame;
 pub mod message;
+pub mod mode;
 pub mod network;
 pub mod packets;
 pub mod policy;
@@ -67,4 +68,5 @@ pub mod version;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use message::*;
+pub use mode::Mode;
 pub use version::{negotiate, PROTOCOL_VERSION, SUPPORTED_VERSIONS};

@@ -18,6 +18,7 @@
 use crate::compat::Finding;
 use crate::facts::{ContainerInfo, HostFacts};
 use crate::frame::WireMessage;
+use crate::mode::Mode;
 use crate::policy::PolicyConfig;
 use serde::{Deserialize, Serialize};
 
@@ -144,41 +145,6 @@ pub enum Response {
 #[error("{message}")]
 pub struct RemoteError {
     pub message: String,
-}
-
-/// How memory is moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mode {
-    Invalid,
-    /// Freeze, dump everything, copy, restore.
-    StopAndCopy,
-    /// Iterative pre-copy: rounds of soft-dirty pre-dumps (each holding only
-    /// the pages written since the previous one) shipped while the container
-    /// runs, then a freeze for a final dump of what changed since the last
-    /// round. Needs soft-dirty tracking on both hosts.
-    PreCopy,
-    /// Content-addressed pre-copy, for kernels without soft-dirty: one full
-    /// dump that leaves the container running is shipped first; at the
-    /// freeze only the pages whose blake3 hash the target does not already
-    /// hold cross the wire.
-    HashPreCopy,
-}
-
-impl Mode {
-    /// The name users and `--json` see.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::Invalid => "invalid",
-            Mode::StopAndCopy => "stop-and-copy",
-            Mode::PreCopy => "pre-copy",
-            Mode::HashPreCopy => "hash-pre-copy",
-        }
-    }
-
-    /// Whether memory is shipped in rounds before the freeze.
-    pub fn has_rounds(&self) -> bool {
-        matches!(self, Mode::PreCopy | Mode::HashPreCopy)
-    }
 }
 
 /// Compression of what crosses the wire (tern's own, per 1 MiB run: Podman

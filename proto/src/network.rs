@@ -1,5 +1,7 @@
 //! A container's network identity, and which of its connections survive a
-//! move.
+//! move. The identity as the agent reports it (the networks it is attached
+//! to, its published ports, its connections) is part of
+//! [`ContainerInfo`] (`facts.rs`); the rules and parsers are here.
 //!
 //! A container keeps its address and MAC across a migration (Podman restores
 //! both) and CRIU's TCP repair restores its sockets with their sequence
@@ -20,39 +22,9 @@
 //! ([`parse_proc_net_tcp`] on `/proc/PID/net/tcp*`).
 
 use crate::compat::{Finding, Severity};
-use crate::facts::ContainerInfo;
+use crate::facts::{ContainerInfo, TcpConnection};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-/// One Podman network a container is attached to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    /// The network's name (`podman network ls`).
-    pub network: String,
-    /// Its driver: `bridge`, `macvlan`, `ipvlan`.
-    pub driver: String,
-    pub ips: Vec<IpAddr>,
-    /// The container's MAC on it, as Podman reports it (may be empty).
-    pub mac: String,
-}
-
-/// A host port published to the container (`podman run -p`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedPort {
-    /// The host address it is bound to; empty for every address.
-    pub host_ip: String,
-    pub host_port: u16,
-    pub container_port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-}
-
-/// An established TCP connection of the container, seen from inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcpConnection {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
 
 /// A network as a host defines it (what the target checks an incoming
 /// container's attachments against).
@@ -324,6 +296,7 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::{Attachment, PublishedPort};
 
     fn ctr(driver: &str) -> ContainerInfo {
         let ip: IpAddr = "198.51.100.130".parse().unwrap();

@@ -35,7 +35,8 @@
 //! checkpoint folder in RAM, the rounds, the link to them, the journal
 //! entry) and whether the container was frozen.
 
-use crate::message::{DataKind, Digest, Failure, Mode, Phase, RestoreInfo, SourceMsg, TargetMsg};
+use crate::message::{DataKind, Digest, Failure, Phase, RestoreInfo, SourceMsg, TargetMsg};
+use crate::mode::Mode;
 use std::path::PathBuf;
 
 /// How rounds are taken before the freeze.

@@ -17,7 +17,8 @@
 //! [`step`] only decides whether a message is legal now and what the agent
 //! must do about it; the agent does the IO and reports failures itself.
 
-use crate::message::{Digest, Mode, SourceMsg};
+use crate::message::{Digest, SourceMsg};
+use crate::mode::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {

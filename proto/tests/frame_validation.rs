@@ -36,14 +36,14 @@ fn container() -> ContainerInfo {
         ips: vec!["203.0.113.5".parse().unwrap()],
         memory_bytes: 64 << 20,
         pid: 4242,
-        networks: vec![tern_proto::network::Attachment {
+        networks: vec![tern_proto::facts::Attachment {
             network: "lan".into(),
             driver: "macvlan".into(),
             ips: vec!["203.0.113.5".parse().unwrap()],
             mac: "ea:be:23:08:73:8e".into(),
         }],
-        ports: vec![tern_proto::network::PublishedPort { host_ip: String::new(), host_port: 8080, container_port: 80, protocol: "tcp".into() }],
-        connections: vec![tern_proto::network::TcpConnection {
+        ports: vec![tern_proto::facts::PublishedPort { host_ip: String::new(), host_port: 8080, container_port: 80, protocol: "tcp".into() }],
+        connections: vec![tern_proto::facts::TcpConnection {
             local: "203.0.113.5:80".parse().unwrap(),
             remote: "198.51.100.10:40000".parse().unwrap(),
         }],

@@ -1,6 +1,7 @@
 //! The codec: [`DeltaEncoder`] turns an archive into records (pages the
 //! target holds as their numbers, the rest as raw runs for the
-//! [`super::Compressor`]), [`DeltaDecoder`] reads them back on the target.
+//! [`super::Compressor`], as [`Segment`]s), [`DeltaDecoder`] reads them
+//! back on the target.
 //!
 //! The decoder reads what a peer sent: every size in a record is checked
 //! against a bound before anything is allocated or handed on (raw and
@@ -8,19 +9,8 @@
 //! bound for that), and it holds no more than one record header between
 //! calls.
 
-use super::{Compressor, DeltaRecord, DeltaStats, Packer, Piece, TarPager, MAX_RAW};
+use super::{Compressor, DeltaRecord, DeltaStats, Packer, Piece, Segment, TarPager, MAX_RAW};
 use crate::frame::{encode, FrameCollector, FrameError, WireMessage};
-
-/// What the encoder hands on, in stream order.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Segment {
-    /// Records ready for the wire (page references, the end).
-    Ready(Vec<u8>),
-    /// Raw bytes (at most [`MAX_RAW`]) still to be packed as one record,
-    /// compressed or not ([`super::pack_run`]): a [`Compressor`] may
-    /// compress several on as many threads, as long as it keeps the order.
-    Run(Vec<u8>),
-}
 
 /// Turns an archive stream into delta records, given which pages the target
 /// holds. Output accumulates until the caller takes it: as bytes packed on

@@ -14,8 +14,19 @@
 //! before any outcome is known. How runs are grouped is therefore part of
 //! what goes on the wire; one segment at a time, each try steers the next.
 
-use super::{DeltaRecord, DeltaStats, Packer, Segment};
+use super::{DeltaRecord, DeltaStats, Packer};
 use crate::frame::{encode, FrameError};
+
+/// What the encoder hands on, in stream order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Records ready for the wire (page references, the end).
+    Ready(Vec<u8>),
+    /// Raw bytes (at most [`super::MAX_RAW`]) still to be packed as one record,
+    /// compressed or not ([`pack_run`]): a [`Compressor`] may
+    /// compress several on as many threads, as long as it keeps the order.
+    Run(Vec<u8>),
+}
 
 /// Appends `run` as one record: `packed` (its zstd form) when given, else
 /// raw; counts it in `stats`.
@@ -133,54 +144,6 @@ impl Compressor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::{Decoded, DeltaDecoder};
-
-    fn decode(wire: &[u8]) -> Vec<u8> {
-        let mut dec = DeltaDecoder::default();
-        let mut out = Vec::new();
-        dec.feed(wire, &mut |d| match d {
-            Decoded::Raw(b) => {
-                out.extend_from_slice(b);
-                Ok(())
-            }
-            Decoded::Pages { .. } => Err("no base here".into()),
-        })
-        .unwrap();
-        dec.finish().unwrap();
-        out
-    }
-
-    #[test]
-    fn a_batch_compresses_on_several_threads_and_keeps_the_order() {
-        // Compressible runs and noise, interleaved, packed three at a time.
-        let mut seed = 11u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect()
-        };
-        let runs: Vec<Vec<u8>> =
-            (0..12).map(|i| if i % 3 == 1 { noise(300_000) } else { format!("run {i} ").bytes().cycle().take(500_000).collect() }).collect();
-        let mut batch = Compressor::new(Some(Packer::new(1)), 3);
-        let mut stats = DeltaStats::default();
-        let mut wire = Vec::new();
-        for r in &runs {
-            batch.add(vec![Segment::Run(r.clone())]);
-            if let Some(out) = batch.take_if_full(&mut stats).unwrap() {
-                wire.extend(out);
-            }
-        }
-        batch.add(vec![Segment::Ready(encode(&DeltaRecord::End).unwrap())]);
-        wire.extend(batch.take(&mut stats).unwrap());
-        assert_eq!(decode(&wire), runs.concat());
-        assert!(stats.zstd_in >= 6 * 500_000, "{stats:?}");
-        assert!(stats.raw_bytes >= 300_000, "noise goes raw: {stats:?}");
-    }
 
     #[test]
     fn without_compression_nothing_waits() {

@@ -46,8 +46,8 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{Decoded, DeltaDecoder, DeltaEncoder, DeltaError, Segment};
-pub use compress::{pack_run, Compressor};
+pub use codec::{Decoded, DeltaDecoder, DeltaEncoder, DeltaError};
+pub use compress::{pack_run, Compressor, Segment};
 pub use pager::{Piece, TarPager};
 pub use policy::{compress_run, Packer};
 
