@@ -3,11 +3,13 @@
 //! | module     | what it holds                                                  |
 //! |------------|----------------------------------------------------------------|
 //! | `server`   | the QUIC server: Hello, then one request per stream            |
+//! | `context`  | `Agent`, what every request handler gets: config, engine, endpoint, busy containers, facts, link rates |
 //! | `source`   | the source's side of a migration, rollback included; `source/precopy.rs` its pre-copy rounds |
-//! | `target`   | the target's side: stage, verify, restore, confirm; `target/inplace.rs` the container's folder made ahead, `target/unpack.rs` the final archive unpacked as it arrives |
+//! | `rollback` | a container restored here from its checkpoint and its address reclaimed (source rollback, recovery) |
+//! | `target`   | the target's side: stage, verify, restore, confirm; `target/inplace.rs` the container's folder made ahead, `target/archive.rs` where a received archive goes, `target/unpack.rs` the final archive unpacked as it arrives |
 //! | `ramdir`   | checkpoint folders in RAM (tmpfs), on both sides               |
 //! | `recovery` | the journal of frozen containers; recovery after the agent died mid-migration |
-//! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed |
+//! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed (received archives land through `target/archive.rs`) |
 //! | `pages`    | page hashes (source) and the base's pages (target)             |
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
 //! | `engine`   | everything asked of Podman/runc/CRIU, behind a trait           |
@@ -18,6 +20,7 @@
 //! | `config`   | the agent's TOML configuration                                 |
 
 pub mod config;
+pub mod context;
 pub mod criu_stats;
 pub mod criu_tcp;
 pub mod engine;
@@ -29,6 +32,7 @@ pub mod pages;
 pub mod probe;
 pub mod ramdir;
 pub mod recovery;
+pub mod rollback;
 pub mod rootfs;
 pub mod server;
 pub mod source;

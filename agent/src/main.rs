@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tern_agent::{config, engine, facts, server};
+use tern_agent::{config, context, engine, facts};
 
 /// tern's per-host agent: reports this host's facts and moves containers
 /// to and from other agents over QUIC with mutual TLS.
@@ -49,7 +49,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::netid::sweep_holds().await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
-    let agent = Arc::new(server::Agent::new(cfg, engine, endpoint));
+    let agent = Arc::new(context::Agent::new(cfg, engine, endpoint));
     // Containers a predecessor left frozen mid-migration.
     tokio::spawn(tern_agent::recovery::recover(agent.clone()));
     // Listening: systemd may start what comes after the agent.

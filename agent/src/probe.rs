@@ -3,7 +3,7 @@
 //! migration uses (mutual TLS, the same windows and buffers), and reports
 //! the rate it got. The receiving agent only counts and drops them.
 
-use crate::server::Agent;
+use crate::context::Agent;
 use std::time::{Duration, Instant};
 use tern_proto::frame::write_frame;
 use tern_proto::{ProbeReport, ProbeRequest, Request, Response, MAX_PROBE_BYTES};

@@ -21,7 +21,7 @@
 //! the source vanishes (`target.rs`), so its answer, once it is not busy,
 //! is final.
 
-use crate::server::Agent;
+use crate::context::Agent;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,8 +163,8 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
     match answer {
         Whereabouts::Busy => Ok(None),
         Whereabouts::Absent => {
-            crate::source::restore_here(agent, name, e.tcp_established).await?;
-            for problem in crate::source::reclaim_address(agent, name, &e.target.name, e.id).await {
+            crate::rollback::restore_here(agent, name, e.tcp_established).await?;
+            for problem in crate::rollback::reclaim_address(agent, name, &e.target.name, e.id).await {
                 tracing::warn!(id = e.id, %name, "recovery: {problem}");
             }
             tracing::warn!(id = e.id, %name, "recovery: the agent had died before the switchover; {name} runs here again");

@@ -1,87 +1,18 @@
 //! The agent's QUIC server: accepts authenticated connections, answers
-//! Hello, then serves each request on its own stream.
+//! Hello, then serves each request on its own stream, handing it to the
+//! module that answers it. The shared context they all get is
+//! [`Agent`] (`context.rs`).
 
-use crate::config::AgentConfig;
-use crate::engine::Engine;
-use crate::{facts, source, target};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use crate::context::Agent;
+use crate::{source, target};
+use std::sync::Arc;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{compat, CoordinatorSignal, Request, Response};
 use tern_transport::rpc::answer_hello;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Everything a request handler may need.
-pub struct Agent {
-    pub cfg: AgentConfig,
-    pub engine: Arc<dyn Engine>,
-    /// Used both to accept and to call other agents.
-    pub endpoint: quinn::Endpoint,
-    /// Containers with a migration under way (either direction).
-    busy: Mutex<HashSet<String>>,
-    /// The host's facts and when they were read: `podman info` and `criu
-    /// check` cost a second of CPU, and facts change with upgrades, not by
-    /// the minute.
-    facts: tokio::sync::Mutex<Option<(std::time::Instant, tern_proto::facts::HostFacts)>>,
-    /// The rate last measured to each peer (bytes/s), by a probe or a
-    /// migration: `--compress auto` decides with it.
-    links: Mutex<std::collections::HashMap<String, f64>>,
-}
-
-/// How long gathered facts are served before they are read again.
-const FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Marks a container busy until dropped.
-pub struct BusyGuard<'a> {
-    agent: &'a Agent,
-    name: String,
-}
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.agent.busy.lock().unwrap().remove(&self.name);
-    }
-}
-
 impl Agent {
-    pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
-        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()), facts: Default::default(), links: Default::default() }
-    }
-
-    /// The rate last measured to `peer`, in bytes per second.
-    pub fn link_rate(&self, peer: &str) -> Option<f64> {
-        self.links.lock().unwrap().get(peer).copied()
-    }
-
-    pub fn note_link_rate(&self, peer: &str, bytes_per_sec: f64) {
-        tracing::debug!(peer, mbit = bytes_per_sec * 8e-6, "link rate measured");
-        self.links.lock().unwrap().insert(peer.to_string(), bytes_per_sec);
-    }
-
-    /// This host's facts, read at most once a minute.
-    pub async fn facts(&self) -> anyhow::Result<tern_proto::facts::HostFacts> {
-        let mut cached = self.facts.lock().await;
-        if let Some((at, f)) = cached.as_ref() {
-            if at.elapsed() < FACTS_TTL {
-                return Ok(f.clone());
-            }
-        }
-        let f = facts::gather(&self.cfg.name, self.engine.as_ref(), &self.cfg.facts_override).await?;
-        *cached = Some((std::time::Instant::now(), f.clone()));
-        Ok(f)
-    }
-
-    /// Claims `name` for one migration; `None` when one is already under way.
-    pub fn claim(&self, name: &str) -> Option<BusyGuard<'_>> {
-        self.busy.lock().unwrap().insert(name.to_string()).then(|| BusyGuard { agent: self, name: name.to_string() })
-    }
-
-    /// Whether a migration of `name` is under way here.
-    pub fn is_busy(&self, name: &str) -> bool {
-        self.busy.lock().unwrap().contains(name)
-    }
-
     /// Serves until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -103,9 +34,12 @@ impl Agent {
         // back: dying mid-migration would leave a container frozen.
         self.endpoint.set_server_config(None);
         let mut waited = 0;
-        while !self.busy.lock().unwrap().is_empty() {
+        loop {
+            let busy = self.under_way();
+            if busy.is_empty() {
+                break;
+            }
             if waited % 50 == 0 {
-                let busy: Vec<String> = self.busy.lock().unwrap().iter().cloned().collect();
                 tracing::info!(?busy, "waiting for migrations under way before exiting");
                 // Under systemd, each 5 s asks for 30 s more than the unit's
                 // stop timeout, so that no migration is killed mid-way.

@@ -8,8 +8,9 @@
 //! Everything large lands where the restore reads it ([`inplace`]): the
 //! container's folder is made when the migration begins, soft-dirty rounds
 //! are written into it, and the final archive is unpacked into it as it
-//! arrives ([`unpack`]), its `checkpoint/` in RAM when memory allows. The
-//! staging folder keeps the rest:
+//! arrives ([`unpack`]; [`archive`] is where every received archive
+//! goes), its `checkpoint/` in RAM when memory allows. The staging folder
+//! keeps the rest:
 //!
 //! ```text
 //!  <state dir>/incoming-<id>/
@@ -24,15 +25,17 @@
 //! After `Restored` the container is the user's only running copy and is
 //! kept whatever happens to the connection.
 
+pub mod archive;
 pub mod inplace;
 pub mod lazy;
 pub mod unpack;
 
+use crate::context::Agent;
 use crate::engine::CheckpointOpts;
 use crate::faults::ReceiveFaults;
 use crate::pages::PageStore;
-use crate::server::Agent;
-use crate::transfer::{self, ArchiveOut};
+use crate::transfer;
+use archive::{receive_records, ArchiveOut, Received};
 use inplace::Bundle;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -560,7 +563,7 @@ struct Places {
 async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, places: Places, faults: ReceiveFaults, inbox: Arc<Inbox>) {
     let staging = &places.staging;
     let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR), annotate: places.annotate.clone() };
-    let rest = |r: transfer::Received| Staged { path: staging.join(REST_TAR), digest: r.digest, annotated: r.split.is_some_and(|s| s.annotated) };
+    let rest = |r: Received| Staged { path: staging.join(REST_TAR), digest: r.digest, annotated: r.split.is_some_and(|s| s.annotated) };
     let done = Arc::new(AtomicU64::new(0));
     // Where the base's pages sit in base.tar (content-addressed pre-copy).
     let mut base_pages: Option<Arc<PageStore>> = None;
@@ -580,14 +583,12 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");
-                transfer::receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
+                receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
                     .await
                     .map(|r| Staged { path, digest: r.digest, annotated: false })
                     .map_err(|e| e.to_string())
             }
-            DataKind::Checkpoint => {
-                transfer::receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string())
-            }
+            DataKind::Checkpoint => receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string()),
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
                 let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
                 transfer::receive_fileset(recv, &dir, done.clone())
@@ -597,8 +598,7 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
-                match transfer::receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await
-                {
+                match receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await {
                     Ok(r) => {
                         base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
                         Ok(Staged { path, digest: r.digest, annotated: false })
@@ -607,10 +607,9 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                 }
             }
             DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => match &base_pages {
-                Some(store) => transfer::receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults)
-                    .await
-                    .map(rest)
-                    .map_err(|e| e.to_string()),
+                Some(store) => {
+                    receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string())
+                }
                 None => Err("the delta refers to a base that never arrived".into()),
             },
             other => {

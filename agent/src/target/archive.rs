@@ -2,11 +2,10 @@
 //! or unpacked in place as it arrives ([`TarSplit`]), with the
 //! fault-injection hooks the tests use on the rebuilt bytes.
 
-use super::stream::{digest, pump};
-use super::{TransferError, CHUNK};
+use super::unpack::{SplitStats, TarSplit};
 use crate::faults::ReceiveFaults;
 use crate::pages::{PageOffsets, PageStore};
-use crate::target::unpack::TarSplit;
+use crate::transfer::{digest, pump, TransferError, CHUNK};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +35,7 @@ pub struct Received {
     /// Where the pages of the archive sit in the file (when asked).
     pub offsets: Option<Vec<u64>>,
     /// How an [`ArchiveOut::Unpack`] went.
-    pub split: Option<crate::target::unpack::SplitStats>,
+    pub split: Option<SplitStats>,
 }
 
 /// The writer behind an [`ArchiveOut`].
@@ -67,7 +66,7 @@ impl OutWriter {
         }
     }
 
-    fn finish(self) -> std::io::Result<Option<crate::target::unpack::SplitStats>> {
+    fn finish(self) -> std::io::Result<Option<SplitStats>> {
         match self {
             OutWriter::File(f, sync) => {
                 let f = f.into_inner().map_err(|e| e.into_error())?;

@@ -10,29 +10,28 @@
 //!   encoder, network), compressing on several threads
 //!   ([`tern_proto::delta::Compressor`]);
 //! * [`fileset`]: file sets, sent and received;
-//! * [`archive`]: where a received archive goes (a file, or unpacked in
-//!   place), with the fault-injection hooks of the tests;
 //! * [`fs`]: files created for what a peer sends, never over or through
 //!   anything;
 //! * [`stream`]: opening, closing and draining the streams themselves.
 //!
-//! Callers use the names re-exported here.
+//! Callers use the names re-exported here. Where a received archive goes
+//! (a file, or unpacked in place) is the target's: `target/archive.rs`,
+//! on `pump` and `digest` from `stream.rs`.
 
-mod archive;
 mod fileset;
 mod fs;
 mod send;
 mod stream;
 
-pub use archive::{receive_records, ArchiveOut, Received};
 pub use fileset::{receive_fileset, send_fileset};
 pub(crate) use fs::create_new;
 pub use send::{compress_threads, send, send_encoded, Encoding, Sent};
 pub use stream::accept_header;
+pub(crate) use stream::{digest, pump};
 
 /// Read size: large enough that per-chunk costs vanish, small enough to
 /// keep memory per transfer bounded (one buffer in flight).
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {

@@ -25,7 +25,7 @@ pub(super) async fn close(s: Result<quinn::SendStream, String>) -> Result<(), Tr
 /// thread through a bounded channel (a few chunks in flight: memory stays
 /// bounded whatever the size). Disk writes happen there in large buffered
 /// blocks, never as one small async write per QUIC chunk.
-pub(super) async fn pump<T: Send + 'static>(
+pub(crate) async fn pump<T: Send + 'static>(
     mut recv: quinn::RecvStream,
     work: impl FnOnce(&mut dyn FnMut() -> Option<bytes::Bytes>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, TransferError> {
@@ -54,7 +54,7 @@ pub(super) async fn pump<T: Send + 'static>(
     out.map_err(TransferError::Receive)
 }
 
-pub(super) fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
+pub(crate) fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
     Digest { bytes, blake3: *hasher.finalize().as_bytes() }
 }
 
