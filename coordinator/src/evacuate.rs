@@ -10,8 +10,9 @@
 //! source and the evacuation goes on with the next (a Ctrl-C stops it).
 
 use crate::cluster::Cluster;
+use crate::command::{Ctx, Done, Exit};
 use crate::inventory::Inventory;
-use crate::{migrate, output, plan, view, Ctx, Done, EvacuateAsk, Exit};
+use crate::{migrate, output, plan, view};
 use anyhow::anyhow;
 use std::collections::BTreeMap;
 use tern_proto::compat::Severity;
@@ -67,6 +68,16 @@ enum MoveResult {
     /// right before the freeze, or contact lost).
     NotMoved(String),
     Reported(Box<MigrationReport>),
+}
+
+/// What `tern evacuate` was asked.
+pub(crate) struct EvacuateAsk {
+    pub(crate) host: String,
+    pub(crate) to: Vec<String>,
+    pub(crate) mode: plan::ModeArg,
+    pub(crate) dry_run: bool,
+    pub(crate) skip_blocked: bool,
+    pub(crate) opts: migrate::Options,
 }
 
 /// Plans, prints and carries out `tern evacuate`.

@@ -4,9 +4,11 @@
 //! compatibility rules before anything is frozen; `migrate` drives one
 //! migration and `progress` shows how it goes; `evacuate` places a host's
 //! containers on the others; `output` formats what users read and `view`
-//! what `--json` prints.
+//! what `--json` prints; `command` holds what every command shares (the
+//! global flags, the result, the exit code).
 
 mod cluster;
+mod command;
 mod evacuate;
 mod inventory;
 mod migrate;
@@ -17,6 +19,7 @@ mod view;
 
 use anyhow::anyhow;
 use clap::{CommandFactory, Parser, Subcommand};
+use command::{Ctx, Done, Exit};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -256,59 +259,6 @@ enum PkiCmd {
     },
 }
 
-/// An error with the exit code it deserves.
-struct Exit {
-    code: u8,
-    error: anyhow::Error,
-    /// What the command had to show when it failed (a view's JSON): the
-    /// `--json` failure document carries it.
-    partial: Option<serde_json::Value>,
-    /// The text output already says what failed: no `tern: ...` line.
-    told: bool,
-}
-
-impl Exit {
-    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        Exit { code, error: error.into(), partial: None, told: false }
-    }
-
-    /// With the view the `--json` failure document shows.
-    fn with<T: Serialize>(mut self, view: &T) -> Self {
-        self.partial = Some(view::value(view));
-        self
-    }
-
-    /// The text output has said it already.
-    fn told(mut self) -> Self {
-        self.told = true;
-        self
-    }
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Exit {
-    fn from(e: E) -> Self {
-        Exit::new(1, e)
-    }
-}
-
-/// The global flags, as every command sees them.
-struct Ctx {
-    inventory: Option<PathBuf>,
-    json: bool,
-    quiet: bool,
-}
-
-impl Ctx {
-    /// The command's `--json` document, when asked for one.
-    fn doc<T: Serialize>(&self, view: &T) -> Option<serde_json::Value> {
-        self.json.then(|| view::value(view))
-    }
-}
-
-/// What a command hands back: its `--json` view (None under text, where it
-/// printed its own output).
-type Done = Result<Option<serde_json::Value>, Exit>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
@@ -398,7 +348,7 @@ async fn run(cli: Cli) -> Done {
         }
         Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, transfer, precopy } => {
             let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
-            let ask = EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
+            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
             let (inv, cluster) = survey(&ctx).await?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
@@ -474,16 +424,6 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
         Outcome::Completed => Ok(ctx.doc(&view)),
         _ => Err(Exit::new(1, anyhow!(output::failure_text(&report).unwrap_or_default())).with(&view).told()),
     }
-}
-
-/// What `tern evacuate` was asked.
-struct EvacuateAsk {
-    host: String,
-    to: Vec<String>,
-    mode: plan::ModeArg,
-    dry_run: bool,
-    skip_blocked: bool,
-    opts: migrate::Options,
 }
 
 fn pki_init(ctx: &Ctx, out: &Path, hosts: &[String], force: bool) -> Done {
