@@ -19,7 +19,7 @@ and theirs using each other is one; its `mod` lines and re-exports
 (`pub use x::Y;`) are no use.
 
 A reader of text, not a compiler: items made by macros and paths built in
-macros are not seen. Not run by scripts/test.sh.
+macros are not seen. scripts/test.sh (CI) runs it.
 """
 import os, re, sys
 

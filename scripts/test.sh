@@ -2,7 +2,7 @@
 # The whole test suite, runnable on a fresh Debian 12 machine (as root):
 #   1. installs what is missing (scripts/install-deps.sh, idempotent),
 #   2. checks the code's health (cargo fmt --check, cargo clippy with
-#      warnings as errors) and builds the release binaries, with overflow
+#      warnings as errors, no import cycles between modules) and builds the release binaries, with overflow
 #      checks on for everything this script builds and runs,
 #   3. runs the unit and in-process tests (cargo test --workspace),
 #   4. brings the two-host lab up and runs the end-to-end tests against
@@ -36,6 +36,8 @@ cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 ||
     rustup component add rustfmt clippy
 cargo fmt --all --check || { echo "scripts/test.sh: run cargo fmt --all" >&2; exit 1; }
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# No module of any crate uses another that uses it back.
+python3 scripts/check-cycles.py >/dev/null || { python3 scripts/check-cycles.py | tail -20; exit 1; }
 
 step "building"
 # With the agent's test faults ([faults] in its config, faults.rs): the
