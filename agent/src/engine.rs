@@ -16,8 +16,11 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The command ran and exited unsuccessfully. `code` is its exit code
+    /// (`None` when a signal ended it), the fact callers decide on;
+    /// `status` and `stderr` are only for people to read.
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed { cmd: String, status: String, stderr: String },
+    Failed { cmd: String, code: Option<i32>, status: String, stderr: String },
     #[error("`{cmd}` did not finish within {secs} s and was killed")]
     Timeout { cmd: String, secs: u64 },
     #[error("cannot run `{cmd}`: {source}; is podman installed (scripts/install-deps.sh)?")]
@@ -83,8 +86,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn volumes(&self) -> Result<Vec<String>>;
     /// Removes a named volume no container uses.
     async fn volume_remove(&self, name: &str) -> Result<()>;
-    /// `podman info` as JSON, for the host facts.
-    async fn info(&self) -> Result<serde_json::Value>;
+    /// What tern reads of `podman info`, for the host facts.
+    async fn info(&self) -> Result<PodmanInfo>;
     /// The Podman networks this host defines.
     async fn networks(&self) -> Result<Vec<NetworkDef>>;
     /// The main process of a running container (0 when it has none): one
@@ -139,7 +142,7 @@ impl PodmanCli {
             if let Some(why) = criu_log_errors(&stderr) {
                 text.push_str(&format!("\nCRIU: {why}"));
             }
-            return Err(EngineError::Failed { cmd: cmd_text, status: out.status.to_string(), stderr: text });
+            return Err(EngineError::Failed { cmd: cmd_text, code: out.status.code(), status: out.status.to_string(), stderr: text });
         }
         Ok(out.stdout)
     }
@@ -147,6 +150,21 @@ impl PodmanCli {
     async fn run_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
         let out = self.run(args, QUICK).await?;
         serde_json::from_slice(&out).map_err(|e| EngineError::Parse { cmd: format!("{} {}", self.program, args.join(" ")), detail: e.to_string() })
+    }
+
+    /// `podman ... exists`: exit code 0 when the object is there, 1 when it
+    /// is not; anything else is an error.
+    async fn exists(&self, args: &[&str]) -> Result<bool> {
+        match self.run(args, QUICK).await {
+            Ok(_) => Ok(true),
+            Err(EngineError::Failed { code: Some(1), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a container has this name or ID.
+    async fn container_exists(&self, name: &str) -> Result<bool> {
+        self.exists(&["container", "exists", name]).await
     }
 
     async fn inspect_many(&self, ids: &[String]) -> Result<Vec<ContainerInfo>> {
@@ -209,20 +227,24 @@ impl Engine for PodmanCli {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
-        // One podman call: a missing container is an error that says so.
+        // One podman call for a container that is there. `inspect` fails
+        // the same way (exit code 125) whatever went wrong, so only when it
+        // fails is Podman asked whether the container exists.
         match self.inspect_many(&[name.to_string()]).await {
             Ok(v) => Ok(v.into_iter().next()),
-            Err(EngineError::Failed { stderr, .. }) if stderr.contains("no such container") => Ok(None),
+            Err(e @ EngineError::Failed { .. }) => {
+                if self.container_exists(name).await? {
+                    Err(e)
+                } else {
+                    Ok(None)
+                }
+            }
             Err(e) => Err(e),
         }
     }
 
     async fn image_exists(&self, image_id: &str) -> Result<bool> {
-        match self.run(&["image", "exists", image_id], QUICK).await {
-            Ok(_) => Ok(true),
-            Err(EngineError::Failed { status, .. }) if status.contains("exit status: 1") => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.exists(&["image", "exists", image_id]).await
     }
 
     async fn image_save(&self, image_id: &str, path: &Path) -> Result<()> {
@@ -265,11 +287,11 @@ impl Engine for PodmanCli {
         args.push(id);
         self.exec(&self.runc, &self.runc_args, &args, SLOW).await.map_err(|e| match e {
             // CRIU's own reason is in its log, not in runc's stderr.
-            EngineError::Failed { cmd, status, stderr } => {
+            EngineError::Failed { cmd, code, status, stderr } => {
                 let log = std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default();
                 let criu = last_lines(&log.lines().filter(|l| l.contains("Error")).collect::<Vec<_>>().join("\n"), 3);
                 let stderr = if criu.is_empty() { stderr } else { format!("{stderr}\nCRIU: {criu}") };
-                EngineError::Failed { cmd, status, stderr }
+                EngineError::Failed { cmd, code, status, stderr }
             }
             other => other,
         })?;
@@ -288,13 +310,17 @@ impl Engine for PodmanCli {
     async fn bundle_dir(&self, id: &str) -> Result<std::path::PathBuf> {
         let info = self.info().await?;
         let parse = |detail: String| EngineError::Parse { cmd: "podman info".into(), detail };
-        let store = &info["store"];
-        let root =
-            store["graphRoot"].as_str().filter(|r| r.starts_with('/')).ok_or_else(|| parse(format!("store.graphRoot is {}", store["graphRoot"])))?;
-        let driver = store["graphDriverName"]
-            .as_str()
+        let store = &info.store;
+        let root = store
+            .graph_root
+            .as_deref()
+            .filter(|r| r.starts_with('/'))
+            .ok_or_else(|| parse(format!("store.graphRoot is {}", as_json(&store.graph_root))))?;
+        let driver = store
+            .graph_driver_name
+            .as_deref()
             .filter(|d| !d.is_empty())
-            .ok_or_else(|| parse(format!("store.graphDriverName is {}", store["graphDriverName"])))?;
+            .ok_or_else(|| parse(format!("store.graphDriverName is {}", as_json(&store.graph_driver_name))))?;
         bundle_path(root, driver, id).ok_or_else(|| EngineError::Parse { cmd: "bundle_dir".into(), detail: format!("{id:?} is not a container ID") })
     }
 
@@ -334,7 +360,7 @@ impl Engine for PodmanCli {
         self.run(&["volume", "rm", name], QUICK).await.map(drop)
     }
 
-    async fn info(&self) -> Result<serde_json::Value> {
+    async fn info(&self) -> Result<PodmanInfo> {
         self.run_json(&["info", "--format", "json"]).await
     }
 
@@ -365,6 +391,70 @@ impl Engine for PodmanCli {
             })
             .collect())
     }
+}
+
+/// The fields of `podman info --format json` that tern reads. A field that
+/// is missing, null or not a string reads as empty (`None`); only output
+/// that is not JSON at all is an error.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodmanInfo {
+    #[serde(default)]
+    pub version: InfoVersion,
+    #[serde(default)]
+    pub host: InfoHost,
+    #[serde(default)]
+    pub store: InfoStore,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InfoVersion {
+    /// Podman's version.
+    #[serde(default, rename = "Version", deserialize_with = "string_or_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InfoHost {
+    #[serde(default)]
+    pub oci_runtime: InfoRuntime,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub network_backend: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InfoRuntime {
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub name: Option<String>,
+    /// `runc version 1.1.5` and more lines.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InfoStore {
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub graph_root: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub graph_driver_name: Option<String>,
+    /// Where named volumes live.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub volume_path: Option<String>,
+}
+
+/// A JSON string, or `None` for any other value (as `Value::as_str` read
+/// them before these fields were typed).
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// A field of `podman info` as JSON shows it: `null` when absent.
+fn as_json(field: &Option<String>) -> serde_json::Value {
+    field.clone().map_or(serde_json::Value::Null, serde_json::Value::String)
 }
 
 /// The fields of `podman network ls --format json` that tern reads.
@@ -709,6 +799,24 @@ mod tests {
         assert!(criu_log_errors("log file: /etc/passwd").is_none());
         assert!(criu_log_errors("no log here").is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_the_fields_of_podman_info_and_leaves_odd_ones_empty() {
+        let raw = r#"{"version":{"Version":"4.3.1"},"host":{"ociRuntime":{"name":"runc","version":"runc version 1.1.5\nspec: 1.0.2"},
+            "networkBackend":"netavark"},"store":{"graphRoot":"/var/lib/containers/storage","graphDriverName":7,"volumePath":null}}"#;
+        let info: PodmanInfo = serde_json::from_str(raw).unwrap();
+        assert_eq!(info.version.version.as_deref(), Some("4.3.1"));
+        assert_eq!(info.host.oci_runtime.name.as_deref(), Some("runc"));
+        assert_eq!(info.host.network_backend.as_deref(), Some("netavark"));
+        assert_eq!(info.store.graph_root.as_deref(), Some("/var/lib/containers/storage"));
+        assert_eq!(info.store.graph_driver_name, None, "not a string: empty, as before");
+        assert_eq!(info.store.volume_path, None);
+        assert_eq!(as_json(&info.store.volume_path).to_string(), "null");
+        assert_eq!(as_json(&info.store.graph_root).to_string(), "\"/var/lib/containers/storage\"");
+        let empty: PodmanInfo = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.host.oci_runtime.version, None);
+        assert!(serde_json::from_str::<PodmanInfo>("not json").is_err());
     }
 
     #[test]

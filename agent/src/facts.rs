@@ -10,21 +10,21 @@ use tokio::process::Command;
 /// compatibility rules treat as "missing" and explain.
 pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) -> anyhow::Result<HostFacts> {
     let info = engine.info().await?;
-    let s = |ptr: &str| info.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let runtime_version = s("/host/ociRuntime/version").lines().next().unwrap_or("").to_string();
+    let s = |field: &Option<String>| field.clone().unwrap_or_default();
+    let runtime_version = s(&info.host.oci_runtime.version).lines().next().unwrap_or("").to_string();
     let (criu_version, dirty_tracking, lazy_restore) = criu().await;
     let facts = HostFacts {
         name: name.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        podman_version: s("/version/Version"),
-        runtime_name: s("/host/ociRuntime/name"),
+        podman_version: s(&info.version.version),
+        runtime_name: s(&info.host.oci_runtime.name),
         runtime_version,
         criu_version,
         cgroups: cgroups_version(),
         kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         arch: std::env::consts::ARCH.to_string(),
         cpu_flags: cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
-        network_backend: s("/host/networkBackend"),
+        network_backend: s(&info.host.network_backend),
         dirty_tracking,
         lazy_restore,
         dump_other_users: cap_sys_resource(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()),

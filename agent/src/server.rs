@@ -123,7 +123,7 @@ impl Agent {
             (Vec::new(), String::new())
         } else {
             let info = self.engine.info().await?;
-            let dir = info["store"]["volumePath"].as_str().unwrap_or_default().to_string();
+            let dir = info.store.volume_path.unwrap_or_default();
             (self.engine.volumes().await?, dir)
         };
         let mut findings = compat::check_incoming(c, &existing, &volumes, &volume_dir, has_image);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_agent::config::{AgentConfig, Faults, NetworkConfig, PodmanConfig};
 use tern_agent::context::Agent;
-use tern_agent::engine::{CheckpointOpts, Engine, EngineError};
+use tern_agent::engine::{CheckpointOpts, Engine, EngineError, PodmanInfo};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::policy::{OnTimeout, PolicyConfig};
@@ -215,7 +215,7 @@ fn apply_chain(memory: &mut Vec<Vec<u8>>, dir: &Path) {
 }
 
 fn failed(cmd: &str, why: &str) -> EngineError {
-    EngineError::Failed { cmd: cmd.into(), status: "exit status: 125".into(), stderr: why.into() }
+    EngineError::Failed { cmd: cmd.into(), code: Some(125), status: "exit status: 125".into(), stderr: why.into() }
 }
 
 #[async_trait]
@@ -402,12 +402,13 @@ impl Engine for FakeEngine {
         self.state.lock().unwrap().calls.push(format!("volume rm {name}"));
         Ok(())
     }
-    async fn info(&self) -> Result<serde_json::Value, EngineError> {
-        Ok(serde_json::json!({
+    async fn info(&self) -> Result<PodmanInfo, EngineError> {
+        Ok(serde_json::from_value(serde_json::json!({
             "version": {"Version": "4.3.1"},
             "host": {"ociRuntime": {"name": "runc", "version": "runc version 1.1.5"}, "networkBackend": "netavark"},
             "store": {"volumePath": VOLUME_DIR}
         }))
+        .expect("the fake's podman info parses"))
     }
     async fn networks(&self) -> Result<Vec<tern_proto::network::NetworkDef>, EngineError> {
         Ok(Vec::new())
