@@ -26,6 +26,7 @@
 //! kept whatever happens to the connection.
 
 pub mod archive;
+pub mod error;
 pub mod inplace;
 pub mod lazy;
 pub mod unpack;
@@ -36,6 +37,7 @@ use crate::faults::ReceiveFaults;
 use crate::pages::PageStore;
 use crate::transfer;
 use archive::{receive_records, ArchiveOut, Received};
+use error::TargetError;
 use inplace::Bundle;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -95,7 +97,7 @@ struct Staged {
     annotated: bool,
 }
 
-type Arrived = Result<Staged, String>;
+type Arrived = Result<Staged, TargetError>;
 
 /// Data streams that arrived, by kind, until the control conversation
 /// takes them.
@@ -127,7 +129,7 @@ impl Inbox {
                 return a;
             }
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(format!("the {kind:?} data stream never arrived"));
+                return Err(TargetError::NeverArrived(kind));
             }
             notified.await;
         }
@@ -193,7 +195,7 @@ impl Target<'_> {
             }
         }
         // Before the freeze, so that it costs no downtime.
-        match engine.networks().await.map_err(|e| e.to_string()) {
+        match engine.networks().await {
             Ok(nets) => match crate::netid::Hold::install(c, &nets, self.begin.id).await {
                 Ok(h) => self.hold = h,
                 Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
@@ -208,7 +210,7 @@ impl Target<'_> {
         if !needs_image {
             // Before the freeze: restore looks the image up by this name.
             if let Err(e) = self.name_image().await {
-                return refuse(send, e).await;
+                return refuse(send, e.to_string()).await;
             }
         }
         let inbox = Arc::new(Inbox::default());
@@ -235,11 +237,11 @@ impl Target<'_> {
                 Action::LoadImage(d) => self.load_image(&inbox, d).await,
                 Action::StoreRound { round, digest } => match self.verified(&inbox, round_kind(mode, round), digest).await {
                     Ok(_) => TargetMsg::RoundStored { round },
-                    Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
+                    Err(e) => TargetMsg::Failed(e.failure(Phase::PreCopy)),
                 },
                 Action::PrepareRounds { rounds } => match self.prepare_rounds(rounds).await {
                     Ok(bytes) => TargetMsg::RoundsPrepared { bytes },
-                    Err(message) => TargetMsg::Failed(Failure { phase: Phase::PreCopy, message }),
+                    Err(e) => TargetMsg::Failed(e.failure(Phase::PreCopy)),
                 },
                 Action::Restore { digest, rounds } => self.restore(&inbox, digest, rounds).await,
                 Action::Commit => {
@@ -273,17 +275,11 @@ impl Target<'_> {
     }
 
     /// Waits for the data stream of `kind` and checks it against `digest`.
-    async fn verified(&self, inbox: &Inbox, kind: DataKind, digest: Digest) -> Result<Staged, String> {
+    async fn verified(&self, inbox: &Inbox, kind: DataKind, digest: Digest) -> Result<Staged, TargetError> {
         let staged = inbox.take(kind).await?;
         let got = staged.digest;
         if got != digest {
-            return Err(format!(
-                "the {kind:?} data does not match its digest: received {} bytes with blake3 {}, the source sent {} bytes with blake3 {}",
-                got.bytes,
-                got.hex(),
-                digest.bytes,
-                digest.hex()
-            ));
+            return Err(TargetError::DigestMismatch { kind, got, sent: digest });
         }
         Ok(staged)
     }
@@ -291,15 +287,15 @@ impl Target<'_> {
     async fn load_image(&self, inbox: &Inbox, digest: Digest) -> TargetMsg {
         let r = async {
             let path = self.verified(inbox, DataKind::Image, digest).await?.path;
-            self.agent.engine.image_load(&path).await.map_err(|e| e.to_string())?;
+            self.agent.engine.image_load(&path).await?;
             let _ = tokio::fs::remove_file(&path).await;
             self.name_image().await?;
-            Ok::<_, String>(())
+            Ok::<_, TargetError>(())
         }
         .await;
         match r {
             Ok(()) => TargetMsg::ImageLoaded,
-            Err(message) => TargetMsg::Failed(Failure { phase: Phase::Image, message }),
+            Err(e) => TargetMsg::Failed(e.failure(Phase::Image)),
         }
     }
 
@@ -308,7 +304,7 @@ impl Target<'_> {
         let kind = Plan::for_mode(self.begin.mode).final_kind(rounds);
         let staged = match self.verified(inbox, kind, digest).await {
             Ok(s) => s,
-            Err(message) => return TargetMsg::Failed(Failure { phase: Phase::Verify, message }),
+            Err(e) => return TargetMsg::Failed(e.failure(Phase::Verify)),
         };
         let verify_ms = t0.elapsed().as_millis() as u64;
         let t1 = Instant::now();
@@ -333,18 +329,18 @@ impl Target<'_> {
                     container: run.container,
                 })
             }
-            Err(message) => {
+            Err(e) => {
                 self.undo().await;
-                TargetMsg::Failed(Failure { phase: Phase::Restore, message })
+                TargetMsg::Failed(e.failure(Phase::Restore))
             }
         }
     }
 
     /// Links the stored rounds into the chain the final dump's `parent`
     /// reaches (inplace.rs). Returns their size.
-    async fn prepare_rounds(&self, rounds: u32) -> Result<u64, String> {
-        let bundle = self.bundle.as_ref().ok_or("the container's folder is gone")?;
-        bundle.link_rounds(rounds).map_err(|e| format!("linking the {rounds} rounds in {}: {e}", bundle.dir.display()))?;
+    async fn prepare_rounds(&self, rounds: u32) -> Result<u64, TargetError> {
+        let bundle = self.bundle.as_ref().ok_or(TargetError::FolderGone)?;
+        bundle.link_rounds(rounds).map_err(|source| TargetError::LinkRounds { rounds, dir: bundle.dir.clone(), source })?;
         let bytes = (1..=rounds)
             .flat_map(|n| std::fs::read_dir(bundle.round_dir(n)).into_iter().flatten().flatten())
             .filter_map(|e| e.metadata().ok())
@@ -359,11 +355,11 @@ impl Target<'_> {
     /// runs now and still runs a moment later, and after a lazy restore that
     /// all its memory came in: a process that dies right after restore is
     /// not a success.
-    async fn restore_and_confirm(&mut self, staged: &Staged) -> Result<Running, String> {
+    async fn restore_and_confirm(&mut self, staged: &Staged) -> Result<Running, TargetError> {
         if self.agent.cfg.faults.fail_restore() {
-            return Err("injected failure: this agent is configured with faults.fail_restore".into());
+            return Err(TargetError::InjectedRestoreFailure);
         }
-        let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or("the container's folder is gone")?;
+        let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or(TargetError::FolderGone)?;
         let engine = self.agent.engine.clone();
         let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
@@ -388,7 +384,7 @@ impl Target<'_> {
                 None => None,
             };
             lazy::write_conf(&folder, daemon.is_some(), script.as_deref())
-                .map_err(|e| format!("writing {}: {e}", folder.join(lazy::CONF).display()))?;
+                .map_err(|source| TargetError::WriteConf { path: folder.join(lazy::CONF), source })?;
         } else if self.lazy {
             self.notes.push("restored eagerly: its spec.dump names a CRIU options file of its own (org.criu.config), or could not be read".into());
         }
@@ -412,7 +408,7 @@ impl Target<'_> {
             peer: &self.begin.source,
             migration: self.begin.id,
         };
-        crate::netid::run_hook(&self.agent.cfg.network, &ctx).await?;
+        crate::netid::run_hook(&self.agent.cfg.network, &ctx).await.map_err(TargetError::Hook)?;
         self.restored = true;
         let restored = engine.restore_import(&staged.path, opts).await;
         if staged.annotated {
@@ -421,7 +417,7 @@ impl Target<'_> {
         }
         if let Err(e) = restored {
             if daemon.take().is_none() {
-                return Err(format!("{e}{}", self.keep_criu_log(&folder)));
+                return Err(TargetError::Restore { source: e, kept_log: self.keep_criu_log(&folder) });
             }
             // Once more, eagerly, from the images still in place: Podman
             // made the container before CRIU failed.
@@ -431,8 +427,8 @@ impl Target<'_> {
                 Ok(Some(c)) if c.id == self.begin.container.id => engine
                     .restore_local(&name, opts)
                     .await
-                    .map_err(|e2| format!("{e2} (after a lazy restore that failed: {e}){}", self.keep_criu_log(&folder)))?,
-                _ => return Err(format!("{e}{}", self.keep_criu_log(&folder))),
+                    .map_err(|e2| TargetError::EagerRestore { source: e2, lazy: e, kept_log: self.keep_criu_log(&folder) })?,
+                _ => return Err(TargetError::Restore { source: e, kept_log: self.keep_criu_log(&folder) }),
             }
         }
         let at = Instant::now();
@@ -447,7 +443,7 @@ impl Target<'_> {
         let container = self.confirm(&name).await?;
         let filled = match daemon {
             Some(d) => {
-                d.finish(&folder, fill_limit(self.begin.container.memory_bytes)).await?;
+                d.finish(&folder, fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
                 Some(at.elapsed())
             }
             None => None,
@@ -495,27 +491,27 @@ impl Target<'_> {
     }
 
     /// The container runs now, and [`CONFIRM_MS`] later.
-    async fn confirm(&self, name: &str) -> Result<ContainerInfo, String> {
+    async fn confirm(&self, name: &str) -> Result<ContainerInfo, TargetError> {
         let mut seen = None;
         for wait in [0u64, CONFIRM_MS] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            match self.agent.engine.inspect(name).await.map_err(|e| e.to_string())? {
+            match self.agent.engine.inspect(name).await? {
                 Some(c) if c.is_running() => seen = Some(c),
-                Some(c) => return Err(format!("the restored container is {}, not running", c.state)),
-                None => return Err("the restored container is not there".into()),
+                Some(c) => return Err(TargetError::NotRunning(c.state)),
+                None => return Err(TargetError::Vanished),
             }
         }
-        seen.ok_or_else(|| "the restored container was never seen running".into())
+        seen.ok_or(TargetError::NeverSeenRunning)
     }
 
     /// Gives the image the name the container was created from: `restore
     /// --import` looks it up by name, and a loaded archive may carry none.
-    async fn name_image(&self) -> Result<(), String> {
+    async fn name_image(&self) -> Result<(), TargetError> {
         let c = &self.begin.container;
         if c.image.is_empty() || c.image.contains("<none>") {
             return Ok(());
         }
-        self.agent.engine.image_tag(&c.image_id, &c.image).await.map_err(|e| format!("naming the image {} here: {e}", c.image))
+        self.agent.engine.image_tag(&c.image_id, &c.image).await.map_err(|source| TargetError::NameImage { image: c.image.clone(), source })
     }
 
     /// Removes the container this migration restored here, if any, and
@@ -586,15 +582,15 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                 receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
                     .await
                     .map(|r| Staged { path, digest: r.digest, annotated: false })
-                    .map_err(|e| e.to_string())
+                    .map_err(TargetError::from)
             }
-            DataKind::Checkpoint => receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string()),
+            DataKind::Checkpoint => receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(TargetError::from),
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
                 let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
                 transfer::receive_fileset(recv, &dir, done.clone())
                     .await
                     .map(|(digest, _)| Staged { path: dir, digest, annotated: false })
-                    .map_err(|e| e.to_string())
+                    .map_err(TargetError::from)
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
@@ -603,14 +599,14 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                         base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
                         Ok(Staged { path, digest: r.digest, annotated: false })
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 }
             }
             DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => match &base_pages {
                 Some(store) => {
-                    receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults).await.map(rest).map_err(|e| e.to_string())
+                    receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults).await.map(rest).map_err(TargetError::from)
                 }
-                None => Err("the delta refers to a base that never arrived".into()),
+                None => Err(TargetError::NoBase),
             },
             other => {
                 tracing::warn!("refusing a {other:?} data stream in a {} migration", mode.as_str());
