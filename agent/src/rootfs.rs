@@ -28,7 +28,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -249,20 +249,14 @@ fn complete_member(podman: Option<&Path>, upper: &Path, spool: &Path) -> std::io
 
 /// The paths Podman's member holds, and where its last member ends.
 fn members(path: &Path) -> std::io::Result<(HashSet<PathBuf>, u64)> {
-    let mut file = File::open(path)?;
     let mut have = HashSet::new();
     let mut end = 0u64;
-    {
-        let mut archive = tar::Archive::new(&mut file);
-        for entry in archive.entries()? {
-            let entry = entry?;
-            let p = entry.path()?.into_owned();
-            let p: PathBuf = p.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
-            end = entry.raw_file_position() + entry.size().div_ceil(BLOCK as u64) * BLOCK as u64;
-            have.insert(p);
-        }
+    for entry in tar::Archive::new(File::open(path)?).entries()? {
+        let entry = entry?;
+        let p: PathBuf = entry.path()?.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        end = entry.raw_file_position() + entry.size().div_ceil(BLOCK as u64) * BLOCK as u64;
+        have.insert(p);
     }
-    file.seek(SeekFrom::Start(0))?;
     Ok((have, end))
 }
 

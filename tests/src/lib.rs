@@ -117,24 +117,20 @@ pub fn lab_guard() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// A counter container: writes 0, 1, 2, ... to /count every 50 ms. Each
-/// value is written to a side file and renamed over /count, so a reader
-/// never sees a half-written file.
+/// The counter's shell loop: writes 0, 1, 2, ... to /count every 50 ms.
+/// Each value is written to a side file and renamed over /count, so a
+/// reader never sees a half-written file.
+pub const COUNTER_LOOP: &str = "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done";
+
+/// `setup` (shell commands, each ending in `;` or `&&`), then the counter.
+pub fn counter_script(setup: &str) -> String {
+    format!("{setup} {COUNTER_LOOP}")
+}
+
+/// A counter container ([`COUNTER_LOOP`]).
 pub fn start_counter(host: &str, name: &str) -> Result<()> {
     let _ = run(&mut podman(host, &["rm", "-f", "-t", "0", name]));
-    ok(&mut podman(
-        host,
-        &[
-            "run",
-            "-d",
-            "--name",
-            name,
-            IMAGE,
-            "sh",
-            "-c",
-            "i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
-        ],
-    ))?;
+    ok(&mut podman(host, &["run", "-d", "--name", name, IMAGE, "sh", "-c", COUNTER_LOOP]))?;
     Ok(())
 }
 

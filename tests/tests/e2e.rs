@@ -719,8 +719,7 @@ fn scenario_files_cross_before_the_freeze() -> Result<()> {
             IMAGE,
             "sh",
             "-c",
-            "head -c 50331648 /dev/urandom > /blob1 && head -c 33554432 /dev/urandom > /blob2 && \
-             i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
+            &counter_script("head -c 50331648 /dev/urandom > /blob1 && head -c 33554432 /dev/urandom > /blob2 &&"),
         ],
     ))?;
     count_reaches("client1", name, 5)?;
@@ -769,18 +768,7 @@ fn a_volume_moves_with_its_container_and_a_clash_is_refused() {
     let volume = format!("{vol}:/data");
     ok(&mut podman(
         "client1",
-        &[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-v",
-            &volume,
-            IMAGE,
-            "sh",
-            "-c",
-            "head -c 1048576 /dev/urandom > /data/blob; i=0; while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done",
-        ],
+        &["run", "-d", "--name", name, "-v", &volume, IMAGE, "sh", "-c", &counter_script("head -c 1048576 /dev/urandom > /data/blob;")],
     ))
     .unwrap();
     count_reaches("client1", name, 5).unwrap();
@@ -995,9 +983,8 @@ fn changed_files_of_the_image_move_with_the_container() {
     remove_everywhere("e2e-seeding");
     // The container appends to the image's file, keeps it open (CRIU checks
     // its size at the restore) and counts.
-    let script = "echo v2 >> /tern-e2e-seed/f; exec 3>>/tern-e2e-seed/f; i=0; \
-                  while true; do echo $i > /count.new; mv /count.new /count; i=$((i+1)); sleep 0.05; done";
-    ok(&mut podman("client1", &["run", "-d", "--name", name, seeded, "sh", "-c", script])).unwrap();
+    let script = counter_script("echo v2 >> /tern-e2e-seed/f; exec 3>>/tern-e2e-seed/f;");
+    ok(&mut podman("client1", &["run", "-d", "--name", name, seeded, "sh", "-c", &script])).unwrap();
     count_reaches("client1", name, 5).unwrap();
     let content = |host: &str| ok(&mut podman(host, &["exec", name, "cat", "/tern-e2e-seed/f"])).unwrap();
     assert_eq!(content("client1").trim(), "v1\nv2");
