@@ -75,8 +75,7 @@ impl Session {
     }
 
     pub fn unexpected(&self, expected: &'static str, got: &impl std::fmt::Debug) -> RpcError {
-        let mut got = format!("{got:?}");
-        got.truncate(200);
+        let got = clip(format!("{got:?}"), 200);
         RpcError::Unexpected { peer: self.peer.clone(), expected, got }
     }
 
@@ -126,6 +125,19 @@ pub fn answer_hello(hello: &Hello, cert_name: Option<&str>, my_name: &str) -> He
     }
 }
 
+/// `text` cut to at most `max` bytes at a character boundary: text from a
+/// peer may put a multi-byte character anywhere.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +153,15 @@ mod tests {
             HelloReply::Refused { reason } => assert!(reason.contains("no common protocol version")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn clipping_peer_text_never_splits_a_character() {
+        let text = "é".repeat(150); // 300 bytes, every second byte inside a character
+        for max in [0, 1, 199, 200, 201] {
+            let c = clip(text.clone(), max);
+            assert!(c.len() <= max && c.chars().all(|ch| ch == 'é'), "{max}: {}", c.len());
+        }
+        assert_eq!(clip("short".into(), 200), "short");
     }
 }
