@@ -24,6 +24,9 @@ pub struct Agent {
     /// The rate last measured to each peer (bytes/s), by a probe or a
     /// migration: `--compress auto` decides with it.
     links: Mutex<std::collections::HashMap<String, f64>>,
+    /// Wakes recovery (`recovery.rs`): a migration left its journal entry
+    /// for it to settle.
+    pub recovery: tokio::sync::Notify,
 }
 
 /// How long gathered facts are served before they are read again.
@@ -43,7 +46,15 @@ impl Drop for BusyGuard<'_> {
 
 impl Agent {
     pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
-        Agent { cfg, engine, endpoint, busy: Mutex::new(HashSet::new()), facts: Default::default(), links: Default::default() }
+        Agent {
+            cfg,
+            engine,
+            endpoint,
+            busy: Mutex::new(HashSet::new()),
+            facts: Default::default(),
+            links: Default::default(),
+            recovery: Default::default(),
+        }
     }
 
     /// The rate last measured to `peer`, in bytes per second.

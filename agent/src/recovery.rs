@@ -1,32 +1,39 @@
-//! When the source agent itself dies mid-migration.
+//! Migrations whose switchover this agent, as their source, did not see to
+//! its end.
 //!
 //! Right before the freeze the source writes a journal entry,
-//! `<state_dir>/journal/<id>.json`, and removes it once the migration has
-//! ended either way (the container runs on the target and the copy here is
-//! removed, or it runs here again). An entry found when the agent starts
-//! means it died in between, with the container checkpointed here. Only the
-//! target knows which side of the switchover that was, so the agent asks it
-//! ([`Request::Whereabouts`]) and acts on the answer:
+//! `<state_dir>/journal/<id>.json`; once the target restored, it records
+//! the commit in it before telling the target. The entry goes once the
+//! migration has ended on both sides. One is left when:
 //!
-//! | the target says | meaning                                     | here                      |
-//! |-----------------|---------------------------------------------|---------------------------|
-//! | `Busy`          | it has not noticed yet (QUIC idle timeout)  | ask again in a few seconds |
-//! | `Absent`        | it never restored, or dropped what it staged | restore the container     |
-//! | `Running`       | it restored and keeps the container         | remove the stopped copy   |
-//! | `Stopped`       | restored there, then stopped                | keep both, log for a human |
-//! | unreachable     | cannot tell: restoring could make two copies | keep asking               |
+//! * the agent died in between (found at start), with the container
+//!   checkpointed here;
+//! * the target could not be reached after `CheckpointSent` (the migration
+//!   ended undecided, the container checkpointed here), or did not confirm
+//!   the commit.
 //!
-//! The target keeps a restored container whatever happens to the
-//! connection after it answered `Restored`, and removes anything else when
-//! the source vanishes (`target.rs`), so its answer, once it is not busy,
-//! is final.
+//! Recovery, a task for the agent's whole life, settles each entry with the
+//! target ([`Request::Resolve`]): it tells the verdict the entry holds
+//! (commit if recorded, otherwise abort) and acts on where the target says
+//! the container runs:
+//!
+//! | the target says | meaning                                              | here                       |
+//! |-----------------|------------------------------------------------------|----------------------------|
+//! | `Busy`          | its side of the migration is still under way         | ask again in a few seconds |
+//! | `Absent`        | it never restored, or removed its tentative copy     | restore the container      |
+//! | `Kept`          | it runs there (committed now, or already)            | remove the stopped copy    |
+//! | unreachable     | cannot tell: restoring could make two copies         | keep asking                |
+//!
+//! The target keeps a copy it restored, tentative, until it hears the
+//! verdict, and removes it on `Abort` only while it is tentative, so the
+//! answer is final.
 
 use crate::context::Agent;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tern_proto::{Peer, Request, Response, Whereabouts};
+use tern_proto::{MigrationId, Peer, Request, Resolution, ResolveRequest, Response, Verdict};
 use tern_transport::rpc::Session;
 
 /// How often unresolved entries are tried again.
@@ -46,10 +53,31 @@ pub struct Entry {
     /// The tmpfs holding the checkpoint (ramdir.rs), unmounted once resolved.
     #[serde(default)]
     pub ram: Option<PathBuf>,
+    /// The target restored and the source decided to commit: never roll
+    /// back.
+    #[serde(default)]
+    pub commit: bool,
+}
+
+impl Entry {
+    pub fn verdict(&self) -> Verdict {
+        if self.commit {
+            Verdict::Commit
+        } else {
+            Verdict::Abort
+        }
+    }
 }
 
 fn dir(agent: &Agent) -> PathBuf {
     agent.cfg.state_dir.join("journal")
+}
+
+/// Records in the entry at `path` that the migration commits, durably.
+pub fn record_commit(agent: &Agent, path: &Path) -> std::io::Result<()> {
+    let mut entry: Entry = serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)?;
+    entry.commit = true;
+    record(agent, &entry).map(|_| ())
 }
 
 /// Writes `entry` durably (a rename over a synced file).
@@ -89,26 +117,30 @@ fn entries(agent: &Agent) -> Vec<(PathBuf, Entry)> {
     out
 }
 
-/// Resolves every journal entry, retrying until none is left. Run at start-up.
+/// Settles every journal entry, retrying until none is left, then waits
+/// for the next one (`Agent::recovery`). Runs for the agent's whole life,
+/// started with it.
 pub async fn recover(agent: Arc<Agent>) {
     loop {
         let pending = entries(&agent);
-        if pending.is_empty() {
-            return;
-        }
-        for (path, e) in pending {
-            match resolve(&agent, &e).await {
+        for (path, e) in &pending {
+            match resolve(&agent, e).await {
                 Ok(Some(settled)) => {
                     if settled == Settled::Done {
-                        release(&e);
+                        release(e);
                     }
-                    forget(&path);
+                    forget(path);
                 }
                 Ok(None) => {}
                 Err(err) => tracing::error!(id = e.id, container = %e.container, "recovery: {err:#}; trying again"),
             }
         }
-        tokio::time::sleep(RETRY).await;
+        if pending.is_empty() {
+            agent.recovery.notified().await;
+        } else {
+            // A new entry wakes it early; otherwise try again shortly.
+            let _ = tokio::time::timeout(RETRY, agent.recovery.notified()).await;
+        }
     }
 }
 
@@ -137,76 +169,84 @@ fn release(e: &Entry) {
 async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
     let Some(_guard) = agent.claim(&e.container) else { return Ok(None) };
     let name = &e.container;
-    match agent.engine.inspect(name).await? {
-        None => {
-            tracing::info!(id = e.id, %name, "recovery: no longer here, the migration had completed");
-            return Ok(Some(Settled::Done));
-        }
+    // The stopped copy this migration left here, if it is still here.
+    let here = match agent.engine.inspect(name).await? {
         Some(c) if c.id != e.container_id => {
-            tracing::warn!(id = e.id, %name, "recovery: a different container has that name now; nothing to do");
-            return Ok(Some(Settled::Done));
+            tracing::warn!(id = e.id, %name, "recovery: a different container has that name now");
+            None
         }
-        Some(c) if c.is_running() => return Ok(Some(Settled::Done)),
-        Some(_) => {}
+        other => other,
+    };
+    if !e.commit {
+        match &here {
+            // Without a recorded commit the copy here is never removed:
+            // gone, someone removed it; running, it was brought back.
+            None => {
+                tracing::info!(id = e.id, %name, "recovery: no longer here; nothing to settle");
+                return Ok(Some(Settled::Done));
+            }
+            Some(c) if c.is_running() => return Ok(Some(Settled::Done)),
+            Some(_) => {}
+        }
     }
-    let answer = match ask(agent, e).await {
+    let answer = match settle(agent, e.id, &e.container, &e.container_id, &e.target, e.verdict()).await {
         Ok(a) => a,
         Err(err) => {
             tracing::warn!(
                 id = e.id, %name, target = %e.target.name,
-                "recovery: cannot ask {} ({err:#}); {name} stays checkpointed here until it answers (restoring now could make two copies)",
+                "recovery: cannot settle the migration with {} ({err:#}); {name} stays checkpointed here until it answers (restoring now could make two copies)",
                 e.target.name
             );
             return Ok(None);
         }
     };
     match answer {
-        Whereabouts::Busy => Ok(None),
-        Whereabouts::Absent => {
+        Resolution::Busy => Ok(None),
+        Resolution::Absent if e.commit || here.is_none() => {
+            let left = if here.is_some() {
+                format!("the checkpoint here is kept: restore it by hand (`podman container restore --keep {name}`) once you know it runs nowhere")
+            } else {
+                "no copy is left here either: it runs nowhere".to_string()
+            };
+            tracing::error!(id = e.id, %name, commit = e.commit, "recovery: {} has no {name}; {left}", e.target.name);
+            Ok(Some(Settled::KeepForHand))
+        }
+        Resolution::Absent => {
             crate::rollback::restore_here(agent, name, e.tcp_established).await?;
             for problem in crate::rollback::reclaim_address(agent, name, &e.target.name, e.id).await {
                 tracing::warn!(id = e.id, %name, "recovery: {problem}");
             }
-            tracing::warn!(id = e.id, %name, "recovery: the agent had died before the switchover; {name} runs here again");
+            tracing::warn!(id = e.id, %name, "recovery: the switchover had not happened; {name} runs here again");
             Ok(Some(Settled::Done))
         }
-        Whereabouts::Running => {
+        Resolution::Kept => {
             // The RAM folder first: Podman cannot remove a folder with a mount in it.
             release(e);
-            agent.engine.remove(name, false).await?;
+            if here.is_some() {
+                agent.engine.remove(name, false).await?;
+            }
             tracing::warn!(id = e.id, %name, target = %e.target.name, "recovery: the switchover had happened; {name} runs on {}, the stopped copy here is removed", e.target.name);
             Ok(Some(Settled::Done))
         }
-        Whereabouts::Stopped { state } => {
-            tracing::error!(
-                id = e.id, %name,
-                "recovery: {name} was restored on {} and is {state} there; both copies are kept, decide by hand (`podman container restore --keep {name}` here)",
-                e.target.name
-            );
-            Ok(Some(Settled::KeepForHand))
-        }
-        Whereabouts::Invalid => anyhow::bail!("{} answered an invalid whereabouts", e.target.name),
+        Resolution::Invalid => anyhow::bail!("{} answered an invalid resolution", e.target.name),
     }
 }
 
-async fn ask(agent: &Agent, e: &Entry) -> anyhow::Result<Whereabouts> {
-    let addr = e.target.address.parse()?;
-    let session = Session::connect(&agent.endpoint, addr, &e.target.name, &agent.cfg.name).await?;
-    let req = Request::Whereabouts { container: e.container.clone(), container_id: e.container_id.clone() };
+/// Tells the target of migration `id` the source's verdict, on a
+/// connection of its own; returns where the container runs.
+pub async fn settle(
+    agent: &Agent,
+    id: MigrationId,
+    container: &str,
+    container_id: &str,
+    target: &Peer,
+    verdict: Verdict,
+) -> anyhow::Result<Resolution> {
+    let addr = target.address.parse()?;
+    let session = Session::connect(&agent.endpoint, addr, &target.name, &agent.cfg.name).await?;
+    let req = Request::Resolve(ResolveRequest { id, container: container.to_string(), container_id: container_id.to_string(), verdict });
     match session.request(&req).await? {
-        Response::Whereabouts(w) => Ok(w),
-        other => Err(session.unexpected("Whereabouts", &other).into()),
+        Response::Resolved(r) => Ok(r),
+        other => Err(session.unexpected("Resolved", &other).into()),
     }
-}
-
-/// The target's answer about `name`.
-pub async fn whereabouts(agent: &Agent, name: &str, id: &str) -> anyhow::Result<Whereabouts> {
-    if agent.is_busy(name) {
-        return Ok(Whereabouts::Busy);
-    }
-    Ok(match agent.engine.inspect(name).await? {
-        Some(c) if c.id == id && c.is_running() => Whereabouts::Running,
-        Some(c) if c.id == id => Whereabouts::Stopped { state: c.state },
-        _ => Whereabouts::Absent,
-    })
 }

@@ -105,9 +105,7 @@ impl Agent {
             Request::Facts => self.facts().await.map(Response::Facts),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
-            Request::Whereabouts { container, container_id } => {
-                crate::recovery::whereabouts(&self, &container, &container_id).await.map(Response::Whereabouts)
-            }
+            Request::Resolve(r) => target::resolve(&self, peer, r).await.map(Response::Resolved).map_err(Into::into),
             Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),
         };
         let response = response.unwrap_or_else(|e| Response::Error(tern_proto::RemoteError { message: format!("{e:#}") }));

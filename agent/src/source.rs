@@ -44,6 +44,11 @@ const FAST_LINK: f64 = 250e6;
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long to wait for the target to confirm an Abort or a Commit.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the source keeps trying to reach a target it lost after
+/// telling it the checkpoint was complete, before it leaves the migration
+/// undecided (the container checkpointed here) for recovery: two idle
+/// timeouts, time for a restarted agent to come back.
+const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 
 /// A failure, in the phase it happened.
 struct Fail {
@@ -109,6 +114,8 @@ struct Run<'a> {
     checkpoint_in_ram: bool,
     /// The container as the connect saw it.
     container: Option<ContainerInfo>,
+    /// The journal entry, once written.
+    journal_path: Option<PathBuf>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -142,6 +149,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         restore_info: None,
         checkpoint_in_ram: false,
         container: None,
+        journal_path: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
     let outcome = run.execute().await;
@@ -283,25 +291,34 @@ impl Run<'_> {
             Command::NoteBase => self.note_base(),
             Command::LinkPreCheckpoint { dir, rounds } => event(self.link_pre_checkpoint(&dir.join(rounds.to_string())).await, Event::PreLinked),
             Command::CheckConnections => done(self.connections_survive().await),
-            Command::Journal { leftovers, ram } => event(self.journal(leftovers, ram), Event::Journaled),
+            Command::Journal { leftovers, ram } => event(self.journal(leftovers, ram), |path| {
+                self.journal_path = Some(path.clone());
+                Event::Journaled(path)
+            }),
             Command::Dump { kind, with_previous, in_ram } => event(self.dump(kind, with_previous, in_ram).await, Event::Shipped),
             Command::Switched(r) => self.switched(r),
             Command::RemoveSourceCopy => {
                 self.remove_source_copy().await;
                 Some(Event::Done)
             }
+            Command::RecordCommit => done(self.record_commit()),
             Command::WarnUncommitted(acked) => {
-                let w = format!("{} did not confirm the commit ({acked:?}); the container runs there regardless", self.target());
+                let w = match acked {
+                    None => {
+                        format!("{} did not confirm the commit; the container runs there, and this agent tells it again until it does", self.target())
+                    }
+                    Some(m) => format!(
+                        "{} answered {m:?} to the commit; the container runs there, and this agent tells it again until it confirms",
+                        self.target()
+                    ),
+                };
                 self.warnings.push(w);
                 None
             }
-            Command::WarnTwoCopies => {
-                let w = format!(
-                    "{} did not confirm the abort; if it restored {} before failing, two copies may run: check with `podman ps` there",
-                    self.target(),
-                    self.req.container
-                );
-                self.warnings.push(w);
+            Command::Resolve => Some(self.resolve().await),
+            Command::RecoverLater(path) => {
+                tracing::warn!(id = self.req.id, journal = %path.display(), "left for recovery to settle with {}", self.target());
+                self.agent.recovery.notify_one();
                 None
             }
             Command::NameLostConnection(f) => Some(Event::Described(self.name_lost_connection(f))),
@@ -338,6 +355,15 @@ impl Run<'_> {
             End::Completed => Outcome::Completed,
             End::Refused(failure) => Outcome::Refused { failure },
             End::RolledBack(failure) => Outcome::RolledBack { failure },
+            End::Undecided { failure, error } => Outcome::Failed {
+                failure,
+                rollback_error: format!(
+                    "{target} could not be reached to settle whether it restored {name} ({error}). So that it never runs twice, {name} stays checkpointed on {here} and is not restored here; a copy {target} restored runs there alone. The two agents settle it by themselves once they reach each other ({here}'s agent keeps trying); `tern ps` then shows where {name} runs",
+                    target = self.req.target.name,
+                    name = self.req.container,
+                    here = self.agent.cfg.name,
+                ),
+            },
             End::Failed { failure, error, ram } => Outcome::Failed {
                 failure,
                 rollback_error: format!(
@@ -526,6 +552,7 @@ impl Run<'_> {
             tcp_established: self.req.options.tcp_established,
             leftovers,
             ram,
+            commit: false,
         };
         crate::recovery::record(self.agent, &entry)
             .map_err(|e| Fail::new(Phase::Checkpoint, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))
@@ -617,8 +644,43 @@ impl Run<'_> {
         self.warnings.extend(r.notes.iter().map(|n| format!("on {}: {n}", self.req.target.name)));
         tracing::info!(container = %r.container.name, "restored on the target: switchover");
         self.restore_info = Some(r);
-        self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
         None
+    }
+
+    /// Records the commit in the journal entry, before the target hears it.
+    fn record_commit(&mut self) -> Result<(), Fail> {
+        let p = Phase::Restore;
+        let path = self.journal_path.clone().ok_or_else(|| Fail::new(p, "tern bug: no journal entry to record the commit in"))?;
+        crate::recovery::record_commit(self.agent, &path)
+            .map_err(|e| Fail::new(p, format!("recording the commit in {}: {e}; the target is told to drop its copy", path.display())))?;
+        self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
+        Ok(())
+    }
+
+    /// Settles the switchover with the target on a connection of its own,
+    /// after the conversation died once it could restore: abort, unless it
+    /// already holds the container for good. Tries for [`SETTLE_WINDOW`]
+    /// while it cannot be reached, and for as long as the target says its
+    /// side is busy (a restore still running).
+    async fn resolve(&mut self) -> Event {
+        let info = match self.info() {
+            Ok(i) => i,
+            Err(f) => return Event::Failed(f.failure()),
+        };
+        let started = Instant::now();
+        let mut last;
+        self.progress(Phase::Rollback, 0, &format!("settling with {} whether it restored the container", self.target()));
+        loop {
+            match crate::recovery::settle(self.agent, self.req.id, &info.name, &info.id, &self.req.target, Verdict::Abort).await {
+                Ok(Resolution::Busy) if started.elapsed() < RESTORE_TIMEOUT => last = format!("{} is still busy with it", self.target()),
+                Ok(r) => return Event::Resolved(r),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if started.elapsed() >= tern_transport::timeouts::scaled(SETTLE_WINDOW) {
+                return Event::Failed(Failure { phase: Phase::Restore, message: last });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The last look before the freeze: a connection opened since the

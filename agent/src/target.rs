@@ -22,8 +22,10 @@
 //!
 //! Anything restored or staged here is removed on `Abort`, on a failure
 //! before `Restored`, or when the source vanishes before the switchover.
-//! After `Restored` the container is the user's only running copy and is
-//! kept whatever happens to the connection.
+//! A restored container is tentative until `Commit` (the marker of
+//! [`inplace`]): should the source vanish first, it is kept, and the
+//! source settles it with a `Resolve` request ([`resolve`]), the only way
+//! it is removed once the conversation is over.
 
 pub mod archive;
 pub mod error;
@@ -71,7 +73,7 @@ pub async fn receive(
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
     let staging = agent.cfg.state_dir.join(format!("incoming-{}", begin.id));
-    let mut t = Target { agent, begin, staging, restored: false, bundle: None, lazy: false, notes: Vec::new(), hold: None };
+    let mut t = Target { agent, begin, staging, restored: false, bundle: None, tentative: None, lazy: false, notes: Vec::new(), hold: None };
     let result = t.run(conn, &mut send, &mut recv).await;
     t.release_hold().await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
@@ -144,6 +146,8 @@ struct Target<'a> {
     restored: bool,
     /// The container's folder, made by this migration until Podman owns it.
     bundle: Option<Bundle>,
+    /// Once restored: the folder's marker, removed at the commit.
+    tentative: Option<inplace::Tentative>,
     /// Restore lazily: the source asked, and this host can.
     lazy: bool,
     /// What the source should tell the user about this side.
@@ -185,6 +189,10 @@ impl Target<'_> {
             Ok(b) => b,
             Err(e) => return refuse(send, e).await,
         };
+        if let Err(e) = bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone() }) {
+            bundle.remove();
+            return refuse(send, format!("cannot write the folder's marker: {e}")).await;
+        }
         tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
         self.notes.extend(bundle.on_disk_because.iter().map(|why| format!("the images were held on disk: {why}")));
         if self.begin.lazy_restore {
@@ -246,25 +254,37 @@ impl Target<'_> {
                 Action::Restore { digest, rounds } => self.restore(&inbox, digest, rounds).await,
                 Action::Commit => {
                     tracing::info!(id = self.begin.id, "committed");
-                    write_frame(send, &TargetMsg::Committed).await?;
-                    break Ok(());
+                    if let Some(t) = self.tentative.take() {
+                        if let Err(e) = t.commit() {
+                            tracing::warn!("removing the marker in {}: {e}", t.root.display());
+                        }
+                    }
+                    break write_frame(send, &TargetMsg::Committed).await.map_err(Into::into);
                 }
                 Action::Abort(reason) => {
                     tracing::warn!(id = self.begin.id, "the source aborted: {reason}");
                     self.undo().await;
-                    write_frame(send, &TargetMsg::Aborted).await?;
-                    break Ok(());
+                    break write_frame(send, &TargetMsg::Aborted).await.map_err(Into::into);
                 }
             };
-            write_frame(send, &reply).await?;
+            // A reply that cannot be sent ends the conversation like a lost
+            // source: never past what must be undone.
+            if let Err(e) = write_frame(send, &reply).await {
+                break Err(anyhow::anyhow!("answering the source in state {state:?}: {e}"));
+            }
         };
         receiver.abort();
         if let Err(e) = &outcome {
-            if state == TargetState::Restored && self.restored {
-                tracing::warn!("{e:#}; the restored container is kept: it is the running copy");
-            } else {
-                tracing::warn!("{e:#}; removing what this migration left here");
-                self.undo().await;
+            match tern_proto::state::when_source_lost(state, self.restored) {
+                tern_proto::state::SourceLost::KeepTentative => tracing::warn!(
+                    id = self.begin.id,
+                    "{e:#}; the restored container is kept, tentative, until {} settles the migration",
+                    self.begin.source
+                ),
+                tern_proto::state::SourceLost::Undo => {
+                    tracing::warn!("{e:#}; removing what this migration left here");
+                    self.undo().await;
+                }
             }
         }
         outcome
@@ -312,9 +332,11 @@ impl Target<'_> {
             Ok(run) => {
                 let restore_ms = (run.at - t1).as_millis() as u64;
                 let images_in_ram = self.bundle.as_ref().is_some_and(|b| b.in_ram);
-                // Podman owns the folder now; the images can go.
+                // Podman owns the folder now; the images can go. The marker
+                // stays until the commit.
                 if let Some(b) = self.bundle.take() {
                     b.after_restore();
+                    self.tentative = Some(b.tentative());
                 }
                 let confirm_ms = run.at.elapsed().as_millis() as u64;
                 let memory_fill_ms = run.filled.map(|d| d.as_millis() as u64);
@@ -539,7 +561,55 @@ impl Target<'_> {
         if let Some(b) = self.bundle.take() {
             b.remove();
         }
+        if let Some(t) = self.tentative.take() {
+            t.remove();
+        }
     }
+}
+
+/// Carries out the source's verdict on a migration whose conversation
+/// ended before `Commit` or `Abort` (module docs). Only the source the
+/// marker names may settle it.
+pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<Resolution, TargetError> {
+    let name = &req.container;
+    // A conversation still under way for it ends first (its restore may be
+    // running): the source asks again.
+    let Some(_guard) = agent.claim(name) else { return Ok(Resolution::Busy) };
+    let engine = agent.engine.as_ref();
+    let tentative = inplace::tentative(engine, &req.container_id).await?;
+    if let Some(m) = tentative.as_ref().and_then(|t| t.marker.as_ref()) {
+        if m.id != req.id || m.source != peer {
+            return Err(TargetError::NotYours { peer: peer.to_string(), id: req.id });
+        }
+    }
+    let here = engine.inspect(name).await?.filter(|c| c.id == req.container_id);
+    let resolution = match (here, tentative, req.verdict) {
+        (Some(_), None, _) => {
+            // Committed already, or never a migration's: no verdict removes it.
+            Resolution::Kept
+        }
+        (Some(_), Some(t), Verdict::Commit) => {
+            t.commit().map_err(|source| TargetError::Marker { path: t.root.clone(), source })?;
+            tracing::info!(id = req.id, %name, source = %peer, "committed by the source's verdict");
+            Resolution::Kept
+        }
+        (Some(c), Some(t), Verdict::Abort) => {
+            tracing::warn!(id = req.id, %name, source = %peer, "the source never heard it was restored here: removing the tentative copy");
+            // Its sockets must not reset the peers of the copy that runs on at the source.
+            crate::netid::silence(c.pid).await;
+            engine.remove(name, true).await?;
+            t.remove();
+            Resolution::Absent
+        }
+        (None, t, _) => {
+            if let Some(t) = t {
+                t.remove();
+            }
+            Resolution::Absent
+        }
+        (_, _, Verdict::Invalid) => return Err(TargetError::InvalidVerdict),
+    };
+    Ok(resolution)
 }
 
 /// Where a migration's data streams go.

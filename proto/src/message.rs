@@ -68,28 +68,46 @@ pub enum Request {
     Sink {
         bytes: u64,
     },
-    /// Where is this container now (agent to agent)? A restarted source
-    /// agent asks the target of a migration it did not see to its end;
-    /// answer with [`Response::Whereabouts`].
-    Whereabouts {
-        container: String,
-        container_id: String,
-    },
+    /// Settle a migration whose switchover the source could not see to
+    /// its end (agent to agent, source to target: the source lost the
+    /// target after telling it the checkpoint was complete, or its agent
+    /// died and a successor found the journal entry). The source decides;
+    /// the target carries the decision out and says where the container
+    /// runs: [`Response::Resolved`].
+    Resolve(ResolveRequest),
 }
 
-/// What a target answers about a container a dead source was migrating.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Whereabouts {
+pub struct ResolveRequest {
+    pub id: MigrationId,
+    pub container: String,
+    pub container_id: String,
+    pub verdict: Verdict,
+}
+
+/// The source's decision about a migration's switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
     Invalid,
-    /// A migration of it is still under way here: ask again later.
+    /// The source recorded the commit: the target's copy is the container.
+    Commit,
+    /// The source never heard `Restored`: the target removes any copy it
+    /// made, and the container comes back on the source.
+    Abort,
+}
+
+/// Where the container runs after the target carried out a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    Invalid,
+    /// A migration of it is still under way here (a restore may still be
+    /// running): ask again shortly.
     Busy,
-    /// It runs here (the same container ID): the switchover happened.
-    Running,
-    /// It is here but not running (this state).
-    Stopped {
-        state: String,
-    },
-    /// Not here (never restored, or removed when the source vanished).
+    /// It runs here: the switchover happened (a commit, or a copy this
+    /// target had already committed).
+    Kept,
+    /// Nothing of it is here, and nothing will be: it never was restored,
+    /// or the copy was removed by this verdict.
     Absent,
 }
 
@@ -136,7 +154,7 @@ pub enum Response {
         bytes: u64,
         ms: u64,
     },
-    Whereabouts(Whereabouts),
+    Resolved(Resolution),
     Error(RemoteError),
 }
 
@@ -427,7 +445,9 @@ pub enum SourceMsg {
     /// The checkpoint archive was sent on a data stream; here is its digest.
     /// Verify, restore, confirm.
     CheckpointSent(Digest),
-    /// The source removed its copy: forget the rollback state.
+    /// The source recorded the switchover: the copy restored here is the
+    /// container now (until then it is tentative: `Resolve` may still
+    /// remove it).
     Commit,
     /// Give up: remove anything restored or staged for this migration.
     Abort {

@@ -16,26 +16,37 @@
 //!                          cancel check ─▶ journal ─▶ dump ║ stream ─▶ CheckpointSent ─▶ Restored
 //!                            │ failure (from the cancel check on): Abort the target,     │ switchover
 //!                            └──────────────────────▶ restore here: RolledBack or Failed  ▼
-//!                                                                  remove the source copy, Commit: Completed
+//!                                           record the commit, Commit, remove the source copy: Completed
 //! ```
 //!
-//! Exactly one copy runs at any time: the source copy is removed only after
-//! the target said `Restored`, and after that nothing rolls back (nothing
-//! there can fail but with a warning). Before it, every failure rolls back
-//! to the source, and the target is told to drop what it staged or
-//! restored. One case cannot be decided here: the source lost the target
-//! (no `Aborted`) while it restored. The target keeps a container it
-//! restored when the connection dies (a lost `Restored`, or its agent died
-//! and its successor removes the copy it never confirmed): the source
-//! restores anyway, as the end-to-end tests demand, and says so with
-//! [`Command::WarnTwoCopies`].
+//! ## The switchover
+//!
+//! The source decides; the target's copy is tentative until it hears the
+//! decision. Exactly one copy runs at any time because:
+//!
+//! * the source removes its copy only after `Restored`, and first records
+//!   the commit in its journal, so that the decision survives its agent;
+//! * the source runs its copy again only once the target said that no copy
+//!   is there and none will be: `Aborted` on the conversation, or
+//!   `Resolution::Absent` to a [`Command::Resolve`] on a connection of its
+//!   own, made when the conversation died after `CheckpointSent` (the
+//!   target may have restored: it keeps a restored copy, marked tentative,
+//!   when its source vanishes);
+//! * when neither answer comes, nothing is decided: the container stays
+//!   checkpointed here ([`End::Undecided`]), the journal entry stays, and
+//!   the agent's recovery keeps asking the target until it answers. The
+//!   copy the target may run is then the only one.
+//!
+//! Before `CheckpointSent` the target cannot restore, so a failure there
+//! rolls back at once; an unconfirmed commit is settled the same way, by
+//! recovery, with the verdict the journal holds.
 //!
 //! What must be undone is read from the state ([`Made`]), never from
 //! elsewhere: it lists what this migration made (the target's staging, the
 //! checkpoint folder in RAM, the rounds, the link to them, the journal
 //! entry) and whether the container was frozen.
 
-use crate::message::{DataKind, Digest, Failure, Phase, RestoreInfo, SourceMsg, TargetMsg};
+use crate::message::{DataKind, Digest, Failure, Phase, Resolution, RestoreInfo, SourceMsg, TargetMsg};
 use crate::mode::Mode;
 use std::path::PathBuf;
 
@@ -148,6 +159,13 @@ pub enum End {
         error: String,
         ram: Option<PathBuf>,
     },
+    /// The target could not be reached after `CheckpointSent` (`error`
+    /// says how it failed): the container stays checkpointed here, the
+    /// journal entry stays, and recovery settles it with the target.
+    Undecided {
+        failure: Failure,
+        error: String,
+    },
 }
 
 /// What the agent must do. Those marked "→" report that event (or
@@ -227,13 +245,17 @@ pub enum Command {
     },
     /// The switchover: account what the target said.
     Switched(RestoreInfo),
+    /// Record in the journal entry that the migration commits. → `Done`.
+    RecordCommit,
     /// Remove the stopped source copy and its moved volumes, run the hook. → `Done`.
     RemoveSourceCopy,
-    /// The target did not confirm the commit (what it said, if anything).
+    /// The target did not confirm the commit (what it said, if anything):
+    /// recovery tells it again.
     WarnUncommitted(Option<TargetMsg>),
-    /// The target did not confirm the abort while it restored: a copy may
-    /// run there as well.
-    WarnTwoCopies,
+    /// Settle with the target on a connection of its own, telling it
+    /// `Verdict::Abort`, for as long as it may take to reach it. →
+    /// `Resolved` or `Failed` (it could not be reached).
+    Resolve,
     /// Add to `failure` that the connection was lost, if it was. → `Described`.
     NameLostConnection(Failure),
     /// Bring the container back here (traffic held meanwhile). →
@@ -247,6 +269,9 @@ pub enum Command {
     RemoveRounds(PathBuf),
     RemoveWorkDir,
     ForgetJournal(PathBuf),
+    /// Leave the journal entry for the agent's recovery, which settles
+    /// the migration with the target (`Resolve`) once it can reach it.
+    RecoverLater(PathBuf),
     /// The last command: report.
     Finish(End),
 }
@@ -277,6 +302,8 @@ pub enum Event {
     Journaled(PathBuf),
     /// The failure, worded with the lost connection.
     Described(Failure),
+    /// The target carried out the verdict: where the container runs.
+    Resolved(Resolution),
     /// The container runs here again.
     RestoredHere,
     RestoreFailed(String),
@@ -299,6 +326,10 @@ pub struct Made {
     pub journal: Option<PathBuf>,
     /// The dump began: the container may be frozen or checkpointed.
     pub frozen: bool,
+    /// `CheckpointSent` was (perhaps) told: the target may restore.
+    pub restore_told: bool,
+    /// The journal records the commit: nothing rolls back any more.
+    pub commit_recorded: bool,
 }
 
 /// Where the migration stands: what the machine waits for.
@@ -345,13 +376,20 @@ pub enum Stage {
     },
     Checkpointing,
     AwaitingRestore,
+    /// The target restored: the decision is being recorded.
+    RecordingCommit,
     /// After the switchover: the migration ends on the target.
-    RemovingSource,
     AwaitingCommit,
+    RemovingSource {
+        acked: bool,
+    },
     /// Before the freeze: the target was told to abort.
     Refusing(Failure),
     /// After it: the target was told to abort; the container comes back here.
     RollingBack(Failure),
+    /// The abort was not confirmed after `CheckpointSent`: settling it on a
+    /// connection of its own.
+    Resolving(Failure),
     /// The failure is being worded with the lost connection.
     Describing(Failure),
     RestoringHere(Failure),
@@ -369,16 +407,19 @@ impl Stage {
                 Phase::PreCopy
             }
             FreezeCancelCheck { .. } | Journaling { .. } | Checkpointing => Phase::Checkpoint,
-            AwaitingRestore => Phase::Restore,
-            RemovingSource | AwaitingCommit => Phase::Cleanup,
-            Refusing(f) | RollingBack(f) | Describing(f) | RestoringHere(f) => f.phase,
+            AwaitingRestore | RecordingCommit => Phase::Restore,
+            RemovingSource { .. } | AwaitingCommit => Phase::Cleanup,
+            Refusing(f) | RollingBack(f) | Resolving(f) | Describing(f) | RestoringHere(f) => f.phase,
             Over => Phase::Rollback,
         }
     }
 
     /// Whether a failure here rolls back (the container may be frozen).
     fn rolls_back(&self) -> bool {
-        matches!(self, Stage::FreezeCancelCheck { .. } | Stage::Journaling { .. } | Stage::Checkpointing | Stage::AwaitingRestore)
+        matches!(
+            self,
+            Stage::FreezeCancelCheck { .. } | Stage::Journaling { .. } | Stage::Checkpointing | Stage::AwaitingRestore | Stage::RecordingCommit
+        )
     }
 
     /// Whether a failure here is answered with a bare refusal: the target
@@ -518,6 +559,7 @@ fn advance(plan: &Plan, stage: Stage, event: Event, made: &mut Made, target: &st
             S::Checkpointing
         }
         (S::Checkpointing, E::Shipped(d)) => {
+            made.restore_told = true;
             out.extend([
                 C::Tell { msg: SourceMsg::CheckpointSent(d), phase: Phase::Checkpoint },
                 C::Leave(Phase::Checkpoint),
@@ -526,19 +568,35 @@ fn advance(plan: &Plan, stage: Stage, event: Event, made: &mut Made, target: &st
             await_reply(out, Expect::Restored, Phase::Restore, S::AwaitingRestore)
         }
         (S::AwaitingRestore, E::Reply(TargetMsg::Restored(r))) => {
-            // The switchover: the container runs there. Nothing from here
-            // on rolls back.
-            out.extend([C::Switched(r), C::Enter(Phase::Cleanup, "removing the source copy")]);
-            // A mount inside the container's folder would make Podman fail.
-            if let Some(dir) = made.ram.take() {
-                out.push(C::ReleaseRam(dir));
-            }
-            out.push(C::RemoveSourceCopy);
-            S::RemovingSource
+            // The container runs there, tentatively until it hears the
+            // commit, which is recorded first: should this agent die, its
+            // successor knows the decision.
+            out.extend([C::Switched(r), C::RecordCommit]);
+            S::RecordingCommit
         }
-        (S::RemovingSource, E::Done) => tell_and_await(out, SourceMsg::Commit, Expect::Committed, Phase::Cleanup, S::AwaitingCommit),
+        (S::RecordingCommit, E::Done) => {
+            // Nothing from here on rolls back.
+            made.commit_recorded = true;
+            out.push(C::Enter(Phase::Cleanup, "committing and removing the source copy"));
+            tell_and_await(out, SourceMsg::Commit, Expect::Committed, Phase::Cleanup, S::AwaitingCommit)
+        }
         (S::AwaitingCommit, E::Reply(reply)) => committed(Some(reply), made, out),
-        (S::RollingBack(f), E::Reply(reply)) => aborted(f, reply == TargetMsg::Aborted, out),
+        (S::RemovingSource { acked }, E::Done) => advance_removed(acked, made, out),
+        (S::RollingBack(f), E::Reply(reply)) => aborted(f, reply == TargetMsg::Aborted, made, out),
+        (S::Resolving(f), E::Resolved(Resolution::Absent)) => {
+            out.push(C::NameLostConnection(f.clone()));
+            S::Describing(f)
+        }
+        (S::Resolving(_), E::Resolved(Resolution::Kept)) => {
+            // The target had the container and keeps it: the switchover
+            // happened after all. The report lacks its figures.
+            out.push(C::WarnUncommitted(None));
+            switched_without_report(made, out)
+        }
+        (S::Resolving(f), E::Resolved(other)) => {
+            let error = format!("{target} answered {other:?} to the abort");
+            undecided(f, error, made, out)
+        }
         (S::Refusing(f), E::Reply(_)) => finish(End::Refused(f), made, out),
         (S::Describing(_), E::Described(f)) => {
             out.push(C::RestoreHere);
@@ -653,11 +711,13 @@ fn fail(stage: Stage, f: Failure, made: &mut Made, out: &mut Vec<Command>) -> St
     match stage {
         // After the switchover: only the acknowledgement is missing.
         Stage::AwaitingCommit => committed(None, made, out),
-        // Removing it only warns; should it report a failure, commit anyway.
-        Stage::RemovingSource => tell_and_await(out, SourceMsg::Commit, Expect::Committed, Phase::Cleanup, Stage::AwaitingCommit),
+        // Removing it only warns; should it report a failure, finish anyway.
+        Stage::RemovingSource { acked } => advance_removed(acked, made, out),
         // Telling the target failed: it did not confirm.
         Stage::Refusing(first) => finish(End::Refused(first), made, out),
-        Stage::RollingBack(first) => aborted(first, false, out),
+        Stage::RollingBack(first) => aborted(first, false, made, out),
+        // The target could not be reached: nothing is decided.
+        Stage::Resolving(first) => undecided(first, f.message, made, out),
         // The failure stays as it was worded.
         Stage::Describing(first) => {
             out.push(Command::RestoreHere);
@@ -682,7 +742,7 @@ fn fail(stage: Stage, f: Failure, made: &mut Made, out: &mut Vec<Command>) -> St
 fn abort_target(f: Failure, made: &mut Made, out: &mut Vec<Command>, next: fn(Failure) -> Stage) -> Stage {
     if !made.target_staged {
         return match next(f) {
-            Stage::RollingBack(f) => aborted(f, true, out),
+            Stage::RollingBack(f) => aborted(f, true, made, out),
             Stage::Refusing(f) => finish(End::Refused(f), made, out),
             other => other,
         };
@@ -693,26 +753,67 @@ fn abort_target(f: Failure, made: &mut Made, out: &mut Vec<Command>, next: fn(Fa
     next(f)
 }
 
-/// The target answered the abort (`acked`) or not: bring the container back here.
-fn aborted(f: Failure, acked: bool, out: &mut Vec<Command>) -> Stage {
-    if !acked && f.phase == Phase::Restore {
-        out.push(Command::WarnTwoCopies);
+/// The target answered the abort (`acked`) or not. Confirmed, or before
+/// the target could restore: bring the container back here. Otherwise the
+/// target may run a copy: settle with it first.
+fn aborted(f: Failure, acked: bool, made: &Made, out: &mut Vec<Command>) -> Stage {
+    if !acked && made.restore_told {
+        out.push(Command::Resolve);
+        return Stage::Resolving(f);
     }
     out.push(Command::NameLostConnection(f.clone()));
     Stage::Describing(f)
 }
 
+/// The commit is recorded; the target confirmed it or not. Either way the
+/// container is the target's: the source copy goes.
 fn committed(reply: Option<TargetMsg>, made: &mut Made, out: &mut Vec<Command>) -> Stage {
-    if reply != Some(TargetMsg::Committed) {
+    let acked = reply == Some(TargetMsg::Committed);
+    if !acked {
         out.push(Command::WarnUncommitted(reply));
     }
+    remove_source(acked, made, out)
+}
+
+fn remove_source(acked: bool, made: &mut Made, out: &mut Vec<Command>) -> Stage {
+    // A mount inside the container's folder would make Podman fail.
+    if let Some(dir) = made.ram.take() {
+        out.push(Command::ReleaseRam(dir));
+    }
+    out.push(Command::RemoveSourceCopy);
+    Stage::RemovingSource { acked }
+}
+
+/// The source copy is gone (or its removal only warned). Unconfirmed, the
+/// target may still hold its copy as tentative: recovery tells it the
+/// verdict the journal holds.
+fn advance_removed(acked: bool, made: &mut Made, out: &mut Vec<Command>) -> Stage {
     out.push(Command::Leave(Phase::Cleanup));
+    if !acked {
+        out.extend(made.journal.take().map(Command::RecoverLater));
+    }
     finish(End::Completed, made, out)
+}
+
+/// The target kept the container though its `Restored` never arrived here.
+fn switched_without_report(made: &mut Made, out: &mut Vec<Command>) -> Stage {
+    made.commit_recorded = true;
+    out.push(Command::Enter(Phase::Cleanup, "the target kept the container; removing the source copy"));
+    // Settled with the target: nothing for recovery to tell it.
+    remove_source(true, made, out)
+}
+
+/// Nothing could be settled with the target: keep everything the
+/// container needs here, and the journal entry for recovery.
+fn undecided(failure: Failure, error: String, made: &mut Made, out: &mut Vec<Command>) -> Stage {
+    out.extend(made.journal.take().map(Command::RecoverLater));
+    finish(End::Undecided { failure, error }, made, out)
 }
 
 /// Undoes what is left to undo for `end`, then reports it.
 fn finish(end: End, made: &mut Made, out: &mut Vec<Command>) -> Stage {
-    let failed = matches!(end, End::Failed { .. });
+    // Undecided: the checkpoint may yet be restored here, by recovery.
+    let failed = matches!(end, End::Failed { .. } | End::Undecided { .. });
     // A checkpoint kept after a failed rollback sits on top of the rounds:
     // keep them for the manual restore. Otherwise the container runs (here
     // or there) and neither the rounds nor the link to them are needed.

@@ -14,6 +14,14 @@
 //!   Abort from any state but Done ──▶ Done (everything staged or restored is removed)
 //! ```
 //!
+//! A restored copy is tentative until `Commit`: the source decides, and
+//! may still tell this target to drop it. When the conversation ends
+//! without either, [`when_source_lost`] says what stays: a restored copy
+//! is kept, still tentative, until the source settles it with a `Resolve`
+//! request; anything else is removed (the source cannot have committed,
+//! and it runs its own copy again only once the target confirmed that
+//! none is here).
+//!
 //! [`step`] only decides whether a message is legal now and what the agent
 //! must do about it; the agent does the IO and reports failures itself.
 
@@ -112,6 +120,26 @@ pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetSt
     }
 }
 
+/// What the target keeps when the source's conversation ends (lost,
+/// cut, or the source's agent died) before `Commit` or `Abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceLost {
+    /// Remove everything this migration staged or restored.
+    Undo,
+    /// The container runs here: keep it, marked tentative, for the
+    /// source's `Resolve`. Removing it could leave no copy running (the
+    /// source may have recorded the commit); only the source knows.
+    KeepTentative,
+}
+
+/// `restored`: a container made by this migration runs here.
+pub fn when_source_lost(state: TargetState, restored: bool) -> SourceLost {
+    match state {
+        TargetState::Restored if restored => SourceLost::KeepTentative,
+        _ => SourceLost::Undo,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +205,16 @@ mod tests {
         for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 2 }, TargetState::Prepared { rounds: 2 }, TargetState::Restored] {
             let (next, a) = step(Mode::PreCopy, s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
             assert_eq!((next, a), (TargetState::Done, Action::Abort("x".into())));
+        }
+    }
+
+    #[test]
+    fn a_lost_source_leaves_only_a_restored_copy_tentative() {
+        assert_eq!(when_source_lost(TargetState::Restored, true), SourceLost::KeepTentative);
+        // The restore failed: nothing runs here to keep.
+        assert_eq!(when_source_lost(TargetState::Restored, false), SourceLost::Undo);
+        for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 1 }, TargetState::Prepared { rounds: 1 }, TargetState::Done] {
+            assert_eq!(when_source_lost(s, false), SourceLost::Undo, "{s:?}");
         }
     }
 

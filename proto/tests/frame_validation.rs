@@ -78,7 +78,7 @@ fn samples() -> Vec<Request> {
             mode: Mode::HashPreCopy,
             lazy_restore: true,
         }),
-        Request::Whereabouts { container: "demo1".into(), container_id: "abc".into() },
+        Request::Resolve(ResolveRequest { id: 7, container: "demo1".into(), container_id: "abc".into(), verdict: Verdict::Abort }),
     ]
 }
 
@@ -130,8 +130,8 @@ fn responses_and_reports_round_trip() {
     let msgs = vec![
         Response::Facts(facts()),
         Response::Containers(vec![container()]),
-        Response::Whereabouts(Whereabouts::Stopped { state: "exited".into() }),
-        Response::Whereabouts(Whereabouts::Busy),
+        Response::Resolved(Resolution::Kept),
+        Response::Resolved(Resolution::Busy),
         Response::IncomingCheck(vec![Finding {
             field: "image".into(),
             source: "x".into(),

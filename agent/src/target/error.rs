@@ -59,6 +59,13 @@ pub enum TargetError {
     /// The lazy-pages daemon did not bring all the memory in (its words).
     #[error("{0}")]
     LazyPages(String),
+    /// A `Resolve` from a peer that is not the source of record.
+    #[error("migration {id} here is not {peer}'s to settle")]
+    NotYours { peer: String, id: tern_proto::MigrationId },
+    #[error("the verdict is invalid")]
+    InvalidVerdict,
+    #[error("removing the marker in {}: {source}", path.display())]
+    Marker { path: PathBuf, source: std::io::Error },
 }
 
 impl TargetError {

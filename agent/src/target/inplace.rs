@@ -31,19 +31,69 @@
 //! archive took 2.9 s, of the rest with the images in place 1.0 s.
 //!
 //! A marker file, `<id>/tern-incoming`, says the folder is this agent's
-//! until the container restored from it is confirmed (memory complete, if
-//! lazily restored); it goes before the target answers `Restored`. An agent
-//! that died mid-migration finds such folders at start ([`sweep`]): the
-//! source never heard `Restored`, so it rolled the container back to
-//! itself, and whatever was restored here is a second copy, removed.
+//! until the source commits the migration, and names the migration and its
+//! source ([`Marker`]). Until then a container restored from the folder is
+//! tentative: the source may still tell this target to drop it
+//! (`target::resolve`). An agent that died mid-migration finds such folders
+//! at start ([`sweep`]): a folder with no container is removed; a restored
+//! container is kept, still tentative, for its source to settle. Removing
+//! it could leave none running (the source may have recorded the commit);
+//! keeping it cannot make two, since the source runs its own copy again
+//! only once this agent said none is here.
 
 use crate::engine::Engine;
 use crate::ramdir;
 use std::path::{Path, PathBuf};
 use tern_proto::facts::ContainerInfo;
 
-/// Marks a container folder as made by tern for a migration not yet restored.
+/// Marks a container folder as made by tern for a migration not yet committed.
 const MARKER: &str = "tern-incoming";
+
+/// What the marker says: whose migration this folder, and the container
+/// restored from it, belong to until it is committed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Marker {
+    pub id: tern_proto::MigrationId,
+    /// The source agent's name, the only peer that may settle it.
+    pub source: String,
+}
+
+/// A tentative folder found by container ID: its marker (`None` when it is
+/// unreadable) and the folder.
+#[derive(Debug)]
+pub struct Tentative {
+    pub marker: Option<Marker>,
+    pub root: PathBuf,
+}
+
+impl Tentative {
+    /// The migration is committed: the folder is Podman's alone.
+    pub fn commit(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.root.join(MARKER))
+    }
+
+    /// Removes the folder (after its container, if any, was removed).
+    pub fn remove(&self) {
+        let _ = ramdir::unmount(&self.root.join("userdata").join("checkpoint"), false);
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", self.root.display());
+            }
+        }
+    }
+}
+
+/// The tentative folder of container `id`, if there is one.
+pub async fn tentative(engine: &dyn Engine, id: &str) -> Result<Option<Tentative>, crate::engine::EngineError> {
+    let dir = engine.bundle_dir(id).await?;
+    let Some(root) = dir.parent() else { return Ok(None) };
+    let path = root.join(MARKER);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let marker = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(Some(Tentative { marker, root: root.to_path_buf() }))
+}
 
 /// The restored container's folder, prepared before the freeze.
 #[derive(Debug)]
@@ -88,6 +138,17 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// Names the migration in the marker: who may settle what is restored here.
+    pub fn mark(&self, marker: &Marker) -> std::io::Result<()> {
+        std::fs::write(self.root.join(MARKER), serde_json::to_vec(marker).map_err(std::io::Error::other)?)
+    }
+
+    /// The folder and its marker, once a container was restored from it.
+    pub fn tentative(&self) -> Tentative {
+        let marker = std::fs::read(self.root.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        Tentative { marker, root: self.root.clone() }
+    }
+
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.dir.join("checkpoint")
     }
@@ -107,7 +168,8 @@ impl Bundle {
 
     /// The container was restored (Podman kept the images, `--keep`): what
     /// its folder no longer needs goes: the images (a tmpfs, or a folder),
-    /// the rounds, the marker. CRIU's `restore.log` stays.
+    /// the rounds. CRIU's `restore.log` stays, and the marker until the
+    /// commit.
     pub fn after_restore(&self) {
         let images = self.checkpoint_dir();
         if ramdir::is_mounted(&images) {
@@ -125,7 +187,6 @@ impl Bundle {
             super::lazy::settle_conf(&self.dir);
         }
         let _ = std::fs::remove_file(self.dir.join(super::lazy::SOCKET));
-        let _ = std::fs::remove_file(self.root.join(MARKER));
     }
 
     /// Unmounts the tmpfs (so that Podman can remove the container's
@@ -149,8 +210,9 @@ impl Bundle {
 }
 
 /// At start: the folders a predecessor made for migrations it did not see
-/// to their end (module docs). A container made of one is removed (the
-/// source rolled it back to itself), and the folder with it.
+/// to their commit (module docs). A folder no container was made of is
+/// removed; a container restored from one is kept, tentative, until its
+/// source settles it.
 pub async fn sweep(engine: &dyn Engine) {
     // Any valid ID names the folder that holds every container's folder.
     let Ok(probe) = engine.bundle_dir(&"0".repeat(64)).await else { return };
@@ -169,26 +231,19 @@ pub async fn sweep(engine: &dyn Engine) {
                 continue;
             }
         };
-        // The tmpfs first: neither Podman nor we can remove a folder with a mount in it.
-        let _ = ramdir::unmount(&root.join("userdata").join("checkpoint"), false);
+        let marker: Option<Marker> = std::fs::read(root.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
         match restored {
             Some(c) => {
+                let source = marker.map_or_else(|| "its source".to_string(), |m| format!("{} (migration {})", m.source, m.id));
                 tracing::warn!(
-                    id = %id, name = %c.name,
-                    "removing {}, restored here by a migration this agent did not see end: the source never heard it was restored and rolled it back to itself",
+                    id = %id, name = %c.name, state = %c.state,
+                    "{} was restored here by a migration not yet committed; it is kept, tentative, until {source} settles it",
                     c.name
                 );
-                crate::netid::silence(c.pid).await;
-                if let Err(e) = engine.remove(&id, true).await {
-                    tracing::error!("removing the second copy of {}: {e}; remove it by hand (`podman rm -f {id}`)", c.name);
-                    continue;
-                }
             }
-            None => tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged"),
-        }
-        if let Err(e) = std::fs::remove_dir_all(&root) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::error!("removing {}: {e}", root.display());
+            None => {
+                tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged");
+                Tentative { marker, root }.remove();
             }
         }
     }

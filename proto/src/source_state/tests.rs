@@ -48,7 +48,12 @@ struct World {
     source_running: bool,
     source_exists: bool,
     target_running: bool,
-    warned_two_copies: bool,
+    /// The target's copy waits for the verdict (it lost the source).
+    target_tentative: bool,
+    /// A `Resolve` cannot reach the target (the link stays cut).
+    target_unreachable: bool,
+    /// The journal entry left for recovery, and what it records.
+    recover_later: bool,
 }
 
 /// A command whose IO fails (when the function says so), and its event.
@@ -136,6 +141,7 @@ impl Sim {
                         }
                         Action::Commit => {
                             self.tgt = None;
+                            self.world.target_tentative = false;
                             TargetMsg::Committed
                         }
                         Action::Abort(_) => {
@@ -151,19 +157,58 @@ impl Sim {
         }
     }
 
-    /// The source's stream ended or was refused: the target keeps only a
-    /// container it restored (target.rs).
+    /// The source's stream ended or was refused: the target keeps a
+    /// container it restored, tentatively, and drops anything else
+    /// (target.rs, [`state::when_source_lost`]).
     fn target_gone(&mut self) {
-        if self.tgt != Some(TargetState::Restored) {
-            self.world.target_running = false;
+        if let Some(s) = self.tgt.take() {
+            match state::when_source_lost(s, self.world.target_running) {
+                state::SourceLost::KeepTentative => self.world.target_tentative = true,
+                state::SourceLost::Undo => self.world.target_running = false,
+            }
         }
-        self.tgt = None;
+    }
+
+    /// The target carries out a verdict on a connection of its own.
+    fn resolve(&mut self, commit: bool) -> Option<Resolution> {
+        if self.world.target_unreachable {
+            return None;
+        }
+        // The old conversation is over by then: what was on its way arrived.
+        self.target_runs();
+        self.target_gone();
+        let w = &mut self.world;
+        Some(if !w.target_running {
+            Resolution::Absent
+        } else if w.target_tentative && !commit {
+            w.target_running = false;
+            w.target_tentative = false;
+            Resolution::Absent
+        } else {
+            w.target_tentative = false;
+            Resolution::Kept
+        })
+    }
+
+    /// The agent's recovery, once the link is back: the journal's verdict.
+    fn recover(&mut self) {
+        if !std::mem::take(&mut self.world.recover_later) {
+            return;
+        }
+        self.world.target_unreachable = false;
+        let commit = self.src.as_ref().unwrap().made.commit_recorded;
+        match self.resolve(commit) {
+            Some(Resolution::Absent) if self.world.source_exists => self.world.source_running = true,
+            Some(Resolution::Kept) => self.world.source_exists = false,
+            other => panic!("recovery got {other:?}: {:?}", self.world),
+        }
+        self.check_copies();
     }
 
     fn check_copies(&self) {
         let w = &self.world;
         let copies = (w.source_running as u8) + (w.target_running as u8);
-        assert!(copies <= 1 || w.warned_two_copies, "two copies run, unannounced: {w:?} after {:?}", self.commands);
+        assert!(copies <= 1, "two copies run: {w:?} after {:?}", self.commands);
     }
 
     /// Does what `cmd` says; answers its event, if it has one.
@@ -213,8 +258,13 @@ impl Sim {
                 self.check_copies();
                 ok(Event::RestoredHere)
             }
-            Command::WarnTwoCopies => {
-                self.world.warned_two_copies = true;
+            Command::RecordCommit => ok(Event::Done),
+            Command::Resolve => ok(match self.resolve(false) {
+                Some(r) => Event::Resolved(r),
+                None => Event::Failed(failure(Phase::Restore, "unreachable")),
+            }),
+            Command::RecoverLater(_) => {
+                self.world.recover_later = true;
                 None
             }
             Command::Finish(end) => {
@@ -250,7 +300,10 @@ impl Sim {
         let end = self.end.clone().expect("every migration ends with Finish");
         let left = &self.src.as_ref().unwrap().made;
         assert_eq!(self.src.as_ref().unwrap().stage, Stage::Over);
-        assert!(left.journal.is_none() && left.ram.is_none() && left.rounds_dir.is_none() && left.pre_link.is_none(), "{left:?}");
+        assert!(left.journal.is_none(), "the journal is forgotten or left to recovery: {left:?}");
+        if !matches!(end, End::Undecided { .. }) {
+            assert!(left.ram.is_none() && left.rounds_dir.is_none() && left.pre_link.is_none(), "{left:?}");
+        }
         end
     }
 
@@ -366,7 +419,7 @@ fn a_failure_after_the_freeze_rolls_back() {
         sim.fail_on = Some((hit, Event::Failed(failure(Phase::Checkpoint, "podman checkpoint: no"))));
         assert_eq!(sim.run(), End::RolledBack(failure(Phase::Checkpoint, "podman checkpoint: no")));
         assert!(sim.has(|c| matches!(c, Command::Enter(Phase::Rollback, _))) && sim.has(|c| *c == Command::RestoreHere));
-        assert!(!sim.has(|c| *c == Command::WarnTwoCopies), "the target confirmed the abort");
+        assert!(!sim.has(|c| *c == Command::Resolve), "the target confirmed the abort");
         assert!(sim.world.source_running && !sim.world.target_running && sim.world.source_exists);
     }
 }
@@ -390,6 +443,8 @@ fn a_failed_local_restore_keeps_the_checkpoint_and_the_rounds_under_it() {
         rounds_dir: Some("/c/tern-precopy".into()),
         journal: Some("/j/7.json".into()),
         ram: None,
+        restore_told: true,
+        commit_recorded: false,
     };
     let (s, cmds) = step(&plan, rolling(made), Event::RestoreFailed("criu said no".into()));
     assert_eq!(
@@ -419,12 +474,34 @@ fn nothing_after_the_switchover_rolls_back() {
     assert_eq!(sim.run(), End::Completed);
     assert!(sim.has(|c| *c == Command::WarnUncommitted(None)));
     assert!(!sim.has(|c| *c == Command::RestoreHere));
+    // The unconfirmed commit is left to recovery, which tells the target.
+    assert!(sim.world.recover_later && !sim.has(|c| matches!(c, Command::ForgetJournal(_))));
+    sim.recover();
+    assert!(sim.world.target_running && !sim.world.target_tentative && !sim.world.source_exists);
     // Even an event the machine has no answer for does not bring it back.
     let plan = Plan::for_mode(Mode::StopAndCopy);
-    let s = SourceState { stage: Stage::RemovingSource, ..SourceState::new("b") };
+    let s = SourceState { stage: Stage::RemovingSource { acked: true }, ..SourceState::new("b") };
     let (s, cmds) = step(&plan, s, Event::Failed(failure(Phase::Cleanup, "?")));
-    assert_eq!(s.stage, Stage::AwaitingCommit);
-    assert_eq!(cmds[0], Command::Tell { msg: SourceMsg::Commit, phase: Phase::Cleanup });
+    assert_eq!(s.stage, Stage::Over);
+    assert!(matches!(cmds.last(), Some(Command::Finish(End::Completed))));
+}
+
+#[test]
+fn the_commit_is_recorded_before_it_is_told_and_before_the_source_copy_goes() {
+    let mut sim = Sim::new(Mode::StopAndCopy);
+    assert_eq!(sim.run(), End::Completed);
+    let at = |want: fn(&Command) -> bool| sim.commands.iter().position(want).unwrap();
+    let record = at(|c| *c == Command::RecordCommit);
+    assert!(at(|c| matches!(c, Command::Switched(_))) < record);
+    assert!(record < at(|c| matches!(c, Command::Tell { msg: SourceMsg::Commit, .. })));
+    assert!(record < at(|c| *c == Command::RemoveSourceCopy));
+    // Should recording fail (a full disk), the migration rolls back: the
+    // target is told to drop its copy, which it has not been told to keep.
+    let mut sim = Sim::new(Mode::StopAndCopy);
+    sim.fail_on = Some((|c| *c == Command::RecordCommit, Event::Failed(failure(Phase::Restore, "No space left on device"))));
+    assert_eq!(sim.run(), End::RolledBack(failure(Phase::Restore, "No space left on device")));
+    assert!(sim.world.source_running && !sim.world.target_running);
+    assert!(!sim.told.contains(&SourceMsg::Commit));
 }
 
 #[test]
@@ -448,28 +525,35 @@ fn an_event_out_of_place_fails_safely() {
     assert_eq!(step(&plan, s, Event::Done).1, []);
 }
 
+/// Every message lost in turn, with the target reachable again at once or
+/// not until recovery: never two copies, and the end says where it runs.
 #[test]
 fn a_lost_message_ends_in_a_timeout_never_in_two_copies() {
     for mode in MODES {
         let mut clean = Sim::new(mode);
         clean.run();
         let messages = clean.wire;
-        for lose in 1..=messages {
-            let mut sim = Sim::new(mode);
-            sim.lose = Some(lose);
-            let end = sim.run();
-            let w = &sim.world;
-            match &end {
-                // Only the commit and its acknowledgement come after the switchover.
-                End::Completed => assert!(!w.source_exists && w.target_running, "{mode:?} lose {lose}"),
-                End::Refused(_) | End::RolledBack(_) => {
-                    assert!(w.source_running && w.source_exists && !w.target_running, "{mode:?} lose {lose}: {w:?}")
+        for unreachable in [false, true] {
+            for lose in 1..=messages {
+                let mut sim = Sim::new(mode);
+                sim.lose = Some(lose);
+                sim.world.target_unreachable = unreachable;
+                let end = sim.run();
+                let w = &sim.world;
+                let case = format!("{mode:?} lose {lose} unreachable {unreachable}: {end:?} {w:?}");
+                match &end {
+                    End::Completed => assert!(!w.source_exists && w.target_running, "{case}"),
+                    End::Refused(_) | End::RolledBack(_) => assert!(w.source_running && w.source_exists && !w.target_running, "{case}"),
+                    // Nothing runs here; the target's copy, if any, is the one.
+                    End::Undecided { .. } => assert!(unreachable && !w.source_running && w.source_exists && w.recover_later, "{case}"),
+                    End::Failed { .. } => panic!("{case}"),
                 }
-                End::Failed { .. } => panic!("{mode:?} lose {lose}: {end:?}"),
+                // Recovery settles what is left; still one copy, exactly.
+                sim.recover();
+                let w = &sim.world;
+                assert_eq!((w.source_running as u8) + (w.target_running as u8), 1, "{case} then {w:?}");
+                assert!(!w.target_tentative, "{case}: the target still waits");
             }
-            let completed = matches!(end, End::Completed);
-            let after_switchover = sim.told.last() == Some(&SourceMsg::Commit);
-            assert_eq!(completed, after_switchover, "{mode:?} lose {lose}: {end:?} {:?}", sim.told);
         }
     }
 }
@@ -481,19 +565,47 @@ fn a_lost_restored_rolls_back_only_once_the_target_dropped_its_copy() {
     sim.lose = Some(3); // Ready, CheckpointSent, Restored
     assert_eq!(sim.run(), End::RolledBack(failure(Phase::Restore, "timed out")));
     assert_eq!(sim.told.last(), Some(&SourceMsg::Abort { reason: "timed out".into() }));
-    assert!(!sim.world.warned_two_copies && !sim.world.target_running);
+    assert!(!sim.has(|c| *c == Command::Resolve) && !sim.world.target_running);
 }
 
 #[test]
-fn an_unconfirmed_abort_during_the_restore_is_said() {
-    // Restored and the Abort both lost: the target keeps its copy when the
-    // source goes away, and the source restores its own: it must say so.
+fn an_unconfirmed_abort_during_the_restore_is_settled_before_restoring_here() {
+    // Restored and the Abort both lost: the target keeps its copy,
+    // tentatively, when the source goes away. The source asks it, on a
+    // connection of its own, to drop it before restoring its own.
     let mut sim = Sim::new(Mode::StopAndCopy);
     sim.needs_image = false;
     sim.lose = Some(3);
     sim.fail_on = Some((|c| matches!(c, Command::Tell { msg: SourceMsg::Abort { .. }, .. }), Event::Failed(failure(Phase::Restore, "lost"))));
     assert!(matches!(sim.run(), End::RolledBack(_)));
-    assert!(sim.world.warned_two_copies && sim.world.source_running && sim.world.target_running);
+    assert!(sim.has(|c| *c == Command::Resolve));
+    assert!(sim.world.source_running && !sim.world.target_running);
+    // The target cannot be reached: nothing is decided, nothing restored
+    // here; the copy there runs alone until recovery settles it.
+    let mut sim = Sim::new(Mode::StopAndCopy);
+    sim.needs_image = false;
+    sim.lose = Some(3);
+    sim.world.target_unreachable = true;
+    sim.fail_on = Some((|c| matches!(c, Command::Tell { msg: SourceMsg::Abort { .. }, .. }), Event::Failed(failure(Phase::Restore, "lost"))));
+    assert!(matches!(sim.run(), End::Undecided { .. }));
+    assert!(!sim.has(|c| *c == Command::RestoreHere));
+    assert!(!sim.world.source_running && sim.world.target_running && sim.world.target_tentative);
+    sim.recover();
+    assert!(sim.world.source_running && !sim.world.target_running);
+}
+
+#[test]
+fn a_target_that_kept_the_container_completes_the_migration() {
+    let plan = Plan::for_mode(Mode::StopAndCopy);
+    let made = Made { journal: Some("/j/7.json".into()), ram: Some("/ram".into()), restore_told: true, frozen: true, ..Made::default() };
+    let s = SourceState { stage: Stage::Resolving(failure(Phase::Restore, "lost")), made, target: "b".into() };
+    let (s, cmds) = step(&plan, s, Event::Resolved(Resolution::Kept));
+    assert_eq!(s.stage, Stage::RemovingSource { acked: true });
+    assert!(s.made.commit_recorded);
+    assert!(cmds.contains(&Command::ReleaseRam("/ram".into())) && cmds.contains(&Command::RemoveSourceCopy));
+    let (_, cmds) = step(&plan, s, Event::Done);
+    assert!(cmds.contains(&Command::ForgetJournal("/j/7.json".into())));
+    assert_eq!(cmds.last(), Some(&Command::Finish(End::Completed)));
 }
 
 #[test]
