@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tern_transport::TlsFiles;
 
-pub use crate::faults::{Faults, SourceExit};
+pub use crate::faults::{Faults, SourceExit, StallPoint};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,13 +14,58 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceExit {
+    /// Right before the freeze (the last check of the connections): the
+    /// container was never touched.
+    BeforeFreeze,
     /// Once the checkpoint is dumped and streamed, before telling the
     /// target: the target never restores, and drops what it staged.
     BeforeCheckpointSent,
+    /// Right after telling the target the checkpoint is complete: it
+    /// restores, and keeps its copy tentative for the source's successor.
+    AfterCheckpointSent,
     /// Once the target answered that the container runs there, before the
     /// source removed its copy: the target keeps it.
     AfterRestored,
 }
+
+/// Where an agent stops for a while ([`Stall`]), so that a test can do
+/// something from outside (kill an agent or `tern`, cut the link) at that
+/// point of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StallPoint {
+    /// As source, right before the freeze.
+    BeforeFreeze,
+    /// As target, when the checkpoint's data stream begins: the source is
+    /// frozen and sending (a stalled disk, seen from the source).
+    Transfer,
+    /// As target, right before the restore.
+    Restore,
+    /// As source, once the target said `Restored` and the commit is
+    /// recorded, before telling the target.
+    AfterRestored,
+}
+
+/// A stop at a [`StallPoint`]: for its length, the file `flag` exists
+/// (the tests wait for it), holding the point's name.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    pub at: StallPoint,
+    pub length: std::time::Duration,
+    pub flag: std::path::PathBuf,
+}
+
+impl Stall {
+    pub async fn wait(&self) {
+        tracing::warn!(at = ?self.at, ms = self.length.as_millis() as u64, "fault injected: stalling");
+        let _ = std::fs::write(&self.flag, format!("{:?}", self.at));
+        tokio::time::sleep(self.length).await;
+        let _ = std::fs::remove_file(&self.flag);
+    }
+}
+
+/// The file a stall shows itself by, in the agent's state folder.
+pub const STALL_FLAG: &str = "fault-stalled";
 
 /// What a receiving stream does wrong on purpose.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,9 +102,23 @@ mod imp {
         #[serde(default)]
         pub kill_lazy_daemon: bool,
         /// As target: the agent exits abruptly right after Podman restored
-        /// the container, before confirming it (its successor must remove it).
+        /// the container, before confirming it (its successor keeps it,
+        /// tentative, for the source to settle).
         #[serde(default)]
         pub exit_after_restore: bool,
+        /// As target: wait this long after the restore before answering
+        /// `Restored` (a slow confirmation; a link cut in it loses the answer).
+        #[serde(default)]
+        pub delay_restored_ms: u64,
+        /// As target: the agent exits abruptly right after answering
+        /// `Restored` (the container runs there, tentative).
+        #[serde(default)]
+        pub exit_after_restored_sent: bool,
+        /// Stop at this point of a migration for `stall_ms` (default 10 s).
+        #[serde(default)]
+        pub stall_at: Option<super::StallPoint>,
+        #[serde(default)]
+        pub stall_ms: Option<u64>,
     }
 
     impl Faults {
@@ -83,6 +142,23 @@ mod imp {
             if self.exit_after_restore {
                 die(137, "the target agent exits right after the restore, before confirming it");
             }
+        }
+        pub fn delay_restored(&self) -> std::time::Duration {
+            std::time::Duration::from_millis(self.delay_restored_ms)
+        }
+        /// The target dies right after answering `Restored` when told to.
+        pub fn exit_after_restored_sent(&self) {
+            if self.exit_after_restored_sent {
+                die(137, "the target agent exits right after answering Restored");
+            }
+        }
+        /// The stall to make at `at`, if this agent is told to stall there.
+        pub fn stall(&self, at: super::StallPoint, state_dir: &std::path::Path) -> Option<super::Stall> {
+            (self.stall_at == Some(at)).then(|| super::Stall {
+                at,
+                length: std::time::Duration::from_millis(self.stall_ms.unwrap_or(10_000)),
+                flag: state_dir.join(super::STALL_FLAG),
+            })
         }
     }
 
@@ -127,6 +203,13 @@ mod imp {
         }
         pub fn exit_at_source(&self, _: SourceExit) {}
         pub fn exit_after_restore(&self) {}
+        pub fn delay_restored(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
+        }
+        pub fn exit_after_restored_sent(&self) {}
+        pub fn stall(&self, _: super::StallPoint, _: &std::path::Path) -> Option<super::Stall> {
+            None
+        }
     }
 
     /// Never called: no [`ReceiveFaults`] asks for an exit in this build.

@@ -18,7 +18,7 @@ mod precopy;
 use crate::context::Agent;
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
-use crate::faults::SourceExit;
+use crate::faults::{SourceExit, StallPoint};
 use crate::pages::PageIndex;
 use crate::rollback::{reclaim_address, restore_here};
 use crate::transfer;
@@ -290,7 +290,13 @@ impl Run<'_> {
             Command::ShipBase { kind, ram } => event(self.ship_base(kind, ram.as_deref()).await, Event::Shipped),
             Command::NoteBase => self.note_base(),
             Command::LinkPreCheckpoint { dir, rounds } => event(self.link_pre_checkpoint(&dir.join(rounds.to_string())).await, Event::PreLinked),
-            Command::CheckConnections => done(self.connections_survive().await),
+            Command::CheckConnections => {
+                self.agent.cfg.faults.exit_at_source(SourceExit::BeforeFreeze);
+                if let Some(stall) = self.agent.cfg.faults.stall(StallPoint::BeforeFreeze, &self.agent.cfg.state_dir) {
+                    stall.wait().await;
+                }
+                done(self.connections_survive().await)
+            }
             Command::Journal { leftovers, ram } => event(self.journal(leftovers, ram), |path| {
                 self.journal_path = Some(path.clone());
                 Event::Journaled(path)
@@ -301,7 +307,13 @@ impl Run<'_> {
                 self.remove_source_copy().await;
                 Some(Event::Done)
             }
-            Command::RecordCommit => done(self.record_commit()),
+            Command::RecordCommit => {
+                let r = self.record_commit();
+                if let Some(stall) = self.agent.cfg.faults.stall(StallPoint::AfterRestored, &self.agent.cfg.state_dir).filter(|_| r.is_ok()) {
+                    stall.wait().await;
+                }
+                done(r)
+            }
             Command::WarnUncommitted(acked) => {
                 let w = match acked {
                     None => {
@@ -355,10 +367,10 @@ impl Run<'_> {
             End::Completed => Outcome::Completed,
             End::Refused(failure) => Outcome::Refused { failure },
             End::RolledBack(failure) => Outcome::RolledBack { failure },
-            End::Undecided { failure, error } => Outcome::Failed {
+            End::Undecided { failure, error } => Outcome::Undecided {
                 failure,
-                rollback_error: format!(
-                    "{target} could not be reached to settle whether it restored {name} ({error}). So that it never runs twice, {name} stays checkpointed on {here} and is not restored here; a copy {target} restored runs there alone. The two agents settle it by themselves once they reach each other ({here}'s agent keeps trying); `tern ps` then shows where {name} runs",
+                detail: format!(
+                    "{target} could not be reached to settle whether it restored {name} ({error}). So that it never runs twice, {name} stays checkpointed on {here} and is not restored there; any copy {target} restored runs alone. The two agents settle it by themselves once they reach each other ({here}'s agent keeps trying); `tern ps` then shows where {name} runs",
                     target = self.req.target.name,
                     name = self.req.container,
                     here = self.agent.cfg.name,
@@ -408,7 +420,11 @@ impl Run<'_> {
         let Some((send, _)) = streams.as_mut() else {
             return Some(Event::Failed(Failure { phase, message: "tern bug: no stream to the target".into() }));
         };
-        let e = write_frame(send, &msg).await.err()?;
+        let sent = write_frame(send, &msg).await;
+        if sent.is_ok() && matches!(msg, SourceMsg::CheckpointSent(_)) {
+            self.agent.cfg.faults.exit_at_source(SourceExit::AfterCheckpointSent);
+        }
+        let e = sent.err()?;
         let message = match msg {
             SourceMsg::CheckpointSent(_) => format!("telling {} the checkpoint is complete: {e}", self.target()),
             _ => e.to_string(),

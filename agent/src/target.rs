@@ -223,7 +223,8 @@ impl Target<'_> {
         }
         let inbox = Arc::new(Inbox::default());
         let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir, annotate };
-        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), inbox.clone()));
+        let stall = self.agent.cfg.faults.stall(crate::faults::StallPoint::Transfer, &self.agent.cfg.state_dir);
+        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), stall, inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
 
         let mode = self.begin.mode;
@@ -271,6 +272,9 @@ impl Target<'_> {
             // source: never past what must be undone.
             if let Err(e) = write_frame(send, &reply).await {
                 break Err(anyhow::anyhow!("answering the source in state {state:?}: {e}"));
+            }
+            if matches!(reply, TargetMsg::Restored(_)) {
+                self.agent.cfg.faults.exit_after_restored_sent();
             }
         };
         receiver.abort();
@@ -430,6 +434,9 @@ impl Target<'_> {
             peer: &self.begin.source,
             migration: self.begin.id,
         };
+        if let Some(stall) = self.agent.cfg.faults.stall(crate::faults::StallPoint::Restore, &self.agent.cfg.state_dir) {
+            stall.wait().await;
+        }
         crate::netid::run_hook(&self.agent.cfg.network, &ctx).await.map_err(TargetError::Hook)?;
         self.restored = true;
         let restored = engine.restore_import(&staged.path, opts).await;
@@ -463,6 +470,7 @@ impl Target<'_> {
             }
         }
         let container = self.confirm(&name).await?;
+        tokio::time::sleep(self.agent.cfg.faults.delay_restored()).await;
         let filled = match daemon {
             Some(d) => {
                 d.finish(&folder, fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
@@ -626,7 +634,15 @@ struct Places {
 
 /// Accepts the migration's data streams and stages each, posting the result
 /// to `inbox`.
-async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, places: Places, faults: ReceiveFaults, inbox: Arc<Inbox>) {
+async fn accept_data(
+    conn: quinn::Connection,
+    id: MigrationId,
+    mode: Mode,
+    places: Places,
+    faults: ReceiveFaults,
+    stall: Option<crate::faults::Stall>,
+    inbox: Arc<Inbox>,
+) {
     let staging = &places.staging;
     let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR), annotate: places.annotate.clone() };
     let rest = |r: Received| Staged { path: staging.join(REST_TAR), digest: r.digest, annotated: r.split.is_some_and(|s| s.annotated) };
@@ -646,6 +662,9 @@ async fn accept_data(conn: quinn::Connection, id: MigrationId, mode: Mode, place
                 continue;
             }
         };
+        if let (Some(stall), DataKind::Checkpoint | DataKind::CheckpointDelta { .. }) = (&stall, header.kind) {
+            stall.wait().await;
+        }
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");

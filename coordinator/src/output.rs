@@ -83,6 +83,7 @@ pub fn outcome_word(o: &Outcome) -> &'static str {
         Outcome::Refused { .. } => "refused",
         Outcome::RolledBack { .. } => "rolled-back",
         Outcome::Failed { .. } => "failed",
+        Outcome::Undecided { .. } => "undecided",
         Outcome::Invalid => "invalid",
     }
 }
@@ -97,6 +98,7 @@ pub fn failure_text(r: &MigrationReport) -> Option<String> {
         Outcome::Failed { failure, rollback_error } => {
             format!("{} was not migrated: {failure}; the rollback failed too: {rollback_error}", r.container)
         }
+        Outcome::Undecided { failure, detail } => format!("{}: in doubt after {failure}: {detail}", r.container),
         Outcome::Invalid => format!("{}: the source agent sent an invalid report", r.container),
     })
 }
@@ -115,6 +117,7 @@ pub fn report_text(r: &MigrationReport) -> String {
         Outcome::Failed { failure, rollback_error } => {
             format!("{} was NOT migrated: {failure}.\nThe rollback failed too: {rollback_error}", r.container)
         }
+        Outcome::Undecided { failure, detail } => format!("{} is IN DOUBT: {failure}.\n{detail}.", r.container),
         Outcome::Invalid => "invalid report".into(),
     };
     s.push_str(&head);

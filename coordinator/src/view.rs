@@ -166,12 +166,14 @@ impl<'a> Report<'a> {
     pub fn new(r: &'a MigrationReport) -> Self {
         let (failure, rollback_error) = match &r.outcome {
             Outcome::Refused { failure } | Outcome::RolledBack { failure } => (Some(failure), None),
-            Outcome::Failed { failure, rollback_error } => (Some(failure), Some(rollback_error.as_str())),
+            Outcome::Failed { failure, rollback_error } | Outcome::Undecided { failure, detail: rollback_error } => {
+                (Some(failure), Some(rollback_error.as_str()))
+            }
             _ => (None, None),
         };
         let running_on = match r.outcome {
             Outcome::Completed => &r.target,
-            Outcome::Failed { .. } => "",
+            Outcome::Failed { .. } | Outcome::Undecided { .. } => "",
             _ => &r.source,
         };
         Report { fields: ReportJson(r), outcome: crate::output::outcome_word(&r.outcome), running_on, failure, rollback_error }

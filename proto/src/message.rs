@@ -336,6 +336,14 @@ pub enum Outcome {
         failure: Failure,
         rollback_error: String,
     },
+    /// The target could not be reached after it may have restored: the
+    /// container is kept checkpointed on the source, runs nowhere twice,
+    /// and the agents settle it once they reach each other (`detail` says
+    /// how this one failed and what happens next).
+    Undecided {
+        failure: Failure,
+        detail: String,
+    },
 }
 
 /// The final report of a migration, as the source agent measured it.

@@ -582,6 +582,9 @@ fn advance(plan: &Plan, stage: Stage, event: Event, made: &mut Made, target: &st
         }
         (S::AwaitingCommit, E::Reply(reply)) => committed(Some(reply), made, out),
         (S::RemovingSource { acked }, E::Done) => advance_removed(acked, made, out),
+        // The target finished a restore before it read the Abort: it
+        // answers that next.
+        (S::RollingBack(f), E::Reply(TargetMsg::Restored(_))) => await_reply(out, Expect::Aborted, f.phase, S::RollingBack(f)),
         (S::RollingBack(f), E::Reply(reply)) => aborted(f, reply == TargetMsg::Aborted, made, out),
         (S::Resolving(f), E::Resolved(Resolution::Absent)) => {
             out.push(C::NameLostConnection(f.clone()));

@@ -446,3 +446,89 @@ impl Drop for RedisClient {
         let _ = self.child.wait();
     }
 }
+
+/// The lab's address of a host (scripts/lib.sh `lab_ip`).
+pub fn lab_ip(host: &str) -> &'static str {
+    match host {
+        "client0" => "198.51.100.10",
+        "client1" => "198.51.100.11",
+        "client2" => "198.51.100.12",
+        other => panic!("no lab host {other}"),
+    }
+}
+
+/// The link between two lab hosts, cut: every UDP packet between them is
+/// dropped in `a`'s network namespace (QUIC is UDP; the coordinator on the
+/// lab's bridge still reaches both). Healed when dropped.
+pub struct LinkCut {
+    host: String,
+}
+
+impl LinkCut {
+    const TABLE: &'static str = "tern-test-cut";
+
+    pub fn between(a: &str, b: &str) -> Result<LinkCut> {
+        let peer = lab_ip(b);
+        let t = Self::TABLE;
+        let script = format!(
+            "nft add table inet {t} && \
+             nft add chain inet {t} in '{{ type filter hook input priority -10 ; }}' && \
+             nft add chain inet {t} out '{{ type filter hook output priority -10 ; }}' && \
+             nft add rule inet {t} in ip saddr {peer} meta l4proto udp drop && \
+             nft add rule inet {t} out ip daddr {peer} meta l4proto udp drop"
+        );
+        ok(&mut lab(&["exec", a, "sh", "-c", &script]))?;
+        Ok(LinkCut { host: a.to_string() })
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let _ = run(&mut lab(&["exec", &self.host, "nft", "delete", "table", "inet", Self::TABLE]));
+    }
+}
+
+/// Samples, until finished, whether a container runs on client1 and on
+/// client2. Two copies are counted only when client2's copy ran both just
+/// before and just after client1's was seen running, so that a move
+/// between two samples is not mistaken for an overlap.
+pub struct CopyWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<String>>>>,
+}
+
+impl CopyWatcher {
+    pub fn start(name: &str) -> CopyWatcher {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let name = name.to_string();
+        let thread = std::thread::spawn(move || {
+            let running = |h: &str| -> Result<bool> { Ok(state(h, &name)?.as_deref() == Some("running")) };
+            let mut overlaps = Vec::new();
+            let mut before = running("client2")?;
+            while !flag.load(Ordering::Relaxed) {
+                let here = running("client1")?;
+                let after = running("client2")?;
+                if before && here && after {
+                    overlaps.push(format!("{:?}", std::time::SystemTime::now()));
+                }
+                before = after;
+            }
+            Ok(overlaps)
+        });
+        CopyWatcher { stop, thread: Some(thread) }
+    }
+
+    /// Stops sampling; the moments two copies ran.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().map_err(|_| anyhow::anyhow!("the copy watcher panicked"))?
+    }
+}
+
+impl Drop for CopyWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_tests::*;
 
 /// Migrates `name` from `from` to `to` and checks everything a user would:
@@ -168,7 +168,49 @@ fn migrate_counter_to_client2_and_back() {
 #[ignore = "needs root and the lab: run scripts/test.sh"]
 fn rollback_when_target_agent_dies_mid_transfer() {
     let _lab = lab_guard();
-    scenario_rollback("[faults]\nexit_after_checkpoint_bytes = 1", "client2").unwrap();
+    // The service manager starts the agent again: the source reaches its
+    // successor, which says nothing was restored, and rolls back.
+    scenario_rollback_with("[faults]\nexit_after_checkpoint_bytes = 1", "client2", true).unwrap();
+}
+
+/// The target's agent dies mid-transfer and stays dead: the source cannot
+/// know whether a copy runs there, so the migration ends undecided with
+/// the container checkpointed on client1, running nowhere twice. Once the
+/// agent is back, the source's recovery settles it without anyone typing
+/// anything: the container runs on client1 again, counter and PIDs intact.
+fn scenario_target_agent_stays_dead() -> Result<()> {
+    let name = "e2e-undecided";
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 20)?;
+    let pids = top("client1", name)?;
+    restart_agent("client2", "[faults]\nexit_after_checkpoint_bytes = 1")?;
+    let c0 = count("client1", name)?;
+    let r = tern_json(&["migrate", name, "--to", "client2"])?;
+    ensure!(r.code == 1, "expected exit 1: {}", r.all);
+    ensure!(r.json["outcome"] == "undecided", "{}", r.all);
+    ensure!(r.stderr.contains("settle"), "{}", r.stderr);
+    ensure!(state("client1", name)?.as_deref() != Some("running"), "restored on client1 though client2 was never reached");
+    ensure!(!agent_running("client2"), "the fault did not fire");
+    restart_agent("client2", "")?;
+    wait_until(Duration::from_secs(60), &format!("{name} running on client1 again"), || {
+        Ok((state("client1", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
+    ensure!(state("client2", name)?.is_none(), "a copy on client2");
+    let c1 = count("client1", name)?;
+    ensure!(c1 >= c0, "counter restarted: {c0} -> {c1}");
+    count_reaches("client1", name, c1 + 5)?;
+    ensure!(top("client1", name)? == pids, "PIDs changed");
+    wait_until(Duration::from_secs(30), "no leftovers", || Ok(no_leftovers().ok()))?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn undecided_when_the_target_agent_stays_dead_then_settled_when_it_is_back() {
+    let _lab = lab_guard();
+    scenario_target_agent_stays_dead().unwrap();
 }
 
 #[test]
@@ -994,4 +1036,53 @@ fn changed_files_of_the_image_move_with_the_container() {
     migrate_completes(name, "client2", "client1", &["--mode", "hash-pre-copy"]).unwrap();
     assert_eq!(content("client1").trim(), "v1\nv2\nv3", "the changed image file lost its change on the way back");
     tidy();
+}
+
+/// The link between the agents is cut while the target restores, and stays
+/// cut past QUIC's idle timeout: the target's `Restored` is lost (it waits
+/// 4 s before answering, a slow confirmation). The source must not run its
+/// copy while the target may run one: it settles with the target once the
+/// link is back, and only then restores. At no moment do two copies run;
+/// the container ends on client1 with its counter and PIDs, tern's report
+/// says so, and nothing is left on client2.
+fn scenario_link_cut_during_restore() -> Result<()> {
+    let name = "e2e-linkcut";
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 20)?;
+    let pids = top("client1", name)?;
+    restart_agent("client2", "[faults]\ndelay_restored_ms = 4000")?;
+    let c0 = count("client1", name)?;
+    let watcher = CopyWatcher::start(name);
+    let migrate = std::thread::spawn(move || tern_json(&["migrate", name, "--to", "client2"]));
+    // The restore has begun once Podman has the container there.
+    wait_until(Duration::from_secs(120), "the restore to begin on client2", || Ok(state("client2", name)?.map(|_| ())))?;
+    let cut = LinkCut::between("client2", "client1")?;
+    let cut_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(15));
+    drop(cut);
+    eprintln!("link healed after {:?}", cut_at.elapsed());
+    let r = migrate.join().map_err(|_| anyhow::anyhow!("tern panicked"))??;
+    restart_agent("client2", "")?;
+    let overlaps = watcher.finish()?;
+    ensure!(overlaps.is_empty(), "two copies ran at {overlaps:?}");
+    ensure!(r.code == 1, "expected exit 1: {}", r.all);
+    ensure!(r.json["outcome"] == "rolled-back", "{}", r.all);
+    ensure!(r.json["running_on"] == "client1", "{}", r.all);
+    ensure!(state("client1", name)?.as_deref() == Some("running"), "not running on client1");
+    ensure!(state("client2", name)?.is_none(), "a copy was left on client2");
+    let c1 = count("client1", name)?;
+    ensure!(c1 >= c0, "counter restarted: {c0} -> {c1}");
+    count_reaches("client1", name, c1 + 5)?;
+    ensure!(top("client1", name)? == pids, "PIDs changed");
+    no_leftovers()?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn a_link_cut_during_the_restore_never_runs_two_copies() {
+    let _lab = lab_guard();
+    scenario_link_cut_during_restore().unwrap();
 }

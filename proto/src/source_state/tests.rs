@@ -595,6 +595,21 @@ fn an_unconfirmed_abort_during_the_restore_is_settled_before_restoring_here() {
 }
 
 #[test]
+fn a_cancel_during_the_restore_waits_for_the_abort_past_a_late_restored() {
+    let plan = Plan::for_mode(Mode::StopAndCopy);
+    let made = Made { target_staged: true, restore_told: true, frozen: true, ..Made::default() };
+    let s = SourceState { stage: Stage::AwaitingRestore, made, target: "b".into() };
+    let (s, cmds) = step(&plan, s, Event::Failed(failure(Phase::Restore, "cancelled by the user")));
+    assert!(cmds.contains(&Command::Await { expect: Expect::Aborted, phase: Phase::Restore }));
+    // The restore was under way: its Restored comes before the Aborted.
+    let (s, cmds) = step(&plan, s, Event::Reply(TargetMsg::Restored(info())));
+    assert_eq!(cmds, [Command::Await { expect: Expect::Aborted, phase: Phase::Restore }]);
+    let (s, cmds) = step(&plan, s, Event::Reply(TargetMsg::Aborted));
+    assert!(!cmds.contains(&Command::Resolve));
+    assert!(matches!(s.stage, Stage::Describing(_)));
+}
+
+#[test]
 fn a_target_that_kept_the_container_completes_the_migration() {
     let plan = Plan::for_mode(Mode::StopAndCopy);
     let made = Made { journal: Some("/j/7.json".into()), ram: Some("/ram".into()), restore_told: true, frozen: true, ..Made::default() };
