@@ -28,6 +28,8 @@ use tern_transport::rpc::Session;
 use tern_transport::TlsFiles;
 
 const PAGE: usize = 4096;
+/// The fake's image: a full image ID, as Podman's (the target tags no other).
+const IMG: &str = "1b2c3d4e5f60718293a4b5c6d7e8f9001b2c3d4e5f60718293a4b5c6d7e8f900";
 
 struct FakeContainer {
     info: ContainerInfo,
@@ -84,7 +86,7 @@ impl FakeEngine {
 
     fn add(&self, name: &str, ip: &str) {
         let mut s = self.state.lock().unwrap();
-        s.images.insert("img1".into());
+        s.images.insert(IMG.into());
         let memory = (0..self.pages).map(|i| page_of(name, i, 0)).collect();
         s.containers.insert(
             name.into(),
@@ -93,7 +95,7 @@ impl FakeEngine {
                     name: name.into(),
                     id: format!("id-{name}"),
                     image: "localhost/tern-busybox:latest".into(),
-                    image_id: "img1".into(),
+                    image_id: IMG.into(),
                     state: "running".into(),
                     ips: vec![ip.parse().unwrap()],
                     memory_bytes: 0,
@@ -143,6 +145,30 @@ impl FakeEngine {
     fn count(&self, what: &str) -> usize {
         self.state.lock().unwrap().calls.iter().filter(|c| c.starts_with(what)).count()
     }
+}
+
+/// config.dump as the fake writes it: the container's info (what its
+/// restore reads back), with the fields of Podman's that admission checks.
+fn podman_config(info: &ContainerInfo) -> Vec<u8> {
+    let mut v = serde_json::to_value(info).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("rootfsImageID".into(), info.image_id.clone().into());
+    o.insert("rootfsImageName".into(), info.image.clone().into());
+    o.insert("privileged".into(), false.into());
+    o.insert("createNetNS".into(), true.into());
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// spec.dump of a plain container (target/admission.rs admits it).
+fn podman_spec() -> Vec<u8> {
+    let caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
+    let ns: Vec<_> = ["pid", "network", "ipc", "uts", "mount"].iter().map(|t| serde_json::json!({"type": t})).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "process": {"args": ["sh"], "capabilities": {"bounding": caps, "effective": caps}},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": ns}
+    }))
+    .unwrap()
 }
 
 /// Distinct, recognisable content for page `i` of `name` after `writes` writes.
@@ -312,7 +338,8 @@ impl Engine for FakeEngine {
                 h.set_mode(0o600);
                 b.append_data(&mut h, name, data)
             };
-            add("config.dump", serde_json::to_string(&info).unwrap().as_bytes())?;
+            add("config.dump", &podman_config(&info))?;
+            add("spec.dump", &podman_spec())?;
             let map: Vec<u8> = which.iter().flat_map(|i| (*i as u32).to_le_bytes()).collect();
             add("checkpoint/pagemap-1.img", &map)?;
             let pages: Vec<u8> = which.iter().flat_map(|i| memory[*i].clone()).collect();
@@ -452,6 +479,8 @@ async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, 
             podman: PodmanConfig::default(),
             runc: Default::default(),
             network,
+            admission: Default::default(),
+            limits: Default::default(),
             facts_override: Default::default(),
             faults,
         };
@@ -542,7 +571,7 @@ async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly(
     let a = Arc::new(FakeEngine::with(2048, 40));
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (events, r) = c.migrate_with("db", options(Mode::PreCopy), None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -571,7 +600,7 @@ async fn pre_copy_memory_is_exact_across_the_chain() {
     let a = Arc::new(FakeEngine::with(512, 100));
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 4, min_shrink_pct: 0, ..Default::default() };
     let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
@@ -590,7 +619,7 @@ async fn hash_pre_copy_sends_only_changed_pages_at_the_freeze() {
     let a = Arc::new(FakeEngine::with(2048, 30));
     let b = FakeEngine::new(0);
     a.add("cache", "203.0.113.7");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("cache", options(Mode::HashPreCopy), None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -822,7 +851,7 @@ async fn compressible_memory_is_compressed_on_the_wire_and_arrives_intact() {
     // The fake's pages repeat a 32-byte pattern: very compressible.
     let (a, b) = (FakeEngine::new(2048), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("web", MigrateOptions { compress: Compression::Auto, ..options(Mode::StopAndCopy) }, None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -832,7 +861,7 @@ async fn compressible_memory_is_compressed_on_the_wire_and_arrives_intact() {
     // And with compression off, every byte crosses.
     let (a, b) = (FakeEngine::new(2048), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("web", options(Mode::StopAndCopy), None).await;
     assert_eq!((r.zstd_in, r.zstd_out), (0, 0));
