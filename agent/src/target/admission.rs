@@ -94,7 +94,9 @@ fn policy(rule: &'static str, value: impl Into<String>, key: impl Into<String>) 
 pub struct HostPaths {
     /// `<graph root>/<driver>-containers/<id>` and `<run root>/<driver>-containers/<id>`.
     pub container_dirs: Vec<PathBuf>,
-    /// `<volume path>/<name>` of each named volume the source announced.
+    /// `<volume path>/<name>` of each named volume the source announced
+    /// that this host does not have yet (the restore makes it from the
+    /// checkpoint): never a volume of another container's here.
     pub volume_dirs: Vec<PathBuf>,
     /// Podman's graph root: the container's root file system is under it.
     pub graph_root: Option<PathBuf>,
@@ -103,9 +105,9 @@ pub struct HostPaths {
 }
 
 impl HostPaths {
-    /// From the container's folder here (`<graph root>/<driver>-containers/<id>/userdata`)
-    /// and `podman info`.
-    pub fn new(announced: &ContainerInfo, folder: &Path, info: Option<&crate::engine::PodmanInfo>) -> HostPaths {
+    /// From the container's folder here (`<graph root>/<driver>-containers/<id>/userdata`),
+    /// `podman info` and the volumes this host has.
+    pub fn new(announced: &ContainerInfo, folder: &Path, info: Option<&crate::engine::PodmanInfo>, existing_volumes: &[String]) -> HostPaths {
         let mut paths = HostPaths { criu_conf: folder.join(super::lazy::CONF), ..Default::default() };
         if let Some(root) = folder.parent() {
             paths.container_dirs.push(root.to_path_buf());
@@ -120,7 +122,7 @@ impl HostPaths {
         }
         if let Some(vp) = store.volume_path.as_deref().filter(|p| p.starts_with('/')) {
             for v in &announced.volumes {
-                if tern_proto::fileset::check_name(&v.name).is_ok() {
+                if tern_proto::fileset::check_name(&v.name).is_ok() && !existing_volumes.contains(&v.name) {
                     paths.volume_dirs.push(Path::new(vp).join(&v.name));
                 }
             }
@@ -193,7 +195,14 @@ pub async fn admit(
             None
         }
     };
-    let host = HostPaths::new(announced, folder, info.as_ref());
+    let volumes = match engine.volumes().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("podman volume ls: {e}; bind mounts from volumes will be refused");
+            announced.volumes.iter().map(|v| v.name.clone()).collect()
+        }
+    };
+    let host = HostPaths::new(announced, folder, info.as_ref(), &volumes);
     let rest = rest.to_path_buf();
     let dumps = tokio::task::spawn_blocking(move || read_dumps(&rest))
         .await
@@ -266,7 +275,7 @@ fn check_spec(p: &AdmissionConfig, host: &HostPaths, config: &serde_json::Value,
     check_namespaces(p, config, spec, label)?;
     check_devices(p, spec, label)?;
     check_mounts(p, host, spec, label)?;
-    if let Some(root) = spec.get("root").and_then(|r| r.get("path")).and_then(|r| r.as_str()) {
+    if let Some(root) = spec.get("root").and_then(|r| r.get("path")).and_then(|r| r.as_str()).filter(|r| !r.is_empty()) {
         // runc's root: the container's overlay mount under the graph root.
         let under_graph = host.graph_root.as_deref().zip(normal(root)).is_some_and(|(g, r)| r.starts_with(g) && r != g);
         if !under_graph {

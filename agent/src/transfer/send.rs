@@ -66,7 +66,10 @@ const IN_FLIGHT: usize = 2;
 /// ```
 ///
 /// Each link holds [`IN_FLIGHT`] buffers, so memory stays bounded whatever
-/// the archive's size. When `stop` fires the stream is reset at once and
+/// the archive's size. A peer that takes no byte for the send deadline
+/// ([`super::send_stall`]) fails the send with
+/// [`TransferError::SendStalled`], the reader drained as on any failure:
+/// the source is frozen meanwhile, and rolls back instead of waiting. When `stop` fires the stream is reset at once and
 /// the rest of the reader is drained without sending: Podman finishes
 /// writing the checkpoint quickly, and the rollback can begin, instead of
 /// waiting for the whole archive to cross a slow link.

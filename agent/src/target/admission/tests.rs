@@ -35,7 +35,7 @@ fn host() -> HostPaths {
     }))
     .unwrap();
     let folder = PathBuf::from(format!("{GRAPH}/overlay-containers/{ID}/userdata"));
-    HostPaths::new(&announced(), &folder, Some(&info))
+    HostPaths::new(&announced(), &folder, Some(&info), &["other".into()])
 }
 
 /// Podman 4's config.dump (libpod's ContainerConfig), the fields that matter and a few others.
@@ -164,6 +164,10 @@ fn a_plain_podman_container_is_admitted() {
     // tern's own CRIU options file (lazy.rs) is fine.
     let (c, s) = crafted(|s| s["annotations"]["org.criu.config"] = json!(format!("{GRAPH}/overlay-containers/{ID}/userdata/tern-criu.conf")));
     run(&c, &s).unwrap();
+    // config.dump's spec as created (no root path yet) is fine too.
+    let mut c = config();
+    c["spec"]["root"] = json!({"path": ""});
+    run(&c, &spec()).unwrap();
 }
 
 #[test]
@@ -184,6 +188,13 @@ fn a_bind_mount_of_the_root_is_refused() {
             .push(json!({"destination": "/x", "source": format!("{GRAPH}/volumes/data/_data/../../../../../etc"), "options": ["bind"]}))
     });
     assert!(refused(run(&c, &s)).contains("a bind mount from outside"));
+    // Another container's volume here is not this container's.
+    let mut other = host();
+    other.volume_dirs.clear();
+    let taken = HostPaths::new(&announced(), Path::new(&format!("{GRAPH}/overlay-containers/{ID}/userdata")), None, &["data".into()]);
+    assert!(taken.volume_dirs.is_empty());
+    assert!(refused(check(&AdmissionConfig::default(), &announced(), &other, &dumps(&config(), &spec())))
+        .contains(&format!("{GRAPH}/volumes/data/_data")));
     // Allowed by the operator.
     let p = AdmissionConfig { allow_bind_sources: vec!["/srv/data".into()], ..Default::default() };
     let (c, s) = crafted(|s| {
