@@ -17,6 +17,20 @@
 //! [network]
 //! hook = "/usr/local/lib/tern/announce"  # optional: run when a container
 //! hook_timeout = 10                # arrives or departs (netid.rs); seconds
+//! [admission]                      # what an incoming checkpoint may ask for
+//! allow_privileged = false         # (target/admission.rs; every key optional,
+//! allow_capabilities = []          #  the defaults refuse anything beyond a
+//! allow_bind_sources = []          #  plain Podman container)
+//! allow_devices = []
+//! allow_hooks = []
+//! allow_host_namespaces = []
+//! allow_criu_config = false
+//! [limits]                         # data streams (transfer/, target/archive.rs)
+//! send_stall_secs = 15             # no byte accepted by the peer this long: fail
+//! receive_stall_secs = 60          # no byte arrived this long (+1 s per 64 MiB announced)
+//! stream_floor_mib = 1024          # a stream may always be this large, plus
+//! stream_factor = 2                # this many times the announced memory + files
+//! image_max_mib = 65536            # an image archive (its size is not announced)
 //! [facts_override]                 # tests and labs only: pretend facts differ
 //! criu_version = "3.0.0"
 //! [faults]                         # tests only: inject failures
@@ -43,6 +57,12 @@ pub struct AgentConfig {
     pub runc: RuncConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// What an incoming checkpoint may ask of this host (target/admission.rs).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    /// Deadlines and sizes of data streams.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Fields of the reported facts replaced by these values (lab and tests:
     /// two namespaces on one machine have identical facts otherwise).
     #[serde(default)]
@@ -107,6 +127,88 @@ impl NetworkConfig {
     }
 }
 
+/// What an incoming checkpoint may ask of this host beyond a plain Podman
+/// container (`target/admission.rs`). Every default refuses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Containers created with `--privileged`.
+    #[serde(default)]
+    pub allow_privileged: bool,
+    /// Capabilities beyond Podman's default set, e.g. `["NET_ADMIN"]`
+    /// (with or without `CAP_`).
+    #[serde(default)]
+    pub allow_capabilities: Vec<String>,
+    /// Host folders (and what is under them) a bind mount may come from,
+    /// besides the container's own folders and named volumes.
+    #[serde(default)]
+    pub allow_bind_sources: Vec<PathBuf>,
+    /// Device nodes beyond the standard ones (`/dev/null`, ...), e.g. `["/dev/fuse"]`.
+    #[serde(default)]
+    pub allow_devices: Vec<String>,
+    /// OCI hook programs that may run (their `path`).
+    #[serde(default)]
+    pub allow_hooks: Vec<PathBuf>,
+    /// Namespaces that may be the host's or another's (`network`, `pid`,
+    /// `ipc`, `uts`, `mount`, `user`, `cgroup`).
+    #[serde(default)]
+    pub allow_host_namespaces: Vec<String>,
+    /// An `org.criu.config` annotation naming a CRIU options file of the
+    /// container's own (tern's own is always allowed).
+    #[serde(default)]
+    pub allow_criu_config: bool,
+}
+
+/// Deadlines and size limits of data streams.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A sender fails once the peer has taken no byte for this long
+    /// (seconds, default 15, scaled by `TERN_TIMEOUT_SCALE`): the source
+    /// is frozen meanwhile.
+    #[serde(default)]
+    pub send_stall_secs: Option<u64>,
+    /// A receiver fails once no byte arrived for this long (seconds,
+    /// default 60, plus a second for each 64 MiB of announced memory: the
+    /// source's dump may take that long before its first byte).
+    #[serde(default)]
+    pub receive_stall_secs: Option<u64>,
+    /// Every data stream may hold this much (MiB, default 1024) ...
+    #[serde(default)]
+    pub stream_floor_mib: Option<u64>,
+    /// ... plus this many times the announced memory and files (default 2).
+    #[serde(default)]
+    pub stream_factor: Option<u64>,
+    /// The largest image archive received (MiB, default 65536).
+    #[serde(default)]
+    pub image_max_mib: Option<u64>,
+}
+
+impl LimitsConfig {
+    pub fn send_stall(&self) -> std::time::Duration {
+        tern_transport::timeouts::scaled(std::time::Duration::from_secs(self.send_stall_secs.unwrap_or(15)))
+    }
+
+    /// The receive deadline for a container of `memory_bytes`.
+    pub fn receive_stall(&self, memory_bytes: u64) -> std::time::Duration {
+        let base = self.receive_stall_secs.unwrap_or(60).saturating_add(memory_bytes / (64 << 20));
+        tern_transport::timeouts::scaled(std::time::Duration::from_secs(base))
+    }
+
+    /// The most bytes one data stream may carry for a container that
+    /// announced `memory_bytes` and `files_bytes`: the floor covers CRIU's
+    /// metadata and small containers, the factor memory that grew between
+    /// the survey and the freeze and files beyond the ones counted.
+    pub fn stream_max(&self, memory_bytes: u64, files_bytes: u64) -> u64 {
+        let floor = self.stream_floor_mib.unwrap_or(1024).saturating_mul(1 << 20);
+        floor.saturating_add(memory_bytes.saturating_add(files_bytes).saturating_mul(self.stream_factor.unwrap_or(2)))
+    }
+
+    pub fn image_max(&self) -> u64 {
+        self.image_max_mib.unwrap_or(65536).saturating_mul(1 << 20)
+    }
+}
+
 fn default_runc() -> String {
     "runc".to_string()
 }
@@ -118,6 +220,29 @@ fn default_podman() -> String {
 impl AgentConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the agent config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("the agent config {} is invalid: {e}", path.display()))
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("the agent config {} is invalid: {e}", path.display()))?;
+        // Senders run where no config reaches them (transfer/): the
+        // deadline is the process's.
+        crate::transfer::set_send_stall(cfg.limits.send_stall());
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_and_limits_default_to_refusing_and_bounded() {
+        let c: AgentConfig =
+            toml::from_str("name = \"b\"\nlisten = \"127.0.0.1:1\"\nstate_dir = \"/x\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        assert!(!c.admission.allow_privileged && c.admission.allow_capabilities.is_empty());
+        assert_eq!(c.limits.stream_max(0, 0), 1 << 30);
+        assert_eq!(c.limits.stream_max(1 << 30, 0), 3 << 30);
+        assert_eq!(c.limits.stream_max(u64::MAX, 1), u64::MAX, "no overflow");
+        let a: AdmissionConfig =
+            toml::from_str("allow_privileged = true\nallow_capabilities = [\"NET_ADMIN\"]\nallow_bind_sources = [\"/srv/data\"]").unwrap();
+        assert!(a.allow_privileged);
+        assert!(toml::from_str::<AdmissionConfig>("allow_everything = true").is_err(), "a misspelt key is refused");
     }
 }

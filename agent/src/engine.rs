@@ -164,14 +164,14 @@ impl PodmanCli {
 
     /// Whether a container has this name or ID.
     async fn container_exists(&self, name: &str) -> Result<bool> {
-        self.exists(&["container", "exists", name]).await
+        self.exists(&["container", "exists", "--", name]).await
     }
 
     async fn inspect_many(&self, ids: &[String]) -> Result<Vec<ContainerInfo>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = vec!["container", "inspect", "--format", "json"];
+        let mut args = vec!["container", "inspect", "--format", "json", "--"];
         args.extend(ids.iter().map(String::as_str));
         let raw: Vec<InspectJson> = self.run_json(&args).await?;
         let nets = self.networks().await?;
@@ -218,6 +218,56 @@ fn tcp_flag(opts: CheckpointOpts) -> Option<&'static str> {
     opts.tcp_established.then_some("--tcp-established")
 }
 
+// Podman's arguments. Names, IDs and paths can come from a peer (a
+// container's or image's name in `Begin`): every option comes first, paths
+// are glued to their option (`--export=PATH`), and `--` ends the options
+// before names and IDs, so none can ever read as an option.
+
+fn tag_args<'a>(id: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec!["image", "tag", "--", id, name]
+}
+
+fn checkpoint_args<'a>(name: &'a str, export: &'a str, opts: CheckpointOpts) -> Vec<&'a str> {
+    // Uncompressed: tern compresses on the wire where it pays, and the
+    // hash base's pages must be seen as CRIU wrote them.
+    let mut args = vec!["container", "checkpoint", "--keep", "--compress", "none", export];
+    args.extend(tcp_flag(opts));
+    if opts.with_previous {
+        args.push("--with-previous");
+    }
+    if opts.leave_running {
+        args.push("--leave-running");
+    }
+    args.extend(["--", name]);
+    args
+}
+
+fn restore_local_args(name: &str, opts: CheckpointOpts) -> Vec<&str> {
+    let mut args = vec!["container", "restore", "--keep"];
+    args.extend(tcp_flag(opts));
+    args.extend(["--", name]);
+    args
+}
+
+fn restore_import_args(import: &str, opts: CheckpointOpts) -> Vec<&str> {
+    // --keep: Podman would otherwise delete the images (as large as the
+    // container's memory) before it returns, inside the downtime; the
+    // target drops them right after (target/inplace.rs), and CRIU's
+    // restore.log and statistics stay for the report and for diagnosis.
+    let mut args = vec!["container", "restore", "--keep", import];
+    args.extend(tcp_flag(opts));
+    args
+}
+
+fn remove_args(name: &str, force: bool) -> Vec<&str> {
+    let mut args = vec!["container", "rm"];
+    if force {
+        args.extend(["--force", "--time", "0"]);
+    }
+    args.extend(["--", name]);
+    args
+}
+
 #[async_trait]
 impl Engine for PodmanCli {
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
@@ -244,37 +294,26 @@ impl Engine for PodmanCli {
     }
 
     async fn image_exists(&self, image_id: &str) -> Result<bool> {
-        self.exists(&["image", "exists", image_id]).await
+        self.exists(&["image", "exists", "--", image_id]).await
     }
 
     async fn image_save(&self, image_id: &str, path: &Path) -> Result<()> {
-        let p = path.to_string_lossy();
-        self.run(&["image", "save", "--format", "oci-archive", "-o", &p, image_id], SLOW).await.map(drop)
+        let out = format!("--output={}", path.to_string_lossy());
+        self.run(&["image", "save", "--format", "oci-archive", &out, "--", image_id], SLOW).await.map(drop)
     }
 
     async fn image_load(&self, path: &Path) -> Result<()> {
-        let p = path.to_string_lossy();
-        self.run(&["image", "load", "-i", &p], SLOW).await.map(drop)
+        let input = format!("--input={}", path.to_string_lossy());
+        self.run(&["image", "load", &input], SLOW).await.map(drop)
     }
 
     async fn image_tag(&self, id: &str, name: &str) -> Result<()> {
-        self.run(&["image", "tag", id, name], QUICK).await.map(drop)
+        self.run(&tag_args(id, name), QUICK).await.map(drop)
     }
 
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {
-        let p = path.to_string_lossy();
-        // Uncompressed: tern compresses on the wire where it pays, and the
-        // hash base's pages must be seen as CRIU wrote them.
-        let mut args = vec!["container", "checkpoint", "--keep", "--compress", "none", "--export", &p];
-        args.extend(tcp_flag(opts));
-        if opts.with_previous {
-            args.push("--with-previous");
-        }
-        if opts.leave_running {
-            args.push("--leave-running");
-        }
-        args.push(name);
-        self.run(&args, SLOW).await.map(drop)
+        let export = format!("--export={}", path.to_string_lossy());
+        self.run(&checkpoint_args(name, &export, opts), SLOW).await.map(drop)
     }
 
     async fn pre_dump(&self, id: &str, dir: &Path, parent: Option<&str>) -> Result<()> {
@@ -299,7 +338,7 @@ impl Engine for PodmanCli {
     }
 
     async fn container_dir(&self, name: &str) -> Result<std::path::PathBuf> {
-        let out = self.run(&["container", "inspect", "--format", "{{.StaticDir}}", name], QUICK).await?;
+        let out = self.run(&["container", "inspect", "--format", "{{.StaticDir}}", "--", name], QUICK).await?;
         let dir = String::from_utf8_lossy(&out).trim().to_string();
         if !dir.starts_with('/') {
             return Err(EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("StaticDir is {dir:?}") });
@@ -325,30 +364,16 @@ impl Engine for PodmanCli {
     }
 
     async fn restore_local(&self, name: &str, opts: CheckpointOpts) -> Result<()> {
-        let mut args = vec!["container", "restore", "--keep"];
-        args.extend(tcp_flag(opts));
-        args.push(name);
-        self.run(&args, SLOW).await.map(drop)
+        self.run(&restore_local_args(name, opts), SLOW).await.map(drop)
     }
 
     async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()> {
-        let p = path.to_string_lossy();
-        // --keep: Podman would otherwise delete the images (as large as the
-        // container's memory) before it returns, inside the downtime; the
-        // target drops them right after (target/inplace.rs), and CRIU's
-        // restore.log and statistics stay for the report and for diagnosis.
-        let mut args = vec!["container", "restore", "--keep", "--import", &p];
-        args.extend(tcp_flag(opts));
-        self.run(&args, SLOW).await.map(drop)
+        let import = format!("--import={}", path.to_string_lossy());
+        self.run(&restore_import_args(&import, opts), SLOW).await.map(drop)
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
-        let mut args = vec!["container", "rm"];
-        if force {
-            args.extend(["--force", "--time", "0"]);
-        }
-        args.push(name);
-        self.run(&args, QUICK).await.map(drop)
+        self.run(&remove_args(name, force), QUICK).await.map(drop)
     }
 
     async fn volumes(&self) -> Result<Vec<String>> {
@@ -357,7 +382,7 @@ impl Engine for PodmanCli {
     }
 
     async fn volume_remove(&self, name: &str) -> Result<()> {
-        self.run(&["volume", "rm", name], QUICK).await.map(drop)
+        self.run(&["volume", "rm", "--", name], QUICK).await.map(drop)
     }
 
     async fn info(&self) -> Result<PodmanInfo> {
@@ -365,7 +390,7 @@ impl Engine for PodmanCli {
     }
 
     async fn main_pid(&self, name: &str) -> Result<u32> {
-        let out = self.run(&["container", "inspect", "--format", "{{.State.Pid}}", name], QUICK).await?;
+        let out = self.run(&["container", "inspect", "--format", "{{.State.Pid}}", "--", name], QUICK).await?;
         let text = String::from_utf8_lossy(&out);
         text.trim()
             .parse()
@@ -373,7 +398,7 @@ impl Engine for PodmanCli {
     }
 
     async fn upper_dir(&self, name: &str) -> Result<Option<std::path::PathBuf>> {
-        let out = self.run(&["container", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", name], QUICK).await?;
+        let out = self.run(&["container", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", "--", name], QUICK).await?;
         let text = String::from_utf8_lossy(&out);
         let path = text.trim();
         Ok((path.starts_with('/')).then(|| std::path::PathBuf::from(path)))
@@ -438,6 +463,9 @@ pub struct InfoStore {
     pub graph_root: Option<String>,
     #[serde(default, deserialize_with = "string_or_none")]
     pub graph_driver_name: Option<String>,
+    /// Where Podman keeps its per-container run files (`resolv.conf`, ...).
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub run_root: Option<String>,
     /// Where named volumes live.
     #[serde(default, deserialize_with = "string_or_none")]
     pub volume_path: Option<String>,
@@ -817,6 +845,32 @@ mod tests {
         let empty: PodmanInfo = serde_json::from_str("{}").unwrap();
         assert_eq!(empty.host.oci_runtime.version, None);
         assert!(serde_json::from_str::<PodmanInfo>("not json").is_err());
+    }
+
+    #[test]
+    fn names_and_ids_come_after_the_end_of_options() {
+        let hostile = "--rootfs=/";
+        let opts = CheckpointOpts { tcp_established: true, with_previous: true, leave_running: false };
+        let cases: Vec<Vec<&str>> = vec![
+            tag_args(hostile, hostile),
+            checkpoint_args(hostile, "--export=/x", opts),
+            restore_local_args(hostile, opts),
+            remove_args(hostile, true),
+        ];
+        for args in cases {
+            let end = args.iter().position(|a| *a == "--").unwrap_or_else(|| panic!("no -- in {args:?}"));
+            let first_name = args.iter().position(|a| *a == hostile).unwrap();
+            assert!(end < first_name, "{args:?}");
+            assert!(args[..end].iter().all(|a| *a != hostile), "{args:?}");
+        }
+        assert_eq!(tag_args("abc", "localhost/x:1"), ["image", "tag", "--", "abc", "localhost/x:1"]);
+        assert_eq!(
+            checkpoint_args("web", "--export=/f", opts),
+            ["container", "checkpoint", "--keep", "--compress", "none", "--export=/f", "--tcp-established", "--with-previous", "--", "web"]
+        );
+        // A path glued to its option stays its value whatever it starts with.
+        assert_eq!(restore_import_args("--import=-x.tar", CheckpointOpts::default()), ["container", "restore", "--keep", "--import=-x.tar"]);
+        assert_eq!(remove_args("web", false), ["container", "rm", "--", "web"]);
     }
 
     #[test]

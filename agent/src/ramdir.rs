@@ -18,8 +18,19 @@
 //!
 //! Mounts are named [`FS_NAME`] so that an agent that died with one
 //! mounted finds it again at start (`recovery.rs`).
+//!
+//! On the target, where the images wait for the restore, the memory is
+//! one budget for every migration this agent receives at once: each
+//! [`reserve`]s its share before it mounts (the container's announced
+//! memory, twice: the images and the restored container) and that share
+//! is its tmpfs's size cap, released when the images go. A migration that
+//! does not fit in what is left keeps its images on disk, with a note, as
+//! when the host's memory alone is short. `MemAvailable` already counts
+//! what earlier migrations wrote to their tmpfs, so the budget errs on
+//! the side of disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The source name of every tmpfs tern mounts (as `/proc/self/mountinfo`
 /// shows it).
@@ -52,6 +63,65 @@ pub fn fits(need: u64, copies: u64, available: u64) -> Result<u64, String> {
     // anonymous memory counted (shared memory, page tables), never the
     // memory the rest of the host needs.
     Ok(available - MARGIN)
+}
+
+/// Room in a tmpfs beyond the images' announced size: CRIU's other images
+/// (cores, file descriptors, memory maps), and memory the survey missed.
+const SLACK: u64 = 64 << 20;
+
+/// Bytes of RAM reserved by this process's migrations ([`Reservation`]).
+static RESERVED: Mutex<u64> = Mutex::new(0);
+
+/// A migration's share of the RAM budget (module docs); given back when
+/// dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Its size: the cap of the migration's tmpfs.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut held = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(self.bytes);
+    }
+}
+
+/// What images of `need` bytes, held `copies` times over, take of a host
+/// with `available` bytes available of which `held` are reserved by other
+/// migrations already: the share to reserve, also the tmpfs's cap.
+pub fn budget(need: u64, copies: u64, available: u64, held: u64) -> Result<u64, String> {
+    if need == 0 {
+        // A tmpfs of size 0 has no limit at all.
+        return Err("the container's memory size is unknown".into());
+    }
+    let share = need.saturating_mul(copies).saturating_add(SLACK);
+    let want = share.saturating_add(held).saturating_add(MARGIN);
+    if available < want {
+        let others = if held > 0 { format!(", {} MiB of it held for other migrations", held >> 20) } else { String::new() };
+        return Err(format!("{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM{others}", available >> 20, want >> 20));
+    }
+    Ok(share)
+}
+
+/// Reserves the share of the budget for images of `need` bytes held
+/// `copies` times over ([`budget`]), with `available` bytes available.
+pub fn reserve(need: u64, copies: u64, available: u64) -> Result<Reservation, String> {
+    let mut held = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = budget(need, copies, available, *held)?;
+    *held = held.saturating_add(bytes);
+    Ok(Reservation { bytes })
+}
+
+/// What this process's migrations hold of the budget now.
+pub fn reserved() -> u64 {
+    *RESERVED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Mounts a tmpfs of at most `cap` bytes on `dir` (created if missing,
@@ -165,6 +235,28 @@ mod tests {
         let err = fits(gib, 2, 2 * gib).unwrap_err();
         assert!(err.contains("2048 MiB of memory available, 2304 MiB needed"), "{err}");
         assert!(fits(u64::MAX, 2, 1 << 50).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn one_budget_for_every_migration() {
+        let gib = 1u64 << 30;
+        assert_eq!(budget(gib / 2, 2, 8 * gib, 0), Ok(gib + SLACK));
+        assert!(budget(0, 2, 8 * gib, 0).unwrap_err().contains("unknown"), "never a tmpfs without a cap");
+        let err = budget(gib, 2, 4 * gib, 2 * gib).unwrap_err();
+        assert!(err.contains("2048 MiB of it held for other migrations"), "{err}");
+        assert!(budget(u64::MAX, 2, 1 << 50, u64::MAX).is_err(), "no overflow");
+        // Reservations add up and give back what they took. (Other tests
+        // of this process may hold some: counted relative to the start.)
+        let before = reserved();
+        let huge = 1u64 << 60;
+        let a = reserve(gib, 2, huge).unwrap();
+        let b = reserve(gib, 2, huge).unwrap();
+        assert_eq!(reserved() - before, 2 * (2 * gib + SLACK));
+        assert!(reserve(gib, 2, a.bytes() + b.bytes() + before + MARGIN).is_err(), "the others' shares count");
+        drop(a);
+        assert_eq!(reserved() - before, 2 * gib + SLACK);
+        drop(b);
+        assert_eq!(reserved(), before);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! source settles it with a `Resolve` request ([`resolve`]), the only way
 //! it is removed once the conversation is over.
 
+pub mod admission;
 pub mod archive;
 pub mod error;
 pub mod inplace;
@@ -37,8 +38,8 @@ use crate::context::Agent;
 use crate::engine::CheckpointOpts;
 use crate::faults::ReceiveFaults;
 use crate::pages::PageStore;
-use crate::transfer;
-use archive::{receive_records, ArchiveOut, Received};
+use crate::transfer::{self, TransferError};
+use archive::{receive_records, ArchiveOut, Limits, Received};
 use error::TargetError;
 use inplace::Bundle;
 use std::collections::HashMap;
@@ -222,7 +223,8 @@ impl Target<'_> {
             }
         }
         let inbox = Arc::new(Inbox::default());
-        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir, annotate };
+        let limits = Limits::of(&self.agent.cfg.limits, c);
+        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir, annotate, limits };
         let stall = self.agent.cfg.faults.stall(crate::faults::StallPoint::Transfer, &self.agent.cfg.state_dir);
         let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), stall, inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
@@ -386,6 +388,7 @@ impl Target<'_> {
             return Err(TargetError::InjectedRestoreFailure);
         }
         let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or(TargetError::FolderGone)?;
+        admission::admit(&self.agent.cfg.admission, self.agent.engine.as_ref(), &self.begin.container, &staged.path, &folder).await?;
         let engine = self.agent.engine.clone();
         let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
@@ -541,6 +544,11 @@ impl Target<'_> {
         if c.image.is_empty() || c.image.contains("<none>") {
             return Ok(());
         }
+        // Only the image whose ID was announced, under a valid name (admission.rs).
+        admission::check_image(&c.image, &c.image_id).map_err(TargetError::ImageRefused)?;
+        if !self.agent.engine.image_exists(&c.image_id).await? {
+            return Err(TargetError::ImageRefused(format!("no image here has the announced ID {} (the shipped image is another)", c.image_id)));
+        }
         self.agent.engine.image_tag(&c.image_id, &c.image).await.map_err(|source| TargetError::NameImage { image: c.image.clone(), source })
     }
 
@@ -630,6 +638,8 @@ struct Places {
     checkpoint: PathBuf,
     /// `spec.dump`'s CRIU options file ([`unpack::TarSplit::annotating`]).
     annotate: Option<(PathBuf, bool)>,
+    /// What each stream may take ([`archive::Limits`]).
+    limits: Limits,
 }
 
 /// Accepts the migration's data streams and stages each, posting the result
@@ -651,7 +661,11 @@ async fn accept_data(
     let mut base_pages: Option<Arc<PageStore>> = None;
     loop {
         let Ok(mut recv) = conn.accept_uni().await else { break };
-        let header = match transfer::accept_header(&mut recv).await {
+        let (data, image) = (places.limits.data, places.limits.image);
+        let header = match tokio::time::timeout(data.stall, transfer::accept_header(&mut recv))
+            .await
+            .unwrap_or(Err(TransferError::ReceiveStalled(data.stall)))
+        {
             Ok(h) if h.id == id => h,
             Ok(h) => {
                 tracing::warn!("a data stream for migration {} arrived on migration {id}'s connection", h.id);
@@ -668,22 +682,24 @@ async fn accept_data(
         let arrived: Arrived = match header.kind {
             DataKind::Image => {
                 let path = staging.join("image.tar");
-                receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default())
+                receive_records(recv, ArchiveOut::File(path.clone()), None, false, done.clone(), ReceiveFaults::default(), image)
                     .await
                     .map(|r| Staged { path, digest: r.digest, annotated: false })
                     .map_err(TargetError::from)
             }
-            DataKind::Checkpoint => receive_records(recv, unpacked(), None, false, done.clone(), faults).await.map(rest).map_err(TargetError::from),
+            DataKind::Checkpoint => {
+                receive_records(recv, unpacked(), None, false, done.clone(), faults, data).await.map(rest).map_err(TargetError::from)
+            }
             DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
                 let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
-                transfer::receive_fileset(recv, &dir, done.clone())
+                transfer::receive_fileset(recv, &dir, done.clone(), data)
                     .await
                     .map(|(digest, _)| Staged { path: dir, digest, annotated: false })
                     .map_err(TargetError::from)
             }
             DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
                 let path = staging.join("base.tar");
-                match receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default()).await {
+                match receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default(), data).await {
                     Ok(r) => {
                         base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
                         Ok(Staged { path, digest: r.digest, annotated: false })
@@ -692,9 +708,10 @@ async fn accept_data(
                 }
             }
             DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => match &base_pages {
-                Some(store) => {
-                    receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults).await.map(rest).map_err(TargetError::from)
-                }
+                Some(store) => receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults, data)
+                    .await
+                    .map(rest)
+                    .map_err(TargetError::from),
                 None => Err(TargetError::NoBase),
             },
             other => {

@@ -28,6 +28,8 @@ use tern_transport::rpc::Session;
 use tern_transport::TlsFiles;
 
 const PAGE: usize = 4096;
+/// The fake's image: a full image ID, as Podman's (the target tags no other).
+const IMG: &str = "1b2c3d4e5f60718293a4b5c6d7e8f9001b2c3d4e5f60718293a4b5c6d7e8f900";
 
 struct FakeContainer {
     info: ContainerInfo,
@@ -58,6 +60,8 @@ struct FakeEngine {
     inspect_delay: Duration,
     /// Memory of the last container checkpointed, as it was at the freeze.
     last_frozen: Mutex<Option<Vec<Vec<u8>>>>,
+    /// A bind mount of this host folder in the spec.dump it exports.
+    spec_bind: Option<String>,
 }
 
 impl FakeEngine {
@@ -73,6 +77,7 @@ impl FakeEngine {
             fail_checkpoint: false,
             inspect_delay: Duration::ZERO,
             last_frozen: Mutex::default(),
+            spec_bind: None,
         }
     }
     /// Gives `name` a named volume.
@@ -84,7 +89,7 @@ impl FakeEngine {
 
     fn add(&self, name: &str, ip: &str) {
         let mut s = self.state.lock().unwrap();
-        s.images.insert("img1".into());
+        s.images.insert(IMG.into());
         let memory = (0..self.pages).map(|i| page_of(name, i, 0)).collect();
         s.containers.insert(
             name.into(),
@@ -93,7 +98,7 @@ impl FakeEngine {
                     name: name.into(),
                     id: format!("id-{name}"),
                     image: "localhost/tern-busybox:latest".into(),
-                    image_id: "img1".into(),
+                    image_id: IMG.into(),
                     state: "running".into(),
                     ips: vec![ip.parse().unwrap()],
                     memory_bytes: 0,
@@ -143,6 +148,33 @@ impl FakeEngine {
     fn count(&self, what: &str) -> usize {
         self.state.lock().unwrap().calls.iter().filter(|c| c.starts_with(what)).count()
     }
+}
+
+/// config.dump as the fake writes it: the container's info (what its
+/// restore reads back), with the fields of Podman's that admission checks.
+fn podman_config(info: &ContainerInfo) -> Vec<u8> {
+    let mut v = serde_json::to_value(info).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("rootfsImageID".into(), info.image_id.clone().into());
+    o.insert("rootfsImageName".into(), info.image.clone().into());
+    o.insert("privileged".into(), false.into());
+    o.insert("createNetNS".into(), true.into());
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// spec.dump of a plain container (target/admission.rs admits it), with a
+/// bind mount of `bind` if asked.
+fn podman_spec(bind: Option<&str>) -> Vec<u8> {
+    let caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
+    let ns: Vec<_> = ["pid", "network", "ipc", "uts", "mount"].iter().map(|t| serde_json::json!({"type": t})).collect();
+    let mut mounts = vec![serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"})];
+    mounts.extend(bind.map(|b| serde_json::json!({"destination": "/host", "type": "bind", "source": b, "options": ["rbind"]})));
+    serde_json::to_vec(&serde_json::json!({
+        "process": {"args": ["sh"], "capabilities": {"bounding": caps, "effective": caps}},
+        "mounts": mounts,
+        "linux": {"namespaces": ns}
+    }))
+    .unwrap()
 }
 
 /// Distinct, recognisable content for page `i` of `name` after `writes` writes.
@@ -302,6 +334,7 @@ impl Engine for FakeEngine {
         };
         let path = path.to_path_buf();
         let with_previous = opts.with_previous;
+        let spec_bind = self.spec_bind.clone();
         // Opening a FIFO blocks until the reader comes: do it off the runtime.
         tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -312,7 +345,8 @@ impl Engine for FakeEngine {
                 h.set_mode(0o600);
                 b.append_data(&mut h, name, data)
             };
-            add("config.dump", serde_json::to_string(&info).unwrap().as_bytes())?;
+            add("config.dump", &podman_config(&info))?;
+            add("spec.dump", &podman_spec(spec_bind.as_deref()))?;
             let map: Vec<u8> = which.iter().flat_map(|i| (*i as u32).to_le_bytes()).collect();
             add("checkpoint/pagemap-1.img", &map)?;
             let pages: Vec<u8> = which.iter().flat_map(|i| memory[*i].clone()).collect();
@@ -436,6 +470,17 @@ async fn cluster(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults) -> Cl
 
 /// [`cluster`] with `b`'s network settings (its hook).
 async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, b_network: NetworkConfig) -> Cluster {
+    cluster_tuned(a, b, b_faults, b_network, |_| {}).await
+}
+
+/// [`cluster_with`], `b`'s config changed by `tune` (its admission, its limits).
+async fn cluster_tuned(
+    a: Arc<FakeEngine>,
+    b: Arc<FakeEngine>,
+    b_faults: Faults,
+    b_network: NetworkConfig,
+    tune: impl Fn(&mut AgentConfig),
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let hosts = ["a", "b"].map(|n| tern_transport::pki::HostSpec { name: n.into(), addresses: vec![local] });
@@ -444,7 +489,7 @@ async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, 
     for (name, engine, faults, network) in
         [("a", a as Arc<dyn Engine>, Faults::default(), NetworkConfig::default()), ("b", b as Arc<dyn Engine>, b_faults, b_network)]
     {
-        let cfg = AgentConfig {
+        let mut cfg = AgentConfig {
             name: name.into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: dir.path().join(format!("state-{name}")),
@@ -452,9 +497,14 @@ async fn cluster_with(a: Arc<FakeEngine>, b: Arc<FakeEngine>, b_faults: Faults, 
             podman: PodmanConfig::default(),
             runc: Default::default(),
             network,
+            admission: Default::default(),
+            limits: Default::default(),
             facts_override: Default::default(),
             faults,
         };
+        if name == "b" {
+            tune(&mut cfg);
+        }
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls).unwrap();
         addrs.insert(name.to_string(), endpoint.local_addr().unwrap());
@@ -542,7 +592,7 @@ async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly(
     let a = Arc::new(FakeEngine::with(2048, 40));
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (events, r) = c.migrate_with("db", options(Mode::PreCopy), None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -571,7 +621,7 @@ async fn pre_copy_memory_is_exact_across_the_chain() {
     let a = Arc::new(FakeEngine::with(512, 100));
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let policy = PolicyConfig { max_downtime: Duration::ZERO, min_pages: 0, max_rounds: 4, min_shrink_pct: 0, ..Default::default() };
     let (_, r) = c.migrate_with("db", MigrateOptions { policy, ..options(Mode::PreCopy) }, None).await;
@@ -590,7 +640,7 @@ async fn hash_pre_copy_sends_only_changed_pages_at_the_freeze() {
     let a = Arc::new(FakeEngine::with(2048, 30));
     let b = FakeEngine::new(0);
     a.add("cache", "203.0.113.7");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("cache", options(Mode::HashPreCopy), None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -822,7 +872,7 @@ async fn compressible_memory_is_compressed_on_the_wire_and_arrives_intact() {
     // The fake's pages repeat a 32-byte pattern: very compressible.
     let (a, b) = (FakeEngine::new(2048), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("web", MigrateOptions { compress: Compression::Auto, ..options(Mode::StopAndCopy) }, None).await;
     assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
@@ -832,9 +882,73 @@ async fn compressible_memory_is_compressed_on_the_wire_and_arrives_intact() {
     // And with compression off, every byte crosses.
     let (a, b) = (FakeEngine::new(2048), FakeEngine::new(0));
     a.add("web", "203.0.113.5");
-    b.state.lock().unwrap().images.insert("img1".into());
+    b.state.lock().unwrap().images.insert(IMG.into());
     let c = cluster(a.clone(), b.clone(), Faults::default()).await;
     let (_, r) = c.migrate_with("web", options(Mode::StopAndCopy), None).await;
     assert_eq!((r.zstd_in, r.zstd_out), (0, 0));
     assert!(r.bytes_on_wire >= r.checkpoint_bytes);
+}
+
+// Admission and stream limits on the target (target/admission.rs,
+// target/archive.rs): a refusal is a rollback, the container runs on.
+
+#[tokio::test]
+async fn a_checkpoint_asking_for_a_host_folder_is_refused_and_rolled_back() {
+    let mut a = FakeEngine::with(64, 8);
+    a.spec_bind = Some("/".into());
+    let (a, b) = (Arc::new(a), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    b.state.lock().unwrap().images.insert(IMG.into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let (_, r) = c.migrate("web", None).await;
+    match &r.outcome {
+        Outcome::RolledBack { failure } => {
+            assert_eq!(failure.phase, Phase::Verify, "{failure}");
+            assert!(
+                failure.message.contains(
+                    "refused by this host's admission policy: a bind mount from outside the container's own folders and volumes: spec.dump mounts / on /host"
+                ) && failure.message.contains("allow_bind_sources = [\"/\"]"),
+                "{failure}"
+            );
+        }
+        other => panic!("expected a rollback: {other:?}"),
+    }
+    assert!(!b.called("restore_import"), "nothing of it ran on the target");
+    assert_eq!(a.state_of("web").as_deref(), Some("running"), "back on the source");
+    assert_eq!(b.state_of("web"), None);
+    b.assert_no_folder("id-web");
+
+    // The target's operator allows it: it moves.
+    let c =
+        cluster_tuned(a.clone(), b.clone(), Faults::default(), NetworkConfig::default(), |cfg| cfg.admission.allow_bind_sources = vec!["/".into()])
+            .await;
+    let (_, r) = c.migrate("web", None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(b.state_of("web").as_deref(), Some("running"));
+}
+
+#[tokio::test]
+async fn a_checkpoint_larger_than_announced_is_cut_off_and_rolled_back() {
+    // 768 pages: 3 MiB of images, where the source announces 1 MiB.
+    let (a, b) = (FakeEngine::new(768), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    a.state.lock().unwrap().containers.get_mut("web").unwrap().info.memory_bytes = 1 << 20;
+    b.state.lock().unwrap().images.insert(IMG.into());
+    let c = cluster_tuned(a.clone(), b.clone(), Faults::default(), NetworkConfig::default(), |cfg| {
+        cfg.limits.stream_floor_mib = Some(0);
+        cfg.limits.stream_factor = Some(1);
+    })
+    .await;
+    let (_, r) = c.migrate("web", None).await;
+    match &r.outcome {
+        Outcome::RolledBack { failure } => {
+            assert_eq!(failure.phase, Phase::Verify, "{failure}");
+            assert!(failure.message.contains("receiving from the source failed: the data grew past 1048576 bytes"), "{failure}");
+        }
+        other => panic!("expected a rollback: {other:?}"),
+    }
+    assert!(!b.called("restore_import"));
+    assert_eq!(a.state_of("web").as_deref(), Some("running"), "back on the source");
+    assert_eq!(b.state_of("web"), None);
+    b.assert_no_folder("id-web");
 }

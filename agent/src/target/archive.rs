@@ -5,12 +5,34 @@
 use super::unpack::{SplitStats, TarSplit};
 use crate::faults::ReceiveFaults;
 use crate::pages::{PageOffsets, PageStore};
-use crate::transfer::{digest, pump, TransferError, CHUNK};
+use crate::transfer::{digest, pump, StreamLimits, TransferError, CHUNK};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tern_proto::delta::{Decoded, DeltaDecoder};
 use tern_proto::Digest;
+
+/// What the data streams of one migration may take ([`StreamLimits`]):
+/// from the `[limits]` of the agent's config and the size the source
+/// announced. Every stream but the image is bounded by the announced
+/// memory and files (the checkpoint, the hash base and the delta rebuilt
+/// from it, each pre-copy round); the image, whose size the source does
+/// not announce, by `image_max_mib`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub data: StreamLimits,
+    pub image: StreamLimits,
+}
+
+impl Limits {
+    pub fn of(cfg: &crate::config::LimitsConfig, c: &tern_proto::facts::ContainerInfo) -> Limits {
+        let stall = cfg.receive_stall(c.memory_bytes);
+        Limits {
+            data: StreamLimits { stall, max_bytes: cfg.stream_max(c.memory_bytes, c.files_bytes) },
+            image: StreamLimits { stall, max_bytes: cfg.image_max() },
+        }
+    }
+}
 
 /// Where a received archive goes.
 pub enum ArchiveOut {
@@ -88,7 +110,9 @@ impl OutWriter {
 /// `base` where the records refer to it; returns the archive's digest and,
 /// when `offsets` is asked, where each of its pages sits in the file (the
 /// hash base, always an [`ArchiveOut::File`]). Fault injection (tests)
-/// applies to the rebuilt bytes.
+/// applies to the rebuilt bytes. `limits` bound both the stream and the
+/// archive rebuilt from it (page references and compressed runs make the
+/// second larger than the first, by any factor a peer likes).
 pub async fn receive_records(
     recv: quinn::RecvStream,
     out: ArchiveOut,
@@ -96,9 +120,12 @@ pub async fn receive_records(
     offsets: bool,
     done: Arc<AtomicU64>,
     faults: ReceiveFaults,
+    limits: StreamLimits,
 ) -> Result<Received, TransferError> {
     let mut writer = OutWriter::open(&out).map_err(TransferError::Write)?;
-    pump(recv, move |next| {
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let over = exceeded.clone();
+    let r = pump(recv, limits, move |next| {
         let mut hasher = blake3::Hasher::new();
         let mut decoder = DeltaDecoder::default();
         let mut pages = offsets.then(PageOffsets::default);
@@ -106,6 +133,10 @@ pub async fn receive_records(
         let mut total = 0u64;
         let (mut waited, started) = (std::time::Duration::ZERO, std::time::Instant::now());
         let mut emit = |bytes: &[u8], hasher: &mut blake3::Hasher, total: &mut u64| -> std::io::Result<()> {
+            if total.saturating_add(bytes.len() as u64) > limits.max_bytes {
+                over.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other(TransferError::TooLarge { limit: limits.max_bytes }));
+            }
             if cfg!(feature = "fault-injection") && faults.corrupt && *total == 0 && !bytes.is_empty() {
                 let mut v = bytes.to_vec();
                 v[0] ^= 0xff;
@@ -119,7 +150,7 @@ pub async fn receive_records(
             if let Some(p) = &mut pages {
                 p.add(bytes);
             }
-            *total += bytes.len() as u64;
+            *total = total.saturating_add(bytes.len() as u64);
             done.store(*total, Ordering::Relaxed);
             if let Some(limit) = faults.exit_after_bytes.filter(|_| cfg!(feature = "fault-injection")) {
                 if *total >= limit {
@@ -148,5 +179,9 @@ pub async fn receive_records(
         tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
         Ok(Received { digest: digest(&hasher, total), offsets: pages.map(PageOffsets::finish), split })
     })
-    .await
+    .await;
+    match r {
+        Err(TransferError::Receive(_)) if exceeded.load(Ordering::Relaxed) => Err(TransferError::TooLarge { limit: limits.max_bytes }),
+        other => other,
+    }
 }

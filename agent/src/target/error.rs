@@ -2,6 +2,7 @@
 //! reaches the source once, as the protocol's [`Failure`] (its text is the
 //! `Display` below), in [`TargetError::failure`].
 
+use super::admission::Refusal;
 use crate::engine::EngineError;
 use crate::transfer::TransferError;
 use std::path::PathBuf;
@@ -29,6 +30,14 @@ pub enum TargetError {
     Engine(#[from] EngineError),
     #[error("naming the image {image} here: {source}")]
     NameImage { image: String, source: EngineError },
+    /// The image name or ID the source announced is not one this host
+    /// tags an image with (its words).
+    #[error("refused to name the image: {0}")]
+    ImageRefused(String),
+    /// Admission refused the checkpoint ([`super::admission`]): answered in
+    /// phase Verify whatever step found it, nothing of it ran here.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The container's folder ([`super::inplace`]) was removed or never made.
     #[error("the container's folder is gone")]
     FolderGone,
@@ -71,6 +80,10 @@ pub enum TargetError {
 impl TargetError {
     /// What the source is told.
     pub fn failure(&self, phase: Phase) -> Failure {
+        let phase = match self {
+            TargetError::Refused(_) => Phase::Verify,
+            _ => phase,
+        };
         Failure { phase, message: self.to_string() }
     }
 }

@@ -106,6 +106,8 @@ pub struct Bundle {
     pub in_ram: bool,
     /// Why not, when RAM was asked for and it is not.
     pub on_disk_because: Option<String>,
+    /// Its share of the agent's RAM budget while the tmpfs is there.
+    ram: std::sync::Mutex<Option<ramdir::Reservation>>,
 }
 
 impl Bundle {
@@ -121,15 +123,19 @@ impl Bundle {
         let checkpoint = dir.join("checkpoint");
         std::fs::create_dir_all(&checkpoint).map_err(|e| format!("creating {}: {e}", checkpoint.display()))?;
         std::fs::write(root.join(MARKER), b"").map_err(|e| format!("creating {}: {e}", root.join(MARKER).display()))?;
-        let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None };
+        let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None, ram: Default::default() };
         if !ram {
             return Ok(bundle);
         }
-        let fits = ramdir::mem_available()
+        // The share of the agent's RAM budget (ramdir.rs) is the tmpfs's cap.
+        let share = ramdir::mem_available()
             .ok_or_else(|| "cannot read MemAvailable from /proc/meminfo".to_string())
-            .and_then(|avail| ramdir::fits(container.memory_bytes, 2, avail));
-        match fits.and_then(|cap| ramdir::mount(&checkpoint, cap).map_err(|e| e.to_string())) {
-            Ok(()) => bundle.in_ram = true,
+            .and_then(|avail| ramdir::reserve(container.memory_bytes, 2, avail));
+        match share.and_then(|r| ramdir::mount(&checkpoint, r.bytes()).map(|()| r).map_err(|e| e.to_string())) {
+            Ok(r) => {
+                bundle.in_ram = true;
+                *bundle.ram.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            }
             Err(why) => {
                 tracing::info!("the checkpoint images go to disk: {why}");
                 bundle.on_disk_because = Some(why);
@@ -179,6 +185,7 @@ impl Bundle {
         } else {
             let _ = std::fs::remove_dir_all(&images);
         }
+        self.ram.lock().unwrap_or_else(|e| e.into_inner()).take();
         let _ = std::fs::remove_file(self.dir.join("pre-checkpoint"));
         let _ = std::fs::remove_dir_all(self.dir.join(crate::PRECOPY_DIR));
         // A restore cut short may have left `lazy-pages` in the container's
@@ -195,6 +202,7 @@ impl Bundle {
         if let Err(e) = ramdir::unmount(&self.checkpoint_dir(), false) {
             tracing::warn!("{e}");
         }
+        self.ram.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Removes the folder this migration made; for when no container was

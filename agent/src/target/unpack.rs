@@ -22,13 +22,28 @@
 //! own folder (`lazy.rs`): the digest of the stream still covers the bytes
 //! as they arrived.
 //!
-//! Only plain members are placed: a regular file or symbolic link whose
-//! path is `checkpoint/<name>`, `<name>` a single path component, with no
-//! extended (PAX or GNU long name) header before it. Anything else goes to
-//! the small archive, where Podman unpacks it with its own checks, so an
+//! Only plain members are placed: a regular file whose path is
+//! `checkpoint/<name>`, `<name>` a single path component, with no extended
+//! (PAX or GNU long name) header before it, and CRIU's one link (below).
+//! Anything else goes to the small archive, where Podman unpacks it, so an
 //! unusual archive costs speed, never correctness. Files are created with
 //! `O_EXCL | O_NOFOLLOW`: a member can never write through a link an
 //! earlier member made.
+//!
+//! Whatever CRIU reads as root comes from here, so every member is checked
+//! as it comes ([`check_member`]), wherever it would go, and the stream
+//! fails with an [`UnpackError`] on the first that is not one Podman's
+//! export makes: a name that is absolute, has a `..` in it or is one of
+//! tern's own files in the container's folder (`tern-*`,
+//! `pre-checkpoint`); a hard link, a device node, a FIFO; any symbolic
+//! link but `checkpoint/parent -> ../pre-checkpoint` (Podman's, in a
+//! `--with-previous` dump: it reaches the rounds through the
+//! `pre-checkpoint` link the target itself makes, `inplace.rs`; the
+//! rounds' own `parent` links are the target's too, never received). A
+//! member's real name may be in an extended header the walker does not
+//! apply: the header's own name and type are checked here, and
+//! `admission.rs` checks the small archive again by real names before
+//! Podman reads it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -54,6 +69,118 @@ pub struct SplitStats {
 
 /// The largest `spec.dump` rewritten (they are a few tens of KiB).
 const MAX_SPEC: u64 = 16 << 20;
+
+/// The one link a checkpoint archive may hold (module docs).
+pub const PARENT_LINK: (&str, &str) = ("checkpoint/parent", "../pre-checkpoint");
+
+/// Names in the container's folder that are tern's own (`tern-criu.conf`,
+/// `tern-precopy/`, `tern-criu-action.sh`, ...) or the target's
+/// (`pre-checkpoint`, `lazy-pages.socket`): never from the peer.
+const RESERVED: &[&str] = &["pre-checkpoint", super::lazy::SOCKET];
+const RESERVED_PREFIX: &str = "tern-";
+
+/// What a tar member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    Regular,
+    Directory,
+    Symlink,
+    HardLink,
+    /// Anything else, by its type flag (devices, FIFOs, ...).
+    Other(u8),
+}
+
+impl MemberKind {
+    fn of(header: &TarHeader) -> MemberKind {
+        if header.is_regular() {
+            MemberKind::Regular
+        } else if header.is_dir() {
+            MemberKind::Directory
+        } else if header.is_symlink() {
+            MemberKind::Symlink
+        } else {
+            match header.typeflag() {
+                b'1' => MemberKind::HardLink,
+                t => MemberKind::Other(t),
+            }
+        }
+    }
+}
+
+/// Why an archive is not unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnpackError {
+    #[error("the checkpoint archive holds a member with an empty name")]
+    EmptyName,
+    #[error("the checkpoint archive holds {0:?}: an absolute path")]
+    AbsoluteName(String),
+    #[error("the checkpoint archive holds {0:?}: a path with `..` in it")]
+    ParentName(String),
+    #[error("the checkpoint archive holds {0:?}: a name of tern's own files")]
+    Reserved(String),
+    #[error("the checkpoint archive holds a hard link, {name:?} -> {target:?}")]
+    HardLink { name: String, target: String },
+    #[error("the checkpoint archive holds a link tern does not accept, {name:?} -> {target:?} (only checkpoint/parent -> ../pre-checkpoint)")]
+    Link { name: String, target: String },
+    #[error("the checkpoint archive holds {name:?}, {what}: only files, folders and CRIU's parent link are accepted")]
+    Special { name: String, what: &'static str },
+    #[error("the checkpoint archive's sizes overflow")]
+    Overflow,
+    #[error("the checkpoint archive ended in the middle of a member")]
+    Truncated,
+    #[error("a tar header of the checkpoint archive does not parse: its size is not a number")]
+    BadHeader,
+}
+
+impl From<UnpackError> for std::io::Error {
+    fn from(e: UnpackError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+/// Whether a member may be in a checkpoint archive at all (module docs).
+/// `path` and `link` are as the archive has them.
+pub fn check_member(path: &[u8], kind: MemberKind, link: Option<&[u8]>) -> Result<(), UnpackError> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let name = text(path);
+    if path.is_empty() {
+        return Err(UnpackError::EmptyName);
+    }
+    if path.starts_with(b"/") {
+        return Err(UnpackError::AbsoluteName(name));
+    }
+    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    if parts.iter().any(|c| *c == b"..") {
+        return Err(UnpackError::ParentName(name));
+    }
+    if let Some(first) = parts.first() {
+        if first.starts_with(RESERVED_PREFIX.as_bytes()) || RESERVED.iter().any(|r| r.as_bytes() == *first) {
+            return Err(UnpackError::Reserved(name));
+        }
+    }
+    let target = || text(link.unwrap_or_default());
+    match kind {
+        MemberKind::Regular | MemberKind::Directory => Ok(()),
+        MemberKind::HardLink => Err(UnpackError::HardLink { name, target: target() }),
+        MemberKind::Symlink => {
+            let plain = parts.join(&b'/');
+            if plain == PARENT_LINK.0.as_bytes() && link == Some(PARENT_LINK.1.as_bytes()) {
+                Ok(())
+            } else {
+                Err(UnpackError::Link { name, target: target() })
+            }
+        }
+        MemberKind::Other(t) => {
+            let what = match t {
+                b'3' => "a character device",
+                b'4' => "a block device",
+                b'6' => "a FIFO",
+                _ => "a member of an unknown type",
+            };
+            Err(UnpackError::Special { name, what })
+        }
+    }
+}
 
 enum Sink {
     /// Into the small archive, as it came.
@@ -97,6 +224,11 @@ enum Route {
     },
     /// The `checkpoint/` directory entry itself: the folder exists.
     SkipDir,
+}
+
+/// A count of bytes, grown without overflow.
+fn add(total: u64, n: usize) -> Result<u64, UnpackError> {
+    u64::try_from(n).ok().and_then(|n| total.checked_add(n)).ok_or(UnpackError::Overflow)
 }
 
 /// The name under `checkpoint/` when `path` is `checkpoint/<one component>`.
@@ -169,6 +301,7 @@ impl TarSplit {
             None => (header, data),
         };
         let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
+        header.try_reserve(data.len().checked_add(pad).ok_or(UnpackError::Overflow)?).map_err(|_| UnpackError::Overflow)?;
         header.extend_from_slice(&data);
         header.extend(std::iter::repeat_n(0u8, pad));
         self.stats.rest_members += 1;
@@ -176,7 +309,7 @@ impl TarSplit {
     }
 
     fn write_rest(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stats.rest_bytes += bytes.len() as u64;
+        self.stats.rest_bytes = add(self.stats.rest_bytes, bytes.len())?;
         self.rest.write_all(bytes)
     }
 
@@ -186,10 +319,21 @@ impl TarSplit {
 
     /// A member's header: where its data goes.
     fn header(&mut self, header: TarHeader, size: u64, follows_extended: bool) -> std::io::Result<()> {
+        if !header.is_extended() {
+            let kind = MemberKind::of(&header);
+            // A link whose real target an extended header would give is no link of CRIU's.
+            if follows_extended && kind == MemberKind::Symlink {
+                let name = String::from_utf8_lossy(&header.path()).into_owned();
+                return Err(UnpackError::Link { name, target: "(in an extended header)".into() }.into());
+            }
+            check_member(&header.path(), kind, header.link_name())?;
+        }
         let extended = follows_extended || header.is_extended();
         let hold = self.annotate.is_some() && !extended && header.is_regular() && &*header.path() == b"spec.dump" && size <= MAX_SPEC;
         self.sink = match route(&header, extended) {
-            Route::Rest if hold => Sink::Hold(header.as_bytes().to_vec(), Vec::with_capacity(size as usize)),
+            Route::Rest if hold => {
+                Sink::Hold(header.as_bytes().to_vec(), Vec::with_capacity(usize::try_from(size).map_err(|_| UnpackError::Overflow)?))
+            }
             Route::Rest => {
                 self.stats.rest_members += 1;
                 self.write_rest(header.as_bytes())?;
@@ -227,10 +371,10 @@ impl TarSplit {
     /// Everything still to come ends with [`TarSplit::finish`].
     pub fn finish(mut self) -> std::io::Result<SplitStats> {
         if !self.walker.at_boundary() {
-            return Err(std::io::Error::other("the archive ended in the middle of a member"));
+            return Err(UnpackError::Truncated.into());
         }
         self.rest.write_all(&[0u8; 2 * BLOCK])?;
-        self.stats.rest_bytes += 2 * BLOCK as u64;
+        self.stats.rest_bytes = add(self.stats.rest_bytes, 2 * BLOCK)?;
         self.rest.flush()?;
         Ok(self.stats)
     }
@@ -248,15 +392,15 @@ impl Write for TarSplit {
                 Step::Header { header, size, follows_extended } => self.header(header, size, follows_extended)?,
                 // End-of-archive blocks: the small archive gets its own.
                 Step::Zeros => {}
-                Step::Unparsed(_) | Step::Opaque(_) => return Err(std::io::Error::other("a tar header does not parse: its size is not a number")),
+                Step::Unparsed(_) | Step::Opaque(_) => return Err(UnpackError::BadHeader.into()),
                 Step::Data { bytes, left } => {
                     match &mut self.sink {
                         Sink::Rest => {
-                            self.stats.rest_bytes += bytes.len() as u64;
+                            self.stats.rest_bytes = add(self.stats.rest_bytes, bytes.len())?;
                             self.rest.write_all(bytes)?;
                         }
                         Sink::File(f) => {
-                            self.stats.placed_bytes += bytes.len() as u64;
+                            self.stats.placed_bytes = add(self.stats.placed_bytes, bytes.len())?;
                             f.write_all(bytes)?;
                         }
                         Sink::Hold(_, data) => data.extend_from_slice(bytes),
@@ -424,6 +568,94 @@ mod tests {
         let mut s = TarSplit::new(dir.path(), &dir.path().join("rest.tar")).unwrap();
         s.write_all(&archive[..512 * 3 + 100]).unwrap();
         assert!(s.finish().is_err());
+    }
+
+    /// A member as a hostile peer would write it: the tar crate refuses
+    /// to build these, so the header's fields are set by hand.
+    fn raw(name: &str, kind: tar::EntryType, link: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        out
+    }
+
+    /// Unpacks `archive`; the typed error, if any.
+    fn unpack_err(archive: &[u8]) -> Option<UnpackError> {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("checkpoint");
+        std::fs::create_dir(&ck).unwrap();
+        let mut s = TarSplit::new(&ck, &dir.path().join("rest.tar")).unwrap();
+        let r = s.write_all(archive).and_then(|()| s.finish().map(drop));
+        // Nothing was made outside the folder, whatever happened.
+        assert!(!dir.path().join("etc").exists());
+        r.err().map(|e| e.get_ref().and_then(|e| e.downcast_ref::<UnpackError>()).cloned().unwrap_or_else(|| panic!("untyped: {e}")))
+    }
+
+    #[test]
+    fn crafted_links_names_and_special_files_are_refused() {
+        use tar::EntryType::*;
+        let link = |name: &str, target: &str| UnpackError::Link { name: name.into(), target: target.into() };
+        let cases: Vec<(Vec<u8>, UnpackError)> = vec![
+            (raw("checkpoint/pages-1.img", Symlink, "/etc/shadow", b""), link("checkpoint/pages-1.img", "/etc/shadow")),
+            (raw("checkpoint/parent", Symlink, "/", b""), link("checkpoint/parent", "/")),
+            (raw("checkpoint/parent", Symlink, "../../../../etc", b""), link("checkpoint/parent", "../../../../etc")),
+            (raw("checkpoint/parent", Symlink, "../pre-checkpoint/../..", b""), link("checkpoint/parent", "../pre-checkpoint/../..")),
+            (raw("config.dump", Symlink, "../pre-checkpoint", b""), link("config.dump", "../pre-checkpoint")),
+            (
+                raw("checkpoint/pages-1.img", Link, "/etc/shadow", b""),
+                UnpackError::HardLink { name: "checkpoint/pages-1.img".into(), target: "/etc/shadow".into() },
+            ),
+            (raw("checkpoint/../../../../etc/x", Regular, "", b"x"), UnpackError::ParentName("checkpoint/../../../../etc/x".into())),
+            (raw("../rest.tar", Regular, "", b"x"), UnpackError::ParentName("../rest.tar".into())),
+            (raw("/etc/cron.d/x", Regular, "", b"x"), UnpackError::AbsoluteName("/etc/cron.d/x".into())),
+            (raw("checkpoint/null", Char, "", b""), UnpackError::Special { name: "checkpoint/null".into(), what: "a character device" }),
+            (raw("checkpoint/sda", Block, "", b""), UnpackError::Special { name: "checkpoint/sda".into(), what: "a block device" }),
+            (raw("checkpoint/pipe", Fifo, "", b""), UnpackError::Special { name: "checkpoint/pipe".into(), what: "a FIFO" }),
+            (raw("tern-criu.conf", Regular, "", b"action-script /tmp/x"), UnpackError::Reserved("tern-criu.conf".into())),
+            (raw("./tern-criu-action.sh", Regular, "", b"#!/bin/sh"), UnpackError::Reserved("./tern-criu-action.sh".into())),
+            (raw("pre-checkpoint", Symlink, "/", b""), UnpackError::Reserved("pre-checkpoint".into())),
+            (raw("tern-precopy/1/pages-1.img", Regular, "", b"x"), UnpackError::Reserved("tern-precopy/1/pages-1.img".into())),
+        ];
+        for (member, want) in cases {
+            let mut archive = raw("config.dump", Regular, "", b"{}");
+            archive.extend(member);
+            archive.extend([0u8; 2 * BLOCK]);
+            assert_eq!(unpack_err(&archive), Some(want.clone()), "{want}");
+        }
+        // A link whose target an extended header gives is refused too.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("linkpath", &b"/etc/shadow"[..])]).unwrap();
+        let mut archive = b.into_inner().unwrap();
+        archive.extend(raw("checkpoint/parent", Symlink, "../pre-checkpoint", b""));
+        archive.extend([0u8; 2 * BLOCK]);
+        assert!(matches!(unpack_err(&archive), Some(UnpackError::Link { .. })));
+        // CRIU's own parent link is placed.
+        let mut archive = raw("checkpoint/parent", Symlink, "../pre-checkpoint", b"");
+        archive.extend([0u8; 2 * BLOCK]);
+        assert_eq!(unpack_err(&archive), None);
+    }
+
+    #[test]
+    fn sizes_from_the_peer_never_overflow() {
+        assert_eq!(add(u64::MAX - 1, 1), Ok(u64::MAX));
+        assert_eq!(add(u64::MAX, 1), Err(UnpackError::Overflow));
+        // A member claiming the largest size is counted down, and the
+        // archive ending there is cut short, not a crash.
+        let mut h = raw("checkpoint/pages-1.img", tar::EntryType::Regular, "", b"");
+        h[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let mut t = tar::Header::from_byte_slice(&h[..BLOCK]).clone();
+        t.set_cksum();
+        h[..BLOCK].copy_from_slice(t.as_bytes());
+        h.extend([7u8; 4096]);
+        assert_eq!(unpack_err(&h), Some(UnpackError::Truncated));
     }
 
     #[test]

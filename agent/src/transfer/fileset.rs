@@ -2,7 +2,7 @@
 //! (a pre-copy round's CRIU images) on one stream, sent and received.
 
 use super::fs::create_new;
-use super::stream::{close, digest, open, pump};
+use super::stream::{close, digest, open, pump, write_progressing, StreamLimits};
 use super::{TransferError, CHUNK};
 use std::io::Write;
 use std::path::Path;
@@ -22,7 +22,8 @@ pub async fn send_fileset(
     names: &[String],
     done: &AtomicU64,
 ) -> Result<Digest, TransferError> {
-    let mut stream = open(conn, header).await.map_err(TransferError::Send)?;
+    let mut stream = open(conn, header).await?;
+    let stall = super::send_stall();
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -32,7 +33,7 @@ pub async fn send_fileset(
         let len = file.metadata().await.map_err(TransferError::Read)?.len();
         let entry = frame::encode(&FileEntry::File { name: name.clone(), len }).map_err(|e| send_err(&e))?;
         hasher.update(&entry);
-        stream.write_all(&entry).await.map_err(|e| send_err(&e))?;
+        write_progressing(&mut stream, &entry, stall).await?;
         let mut left = len;
         while left > 0 {
             let want = (left.min(CHUNK as u64)) as usize;
@@ -41,7 +42,7 @@ pub async fn send_fileset(
                 return Err(TransferError::Read(std::io::Error::other(format!("{name} shrank while it was sent"))));
             }
             hasher.update(&buf[..n]);
-            stream.write_all(&buf[..n]).await.map_err(|e| send_err(&e))?;
+            write_progressing(&mut stream, &buf[..n], stall).await?;
             left -= n as u64;
             total += n as u64;
             done.store(total, Ordering::Relaxed);
@@ -49,18 +50,24 @@ pub async fn send_fileset(
     }
     let end = frame::encode(&FileEntry::End).map_err(|e| send_err(&e))?;
     hasher.update(&end);
-    stream.write_all(&end).await.map_err(|e| send_err(&e))?;
+    write_progressing(&mut stream, &end, stall).await?;
     close(Ok(stream)).await?;
     Ok(Digest { bytes: total, blake3: *hasher.finalize().as_bytes() })
 }
 
 /// Receives a file set ([`tern_proto::fileset`]) into the folder `dir`
 /// (created); returns the digest of the stream (what the source hashed as
-/// it sent) and the file names in order.
-pub async fn receive_fileset(recv: quinn::RecvStream, dir: &Path, done: Arc<AtomicU64>) -> Result<(Digest, Vec<String>), TransferError> {
+/// it sent) and the file names in order. `limits` bound the stream
+/// ([`StreamLimits`]: its files' bytes too).
+pub async fn receive_fileset(
+    recv: quinn::RecvStream,
+    dir: &Path,
+    done: Arc<AtomicU64>,
+    limits: StreamLimits,
+) -> Result<(Digest, Vec<String>), TransferError> {
     std::fs::create_dir_all(dir).map_err(TransferError::Write)?;
     let dir = dir.to_path_buf();
-    pump(recv, move |next| {
+    pump(recv, limits, move |next| {
         let mut sink = FileSink { dir, file: None };
         let mut hasher = blake3::Hasher::new();
         let mut decoder = FileSetDecoder::default();

@@ -26,8 +26,30 @@ mod stream;
 pub use fileset::{receive_fileset, send_fileset};
 pub(crate) use fs::create_new;
 pub use send::{compress_threads, send, send_encoded, Encoding, Sent};
-pub use stream::accept_header;
+pub use stream::{accept_header, StreamLimits};
 pub(crate) use stream::{digest, pump};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The send deadline of this process, in ms (0: the default).
+static SEND_STALL_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how long a sender waits for the peer to take any byte before it
+/// fails ([`TransferError::SendStalled`]); the agent's `[limits]`.
+pub fn set_send_stall(d: Duration) {
+    SEND_STALL_MS.store(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+}
+
+/// The send deadline: 15 s (scaled by `TERN_TIMEOUT_SCALE`) unless set.
+/// The source is frozen while its checkpoint streams: a target that stops
+/// reading must cost a rollback, not a container frozen for good.
+pub fn send_stall() -> Duration {
+    match SEND_STALL_MS.load(Ordering::Relaxed) {
+        0 => tern_transport::timeouts::scaled(Duration::from_secs(15)),
+        ms => Duration::from_millis(ms),
+    }
+}
 
 /// Read size: large enough that per-chunk costs vanish, small enough to
 /// keep memory per transfer bounded (one buffer in flight).
@@ -43,4 +65,13 @@ pub enum TransferError {
     Receive(String),
     #[error("writing the staged archive failed: {0}")]
     Write(std::io::Error),
+    /// The peer took no byte for this long: it stopped reading.
+    #[error("sending to the target failed: it took no data for {} s", .0.as_secs_f64())]
+    SendStalled(Duration),
+    /// No byte arrived for this long.
+    #[error("receiving from the source failed: no data arrived for {} s", .0.as_secs_f64())]
+    ReceiveStalled(Duration),
+    /// The stream grew past what the source announced allows.
+    #[error("receiving from the source failed: the data grew past {limit} bytes, more than the container's announced size allows ([limits] of the target agent's config)")]
+    TooLarge { limit: u64 },
 }

@@ -1,7 +1,7 @@
 //! The sender of archives: three stages (reading, encoding, the network)
 //! at once, memory bounded whatever the archive's size.
 
-use super::stream::{close, open};
+use super::stream::{close, open, write_progressing};
 use super::{TransferError, CHUNK};
 use crate::pages::PageIndex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +66,10 @@ const IN_FLIGHT: usize = 2;
 /// ```
 ///
 /// Each link holds [`IN_FLIGHT`] buffers, so memory stays bounded whatever
-/// the archive's size. When `stop` fires the stream is reset at once and
+/// the archive's size. A peer that takes no byte for the send deadline
+/// ([`super::send_stall`]) fails the send with
+/// [`TransferError::SendStalled`], the reader drained as on any failure:
+/// the source is frozen meanwhile, and rolls back instead of waiting. When `stop` fires the stream is reset at once and
 /// the rest of the reader is drained without sending: Podman finishes
 /// writing the checkpoint quickly, and the rollback can begin, instead of
 /// waiting for the whole archive to cross a slow link.
@@ -88,7 +91,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     let (read, (stream, send_wait)) = tokio::join!(read_stage(reader, to_encoder, spare, done, stop), send_stage(stream, from_encoder, stop));
     let encoded = encoder.await.map_err(|e| TransferError::Send(format!("the encoder failed: {e}")))?;
     let (total, read_wait) = read?;
-    let fail = |mut stream: Result<quinn::SendStream, String>, e: TransferError| {
+    let fail = |mut stream: Result<quinn::SendStream, TransferError>, e: TransferError| {
         if let Ok(s) = &mut stream {
             let _ = s.reset(1u32.into());
         }
@@ -100,7 +103,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     // The network's own reason comes first: the encoder only saw it end.
     let stream = match stream {
         Ok(s) => Ok(s),
-        Err(e) => return Err(TransferError::Send(e)),
+        Err(e) => return Err(e),
     };
     let (digest, stats, encoding, busy) = match encoded {
         Ok(x) => x,
@@ -231,17 +234,18 @@ pub fn compress_threads() -> usize {
 /// fails (the encoder then drains). Returns the stream (or why it failed)
 /// and the time spent waiting for the network.
 async fn send_stage(
-    mut stream: Result<quinn::SendStream, String>,
+    mut stream: Result<quinn::SendStream, TransferError>,
     mut from_encoder: tokio::sync::mpsc::Receiver<Vec<u8>>,
     stop: &CancellationToken,
-) -> (Result<quinn::SendStream, String>, std::time::Duration) {
+) -> (Result<quinn::SendStream, TransferError>, std::time::Duration) {
     let mut waited = std::time::Duration::ZERO;
+    let stall = super::send_stall();
     while let Some(out) = from_encoder.recv().await {
         let Ok(s) = &mut stream else { break };
         let t = std::time::Instant::now();
         let r = tokio::select! {
-            r = s.write_all(&out) => r.map_err(|e| e.to_string()),
-            _ = stop.cancelled() => Err("stopped".to_string()),
+            r = write_progressing(s, &out, stall) => r,
+            _ = stop.cancelled() => Err(TransferError::Send("stopped".to_string())),
         };
         waited += t.elapsed();
         if let Err(e) = r {
