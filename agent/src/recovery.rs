@@ -199,8 +199,15 @@ async fn ask(agent: &Agent, e: &Entry) -> anyhow::Result<Whereabouts> {
     }
 }
 
-/// The target's answer about `name`.
-pub async fn whereabouts(agent: &Agent, name: &str, id: &str) -> anyhow::Result<Whereabouts> {
+/// The target's answer about `name` to `peer`: only about a container
+/// that `peer` moved here (the source of record, `Agent::received_from`);
+/// anyone else learns nothing, not even whether it exists. The refusal is
+/// an error, not `Absent`: a source told `Absent` would restore its copy.
+pub async fn whereabouts(agent: &Agent, peer: &str, name: &str, id: &str) -> anyhow::Result<Whereabouts> {
+    if agent.received_from(id).as_deref() != Some(peer) {
+        tracing::warn!(%peer, container = %name, "refused Whereabouts: no migration of it from {peer} is recorded here");
+        anyhow::bail!("refused: no migration of {name} ({id}) from {peer} is recorded here");
+    }
     if agent.is_busy(name) {
         return Ok(Whereabouts::Busy);
     }

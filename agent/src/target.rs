@@ -67,6 +67,11 @@ pub async fn receive(
 ) -> anyhow::Result<()> {
     let name = begin.container.name.clone();
     tracing::info!(id = begin.id, %name, source = %peer, mode = begin.mode.as_str(), "incoming migration");
+    // Only what the coordinator signed for, from the host it named (context.rs).
+    if let Err(e) = agent.admit_receive(peer, &begin) {
+        tracing::warn!(%peer, id = begin.id, %name, "refused a Receive: {e}");
+        return refuse(&mut send, format!("refused: {e}")).await;
+    }
     let Some(_guard) = agent.claim(&name) else {
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
