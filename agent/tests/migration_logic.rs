@@ -1070,3 +1070,25 @@ async fn a_revoked_host_cannot_connect_and_probes_are_bounded() {
     // The others are not affected.
     assert!(c.session_as("a", "b").await.is_ok());
 }
+
+#[tokio::test]
+async fn a_peer_that_sends_no_hello_is_closed_and_one_peer_gets_eight_connections() {
+    let c = cluster(FakeEngine::new(0), FakeEngine::new(0), Faults::default()).await;
+    let ep = tern_transport::client_endpoint(&c.coordinator).unwrap();
+    let silent = tern_transport::connect(&ep, c.addrs["a"], "a").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(15), silent.closed()).await.expect("closed for want of a Hello");
+    assert!(reason.to_string().contains("no hello in time"), "{reason}");
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Eight sessions from the coordinator are served; a ninth is closed.
+    let mut kept = Vec::new();
+    for _ in 0..tern_transport::endpoint::MAX_CONNECTIONS_PER_PEER {
+        kept.push(c.session("a").await);
+    }
+    let ninth = tern_transport::connect(&ep, c.addrs["a"], "a").await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), ninth.closed()).await.unwrap();
+    assert!(reason.to_string().contains("too many connections"), "{reason}");
+    assert!(matches!(kept[0].request(&Request::Containers).await.unwrap(), Response::Containers(_)));
+    // Another peer still gets in.
+    assert!(c.session_as("b", "a").await.is_ok());
+}
