@@ -70,7 +70,7 @@ pub async fn receive(
     // Only what the coordinator signed for, from the host it named (context.rs).
     if let Err(e) = agent.admit_receive(peer, &begin) {
         tracing::warn!(%peer, id = begin.id, %name, "refused a Receive: {e}");
-        return refuse(&mut send, format!("refused: {e}")).await;
+        return refuse(&mut send, e.to_string()).await;
     }
     let Some(_guard) = agent.claim(&name) else {
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
