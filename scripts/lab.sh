@@ -189,10 +189,12 @@ cmd_up() {
     for h in ${LAB_IMAGE_HOSTS:-client1}; do
         lab_podman "$h" image exists "$LAB_IMAGE" || lab_podman "$h" import "$LAB_IMAGE_TAR" "$LAB_IMAGE" >/dev/null
     done
-    if [ ! -f "$LAB_STATE/pki/ca.pem" ]; then
+    # No PKI yet, or one made before certificates carried roles (it has no
+    # issued.json, and agents refuse its certificates): made afresh.
+    if [ ! -f "$LAB_STATE/pki/issued.json" ]; then
         local args=()
         for h in "${LAB_HOSTS[@]}"; do args+=(--host "$h=$(lab_ip "$h")"); done
-        "$BIN/tern" pki init --out "$LAB_STATE/pki" "${args[@]}" >/dev/null
+        "$BIN/tern" pki init --force --out "$LAB_STATE/pki" "${args[@]}" >/dev/null
     fi
     {
         echo "# Written by scripts/lab.sh: the lab's hosts, for tern run from the repository root."

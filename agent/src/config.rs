@@ -8,6 +8,7 @@
 //! ca = "/etc/tern/pki/ca.pem"
 //! cert = "/etc/tern/pki/client1.pem"
 //! key = "/etc/tern/pki/client1.key"
+//! crl = "/etc/tern/pki/crl.pem"     # optional: crl.pem beside `ca` by default
 //! [podman]
 //! program = "podman"
 //! args = []                        # e.g. ["--root", "...", "--runroot", "..."]

@@ -27,6 +27,65 @@ pub struct Agent {
     /// Wakes recovery (`recovery.rs`): a migration left its journal entry
     /// for it to settle.
     pub recovery: tokio::sync::Notify,
+    /// The CA and its revocation list, to verify tickets' signers; loaded
+    /// at first use.
+    trust: std::sync::OnceLock<Result<Arc<tern_transport::Trust>, String>>,
+    /// Ticket ids used, until they expire.
+    replay: Mutex<tern_transport::ticket::ReplayGuard>,
+    /// Open connections by peer name, and in all.
+    connections: Mutex<(std::collections::HashMap<String, usize>, usize)>,
+}
+
+/// Why a peer's connection is not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionLimit {
+    #[error("too many connections: {0} open, the most an agent keeps")]
+    Total(usize),
+    #[error("too many connections from {peer}: {n} open, the most one peer may keep")]
+    PerPeer { peer: String, n: usize },
+}
+
+/// Counts one connection until dropped.
+pub struct ConnectionGuard<'a> {
+    agent: &'a Agent,
+    peer: Option<String>,
+}
+
+impl ConnectionGuard<'_> {
+    /// Counts the connection against `peer`'s share too.
+    pub fn named(&mut self, peer: &str) -> Result<(), ConnectionLimit> {
+        let mut c = self.agent.connections.lock().unwrap();
+        let n = c.0.entry(peer.to_string()).or_default();
+        if *n >= tern_transport::endpoint::MAX_CONNECTIONS_PER_PEER {
+            return Err(ConnectionLimit::PerPeer { peer: peer.into(), n: *n });
+        }
+        *n += 1;
+        self.peer = Some(peer.to_string());
+        Ok(())
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        let mut c = self.agent.connections.lock().unwrap();
+        c.1 -= 1;
+        if let Some(p) = &self.peer {
+            if let Some(n) = c.0.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    c.0.remove(p);
+                }
+            }
+        }
+    }
+}
+
+/// `<state dir>/received/<container ID>`: the source of record of each
+/// container received here, kept across restarts (a restarted source asks
+/// about it, `recovery.rs`). `None` for an ID that is not a plain word.
+fn received_path(dir: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| dir.join(id))
 }
 
 /// How long gathered facts are served before they are read again.
@@ -54,7 +113,51 @@ impl Agent {
             facts: Default::default(),
             links: Default::default(),
             recovery: Default::default(),
+            trust: Default::default(),
+            replay: Default::default(),
+            connections: Default::default(),
         }
+    }
+
+    /// Counts a new connection; refused past [`MAX_CONNECTIONS`](tern_transport::endpoint::MAX_CONNECTIONS).
+    pub fn count_connection(&self) -> Result<ConnectionGuard<'_>, ConnectionLimit> {
+        let mut c = self.connections.lock().unwrap();
+        if c.1 >= tern_transport::endpoint::MAX_CONNECTIONS {
+            return Err(ConnectionLimit::Total(c.1));
+        }
+        c.1 += 1;
+        Ok(ConnectionGuard { agent: self, peer: None })
+    }
+
+    fn trust(&self) -> Result<Arc<tern_transport::Trust>, String> {
+        self.trust.get_or_init(|| tern_transport::Trust::load(&self.cfg.tls).map_err(|e| e.to_string())).clone()
+    }
+
+    /// Whether `peer` may hand this agent the migration `begin`: its ticket
+    /// is the coordinator's, for exactly this move, and new
+    /// (`tern_transport::ticket`). Remembers `peer` as the container's
+    /// source of record ([`Agent::received_from`]).
+    pub fn admit_receive(&self, peer: &str, begin: &tern_proto::Begin) -> anyhow::Result<()> {
+        let trust = self.trust().map_err(|e| anyhow::anyhow!("this agent cannot check tickets: {e}"))?;
+        let now = tern_transport::ticket::now_secs();
+        tern_transport::ticket::verify(&begin.ticket, &trust, &self.cfg.name, peer, begin, now)?;
+        self.replay.lock().unwrap().admit(&begin.ticket.body, now)?;
+        let dir = self.received_dir();
+        let path =
+            received_path(&dir, &begin.container.id).ok_or_else(|| anyhow::anyhow!("the container ID {:?} is malformed", begin.container.id))?;
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, peer))
+            .map_err(|e| anyhow::anyhow!("cannot record the migration in {}: {e}", path.display()))?;
+        Ok(())
+    }
+
+    fn received_dir(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join("received")
+    }
+
+    /// The host that last moved the container with this ID here, if any.
+    pub fn received_from(&self, container_id: &str) -> Option<String> {
+        std::fs::read_to_string(received_path(&self.received_dir(), container_id)?).ok()
     }
 
     /// The rate last measured to `peer`, in bytes per second.

@@ -65,6 +65,12 @@ pub async fn probe(agent: &Agent, req: ProbeRequest) -> anyhow::Result<ProbeRepo
 
 /// Reads and drops the `bytes` bytes of a probe, then says how many came.
 pub async fn sink(bytes: u64, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+    if bytes > MAX_PROBE_BYTES {
+        let message = format!("refused: a probe sends at most {MAX_PROBE_BYTES} bytes, not {bytes}");
+        write_frame(&mut send, &Response::Error(tern_proto::RemoteError { message })).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
     let t0 = Instant::now();
     let mut got = 0u64;
     let reply = loop {

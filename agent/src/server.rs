@@ -5,12 +5,48 @@
 
 use crate::context::Agent;
 use crate::{source, target};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{compat, CoordinatorSignal, Request, Response};
+use tern_transport::endpoint;
 use tern_transport::rpc::answer_hello;
+use tern_transport::timeouts::scaled;
+use tern_transport::{PeerId, Role};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A request the peer's role does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("refused: {what} is for the coordinator only, and {peer} holds a host certificate")]
+    CoordinatorOnly { what: &'static str, peer: String },
+    #[error("refused: {what} comes from another agent only, and {peer} holds a coordinator certificate")]
+    HostOnly { what: &'static str, peer: String },
+}
+
+/// Who may ask for what: the coordinator drives (Migrate, Probe, Facts,
+/// Containers, CheckIncoming); agents talk to each other only within what
+/// the coordinator started (Receive with its ticket, Sink for its probe,
+/// Resolve about their own migrations).
+pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
+    let (what, role) = match req {
+        Request::Migrate(_) => ("Migrate", Role::Coordinator),
+        Request::Probe(_) => ("Probe", Role::Coordinator),
+        Request::Facts => ("Facts", Role::Coordinator),
+        Request::Containers => ("Containers", Role::Coordinator),
+        Request::CheckIncoming(_) => ("CheckIncoming", Role::Coordinator),
+        Request::Receive(_) => ("Receive", Role::Host),
+        Request::Sink { .. } => ("Sink", Role::Host),
+        Request::Resolve(_) => ("Resolve", Role::Host),
+        Request::Hello(_) | Request::Invalid => return Ok(()),
+    };
+    match (role, peer.role) {
+        (Role::Coordinator, Role::Host) => Err(Denied::CoordinatorOnly { what, peer: peer.name.clone() }),
+        (Role::Host, Role::Coordinator) => Err(Denied::HostOnly { what, peer: peer.name.clone() }),
+        _ => Ok(()),
+    }
+}
 
 impl Agent {
     /// Serves until `shutdown` resolves.
@@ -53,38 +89,85 @@ impl Agent {
 
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) -> anyhow::Result<()> {
         let remote = incoming.remote_address();
+        let mut counted = match self.count_connection() {
+            Ok(g) => g,
+            Err(e) => {
+                incoming.refuse();
+                anyhow::bail!("refused {remote}: {e}");
+            }
+        };
         let conn = incoming.await.map_err(|e| anyhow::anyhow!("handshake with {remote} failed: {e}"))?;
-        let peer = tern_transport::peer_name(&conn);
-        // The first stream must be Hello.
-        let (mut send, mut recv) = conn.accept_bi().await?;
-        let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
+        let peer = match tern_transport::peer_identity(&conn) {
+            Ok(p) => p,
+            Err(e) => {
+                conn.close(1u32.into(), b"no usable identity");
+                anyhow::bail!("refused {remote}: {e}");
+            }
+        };
+        if let Err(e) = counted.named(&peer.name) {
+            conn.close(2u32.into(), b"too many connections");
+            anyhow::bail!("refused {remote}: {e}");
+        }
+        // The first stream must be Hello, and soon.
+        let hello_limit = scaled(endpoint::HELLO_TIMEOUT);
+        let first = tokio::time::timeout(hello_limit, async {
+            let (send, mut recv) = conn.accept_bi().await?;
+            let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
+            anyhow::Ok((send, req))
+        })
+        .await;
+        let (mut send, req) = match first {
+            Ok(r) => r?,
+            Err(_) => {
+                conn.close(3u32.into(), b"no hello in time");
+                anyhow::bail!("{remote} ({}) sent no Hello within {} s; closed", peer.name, hello_limit.as_secs());
+            }
+        };
         let Request::Hello(hello) = req else {
             anyhow::bail!("{remote} sent a request before Hello");
         };
-        let reply = answer_hello(&hello, peer.as_deref(), &self.cfg.name);
+        let reply = answer_hello(&hello, Some(&peer.name), &self.cfg.name);
         let accepted = matches!(reply, tern_proto::HelloReply::Accepted { .. });
         write_frame(&mut send, &Response::Hello(reply)).await?;
         let _ = send.finish();
         if !accepted {
             let _ = send.stopped().await;
             conn.close(1u32.into(), b"hello refused");
-            anyhow::bail!("refused {remote} ({peer:?})");
+            anyhow::bail!("refused {remote} ({})", peer.name);
         }
-        let peer = peer.unwrap_or_default();
-        tracing::info!(%remote, %peer, "peer connected");
+        tracing::info!(%remote, peer = %peer.name, role = %peer.role, "peer connected");
+        let permits = Arc::new(tokio::sync::Semaphore::new(endpoint::MAX_REQUESTS_PER_CONNECTION));
+        let activity = Arc::new(Mutex::new((0usize, Instant::now())));
+        let idle_limit = scaled(endpoint::IDLE_CONNECTION);
         loop {
-            let (send, recv) = match conn.accept_bi().await {
-                Ok(s) => s,
-                Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            let (send, recv) = match tokio::time::timeout(idle_limit, conn.accept_bi()).await {
+                Err(_) => {
+                    let (open, since) = *activity.lock().unwrap();
+                    if open == 0 && since.elapsed() >= idle_limit {
+                        tracing::info!(peer = %peer.name, "closing a connection idle for {} s", idle_limit.as_secs());
+                        conn.close(0u32.into(), b"idle");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(Ok(s)) => s,
+                Ok(Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed)) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into()),
             };
+            // At most so many requests served at once: the next stream waits.
+            let permit = permits.clone().acquire_owned().await?;
+            activity.lock().unwrap().0 += 1;
             let agent = self.clone();
             let conn = conn.clone();
             let peer = peer.clone();
+            let activity = activity.clone();
             tokio::spawn(async move {
                 if let Err(e) = agent.request(conn, &peer, send, recv).await {
-                    tracing::warn!(%peer, "request failed: {e:#}");
+                    tracing::warn!(peer = %peer.name, "request failed: {e:#}");
                 }
+                drop(permit);
+                let mut a = activity.lock().unwrap();
+                *a = (a.0 - 1, Instant::now());
             });
         }
     }
@@ -92,20 +175,26 @@ impl Agent {
     async fn request(
         self: Arc<Self>,
         conn: quinn::Connection,
-        peer: &str,
+        peer: &PeerId,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> anyhow::Result<()> {
         let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
+        if let Err(denied) = authorize(&req, peer) {
+            tracing::warn!(peer = %peer.name, role = %peer.role, "{denied}");
+            write_frame(&mut send, &Response::Error(tern_proto::RemoteError { message: denied.to_string() })).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
         let response = match req {
             Request::Migrate(m) => return self.migrate(m, send, recv).await,
-            Request::Receive(begin) => return target::receive(&self, conn, peer, begin, send, recv).await,
+            Request::Receive(begin) => return target::receive(&self, conn, &peer.name, begin, send, recv).await,
             Request::Sink { bytes } => return crate::probe::sink(bytes, send, recv).await,
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.map(Response::Facts),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
-            Request::Resolve(r) => target::resolve(&self, peer, r).await.map(Response::Resolved).map_err(Into::into),
+            Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),
             Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),
         };
         let response = response.unwrap_or_else(|e| Response::Error(tern_proto::RemoteError { message: format!("{e:#}") }));
@@ -175,5 +264,37 @@ impl Agent {
         let _ = send.finish();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_coordinator_drives_and_only_hosts_talk_agent_to_agent() {
+        let host = PeerId { name: "b".into(), role: Role::Host };
+        let coordinator = PeerId { name: "coordinator".into(), role: Role::Coordinator };
+        let info: tern_proto::facts::ContainerInfo = serde_json::from_str(
+            r#"{"name":"x","id":"1","image":"","image_id":"","state":"","ips":[],"memory_bytes":0,"files_bytes":0,"volumes":[],"pid":0,"networks":[],"ports":[],"connections":[],"process_uids":[]}"#,
+        )
+        .unwrap();
+        for r in [Request::Facts, Request::Containers, Request::CheckIncoming(info)] {
+            assert!(authorize(&r, &coordinator).is_ok());
+            let e = authorize(&r, &host).unwrap_err();
+            assert!(e.to_string().contains("for the coordinator only, and b holds a host certificate"), "{e}");
+        }
+        for r in [
+            Request::Sink { bytes: 1 },
+            Request::Resolve(tern_proto::ResolveRequest {
+                id: 1,
+                container: "x".into(),
+                container_id: "1".into(),
+                verdict: tern_proto::Verdict::Abort,
+            }),
+        ] {
+            assert!(authorize(&r, &host).is_ok());
+            assert!(matches!(authorize(&r, &coordinator), Err(Denied::HostOnly { .. })));
+        }
     }
 }

@@ -456,6 +456,7 @@ impl Run<'_> {
             tcp_established: self.req.options.tcp_established,
             mode: self.req.options.mode,
             lazy_restore: self.req.options.lazy_restore,
+            ticket: self.req.ticket.clone(),
         };
         self.container = Some(info);
         self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))

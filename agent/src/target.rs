@@ -70,6 +70,11 @@ pub async fn receive(
 ) -> anyhow::Result<()> {
     let name = begin.container.name.clone();
     tracing::info!(id = begin.id, %name, source = %peer, mode = begin.mode.as_str(), "incoming migration");
+    // Only what the coordinator signed for, from the host it named (context.rs).
+    if let Err(e) = agent.admit_receive(peer, &begin) {
+        tracing::warn!(%peer, id = begin.id, %name, "refused a Receive: {e}");
+        return refuse(&mut send, e.to_string()).await;
+    }
     let Some(_guard) = agent.claim(&name) else {
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
@@ -591,6 +596,12 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
     // A conversation still under way for it ends first (its restore may be
     // running): the source asks again.
     let Some(_guard) = agent.claim(name) else { return Ok(Resolution::Busy) };
+    // Only the host that moved it here (the ticket's source, recorded at
+    // the Receive) learns anything, even whether it exists.
+    if agent.received_from(&req.container_id).as_deref() != Some(peer) {
+        tracing::warn!(%peer, container = %name, "refused Resolve: no migration of it from {peer} is recorded here");
+        return Err(TargetError::NotYours { peer: peer.to_string(), id: req.id });
+    }
     let engine = agent.engine.as_ref();
     let tentative = inplace::tentative(engine, &req.container_id).await?;
     if let Some(m) = tentative.as_ref().and_then(|t| t.marker.as_ref()) {

@@ -454,13 +454,13 @@ impl Engine for FakeEngine {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     coordinator: TlsFiles,
     addrs: BTreeMap<String, SocketAddr>,
 }
 
 fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+    TlsFiles::in_dir(dir, name)
 }
 
 /// Starts agents `a` (source) and `b` (target) on loopback.
@@ -511,7 +511,26 @@ async fn cluster_tuned(
         let agent = Arc::new(Agent::new(cfg, engine, endpoint));
         tokio::spawn(agent.serve(std::future::pending()));
     }
-    Cluster { coordinator: files(dir.path(), "coordinator"), addrs, _dir: dir }
+    Cluster { coordinator: files(dir.path(), "coordinator"), addrs, dir }
+}
+
+fn stand_in(name: &str) -> ContainerInfo {
+    ContainerInfo {
+        name: name.into(),
+        id: format!("id-{name}"),
+        image: String::new(),
+        image_id: String::new(),
+        state: String::new(),
+        ips: vec![],
+        memory_bytes: 0,
+        files_bytes: 0,
+        volumes: vec![],
+        pid: 0,
+        networks: vec![],
+        ports: vec![],
+        connections: vec![],
+        process_uids: vec![],
+    }
 }
 
 fn options(mode: Mode) -> MigrateOptions {
@@ -536,9 +555,45 @@ impl Cluster {
         self.migrate_with(name, options(Mode::StopAndCopy), cancel_after).await
     }
 
+    /// The coordinator's signer.
+    fn signer(&self) -> tern_transport::ticket::Signer {
+        tern_transport::ticket::Signer::load(&self.coordinator).unwrap()
+    }
+
+    /// `name` as `host` reports it to the coordinator (a stand-in when absent).
+    async fn container(&self, host: &str, name: &str) -> ContainerInfo {
+        match self.session(host).await.request(&Request::Containers).await.unwrap() {
+            Response::Containers(list) => list.into_iter().find(|c| c.name == name).unwrap_or_else(|| stand_in(name)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The ticket the coordinator would give for moving `name` from a to b.
+    async fn ticket(&self, name: &str) -> Ticket {
+        let c = self.container("a", name).await;
+        self.signer().issue(7, "a", "b", &c, tern_transport::ticket::now_secs())
+    }
+
     async fn migrate_with(&self, name: &str, options: MigrateOptions, cancel_after: Option<Phase>) -> (Vec<Progress>, MigrationReport) {
+        let ticket = self.ticket(name).await;
+        self.migrate_ticket(name, options, cancel_after, ticket).await
+    }
+
+    async fn migrate_ticket(
+        &self,
+        name: &str,
+        options: MigrateOptions,
+        cancel_after: Option<Phase>,
+        ticket: Ticket,
+    ) -> (Vec<Progress>, MigrationReport) {
         let s = self.session("a").await;
-        let req = MigrateRequest { id: 7, container: name.into(), target: Peer { name: "b".into(), address: self.addrs["b"].to_string() }, options };
+        let req = MigrateRequest {
+            id: 7,
+            container: name.into(),
+            target: Peer { name: "b".into(), address: self.addrs["b"].to_string() },
+            options,
+            ticket,
+        };
         let (mut send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
         let mut events = Vec::new();
         loop {
@@ -951,4 +1006,208 @@ async fn a_checkpoint_larger_than_announced_is_cut_off_and_rolled_back() {
     assert_eq!(a.state_of("web").as_deref(), Some("running"), "back on the source");
     assert_eq!(b.state_of("web"), None);
     b.assert_no_folder("id-web");
+}
+
+// ---- Who may order whom (issue 13): roles, tickets, revocation. ----
+
+impl Cluster {
+    /// A session to `host` holding `who`'s certificate (`c` is issued on demand).
+    async fn session_as(&self, who: &str, host: &str) -> Result<Session, tern_transport::rpc::RpcError> {
+        if !self.dir.path().join(format!("{who}.pem")).exists() {
+            let spec = tern_transport::pki::HostSpec { name: who.into(), addresses: vec!["127.0.0.1".parse().unwrap()] };
+            tern_transport::pki::issue(self.dir.path(), &spec).unwrap();
+        }
+        let ep = tern_transport::client_endpoint(&files(self.dir.path(), who)).unwrap();
+        Session::connect(&ep, self.addrs[host], host, who).await
+    }
+
+    /// `who` asks `host` to receive `name` with `ticket`; the target's first answer.
+    async fn receive_as(&self, who: &str, host: &str, container: ContainerInfo, ticket: Ticket) -> TargetMsg {
+        let begin = Begin { id: 7, source: who.into(), container, tcp_established: false, mode: Mode::StopAndCopy, lazy_restore: false, ticket };
+        let s = self.session_as(who, host).await.unwrap();
+        let (mut send, mut recv) = s.open(&Request::Receive(begin)).await.unwrap();
+        let first = s.read::<TargetMsg>(&mut recv, Duration::from_secs(10)).await.unwrap();
+        let _ = write_frame(&mut send, &SourceMsg::Abort { reason: "test".into() }).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), read_frame::<_, TargetMsg>(&mut recv)).await;
+        first
+    }
+}
+
+fn refusal(r: Result<Response, tern_transport::rpc::RpcError>) -> String {
+    match r {
+        Err(tern_transport::rpc::RpcError::Remote { message, .. }) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_certificate_cannot_order_an_agent_around() {
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let ticket = c.ticket("web").await;
+    // With b's certificate, tell a to move its container to b.
+    let s = c.session_as("b", "a").await.unwrap();
+    let req = MigrateRequest {
+        id: 9,
+        container: "web".into(),
+        target: Peer { name: "b".into(), address: c.addrs["b"].to_string() },
+        options: options(Mode::StopAndCopy),
+        ticket,
+    };
+    let (_send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
+    match s.read::<Response>(&mut recv, Duration::from_secs(10)).await.unwrap() {
+        Response::Error(e) => assert_eq!(e.message, "refused: Migrate is for the coordinator only, and b holds a host certificate"),
+        other => panic!("{other:?}"),
+    }
+    let probe = ProbeRequest { target: Peer { name: "b".into(), address: c.addrs["b"].to_string() }, bytes: 1 << 20 };
+    let m = refusal(s.request(&Request::Probe(probe)).await);
+    assert!(m.contains("Probe is for the coordinator only"), "{m}");
+    for r in [Request::Facts, Request::Containers, Request::CheckIncoming(stand_in("x"))] {
+        let m = refusal(s.request(&r).await);
+        assert!(m.contains("for the coordinator only, and b holds a host certificate"), "{m}");
+    }
+    // And the coordinator may not pose as a source, nor be a probe's sink.
+    let co = c.session("b").await;
+    let m = refusal(co.request(&Request::Sink { bytes: 1 }).await);
+    assert_eq!(m, "refused: Sink comes from another agent only, and coordinator holds a coordinator certificate");
+    assert_eq!(a.state_of("web").as_deref(), Some("running"));
+    assert!(!a.called("checkpoint"), "nothing was frozen");
+}
+
+#[tokio::test]
+async fn a_migration_without_the_right_ticket_is_refused_and_the_container_keeps_running() {
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let info = c.container("a", "web").await;
+    let signer = c.signer();
+    let now = tern_transport::ticket::now_secs();
+    let good = signer.issue(7, "a", "b", &info, now);
+    let resign = |f: &dyn Fn(&mut TicketBody)| {
+        let mut body = good.body.clone();
+        f(&mut body);
+        signer.sign(body)
+    };
+    let mut tampered = good.clone();
+    tampered.body.spec_hash = [7; 32];
+    let cases: Vec<(&str, Ticket, &str)> = vec![
+        ("none", Ticket::default(), "signer is not trusted"),
+        ("another source", resign(&|b| b.source = "c".into()), "names c as source, but a sent it"),
+        ("expired", resign(&|b| (b.issued_at, b.expires_at) = (now - 1300, now - 700)), "migration ticket expired 70"),
+        ("wrong target", resign(&|b| b.target = "c".into()), "is for target c, not for this host (b)"),
+        ("tampered", tampered, "signature does not verify"),
+        ("another spec", resign(&|b| b.spec_hash = [7; 32]), "spec differs"),
+        ("another container", resign(&|b| b.container_id = "id-db".into()), "container ID"),
+    ];
+    for (what, ticket, says) in cases {
+        let (_, r) = c.migrate_ticket("web", options(Mode::StopAndCopy), None, ticket).await;
+        match &r.outcome {
+            Outcome::Refused { failure } => assert!(failure.message.contains(says), "{what}: {}", failure.message),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(a.state_of("web").as_deref(), Some("running"), "{what}");
+        assert_eq!(b.state_of("web"), None, "{what}");
+    }
+    assert!(!a.called("checkpoint"), "nothing was frozen");
+    // The good ticket moves it; the same ticket again is refused.
+    let (_, r) = c.migrate_ticket("web", options(Mode::StopAndCopy), None, good.clone()).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    match c.receive_as("a", "b", info, good).await {
+        TargetMsg::Failed(f) => assert!(f.message.contains("was used already"), "{}", f.message),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_cannot_push_with_another_hosts_ticket_nor_replay_one() {
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let ticket = c.ticket("web").await;
+    let info = c.container("a", "web").await;
+    // c holds a ticket for a → b and pushes to b itself.
+    match c.receive_as("c", "b", info.clone(), ticket.clone()).await {
+        TargetMsg::Failed(f) => assert_eq!(f.message, "the migration ticket names a as source, but c sent it"),
+        other => panic!("{other:?}"),
+    }
+    // a uses it once (admitted), then again.
+    assert!(matches!(c.receive_as("a", "b", info.clone(), ticket.clone()).await, TargetMsg::Ready { .. }));
+    match c.receive_as("a", "b", info, ticket).await {
+        TargetMsg::Failed(f) => assert!(f.message.contains("used already"), "{}", f.message),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.state_of("web").as_deref(), Some("running"));
+}
+
+#[tokio::test]
+async fn resolve_answers_only_the_source_of_record() {
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("web", "203.0.113.5");
+    b.add("db", "203.0.113.6");
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let (_, r) = c.migrate("web", None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    let id = r.id;
+    let ask = |who: &'static str, name: &'static str, verdict: Verdict| {
+        let c = &c;
+        async move {
+            let s = c.session_as(who, "b").await.unwrap();
+            let req = ResolveRequest { id, container: name.into(), container_id: format!("id-{name}"), verdict };
+            s.request(&Request::Resolve(req)).await
+        }
+    };
+    // Committed: no verdict removes it, not even an abort from its source.
+    assert_eq!(ask("a", "web", Verdict::Abort).await.unwrap(), Response::Resolved(Resolution::Kept));
+    assert_eq!(b.state_of("web").as_deref(), Some("running"));
+    // An unrelated host learns nothing: not about web, not about db, not about nothing.
+    for name in ["web", "db", "nothing"] {
+        let m = refusal(ask("c", name, Verdict::Abort).await);
+        assert_eq!(m, format!("migration {id} here is not c's to settle"));
+    }
+    // a did not move db here either.
+    assert_eq!(refusal(ask("a", "db", Verdict::Abort).await), format!("migration {id} here is not a's to settle"));
+    assert_eq!(b.state_of("db").as_deref(), Some("running"));
+}
+
+#[tokio::test]
+async fn a_revoked_host_cannot_connect_and_probes_are_bounded() {
+    let (a, b) = (FakeEngine::new(0), FakeEngine::new(0));
+    let c = cluster(a, b, Faults::default()).await;
+    assert!(c.session_as("c", "b").await.is_ok(), "an issued host connects");
+    let s = c.session_as("c", "b").await.unwrap();
+    let (mut send, mut recv) = s.open(&Request::Sink { bytes: MAX_PROBE_BYTES + 1 }).await.unwrap();
+    let _ = send.finish();
+    match s.read::<Response>(&mut recv, Duration::from_secs(10)).await.unwrap() {
+        Response::Error(e) => assert!(e.message.contains("at most 1073741824 bytes"), "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    tern_transport::pki::revoke(c.dir.path(), "c").unwrap();
+    let e = c.session_as("c", "b").await.err().expect("a revoked certificate is refused");
+    assert!(e.to_string().contains("do not trust each other's certificate"), "{e}");
+    // The others are not affected.
+    assert!(c.session_as("a", "b").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_no_hello_is_closed_and_one_peer_gets_eight_connections() {
+    let c = cluster(FakeEngine::new(0), FakeEngine::new(0), Faults::default()).await;
+    let ep = tern_transport::client_endpoint(&c.coordinator).unwrap();
+    let silent = tern_transport::connect(&ep, c.addrs["a"], "a").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(15), silent.closed()).await.expect("closed for want of a Hello");
+    assert!(reason.to_string().contains("no hello in time"), "{reason}");
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Eight sessions from the coordinator are served; a ninth is closed.
+    let mut kept = Vec::new();
+    for _ in 0..tern_transport::endpoint::MAX_CONNECTIONS_PER_PEER {
+        kept.push(c.session("a").await);
+    }
+    let ninth = tern_transport::connect(&ep, c.addrs["a"], "a").await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), ninth.closed()).await.unwrap();
+    assert!(reason.to_string().contains("too many connections"), "{reason}");
+    assert!(matches!(kept[0].request(&Request::Containers).await.unwrap(), Response::Containers(_)));
+    // Another peer still gets in.
+    assert!(c.session_as("b", "a").await.is_ok());
 }

@@ -17,11 +17,7 @@ async fn pair() -> (quinn::Connection, quinn::Connection, tempfile::TempDir, qui
     let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let hosts = ["a", "b"].map(|n| tern_transport::pki::HostSpec { name: n.into(), addresses: vec![local] });
     tern_transport::pki::init(dir.path(), &hosts, false).unwrap();
-    let files = |n: &str| tern_transport::TlsFiles {
-        ca: dir.path().join("ca.pem"),
-        cert: dir.path().join(format!("{n}.pem")),
-        key: dir.path().join(format!("{n}.key")),
-    };
+    let files = |n: &str| tern_transport::TlsFiles::in_dir(dir.path(), n);
     let server = tern_transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &files("b")).unwrap();
     let client = tern_transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &files("a")).unwrap();
     let addr = server.local_addr().unwrap();

@@ -200,6 +200,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
 
     // One move at a time, each checked again right before its freeze.
     let n = placement.moves.len();
+    let signer = tern_transport::ticket::Signer::load(&inv.tls).map_err(|e| Exit::new(1, anyhow::Error::from(e)))?;
     let mut moved = Vec::new();
     let mut rows = Vec::new();
     let mut all_ok = placement.stuck.is_empty();
@@ -210,7 +211,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
             all_ok = false;
             continue;
         }
-        let result = move_one(inv, cluster, host, c, t, ask.mode, &ask.opts, ctx.quiet, i + 1, n).await;
+        let result = move_one(inv, &signer, host, c, t, ask.mode, &ask.opts, ctx.quiet, i + 1, n).await;
         match result {
             Ok(report) => {
                 if !matches!(report.outcome, Outcome::Completed) {
@@ -267,11 +268,13 @@ fn move_view<'a>(container: &'a str, target: &'a str, result: &'a MoveResult) ->
     view::Move { container, target, report, outcome, error }
 }
 
-/// Plans one move again (the cluster changed since the first check) and runs it.
+/// Surveys the cluster and plans one move again (the cluster changed since
+/// the first check, and agents close connections idle for a minute), then
+/// runs it with a ticket of its own.
 #[allow(clippy::too_many_arguments)]
 async fn move_one(
     inv: &Inventory,
-    cluster: &Cluster,
+    signer: &tern_transport::ticket::Signer,
     host: &str,
     container: &str,
     target: &str,
@@ -281,7 +284,8 @@ async fn move_one(
     i: usize,
     n: usize,
 ) -> anyhow::Result<tern_proto::MigrationReport> {
-    let plan = plan::plan(cluster, container, target, Some(host), mode, opts.allow_reset).await?;
+    let cluster = Cluster::survey(inv).await?;
+    let plan = plan::plan(&cluster, container, target, Some(host), mode, opts.allow_reset).await?;
     if plan.blocked() {
         anyhow::bail!("refused before the freeze, on the check right before it: {}", blockers(&plan));
     }
@@ -289,7 +293,7 @@ async fn move_one(
     if !quiet {
         eprintln!("[{i}/{n}] migrating {container} from {host} to {target} ({}: {})", plan.mode.as_str(), plan.mode_note);
     }
-    migrate::run(&plan, address, opts).await
+    migrate::run(&plan, address, opts, signer).await
 }
 
 fn names(cluster: &Cluster) -> Vec<String> {

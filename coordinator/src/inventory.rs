@@ -5,7 +5,8 @@
 //! [tls]
 //! ca = "/etc/tern/pki/ca.pem"
 //! cert = "/etc/tern/pki/coordinator.pem"
-//! key = "/etc/tern/pki/coordinator.key"
+//! key = "/etc/tern/pki/coordinator.key"   # also signs migration tickets
+//! crl = "/etc/tern/pki/crl.pem"           # optional: crl.pem beside `ca` by default
 //! [[hosts]]
 //! name = "client1"            # as in the host's certificate
 //! address = "198.51.100.11:7443"

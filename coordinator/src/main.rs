@@ -256,6 +256,31 @@ enum PkiCmd {
         /// Replace an existing CA (invalidates every certificate it signed).
         #[arg(long)]
         force: bool,
+        /// How long the hosts' and the coordinator's certificates last (the CA: ten years).
+        #[arg(long, default_value_t = tern_transport::pki::LEAF_DAYS)]
+        days: u32,
+    },
+    /// Add a host, or renew its certificate, with the existing CA (the other hosts keep theirs).
+    Issue {
+        /// The host's name (its agent's `name`).
+        name: String,
+        /// The folder `tern pki init` wrote (holding ca.pem and ca.key).
+        #[arg(long, visible_alias = "out")]
+        dir: PathBuf,
+        /// An IP address of the host; repeat for each.
+        #[arg(long = "address")]
+        addresses: Vec<std::net::IpAddr>,
+        /// How long the certificate lasts.
+        #[arg(long, default_value_t = tern_transport::pki::LEAF_DAYS)]
+        days: u32,
+    },
+    /// Revoke every certificate issued to NAME: crl.pem is rewritten, and
+    /// agents refuse it from their next handshake on.
+    Revoke {
+        name: String,
+        /// The folder `tern pki init` wrote.
+        #[arg(long, visible_alias = "out")]
+        dir: PathBuf,
     },
 }
 
@@ -335,7 +360,27 @@ fn usage_message(e: &clap::Error) -> String {
 async fn run(cli: Cli) -> Done {
     let ctx = Ctx { inventory: cli.inventory, json: cli.json, quiet: cli.quiet };
     match cli.cmd {
-        Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force } } => pki_init(&ctx, &out, &hosts, force),
+        Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force, days } } => pki_init(&ctx, &out, &hosts, force, days),
+        Cmd::Pki { cmd: PkiCmd::Issue { name, dir, addresses, days } } => {
+            let files = tern_transport::pki::issue_with(&dir, &tern_transport::pki::HostSpec { name, addresses }, days)
+                .map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
+            if !ctx.json {
+                println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            }
+            Ok(ctx.doc(&view::Written { dir: &dir, files: &files }))
+        }
+        Cmd::Pki { cmd: PkiCmd::Revoke { name, dir } } => {
+            let serials = tern_transport::pki::revoke(&dir, &name).map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
+            let crl = dir.join("crl.pem");
+            if !ctx.json {
+                println!(
+                    "revoked {name} (serial {}); {} rewritten: agents refuse it from their next handshake. Copy it to every host if the PKI folder is not shared",
+                    serials.join(", "),
+                    crl.display()
+                );
+            }
+            Ok(ctx.doc(&view::Revoked { name: &name, serials: &serials, crl: &crl }))
+        }
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { dir } => man(&ctx, &dir),
         Cmd::Hosts => hosts(&ctx).await,
@@ -415,7 +460,8 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     if !ctx.quiet {
         eprintln!("migrating {container} from {} to {to} ({}: {})", plan.source_name, plan.mode.as_str(), plan.mode_note);
     }
-    let report = migrate::run(&plan, target_addr, &opts).await?;
+    let signer = tern_transport::ticket::Signer::load(&inv.tls)?;
+    let report = migrate::run(&plan, target_addr, &opts, &signer).await?;
     if !ctx.json {
         print!("{}", output::report_text(&report));
     }
@@ -426,7 +472,7 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     }
 }
 
-fn pki_init(ctx: &Ctx, out: &Path, hosts: &[String], force: bool) -> Done {
+fn pki_init(ctx: &Ctx, out: &Path, hosts: &[String], force: bool, days: u32) -> Done {
     let mut specs = Vec::new();
     for h in hosts {
         let (name, ips) = h.split_once('=').ok_or_else(|| Exit::new(2, anyhow!("--host {h}: expected NAME=IP[,IP...]")))?;
@@ -437,7 +483,12 @@ fn pki_init(ctx: &Ctx, out: &Path, hosts: &[String], force: bool) -> Done {
             .map_err(|e| Exit::new(2, anyhow!("--host {h}: {e}")))?;
         specs.push(tern_transport::pki::HostSpec { name: name.to_string(), addresses });
     }
-    let files = tern_transport::pki::init(out, &specs, force)?;
+    let files = tern_transport::pki::init_with(out, &specs, force, days).map_err(|e| match e {
+        e @ (tern_transport::pki::PkiError::BadName(_) | tern_transport::pki::PkiError::Reserved(_) | tern_transport::pki::PkiError::BadDays(_)) => {
+            Exit::new(2, anyhow::Error::from(e))
+        }
+        e => Exit::new(1, anyhow::Error::from(e)),
+    })?;
     if !ctx.json {
         println!("wrote {} files to {}", files.len(), out.display());
     }
@@ -675,7 +726,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tern-man-{}", std::process::id()));
         let files = man_pages(&dir).unwrap();
         let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        for want in ["tern.1", "tern-migrate.1", "tern-evacuate.1", "tern-pki.1", "tern-pki-init.1", "tern-completions.1", "tern-man.1"] {
+        for want in [
+            "tern.1",
+            "tern-migrate.1",
+            "tern-evacuate.1",
+            "tern-pki.1",
+            "tern-pki-init.1",
+            "tern-pki-issue.1",
+            "tern-pki-revoke.1",
+            "tern-completions.1",
+            "tern-man.1",
+        ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("help")), "{names:?}");

@@ -6,6 +6,7 @@ use crate::progress::Display;
 use tern_proto::compat::Severity;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Request};
+use tern_transport::ticket::Signer;
 
 #[derive(Clone)]
 pub struct Options {
@@ -39,9 +40,13 @@ fn new_id() -> u64 {
 }
 
 /// Runs the migration the plan describes; returns the source agent's report.
-pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options) -> anyhow::Result<MigrationReport> {
+/// `signer` signs the move's ticket: this container, as `plan` checked it,
+/// from its source to its target, for ten minutes.
+pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options, signer: &Signer) -> anyhow::Result<MigrationReport> {
+    let id = new_id();
+    let ticket = signer.issue(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs());
     let req = MigrateRequest {
-        id: new_id(),
+        id,
         container: plan.container.name.clone(),
         target: Peer { name: plan.target_name.clone(), address: target_address.to_string() },
         options: MigrateOptions {
@@ -52,6 +57,7 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
             policy: opts.policy.clone(),
             lazy_restore: opts.lazy_restore,
         },
+        ticket,
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;

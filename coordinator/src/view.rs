@@ -316,7 +316,15 @@ pub struct Probe<'a> {
     pub mbit_per_s: f64,
 }
 
-/// `tern pki init --json` and `tern man --json`: the files written.
+/// `tern pki revoke --json`: the serials revoked and the list rewritten.
+#[derive(Serialize)]
+pub struct Revoked<'a> {
+    pub name: &'a str,
+    pub serials: &'a [String],
+    pub crl: &'a Path,
+}
+
+/// `tern pki init --json`, `tern pki issue --json` and `tern man --json`: the files written.
 #[derive(Serialize)]
 pub struct Written<'a> {
     pub dir: &'a Path,

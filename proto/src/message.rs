@@ -111,8 +111,8 @@ pub enum Resolution {
     Absent,
 }
 
-/// The most a probe may send (16 GiB).
-pub const MAX_PROBE_BYTES: u64 = 16 << 30;
+/// The most a probe may send (1 GiB).
+pub const MAX_PROBE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRequest {
@@ -198,6 +198,9 @@ pub struct MigrateRequest {
     /// The target agent, as the coordinator's inventory knows it.
     pub target: Peer,
     pub options: MigrateOptions,
+    /// The coordinator's signed permission for this one move; the source
+    /// passes it on in [`Begin::ticket`].
+    pub ticket: Ticket,
 }
 
 /// Another agent: its name (checked against its certificate) and address.
@@ -430,6 +433,39 @@ pub struct Begin {
     pub mode: Mode,
     /// Restore lazily if this target can ([`MigrateOptions::lazy_restore`]).
     pub lazy_restore: bool,
+    /// The coordinator's ticket for this move, as the source received it.
+    pub ticket: Ticket,
+}
+
+/// What a coordinator allows: one container, from one host to another,
+/// for a few minutes. Signed by the coordinator's key (`tern_transport::ticket`);
+/// the target checks it before it accepts a `Receive`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketBody {
+    /// Random, used once: the target remembers it until it expires.
+    pub ticket_id: [u8; 16],
+    pub migration_id: MigrationId,
+    /// Host names, as their certificates say.
+    pub source: String,
+    pub target: String,
+    pub container: String,
+    pub container_id: String,
+    pub image_id: String,
+    /// blake3 of the container's spec as the coordinator checked it
+    /// (`tern_transport::ticket::spec_hash`).
+    pub spec_hash: [u8; 32],
+    /// Seconds since the Unix epoch.
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// A [`TicketBody`], its ECDSA P-256 signature (ASN.1 DER, SHA-256) and the
+/// signer's certificate (DER), which must chain to the cluster CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub body: TicketBody,
+    pub signature: Vec<u8>,
+    pub cert: Vec<u8>,
 }
 
 /// Source to target, on a `Receive` stream.

@@ -69,6 +69,7 @@ fn samples() -> Vec<Request> {
                 policy: tern_proto::policy::PolicyConfig::default(),
                 lazy_restore: false,
             },
+            ticket: tern_proto::Ticket::default(),
         }),
         Request::Receive(Begin {
             id: 42,
@@ -77,6 +78,7 @@ fn samples() -> Vec<Request> {
             tcp_established: false,
             mode: Mode::HashPreCopy,
             lazy_restore: true,
+            ticket: tern_proto::Ticket::default(),
         }),
         Request::Resolve(ResolveRequest { id: 7, container: "demo1".into(), container_id: "abc".into(), verdict: Verdict::Abort }),
     ]

@@ -1,6 +1,7 @@
 //! quinn endpoints, tuned for moving container checkpoints (hundreds of MiB)
 //! between hosts on a LAN, and detecting a dead peer within seconds.
 
+pub use crate::identity::{identity_of, PeerId};
 use crate::timeouts::scaled;
 use crate::tls::{client_config, server_config, TlsFiles};
 use crate::TransportError;
@@ -138,18 +139,30 @@ pub fn classify(name: &str, addr: SocketAddr, e: quinn::ConnectionError) -> Tran
     }
 }
 
+/// How long a new connection may take to send its Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection with no stream open this long is closed by the agent:
+/// keep-alives alone do not keep a connection.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Connections an agent keeps at once from one peer, and from everyone.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+pub const MAX_CONNECTIONS: usize = 256;
+/// Requests an agent serves at once on one connection (quinn's stream
+/// limit, 64, bounds what a peer may open; this bounds the work).
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 32;
+
+/// The verified peer's name and role, after the handshake.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerId, TransportError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| TransportError::Identity("the peer presented no certificate".into()))?;
+    let der = certs.first().ok_or_else(|| TransportError::Identity("the peer presented no certificate".into()))?;
+    identity_of(der.as_ref())
+}
+
 /// The authenticated peer's name: its certificate's common name, else its
 /// first DNS subject alternative name.
 pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
-    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    let der = certs.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
-        return Some(cn.to_string());
-    }
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-        _ => None,
-    })
+    peer_identity(conn).ok().map(|p| p.name)
 }

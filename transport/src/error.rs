@@ -21,4 +21,12 @@ pub enum TransportError {
     Timeout { name: String, addr: SocketAddr, secs: u64 },
     #[error("{name} at {addr} and this side do not trust each other's certificate ({detail}); both must hold certificates from the same cluster CA (`tern pki init`), and {name}'s certificate must name it")]
     Certificate { name: String, addr: SocketAddr, detail: String },
+    #[error("the certificate of {name} carries no tern role (it was made before roles existed); issue it again with `tern pki issue {name}` (the coordinator's with `tern pki init`)")]
+    NoRole { name: String },
+    #[error("the certificate of {name} claims the {role} role, which that name cannot hold (`coordinator` is the coordinator's name only); issue it again with `tern pki issue {name}`")]
+    RoleMismatch { name: String, role: String },
+    #[error("the peer's certificate is unusable: {0}")]
+    Identity(String),
+    #[error("{peer} holds a {role} certificate, where a {expected} was expected")]
+    WrongRole { peer: String, role: String, expected: &'static str },
 }

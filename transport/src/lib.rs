@@ -7,17 +7,21 @@
 //! * [`endpoint`]: quinn endpoints tuned for bulk transfer, and `connect`
 //!   with errors that say whether the peer is down or untrusted.
 //! * [`rpc`]: the Hello exchange and request/response over QUIC streams.
+//! * [`ticket`]: the coordinator's signed permission for one migration.
 
 pub mod endpoint;
 pub mod error;
+pub mod identity;
 pub mod pki;
 pub mod rpc;
+pub mod ticket;
 pub mod timeouts;
 pub mod tls;
 
-pub use endpoint::{client_endpoint, connect, peer_name, server_endpoint};
+pub use endpoint::{client_endpoint, connect, peer_identity, peer_name, server_endpoint, PeerId};
 pub use error::TransportError;
-pub use tls::TlsFiles;
+pub use pki::Role;
+pub use tls::{TlsFiles, Trust};
 
 /// The ALPN protocol both sides insist on.
 pub const ALPN: &[u8] = b"tern/1";

@@ -51,6 +51,19 @@ impl Session {
     /// exchanges Hello.
     pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, name: &str, my_name: &str) -> Result<Session, RpcError> {
         let conn = crate::connect(endpoint, addr, name).await?;
+        // Sessions go to agents only: a coordinator's certificate cannot
+        // stand in for a host's.
+        match crate::peer_identity(&conn) {
+            Ok(id) if id.role == crate::Role::Host => {}
+            Ok(id) => {
+                conn.close(1u32.into(), b"not a host");
+                return Err(crate::TransportError::WrongRole { peer: id.name, role: id.role.to_string(), expected: "host certificate" }.into());
+            }
+            Err(e) => {
+                conn.close(1u32.into(), b"no identity");
+                return Err(e.into());
+            }
+        }
         let peer = name.to_string();
         let mut session = Session { conn, peer, version: 0 };
         let reply = match session.request(&Request::Hello(hello(my_name))).await {

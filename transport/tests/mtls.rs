@@ -12,7 +12,7 @@ fn host(name: &str) -> HostSpec {
 }
 
 fn files(dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+    TlsFiles::in_dir(dir, name)
 }
 
 /// Accepts (and completes handshakes of) every incoming connection.
@@ -171,4 +171,92 @@ async fn bulk_transfer_of_64_mib() {
     assert_eq!(recv_task.await.unwrap(), SIZE);
     let secs = start.elapsed().as_secs_f64();
     eprintln!("64 MiB over loopback QUIC: {:.2} s, {:.0} MiB/s", secs, 64.0 / secs);
+}
+
+/// Connects `client_name` to a server holding `server_name`'s certificate
+/// and reports how it ended: `Ok` once the server accepted, else the error.
+async fn try_connect(dir: &Path, server_name: &str, client_name: &str) -> Result<(), TransportError> {
+    let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(dir, server_name)).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.map(|c| peer_name(&c)) });
+    let client = client_endpoint(&files(dir, client_name)).unwrap();
+    let conn = connect(&client, addr, server_name).await?;
+    match accepted.await.unwrap() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(tern_transport::endpoint::classify(server_name, addr, conn.closed().await)),
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_cannot_connect_either_way_and_others_still_can() {
+    let dir = cluster();
+    pki::issue(dir.path(), &host("c")).unwrap();
+    assert!(try_connect(dir.path(), "a", "c").await.is_ok(), "an issued host connects");
+    let serials = pki::revoke(dir.path(), "c").unwrap();
+    assert_eq!(serials.len(), 1);
+    assert!(dir.path().join("crl.pem").exists());
+    let err = try_connect(dir.path(), "a", "c").await.unwrap_err();
+    assert!(matches!(err, TransportError::Certificate { .. }), "{err}");
+    let err = try_connect(dir.path(), "c", "coordinator").await.unwrap_err();
+    assert!(matches!(err, TransportError::Certificate { .. }), "the revoked host as a server: {err}");
+    assert!(try_connect(dir.path(), "a", "b").await.is_ok(), "others are not affected");
+    // Re-issued, it is trusted again; revoking twice finds nothing more.
+    pki::issue(dir.path(), &host("c")).unwrap();
+    assert!(try_connect(dir.path(), "a", "c").await.is_ok());
+    assert!(matches!(pki::revoke(dir.path(), "nobody"), Err(PkiError::UnknownName(_))));
+}
+
+#[tokio::test]
+async fn a_revocation_takes_effect_on_a_running_server_at_the_next_handshake() {
+    let dir = cluster();
+    let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(dir.path(), "a")).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(i) = server.accept().await {
+            if let Ok(c) = i.await {
+                tokio::spawn(async move {
+                    let _ = c.accept_bi().await;
+                });
+            }
+        }
+    });
+    let client = client_endpoint(&files(dir.path(), "b")).unwrap();
+    let first = connect(&client, addr, "a").await.unwrap();
+    assert!(first.close_reason().is_none());
+    pki::revoke(dir.path(), "b").unwrap();
+    let err = match connect(&client, addr, "a").await {
+        Err(e) => e,
+        Ok(conn) => tern_transport::endpoint::classify("a", addr, conn.closed().await),
+    };
+    assert!(matches!(err, TransportError::Certificate { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn roles_are_in_the_certificates_and_a_certificate_without_one_is_refused() {
+    let dir = cluster();
+    let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(dir.path(), "a")).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = tokio::spawn(async move { tern_transport::peer_identity(&server.accept().await.unwrap().await.unwrap()).unwrap() });
+    let client = client_endpoint(&files(dir.path(), "coordinator")).unwrap();
+    let conn = connect(&client, addr, "a").await.unwrap();
+    assert_eq!(tern_transport::peer_identity(&conn).unwrap(), tern_transport::PeerId { name: "a".into(), role: tern_transport::Role::Host });
+    assert_eq!(accept.await.unwrap().role, tern_transport::Role::Coordinator);
+
+    // A certificate of the same CA, but made the old way (no role).
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("ca.key")).unwrap()).unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["old".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "old");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.path().join("old.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).unwrap();
+    let e = tern_transport::endpoint::identity_of(cert.der()).unwrap_err();
+    assert!(e.to_string().contains("tern pki issue old"), "{e}");
+    let err = try_connect(dir.path(), "a", "old").await.unwrap_err();
+    assert!(matches!(err, TransportError::Certificate { .. }), "{err}");
 }
