@@ -532,3 +532,39 @@ impl Drop for CopyWatcher {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// `tern ARGS --json` started in the background, to be interrupted or
+/// killed like a user would.
+pub fn tern_spawn(args: &[&str]) -> Result<std::process::Child> {
+    let mut full = args.to_vec();
+    full.push("--json");
+    tern(&full).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().context("spawning tern")
+}
+
+/// Waits for a background `tern` to end; its result as [`tern_json`] gives it.
+pub fn tern_wait(child: std::process::Child) -> Result<TernRun> {
+    let out = child.wait_with_output()?;
+    let all = text(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    Ok(TernRun { code: out.status.code().unwrap_or(-1), json, stderr: String::from_utf8_lossy(&out.stderr).into(), all })
+}
+
+/// Sends `signal` (`"INT"`, `"KILL"`) to a process.
+pub fn signal(pid: u32, signal: &str) -> Result<()> {
+    ok(Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]))?;
+    Ok(())
+}
+
+/// Kills `host`'s agent as `kill -9` would (no cleanup).
+pub fn kill_agent(host: &str) -> Result<()> {
+    let state = std::env::var_os("TERN_LAB_STATE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tern"));
+    let pid = std::fs::read_to_string(state.join("hosts").join(host).join("agent.pid"))?;
+    signal(pid.trim().parse()?, "KILL")
+}
+
+/// The flag an agent's injected stall shows while it lasts
+/// (`agent/src/faults.rs`).
+pub fn stalled(host: &str) -> bool {
+    PathBuf::from(format!("/var/lib/tern-lab/{host}/agent/fault-stalled")).exists()
+}

@@ -1086,3 +1086,163 @@ fn a_link_cut_during_the_restore_never_runs_two_copies() {
     let _lab = lab_guard();
     scenario_link_cut_during_restore().unwrap();
 }
+
+// ---- The fault matrix (README, "Faults"): every fault at every point of
+// a migration ends with exactly one copy running, where tern says. ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    SourceAgentKilled,
+    TargetAgentKilled,
+    CtrlC,
+    TernKilled,
+    LinkCut,
+    /// The target's disk stops taking writes for longer than the source's
+    /// send deadline (the target stalls, alive).
+    TargetDiskStalled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    BeforeFreeze,
+    Transfer,
+    Restore,
+    AfterRestored,
+}
+
+impl At {
+    /// The stall point (agent/src/faults.rs) and the host that stalls there.
+    fn stall(self) -> (&'static str, &'static str) {
+        match self {
+            At::BeforeFreeze => ("before-freeze", "client1"),
+            At::Transfer => ("transfer", "client2"),
+            At::Restore => ("restore", "client2"),
+            At::AfterRestored => ("after-restored", "client1"),
+        }
+    }
+}
+
+/// Where the container must end: the source unless the commit was
+/// recorded (after Restored) or the target restored it through a stall.
+fn expected_host(fault: Fault, at: At) -> &'static str {
+    match (fault, at) {
+        (_, At::AfterRestored) => "client2",
+        // Stalled, not dead: the restore finishes late and the move completes.
+        (Fault::TargetDiskStalled, At::Restore) => "client2",
+        _ => "client1",
+    }
+}
+
+/// One cell: `fault` strikes while an agent stalls at `at`; the agents are
+/// started again a moment later, as a service manager would. Throughout,
+/// no two copies run; in the end exactly one does, where expected, with its
+/// counter and PIDs, and nothing is left behind.
+fn fault_cell(fault: Fault, at: At) -> Result<()> {
+    let name = "e2e-fault";
+    let cell = format!("{fault:?} at {at:?}");
+    eprintln!("--- {cell}");
+    remove_everywhere(name);
+    restart_agent("client1", "")?;
+    restart_agent("client2", "")?;
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 10)?;
+    let pids = top("client1", name)?;
+    let (point, stalling) = at.stall();
+    let stall_ms = if fault == Fault::TargetDiskStalled { 40_000 } else { 8_000 };
+    restart_agent(stalling, &format!("[faults]\nstall_at = \"{point}\"\nstall_ms = {stall_ms}"))?;
+    let c0 = count("client1", name)?;
+    let watcher = CopyWatcher::start(name);
+    let tern = tern_spawn(&["migrate", name, "--to", "client2"])?;
+    let tern_pid = tern.id();
+    wait_until(Duration::from_secs(120), &format!("{stalling} to stall at {point}"), || Ok(stalled(stalling).then_some(())))?;
+    match fault {
+        Fault::SourceAgentKilled | Fault::TargetAgentKilled => {
+            let host = if fault == Fault::SourceAgentKilled { "client1" } else { "client2" };
+            kill_agent(host)?;
+            std::thread::sleep(Duration::from_secs(1));
+            restart_agent(host, "")?;
+        }
+        Fault::CtrlC => signal(tern_pid, "INT")?,
+        Fault::TernKilled => signal(tern_pid, "KILL")?,
+        Fault::LinkCut => {
+            // Past QUIC's idle timeout: the connection between them dies.
+            let cut = LinkCut::between("client2", "client1")?;
+            std::thread::sleep(Duration::from_secs(15));
+            drop(cut);
+        }
+        Fault::TargetDiskStalled => {}
+    }
+    let r = tern_wait(tern)?;
+    let expected = expected_host(fault, at);
+    let other = if expected == "client1" { "client2" } else { "client1" };
+    wait_until(Duration::from_secs(120), &format!("{cell}: {name} running on {expected} only"), || {
+        Ok((state(expected, name)?.as_deref() == Some("running") && state(other, name)?.is_none()).then_some(()))
+    })
+    .with_context(|| format!("tern said: {}", r.all))?;
+    let overlaps = watcher.finish()?;
+    ensure!(overlaps.is_empty(), "{cell}: two copies ran at {overlaps:?}; tern said {}", r.all);
+    // What tern reported, when it lived to report, says where it runs.
+    if let Some(on) = r.json["running_on"].as_str().filter(|s| !s.is_empty()) {
+        ensure!(on == expected, "{cell}: tern says it runs on {on}: {}", r.all);
+    }
+    let c1 = count(expected, name)?;
+    ensure!(c1 >= c0, "{cell}: counter restarted: {c0} -> {c1}");
+    count_reaches(expected, name, c1 + 5)?;
+    ensure!(top(expected, name)? == pids, "{cell}: PIDs changed");
+    wait_until(Duration::from_secs(60), &format!("{cell}: no leftovers"), || Ok(no_leftovers().ok()))?;
+    restart_agent(stalling, "")?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+fn fault_row(fault: Fault, points: &[At]) {
+    let _lab = lab_guard();
+    let mut failed = Vec::new();
+    for &at in points {
+        if let Err(e) = fault_cell(fault, at) {
+            eprintln!("FAILED {fault:?} at {at:?}: {e:#}");
+            failed.push(format!("{at:?}: {e:#}"));
+        }
+    }
+    let _ = restart_agent("client1", "");
+    let _ = restart_agent("client2", "");
+    assert!(failed.is_empty(), "{fault:?}: {failed:#?}");
+}
+
+const EVERY_POINT: [At; 4] = [At::BeforeFreeze, At::Transfer, At::Restore, At::AfterRestored];
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_source_agent_killed_at_every_point() {
+    fault_row(Fault::SourceAgentKilled, &EVERY_POINT);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_target_agent_killed_at_every_point() {
+    fault_row(Fault::TargetAgentKilled, &EVERY_POINT);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_ctrl_c_at_every_point() {
+    fault_row(Fault::CtrlC, &EVERY_POINT);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_tern_killed_at_every_point() {
+    fault_row(Fault::TernKilled, &EVERY_POINT);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_link_cut_at_every_point() {
+    fault_row(Fault::LinkCut, &EVERY_POINT);
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn faults_target_disk_stalled_during_transfer_and_restore() {
+    fault_row(Fault::TargetDiskStalled, &[At::Transfer, At::Restore]);
+}

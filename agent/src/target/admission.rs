@@ -276,9 +276,12 @@ fn check_spec(p: &AdmissionConfig, host: &HostPaths, config: &serde_json::Value,
     check_devices(p, spec, label)?;
     check_mounts(p, host, spec, label)?;
     if let Some(root) = spec.get("root").and_then(|r| r.get("path")).and_then(|r| r.as_str()).filter(|r| !r.is_empty()) {
-        // runc's root: the container's overlay mount under the graph root.
+        // runc's root: the container's overlay mount under the graph root,
+        // or (the spec inside config.dump says `rootfs`) a path relative to
+        // the container's own bundle that does not leave it.
         let under_graph = host.graph_root.as_deref().zip(normal(root)).is_some_and(|(g, r)| r.starts_with(g) && r != g);
-        if !under_graph {
+        let in_bundle = Path::new(root).is_relative() && Path::new(root).components().all(|c| matches!(c, Component::Normal(_)));
+        if !under_graph && !in_bundle {
             check_host_path(p, host, root, "a root file system from a host folder")?;
         }
     }

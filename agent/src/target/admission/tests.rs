@@ -166,7 +166,8 @@ fn a_plain_podman_container_is_admitted() {
     run(&c, &s).unwrap();
     // config.dump's spec as created (no root path yet) is fine too.
     let mut c = config();
-    c["spec"]["root"] = json!({"path": ""});
+    // As Podman 4 writes it: relative to the container's bundle.
+    c["spec"]["root"] = json!({"path": "rootfs"});
     run(&c, &spec()).unwrap();
 }
 
@@ -311,6 +312,9 @@ fn a_root_outside_the_graph_root_is_refused() {
     let mut c = config();
     c["rootfs"] = json!("/etc");
     assert!(refused(run(&c, &spec())).contains("a root file system from a host folder: /etc"));
+    // Relative to the bundle is its own folder, unless it climbs out.
+    let (c, s) = crafted(|s| s["root"]["path"] = json!("../../../../etc"));
+    assert!(refused(run(&c, &s)).contains("a root file system from a host folder: ../../../../etc"));
 }
 
 fn archive(members: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
