@@ -57,10 +57,18 @@ pub struct Stall {
 
 impl Stall {
     pub async fn wait(&self) {
+        /// Removes the flag however the stall ends: a task aborted
+        /// mid-stall must not leave it behind.
+        struct Flag<'a>(&'a std::path::Path);
+        impl Drop for Flag<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
         tracing::warn!(at = ?self.at, ms = self.length.as_millis() as u64, "fault injected: stalling");
         let _ = std::fs::write(&self.flag, format!("{:?}", self.at));
+        let _flag = Flag(&self.flag);
         tokio::time::sleep(self.length).await;
-        let _ = std::fs::remove_file(&self.flag);
     }
 }
 
@@ -114,6 +122,11 @@ mod imp {
         /// `Restored` (the container runs there, tentative).
         #[serde(default)]
         pub exit_after_restored_sent: bool,
+        /// As target: the file system the checkpoint's images go to holds
+        /// only this many bytes (its tmpfs is made that small): the
+        /// transfer meets a real "No space left on device".
+        #[serde(default)]
+        pub target_disk_bytes: Option<u64>,
         /// Stop at this point of a migration for `stall_ms` (default 10 s).
         #[serde(default)]
         pub stall_at: Option<super::StallPoint>,
@@ -150,6 +163,16 @@ mod imp {
         pub fn exit_after_restored_sent(&self) {
             if self.exit_after_restored_sent {
                 die(137, "the target agent exits right after answering Restored");
+            }
+        }
+        /// Shrinks the tmpfs at `dir` to `target_disk_bytes`, when asked to.
+        pub fn fill_disk(&self, dir: &std::path::Path) {
+            let Some(bytes) = self.target_disk_bytes else { return };
+            let data = format!("size={bytes}");
+            let flags = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+            match nix::mount::mount(None::<&str>, dir, Some("tmpfs"), flags, Some(data.as_str())) {
+                Ok(()) => tracing::warn!(dir = %dir.display(), bytes, "fault injected: the checkpoint folder is nearly full"),
+                Err(e) => tracing::error!("fault injection: shrinking {}: {e}", dir.display()),
             }
         }
         /// The stall to make at `at`, if this agent is told to stall there.
@@ -207,6 +230,7 @@ mod imp {
             std::time::Duration::ZERO
         }
         pub fn exit_after_restored_sent(&self) {}
+        pub fn fill_disk(&self, _: &std::path::Path) {}
         pub fn stall(&self, _: super::StallPoint, _: &std::path::Path) -> Option<super::Stall> {
             None
         }

@@ -46,6 +46,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Folders a predecessor made for incoming migrations it did not finish,
     // tidied before the agent answers anyone.
     tern_agent::target::inplace::sweep(engine.as_ref()).await;
+    // Staging and work folders of migrations are their process's alone
+    // (what recovery needs is in the journal and the container's folder).
+    for e in std::fs::read_dir(&cfg.state_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("incoming-") || name.starts_with("outgoing-") {
+            tracing::info!(folder = %e.path().display(), "removing a folder a predecessor's migration left");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     tern_agent::netid::sweep_holds().await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");

@@ -13,7 +13,7 @@
 //! keeps the rest:
 //!
 //! ```text
-//!  <state dir>/incoming-<id>/
+//!  <state dir>/incoming-<agent pid>-<n>/
 //!    image.tar     the image, when shipped
 //!    base.tar      content-addressed pre-copy's base archive
 //!    rest.tar      the final archive but its checkpoint/ images: what
@@ -78,7 +78,11 @@ pub async fn receive(
     let Some(_guard) = agent.claim(&name) else {
         return refuse(&mut send, format!("a migration of {name} is already under way here")).await;
     };
-    let staging = agent.cfg.state_dir.join(format!("incoming-{}", begin.id));
+    // The folder's name is this agent's own, never the peer's: two
+    // migrations, whatever ids they carry, never share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = agent.cfg.state_dir.join(format!("incoming-{}-{n}", std::process::id()));
     let mut t = Target { agent, begin, staging, restored: false, bundle: None, tentative: None, lazy: false, notes: Vec::new(), hold: None };
     let result = t.run(conn, &mut send, &mut recv).await;
     t.release_hold().await;
@@ -198,6 +202,9 @@ impl Target<'_> {
         if let Err(e) = bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone() }) {
             bundle.remove();
             return refuse(send, format!("cannot write the folder's marker: {e}")).await;
+        }
+        if bundle.in_ram {
+            self.agent.cfg.faults.fill_disk(&bundle.checkpoint_dir());
         }
         tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
         self.notes.extend(bundle.on_disk_because.iter().map(|why| format!("the images were held on disk: {why}")));

@@ -566,5 +566,16 @@ pub fn kill_agent(host: &str) -> Result<()> {
 /// The flag an agent's injected stall shows while it lasts
 /// (`agent/src/faults.rs`).
 pub fn stalled(host: &str) -> bool {
-    PathBuf::from(format!("/var/lib/tern-lab/{host}/agent/fault-stalled")).exists()
+    stall_flag(host).exists()
+}
+
+fn stall_flag(host: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/tern-lab/{host}/agent/fault-stalled"))
+}
+
+/// Removes a stall flag an agent killed mid-stall left behind.
+pub fn clear_stall_flags() {
+    for h in ["client1", "client2"] {
+        let _ = std::fs::remove_file(stall_flag(h));
+    }
 }

@@ -16,7 +16,7 @@
 //!                               dump's images, written as they arrive (unpack.rs)
 //!      tern-precopy/1, 2, ...   soft-dirty rounds, each `parent` -> ../<n-1>
 //!      pre-checkpoint -> tern-precopy/<last>
-//!  <state dir>/incoming-<id>/rest.tar                config.dump, spec.dump,
+//!  <state dir>/incoming-<pid>-<n>/rest.tar               config.dump, spec.dump,
 //!                                                    rootfs-diff.tar, ...:
 //!                                                    what Podman imports
 //! ```
