@@ -105,8 +105,9 @@ pub struct FrameCollector {
 }
 
 impl FrameCollector {
+    /// Collects frames of at most `limit` bytes (never above [`MAX_FRAME_LEN`]).
     pub fn new(limit: usize) -> Self {
-        FrameCollector { head: Vec::new(), limit }
+        FrameCollector { head: Vec::new(), limit: limit.min(MAX_FRAME_LEN) }
     }
 
     /// Takes from `input` what the current frame still needs; returns the
