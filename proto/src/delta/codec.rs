@@ -10,8 +10,8 @@
 //! calls. What a stream may produce is bounded by [`DeltaLimits`]: page
 //! references stay inside the base, the whole output under a maximum the
 //! caller gives, and references grow the output at most by the base once
-//! plus one page per byte received, so a few bytes of records cannot
-//! replay the base over and over.
+//! plus one page per [`PAGE_RECORD_BYTES`] bytes received, so a few bytes
+//! of records cannot replay the base over and over.
 
 use super::{Compressor, DeltaRecord, DeltaStats, Packer, Piece, Segment, TarPager, MAX_RAW, PAGE};
 use crate::frame::{encode, FrameCollector, FrameError, WireMessage};
@@ -188,11 +188,19 @@ pub enum DeltaError {
     EmptyPages,
     #[error("the stream would produce more than its limit of {limit} bytes")]
     OutputTooLarge { limit: u64 },
-    #[error("the stream refers to {pages} pages of the base, more than the base once plus one page per byte received ({budget})")]
+    #[error(
+        "the stream refers to {pages} pages of the base, more than the base once plus one page per {PAGE_RECORD_BYTES} bytes received ({budget})"
+    )]
     TooManyPageRefs { pages: u64, budget: u64 },
     #[error("{0}")]
     Sink(String),
 }
+
+/// The smallest record of pages on the wire (length prefix, tag, index
+/// and count): past the base once, each page a stream refers to must be
+/// paid for by this many bytes received, which a record of one page (the
+/// zero page, again and again) always is.
+pub const PAGE_RECORD_BYTES: u64 = 7;
 
 /// The most bytes one archive stream may produce by default (4 TiB).
 pub const MAX_ARCHIVE_BYTES: u64 = 4 << 40;
@@ -203,7 +211,8 @@ pub struct DeltaLimits {
     /// The pages the base holds: every reference lies inside them, and 0
     /// means the stream has no base ([`DeltaError::NoBase`]). Page
     /// references add to the output at most this many pages plus one page
-    /// per byte of the stream ([`DeltaError::TooManyPageRefs`]).
+    /// per [`PAGE_RECORD_BYTES`] bytes of the stream
+    /// ([`DeltaError::TooManyPageRefs`]).
     pub base_pages: u32,
     /// The most bytes the stream may produce, raw runs and pages together
     /// (the archive's announced size, with slack).
@@ -283,7 +292,7 @@ impl DeltaDecoder {
             return Err(DeltaError::PagesOutsideBase { index, count, base_pages });
         }
         let pages = self.page_refs + u64::from(count);
-        let budget = u64::from(base_pages).saturating_add(self.input);
+        let budget = u64::from(base_pages).saturating_add(self.input / PAGE_RECORD_BYTES);
         if pages > budget {
             return Err(DeltaError::TooManyPageRefs { pages, budget });
         }

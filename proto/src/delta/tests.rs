@@ -426,6 +426,7 @@ fn an_eleven_byte_record_can_no_longer_replay_the_whole_base() {
     w.extend(rec(&DeltaRecord::End));
     assert!(matches!(produced(&w, limits), Err(DeltaError::TooManyPageRefs { pages: 2000, .. })));
     // Repeated single pages (zero pages, say) pay for themselves.
+    assert_eq!(rec(&DeltaRecord::Pages { index: 7, count: 1 }).len() as u64, PAGE_RECORD_BYTES);
     let mut w = rec(&DeltaRecord::Pages { index: 7, count: 1 }).repeat(5000);
     w.extend(rec(&DeltaRecord::End));
     assert_eq!(produced(&w, limits).unwrap(), 5000 * PAGE as u64);
