@@ -20,6 +20,7 @@
 //! never a panic. With the frame limit above, decoding is bounded twice.
 
 use serde::{de::DeserializeOwned, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest control frame any tern process accepts (1 MiB). Control
@@ -139,6 +140,7 @@ impl FrameCollector {
 }
 
 /// Writes one frame.
+#[cfg(feature = "io")]
 pub async fn write_frame<W, M>(w: &mut W, msg: &M) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,
@@ -151,6 +153,7 @@ where
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before any byte of
 /// a new frame.
+#[cfg(feature = "io")]
 pub async fn read_frame<R, M>(r: &mut R) -> Result<Option<M>, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -178,6 +181,7 @@ where
 }
 
 /// Reads one frame and fails with [`FrameError::Truncated`] on end of stream.
+#[cfg(feature = "io")]
 pub async fn expect_frame<R, M>(r: &mut R) -> Result<M, FrameError>
 where
     R: AsyncRead + Unpin,
