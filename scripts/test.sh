@@ -3,7 +3,8 @@
 #   1. installs what is missing (scripts/install-deps.sh, idempotent),
 #   2. checks the code's health (cargo fmt --check, cargo clippy with
 #      warnings as errors, no import cycles between modules) and builds the release binaries, with overflow
-#      checks on for everything this script builds and runs,
+#      checks on for everything this script builds and runs, and fuzzes
+#      the wire decoders (scripts/fuzz.sh, 20 s per target: TERN_FUZZ_SECS),
 #   3. runs the unit and in-process tests (cargo test --workspace),
 #   4. brings the two-host lab up and runs the end-to-end tests against
 #      real Podman, runc and CRIU, then takes the lab down,
@@ -38,6 +39,11 @@ cargo fmt --all --check || { echo "scripts/test.sh: run cargo fmt --all" >&2; ex
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # No module of any crate uses another that uses it back.
 python3 scripts/check-cycles.py >/dev/null || { python3 scripts/check-cycles.py | tail -20; exit 1; }
+
+step "code health: fuzzing the wire decoders (${TERN_FUZZ_SECS:-20} s per target)"
+# Its own target directory (fuzz/target); a crash fails the run, its input
+# left in fuzz/artifacts/.
+scripts/fuzz.sh --time "${TERN_FUZZ_SECS:-20}"
 
 step "building"
 # With the agent's test faults ([faults] in its config, faults.rs): the

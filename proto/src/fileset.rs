@@ -12,7 +12,9 @@
 //! Names are single path components, checked by [`check_name`] before the
 //! receiver creates anything: a hostile peer cannot write outside the
 //! folder it is given, nor make the receiver create unbounded numbers of
-//! files. The blake3 digest announced on the control stream covers every
+//! files. Lengths are bounded too ([`FileSetLimits`]): each file's, and
+//! the whole set's, refused at the entry that announces too much, before
+//! any of its bytes are handed on. The blake3 digest announced on the control stream covers every
 //! byte of the stream after the header, entries included.
 
 use crate::frame::WireMessage;
@@ -23,6 +25,40 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FILES: usize = 65_536;
 /// The longest file name accepted.
 pub const MAX_NAME: usize = 255;
+/// The largest file a set may hold by default (1 TiB): a round's page
+/// images are at most the container's memory.
+pub const MAX_FILE_LEN: u64 = 1 << 40;
+/// The most bytes a whole set may announce by default (4 TiB).
+pub const MAX_SET_BYTES: u64 = 4 << 40;
+
+/// What one incoming set may hold. The defaults are generous constants;
+/// a receiver that knows what to expect says so with
+/// [`FileSetLimits::expecting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSetLimits {
+    /// At most this many files (never above [`MAX_FILES`]).
+    pub max_files: usize,
+    /// No file longer than this.
+    pub max_file_len: u64,
+    /// The files' lengths add up to no more than this.
+    pub max_total: u64,
+}
+
+impl Default for FileSetLimits {
+    fn default() -> Self {
+        FileSetLimits { max_files: MAX_FILES, max_file_len: MAX_FILE_LEN, max_total: MAX_SET_BYTES }
+    }
+}
+
+impl FileSetLimits {
+    /// A set of at most `bytes` bytes of file data in all (for a pre-copy
+    /// round: the container's memory and the images' metadata, with slack),
+    /// never more than the defaults.
+    pub fn expecting(bytes: u64) -> Self {
+        let d = FileSetLimits::default();
+        FileSetLimits { max_total: bytes.min(d.max_total), max_file_len: bytes.min(d.max_file_len), ..d }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileEntry {
@@ -47,8 +83,12 @@ impl WireMessage for FileEntry {
 pub enum FileSetError {
     #[error("the file name {0:?} is not a plain file name (empty, too long, `.`/`..`, or contains `/` or NUL)")]
     BadName(String),
-    #[error("the file set holds more than {MAX_FILES} files")]
-    TooManyFiles,
+    #[error("the file set holds more than {0} files")]
+    TooManyFiles(usize),
+    #[error("the file {name:?} announces {len} bytes, above the limit of {limit}")]
+    FileTooLarge { name: String, len: u64, limit: u64 },
+    #[error("the file {name:?} would bring the set above its limit of {limit} bytes")]
+    SetTooLarge { name: String, limit: u64 },
     #[error("the file {0:?} appears twice in the file set")]
     Duplicate(String),
 }
@@ -64,16 +104,27 @@ pub fn check_name(name: &str) -> Result<(), FileSetError> {
 }
 
 /// Tracks the names of one incoming set: each valid, each once, not too many.
-#[derive(Default)]
 pub struct NameCheck {
     seen: std::collections::HashSet<String>,
+    max_files: usize,
+}
+
+impl Default for NameCheck {
+    fn default() -> Self {
+        NameCheck::new(MAX_FILES)
+    }
 }
 
 impl NameCheck {
+    /// Admits at most `max_files` names (never above [`MAX_FILES`]).
+    pub fn new(max_files: usize) -> Self {
+        NameCheck { seen: Default::default(), max_files: max_files.min(MAX_FILES) }
+    }
+
     pub fn admit(&mut self, name: &str) -> Result<(), FileSetError> {
         check_name(name)?;
-        if self.seen.len() >= MAX_FILES {
-            return Err(FileSetError::TooManyFiles);
+        if self.seen.len() >= self.max_files {
+            return Err(FileSetError::TooManyFiles(self.max_files));
         }
         if !self.seen.insert(name.to_string()) {
             return Err(FileSetError::Duplicate(name.to_string()));
@@ -117,18 +168,48 @@ pub struct FileSetDecoder {
     in_file: bool,
     ended: bool,
     names: NameCheck,
+    limits: FileSetLimits,
+    /// The lengths the entries so far announced, added up.
+    announced: u64,
 }
 
 /// The largest encoded entry: a name of [`MAX_NAME`] bytes and its length.
 const MAX_ENTRY: usize = MAX_NAME + 32;
 
 impl Default for FileSetDecoder {
+    /// The default limits ([`FileSetLimits::default`]).
     fn default() -> Self {
-        FileSetDecoder { head: crate::frame::FrameCollector::new(MAX_ENTRY), left: 0, in_file: false, ended: false, names: NameCheck::default() }
+        FileSetDecoder::with_limits(FileSetLimits::default())
     }
 }
 
 impl FileSetDecoder {
+    pub fn with_limits(limits: FileSetLimits) -> Self {
+        FileSetDecoder {
+            head: crate::frame::FrameCollector::new(MAX_ENTRY),
+            left: 0,
+            in_file: false,
+            ended: false,
+            names: NameCheck::new(limits.max_files),
+            limits,
+            announced: 0,
+        }
+    }
+
+    /// Checks an entry's length against the limits and counts it.
+    fn admit_len(&mut self, name: &str, len: u64) -> Result<(), FileSetError> {
+        if len > self.limits.max_file_len {
+            return Err(FileSetError::FileTooLarge { name: name.to_string(), len, limit: self.limits.max_file_len });
+        }
+        match self.announced.checked_add(len) {
+            Some(total) if total <= self.limits.max_total => {
+                self.announced = total;
+                Ok(())
+            }
+            _ => Err(FileSetError::SetTooLarge { name: name.to_string(), limit: self.limits.max_total }),
+        }
+    }
+
     pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(FileEvent<'_>) -> Result<(), String>) -> Result<(), FileSetStreamError> {
         while !input.is_empty() {
             if self.ended {
@@ -151,6 +232,7 @@ impl FileSetDecoder {
             match entry {
                 FileEntry::File { name, len } => {
                     self.names.admit(&name)?;
+                    self.admit_len(&name, len)?;
                     sink(FileEvent::Start { name: &name, len }).map_err(FileSetStreamError::Sink)?;
                     if len == 0 {
                         sink(FileEvent::EndFile).map_err(FileSetStreamError::Sink)?;
@@ -240,6 +322,45 @@ mod tests {
             let want: Vec<(String, Vec<u8>)> = files.iter().map(|(n, d)| (n.to_string(), d.clone())).collect();
             assert_eq!(got, want, "step {step}");
         }
+    }
+
+    fn decode_limited(wire: &[u8], limits: FileSetLimits) -> Result<u64, FileSetStreamError> {
+        let mut dec = FileSetDecoder::with_limits(limits);
+        let mut got = 0u64;
+        dec.feed(wire, &mut |e| {
+            if let FileEvent::Data(b) = e {
+                got += b.len() as u64;
+            }
+            Ok(())
+        })?;
+        dec.finish()?;
+        Ok(got)
+    }
+
+    #[test]
+    fn lengths_and_counts_are_bounded() {
+        let files = [("a", vec![1; 100]), ("b", vec![2; 50])];
+        let wire = encode_set(&files);
+        assert_eq!(decode_limited(&wire, FileSetLimits::expecting(150)).unwrap(), 150);
+        // One file too long: refused at its entry, before any of its bytes.
+        let e = decode_limited(&wire, FileSetLimits { max_file_len: 99, ..FileSetLimits::default() }).unwrap_err();
+        assert!(matches!(e, FileSetStreamError::Name(FileSetError::FileTooLarge { len: 100, limit: 99, .. })), "{e}");
+        // The set too long in all.
+        let e = decode_limited(&wire, FileSetLimits::expecting(149)).unwrap_err();
+        assert!(matches!(e, FileSetStreamError::Name(FileSetError::SetTooLarge { limit: 149, .. })), "{e}");
+        // Too many files.
+        let e = decode_limited(&wire, FileSetLimits { max_files: 1, ..FileSetLimits::default() }).unwrap_err();
+        assert!(matches!(e, FileSetStreamError::Name(FileSetError::TooManyFiles(1))), "{e}");
+        // Lengths that would overflow a u64 when added up.
+        let mut huge = crate::frame::encode(&FileEntry::File { name: "a".into(), len: 1 }).unwrap();
+        huge.push(7);
+        huge.extend(crate::frame::encode(&FileEntry::File { name: "b".into(), len: u64::MAX }).unwrap());
+        let e = decode_limited(&huge, FileSetLimits { max_file_len: u64::MAX, max_total: u64::MAX, ..FileSetLimits::default() });
+        assert!(matches!(e, Err(FileSetStreamError::Name(FileSetError::SetTooLarge { .. }))));
+        // The default refuses a file of u64::MAX bytes outright.
+        let one = crate::frame::encode(&FileEntry::File { name: "a".into(), len: u64::MAX }).unwrap();
+        assert!(matches!(decode_limited(&one, FileSetLimits::default()), Err(FileSetStreamError::Name(FileSetError::FileTooLarge { .. }))));
+        assert_eq!(FileSetLimits::expecting(u64::MAX), FileSetLimits::default());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! never a panic. With the frame limit above, decoding is bounded twice.
 
 use serde::{de::DeserializeOwned, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest control frame any tern process accepts (1 MiB). Control
@@ -105,8 +106,9 @@ pub struct FrameCollector {
 }
 
 impl FrameCollector {
+    /// Collects frames of at most `limit` bytes (never above [`MAX_FRAME_LEN`]).
     pub fn new(limit: usize) -> Self {
-        FrameCollector { head: Vec::new(), limit }
+        FrameCollector { head: Vec::new(), limit: limit.min(MAX_FRAME_LEN) }
     }
 
     /// Takes from `input` what the current frame still needs; returns the
@@ -138,6 +140,7 @@ impl FrameCollector {
 }
 
 /// Writes one frame.
+#[cfg(feature = "io")]
 pub async fn write_frame<W, M>(w: &mut W, msg: &M) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,
@@ -150,6 +153,7 @@ where
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before any byte of
 /// a new frame.
+#[cfg(feature = "io")]
 pub async fn read_frame<R, M>(r: &mut R) -> Result<Option<M>, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -177,6 +181,7 @@ where
 }
 
 /// Reads one frame and fails with [`FrameError::Truncated`] on end of stream.
+#[cfg(feature = "io")]
 pub async fn expect_frame<R, M>(r: &mut R) -> Result<M, FrameError>
 where
     R: AsyncRead + Unpin,

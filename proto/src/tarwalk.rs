@@ -20,7 +20,11 @@
 //! member whose real name only an extended header would give.
 //!
 //! Sizes come from the peer: none is ever allocated. The walker holds one
-//! header block at most, and a member's size only counts bytes down.
+//! header block at most, and a member's size only counts bytes down. A
+//! size whose padded length would not fit in 64 bits
+//! ([`TarError::SizeOverflow`]) is refused like one that does not parse:
+//! no archive can hold such a member, and a reader that rounds it up to
+//! whole blocks would overflow.
 
 use std::borrow::Cow;
 
@@ -37,6 +41,21 @@ impl std::fmt::Debug for TarHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TarHeader").field("path", &String::from_utf8_lossy(&self.path())).field("typeflag", &self.typeflag()).finish()
     }
+}
+
+/// Why a header's size cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TarError {
+    #[error("the tar header's size field is neither octal nor base-256, or does not fit in 64 bits")]
+    BadSize,
+    #[error("the tar header announces {0} bytes: rounded up to whole {BLOCK}-byte blocks, that overflows 64 bits")]
+    SizeOverflow(u64),
+}
+
+/// `size` rounded up to whole blocks (the data and its padding), or
+/// [`TarError::SizeOverflow`] when that does not fit in a `u64`.
+pub fn padded(size: u64) -> Result<u64, TarError> {
+    size.div_ceil(BLOCK as u64).checked_mul(BLOCK as u64).ok_or(TarError::SizeOverflow(size))
 }
 
 /// Reads a tar numeric field: octal text (spaces ignored, empty is 0, ends
@@ -73,9 +92,25 @@ impl TarHeader {
         &self.block
     }
 
-    /// The length of the member's data (without padding), when it parses.
+    /// The length of the member's data (without padding), when it parses
+    /// and its padded length fits in 64 bits ([`TarHeader::data_size`]).
     pub fn size(&self) -> Option<u64> {
-        number(&self.block[124..136])
+        self.data_size().ok()
+    }
+
+    /// The length of the member's data (without padding), or why it cannot
+    /// be used: a size field that does not parse, or a size whose padded
+    /// length ([`padded`]) overflows.
+    pub fn data_size(&self) -> Result<u64, TarError> {
+        let size = number(&self.block[124..136]).ok_or(TarError::BadSize)?;
+        padded(size)?;
+        Ok(size)
+    }
+
+    /// The member's data and padding: the bytes between this header and
+    /// the next one.
+    pub fn padded_size(&self) -> Result<u64, TarError> {
+        padded(self.data_size()?)
     }
 
     /// The permission bits and the rest of the mode field, when it parses.
@@ -140,8 +175,8 @@ pub enum Step<'i> {
     Header { header: TarHeader, size: u64, follows_extended: bool },
     /// An all-zero block: the end of the archive (tar writes two).
     Zeros,
-    /// A header block whose size does not parse: the walker cannot know
-    /// where the member ends, and everything after it is [`Step::Opaque`].
+    /// A header block whose size does not parse, or overflows once padded
+    /// ([`TarHeader::data_size`]): the walker cannot know where the member ends, and everything after it is [`Step::Opaque`].
     Unparsed(TarHeader),
     /// Bytes of the current member's data; `left` more of it follow.
     Data { bytes: &'i [u8], left: u64 },
@@ -233,7 +268,7 @@ impl TarWalker {
             return Step::Unparsed(header);
         };
         let follows_extended = std::mem::replace(&mut self.extended, header.is_extended());
-        // Written so that it cannot overflow, whatever size a peer claims.
+        // Cannot overflow: `size()` refused sizes whose padding would.
         let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
         self.state = match (size, pad) {
             (0, _) => State::Header,
@@ -354,10 +389,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_header_whose_size_overflows_is_refused() {
+        // The largest base-256 size: rounding it up to whole blocks overflows.
+        let mut size = [0xffu8; 12];
+        size[0] = 0x80;
+        size[1..4].fill(0);
+        let h = TarHeader::new(header("a", b'0', &size));
+        assert_eq!(h.data_size(), Err(TarError::SizeOverflow(u64::MAX)));
+        assert_eq!((h.size(), h.padded_size()), (None, Err(TarError::SizeOverflow(u64::MAX))));
+        let mut archive = h.as_bytes().to_vec();
+        archive.extend_from_slice(&[1; 700]);
+        let (steps, _) = walk(&archive, 100);
+        assert_eq!(steps.iter().map(|s| s.0).collect::<String>(), "UO");
+        // The largest size that still pads, and the first that does not.
+        let last = u64::MAX - 511;
+        assert_eq!(padded(last), Ok(last));
+        assert_eq!(padded(last + 1), Err(TarError::SizeOverflow(last + 1)));
+        assert_eq!((padded(0), padded(1), padded(512), padded(513)), (Ok(0), Ok(512), Ok(512), Ok(1024)));
+        assert_eq!(TarHeader::new(header("a", b'0', b"zz")).data_size(), Err(TarError::BadSize));
+    }
+
+    #[test]
     fn a_huge_size_is_counted_down_never_allocated() {
         let mut size = [0xffu8; 12];
         size[0] = 0x80;
         size[1..4].fill(0);
+        // 2^63 - 1 bytes: huge, and still a whole number of blocks once padded.
+        size[4] = 0x7f;
         let mut archive = header("a", b'0', &size).to_vec();
         archive.extend_from_slice(&[1; 5000]);
         let (steps, w) = walk(&archive, 1000);

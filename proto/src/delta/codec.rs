@@ -7,9 +7,13 @@
 //! against a bound before anything is allocated or handed on (raw and
 //! decompressed runs at most [`MAX_RAW`], compressed ones at most zstd's
 //! bound for that), and it holds no more than one record header between
-//! calls.
+//! calls. What a stream may produce is bounded by [`DeltaLimits`]: page
+//! references stay inside the base, the whole output under a maximum the
+//! caller gives, and references grow the output at most by the base once
+//! plus one page per [`PAGE_RECORD_BYTES`] bytes received, so a few bytes
+//! of records cannot replay the base over and over.
 
-use super::{Compressor, DeltaRecord, DeltaStats, Packer, Piece, Segment, TarPager, MAX_RAW};
+use super::{Compressor, DeltaRecord, DeltaStats, Packer, Piece, Segment, TarPager, MAX_RAW, PAGE};
 use crate::frame::{encode, FrameCollector, FrameError, WireMessage};
 
 /// Turns an archive stream into delta records, given which pages the target
@@ -178,8 +182,57 @@ pub enum DeltaError {
     AfterEnd(usize),
     #[error("the delta stream ended without its End record")]
     Unfinished,
+    #[error("a record refers to pages {index}..+{count}, outside the base's {base_pages} pages")]
+    PagesOutsideBase { index: u32, count: u32, base_pages: u32 },
+    #[error("a record refers to no page at all")]
+    EmptyPages,
+    #[error("the stream would produce more than its limit of {limit} bytes")]
+    OutputTooLarge { limit: u64 },
+    #[error(
+        "the stream refers to {pages} pages of the base, more than the base once plus one page per {PAGE_RECORD_BYTES} bytes received ({budget})"
+    )]
+    TooManyPageRefs { pages: u64, budget: u64 },
     #[error("{0}")]
     Sink(String),
+}
+
+/// The smallest record of pages on the wire (length prefix, tag, index
+/// and count): past the base once, each page a stream refers to must be
+/// paid for by this many bytes received, which a record of one page (the
+/// zero page, again and again) always is.
+pub const PAGE_RECORD_BYTES: u64 = 7;
+
+/// The most bytes one archive stream may produce by default (4 TiB).
+pub const MAX_ARCHIVE_BYTES: u64 = 4 << 40;
+
+/// What one delta stream may produce ([`DeltaDecoder::with_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaLimits {
+    /// The pages the base holds: every reference lies inside them, and 0
+    /// means the stream has no base ([`DeltaError::NoBase`]). Page
+    /// references add to the output at most this many pages plus one page
+    /// per [`PAGE_RECORD_BYTES`] bytes of the stream
+    /// ([`DeltaError::TooManyPageRefs`]).
+    pub base_pages: u32,
+    /// The most bytes the stream may produce, raw runs and pages together
+    /// (the archive's announced size, with slack).
+    pub max_output: u64,
+}
+
+impl Default for DeltaLimits {
+    /// References are not checked against a base (the sink does it), and
+    /// the output is bounded by [`MAX_ARCHIVE_BYTES`].
+    fn default() -> Self {
+        DeltaLimits { base_pages: u32::MAX, max_output: MAX_ARCHIVE_BYTES }
+    }
+}
+
+impl DeltaLimits {
+    /// A stream against a base of `base_pages` pages (0: no base),
+    /// producing at most `max_output` bytes.
+    pub fn new(base_pages: u32, max_output: u64) -> Self {
+        DeltaLimits { base_pages, max_output }
+    }
 }
 
 /// Reads delta records from a stream arriving in arbitrary slices. Holds at
@@ -193,11 +246,19 @@ pub struct DeltaDecoder {
     zstd: Option<(Vec<u8>, u32)>,
     zstd_left: u32,
     ended: bool,
+    limits: DeltaLimits,
+    /// Bytes fed so far.
+    input: u64,
+    /// Bytes the records so far announced (raw, decompressed and pages).
+    output: u64,
+    /// Pages the records so far referred to.
+    page_refs: u64,
 }
 
 impl Default for DeltaDecoder {
+    /// The default limits ([`DeltaLimits::default`]).
     fn default() -> Self {
-        DeltaDecoder { head: FrameCollector::new(64), raw_left: 0, zstd: None, zstd_left: 0, ended: false }
+        DeltaDecoder::with_limits(DeltaLimits::default())
     }
 }
 
@@ -207,8 +268,42 @@ fn max_zstd_len() -> u32 {
 }
 
 impl DeltaDecoder {
+    pub fn with_limits(limits: DeltaLimits) -> Self {
+        DeltaDecoder { head: FrameCollector::new(64), raw_left: 0, zstd: None, zstd_left: 0, ended: false, limits, input: 0, output: 0, page_refs: 0 }
+    }
+
+    /// Counts `bytes` more of output against the limit.
+    fn produce(&mut self, bytes: u64) -> Result<(), DeltaError> {
+        let limit = self.limits.max_output;
+        self.output = self.output.checked_add(bytes).filter(|o| *o <= limit).ok_or(DeltaError::OutputTooLarge { limit })?;
+        Ok(())
+    }
+
+    /// Checks a page reference against the base and the budget, counts it.
+    fn refer(&mut self, index: u32, count: u32) -> Result<(), DeltaError> {
+        let base_pages = self.limits.base_pages;
+        if base_pages == 0 {
+            return Err(DeltaError::NoBase);
+        }
+        if count == 0 {
+            return Err(DeltaError::EmptyPages);
+        }
+        if index.checked_add(count).is_none_or(|end| end > base_pages) {
+            return Err(DeltaError::PagesOutsideBase { index, count, base_pages });
+        }
+        let pages = self.page_refs + u64::from(count);
+        let budget = u64::from(base_pages).saturating_add(self.input / PAGE_RECORD_BYTES);
+        if pages > budget {
+            return Err(DeltaError::TooManyPageRefs { pages, budget });
+        }
+        self.produce(u64::from(count) * PAGE as u64)?;
+        self.page_refs = pages;
+        Ok(())
+    }
+
     /// Feeds the next bytes; `sink` receives what they hold, in order.
     pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(Decoded<'_>) -> Result<(), String>) -> Result<(), DeltaError> {
+        self.input = self.input.saturating_add(input.len() as u64);
         while !input.is_empty() {
             if self.ended {
                 return Err(DeltaError::AfterEnd(input.len()));
@@ -242,15 +337,22 @@ impl DeltaDecoder {
             let Some(rec) = self.head.push::<DeltaRecord>(&mut input)? else { continue };
             match rec {
                 DeltaRecord::Raw { len } if len > MAX_RAW => return Err(DeltaError::RawTooLarge(len)),
-                DeltaRecord::Raw { len } => self.raw_left = len,
+                DeltaRecord::Raw { len } => {
+                    self.produce(u64::from(len))?;
+                    self.raw_left = len;
+                }
                 DeltaRecord::Zstd { len, raw_len } if raw_len > MAX_RAW || len > max_zstd_len() || len == 0 => {
                     return Err(DeltaError::RawTooLarge(raw_len.max(len)))
                 }
                 DeltaRecord::Zstd { len, raw_len } => {
+                    self.produce(u64::from(raw_len))?;
                     self.zstd = Some((Vec::with_capacity(len as usize), raw_len));
                     self.zstd_left = len;
                 }
-                DeltaRecord::Pages { index, count } => sink(Decoded::Pages { index, count }).map_err(DeltaError::Sink)?,
+                DeltaRecord::Pages { index, count } => {
+                    self.refer(index, count)?;
+                    sink(Decoded::Pages { index, count }).map_err(DeltaError::Sink)?
+                }
                 DeltaRecord::End => self.ended = true,
                 DeltaRecord::Invalid => return Err(FrameError::Invalid(DeltaRecord::NAME).into()),
             }

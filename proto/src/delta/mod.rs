@@ -46,7 +46,7 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{Decoded, DeltaDecoder, DeltaEncoder, DeltaError};
+pub use codec::{Decoded, DeltaDecoder, DeltaEncoder, DeltaError, DeltaLimits, MAX_ARCHIVE_BYTES, PAGE_RECORD_BYTES};
 pub use compress::{pack_run, Compressor, Segment};
 pub use pager::{Piece, TarPager};
 pub use policy::{compress_run, Packer};

@@ -388,3 +388,77 @@ fn a_batch_compresses_on_several_threads_and_keeps_the_order() {
     assert!(stats.zstd_in >= 6 * 500_000, "{stats:?}");
     assert!(stats.raw_bytes >= 300_000, "noise goes raw: {stats:?}");
 }
+
+/// Feeds `wire` to a decoder with `limits`; returns the bytes it would
+/// produce (pages counted, not copied).
+fn produced(wire: &[u8], limits: DeltaLimits) -> Result<u64, DeltaError> {
+    let mut dec = DeltaDecoder::with_limits(limits);
+    let mut out = 0u64;
+    dec.feed(wire, &mut |d| {
+        out += match d {
+            Decoded::Raw(b) => b.len() as u64,
+            Decoded::Pages { count, .. } => u64::from(count) * PAGE as u64,
+        };
+        Ok(())
+    })?;
+    dec.finish()?;
+    Ok(out)
+}
+
+#[test]
+fn an_eleven_byte_record_can_no_longer_replay_the_whole_base() {
+    let rec = |r: &DeltaRecord| encode(r).unwrap();
+    let all = rec(&DeltaRecord::Pages { index: 0, count: u32::MAX });
+    assert_eq!(all.len(), 11);
+    // Even with the default limits: 16 TiB of pages is over the output cap.
+    let mut w = all.clone();
+    w.extend(rec(&DeltaRecord::End));
+    assert!(matches!(produced(&w, DeltaLimits::default()), Err(DeltaError::OutputTooLarge { limit: MAX_ARCHIVE_BYTES })));
+    // Against a base of 1000 pages: outside it.
+    let limits = DeltaLimits::new(1000, 1 << 40);
+    assert!(matches!(produced(&w, limits), Err(DeltaError::PagesOutsideBase { index: 0, count: u32::MAX, base_pages: 1000 })));
+    // The whole base once is fine; a second replay, a few bytes later, is not.
+    let once = rec(&DeltaRecord::Pages { index: 0, count: 1000 });
+    let mut w = once.clone();
+    w.extend(rec(&DeltaRecord::End));
+    assert_eq!(produced(&w, limits).unwrap(), 1000 * PAGE as u64);
+    let mut w = once.repeat(2);
+    w.extend(rec(&DeltaRecord::End));
+    assert!(matches!(produced(&w, limits), Err(DeltaError::TooManyPageRefs { pages: 2000, .. })));
+    // Repeated single pages (zero pages, say) pay for themselves.
+    assert_eq!(rec(&DeltaRecord::Pages { index: 7, count: 1 }).len() as u64, PAGE_RECORD_BYTES);
+    let mut w = rec(&DeltaRecord::Pages { index: 7, count: 1 }).repeat(5000);
+    w.extend(rec(&DeltaRecord::End));
+    assert_eq!(produced(&w, limits).unwrap(), 5000 * PAGE as u64);
+    // And the caller's cap on the output holds for pages and raw runs alike.
+    let mut w = once.clone();
+    w.extend(rec(&DeltaRecord::End));
+    assert!(matches!(produced(&w, DeltaLimits::new(1000, 1000 * PAGE as u64 - 1)), Err(DeltaError::OutputTooLarge { .. })));
+    let mut w = rec(&DeltaRecord::Raw { len: 10 });
+    w.extend_from_slice(&[1; 10]);
+    w.extend(rec(&DeltaRecord::Zstd { len: 9, raw_len: 10 }));
+    assert!(matches!(produced(&w, DeltaLimits::new(0, 19)), Err(DeltaError::OutputTooLarge { limit: 19 })));
+}
+
+#[test]
+fn references_need_a_base_and_at_least_one_page() {
+    let rec = |r: &DeltaRecord| encode(r).unwrap();
+    let w = rec(&DeltaRecord::Pages { index: 0, count: 1 });
+    assert!(matches!(produced(&w, DeltaLimits::new(0, 1 << 30)), Err(DeltaError::NoBase)));
+    let w = rec(&DeltaRecord::Pages { index: 3, count: 0 });
+    assert!(matches!(produced(&w, DeltaLimits::new(10, 1 << 30)), Err(DeltaError::EmptyPages)));
+    let w = rec(&DeltaRecord::Pages { index: u32::MAX, count: 1 });
+    assert!(matches!(produced(&w, DeltaLimits::new(10, 1 << 30)), Err(DeltaError::PagesOutsideBase { .. })));
+}
+
+#[test]
+fn real_streams_pass_limits_set_to_their_size() {
+    let base: Vec<Vec<u8>> = (0..8).map(page).collect();
+    let archive = tar(&[("checkpoint/pages-3.img", pages(&[0, 1, 2, 77, 5, 6, 0, 0, 0, 1, 2]))]);
+    let mut enc = DeltaEncoder::default();
+    enc.feed(&archive, &mut |p: &[u8]| base.iter().position(|b| b == p).map(|i| i as u32)).unwrap();
+    let mut wire = enc.take_output();
+    wire.extend(enc.finish().unwrap());
+    assert_eq!(produced(&wire, DeltaLimits::new(8, archive.len() as u64)).unwrap(), archive.len() as u64);
+    assert!(matches!(produced(&wire, DeltaLimits::new(8, archive.len() as u64 - 1)), Err(DeltaError::OutputTooLarge { .. })));
+}

@@ -1,0 +1,346 @@
+//! proptest strategies for every wire message (round trips in
+//! `tests/roundtrip.rs`, fuzz seeds in `examples/fuzz_seeds.rs`).
+#![allow(dead_code)]
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tern_proto::compat::{Finding, Severity};
+use tern_proto::facts::{Attachment, Capability, CgroupsVersion, ContainerInfo, HostFacts, PublishedPort, TcpConnection, Volume};
+use tern_proto::policy::{OnTimeout, PolicyConfig};
+use tern_proto::*;
+
+/// Short text, any characters.
+pub fn text() -> impl Strategy<Value = String> {
+    ".{0,10}"
+}
+
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    vec(text(), 0..3)
+}
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    any::<IpAddr>()
+}
+
+/// A socket address as the wire carries it: serde sends an IPv6 one's
+/// address and port only (its flow label and scope, an interface index
+/// that means nothing on another host, are dropped).
+fn sock() -> impl Strategy<Value = SocketAddr> {
+    (ip(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+pub fn mode() -> impl Strategy<Value = Mode> {
+    select(vec![Mode::Invalid, Mode::StopAndCopy, Mode::PreCopy, Mode::HashPreCopy])
+}
+
+fn phase() -> impl Strategy<Value = Phase> {
+    select(vec![
+        Phase::Invalid,
+        Phase::Prepare,
+        Phase::Image,
+        Phase::PreCopy,
+        Phase::Checkpoint,
+        Phase::Verify,
+        Phase::Restore,
+        Phase::Cleanup,
+        Phase::Rollback,
+    ])
+}
+
+fn capability() -> impl Strategy<Value = Capability> {
+    (any::<bool>(), text()).prop_map(|(supported, detail)| Capability { supported, detail })
+}
+
+pub fn host_facts() -> impl Strategy<Value = HostFacts> {
+    let cgroups = select(vec![CgroupsVersion::Invalid, CgroupsVersion::V1, CgroupsVersion::Hybrid, CgroupsVersion::V2]);
+    ((text(), text(), text(), text(), text(), text(), cgroups), (text(), text(), texts(), text(), capability(), capability(), capability())).prop_map(
+        |((name, agent_version, podman_version, runtime_name, runtime_version, criu_version, cgroups), rest)| {
+            let (kernel, arch, cpu_flags, network_backend, dirty_tracking, lazy_restore, dump_other_users) = rest;
+            HostFacts {
+                name,
+                agent_version,
+                podman_version,
+                runtime_name,
+                runtime_version,
+                criu_version,
+                cgroups,
+                kernel,
+                arch,
+                cpu_flags,
+                network_backend,
+                dirty_tracking,
+                lazy_restore,
+                dump_other_users,
+            }
+        },
+    )
+}
+
+pub fn container() -> impl Strategy<Value = ContainerInfo> {
+    let attachment = (text(), text(), vec(ip(), 0..2), text()).prop_map(|(network, driver, ips, mac)| Attachment { network, driver, ips, mac });
+    let port = (text(), any::<u16>(), any::<u16>(), text()).prop_map(|(host_ip, host_port, container_port, protocol)| PublishedPort {
+        host_ip,
+        host_port,
+        container_port,
+        protocol,
+    });
+    let conn = (sock(), sock()).prop_map(|(local, remote)| TcpConnection { local, remote });
+    let volume = (text(), text()).prop_map(|(name, path)| Volume { name, path });
+    (
+        (text(), text(), text(), text(), text(), vec(ip(), 0..3), any::<u64>()),
+        (any::<u64>(), vec(volume, 0..2), any::<u32>(), vec(attachment, 0..2), vec(port, 0..2), vec(conn, 0..2), vec(any::<u32>(), 0..3)),
+    )
+        .prop_map(|((name, id, image, image_id, state, ips, memory_bytes), rest)| {
+            let (files_bytes, volumes, pid, networks, ports, connections, process_uids) = rest;
+            ContainerInfo {
+                name,
+                id,
+                image,
+                image_id,
+                state,
+                ips,
+                memory_bytes,
+                files_bytes,
+                volumes,
+                pid,
+                networks,
+                ports,
+                connections,
+                process_uids,
+            }
+        })
+}
+
+fn finding() -> impl Strategy<Value = Finding> {
+    let severity = select(vec![Severity::Invalid, Severity::Ok, Severity::Warn, Severity::Block]);
+    (text(), text(), text(), severity, text()).prop_map(|(field, source, target, severity, note)| Finding { field, source, target, severity, note })
+}
+
+fn peer() -> impl Strategy<Value = Peer> {
+    (text(), text()).prop_map(|(name, address)| Peer { name, address })
+}
+
+fn policy() -> impl Strategy<Value = PolicyConfig> {
+    let on_timeout = select(vec![OnTimeout::Invalid, OnTimeout::Cancel, OnTimeout::Switchover]);
+    (any::<Duration>(), any::<u32>(), any::<u64>(), any::<u32>(), any::<Duration>(), on_timeout).prop_map(
+        |(max_downtime, max_rounds, min_pages, min_shrink_pct, timeout, on_timeout)| PolicyConfig {
+            max_downtime,
+            max_rounds,
+            min_pages,
+            min_shrink_pct,
+            timeout,
+            on_timeout,
+        },
+    )
+}
+
+fn compression() -> impl Strategy<Value = Compression> {
+    select(vec![Compression::Invalid, Compression::None, Compression::Zstd, Compression::Auto])
+}
+
+fn begin() -> impl Strategy<Value = Begin> {
+    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>())
+        .prop_map(|(id, source, container, tcp_established, mode, lazy_restore)| Begin { id, source, container, tcp_established, mode, lazy_restore })
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (any::<u16>(), vec(any::<u16>(), 0..3), text(), text()).prop_map(|(version, supported, name, software)| Hello {
+        version,
+        supported,
+        name,
+        software,
+    })
+}
+
+pub fn hello_reply() -> impl Strategy<Value = HelloReply> {
+    prop_oneof![
+        Just(HelloReply::Invalid),
+        (any::<u16>(), text(), text()).prop_map(|(version, name, software)| HelloReply::Accepted { version, name, software }),
+        text().prop_map(|reason| HelloReply::Refused { reason }),
+    ]
+}
+
+pub fn request() -> impl Strategy<Value = Request> {
+    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>()).prop_map(
+        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore)| MigrateOptions {
+            mode,
+            compress,
+            tcp_established,
+            allow_reset,
+            policy,
+            lazy_restore,
+        },
+    );
+    let migrate =
+        (any::<u64>(), text(), peer(), options).prop_map(|(id, container, target, options)| MigrateRequest { id, container, target, options });
+    prop_oneof![
+        Just(Request::Invalid),
+        hello().prop_map(Request::Hello),
+        Just(Request::Facts),
+        Just(Request::Containers),
+        container().prop_map(Request::CheckIncoming),
+        migrate.prop_map(Request::Migrate),
+        begin().prop_map(Request::Receive),
+        (peer(), any::<u64>()).prop_map(|(target, bytes)| Request::Probe(ProbeRequest { target, bytes })),
+        any::<u64>().prop_map(|bytes| Request::Sink { bytes }),
+        (text(), text()).prop_map(|(container, container_id)| Request::Whereabouts { container, container_id }),
+    ]
+}
+
+pub fn response() -> impl Strategy<Value = Response> {
+    let probe = (text(), text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(from, to, bytes, ms, bytes_on_wire, lost_packets, rtt_us)| ProbeReport { from, to, bytes, ms, bytes_on_wire, lost_packets, rtt_us },
+    );
+    let whereabouts = prop_oneof![
+        Just(Whereabouts::Invalid),
+        Just(Whereabouts::Busy),
+        Just(Whereabouts::Running),
+        text().prop_map(|state| Whereabouts::Stopped { state }),
+        Just(Whereabouts::Absent),
+    ];
+    prop_oneof![
+        Just(Response::Invalid),
+        hello_reply().prop_map(Response::Hello),
+        host_facts().prop_map(Response::Facts),
+        vec(container(), 0..2).prop_map(Response::Containers),
+        vec(finding(), 0..3).prop_map(Response::IncomingCheck),
+        probe.prop_map(Response::Probe),
+        (any::<u64>(), any::<u64>()).prop_map(|(bytes, ms)| Response::Sunk { bytes, ms }),
+        whereabouts.prop_map(Response::Whereabouts),
+        text().prop_map(|message| Response::Error(RemoteError { message })),
+    ]
+}
+
+fn digest() -> impl Strategy<Value = Digest> {
+    (any::<u64>(), any::<[u8; 32]>()).prop_map(|(bytes, blake3)| Digest { bytes, blake3 })
+}
+
+fn failure() -> impl Strategy<Value = Failure> {
+    (phase(), text()).prop_map(|(phase, message)| Failure { phase, message })
+}
+
+pub fn source_msg() -> impl Strategy<Value = SourceMsg> {
+    prop_oneof![
+        Just(SourceMsg::Invalid),
+        digest().prop_map(SourceMsg::ImageSent),
+        (any::<u32>(), digest()).prop_map(|(round, digest)| SourceMsg::RoundSent { round, digest }),
+        any::<u32>().prop_map(|rounds| SourceMsg::RoundsDone { rounds }),
+        digest().prop_map(SourceMsg::CheckpointSent),
+        Just(SourceMsg::Commit),
+        text().prop_map(|reason| SourceMsg::Abort { reason }),
+    ]
+}
+
+pub fn target_msg() -> impl Strategy<Value = TargetMsg> {
+    let restored = (any::<u64>(), any::<u64>(), any::<u64>(), any::<Option<u64>>(), any::<bool>(), texts(), container()).prop_map(
+        |(verify_ms, restore_ms, confirm_ms, memory_fill_ms, images_in_ram, notes, container)| RestoreInfo {
+            verify_ms,
+            restore_ms,
+            confirm_ms,
+            memory_fill_ms,
+            images_in_ram,
+            notes,
+            container,
+        },
+    );
+    prop_oneof![
+        Just(TargetMsg::Invalid),
+        any::<bool>().prop_map(|needs_image| TargetMsg::Ready { needs_image }),
+        Just(TargetMsg::ImageLoaded),
+        any::<u32>().prop_map(|round| TargetMsg::RoundStored { round }),
+        any::<u64>().prop_map(|bytes| TargetMsg::RoundsPrepared { bytes }),
+        restored.prop_map(TargetMsg::Restored),
+        Just(TargetMsg::Committed),
+        Just(TargetMsg::Aborted),
+        failure().prop_map(TargetMsg::Failed),
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        Just(Outcome::Invalid),
+        Just(Outcome::Completed),
+        failure().prop_map(|failure| Outcome::Refused { failure }),
+        failure().prop_map(|failure| Outcome::RolledBack { failure }),
+        (failure(), text()).prop_map(|(failure, rollback_error)| Outcome::Failed { failure, rollback_error }),
+    ]
+}
+
+fn round_report() -> impl Strategy<Value = RoundReport> {
+    (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(round, pages, bytes, dump_ms, frozen_ms, transfer_ms, duration_ms, dirty_pages_per_s)| RoundReport {
+            round,
+            pages,
+            bytes,
+            dump_ms,
+            frozen_ms,
+            transfer_ms,
+            duration_ms,
+            dirty_pages_per_s,
+        },
+    )
+}
+
+fn report() -> impl Strategy<Value = MigrationReport> {
+    let phases = vec((phase(), any::<u64>()).prop_map(|(phase, ms)| PhaseTime { phase, ms }), 0..3);
+    let ram = (any::<bool>(), any::<bool>()).prop_map(|(source, target)| ImagesInRam { source, target });
+    (
+        (any::<u64>(), text(), text(), text(), mode(), outcome(), any::<Option<u64>>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), phases),
+        (any::<Option<u64>>(), ram, vec(round_report(), 0..3), any::<Option<String>>(), texts()),
+    )
+        .prop_map(|(a, b, c)| {
+            let (id, container, source, target, mode, outcome, downtime_ms, total_ms, bytes_on_wire, image_bytes) = a;
+            let (checkpoint_bytes, final_pages, final_frozen_ms, saved_bytes, zstd_in, zstd_out, phases) = b;
+            let (memory_fill_ms, images_in_ram, rounds, stop_reason, warnings) = c;
+            MigrationReport {
+                id,
+                container,
+                source,
+                target,
+                mode,
+                outcome,
+                downtime_ms,
+                total_ms,
+                bytes_on_wire,
+                image_bytes,
+                checkpoint_bytes,
+                final_pages,
+                final_frozen_ms,
+                saved_bytes,
+                zstd_in,
+                zstd_out,
+                phases,
+                memory_fill_ms,
+                images_in_ram,
+                rounds,
+                stop_reason,
+                warnings,
+            }
+        })
+}
+
+pub fn migrate_event() -> impl Strategy<Value = MigrateEvent> {
+    let progress =
+        (phase(), any::<u64>(), any::<u64>(), text()).prop_map(|(phase, bytes, elapsed_ms, note)| Progress { phase, bytes, elapsed_ms, note });
+    prop_oneof![Just(MigrateEvent::Invalid), progress.prop_map(MigrateEvent::Progress), report().prop_map(MigrateEvent::Done)]
+}
+
+pub fn coordinator_signal() -> impl Strategy<Value = CoordinatorSignal> {
+    select(vec![CoordinatorSignal::Invalid, CoordinatorSignal::Cancel])
+}
+
+pub fn data_header() -> impl Strategy<Value = DataHeader> {
+    let kind = prop_oneof![
+        Just(DataKind::Invalid),
+        Just(DataKind::Image),
+        Just(DataKind::Checkpoint),
+        any::<u32>().prop_map(DataKind::Round),
+        any::<u32>().prop_map(|base| DataKind::CheckpointDelta { base }),
+        Just(DataKind::Base),
+    ];
+    (any::<u64>(), kind).prop_map(|(id, kind)| DataHeader { id, kind })
+}
