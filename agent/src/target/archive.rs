@@ -9,7 +9,7 @@ use crate::transfer::{digest, pump, StreamLimits, TransferError, CHUNK};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tern_proto::delta::{Decoded, DeltaDecoder};
+use tern_proto::delta::{Decoded, DeltaDecoder, DeltaLimits};
 use tern_proto::Digest;
 
 /// What the data streams of one migration may take ([`StreamLimits`]):
@@ -123,11 +123,14 @@ pub async fn receive_records(
     limits: StreamLimits,
 ) -> Result<Received, TransferError> {
     let mut writer = OutWriter::open(&out).map_err(TransferError::Write)?;
+    // Page references only into the base this migration holds, and no more
+    // output than the stream may make.
+    let delta_limits = DeltaLimits::new(base.as_ref().map_or(0, |b| b.pages()), limits.max_bytes);
     let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let over = exceeded.clone();
     let r = pump(recv, limits, move |next| {
         let mut hasher = blake3::Hasher::new();
-        let mut decoder = DeltaDecoder::default();
+        let mut decoder = DeltaDecoder::with_limits(delta_limits);
         let mut pages = offsets.then(PageOffsets::default);
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tern_proto::fileset::{FileEntry, FileEvent, FileSetDecoder};
+use tern_proto::fileset::{FileEntry, FileEvent, FileSetDecoder, FileSetLimits};
 use tern_proto::frame;
 use tern_proto::{DataHeader, Digest};
 use tokio::io::AsyncReadExt;
@@ -70,7 +70,7 @@ pub async fn receive_fileset(
     pump(recv, limits, move |next| {
         let mut sink = FileSink { dir, file: None };
         let mut hasher = blake3::Hasher::new();
-        let mut decoder = FileSetDecoder::default();
+        let mut decoder = FileSetDecoder::with_limits(FileSetLimits::expecting(limits.max_bytes));
         let (mut total, mut names) = (0u64, Vec::new());
         while let Some(chunk) = next() {
             hasher.update(&chunk);

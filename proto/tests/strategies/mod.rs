@@ -141,9 +141,36 @@ fn compression() -> impl Strategy<Value = Compression> {
     select(vec![Compression::Invalid, Compression::None, Compression::Zstd, Compression::Auto])
 }
 
+fn ticket() -> impl Strategy<Value = Ticket> {
+    let body = (any::<[u8; 16]>(), any::<u64>(), text(), text(), text(), text(), text(), any::<[u8; 32]>(), any::<u64>(), any::<u64>()).prop_map(
+        |(ticket_id, migration_id, source, target, container, container_id, image_id, spec_hash, issued_at, expires_at)| TicketBody {
+            ticket_id,
+            migration_id,
+            source,
+            target,
+            container,
+            container_id,
+            image_id,
+            spec_hash,
+            issued_at,
+            expires_at,
+        },
+    );
+    (body, vec(any::<u8>(), 0..80), vec(any::<u8>(), 0..120)).prop_map(|(body, signature, cert)| Ticket { body, signature, cert })
+}
+
 fn begin() -> impl Strategy<Value = Begin> {
-    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>())
-        .prop_map(|(id, source, container, tcp_established, mode, lazy_restore)| Begin { id, source, container, tcp_established, mode, lazy_restore })
+    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>(), ticket()).prop_map(
+        |(id, source, container, tcp_established, mode, lazy_restore, ticket)| Begin {
+            id,
+            source,
+            container,
+            tcp_established,
+            mode,
+            lazy_restore,
+            ticket,
+        },
+    )
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
@@ -174,8 +201,14 @@ pub fn request() -> impl Strategy<Value = Request> {
             lazy_restore,
         },
     );
-    let migrate =
-        (any::<u64>(), text(), peer(), options).prop_map(|(id, container, target, options)| MigrateRequest { id, container, target, options });
+    let migrate = (any::<u64>(), text(), peer(), options, ticket()).prop_map(|(id, container, target, options, ticket)| MigrateRequest {
+        id,
+        container,
+        target,
+        options,
+        ticket,
+    });
+    let verdict = select(vec![Verdict::Invalid, Verdict::Commit, Verdict::Abort]);
     prop_oneof![
         Just(Request::Invalid),
         hello().prop_map(Request::Hello),
@@ -186,7 +219,12 @@ pub fn request() -> impl Strategy<Value = Request> {
         begin().prop_map(Request::Receive),
         (peer(), any::<u64>()).prop_map(|(target, bytes)| Request::Probe(ProbeRequest { target, bytes })),
         any::<u64>().prop_map(|bytes| Request::Sink { bytes }),
-        (text(), text()).prop_map(|(container, container_id)| Request::Whereabouts { container, container_id }),
+        (any::<u64>(), text(), text(), verdict).prop_map(|(id, container, container_id, verdict)| Request::Resolve(ResolveRequest {
+            id,
+            container,
+            container_id,
+            verdict
+        })),
     ]
 }
 
@@ -194,13 +232,7 @@ pub fn response() -> impl Strategy<Value = Response> {
     let probe = (text(), text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
         |(from, to, bytes, ms, bytes_on_wire, lost_packets, rtt_us)| ProbeReport { from, to, bytes, ms, bytes_on_wire, lost_packets, rtt_us },
     );
-    let whereabouts = prop_oneof![
-        Just(Whereabouts::Invalid),
-        Just(Whereabouts::Busy),
-        Just(Whereabouts::Running),
-        text().prop_map(|state| Whereabouts::Stopped { state }),
-        Just(Whereabouts::Absent),
-    ];
+    let resolution = select(vec![Resolution::Invalid, Resolution::Busy, Resolution::Kept, Resolution::Absent]);
     prop_oneof![
         Just(Response::Invalid),
         hello_reply().prop_map(Response::Hello),
@@ -209,7 +241,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         vec(finding(), 0..3).prop_map(Response::IncomingCheck),
         probe.prop_map(Response::Probe),
         (any::<u64>(), any::<u64>()).prop_map(|(bytes, ms)| Response::Sunk { bytes, ms }),
-        whereabouts.prop_map(Response::Whereabouts),
+        resolution.prop_map(Response::Resolved),
         text().prop_map(|message| Response::Error(RemoteError { message })),
     ]
 }
@@ -266,6 +298,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         failure().prop_map(|failure| Outcome::Refused { failure }),
         failure().prop_map(|failure| Outcome::RolledBack { failure }),
         (failure(), text()).prop_map(|(failure, rollback_error)| Outcome::Failed { failure, rollback_error }),
+        (failure(), text()).prop_map(|(failure, detail)| Outcome::Undecided { failure, detail }),
     ]
 }
 
