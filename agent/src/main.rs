@@ -46,6 +46,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Folders a predecessor made for incoming migrations it did not finish,
     // tidied before the agent answers anyone.
     tern_agent::target::inplace::sweep(engine.as_ref()).await;
+    tern_agent::recovery::release_unjournaled_ram(&cfg.state_dir);
     // Staging and work folders of migrations are their process's alone
     // (what recovery needs is in the journal and the container's folder).
     for e in std::fs::read_dir(&cfg.state_dir).into_iter().flatten().flatten() {

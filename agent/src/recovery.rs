@@ -70,7 +70,11 @@ impl Entry {
 }
 
 fn dir(agent: &Agent) -> PathBuf {
-    agent.cfg.state_dir.join("journal")
+    journal_dir(&agent.cfg.state_dir)
+}
+
+fn journal_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
 }
 
 /// Records in the entry at `path` that the migration commits, durably.
@@ -102,7 +106,28 @@ pub fn forget(path: &Path) {
 }
 
 fn entries(agent: &Agent) -> Vec<(PathBuf, Entry)> {
-    let Ok(list) = std::fs::read_dir(dir(agent)) else { return Vec::new() };
+    entries_in(&agent.cfg.state_dir)
+}
+
+/// At start, before recovery: tern's checkpoint folders in RAM that no
+/// journal entry holds were a predecessor's, for a migration that died
+/// before its freeze (nothing in them is needed): unmounted, so that
+/// Podman can remove or checkpoint those containers again.
+pub fn release_unjournaled_ram(state_dir: &Path) {
+    let kept: Vec<PathBuf> = entries_in(state_dir).into_iter().filter_map(|(_, e)| e.ram).collect();
+    for m in crate::ramdir::mounted_under(Path::new("/")) {
+        if kept.contains(&m) {
+            continue;
+        }
+        tracing::info!(folder = %m.display(), "unmounting a checkpoint folder in RAM a predecessor left");
+        if let Err(e) = crate::ramdir::unmount(&m, false) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn entries_in(state_dir: &Path) -> Vec<(PathBuf, Entry)> {
+    let Ok(list) = std::fs::read_dir(journal_dir(state_dir)) else { return Vec::new() };
     let mut out = Vec::new();
     for f in list.flatten() {
         let path = f.path();
