@@ -35,6 +35,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::tune_allocator();
     let cfg = config::AgentConfig::load(&args.config)?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
+    // First of all, before anything asks Podman: a predecessor's export
+    // may still wait on its FIFO, holding the container's lock.
+    tern_agent::source::release_orphaned_exports(&cfg.state_dir);
+    // Staging and work folders of migrations are their process's alone
+    // (what recovery needs is in the journal and the container's folder).
+    for e in std::fs::read_dir(&cfg.state_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("incoming-") || name.starts_with("outgoing-") {
+            tracing::info!(folder = %e.path().display(), "removing a folder a predecessor's migration left");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let engine: Arc<dyn engine::Engine> =
         Arc::new(engine::PodmanCli::new(cfg.podman.program.clone(), cfg.podman.args.clone(), cfg.runc.program.clone(), cfg.runc.args.clone()));
     // Check the overrides and Podman once at start, so a bad config fails now.
@@ -47,15 +59,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // tidied before the agent answers anyone.
     tern_agent::target::inplace::sweep(engine.as_ref()).await;
     tern_agent::recovery::release_unjournaled_ram(&cfg.state_dir);
-    // Staging and work folders of migrations are their process's alone
-    // (what recovery needs is in the journal and the container's folder).
-    for e in std::fs::read_dir(&cfg.state_dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("incoming-") || name.starts_with("outgoing-") {
-            tracing::info!(folder = %e.path().display(), "removing a folder a predecessor's migration left");
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
     tern_agent::netid::sweep_holds().await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");

@@ -854,6 +854,36 @@ fn rpc_timeout() -> Duration {
 /// ends the stream after the last byte Podman wrote, or at once when Podman
 /// failed before writing anything. No order of events can leave the reader
 /// waiting forever.
+/// At start: a predecessor that died while Podman exported into its FIFO
+/// left Podman waiting there, in `open` for a reader or in `write` on a
+/// full pipe, holding the container's lock (every later Podman command on
+/// it, and `podman info`, waits too). Opening each FIFO left in a work
+/// folder and closing it again lets that open return, and the next write
+/// fail (no reader): the export fails, and Podman lets go.
+pub fn release_orphaned_exports(state_dir: &Path) {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    for dir in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        if !dir.file_name().to_string_lossy().starts_with("outgoing-") {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            if f.file_type().is_ok_and(|t| t.is_fifo()) {
+                tracing::warn!(fifo = %f.path().display(), "releasing an export a predecessor left waiting");
+                // A reader, opened and dropped at once: without blocking,
+                // whether or not a writer waits.
+                let r = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(f.path());
+                // Give a writer blocked in open() the moment to return
+                // while a reader exists, and drain what it wrote.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Ok(mut r) = r {
+                    let mut sink = [0u8; 65536];
+                    while matches!(std::io::Read::read(&mut r, &mut sink), Ok(n) if n > 0) {}
+                }
+            }
+        }
+    }
+}
+
 fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
     nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
@@ -871,3 +901,25 @@ fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receive
 
 /// The archive pipe's capacity.
 const PIPE_BYTES: libc::c_int = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_export_left_waiting_on_its_fifo_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("outgoing-7");
+        std::fs::create_dir(&work).unwrap();
+        let fifo = work.join("checkpoint.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A writer that would wait forever, as Podman did for a dead agent.
+        let mut writer = std::process::Command::new("sh").arg("-c").arg(format!("yes > {}", fifo.display())).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(writer.try_wait().unwrap().is_none(), "the writer waits for a reader");
+        super::release_orphaned_exports(dir.path());
+        let started = std::time::Instant::now();
+        while writer.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "the writer still waits");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
