@@ -583,6 +583,7 @@ impl Run<'_> {
         let info = self.info()?;
         let fifo = self.work_dir.join("checkpoint.fifo");
         let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
+        let holder = FifoHolder::spawn(&fifo);
         // Podman's archive can lack changed files of the image (rootfs.rs):
         // they are added on the way, from the container's upper layer.
         let upper = self.agent.engine.upper_dir(&info.name).await.unwrap_or_else(|e| {
@@ -606,6 +607,7 @@ impl Run<'_> {
         let send_started = Instant::now();
         let sent = self.stream_frozen(kind, reader, encoding).await;
         let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
+        drop(holder);
         dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
         let completed = completion
             .await
@@ -854,34 +856,113 @@ fn rpc_timeout() -> Duration {
 /// ends the stream after the last byte Podman wrote, or at once when Podman
 /// failed before writing anything. No order of events can leave the reader
 /// waiting forever.
-/// At start: a predecessor that died while Podman exported into its FIFO
-/// left Podman waiting there, in `open` for a reader or in `write` on a
-/// full pipe, holding the container's lock (every later Podman command on
-/// it, and `podman info`, waits too). Opening each FIFO left in a work
-/// folder and closing it again lets that open return, and the next write
-/// fail (no reader): the export fails, and Podman lets go.
+/// A process that holds a read end of the export's FIFO for as long as
+/// Podman may write to it, and outlives this agent. Should the agent die
+/// mid-export, Podman then waits on a full pipe instead of meeting a
+/// broken one: Podman 4 hangs for good after a failed write to its export,
+/// holding the container's lock, and every later Podman command on it (and
+/// `podman info`) waits too. The agent's successor drains the FIFO to its
+/// end ([`release_orphaned_exports`]), and Podman finishes.
+struct FifoHolder {
+    child: Option<std::process::Child>,
+}
+
+/// Where a work folder keeps its holder's process ID.
+const HOLDER_PID: &str = "fifo-holder.pid";
+
+impl FifoHolder {
+    fn spawn(fifo: &Path) -> FifoHolder {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::process::CommandExt;
+        let child = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .and_then(|end| {
+                std::process::Command::new("sleep")
+                    .arg("infinity")
+                    .stdin(end)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    // Its own group: a signal to the agent's is not its.
+                    .process_group(0)
+                    .spawn()
+            })
+            .inspect(|c| {
+                if let Some(dir) = fifo.parent() {
+                    let _ = std::fs::write(dir.join(HOLDER_PID), c.id().to_string());
+                }
+            })
+            .map_err(|e| tracing::warn!("no process holds the export's FIFO ({e}): should this agent die mid-export, Podman may hang"))
+            .ok();
+        FifoHolder { child }
+    }
+}
+
+impl Drop for FifoHolder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// At start, before asking Podman anything: a predecessor that died while
+/// Podman exported into its FIFO left Podman writing there ([`FifoHolder`]).
+/// Each such FIFO is read to its end, for as long as a process still names
+/// it (at most 10 minutes), so that the export completes and Podman lets
+/// go; then the holder goes. The archive read is dropped: the checkpoint
+/// Podman keeps in the container's folder is what recovery restores.
 pub fn release_orphaned_exports(state_dir: &Path) {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     for dir in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
         if !dir.file_name().to_string_lossy().starts_with("outgoing-") {
             continue;
         }
-        for f in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
-            if f.file_type().is_ok_and(|t| t.is_fifo()) {
-                tracing::warn!(fifo = %f.path().display(), "releasing an export a predecessor left waiting");
-                // A reader, opened and dropped at once: without blocking,
-                // whether or not a writer waits.
-                let r = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(f.path());
-                // Give a writer blocked in open() the moment to return
-                // while a reader exists, and drain what it wrote.
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                if let Ok(mut r) = r {
-                    let mut sink = [0u8; 65536];
-                    while matches!(std::io::Read::read(&mut r, &mut sink), Ok(n) if n > 0) {}
-                }
+        let fifo = dir.path().join("checkpoint.fifo");
+        if fifo.exists() {
+            tracing::warn!(fifo = %fifo.display(), "draining an export a predecessor left running");
+            let bytes = drain_fifo(&fifo, std::time::Duration::from_secs(600));
+            tracing::info!(fifo = %fifo.display(), bytes, "the export it left has ended");
+        }
+        if let Some(pid) = std::fs::read_to_string(dir.path().join(HOLDER_PID)).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            // Only if that process is still a holder, not a reused ID.
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmd.starts_with(b"sleep\0infinity") {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
+}
+
+/// Reads `fifo` until no process names it any more and no writer has it
+/// open, or `limit` passes; returns the bytes read.
+fn drain_fifo(fifo: &Path, limit: std::time::Duration) -> u64 {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut r) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fifo) else { return 0 };
+    let started = std::time::Instant::now();
+    let needle = fifo.as_os_str().as_encoded_bytes().to_vec();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    while started.elapsed() < limit {
+        match r.read(&mut buf) {
+            Ok(n) if n > 0 => total += n as u64,
+            // No writer now: done unless a process (Podman, before it
+            // opens the FIFO) still names it.
+            Ok(_) if !named_by_a_process(&needle) => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    total
+}
+
+/// Whether a running process has `needle` in its command line.
+fn named_by_a_process(needle: &[u8]) -> bool {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
+            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    })
 }
 
 fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
@@ -905,21 +986,25 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 #[cfg(test)]
 mod tests {
     #[test]
-    fn an_export_left_waiting_on_its_fifo_is_released() {
+    fn an_export_left_running_on_its_fifo_is_drained_to_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("outgoing-7");
         std::fs::create_dir(&work).unwrap();
         let fifo = work.join("checkpoint.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        // A writer that would wait forever, as Podman did for a dead agent.
-        let mut writer = std::process::Command::new("sh").arg("-c").arg(format!("yes > {}", fifo.display())).spawn().unwrap();
+        // The agent's holder, then a writer of 1 MiB that an agent's death
+        // left without its reader, as Podman's export.
+        let holder = super::FifoHolder::spawn(&fifo);
+        let pid = holder.child.as_ref().unwrap().id();
+        std::mem::forget(holder);
+        let cmd = format!("head -c 1048576 /dev/zero > {}", fifo.display());
+        let mut writer = std::process::Command::new("sh").arg("-c").arg(&cmd).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(writer.try_wait().unwrap().is_none(), "the writer waits for a reader");
+        assert!(writer.try_wait().unwrap().is_none(), "the writer waits on a full pipe, not on a broken one");
         super::release_orphaned_exports(dir.path());
-        let started = std::time::Instant::now();
-        while writer.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "the writer still waits");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        assert!(writer.wait().unwrap().success(), "the export completed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let holder_alive = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"));
+        assert!(!holder_alive, "the holder is gone");
     }
 }
