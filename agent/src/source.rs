@@ -678,9 +678,9 @@ impl Run<'_> {
 
     /// Settles the switchover with the target on a connection of its own,
     /// after the conversation died once it could restore: abort, unless it
-    /// already holds the container for good. Tries for [`SETTLE_WINDOW`]
-    /// while it cannot be reached, and for as long as the target says its
-    /// side is busy (a restore still running).
+    /// already holds the container for good. Tries for [`SETTLE_WINDOW`],
+    /// while it cannot be reached or says its side is busy (a restore still
+    /// running); past it, recovery goes on asking.
     async fn resolve(&mut self) -> Event {
         let info = match self.info() {
             Ok(i) => i,
@@ -691,7 +691,7 @@ impl Run<'_> {
         self.progress(Phase::Rollback, 0, &format!("settling with {} whether it restored the container", self.target()));
         loop {
             match crate::recovery::settle(self.agent, self.req.id, &info.name, &info.id, &self.req.target, Verdict::Abort).await {
-                Ok(Resolution::Busy) if started.elapsed() < RESTORE_TIMEOUT => last = format!("{} is still busy with it", self.target()),
+                Ok(Resolution::Busy) => last = format!("{} is still busy with it", self.target()),
                 Ok(r) => return Event::Resolved(r),
                 Err(e) => last = format!("{e:#}"),
             }

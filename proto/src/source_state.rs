@@ -328,8 +328,6 @@ pub struct Made {
     pub frozen: bool,
     /// `CheckpointSent` was (perhaps) told: the target may restore.
     pub restore_told: bool,
-    /// The journal records the commit: nothing rolls back any more.
-    pub commit_recorded: bool,
 }
 
 /// Where the migration stands: what the machine waits for.
@@ -576,7 +574,6 @@ fn advance(plan: &Plan, stage: Stage, event: Event, made: &mut Made, target: &st
         }
         (S::RecordingCommit, E::Done) => {
             // Nothing from here on rolls back.
-            made.commit_recorded = true;
             out.push(C::Enter(Phase::Cleanup, "committing and removing the source copy"));
             tell_and_await(out, SourceMsg::Commit, Expect::Committed, Phase::Cleanup, S::AwaitingCommit)
         }
@@ -800,7 +797,6 @@ fn advance_removed(acked: bool, made: &mut Made, out: &mut Vec<Command>) -> Stag
 
 /// The target kept the container though its `Restored` never arrived here.
 fn switched_without_report(made: &mut Made, out: &mut Vec<Command>) -> Stage {
-    made.commit_recorded = true;
     out.push(Command::Enter(Phase::Cleanup, "the target kept the container; removing the source copy"));
     // Settled with the target: nothing for recovery to tell it.
     remove_source(true, made, out)

@@ -83,16 +83,20 @@ impl Tentative {
     }
 }
 
+/// What the marker in the container folder `root` says (`None` when it is
+/// missing or unreadable).
+fn read_marker(root: &Path) -> Option<Marker> {
+    std::fs::read(root.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// The tentative folder of container `id`, if there is one.
 pub async fn tentative(engine: &dyn Engine, id: &str) -> Result<Option<Tentative>, crate::engine::EngineError> {
     let dir = engine.bundle_dir(id).await?;
     let Some(root) = dir.parent() else { return Ok(None) };
-    let path = root.join(MARKER);
-    if !path.exists() {
+    if !root.join(MARKER).exists() {
         return Ok(None);
     }
-    let marker = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    Ok(Some(Tentative { marker, root: root.to_path_buf() }))
+    Ok(Some(Tentative { marker: read_marker(root), root: root.to_path_buf() }))
 }
 
 /// The restored container's folder, prepared before the freeze.
@@ -151,8 +155,7 @@ impl Bundle {
 
     /// The folder and its marker, once a container was restored from it.
     pub fn tentative(&self) -> Tentative {
-        let marker = std::fs::read(self.root.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        Tentative { marker, root: self.root.clone() }
+        Tentative { marker: read_marker(&self.root), root: self.root.clone() }
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -239,7 +242,7 @@ pub async fn sweep(engine: &dyn Engine) {
                 continue;
             }
         };
-        let marker: Option<Marker> = std::fs::read(root.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let marker = read_marker(&root);
         match restored {
             Some(c) => {
                 let source = marker.map_or_else(|| "its source".to_string(), |m| format!("{} (migration {})", m.source, m.id));

@@ -52,8 +52,10 @@ struct World {
     target_tentative: bool,
     /// A `Resolve` cannot reach the target (the link stays cut).
     target_unreachable: bool,
-    /// The journal entry left for recovery, and what it records.
+    /// The journal entry left for recovery.
     recover_later: bool,
+    /// The journal records the commit (`RecordCommit` was carried out).
+    commit_recorded: bool,
 }
 
 /// A command whose IO fails (when the function says so), and its event.
@@ -196,8 +198,7 @@ impl Sim {
             return;
         }
         self.world.target_unreachable = false;
-        let commit = self.src.as_ref().unwrap().made.commit_recorded;
-        match self.resolve(commit) {
+        match self.resolve(self.world.commit_recorded) {
             Some(Resolution::Absent) if self.world.source_exists => self.world.source_running = true,
             Some(Resolution::Kept) => self.world.source_exists = false,
             other => panic!("recovery got {other:?}: {:?}", self.world),
@@ -258,7 +259,10 @@ impl Sim {
                 self.check_copies();
                 ok(Event::RestoredHere)
             }
-            Command::RecordCommit => ok(Event::Done),
+            Command::RecordCommit => {
+                self.world.commit_recorded = true;
+                ok(Event::Done)
+            }
             Command::Resolve => ok(match self.resolve(false) {
                 Some(r) => Event::Resolved(r),
                 None => Event::Failed(failure(Phase::Restore, "unreachable")),
@@ -444,7 +448,6 @@ fn a_failed_local_restore_keeps_the_checkpoint_and_the_rounds_under_it() {
         journal: Some("/j/7.json".into()),
         ram: None,
         restore_told: true,
-        commit_recorded: false,
     };
     let (s, cmds) = step(&plan, rolling(made), Event::RestoreFailed("criu said no".into()));
     assert_eq!(
@@ -616,7 +619,6 @@ fn a_target_that_kept_the_container_completes_the_migration() {
     let s = SourceState { stage: Stage::Resolving(failure(Phase::Restore, "lost")), made, target: "b".into() };
     let (s, cmds) = step(&plan, s, Event::Resolved(Resolution::Kept));
     assert_eq!(s.stage, Stage::RemovingSource { acked: true });
-    assert!(s.made.commit_recorded);
     assert!(cmds.contains(&Command::ReleaseRam("/ram".into())) && cmds.contains(&Command::RemoveSourceCopy));
     let (_, cmds) = step(&plan, s, Event::Done);
     assert!(cmds.contains(&Command::ForgetJournal("/j/7.json".into())));
