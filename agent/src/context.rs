@@ -1,11 +1,13 @@
-//! The agent's shared context: its configuration, the engine, the QUIC
-//! endpoint, the containers with a migration under way, the host's facts
+//! The agent's shared context: its configuration, its seams to the host
+//! (the engine, CRIU, storage), the QUIC endpoint, the containers with a migration under way, the host's facts
 //! and the link rates last measured. Every request handler (`server.rs`
 //! dispatches to them) gets an [`Agent`].
 
 use crate::config::AgentConfig;
+use crate::criu::Criu;
 use crate::engine::Engine;
 use crate::facts;
+use crate::storage::Storage;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 pub struct Agent {
     pub cfg: AgentConfig,
     pub engine: Arc<dyn Engine>,
+    pub criu: Arc<dyn Criu>,
+    pub storage: Arc<dyn Storage>,
     /// Used both to accept and to call other agents.
     pub endpoint: quinn::Endpoint,
     /// Containers with a migration under way (either direction).
@@ -34,6 +38,32 @@ pub struct Agent {
     replay: Mutex<tern_transport::ticket::ReplayGuard>,
     /// Open connections by peer name, and in all.
     connections: Mutex<(std::collections::HashMap<String, usize>, usize)>,
+}
+
+/// The agent's seams to the host: what it asks of Podman and the runtime,
+/// of CRIU directly, and of storage. Tests put stand-ins behind each.
+#[derive(Clone)]
+pub struct Ports {
+    pub engine: Arc<dyn Engine>,
+    pub criu: Arc<dyn Criu>,
+    pub storage: Arc<dyn Storage>,
+}
+
+impl Ports {
+    /// This host's: the Podman and runc the configuration names, CRIU on
+    /// `PATH`, tmpfs mounts.
+    pub fn host(cfg: &AgentConfig) -> Self {
+        Ports {
+            engine: Arc::new(crate::engine::PodmanCli::new(
+                cfg.podman.program.clone(),
+                cfg.podman.args.clone(),
+                cfg.runc.program.clone(),
+                cfg.runc.args.clone(),
+            )),
+            criu: Arc::new(crate::criu::HostCriu),
+            storage: Arc::new(crate::storage::HostStorage),
+        }
+    }
 }
 
 /// Why a peer's connection is not taken.
@@ -104,10 +134,12 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl Agent {
-    pub fn new(cfg: AgentConfig, engine: Arc<dyn Engine>, endpoint: quinn::Endpoint) -> Self {
+    pub fn new(cfg: AgentConfig, ports: Ports, endpoint: quinn::Endpoint) -> Self {
         Agent {
             cfg,
-            engine,
+            engine: ports.engine,
+            criu: ports.criu,
+            storage: ports.storage,
             endpoint,
             busy: Mutex::new(HashSet::new()),
             facts: Default::default(),
@@ -178,7 +210,7 @@ impl Agent {
                 return Ok(f.clone());
             }
         }
-        let f = facts::gather(&self.cfg.name, self.engine.as_ref(), &self.cfg.facts_override).await?;
+        let f = facts::gather(&self.cfg.name, self.engine.as_ref(), self.criu.as_ref(), &self.cfg.facts_override).await?;
         *cached = Some((std::time::Instant::now(), f.clone()));
         Ok(f)
     }

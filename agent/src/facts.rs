@@ -1,18 +1,17 @@
 //! Reading this host's facts: Podman, the OCI runtime, CRIU, cgroups, the
 //! kernel and CPU, the network backend, soft-dirty support.
 
+use crate::criu::{Criu, FeatureCheck};
 use crate::engine::Engine;
-use std::process::Stdio;
 use tern_proto::facts::{Capability, CgroupsVersion, HostFacts};
-use tokio::process::Command;
 
 /// Gathers the facts; fields that cannot be read are left empty, which the
 /// compatibility rules treat as "missing" and explain.
-pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) -> anyhow::Result<HostFacts> {
+pub async fn gather(name: &str, engine: &dyn Engine, criu: &dyn Criu, overrides: &toml::Table) -> anyhow::Result<HostFacts> {
     let info = engine.info().await?;
     let s = |field: &Option<String>| field.clone().unwrap_or_default();
     let runtime_version = s(&info.host.oci_runtime.version).lines().next().unwrap_or("").to_string();
-    let (criu_version, dirty_tracking, lazy_restore) = criu().await;
+    let (criu_version, dirty_tracking, lazy_restore) = criu_facts(criu).await;
     let facts = HostFacts {
         name: name.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -49,26 +48,15 @@ pub fn apply_overrides(facts: HostFacts, overrides: &toml::Table) -> anyhow::Res
     serde_json::from_value(value).map_err(|e| anyhow::anyhow!("facts_override has a value of the wrong type: {e}"))
 }
 
-async fn output(program: &str, args: &[&str]) -> Option<(bool, String)> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().await.ok()?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Some((out.status.success(), text))
-}
-
 /// CRIU's version, whether it can track dirty memory, whether it can
 /// restore lazily.
-async fn criu() -> (String, Capability, Capability) {
-    let version = match output("criu", &["--version"]).await {
-        Some((true, text)) => parse_criu_version(&text),
-        _ => String::new(),
-    };
-    if version.is_empty() {
+async fn criu_facts(criu: &dyn Criu) -> (String, Capability, Capability) {
+    let Some(version) = criu.version().await else {
         let missing = || Capability { supported: false, detail: "criu not found on PATH (run scripts/install-deps.sh)".into() };
-        return (version, missing(), missing());
-    }
-    let dirty = feature("mem_dirty_track", "no soft-dirty memory tracking").await;
-    let lazy = feature("uffd-noncoop", "no lazy restores (userfaultfd)").await;
+        return (String::new(), missing(), missing());
+    };
+    let dirty = feature(criu, "mem_dirty_track", "no soft-dirty memory tracking").await;
+    let lazy = feature(criu, "uffd-noncoop", "no lazy restores (userfaultfd)").await;
     (version, dirty, lazy)
 }
 
@@ -90,23 +78,12 @@ pub fn cap_sys_resource(status: &str) -> Capability {
 }
 
 /// `criu check --feature NAME`, with what it said.
-async fn feature(name: &str, missing: &str) -> Capability {
-    match output("criu", &["check", "--feature", name]).await {
-        Some((true, _)) => Capability { supported: true, detail: format!("criu check --feature {name}: supported") },
-        Some((false, text)) => Capability { supported: false, detail: format!("{missing}: criu check says \"{}\"", criu_message(&text)) },
-        None => Capability { supported: false, detail: "criu check could not run".into() },
+async fn feature(criu: &dyn Criu, name: &str, missing: &str) -> Capability {
+    match criu.check_feature(name).await {
+        FeatureCheck::Supported => Capability { supported: true, detail: format!("criu check --feature {name}: supported") },
+        FeatureCheck::Unsupported(said) => Capability { supported: false, detail: format!("{missing}: criu check says \"{said}\"") },
+        FeatureCheck::NotRun => Capability { supported: false, detail: "criu check could not run".into() },
     }
-}
-
-/// The last line CRIU printed, without its `Warn  (file.c:123): ` prefix.
-pub fn criu_message(text: &str) -> &str {
-    let last = text.trim().lines().last().unwrap_or("failed");
-    last.split_once("): ").map(|(_, m)| m).unwrap_or(last).trim()
-}
-
-/// `criu --version` prints `Version: 4.2` (and sometimes a GitID line).
-pub fn parse_criu_version(text: &str) -> String {
-    text.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
@@ -185,10 +162,11 @@ mod tests {
 
     #[test]
     fn parses_criu_and_cpuinfo() {
-        assert_eq!(parse_criu_version("Version: 4.2\nGitID: v4.2\n"), "4.2");
-        assert_eq!(parse_criu_version("nonsense"), "");
+        use crate::criu::{last_message, parse_version};
+        assert_eq!(parse_version("Version: 4.2\nGitID: v4.2\n"), "4.2");
+        assert_eq!(parse_version("nonsense"), "");
         assert_eq!(
-            criu_message("Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n"),
+            last_message("Warn  (criu/cr-check.c:824): Dirty tracking is OFF. Memory snapshot will not work.\n"),
             "Dirty tracking is OFF. Memory snapshot will not work."
         );
         let flags = cpu_flags("processor\t: 0\nflags\t\t: sse2 fpu avx2 fpu\nbugs\t: x\n");

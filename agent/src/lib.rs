@@ -12,7 +12,9 @@
 //! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed (received archives land through `target/archive.rs`) |
 //! | `pages`    | page hashes (source) and the base's pages (target)             |
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
-//! | `engine`   | everything asked of Podman/runc/CRIU, behind a trait           |
+//! | `engine`   | everything asked of Podman and runc (and CRIU through them), behind a trait |
+//! | `criu`     | what is asked of CRIU directly (version, feature checks, the lazy-pages daemon), behind a trait |
+//! | `storage`  | checkpoint folders in RAM, behind a trait (`ramdir` is the host's) |
 //! | `facts`    | this host's facts for the compatibility rules                  |
 //! | `netid`    | a container's address announced where it runs, its peers woken, the network hook |
 //! | `criu_tcp` | the established TCP connections in a CRIU checkpoint folder    |
@@ -21,6 +23,7 @@
 
 pub mod config;
 pub mod context;
+pub mod criu;
 pub mod criu_stats;
 pub mod criu_tcp;
 pub mod engine;
@@ -36,6 +39,7 @@ pub mod rollback;
 pub mod rootfs;
 pub mod server;
 pub mod source;
+pub mod storage;
 pub mod target;
 pub mod transfer;
 

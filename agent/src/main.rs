@@ -3,7 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tern_agent::{config, context, engine, facts};
+use tern_agent::{config, context, facts};
 
 /// tern's per-host agent: reports this host's facts and moves containers
 /// to and from other agents over QUIC with mutual TLS.
@@ -47,22 +47,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    let engine: Arc<dyn engine::Engine> =
-        Arc::new(engine::PodmanCli::new(cfg.podman.program.clone(), cfg.podman.args.clone(), cfg.runc.program.clone(), cfg.runc.args.clone()));
+    let ports = context::Ports::host(&cfg);
     // Check the overrides and Podman once at start, so a bad config fails now.
-    let facts = facts::gather(&cfg.name, engine.as_ref(), &cfg.facts_override).await?;
+    let facts = facts::gather(&cfg.name, ports.engine.as_ref(), ports.criu.as_ref(), &cfg.facts_override).await?;
     tracing::info!(
         podman = %facts.podman_version, runtime = %facts.runtime_name, criu = %facts.criu_version,
         kernel = %facts.kernel, dirty_tracking = facts.dirty_tracking.supported, "host facts"
     );
     // Folders a predecessor made for incoming migrations it did not finish,
     // tidied before the agent answers anyone.
-    tern_agent::target::inplace::sweep(engine.as_ref()).await;
-    tern_agent::recovery::release_unjournaled_ram(&cfg.state_dir);
+    tern_agent::target::inplace::sweep(ports.engine.as_ref(), &ports.storage).await;
+    tern_agent::recovery::release_unjournaled_ram(&cfg.state_dir, ports.storage.as_ref());
     tern_agent::netid::sweep_holds().await;
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
-    let agent = Arc::new(context::Agent::new(cfg, engine, endpoint));
+    let agent = Arc::new(context::Agent::new(cfg, ports, endpoint));
     // Containers a predecessor left frozen mid-migration.
     tokio::spawn(tern_agent::recovery::recover(agent.clone()));
     // Listening: systemd may start what comes after the agent.

@@ -113,14 +113,14 @@ fn entries(agent: &Agent) -> Vec<(PathBuf, Entry)> {
 /// journal entry holds were a predecessor's, for a migration that died
 /// before its freeze (nothing in them is needed): unmounted, so that
 /// Podman can remove or checkpoint those containers again.
-pub fn release_unjournaled_ram(state_dir: &Path) {
+pub fn release_unjournaled_ram(state_dir: &Path, storage: &dyn crate::storage::Storage) {
     let kept: Vec<PathBuf> = entries_in(state_dir).into_iter().filter_map(|(_, e)| e.ram).collect();
-    for m in crate::ramdir::mounted_under(Path::new("/")) {
+    for m in storage.ram_under(Path::new("/")) {
         if kept.contains(&m) {
             continue;
         }
         tracing::info!(folder = %m.display(), "unmounting a checkpoint folder in RAM a predecessor left");
-        if let Err(e) = crate::ramdir::unmount(&m, false) {
+        if let Err(e) = storage.unmount_ram(&m, false) {
             tracing::warn!("{e}");
         }
     }
@@ -152,7 +152,7 @@ pub async fn recover(agent: Arc<Agent>) {
             match resolve(&agent, e).await {
                 Ok(Some(settled)) => {
                     if settled == Settled::Done {
-                        release(e);
+                        release(agent.storage.as_ref(), e);
                     }
                     forget(path);
                 }
@@ -179,9 +179,9 @@ enum Settled {
 }
 
 /// Unmounts an entry's RAM folder and removes its leftovers.
-fn release(e: &Entry) {
+fn release(storage: &dyn crate::storage::Storage, e: &Entry) {
     if let Some(dir) = &e.ram {
-        if let Err(err) = crate::ramdir::unmount(dir, true) {
+        if let Err(err) = storage.unmount_ram(dir, true) {
             tracing::warn!("recovery: {err}");
         }
     }
@@ -246,7 +246,7 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
         }
         Resolution::Kept => {
             // The RAM folder first: Podman cannot remove a folder with a mount in it.
-            release(e);
+            release(agent.storage.as_ref(), e);
             if here.is_some() {
                 agent.engine.remove(name, false).await?;
             }

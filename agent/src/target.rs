@@ -195,9 +195,9 @@ impl Target<'_> {
         tokio::fs::create_dir_all(&self.staging).await?;
         // Soft-dirty pre-copy's final dump links to rounds on disk: its
         // images stay on disk too (inplace.rs).
-        let bundle = match Bundle::prepare(engine.as_ref(), c, self.begin.mode != Mode::PreCopy).await {
+        let bundle = match Bundle::prepare(engine.as_ref(), &self.agent.storage, c, self.begin.mode != Mode::PreCopy).await {
             Ok(b) => b,
-            Err(e) => return refuse(send, e).await,
+            Err(e) => return refuse(send, e.to_string()).await,
         };
         if let Err(e) = bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone() }) {
             bundle.remove();
@@ -407,7 +407,7 @@ impl Target<'_> {
         let mut daemon = None;
         if staged.annotated {
             if self.lazy {
-                match lazy::Daemon::start(&folder).await {
+                match self.agent.criu.lazy_pages(&folder).await {
                     Ok(d) => daemon = Some(d),
                     Err(e) => self.notes.push(format!("restored eagerly: {e}")),
                 }
@@ -488,7 +488,7 @@ impl Target<'_> {
         tokio::time::sleep(self.agent.cfg.faults.delay_restored()).await;
         let filled = match daemon {
             Some(d) => {
-                d.finish(&folder, fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
+                d.finish(fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
                 Some(at.elapsed())
             }
             None => None,
@@ -610,7 +610,7 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
         return Err(TargetError::NotYours { peer: peer.to_string(), id: req.id });
     }
     let engine = agent.engine.as_ref();
-    let tentative = inplace::tentative(engine, &req.container_id).await?;
+    let tentative = inplace::tentative(engine, &agent.storage, &req.container_id).await?;
     if let Some(m) = tentative.as_ref().and_then(|t| t.marker.as_ref()) {
         if m.id != req.id || m.source != peer {
             return Err(TargetError::NotYours { peer: peer.to_string(), id: req.id });

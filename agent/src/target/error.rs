@@ -65,9 +65,9 @@ pub enum TargetError {
     Vanished,
     #[error("the restored container was never seen running")]
     NeverSeenRunning,
-    /// The lazy-pages daemon did not bring all the memory in (its words).
-    #[error("{0}")]
-    LazyPages(String),
+    /// The lazy-pages daemon did not bring all the memory in.
+    #[error(transparent)]
+    LazyPages(#[from] crate::criu::CriuError),
     /// A `Resolve` from a peer that is not the source of record.
     #[error("migration {id} here is not {peer}'s to settle")]
     NotYours { peer: String, id: tern_proto::MigrationId },

@@ -41,9 +41,11 @@
 //! keeping it cannot make two, since the source runs its own copy again
 //! only once this agent said none is here.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::ramdir;
+use crate::storage::Storage;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tern_proto::facts::ContainerInfo;
 
 /// Marks a container folder as made by tern for a migration not yet committed.
@@ -64,6 +66,7 @@ pub struct Marker {
 pub struct Tentative {
     pub marker: Option<Marker>,
     pub root: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 impl Tentative {
@@ -74,7 +77,7 @@ impl Tentative {
 
     /// Removes the folder (after its container, if any, was removed).
     pub fn remove(&self) {
-        let _ = ramdir::unmount(&self.root.join("userdata").join("checkpoint"), false);
+        let _ = self.storage.unmount_ram(&self.root.join("userdata").join("checkpoint"), false);
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("removing {}: {e}", self.root.display());
@@ -90,13 +93,13 @@ fn read_marker(root: &Path) -> Option<Marker> {
 }
 
 /// The tentative folder of container `id`, if there is one.
-pub async fn tentative(engine: &dyn Engine, id: &str) -> Result<Option<Tentative>, crate::engine::EngineError> {
+pub async fn tentative(engine: &dyn Engine, storage: &Arc<dyn Storage>, id: &str) -> Result<Option<Tentative>, EngineError> {
     let dir = engine.bundle_dir(id).await?;
     let Some(root) = dir.parent() else { return Ok(None) };
     if !root.join(MARKER).exists() {
         return Ok(None);
     }
-    Ok(Some(Tentative { marker: read_marker(root), root: root.to_path_buf() }))
+    Ok(Some(Tentative { marker: read_marker(root), root: root.to_path_buf(), storage: storage.clone() }))
 }
 
 /// The restored container's folder, prepared before the freeze.
@@ -112,30 +115,46 @@ pub struct Bundle {
     pub on_disk_because: Option<String>,
     /// Its share of the agent's RAM budget while the tmpfs is there.
     ram: std::sync::Mutex<Option<ramdir::Reservation>>,
+    storage: Arc<dyn Storage>,
+}
+
+/// Why the container's folder could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{} has no parent folder", .0.display())]
+    NoParent(PathBuf),
+    #[error("a container with ID {id} already has a folder here ({}); remove that container first", root.display())]
+    Exists { id: String, root: PathBuf },
+    #[error("creating {}: {source}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
 }
 
 impl Bundle {
     /// Makes the folder for `container`. With `ram`, tries to put its
     /// `checkpoint/` in RAM (the images and the restored container must
     /// both fit).
-    pub async fn prepare(engine: &dyn Engine, container: &ContainerInfo, ram: bool) -> Result<Bundle, String> {
-        let dir = engine.bundle_dir(&container.id).await.map_err(|e| e.to_string())?;
-        let root = dir.parent().map(Path::to_path_buf).ok_or_else(|| format!("{} has no parent folder", dir.display()))?;
+    pub async fn prepare(engine: &dyn Engine, storage: &Arc<dyn Storage>, container: &ContainerInfo, ram: bool) -> Result<Bundle, FolderError> {
+        let dir = engine.bundle_dir(&container.id).await?;
+        let root = dir.parent().map(Path::to_path_buf).ok_or_else(|| FolderError::NoParent(dir.clone()))?;
         if root.exists() {
-            return Err(format!("a container with ID {} already has a folder here ({}); remove that container first", container.id, root.display()));
+            return Err(FolderError::Exists { id: container.id.clone(), root });
         }
         let checkpoint = dir.join("checkpoint");
-        std::fs::create_dir_all(&checkpoint).map_err(|e| format!("creating {}: {e}", checkpoint.display()))?;
-        std::fs::write(root.join(MARKER), b"").map_err(|e| format!("creating {}: {e}", root.join(MARKER).display()))?;
-        let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None, ram: Default::default() };
+        std::fs::create_dir_all(&checkpoint).map_err(|source| FolderError::Create { path: checkpoint.clone(), source })?;
+        std::fs::write(root.join(MARKER), b"").map_err(|source| FolderError::Create { path: root.join(MARKER), source })?;
+        let mut bundle = Bundle { root, dir, in_ram: false, on_disk_because: None, ram: Default::default(), storage: storage.clone() };
         if !ram {
             return Ok(bundle);
         }
         // The share of the agent's RAM budget (ramdir.rs) is the tmpfs's cap.
-        let share = ramdir::mem_available()
+        // Why not, when it does not fit, is a note for the report.
+        let share = storage
+            .mem_available()
             .ok_or_else(|| "cannot read MemAvailable from /proc/meminfo".to_string())
             .and_then(|avail| ramdir::reserve(container.memory_bytes, 2, avail));
-        match share.and_then(|r| ramdir::mount(&checkpoint, r.bytes()).map(|()| r).map_err(|e| e.to_string())) {
+        match share.and_then(|r| storage.mount_ram(&checkpoint, r.bytes()).map(|()| r).map_err(|e| e.to_string())) {
             Ok(r) => {
                 bundle.in_ram = true;
                 *bundle.ram.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
@@ -155,7 +174,7 @@ impl Bundle {
 
     /// The folder and its marker, once a container was restored from it.
     pub fn tentative(&self) -> Tentative {
-        Tentative { marker: read_marker(&self.root), root: self.root.clone() }
+        Tentative { marker: read_marker(&self.root), root: self.root.clone(), storage: self.storage.clone() }
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -181,8 +200,8 @@ impl Bundle {
     /// commit.
     pub fn after_restore(&self) {
         let images = self.checkpoint_dir();
-        if ramdir::is_mounted(&images) {
-            if let Err(e) = ramdir::unmount(&images, true) {
+        if self.storage.is_ram(&images) {
+            if let Err(e) = self.storage.unmount_ram(&images, true) {
                 tracing::warn!("{e}");
             }
         } else {
@@ -196,13 +215,13 @@ impl Bundle {
         if self.dir.join(super::lazy::CONF).exists() {
             super::lazy::settle_conf(&self.dir);
         }
-        let _ = std::fs::remove_file(self.dir.join(super::lazy::SOCKET));
+        let _ = std::fs::remove_file(self.dir.join(crate::criu::SOCKET));
     }
 
     /// Unmounts the tmpfs (so that Podman can remove the container's
     /// folder) without removing anything.
     pub fn release_ram(&self) {
-        if let Err(e) = ramdir::unmount(&self.checkpoint_dir(), false) {
+        if let Err(e) = self.storage.unmount_ram(&self.checkpoint_dir(), false) {
             tracing::warn!("{e}");
         }
         self.ram.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -224,7 +243,7 @@ impl Bundle {
 /// to their commit (module docs). A folder no container was made of is
 /// removed; a container restored from one is kept, tentative, until its
 /// source settles it.
-pub async fn sweep(engine: &dyn Engine) {
+pub async fn sweep(engine: &dyn Engine, storage: &Arc<dyn Storage>) {
     // Any valid ID names the folder that holds every container's folder.
     let Ok(probe) = engine.bundle_dir(&"0".repeat(64)).await else { return };
     let Some(containers) = probe.parent().and_then(Path::parent) else { return };
@@ -254,7 +273,7 @@ pub async fn sweep(engine: &dyn Engine) {
             }
             None => {
                 tracing::warn!(folder = %root.display(), "removing what a migration this agent did not see end had staged");
-                Tentative { marker, root }.remove();
+                Tentative { marker, root, storage: storage.clone() }.remove();
             }
         }
     }

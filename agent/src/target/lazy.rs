@@ -1,13 +1,12 @@
 //! Lazy restores: the container resumes before its memory is copied in.
 //!
 //! CRIU's restore copies every page of the container's memory into place
-//! before the processes resume: 1.4 to 1.9 s of the downtime for 512 MiB
-//! here. With `lazy-pages`, CRIU registers the memory with userfaultfd and
-//! resumes at once; a `criu lazy-pages` daemon then fills it, page faults
-//! first and the rest in the background, from the images this host
-//! already holds (no network involved). Measured here on 512 MiB:
-//! Podman's restore 0.24 s instead of 1.6 to 2.0 s, all memory in place
-//! 0.39 s after the container resumed.
+//! before the processes resume, so that copy grows the downtime with the
+//! container's memory. With `lazy-pages`, CRIU registers the memory with
+//! userfaultfd and resumes at once; a `criu lazy-pages` daemon
+//! ([`crate::criu::Criu::lazy_pages`]) then fills it, page faults first and
+//! the rest in the background, from the images this host already holds (no
+//! network involved).
 //!
 //! Podman cannot ask for it, but runc reads CRIU options from the file the
 //! container's `org.criu.config` annotation names (else `/etc/criu/runc.conf`,
@@ -28,10 +27,7 @@
 //!           the container's memory is whole here
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use std::path::Path;
 
 /// The CRIU options file of a container migrated in, in its folder.
 pub const CONF: &str = "tern-criu.conf";
@@ -39,8 +35,6 @@ pub const CONF: &str = "tern-criu.conf";
 pub const ANNOTATION: &str = "org.criu.config";
 /// runc's host-wide CRIU options, used when a container has no annotation.
 const RUNC_CONF: &str = "/etc/criu/runc.conf";
-/// The socket `criu lazy-pages` listens on, in its work folder.
-pub const SOCKET: &str = "lazy-pages.socket";
 
 /// Whether `spec.dump`'s annotations may be pointed at [`CONF`]: when they
 /// name no options file, or one of tern's (a container migrated before).
@@ -104,76 +98,6 @@ pub fn settle_conf(folder: &Path) {
     if let Err(e) = r {
         tracing::error!("cannot link {} to {RUNC_CONF}: {e}; remove `lazy-pages` from it by hand", path.display());
     }
-}
-
-/// A running `criu lazy-pages` daemon.
-pub struct Daemon {
-    child: Child,
-    started: Instant,
-    /// Killed on purpose (tests): the fill counts as failed, even if it had
-    /// finished before the kill landed.
-    killed: bool,
-}
-
-impl Daemon {
-    /// Starts the daemon for the images in `folder/checkpoint`, and waits
-    /// until it listens.
-    pub async fn start(folder: &Path) -> Result<Daemon, String> {
-        let socket = folder.join(SOCKET);
-        let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new("criu")
-            .arg("lazy-pages")
-            .arg("--images-dir")
-            .arg(folder.join("checkpoint"))
-            .arg("--work-dir")
-            .arg(folder)
-            .args(["--log-file", "lazy-pages.log", "-v2"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start `criu lazy-pages`: {e}"))?;
-        let deadline = Instant::now() + tern_transport::timeouts::scaled(Duration::from_secs(5));
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("`criu lazy-pages` exited at once ({status}); see {}", log(folder).display()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("`criu lazy-pages` did not listen on {} within 5 s", socket.display()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(Daemon { child, started: Instant::now(), killed: false })
-    }
-
-    /// Tests: the daemon dies, with pages still to fill.
-    #[cfg(feature = "fault-injection")]
-    pub fn kill(&mut self) {
-        tracing::error!("fault injected: killing criu lazy-pages before the memory is complete");
-        let _ = self.child.start_kill();
-        self.killed = true;
-    }
-
-    /// Waits until every page is in place (the daemon exits by itself).
-    pub async fn finish(mut self, folder: &Path, limit: Duration) -> Result<(), String> {
-        let limit = tern_transport::timeouts::scaled(limit);
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(Ok(s)) if self.killed => Err(format!("`criu lazy-pages` was killed ({s}; fault injected) before the memory was complete")),
-            Ok(Ok(s)) if s.success() => Ok(()),
-            Ok(Ok(s)) => Err(format!("`criu lazy-pages` failed ({s}) before the memory was complete; see {}", log(folder).display())),
-            Ok(Err(e)) => Err(format!("waiting for `criu lazy-pages`: {e}")),
-            Err(_) => Err(format!(
-                "`criu lazy-pages` had not filled the memory after {} s (started {} s ago)",
-                limit.as_secs(),
-                self.started.elapsed().as_secs()
-            )),
-        }
-    }
-}
-
-fn log(folder: &Path) -> PathBuf {
-    folder.join("lazy-pages.log")
 }
 
 #[cfg(test)]

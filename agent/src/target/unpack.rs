@@ -76,7 +76,7 @@ pub const PARENT_LINK: (&str, &str) = ("checkpoint/parent", "../pre-checkpoint")
 /// Names in the container's folder that are tern's own (`tern-criu.conf`,
 /// `tern-precopy/`, `tern-criu-action.sh`, ...) or the target's
 /// (`pre-checkpoint`, `lazy-pages.socket`): never from the peer.
-const RESERVED: &[&str] = &["pre-checkpoint", super::lazy::SOCKET];
+const RESERVED: &[&str] = &["pre-checkpoint", crate::criu::SOCKET];
 const RESERVED_PREFIX: &str = "tern-";
 
 /// What a tar member is.

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_agent::config::{AgentConfig, Faults, NetworkConfig, PodmanConfig};
-use tern_agent::context::Agent;
+use tern_agent::context::{Agent, Ports};
+use tern_agent::criu::{Criu, CriuError, FeatureCheck, LazyPages};
 use tern_agent::engine::{CheckpointOpts, Engine, EngineError, PodmanInfo};
+use tern_agent::storage::Storage;
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::policy::PolicyConfig;
@@ -566,7 +568,8 @@ impl ClusterBuilder {
             std::fs::create_dir_all(&cfg.state_dir).unwrap();
             let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls).unwrap();
             addrs.insert(name.to_string(), endpoint.local_addr().unwrap());
-            let agent = Arc::new(Agent::new(cfg, engine, endpoint));
+            let ports = Ports { engine, criu: Arc::new(FakeCriu), storage: Arc::new(FakeStorage::default()) };
+            let agent = Arc::new(Agent::new(cfg, ports, endpoint));
             if self.recovery {
                 tokio::spawn(tern_agent::recovery::recover(agent.clone()));
             }
@@ -574,6 +577,59 @@ impl ClusterBuilder {
         }
         let target = addrs["b"];
         Cluster { coordinator: files(dir.path(), "coordinator"), addrs, target, patience: Duration::from_secs(60), dir }
+    }
+}
+
+/// CRIU as the fake engine's containers need it: a version, no soft-dirty
+/// tracking, no lazy restores (so the host's CRIU is never run).
+pub struct FakeCriu;
+
+#[async_trait]
+impl Criu for FakeCriu {
+    async fn version(&self) -> Option<String> {
+        Some("4.2".into())
+    }
+    async fn check_feature(&self, name: &str) -> FeatureCheck {
+        FeatureCheck::Unsupported(format!("{name} is not offered in tests"))
+    }
+    async fn lazy_pages(&self, _folder: &Path) -> Result<Box<dyn LazyPages>, CriuError> {
+        Err(CriuError::Spawn(std::io::Error::other("no lazy-pages daemon in tests")))
+    }
+}
+
+/// Folders "in RAM" that are plain folders, so the tests need no root: a
+/// folder taken out of RAM loses what it held, as a tmpfs would.
+#[derive(Default)]
+pub struct FakeStorage {
+    ram: Mutex<HashSet<PathBuf>>,
+}
+
+impl Storage for FakeStorage {
+    fn mem_available(&self) -> Option<u64> {
+        Some(64 << 30)
+    }
+    fn mount_ram(&self, dir: &Path, _cap: u64) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        if std::fs::read_dir(dir)?.next().is_some() {
+            return Err(std::io::Error::other(format!("{} is not empty", dir.display())));
+        }
+        self.ram.lock().unwrap().insert(dir.to_path_buf());
+        Ok(())
+    }
+    fn unmount_ram(&self, dir: &Path, remove_dir: bool) -> std::io::Result<()> {
+        if self.ram.lock().unwrap().remove(dir) {
+            tern_agent::ramdir::empty(dir)?;
+        }
+        if remove_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+    fn is_ram(&self, dir: &Path) -> bool {
+        self.ram.lock().unwrap().contains(dir)
+    }
+    fn ram_under(&self, prefix: &Path) -> Vec<PathBuf> {
+        self.ram.lock().unwrap().iter().filter(|d| d.starts_with(prefix)).cloned().collect()
     }
 }
 
