@@ -93,11 +93,21 @@ pub trait Engine: Send + Sync + 'static {
     /// The main process of a running container (0 when it has none): one
     /// quick call, for the moment right after a restore.
     async fn main_pid(&self, name: &str) -> Result<u32>;
-    /// The container's overlay upper layer (its file system changes), where
-    /// its storage has one (`rootfs.rs`).
-    async fn upper_dir(&self, _name: &str) -> Result<Option<std::path::PathBuf>> {
-        Ok(None)
+    /// [`Engine::inspect`], with what only this host needs to know of the
+    /// container: its overlay upper layer. The default knows no layer.
+    async fn inspect_here(&self, name: &str) -> Result<Option<Inspected>> {
+        Ok(self.inspect(name).await?.map(|info| Inspected { info, upper_dir: None }))
     }
+}
+
+/// A container as inspected here: what peers may learn of it, and what is
+/// this host's alone.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub info: ContainerInfo,
+    /// Its overlay upper layer (its file system changes), where its storage
+    /// has one (`rootfs.rs`).
+    pub upper_dir: Option<std::path::PathBuf>,
 }
 
 /// The real thing: the `podman` command line, and `runc` for what Podman
@@ -167,7 +177,7 @@ impl PodmanCli {
         self.exists(&["container", "exists", "--", name]).await
     }
 
-    async fn inspect_many(&self, ids: &[String]) -> Result<Vec<ContainerInfo>> {
+    async fn inspect_many(&self, ids: &[String]) -> Result<Vec<Inspected>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -273,10 +283,14 @@ impl Engine for PodmanCli {
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
         let out = self.run(&["ps", "-a", "-q", "--no-trunc"], QUICK).await?;
         let ids: Vec<String> = String::from_utf8_lossy(&out).split_whitespace().map(str::to_string).collect();
-        self.inspect_many(&ids).await
+        Ok(self.inspect_many(&ids).await?.into_iter().map(|c| c.info).collect())
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        Ok(self.inspect_here(name).await?.map(|c| c.info))
+    }
+
+    async fn inspect_here(&self, name: &str) -> Result<Option<Inspected>> {
         // One podman call for a container that is there. `inspect` fails
         // the same way (exit code 125) whatever went wrong, so only when it
         // fails is Podman asked whether the container exists.
@@ -395,13 +409,6 @@ impl Engine for PodmanCli {
         text.trim()
             .parse()
             .map_err(|_| EngineError::Parse { cmd: format!("podman container inspect {name}"), detail: format!("State.Pid is {text:?}") })
-    }
-
-    async fn upper_dir(&self, name: &str) -> Result<Option<std::path::PathBuf>> {
-        let out = self.run(&["container", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", "--", name], QUICK).await?;
-        let text = String::from_utf8_lossy(&out);
-        let path = text.trim();
-        Ok((path.starts_with('/')).then(|| std::path::PathBuf::from(path)))
     }
 
     async fn networks(&self) -> Result<Vec<NetworkDef>> {
@@ -580,7 +587,7 @@ struct InspectBinding {
 
 impl InspectJson {
     /// `nets`: this host's networks, for the drivers of the container's.
-    fn into_info(self, nets: &[NetworkDef]) -> ContainerInfo {
+    fn into_info(self, nets: &[NetworkDef]) -> Inspected {
         let mut ips: Vec<IpAddr> = Vec::new();
         if let Some(net) = &self.network_settings {
             let all = std::iter::once(net.ip_address.as_str()).chain(net.networks.iter().flatten().map(|(_, n)| n.ip_address.as_str()));
@@ -618,7 +625,8 @@ impl InspectJson {
         let pid = u32::try_from(self.state.pid).unwrap_or(0);
         let connections = if pid > 0 { connections_of(pid) } else { Vec::new() };
         let process_uids = if pid > 0 { process_uids(pid) } else { Vec::new() };
-        ContainerInfo {
+        let upper_dir = upper.filter(|p| p.starts_with('/')).map(std::path::PathBuf::from);
+        let info = ContainerInfo {
             process_uids,
             pid,
             networks,
@@ -633,7 +641,8 @@ impl InspectJson {
             state: self.state.status,
             ips,
             memory_bytes,
-        }
+        };
+        Inspected { info, upper_dir }
     }
 }
 
@@ -769,7 +778,9 @@ mod tests {
         assert_eq!(v[0].graph_driver.as_ref().unwrap().data["UpperDir"], "/nonexistent/upper");
         assert_eq!(v[0].mounts.len(), 2);
         // The bind mount of / is not counted: nothing else exists here.
-        assert_eq!(v.into_iter().next().unwrap().into_info(&[]).files_bytes, 0);
+        let c = v.into_iter().next().unwrap().into_info(&[]);
+        assert_eq!(c.info.files_bytes, 0);
+        assert_eq!(c.upper_dir.as_deref(), Some(Path::new("/nonexistent/upper")));
     }
 
     #[test]
@@ -781,7 +792,7 @@ mod tests {
         let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
         let nets =
             [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
-        let info = v.into_iter().next().unwrap().into_info(&nets);
+        let info = v.into_iter().next().unwrap().into_info(&nets).info;
         assert_eq!(info.name, "demo1");
         assert_eq!(info.image_id, "sha256img");
         assert_eq!(info.ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);

@@ -114,6 +114,8 @@ struct Run<'a> {
     checkpoint_in_ram: bool,
     /// The container as the connect saw it.
     container: Option<ContainerInfo>,
+    /// Its overlay upper layer, read with it (`Engine::inspect_here`).
+    upper_dir: Option<PathBuf>,
     /// The journal entry, once written.
     journal_path: Option<PathBuf>,
 }
@@ -149,6 +151,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         restore_info: None,
         checkpoint_in_ram: false,
         container: None,
+        upper_dir: None,
         journal_path: None,
     };
     tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
@@ -435,13 +438,15 @@ impl Run<'_> {
     /// Looks the container up, connects to the target and asks it to receive.
     async fn connect(&mut self) -> Result<Streams, Fail> {
         let p = Phase::Prepare;
-        let info = self
+        let here = self
             .agent
             .engine
-            .inspect(&self.req.container)
+            .inspect_here(&self.req.container)
             .await
             .map_err(|e| Fail::new(p, e))?
             .ok_or_else(|| Fail::new(p, format!("no container named {} on {}", self.req.container, self.agent.cfg.name)))?;
+        let info = here.info;
+        self.upper_dir = here.upper_dir;
         if !info.is_running() {
             return Err(Fail::new(p, format!("{} is {}, not running; tern migrates running containers", info.name, info.state)));
         }
@@ -483,14 +488,16 @@ impl Run<'_> {
         };
         // A folder left by an earlier migration that died is emptied;
         // anything else there is the user's and is not hidden under a mount.
-        if crate::ramdir::is_mounted(&dir) {
+        let storage = self.agent.storage.as_ref();
+        if storage.is_ram(&dir) {
             let _ = crate::ramdir::empty(&dir);
             return Some(dir);
         }
-        let fits = crate::ramdir::mem_available()
+        let fits = storage
+            .mem_available()
             .ok_or_else(|| "cannot read MemAvailable".to_string())
             .and_then(|avail| crate::ramdir::fits(info.memory_bytes, 1, avail));
-        match fits.and_then(|cap| crate::ramdir::mount(&dir, cap).map_err(|e| e.to_string())) {
+        match fits.and_then(|cap| storage.mount_ram(&dir, cap).map_err(|e| e.to_string())) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "the checkpoint goes to RAM");
                 Some(dir)
@@ -504,7 +511,7 @@ impl Run<'_> {
 
     /// Unmounts the RAM checkpoint folder, dropping what it holds.
     fn release_ram(&mut self, dir: &Path) -> Option<Event> {
-        if let Err(e) = crate::ramdir::unmount(dir, true) {
+        if let Err(e) = self.agent.storage.unmount_ram(dir, true) {
             self.warnings.push(format!("{e}; unmount it by hand"));
         }
         None
@@ -586,11 +593,7 @@ impl Run<'_> {
         let holder = FifoHolder::spawn(&fifo);
         // Podman's archive can lack changed files of the image (rootfs.rs):
         // they are added on the way, from the container's upper layer.
-        let upper = self.agent.engine.upper_dir(&info.name).await.unwrap_or_else(|e| {
-            tracing::warn!("cannot find {}'s upper layer ({e}); its archive goes as Podman writes it", info.name);
-            None
-        });
-        let (reader, completion) = crate::rootfs::completing(reader, upper, self.work_dir.join("rootfs-diff.spool"));
+        let (reader, completion) = crate::rootfs::completing(reader, self.upper_dir.clone(), self.work_dir.join("rootfs-diff.spool"));
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, with_previous, leave_running: false };
         self.checkpoint_in_ram = in_ram;
         self.frozen_at = Some(Instant::now());
