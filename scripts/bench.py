@@ -111,15 +111,13 @@ TERN_MODES = METHODS[2:]
 
 # tbf on each namespace's eth0 (egress). With hrtimers tbf does not need a
 # burst of rate/HZ, but the burst must hold a whole GSO super-packet (up to
-# 64 KiB on veth) plus what piles up while the shaping CPU is busy elsewhere
-# on this 2-core machine; measured here with a TCP copy: at 1 Gbit/s a 128 KiB
-# burst gave 928-940 Mbit/s, 1 MiB 941-943 and 4 MiB 953-955 (a bigger burst
-# mostly lets the first 4 MiB go at veth speed), so 1 MiB (~8 ms at the
-# rate); at 100 Mbit/s 32 KiB..256 KiB all gave 95 Mbit/s, so 256 KiB
-# (~20 ms), room for four GSO packets. latency bounds the queue
-# (limit = rate x latency + burst): 50 ms is a switch-like buffer that keeps
-# a sender's window full without dropping, for TCP (manual) and QUIC (tern)
-# alike.
+# 64 KiB on veth) plus what piles up while the shaping CPU is busy elsewhere;
+# a bigger burst mostly lets the start of a transfer go at veth speed. So:
+# a burst that lets a TCP copy reach the rate, 1 MiB at 1 Gbit/s (~8 ms at
+# the rate) and 256 KiB at 100 Mbit/s (~20 ms, room for four GSO packets).
+# latency bounds the queue (limit = rate x latency + burst): 50 ms is a
+# switch-like buffer that keeps a sender's window full without dropping, for
+# TCP (manual) and QUIC (tern) alike.
 LINKS = {
     "unlimited": None,
     "1gbit": ["rate", "1gbit", "burst", "1mb", "latency", "50ms"],
@@ -576,7 +574,7 @@ class App:
                 self.ip = container_ip(SRC)
                 if self.ip:
                     # The address is reused run after run, each time with a new MAC address: client0 must
-                    # not go on sending to the last run's container (its stale neighbour entry costs ~8 s).
+                    # not go on sending to the last run's container (until its stale neighbour entry expires).
                     sh(ns(CLIENT) + ["ip", "neigh", "flush", "to", self.ip], check=False, timeout=30)
             if self.ip and self.ready():
                 break

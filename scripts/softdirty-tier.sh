@@ -14,7 +14,7 @@
 #   TIER_TESTS="migrate_counter" scripts/softdirty-tier.sh
 #   TIER_CMD=scripts/vm/tier-bench.cmd scripts/softdirty-tier.sh   (the tier's benchmark)
 #
-# Emulation makes every step 5-20x slower: compare ratios, not times.
+# Emulation makes every step many times slower: compare ratios, not times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "softdirty-tier.sh: run as root" >&2; exit 2; }

@@ -1,5 +1,5 @@
 //! CRIU's `stats-dump` file: how long a dump kept the container frozen and
-//! how many pages it wrote, for the per-round report.
+//! how many pages it wrote, for the report (each round and the final dump).
 //!
 //! ```text
 //!  u32 0x55105940 (service image magic)  u32 0x57093306 (stats magic)

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-/// Where the source agent dies, as if killed, after the freeze.
+/// Where the source agent dies, as if killed, around the freeze.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceExit {
@@ -23,8 +23,8 @@ pub enum SourceExit {
     /// Right after telling the target the checkpoint is complete: it
     /// restores, and keeps its copy tentative for the source's successor.
     AfterCheckpointSent,
-    /// Once the target answered that the container runs there, before the
-    /// source removed its copy: the target keeps it.
+    /// Once the target answered that the container runs there and the
+    /// commit is recorded, before telling the target: the target keeps it.
     AfterRestored,
 }
 

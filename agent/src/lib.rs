@@ -8,7 +8,7 @@
 //! | `rollback` | a container restored here from its checkpoint and its address reclaimed (source rollback, recovery) |
 //! | `target`   | the target's side: stage, verify, restore, confirm; `target/inplace.rs` the container's folder made ahead, `target/archive.rs` where a received archive goes, `target/unpack.rs` the final archive unpacked as it arrives |
 //! | `ramdir`   | checkpoint folders in RAM (tmpfs), on both sides               |
-//! | `recovery` | the journal of frozen containers; recovery after the agent died mid-migration |
+//! | `recovery` | the journal of frozen containers; settling the switchovers this agent did not see to their end (it died mid-migration, or the target could not be reached) |
 //! | `transfer` | archives, file sets and delta streams over QUIC, blake3-hashed (received archives land through `target/archive.rs`) |
 //! | `pages`    | page hashes (source) and the base's pages (target)             |
 //! | `criu_stats` | CRIU's dump statistics: frozen time, pages written           |
@@ -53,9 +53,9 @@ pub const PRECOPY_DIR: &str = "tern-precopy";
 /// A migration hands megabyte buffers from thread to thread; glibc serves
 /// them from its per-thread arenas once its adaptive mmap threshold has
 /// risen past their size, and the arenas keep them, fragmented: resident
-/// memory grew 38 -> 47 -> 51 -> 53 MiB over four migrations of a 512 MiB
-/// container. A fixed threshold maps every buffer of 256 KiB or more on its
-/// own and returns it when freed. (mimalloc, tried instead, held 136 MiB.)
+/// memory grows with every migration. A fixed threshold maps every buffer
+/// of 256 KiB or more on its own and returns it when freed. (mimalloc,
+/// tried instead, held more.)
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters, before any threads

@@ -17,8 +17,8 @@ use tern_proto::delta::{Piece, TarPager, PAGE};
 
 /// Page hashes of the base, for the source. Keys are the first 128 bits of
 /// blake3: a false match needs a 128-bit collision, and the whole archive's
-/// blake3 is checked on the target regardless. 1 GiB of base costs about
-/// 8 MiB here.
+/// blake3 is checked on the target regardless. An entry (key and page
+/// number) per page of the base.
 #[derive(Default)]
 pub struct PageIndex {
     map: HashMap<u128, u32>,
@@ -33,7 +33,7 @@ fn key(page: &[u8]) -> u128 {
 
 impl PageIndex {
     /// An index sized for about `pages` pages: built by doubling, it would
-    /// hold its old and new tables at once (12 MiB at 512 MiB of memory).
+    /// hold its old and new tables at once each time it grows.
     pub fn with_capacity(pages: usize) -> Self {
         PageIndex { map: HashMap::with_capacity(pages), ..Default::default() }
     }

@@ -49,7 +49,7 @@ async fn stop_and_copy_moves_the_container_and_ships_the_image() {
 #[tokio::test]
 async fn pre_copy_ships_shrinking_rounds_and_the_target_rebuilds_memory_exactly() {
     // 2048 pages, the workload writes 40 between dumps: round 1 holds all,
-    // round 2 only the 40 written since, under P.Haul's 64: converged.
+    // round 2 only the 40 written since, which fit the downtime target.
     let a = Arc::new(FakeEngine::with(2048, 40));
     let b = FakeEngine::new(0);
     a.add("db", "203.0.113.6");

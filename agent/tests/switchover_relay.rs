@@ -1,7 +1,7 @@
-//! The switchover (ARCHITECTURE.md, "the switchover") with the link between
-//! the two agents cut at its most delicate points: two real agents in one
-//! process, real QUIC with mutual TLS on loopback, a fake container engine
-//! (`common/mod.rs`, shared with migration_logic.rs).
+//! The switchover (`proto/src/source_state.rs`, "The switchover") with the
+//! link between the two agents cut at its most delicate points: two real
+//! agents in one process, real QUIC with mutual TLS on loopback, a fake
+//! container engine (`common/mod.rs`, shared with migration_logic.rs).
 //!
 //! Why a relay: the protocol's promise (exactly one copy runs, through lost
 //! messages and a cut link) rests on what QUIC does when packets stop
@@ -19,8 +19,8 @@
 //! `faults.rs`, seen by its flag file), so its `Commit` is lost. A cut
 //! shorter than QUIC's idle timeout (10 s, transport/src/endpoint.rs) is
 //! invisible, retransmission hides it; the timeouts can only be stretched
-//! (`TERN_TIMEOUT_SCALE` >= 1), not shortened, so these tests last from
-//! about 15 s to about 50 s.
+//! (`TERN_TIMEOUT_SCALE` >= 1), not shortened, so these tests wait out the
+//! real timeouts.
 //!
 //! Throughout each test a watcher samples both fakes every 2 ms and fails
 //! the test if the container ever runs on both hosts at once.

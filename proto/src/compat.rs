@@ -3,8 +3,9 @@
 //! Each rule compares one field of the source's and the target's facts and
 //! says whether a difference blocks the migration or only warns. The rules
 //! are pure functions: the coordinator runs [`compare_hosts`] on the facts
-//! both agents report, the target agent runs [`check_incoming`] on its own
-//! containers, and `tern check` prints both.
+//! both agents report and [`process_owners`] on the container, the target
+//! agent runs [`check_incoming`] on its own containers, and `tern check`
+//! prints them all.
 //!
 //! | field            | blocks when                                        | warns when            |
 //! |------------------|----------------------------------------------------|-----------------------|
@@ -18,6 +19,9 @@
 //! | network backend  | different                                          |                       |
 //! | dirty tracking   | pre-copy asked and either side lacks it            |                       |
 //! | name / address   | already used on the target                         |                       |
+//! | volumes          | a volume of that name exists on the target         |                       |
+//! | volume path      | the target keeps volumes under another path        |                       |
+//! | process owners   | not root, and the source lacks CAP_SYS_RESOURCE    |                       |
 //! | image            |                                                    | missing (it is shipped)|
 
 use crate::facts::{ContainerInfo, HostFacts};

@@ -32,23 +32,28 @@
 //!        |                            |                 podman restore,   |
 //!        |                            |                 confirm running   |
 //!        |                            |<---------------- Restored{...} ---|  = switchover
-//!        |                            |  remove source container          |
+//!        |                            |  record the commit (journal)      |
 //!        |                            |-- Commit ------------------------>|
 //!        |                            |<---------------------- Committed -|
+//!        |                            |  remove source container          |
 //!        |<-- Done(report) -----------|                                   |
 //! ```
 //!
 //! Any failure before `Restored` (a broken stream, a digest mismatch, a
 //! failed restore, a dead peer, the user's Ctrl-C) makes the source send
-//! `Abort` when it still can, restore the container locally from the
-//! checkpoint it kept, and report `RolledBack` with the reason. The source
-//! container is removed only after the target said `Restored`.
+//! `Abort` when it still can. Before the freeze the container never
+//! stopped (`Refused`); after it the source restores the container locally
+//! from the checkpoint it kept and reports `RolledBack` with the reason,
+//! unless the target cannot be reached after `CheckpointSent` (then the
+//! migration is `Undecided`: [`source_state`]). The source container is
+//! removed only after the target said `Restored`.
 //!
 //! Every connection is QUIC with mutual TLS; each request opens its own
 //! bidirectional stream whose first frame is a [`message::Request`].
-//! Bulk data (image and checkpoint archives) travels on unidirectional
-//! streams as raw bytes after a [`message::DataHeader`] frame; its integrity
-//! is proven by the blake3 digest sent on the control stream.
+//! Bulk data (image and checkpoint archives, pre-copy rounds) travels on
+//! unidirectional streams after a [`message::DataHeader`] frame, as
+//! [`delta`] records or a [`fileset`]; its integrity is proven by the
+//! blake3 digest sent on the control stream.
 
 pub mod compat;
 pub mod criu_image;

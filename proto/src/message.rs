@@ -172,11 +172,12 @@ pub enum Compression {
     Invalid,
     /// Never.
     None,
-    /// zstd (level 3) on every run that shrinks by 10 % or more.
+    /// zstd (level 3) where it shrinks a run by 10 % or more, with backoff
+    /// on incompressible data.
     Zstd,
-    /// zstd (level 1) where it shrinks a run by 10 % or more, with backoff on
-    /// incompressible data; off on links measured at 2 Gbit/s or faster,
-    /// where compressing would cost more time than it saves.
+    /// zstd (level 1) the same way; off on links measured at 2 Gbit/s or
+    /// faster per compressing thread, where compressing would cost more
+    /// time than it saves.
     Auto,
 }
 
@@ -515,7 +516,7 @@ pub enum TargetMsg {
     RoundStored {
         round: u32,
     },
-    /// The rounds are packed for the restore (`bytes` in all).
+    /// The rounds are ready for the restore (`bytes`: their size here).
     RoundsPrepared {
         bytes: u64,
     },
@@ -562,9 +563,9 @@ impl Digest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataKind {
     Invalid,
-    /// An image archive, raw bytes.
+    /// An image archive, as delta records ([`crate::delta`]) without a base.
     Image,
-    /// The checkpoint archive, raw bytes.
+    /// The checkpoint archive, as delta records without a base.
     Checkpoint,
     /// A pre-copy round: a file set ([`crate::fileset`]).
     Round(u32),
@@ -574,11 +575,12 @@ pub enum DataKind {
         base: u32,
     },
     /// Content-addressed pre-copy's base: a full checkpoint archive taken
-    /// while the container runs, raw bytes.
+    /// while the container runs, as delta records without a base.
     Base,
 }
 
-/// The one frame at the start of a data stream; raw bytes follow to the end.
+/// The one frame at the start of a data stream; what follows to the end
+/// is the [`DataKind`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataHeader {
     pub id: MigrationId,

@@ -35,7 +35,7 @@ pub enum TargetState {
     /// Taking pre-copy rounds (if the mode has them), then the checkpoint.
     /// `rounds` is how many rounds are stored so far.
     Staging { rounds: u32 },
-    /// Soft-dirty pre-copy: the rounds are packed for the restore; waiting
+    /// Soft-dirty pre-copy: the rounds are ready for the restore; waiting
     /// for the checkpoint.
     Prepared { rounds: u32 },
     /// The container runs here; waiting for the source to commit.
@@ -62,12 +62,14 @@ pub enum Action {
     LoadImage(Digest),
     /// Check round `round` against the digest, keep it, answer `RoundStored`.
     StoreRound { round: u32, digest: Digest },
-    /// Pack the `rounds` stored rounds for the restore, answer `RoundsPrepared`.
+    /// Link the `rounds` stored rounds into the chain the final dump's
+    /// `parent` reaches, answer `RoundsPrepared`.
     PrepareRounds { rounds: u32 },
     /// Check the checkpoint archive, restore (on top of the last of `rounds`
     /// stored rounds when there are any), confirm it runs, answer `Restored`.
     Restore { digest: Digest, rounds: u32 },
-    /// Drop staged files and rollback state, answer `Committed`.
+    /// The restored copy is the container's now: drop its tentative
+    /// marker, answer `Committed`.
     Commit,
     /// Remove what was restored or staged, answer `Aborted`.
     Abort(String),

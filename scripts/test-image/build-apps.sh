@@ -4,7 +4,7 @@
 # a real PostgreSQL, for migrations of services that clients talk to.
 # Called by scripts/install-deps.sh; rebuilt only when its inputs change.
 #
-# OUTDIR/tern-redis.tar (about 19 MiB)
+# OUTDIR/tern-redis.tar
 #   /bin/busybox and its applet links (sh, cat, sleep, ...), /usr/bin/redis-server
 #   (Debian's redis 7.0) with every library `ldd` lists at the same path, the
 #   dynamic loader, /etc/passwd and /etc/group (root only). Runs as root.
@@ -19,8 +19,8 @@
 #   default) say what is meant. Port 6379; all data lives in memory.
 #   Clients: redis-cli -h <address> INCR x; redis-benchmark -h <address>.
 #
-# OUTDIR/tern-postgres.tar (about 118 MiB: ICU's data 30, the data folder 39
-# of which 16 are the first WAL segment, the other libraries 30)
+# OUTDIR/tern-postgres.tar (mostly ICU's data, the data folder with its
+# first WAL segment, and the other libraries)
 #   PostgreSQL 15's server /usr/lib/postgresql/15/bin/postgres (linked from
 #   /usr/bin/postgres), the libraries `ldd` lists for it and for its modules,
 #   /usr/lib/postgresql/15/lib (without llvmjit and its bitcode: jit = off),

@@ -1,5 +1,5 @@
 # Runs under `sh -e` inside the soft-dirty tier: TIER_CMD=scripts/vm/tier-bench.cmd scripts/softdirty-tier.sh
-# (about 16 min). Manual against soft-dirty pre-copy and Podman's own floor,
+# (slow: everything runs under emulation). Manual against soft-dirty pre-copy and Podman's own floor,
 # in the same run. Results: /var/lib/tern-vm/out/bench.md and bench.json on
 # the host; progress in bench.err there.
 export TERN_TIMEOUT_SCALE=10

@@ -227,10 +227,7 @@ fn rollback_when_the_target_agent_dies_after_restoring_and_its_successor_removes
     // The source never hears Restored: it rolls back. The target's agent,
     // started again at once as systemd would, finds the container it
     // restored unconfirmed and removes it, so no second copy runs (the
-    // scenario checks client2 is empty). The lab's hosts share netavark's
-    // IP allocations (/run/containers/networks/ipam.db is per machine, not
-    // per network namespace): had the copy lived on, the source could not
-    // take the container's address back.
+    // scenario checks client2 is empty).
     scenario_rollback_with("[faults]\nexit_after_restore = true", "client2", true).unwrap();
 }
 
@@ -849,8 +846,8 @@ fn scenario_precopy() -> Result<()> {
     let name = "e2e-precopy";
     remove_everywhere(name);
     start_memhog("client1", name, 64, 1)?;
-    // Emulation makes the link slow (a few MiB/s): allow the final dump a
-    // larger transfer time, and bound the rounds.
+    // Emulation makes the link slow: allow the final dump a larger
+    // transfer time, and bound the rounds.
     let flags = ["--mode", "pre-copy", "--max-rounds", "4", "--max-downtime", "2s"];
     let j = migrate_and_verify_with(name, "client1", "client2", &flags, "pre-copy")?;
     let rounds = check_rounds(&j)?;
@@ -1087,7 +1084,7 @@ fn a_link_cut_during_the_restore_never_runs_two_copies() {
     scenario_link_cut_during_restore().unwrap();
 }
 
-// ---- The fault matrix (README, "Faults"): every fault at every point of
+// ---- The fault matrix (README, "When things fail"): every fault at every point of
 // a migration ends with exactly one copy running, where tern says. ----
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

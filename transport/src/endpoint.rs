@@ -12,14 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Per-stream receive window: one checkpoint stream may have this much in
-/// flight. At 1 Gbit/s and 1 ms RTT the bandwidth-delay product is 125 KiB;
-/// under `tbf` at 1 Gbit/s (a 50 ms queue) the lab's RTT climbs to 25-50 ms,
-/// a product of 3-6 MiB: 8 MiB keeps 95 % of the rate there.
+/// flight. It must cover the bandwidth-delay product, which a shaped link's
+/// queue multiplies (its delay adds tens of ms to the RTT at 1 Gbit/s),
+/// with room to spare.
 ///
 /// The windows are also the agents' memory bound: after a loss the receiver
 /// holds everything past the gap until the retransmission arrives, up to
-/// the window. At 16/32 MiB the target agent peaked at 74 MiB under `tbf`;
-/// at 8/12 MiB it stays under 64 MiB with the same throughput.
+/// the window. Larger windows cost the agent memory without adding speed.
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// Whole-connection receive window (a data stream and control streams).
 pub const CONNECTION_WINDOW: u32 = 12 << 20;

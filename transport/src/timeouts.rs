@@ -1,6 +1,6 @@
 //! Every timeout tern applies passes through [`scaled`], so that a slow
-//! environment (the soft-dirty test tier runs under software emulation,
-//! 5-20x slower) can stretch them all with one setting:
+//! environment (the soft-dirty test tier runs under software emulation)
+//! can stretch them all with one setting:
 //! `TERN_TIMEOUT_SCALE=10`. Unset, or not a number >= 1, means 1.
 
 use std::sync::OnceLock;

@@ -52,7 +52,7 @@ pub fn send_stall() -> Duration {
 }
 
 /// Read size: large enough that per-chunk costs vanish, small enough to
-/// keep memory per transfer bounded (one buffer in flight).
+/// keep memory per transfer bounded (a few buffers in flight).
 pub(crate) const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,10 +4,10 @@
 //!
 //! Both ways of encoding an archive go through [`Compressor`]: the agent's
 //! sender adds whatever each chunk of the archive produced and packs once
-//! there is a run for every thread (zstd's fastest level packs 300 to
-//! 500 MB/s per core, a 10 Gbit/s link carries 1.2 GB/s, so one core would
-//! hold the stream back); [`super::DeltaEncoder::take_output`] adds one
-//! segment at a time and packs it at once, on its own thread.
+//! there is a run for every thread (one core compressing, even at zstd's
+//! fastest level, would hold a fast link's stream back);
+//! [`super::DeltaEncoder::take_output`] adds one segment at a time and
+//! packs it at once, on the caller's thread.
 //!
 //! The policy is asked about a run when the run is added, and told how the
 //! try went when it is packed: runs added together are all tried or not

@@ -17,7 +17,8 @@ use crate::tarwalk::{Step, TarWalker, BLOCK};
 pub enum Piece<'a> {
     /// Bytes to send as they are.
     Raw(&'a [u8]),
-    /// One whole page of a CRIU pages file.
+    /// One whole page of a paged member's data (every regular member's, or
+    /// only CRIU's page images: [`TarPager::criu_pages_only`]).
     Page(&'a [u8]),
 }
 

@@ -2,9 +2,8 @@
 //! saves at least 10 % ([`compress_run`]); after a run where it did not,
 //! [`Packer`] skips 1, then 2, 4, at most 8 runs before trying again.
 //! Incompressible memory (encrypted, random, already compressed) then costs
-//! a probe of 1 MiB in 8 (about 1 ms each), not a compression of
-//! everything, and compressible memory after it is found again within
-//! 8 MiB.
+//! a try of one run in nine, not a compression of everything, and
+//! compressible memory after it is found again within nine runs.
 //!
 //! These decisions shape the bytes on the wire; [`super::Compressor`] is
 //! the one place that applies them.

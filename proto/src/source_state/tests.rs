@@ -413,7 +413,8 @@ fn a_failure_before_the_freeze_aborts_the_target_and_refuses() {
 
 #[test]
 fn a_failure_after_the_freeze_rolls_back() {
-    // A cancel right before the freeze already rolls back, as source.rs did.
+    // A cancel right before the freeze already rolls back
+    // (`Stage::FreezeCancelCheck`).
     for hit in [
         (|c: &Command| *c == Command::CheckCancel(Phase::Checkpoint)) as fn(&Command) -> bool,
         |c| matches!(c, Command::Journal { .. }),
