@@ -5,9 +5,9 @@
 //! restore reads them. On disk they cost more than the write itself:
 //! Podman's checkpoint ends by unmounting the container's overlay, and the
 //! kernel syncs the whole upper file system on that unmount, so Podman
-//! returns only once every dirty page of that disk (the dump's 512 MiB
-//! included) has reached it. Measured here on a 512 MiB container: 0.7 to
-//! 3 s of the freeze spent in that sync, depending on what else was dirty.
+//! returns only once every dirty page of that disk (the dump's images
+//! included) has reached it: seconds of the freeze, depending on what else
+//! was dirty.
 //!
 //! So a migration mounts a tmpfs over the container's `checkpoint` folder
 //! (source: before the dump; target: before the restore, see

@@ -137,8 +137,9 @@ struct TransferArgs {
     #[arg(long, hide = true)]
     tcp_established: bool,
     /// Compress what crosses the wire: auto (zstd's fastest level where a
-    /// run shrinks by 10 % or more, off on links measured at 2 Gbit/s or
-    /// faster), zstd (always try, level 3), none.
+    /// run shrinks by 10 % or more, backing off on incompressible data; off
+    /// on links measured at 2 Gbit/s or faster per compressing thread),
+    /// zstd (level 3, the same way, on any link), none.
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressArg,
     /// Restore eagerly: copy all memory into place before the container
