@@ -7,12 +7,15 @@
 #    dump inet sockets on kernels >= 6.16, so unless the system has >= 4.2,
 #    CRIU 4.2 from Debian's development suite (forky) goes into a private
 #    prefix (/opt/tern/criu) with its own glibc, behind a wrapper at
-#    /usr/local/sbin/criu. forky is pinned at priority 100: nothing else
-#    is ever upgraded from it.
+#    /usr/local/sbin/criu. forky's apt source lives only while those
+#    packages download, pinned at priority 100, and is then removed: nothing
+#    is ever installed or upgraded from it.
 #  - nftables: the agent holds a restored container's packets at the NIC
 #    while CRIU restores its sockets (agent/src/netid.rs).
-#  - /etc/containers/containers.conf: runc, cgroupfs, rlimits this machine
-#    allows, and a documentation-range subnet for containers.
+#  - A Podman drop-in, /etc/containers/containers.conf.d/50-tern.conf: runc,
+#    cgroupfs, rlimits this machine allows, and a documentation-range subnet
+#    for containers. /etc/containers/containers.conf is left alone (one
+#    written by an earlier version of this script is moved aside).
 #  - The test image's root filesystem (busybox) at /opt/tern/images.
 #  - Redis 7 and PostgreSQL 15 (binaries and clients: redis-cli,
 #    redis-benchmark, psql, pgbench) for the application test images
@@ -23,6 +26,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root" >&2; exit 2; }
+# Only the system this was written and tested for: elsewhere its package
+# names, suites and CRIU build would be guesses.
+os_id=$( . /etc/os-release 2>/dev/null; echo "${ID:-unknown}:${VERSION_ID:-}" )
+if [ "$os_id" != debian:12 ] || [ "$(uname -m)" != x86_64 ]; then
+    cat >&2 <<MSG
+install-deps.sh: this script installs on Debian 12 (bookworm) on x86_64 only;
+this is $( . /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-an unknown system}") on $(uname -m).
+Install instead, from your distribution: Podman >= 4.3 with runc or crun,
+conmon, netavark, nftables, and CRIU >= 4.2 (>= 4.1 on kernels before 6.16).
+README.md, "Deploying on real hosts", says what each is for.
+MSG
+    exit 2
+fi
 export DEBIAN_FRONTEND=noninteractive
 log() { printf 'install-deps: %s\n' "$*"; }
 
@@ -103,10 +119,23 @@ criu_ok() {
     [ -n "$v" ] || return 1
     printf '4.2\n%s\n' "$v" | sort -V -C   # 4.2 <= v
 }
-if ! criu_ok; then
+# forky's apt source and pin, removed once its packages are downloaded (and
+# by this run if an earlier one left them), with apt's lists brought back to
+# what the remaining sources say.
+forky_list=/etc/apt/sources.list.d/tern-forky.list forky_pin=/etc/apt/preferences.d/tern-forky
+forget_forky() {
+    if [ -e "$forky_list" ] || [ -e "$forky_pin" ]; then
+        rm -f "$forky_list" "$forky_pin"
+        apt-get update -qq || log "apt-get update failed after removing $forky_list; run it again before installing anything"
+    fi
+}
+if criu_ok; then
+    forget_forky
+else
     log "installing CRIU 4.2 from Debian forky into $CRIU_PREFIX"
-    echo "deb http://deb.debian.org/debian forky main" > /etc/apt/sources.list.d/tern-forky.list
-    cat > /etc/apt/preferences.d/tern-forky <<'PIN'
+    echo "deb http://deb.debian.org/debian forky main" > "$forky_list"
+    trap forget_forky EXIT
+    cat > "$forky_pin" <<'PIN'
 # tern: forky only for the few packages install-deps.sh downloads by hand.
 Package: *
 Pin: release n=forky
@@ -124,6 +153,7 @@ PIN
     for d in "$debs"/*.deb; do dpkg -x "$d" "$CRIU_PREFIX.new"; done
     rm -rf "$debs" "$CRIU_PREFIX"
     mv "$CRIU_PREFIX.new" "$CRIU_PREFIX"
+    forget_forky; trap - EXIT
     cat > /usr/local/sbin/criu <<WRAP
 #!/bin/sh
 # tern: CRIU 4.2 from Debian forky, run with its own glibc (scripts/install-deps.sh).
@@ -144,7 +174,7 @@ nproc=$(ulimit -Hu)
 pid_max=$(cat /proc/sys/kernel/pid_max)
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt "$pid_max" ]; then nproc=$pid_max; fi
 conf=$(cat <<CONF
-# Written by tern's scripts/install-deps.sh.
+# Written by tern's scripts/install-deps.sh (a drop-in: containers.conf stays yours).
 [containers]
 # This machine's hard limits: podman's defaults would make runc fail (EPERM).
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
@@ -160,10 +190,21 @@ network_backend = "netavark"
 default_subnet = "203.0.113.0/24"
 CONF
 )
-mkdir -p /etc/containers
-if [ "$(cat /etc/containers/containers.conf 2>/dev/null)" != "$conf" ]; then
-    log "writing /etc/containers/containers.conf"
-    printf '%s\n' "$conf" > /etc/containers/containers.conf
+dropin=/etc/containers/containers.conf.d/50-tern.conf
+mkdir -p "${dropin%/*}"
+if [ "$(cat "$dropin" 2>/dev/null)" != "$conf" ]; then
+    log "writing $dropin"
+    printf '%s\n' "$conf" > "$dropin"
+fi
+# Earlier versions of this script wrote containers.conf itself: that file
+# goes aside (the drop-in says the same); anyone else's stays untouched,
+# with the drop-in's settings taking precedence over it.
+main_conf=/etc/containers/containers.conf
+if head -1 "$main_conf" 2>/dev/null | grep -qx "# Written by tern's scripts/install-deps.sh."; then
+    log "moving the $main_conf an earlier install-deps.sh wrote to $main_conf.tern-old ($dropin replaces it)"
+    mv "$main_conf" "$main_conf.tern-old"
+elif [ -e "$main_conf" ]; then
+    log "$main_conf is not tern's and stays; $dropin overrides what it sets of runtime, cgroup_manager, events_logger, ulimits and network"
 fi
 
 # --- test image --------------------------------------------------------------------
