@@ -31,11 +31,50 @@
 //! After a dump that leaves the container running (content-addressed
 //! pre-copy's base), its peers are woken where it is ([`wake_only`]).
 
+use crate::criu_tcp::CriuTcpError;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tern_proto::packets;
+
+/// What can go wrong here: entering a container's network namespace,
+/// running `nft` for a [`Hold`], running the operator's hook.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open {path}: {source}")]
+    OpenNetns { path: String, source: std::io::Error },
+    #[error("cannot enter {path}: {source}")]
+    EnterNetns { path: String, source: nix::Error },
+    #[error("listing interfaces: {0}")]
+    ListInterfaces(nix::Error),
+    #[error("taking {name} down: {source}")]
+    LinkDown { name: String, source: std::io::Error },
+    /// No thread could be started to work in the namespace.
+    #[error("{0}")]
+    Thread(std::io::Error),
+    #[error("the thread died")]
+    ThreadDied,
+    #[error("cannot run nft ({0}); install nftables")]
+    NftMissing(std::io::Error),
+    #[error("nft: {0}")]
+    NftIo(std::io::Error),
+    #[error("nft did not answer within 10 s")]
+    NftTimeout,
+    /// `nft` refused (its own words).
+    #[error("nft {args}: {stderr}")]
+    Nft { args: String, stderr: String },
+    #[error("the network hook {} could not be started: {source}", hook.display())]
+    HookSpawn { hook: PathBuf, source: std::io::Error },
+    #[error("the network hook {} ({}) did not finish within {secs} s and was killed", hook.display(), event.as_str())]
+    HookTimeout { hook: PathBuf, event: HookEvent, secs: u64 },
+    #[error("the network hook {}: {source}", hook.display())]
+    HookWait { hook: PathBuf, source: std::io::Error },
+    /// The hook exited unsuccessfully; `said` is the last lines of its
+    /// stderr (its own words), joined with ` | `, or empty.
+    #[error("the network hook {} ({}) failed ({status}){}", hook.display(), event.as_str(), if said.is_empty() { String::new() } else { format!(": {said}") })]
+    HookFailed { hook: PathBuf, event: HookEvent, status: std::process::ExitStatus, said: String },
+}
 
 /// ICMP messages sent per peer: each undoes one step of its backoff (up to
 /// a minute's worth of doubling), the one that finds the timeout already
@@ -57,8 +96,8 @@ pub struct Peer {
 /// The peers to wake among the connections CRIU dumped in `checkpoint`:
 /// those whose far end is outside the container. An unreadable image
 /// wakes nobody (the peers then retransmit on their own timers).
-pub fn peers_in(checkpoint: &Path) -> Result<Vec<Peer>, String> {
-    let conns = crate::criu_tcp::read_dir_connections(checkpoint).map_err(|e| e.to_string())?;
+pub fn peers_in(checkpoint: &Path) -> Result<Vec<Peer>, CriuTcpError> {
+    let conns = crate::criu_tcp::read_dir_connections(checkpoint)?;
     // A dual-stack socket talking IPv4 holds v4-mapped IPv6 addresses.
     let plain = |a: SocketAddr| match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
@@ -109,7 +148,7 @@ async fn in_netns(pid: u32, peers: Vec<Peer>, announce: bool) -> Announced {
         let ns = match enter_netns(pid) {
             Ok(ns) => ns,
             Err(e) => {
-                let _ = tx.send(Announced { problems: vec![e], ..Default::default() });
+                let _ = tx.send(Announced { problems: vec![e.to_string()], ..Default::default() });
                 return;
             }
         };
@@ -151,20 +190,20 @@ pub async fn silence(pid: u32) {
     let spawned = std::thread::Builder::new().name("tern-silence".into()).spawn(move || {
         let r = enter_netns(pid).and_then(|_ns| {
             let names: Vec<String> = nix::ifaddrs::getifaddrs()
-                .map_err(|e| format!("listing interfaces: {e}"))?
+                .map_err(NetError::ListInterfaces)?
                 .filter(|a| !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK))
                 .map(|a| a.interface_name)
                 .collect();
             let mut names = names;
             names.sort();
             names.dedup();
-            names.iter().try_for_each(|n| link_down(n).map_err(|e| format!("taking {n} down: {e}")))
+            names.iter().try_for_each(|n| link_down(n).map_err(|source| NetError::LinkDown { name: n.clone(), source }))
         });
         let _ = tx.send(r);
     });
     let r = match spawned {
-        Ok(_) => rx.await.unwrap_or_else(|_| Err("the thread died".into())),
-        Err(e) => Err(e.to_string()),
+        Ok(_) => rx.await.unwrap_or(Err(NetError::ThreadDied)),
+        Err(e) => Err(NetError::Thread(e)),
     };
     if let Err(e) = r {
         tracing::warn!(pid, "could not silence the container before removing it (its peers may see resets): {e}");
@@ -203,10 +242,10 @@ fn link_down(name: &str) -> std::io::Result<()> {
 }
 
 /// Moves this thread into the network namespace of `pid`.
-fn enter_netns(pid: u32) -> Result<std::fs::File, String> {
+fn enter_netns(pid: u32) -> Result<std::fs::File, NetError> {
     let path = format!("/proc/{pid}/ns/net");
-    let f = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("cannot enter {path}: {e}"))?;
+    let f = std::fs::File::open(&path).map_err(|source| NetError::OpenNetns { path: path.clone(), source })?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| NetError::EnterNetns { path, source })?;
     Ok(f)
 }
 
@@ -415,7 +454,7 @@ fn hold_ruleset(table: &str, targets: &[(String, Vec<IpAddr>)]) -> String {
 
 const HOLD_PREFIX: &str = "tern-hold-";
 
-async fn nft(args: &[&str], stdin: Option<String>) -> Result<String, String> {
+async fn nft(args: &[&str], stdin: Option<String>) -> Result<String, NetError> {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new("nft");
     cmd.args(args)
@@ -423,16 +462,14 @@ async fn nft(args: &[&str], stdin: Option<String>) -> Result<String, String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run nft ({e}); install nftables"))?;
+    let mut child = cmd.spawn().map_err(NetError::NftMissing)?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await.map_err(|e| format!("nft: {e}"))?;
+        pipe.write_all(text.as_bytes()).await.map_err(NetError::NftIo)?;
     }
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .map_err(|_| "nft did not answer within 10 s".to_string())?
-        .map_err(|e| format!("nft: {e}"))?;
+    let out =
+        tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.map_err(|_| NetError::NftTimeout)?.map_err(NetError::NftIo)?;
     if !out.status.success() {
-        return Err(format!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(NetError::Nft { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -444,7 +481,7 @@ impl Hold {
         c: &tern_proto::facts::ContainerInfo,
         here: &[tern_proto::network::NetworkDef],
         migration: u64,
-    ) -> Result<Option<Hold>, String> {
+    ) -> Result<Option<Hold>, NetError> {
         let targets = hold_targets(c, here);
         if targets.is_empty() {
             return Ok(None);
@@ -458,10 +495,10 @@ impl Hold {
 
     /// Lets the packets through again (done already when CRIU ran the
     /// [`Hold::unlock_script`]).
-    pub async fn release(self) -> Result<(), String> {
+    pub async fn release(self) -> Result<(), NetError> {
         match nft(&["delete", "table", "netdev", &self.table], None).await {
             Ok(_) => Ok(()),
-            Err(e) if e.contains("No such file or directory") => Ok(()),
+            Err(NetError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -532,7 +569,7 @@ pub struct HookContext<'a> {
 }
 
 /// Runs the configured hook, if any, within its time limit.
-pub async fn run_hook(cfg: &crate::config::NetworkConfig, ctx: &HookContext<'_>) -> Result<(), String> {
+pub async fn run_hook(cfg: &crate::config::NetworkConfig, ctx: &HookContext<'_>) -> Result<(), NetError> {
     let Some(hook) = &cfg.hook else { return Ok(()) };
     let limit = tern_transport::timeouts::scaled(cfg.hook_timeout());
     let c = ctx.container;
@@ -551,21 +588,16 @@ pub async fn run_hook(cfg: &crate::config::NetworkConfig, ctx: &HookContext<'_>)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let shown = hook.display();
-    let child = cmd.spawn().map_err(|e| format!("the network hook {shown} could not be started: {e}"))?;
+    let child = cmd.spawn().map_err(|source| NetError::HookSpawn { hook: hook.clone(), source })?;
     match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Err(_) => Err(format!("the network hook {shown} ({}) did not finish within {} s and was killed", ctx.event.as_str(), limit.as_secs())),
-        Ok(Err(e)) => Err(format!("the network hook {shown}: {e}")),
+        Err(_) => Err(NetError::HookTimeout { hook: hook.clone(), event: ctx.event, secs: limit.as_secs() }),
+        Ok(Err(source)) => Err(NetError::HookWait { hook: hook.clone(), source }),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last: Vec<&str> = stderr.trim().lines().rev().take(3).collect();
-            Err(format!(
-                "the network hook {shown} ({}) failed ({}){}",
-                ctx.event.as_str(),
-                out.status,
-                if last.is_empty() { String::new() } else { format!(": {}", last.into_iter().rev().collect::<Vec<_>>().join(" | ")) }
-            ))
+            let said = last.into_iter().rev().collect::<Vec<_>>().join(" | ");
+            Err(NetError::HookFailed { hook: hook.clone(), event: ctx.event, status: out.status, said })
         }
     }
 }
@@ -580,6 +612,22 @@ mod tests {
     use super::*;
     use tern_proto::facts::Attachment;
     use tern_proto::network::NetworkDef;
+
+    #[test]
+    fn a_failed_hook_is_told_in_its_own_words() {
+        use std::os::unix::process::ExitStatusExt;
+        let failed = |said: &str| NetError::HookFailed {
+            hook: "/etc/tern/hook".into(),
+            event: HookEvent::Arrived,
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            said: said.into(),
+        };
+        assert_eq!(
+            failed("no route for 198.51.100.7 | giving up").to_string(),
+            "the network hook /etc/tern/hook (arrived) failed (exit status: 1): no route for 198.51.100.7 | giving up"
+        );
+        assert_eq!(failed("").to_string(), "the network hook /etc/tern/hook (arrived) failed (exit status: 1)");
+    }
 
     #[test]
     fn holds_the_addresses_of_layer2_networks_on_their_parent_interfaces() {

@@ -11,8 +11,9 @@
 //!
 //! The machine decides the order, what a reply means and what to undo;
 //! [`Run::carry_out`] does what each command says and reports the event.
-//! The rounds' IO lives in [`precopy`].
+//! The rounds' IO lives in [`precopy`]; what can go wrong, in [`error`].
 
+mod error;
 mod precopy;
 
 use crate::context::Agent;
@@ -21,7 +22,8 @@ use crate::engine::CheckpointOpts;
 use crate::faults::{SourceExit, StallPoint};
 use crate::pages::PageIndex;
 use crate::rollback::{reclaim_address, restore_here};
-use crate::transfer;
+use crate::transfer::{self, TransferError};
+use error::{At, Fail, SendError, SourceError};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,21 +51,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// undecided (the container checkpointed here) for recovery: two idle
 /// timeouts, time for a restarted agent to come back.
 const SETTLE_WINDOW: Duration = Duration::from_secs(30);
-
-/// A failure, in the phase it happened.
-struct Fail {
-    phase: Phase,
-    message: String,
-}
-
-impl Fail {
-    fn new(phase: Phase, message: impl std::fmt::Display) -> Self {
-        Fail { phase, message: message.to_string() }
-    }
-    fn failure(&self) -> Failure {
-        Failure { phase: self.phase, message: self.message.clone() }
-    }
-}
 
 /// The event for a step that reports only that it is done.
 fn done(r: Result<(), Fail>) -> Option<Event> {
@@ -184,7 +171,7 @@ impl Run<'_> {
 
     fn check_cancel(&self, phase: Phase) -> Result<(), Fail> {
         if self.cancel.is_cancelled() {
-            return Err(Fail::new(phase, "cancelled by the user"));
+            return Err(SourceError::Cancelled.at(phase));
         }
         Ok(())
     }
@@ -224,7 +211,7 @@ impl Run<'_> {
     }
 
     fn info(&self) -> Result<ContainerInfo, Fail> {
-        self.container.clone().ok_or_else(|| Fail::new(Phase::Prepare, "tern bug: no container before the connect"))
+        self.container.clone().ok_or_else(|| SourceError::NoContainer.at(Phase::Prepare))
     }
 
     /// Feeds the machine the events of its commands, carried out in order,
@@ -232,7 +219,7 @@ impl Run<'_> {
     async fn execute(&mut self) -> Outcome {
         let Some(_guard) = self.agent.claim(&self.req.container) else {
             return Outcome::Refused {
-                failure: Failure { phase: Phase::Prepare, message: format!("{} is already being migrated", self.req.container) },
+                failure: SourceError::AlreadyMigrating { container: self.req.container.clone() }.at(Phase::Prepare).failure(),
             };
         };
         let plan = Plan::for_mode(self.req.options.mode);
@@ -254,7 +241,7 @@ impl Run<'_> {
         match end {
             Some(e) => self.outcome(e),
             None => Outcome::Failed {
-                failure: Failure { phase: Phase::Rollback, message: "tern bug: the source machine stopped without an end".into() },
+                failure: SourceError::NoEnd.at(Phase::Rollback).failure(),
                 rollback_error: "check the container with `podman ps -a`".into(),
             },
         }
@@ -273,7 +260,7 @@ impl Run<'_> {
             Command::Await { expect, phase } => Some(self.await_reply(streams, expect, phase).await),
             Command::Tell { msg, phase } => self.tell(streams, msg, phase).await,
             Command::Unexpected { phase, expected, got } => {
-                Some(Event::Failed(Failure { phase, message: self.session().unexpected(expected.name(), &got).to_string() }))
+                Some(Event::Failed(SourceError::from(self.session().unexpected(expected.name(), &got)).at(phase).failure()))
             }
             Command::FinishPrepare => done(self.finish_prepare().await),
             Command::Enter(phase, note) => {
@@ -397,7 +384,7 @@ impl Run<'_> {
     /// Reads the target's next message, in the time `expect` allows.
     async fn await_reply(&self, streams: &mut Option<Streams>, expect: Expect, phase: Phase) -> Event {
         let Some((_, recv)) = streams.as_mut() else {
-            return Event::Failed(Failure { phase, message: "tern bug: no stream to the target".into() });
+            return Event::Failed(SourceError::NoStream.at(phase).failure());
         };
         let limit = match expect {
             Expect::Ready => rpc_timeout(),
@@ -406,33 +393,33 @@ impl Run<'_> {
         };
         let r = if expect == Expect::Restored {
             tokio::select! {
-                r = self.read_target(recv, limit) => r.map_err(|e| format!("waiting for {} to restore: {e}", self.target())),
-                _ = self.cancel.cancelled() => Err("cancelled by the user".to_string()),
+                r = self.read_target(recv, limit) => r.map_err(|source| SourceError::AwaitRestore { target: self.target().to_string(), source }),
+                _ = self.cancel.cancelled() => Err(SourceError::Cancelled),
             }
         } else {
-            self.read_target(recv, limit).await.map_err(|e| e.to_string())
+            self.read_target(recv, limit).await.map_err(SourceError::Rpc)
         };
         match r {
             Ok(msg) => Event::Reply(msg),
-            Err(message) => Event::Failed(Failure { phase, message }),
+            Err(e) => Event::Failed(e.at(phase).failure()),
         }
     }
 
     /// Sends `msg` to the target; reports only a failure.
     async fn tell(&self, streams: &mut Option<Streams>, msg: SourceMsg, phase: Phase) -> Option<Event> {
         let Some((send, _)) = streams.as_mut() else {
-            return Some(Event::Failed(Failure { phase, message: "tern bug: no stream to the target".into() }));
+            return Some(Event::Failed(SourceError::NoStream.at(phase).failure()));
         };
         let sent = write_frame(send, &msg).await;
         if sent.is_ok() && matches!(msg, SourceMsg::CheckpointSent(_)) {
             self.agent.cfg.faults.exit_at_source(SourceExit::AfterCheckpointSent);
         }
-        let e = sent.err()?;
-        let message = match msg {
-            SourceMsg::CheckpointSent(_) => format!("telling {} the checkpoint is complete: {e}", self.target()),
-            _ => e.to_string(),
+        let source = sent.err()?;
+        let e = match msg {
+            SourceMsg::CheckpointSent(_) => SourceError::TellComplete { target: self.target().to_string(), source },
+            _ => SourceError::Tell(source),
         };
-        Some(Event::Failed(Failure { phase, message }))
+        Some(Event::Failed(e.at(phase).failure()))
     }
 
     /// Looks the container up, connects to the target and asks it to receive.
@@ -443,15 +430,16 @@ impl Run<'_> {
             .engine
             .inspect_here(&self.req.container)
             .await
-            .map_err(|e| Fail::new(p, e))?
-            .ok_or_else(|| Fail::new(p, format!("no container named {} on {}", self.req.container, self.agent.cfg.name)))?;
+            .at(p)?
+            .ok_or_else(|| SourceError::NoSuchContainer { container: self.req.container.clone(), host: self.agent.cfg.name.clone() }.at(p))?;
         let info = here.info;
         self.upper_dir = here.upper_dir;
         if !info.is_running() {
-            return Err(Fail::new(p, format!("{} is {}, not running; tern migrates running containers", info.name, info.state)));
+            return Err(SourceError::NotRunning { container: info.name, state: info.state }.at(p));
         }
-        let addr = self.req.target.address.parse().map_err(|e| Fail::new(p, format!("bad target address {}: {e}", self.req.target.address)))?;
-        let session = Session::connect(&self.agent.endpoint, addr, &self.req.target.name, &self.agent.cfg.name).await.map_err(|e| Fail::new(p, e))?;
+        let address = &self.req.target.address;
+        let addr = address.parse().map_err(|source| SourceError::BadAddress { address: address.clone(), source }.at(p))?;
+        let session = Session::connect(&self.agent.endpoint, addr, &self.req.target.name, &self.agent.cfg.name).await.at(p)?;
         self.wire_base = session.conn.stats().udp_tx.bytes;
         self.session = Some(session);
         let begin = Begin {
@@ -464,13 +452,13 @@ impl Run<'_> {
             ticket: self.req.ticket.clone(),
         };
         self.container = Some(info);
-        self.session().open(&Request::Receive(begin)).await.map_err(|e| Fail::new(p, e))
+        self.session().open(&Request::Receive(begin)).await.at(p)
     }
 
     /// After the target's `Ready`: the work folder, a last look for a cancel.
     async fn finish_prepare(&mut self) -> Result<(), Fail> {
         let p = Phase::Prepare;
-        tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", self.work_dir.display())))?;
+        tokio::fs::create_dir_all(&self.work_dir).await.map_err(|source| SourceError::CreateDir { path: self.work_dir.clone(), source }.at(p))?;
         self.check_cancel(p)
     }
 
@@ -493,19 +481,21 @@ impl Run<'_> {
             let _ = crate::ramdir::empty(&dir);
             return Some(dir);
         }
-        let fits = storage
-            .mem_available()
-            .ok_or_else(|| "cannot read MemAvailable".to_string())
-            .and_then(|avail| crate::ramdir::fits(info.memory_bytes, 1, avail));
-        match fits.and_then(|cap| storage.mount_ram(&dir, cap).map_err(|e| e.to_string())) {
+        let to_disk = |why: &dyn std::fmt::Display| {
+            tracing::info!("the checkpoint goes to disk: {why}");
+            None
+        };
+        let Some(avail) = storage.mem_available() else { return to_disk(&"cannot read MemAvailable") };
+        let cap = match crate::ramdir::fits(info.memory_bytes, 1, avail) {
+            Ok(cap) => cap,
+            Err(why) => return to_disk(&why),
+        };
+        match storage.mount_ram(&dir, cap) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "the checkpoint goes to RAM");
                 Some(dir)
             }
-            Err(why) => {
-                tracing::info!("the checkpoint goes to disk: {why}");
-                None
-            }
+            Err(e) => to_disk(&e),
         }
     }
 
@@ -530,14 +520,17 @@ impl Run<'_> {
         let p = Phase::Image;
         let info = self.info()?;
         let path = self.work_dir.join("image.tar");
-        self.agent.engine.image_save(&info.image_id, &path).await.map_err(|e| Fail::new(p, e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| Fail::new(p, e))?;
+        self.agent.engine.image_save(&info.image_id, &path).await.at(p)?;
+        let file = tokio::fs::File::open(&path).await.map_err(SourceError::OpenImage).at(p)?;
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind: DataKind::Image };
         let t0 = Instant::now();
         let zstd = self.zstd_level();
-        let transfer::Sent { digest, stats, .. } =
-            self.with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd)).await.map_err(|e| Fail::new(p, e))?;
+        let transfer::Sent { digest, stats, .. } = self
+            .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd))
+            .await
+            .map_err(SourceError::ShipImage)
+            .at(p)?;
         self.count_sent(&stats, t0.elapsed());
         let _ = tokio::fs::remove_file(&path).await;
         self.image_bytes = digest.bytes;
@@ -546,19 +539,19 @@ impl Run<'_> {
 
     /// Sends progress every half second while `fut` runs; stops early with
     /// an error when the migration is cancelled.
-    async fn with_ticker<T, E: std::fmt::Display>(
+    async fn with_ticker<T>(
         &self,
         phase: Phase,
         done: &AtomicU64,
-        fut: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+        fut: impl std::future::Future<Output = Result<T, TransferError>>,
+    ) -> Result<T, SendError> {
         tokio::pin!(fut);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                r = &mut fut => return r.map_err(|e| e.to_string()),
+                r = &mut fut => return r.map_err(SendError::Transfer),
                 _ = tick.tick() => self.progress(phase, done.load(Ordering::Relaxed), ""),
-                _ = self.cancel.cancelled() => return Err("cancelled by the user".to_string()),
+                _ = self.cancel.cancelled() => return Err(SendError::Cancelled),
             }
         }
     }
@@ -579,7 +572,7 @@ impl Run<'_> {
             commit: false,
         };
         crate::recovery::record(self.agent, &entry)
-            .map_err(|e| Fail::new(Phase::Checkpoint, format!("writing the journal entry in {}: {e}", self.agent.cfg.state_dir.display())))
+            .map_err(|source| SourceError::Journal { dir: self.agent.cfg.state_dir.clone(), source }.at(Phase::Checkpoint))
     }
 
     /// The freeze: Podman checkpoints into a FIFO while its archive streams
@@ -589,7 +582,7 @@ impl Run<'_> {
         let p = Phase::Checkpoint;
         let info = self.info()?;
         let fifo = self.work_dir.join("checkpoint.fifo");
-        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
+        let (reader, hold) = archive_pipe(&fifo).map_err(|source| SourceError::Fifo { path: fifo.clone(), source }.at(p))?;
         let holder = FifoHolder::spawn(&fifo);
         // Podman's archive can lack changed files of the image (rootfs.rs):
         // they are added on the way, from the container's upper layer.
@@ -609,13 +602,10 @@ impl Run<'_> {
         };
         let send_started = Instant::now();
         let sent = self.stream_frozen(kind, reader, encoding).await;
-        let dumped = checkpoint.await.map_err(|e| Fail::new(p, e))?;
+        let dumped = checkpoint.await.at(p)?;
         drop(holder);
-        dumped.map_err(|e| Fail::new(p, format!("podman checkpoint: {e}")))?;
-        let completed = completion
-            .await
-            .map_err(|e| Fail::new(p, e))?
-            .map_err(|e| Fail::new(p, format!("adding the changed files Podman left out of its archive: {e}; the container stays here")))?;
+        dumped.map_err(SourceError::Checkpoint).at(p)?;
+        let completed = completion.await.at(p)?.map_err(SourceError::CompleteArchive).at(p)?;
         if !completed.added.is_empty() {
             tracing::info!(files = completed.added.len(), first = %completed.added[0], "changed files Podman left out of its archive were added");
         }
@@ -623,7 +613,7 @@ impl Run<'_> {
             self.final_stats = criu_stats::read(&dir);
         }
         let target = self.req.target.name.clone();
-        let transfer::Sent { digest, stats: delta, .. } = sent.map_err(|e| Fail::new(p, format!("streaming the checkpoint to {target}: {e}")))?;
+        let transfer::Sent { digest, stats: delta, .. } = sent.map_err(|source| SourceError::StreamCheckpoint { target, source }.at(p))?;
         self.checkpoint_bytes = digest.bytes;
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
@@ -640,7 +630,7 @@ impl Run<'_> {
         kind: DataKind,
         reader: impl tokio::io::AsyncRead + Unpin,
         encoding: transfer::Encoding,
-    ) -> Result<transfer::Sent, String> {
+    ) -> Result<transfer::Sent, TransferError> {
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
@@ -649,7 +639,7 @@ impl Run<'_> {
         tokio::pin!(send_task);
         loop {
             tokio::select! {
-                r = &mut send_task => return r.map_err(|e| e.to_string()),
+                r = &mut send_task => return r,
                 _ = tick.tick() => self.progress(Phase::Checkpoint, done.load(Ordering::Relaxed), "frozen"),
             }
         }
@@ -672,9 +662,8 @@ impl Run<'_> {
     /// Records the commit in the journal entry, before the target hears it.
     fn record_commit(&mut self) -> Result<(), Fail> {
         let p = Phase::Restore;
-        let path = self.journal_path.clone().ok_or_else(|| Fail::new(p, "tern bug: no journal entry to record the commit in"))?;
-        crate::recovery::record_commit(self.agent, &path)
-            .map_err(|e| Fail::new(p, format!("recording the commit in {}: {e}; the target is told to drop its copy", path.display())))?;
+        let path = self.journal_path.clone().ok_or_else(|| SourceError::NoJournal.at(p))?;
+        crate::recovery::record_commit(self.agent, &path).map_err(|source| SourceError::RecordCommit { path, source }.at(p))?;
         self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
         Ok(())
     }
@@ -694,12 +683,12 @@ impl Run<'_> {
         self.progress(Phase::Rollback, 0, &format!("settling with {} whether it restored the container", self.target()));
         loop {
             match crate::recovery::settle(self.agent, self.req.id, &info.name, &info.id, &self.req.target, Verdict::Abort).await {
-                Ok(Resolution::Busy) => last = format!("{} is still busy with it", self.target()),
+                Ok(Resolution::Busy) => last = SourceError::TargetBusy { target: self.target().to_string() },
                 Ok(r) => return Event::Resolved(r),
-                Err(e) => last = format!("{e:#}"),
+                Err(e) => last = SourceError::Settle(e),
             }
             if started.elapsed() >= tern_transport::timeouts::scaled(SETTLE_WINDOW) {
-                return Event::Failed(Failure { phase: Phase::Restore, message: last });
+                return Event::Failed(last.at(Phase::Restore).failure());
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -725,14 +714,7 @@ impl Run<'_> {
         if lost.is_empty() {
             return Ok(());
         }
-        Err(Fail::new(
-            Phase::Prepare,
-            format!(
-                "{} connection(s) would not survive the move: {}; nothing was frozen. Pass --allow-reset to move it anyway",
-                lost.len(),
-                lost.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-            ),
-        ))
+        Err(SourceError::ConnectionsLost { lost }.at(Phase::Prepare))
     }
 
     /// The container runs on the target: remove it here, then tell the
@@ -790,12 +772,12 @@ impl Run<'_> {
     /// Brings the container back here, its traffic held meanwhile; the
     /// downtime ends here.
     async fn restore_held(&mut self) -> Event {
-        let hold = match self.agent.engine.networks().await.map_err(|e| e.to_string()) {
+        let hold = match self.agent.engine.networks().await {
             Ok(nets) => match &self.container {
-                Some(c) => crate::netid::Hold::install(c, &nets, self.req.id).await,
+                Some(c) => crate::netid::Hold::install(c, &nets, self.req.id).await.map_err(SourceError::Net),
                 None => Ok(None),
             },
-            Err(e) => Err(e),
+            Err(e) => Err(SourceError::Engine(e)),
         };
         let hold = hold.unwrap_or_else(|e| {
             self.warnings.push(format!("its traffic was not held during the local restore (a peer may see a reset): {e}"));

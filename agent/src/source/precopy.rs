@@ -31,7 +31,8 @@
 //! as `Refused` with the container untouched, and the target drops what it
 //! staged.
 
-use super::{archive_pipe, Fail, Run};
+use super::error::{At, Fail, SourceError};
+use super::{archive_pipe, Run};
 use crate::criu_stats;
 use crate::engine::CheckpointOpts;
 use crate::pages::PageIndex;
@@ -119,7 +120,7 @@ impl Run<'_> {
     /// links: inside the container's folder.
     pub(super) async fn make_rounds_dir(&mut self) -> Result<PathBuf, Fail> {
         let info = self.info()?;
-        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(Phase::PreCopy, e))?;
+        let cdir = self.agent.engine.container_dir(&info.name).await.at(Phase::PreCopy)?;
         let rounds_dir = cdir.join(crate::PRECOPY_DIR);
         let _ = tokio::fs::remove_dir_all(&rounds_dir).await; // a previous attempt's
         self.book = Book::new(self.req.options.policy.clone());
@@ -133,29 +134,25 @@ impl Run<'_> {
         let info = self.info()?;
         self.check_cancel(p)?;
         let dir = rounds_dir.join(n.to_string());
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| Fail::new(p, format!("cannot create {}: {e}", dir.display())))?;
+        tokio::fs::create_dir_all(&dir).await.map_err(|source| SourceError::CreateDir { path: dir.clone(), source }.at(p))?;
         let parent = (n > 1).then(|| format!("../{}", n - 1));
         self.progress(p, 0, &format!("round {n}: dumping"));
         let dump_start = Instant::now();
         // Never interrupted: killing runc mid-dump could leave CRIU's
         // freeze in place. A cancel takes effect right after.
-        self.agent
-            .engine
-            .pre_dump(&info.id, &dir, parent.as_deref())
-            .await
-            .map_err(|e| Fail::new(p, format!("round {n}: the dump failed (the container keeps running): {e}")))?;
+        self.agent.engine.pre_dump(&info.id, &dir, parent.as_deref()).await.map_err(|source| SourceError::RoundDump { n, source }.at(p))?;
         let dump_ms = dump_start.elapsed().as_millis() as u64;
         let stats = criu_stats::read(&dir);
         let pages = pages_written(&dir, stats);
         self.check_cancel(p)?;
 
-        let names = round_files(&dir).map_err(|e| Fail::new(p, format!("reading round {n} in {}: {e}", dir.display())))?;
+        let names = round_files(&dir).map_err(|source| SourceError::ReadRound { n, dir: dir.clone(), source }.at(p))?;
         let t0 = Instant::now();
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
         let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done);
-        let digest = self.with_ticker(p, &done, ship).await.map_err(|e| Fail::new(p, format!("shipping round {n}: {e}")))?;
+        let digest = self.with_ticker(p, &done, ship).await.map_err(|source| SourceError::ShipRound { n, source }.at(p))?;
         let shipped = done.load(Ordering::Relaxed);
         self.book.pending = Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped });
         Ok(digest)
@@ -165,7 +162,7 @@ impl Run<'_> {
     pub(super) fn judge_round(&mut self, n: u32) -> Event {
         let p = Phase::PreCopy;
         let Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped }) = self.book.pending.take() else {
-            return Event::Failed(Failure { phase: p, message: format!("tern bug: round {n} was never sent") });
+            return Event::Failed(SourceError::RoundNeverSent(n).at(p).failure());
         };
         let transfer = t0.elapsed();
         let book = &mut self.book;
@@ -208,11 +205,8 @@ impl Run<'_> {
             }
             Decision::Cancel(reason) => {
                 self.stop_reason = Some(reason.to_string());
-                let message = format!(
-                    "{reason} after {n} round(s) ({} s); cancelled as asked (--on-timeout cancel); use --on-timeout switchover to freeze instead",
-                    book.policy.timeout.as_secs()
-                );
-                Event::Failed(Failure { phase: p, message })
+                let cancelled = SourceError::PolicyCancelled { reason, rounds: n, secs: book.policy.timeout.as_secs() };
+                Event::Failed(cancelled.at(p).failure())
             }
         }
     }
@@ -224,9 +218,9 @@ impl Run<'_> {
     pub(super) async fn ship_base(&mut self, kind: DataKind, ram: Option<&Path>) -> Result<Digest, Fail> {
         let p = Phase::PreCopy;
         let info = self.info()?;
-        tokio::fs::create_dir_all(&self.work_dir).await.map_err(|e| Fail::new(p, e))?;
+        tokio::fs::create_dir_all(&self.work_dir).await.map_err(SourceError::WorkDir).at(p)?;
         let fifo = self.work_dir.join("base.fifo");
-        let (reader, hold) = archive_pipe(&fifo).map_err(|e| Fail::new(p, format!("creating the FIFO {}: {e}", fifo.display())))?;
+        let (reader, hold) = archive_pipe(&fifo).map_err(|source| SourceError::Fifo { path: fifo.clone(), source }.at(p))?;
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, leave_running: true, ..Default::default() };
         let started = Instant::now();
         let (engine, name) = (self.agent.engine.clone(), info.name.clone());
@@ -249,16 +243,16 @@ impl Run<'_> {
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
         let sent = self.with_ticker(p, &done, ship).await;
-        let (dumped, dumped_at) = dump.await.map_err(|e| Fail::new(p, e))?;
+        let (dumped, dumped_at) = dump.await.at(p)?;
         let dump_ms = (dumped_at - started).as_millis() as u64;
-        dumped.map_err(|e| Fail::new(p, format!("the base checkpoint failed (the container keeps running): {e}")))?;
-        let transfer::Sent { digest, stats, index } = sent.map_err(|e| Fail::new(p, format!("shipping the base: {e}")))?;
+        dumped.map_err(SourceError::BaseCheckpoint).at(p)?;
+        let transfer::Sent { digest, stats, index } = sent.map_err(SourceError::ShipBase).at(p)?;
         // Always there: an Index encoding hands its index back.
         let index = index.unwrap_or_default();
         self.count_sent(&stats, started.elapsed());
         // CRIU's statistics, then the base's images: the final dump writes
         // a fresh set, and stale files must not ride along in its archive.
-        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+        let cdir = self.agent.engine.container_dir(&info.name).await.at(p)?;
         let stats = criu_stats::read(&cdir);
         self.clear_base_images(&info, &cdir.join("checkpoint"), ram).await?;
         let pages = stats.map(|s| s.pages_written).unwrap_or(index.pages() as u64);
@@ -281,7 +275,7 @@ impl Run<'_> {
             }
         }
         if ram == Some(images) {
-            crate::ramdir::empty(images).map_err(|e| Fail::new(Phase::PreCopy, format!("emptying {}: {e}", images.display())))?;
+            crate::ramdir::empty(images).map_err(|source| SourceError::EmptyRam { dir: images.to_path_buf(), source }.at(Phase::PreCopy))?;
         } else {
             let _ = tokio::fs::remove_dir_all(images).await;
         }
@@ -313,24 +307,20 @@ impl Run<'_> {
     pub(super) async fn link_pre_checkpoint(&mut self, last_dir: &Path) -> Result<PathBuf, Fail> {
         let p = Phase::PreCopy;
         let info = self.info()?;
-        let cdir = self.agent.engine.container_dir(&info.name).await.map_err(|e| Fail::new(p, e))?;
+        let cdir = self.agent.engine.container_dir(&info.name).await.at(p)?;
         let link = cdir.join("pre-checkpoint");
         match tokio::fs::symlink_metadata(&link).await {
             Ok(m) if m.file_type().is_symlink() => {
-                tokio::fs::remove_file(&link).await.map_err(|e| Fail::new(p, e))?;
+                tokio::fs::remove_file(&link).await.map_err(SourceError::Unlink).at(p)?;
             }
-            Ok(_) => {
-                return Err(Fail::new(
-                    p,
-                    format!("{} holds a pre-checkpoint of Podman's own; remove it (`rm -r {}`) and migrate again", info.name, link.display()),
-                ))
-            }
+            Ok(_) => return Err(SourceError::PodmanPreCheckpoint { container: info.name, link }.at(p)),
             Err(_) => {}
         }
-        let relative = last_dir
-            .strip_prefix(&cdir)
-            .map_err(|_| Fail::new(p, format!("the last round {} is not inside the container's folder {}", last_dir.display(), cdir.display())))?;
-        tokio::fs::symlink(relative, &link).await.map_err(|e| Fail::new(p, format!("linking {} to {}: {e}", link.display(), relative.display())))?;
+        let relative =
+            last_dir.strip_prefix(&cdir).map_err(|_| SourceError::RoundOutside { last: last_dir.to_path_buf(), dir: cdir.clone() }.at(p))?;
+        tokio::fs::symlink(relative, &link)
+            .await
+            .map_err(|source| SourceError::Link { link: link.clone(), to: relative.to_path_buf(), source }.at(p))?;
         Ok(link)
     }
 }

@@ -5,7 +5,7 @@
 use super::unpack::{SplitStats, TarSplit};
 use crate::faults::ReceiveFaults;
 use crate::pages::{PageOffsets, PageStore};
-use crate::transfer::{digest, pump, StreamLimits, TransferError, CHUNK};
+use crate::transfer::{digest, pump, StoreError, StreamLimits, TransferError, CHUNK};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -162,29 +162,34 @@ pub async fn receive_records(
             }
             Ok(())
         };
+        let mut failed = None;
         loop {
             let t = std::time::Instant::now();
             let Some(chunk) = next() else { break };
             waited += t.elapsed();
-            decoder
-                .feed(&chunk, &mut |d| match d {
-                    Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(|e| e.to_string()),
+            let fed = decoder.feed(&chunk, &mut |d| {
+                match d {
+                    Decoded::Raw(b) => emit(b, &mut hasher, &mut total).map_err(StoreError::Io),
                     Decoded::Pages { index, count } => match &base {
-                        Some(store) => store.copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total)).map_err(|e| e.to_string()),
-                        None => Err("a record refers to base pages, and this stream has no base".into()),
+                        Some(store) => store.copy(index, count, &mut buf, &mut |b| emit(b, &mut hasher, &mut total)).map_err(StoreError::Io),
+                        None => Err(StoreError::NoBase),
                     },
-                })
-                .map_err(|e| e.to_string())?;
+                }
+                .map_err(|e| StoreError::keep(&mut failed, e))
+            });
+            fed.map_err(|e| failed.take().unwrap_or(StoreError::Records(e)))?;
         }
-        decoder.finish().map_err(|e| e.to_string())?;
-        let split = writer.finish().map_err(|e| e.to_string())?;
+        decoder.finish().map_err(StoreError::Records)?;
+        let split = writer.finish()?;
         // Where the time went: waiting for the network, or writing.
         tracing::debug!(total, waited_ms = waited.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "archive received");
         Ok(Received { digest: digest(&hasher, total), offsets: pages.map(PageOffsets::finish), split })
     })
     .await;
     match r {
-        Err(TransferError::Receive(_)) if exceeded.load(Ordering::Relaxed) => Err(TransferError::TooLarge { limit: limits.max_bytes }),
+        Err(TransferError::Receive(_) | TransferError::Store(_)) if exceeded.load(Ordering::Relaxed) => {
+            Err(TransferError::TooLarge { limit: limits.max_bytes })
+        }
         other => other,
     }
 }

@@ -4,6 +4,7 @@
 
 use super::admission::Refusal;
 use crate::engine::EngineError;
+use crate::netid::NetError;
 use crate::transfer::TransferError;
 use std::path::PathBuf;
 use tern_proto::{DataKind, Digest, Failure, Phase};
@@ -49,8 +50,8 @@ pub enum TargetError {
     #[error("writing {}: {source}", path.display())]
     WriteConf { path: PathBuf, source: std::io::Error },
     /// The operator's network hook failed (its own words).
-    #[error("{0}")]
-    Hook(String),
+    #[error(transparent)]
+    Hook(NetError),
     /// `restore --import` failed; `kept_log` says where CRIU's log is kept
     /// (empty when it is not).
     #[error("{source}{kept_log}")]

@@ -3,7 +3,7 @@
 
 use super::fs::create_new;
 use super::stream::{close, digest, open, pump, write_progressing, StreamLimits};
-use super::{TransferError, CHUNK};
+use super::{StoreError, TransferError, CHUNK};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,28 +72,28 @@ pub async fn receive_fileset(
         let mut hasher = blake3::Hasher::new();
         let mut decoder = FileSetDecoder::with_limits(FileSetLimits::expecting(limits.max_bytes));
         let (mut total, mut names) = (0u64, Vec::new());
+        let mut failed = None;
         while let Some(chunk) = next() {
             hasher.update(&chunk);
-            decoder
-                .feed(&chunk, &mut |e| {
-                    match e {
-                        FileEvent::Start { name, .. } => {
-                            names.push(name.to_string());
-                            sink.start(name)
-                        }
-                        FileEvent::Data(b) => {
-                            total += b.len() as u64;
-                            done.store(total, Ordering::Relaxed);
-                            sink.data(b)
-                        }
-                        FileEvent::EndFile => sink.end_file(),
+            let fed = decoder.feed(&chunk, &mut |e| {
+                match e {
+                    FileEvent::Start { name, .. } => {
+                        names.push(name.to_string());
+                        sink.start(name)
                     }
-                    .map_err(|e| e.to_string())
-                })
-                .map_err(|e| e.to_string())?;
+                    FileEvent::Data(b) => {
+                        total += b.len() as u64;
+                        done.store(total, Ordering::Relaxed);
+                        sink.data(b)
+                    }
+                    FileEvent::EndFile => sink.end_file(),
+                }
+                .map_err(|e| StoreError::keep(&mut failed, e))
+            });
+            fed.map_err(|e| failed.take().unwrap_or(StoreError::Files(e)))?;
         }
-        decoder.finish().map_err(|e| e.to_string())?;
-        sink.end_file().map_err(|e| e.to_string())?;
+        decoder.finish().map_err(StoreError::Files)?;
+        sink.end_file()?;
         Ok((digest(&hasher, total), names))
     })
     .await

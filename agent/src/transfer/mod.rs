@@ -74,4 +74,34 @@ pub enum TransferError {
     /// The stream grew past what the source announced allows.
     #[error("receiving from the source failed: the data grew past {limit} bytes, more than the container's announced size allows ([limits] of the target agent's config)")]
     TooLarge { limit: u64 },
+    /// What arrived could not be decoded or stored.
+    #[error("receiving from the source failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What goes wrong making files of a stream that arrived (the work of
+/// `pump`): its records, or writing what they hold.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The archive's records ([`tern_proto::delta`]) are invalid.
+    #[error(transparent)]
+    Records(tern_proto::delta::DeltaError),
+    /// The file set's entries ([`tern_proto::fileset`]) are invalid.
+    #[error(transparent)]
+    Files(tern_proto::fileset::FileSetStreamError),
+    #[error("a record refers to base pages, and this stream has no base")]
+    NoBase,
+    /// Writing what arrived, or reading the base's pages it refers to.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Keeps the error of a decoder's sink in `slot` and hands the decoder
+    /// the `String` its sink must answer (tern_proto's decoders speak
+    /// strings): once the decoder fails, the error kept is the one to report.
+    pub(crate) fn keep(slot: &mut Option<StoreError>, e: impl Into<StoreError>) -> String {
+        *slot = Some(e.into());
+        String::new()
+    }
 }

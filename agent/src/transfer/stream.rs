@@ -1,7 +1,7 @@
 //! The data streams themselves: opened with their header, finished, and
 //! read to their end into a blocking worker.
 
-use super::{TransferError, CHUNK};
+use super::{StoreError, TransferError, CHUNK};
 use std::time::Duration;
 use tern_proto::frame::{expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
@@ -70,11 +70,12 @@ impl StreamLimits {
 /// blocks, never as one small async write per QUIC chunk. A stream that
 /// stalls or grows past `limits` ends with [`TransferError::ReceiveStalled`]
 /// or [`TransferError::TooLarge`] (the worker then sees its input end and
-/// fails or finishes; its result is dropped).
+/// fails or finishes; its result is dropped); one whose `work` fails, with
+/// [`TransferError::Store`].
 pub(crate) async fn pump<T: Send + 'static>(
     mut recv: quinn::RecvStream,
     limits: StreamLimits,
-    work: impl FnOnce(&mut dyn FnMut() -> Option<bytes::Bytes>) -> Result<T, String> + Send + 'static,
+    work: impl FnOnce(&mut dyn FnMut() -> Option<bytes::Bytes>) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, TransferError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let worker = tokio::task::spawn_blocking(move || work(&mut || rx.blocking_recv()));
@@ -114,7 +115,7 @@ pub(crate) async fn pump<T: Send + 'static>(
     if let Some(e) = failed {
         return Err(e);
     }
-    out.map_err(TransferError::Receive)
+    out.map_err(TransferError::Store)
 }
 
 pub(crate) fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
