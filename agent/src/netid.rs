@@ -505,7 +505,7 @@ impl Hold {
 
     /// Writes, into `folder`, a CRIU action script that releases this hold
     /// when CRIU unlocks the restored container's network: the moment its
-    /// sockets exist, tens of milliseconds before Podman's restore returns.
+    /// sockets exist, before Podman's restore returns.
     /// A packet held in between would cost its sender a retransmission
     /// timeout (200 ms or more) after the container already runs.
     pub fn unlock_script(&self, folder: &Path) -> std::io::Result<PathBuf> {

@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 /// From this rate on (bytes/s, 2 Gbit/s) per compressing thread
 /// ([`transfer::compress_threads`]) `--compress auto` sends raw: zstd's
-/// fastest level runs at about 300-500 MB/s per core on memory.
+/// fastest level runs at a few hundred MB/s per core, slower than such a
+/// link.
 const FAST_LINK: f64 = 250e6;
 
 /// How long the target may take to verify and restore.
@@ -48,7 +49,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the source keeps trying to reach a target it lost after
 /// telling it the checkpoint was complete, before it leaves the migration
-/// undecided (the container checkpointed here) for recovery: two idle
+/// undecided (the container checkpointed here) for recovery: a few idle
 /// timeouts, time for a restarted agent to come back.
 const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -833,14 +834,6 @@ fn rpc_timeout() -> Duration {
     tern_transport::rpc::REPLY_TIMEOUT
 }
 
-/// A FIFO for Podman to write an archive into, read as it is written.
-///
-/// The reader opens it first, without blocking, and also opens a write end
-/// of its own (`hold`), so that reads never see an end of file before
-/// Podman has even opened the FIFO. Dropping `hold` once Podman has exited
-/// ends the stream after the last byte Podman wrote, or at once when Podman
-/// failed before writing anything. No order of events can leave the reader
-/// waiting forever.
 /// A process that holds a read end of the export's FIFO for as long as
 /// Podman may write to it, and outlives this agent. Should the agent die
 /// mid-export, Podman then waits on a full pipe instead of meeting a
@@ -950,6 +943,14 @@ fn named_by_a_process(needle: &[u8]) -> bool {
     })
 }
 
+/// A FIFO for Podman to write an archive into, read as it is written.
+///
+/// The reader opens it first, without blocking, and also opens a write end
+/// of its own (`hold`), so that reads never see an end of file before
+/// Podman has even opened the FIFO. Dropping `hold` once Podman has exited
+/// ends the stream after the last byte Podman wrote, or at once when Podman
+/// failed before writing anything. No order of events can leave the reader
+/// waiting forever.
 fn archive_pipe(fifo: &Path) -> std::io::Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
     nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;

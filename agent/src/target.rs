@@ -177,7 +177,7 @@ struct Running {
 }
 
 /// The longest a lazy restore may take to fill the memory: a minute, plus
-/// a second for each 50 MiB (local copies run at hundreds of MiB/s).
+/// a second for each 50 MiB (far slower than any local copy).
 fn fill_limit(memory_bytes: u64) -> Duration {
     Duration::from_secs(60 + memory_bytes / (50 << 20))
 }

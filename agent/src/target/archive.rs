@@ -42,8 +42,7 @@ pub enum ArchiveOut {
     /// as done: content-addressed pre-copy's base arrives while the
     /// container runs, and left dirty its writeback would land in the
     /// freeze (Podman's checkpoint ends by syncing the file system its
-    /// overlay sits on; in the lab, where both hosts share one disk, the
-    /// source's sync measured 0.85 s of the downtime for a 512 MiB base).
+    /// overlay sits on, and the base's dirty pages would be synced then).
     FileSynced(std::path::PathBuf),
     /// Unpacked as it arrives ([`TarSplit`]): `checkpoint/` members into
     /// `dir`, everything else into the archive `rest`; `spec.dump`
