@@ -1,5 +1,6 @@
-//! CRIU's `stats-dump` file: how long a dump kept the container frozen and
-//! how many pages it wrote, for the report (each round and the final dump).
+//! CRIU's `stats-dump` and `stats-restore` files: how long a dump kept the
+//! container frozen and how many pages it wrote (each round and the final
+//! dump), and how long CRIU's restore took, for the report.
 //!
 //! ```text
 //!  u32 0x55105940 (service image magic)  u32 0x57093306 (stats magic)
@@ -7,7 +8,9 @@
 //! ```
 //!
 //! `DumpStatsEntry` fields read here: `frozen_time = 2` (µs),
-//! `pages_scanned = 5`, `pages_skipped_parent = 6`, `pages_written = 7`.
+//! `pages_scanned = 5`, `pages_skipped_parent = 6`, `pages_written = 7`;
+//! `StatsEntry.restore = 2` is a `RestoreStatsEntry`, of which
+//! `restore_time = 4` (µs) is read.
 //! The decoder reads only varints and length-delimited fields and stops at
 //! anything else: the file comes from our own CRIU, but a truncated or
 //! unexpected file must give `None`, never a panic.
@@ -63,26 +66,51 @@ fn walk<'a>(buf: &'a [u8], mut on_varint: impl FnMut(u64, u64), mut on_bytes: im
     Some(())
 }
 
-pub fn parse(file: &[u8]) -> Option<DumpStats> {
+/// The `StatsEntry` field `number` (a nested message) of a stats file.
+fn entry(file: &[u8], number: u64) -> Option<&[u8]> {
     let u32_at = |i: usize| file.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     if u32_at(0)? != SERVICE_MAGIC || u32_at(4)? != STATS_MAGIC {
         return None;
     }
     let size = u32_at(8)? as usize;
     let entry = file.get(12..12usize.checked_add(size)?)?;
-    let mut dump: Option<&[u8]> = None;
+    let mut found: Option<&[u8]> = None;
     walk(
         entry,
         |_, _| {},
         |n, b| {
-            if n == 1 {
-                dump = Some(b);
+            if n == number {
+                found = Some(b);
             }
         },
     )?;
+    found
+}
+
+/// CRIU's own time for a restore, in µs, from `dir/stats-restore`; `None`
+/// when absent or unreadable.
+pub fn read_restore_us(dir: &Path) -> Option<u64> {
+    parse_restore_us(&std::fs::read(dir.join("stats-restore")).ok()?)
+}
+
+pub fn parse_restore_us(file: &[u8]) -> Option<u64> {
+    let mut us = None;
+    walk(
+        entry(file, 2)?,
+        |n, v| {
+            if n == 4 {
+                us = Some(v);
+            }
+        },
+        |_, _| {},
+    )?;
+    us
+}
+
+pub fn parse(file: &[u8]) -> Option<DumpStats> {
     let mut s = DumpStats::default();
     walk(
-        dump?,
+        entry(file, 1)?,
         |n, v| match n {
             2 => s.frozen_us = v,
             5 => s.pages_scanned = v,
@@ -111,6 +139,19 @@ mod tests {
     fn reads_a_real_stats_file() {
         let s = parse(&REAL).unwrap();
         assert_eq!(s, DumpStats { frozen_us: 299_576, pages_scanned: 46, pages_skipped_parent: 0, pages_written: 32 });
+    }
+
+    #[test]
+    fn reads_a_restore_stats_file() {
+        // StatsEntry { restore: RestoreStatsEntry { pages_compared: 3,
+        // pages_skipped_cow: 0, forking_time: 1200, restore_time: 85000,
+        // pages_restored: 40 } }, as CRIU's protobuf-c writes it.
+        let body = [0x12, 0x0d, 0x08, 0x03, 0x10, 0x00, 0x18, 0xb0, 0x09, 0x20, 0x88, 0x98, 0x05, 0x28, 0x28];
+        let mut file = vec![0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, body.len() as u8, 0, 0, 0];
+        file.extend_from_slice(&body);
+        assert_eq!(parse_restore_us(&file), Some(85_000));
+        assert_eq!(parse(&file), None, "no dump entry in it");
+        assert_eq!(parse_restore_us(&REAL), None, "no restore entry in a dump's");
     }
 
     #[test]

@@ -53,6 +53,19 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeouts, time for a restarted agent to come back.
 const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 
+/// The source's steps of the frozen interval: CRIU's frozen time, the rest
+/// of Podman's checkpoint (`export`, from the freeze until Podman
+/// returned), and the archive's tail still crossing after that.
+fn source_steps(export: Duration, criu_us: u64, tail: Duration) -> Vec<StepTime> {
+    let export_ms = export.as_millis() as u64;
+    let criu_ms = (criu_us / 1000).min(export_ms);
+    vec![
+        StepTime { step: FrozenStep::CriuDump, ms: criu_ms },
+        StepTime { step: FrozenStep::PodmanExport, ms: export_ms - criu_ms },
+        StepTime { step: FrozenStep::Transfer, ms: tail.as_millis() as u64 },
+    ]
+}
+
 /// The event for a step that reports only that it is done.
 fn done(r: Result<(), Fail>) -> Option<Event> {
     Some(r.map_or_else(|f| Event::Failed(f.failure()), |()| Event::Done))
@@ -93,6 +106,8 @@ struct Run<'a> {
     base_index: Option<Arc<PageIndex>>,
     stop_reason: Option<String>,
     final_stats: Option<criu_stats::DumpStats>,
+    /// The source's steps of the frozen interval ([`source_steps`]).
+    frozen_steps: Vec<StepTime>,
     saved_bytes: u64,
     zstd_in: u64,
     zstd_out: u64,
@@ -133,6 +148,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         base_index: None,
         stop_reason: None,
         final_stats: None,
+        frozen_steps: Vec::new(),
         saved_bytes: 0,
         zstd_in: 0,
         zstd_out: 0,
@@ -595,7 +611,7 @@ impl Run<'_> {
         let checkpoint = tokio::spawn(async move {
             let r = engine.checkpoint_export(&name, &fifo, opts).await;
             drop(hold); // Podman is done: the reader sees the end
-            r
+            (r, Instant::now())
         });
         let encoding = match (kind, self.base_index.clone()) {
             (DataKind::CheckpointDelta { .. }, Some(ix)) => transfer::Encoding::Delta(ix),
@@ -603,7 +619,8 @@ impl Run<'_> {
         };
         let send_started = Instant::now();
         let sent = self.stream_frozen(kind, reader, encoding).await;
-        let dumped = checkpoint.await.at(p)?;
+        let sent_at = Instant::now();
+        let (dumped, exported_at) = checkpoint.await.at(p)?;
         drop(holder);
         dumped.map_err(SourceError::Checkpoint).at(p)?;
         let completed = completion.await.at(p)?.map_err(SourceError::CompleteArchive).at(p)?;
@@ -613,6 +630,10 @@ impl Run<'_> {
         if let Ok(dir) = self.agent.engine.container_dir(&info.name).await {
             self.final_stats = criu_stats::read(&dir);
         }
+        self.frozen_steps = self.frozen_at.map_or_else(Vec::new, |frozen_at| {
+            let criu_us = self.final_stats.map_or(0, |s| s.frozen_us);
+            source_steps(exported_at - frozen_at, criu_us, sent_at.saturating_duration_since(exported_at))
+        });
         let target = self.req.target.name.clone();
         let transfer::Sent { digest, stats: delta, .. } = sent.map_err(|source| SourceError::StreamCheckpoint { target, source }.at(p))?;
         self.checkpoint_bytes = digest.bytes;
@@ -821,6 +842,10 @@ impl Run<'_> {
             zstd_in: self.zstd_in,
             zstd_out: self.zstd_out,
             phases: self.phases.clone(),
+            frozen: match (&self.restore_info, self.downtime) {
+                (Some(r), Some(d)) => frozen_steps(&self.frozen_steps, &r.steps, d.as_millis() as u64),
+                _ => Vec::new(),
+            },
             memory_fill_ms: self.restore_info.as_ref().and_then(|r| r.memory_fill_ms),
             images_in_ram: ImagesInRam { source: self.checkpoint_in_ram, target: self.restore_info.as_ref().is_some_and(|r| r.images_in_ram) },
             rounds: self.rounds.clone(),
@@ -971,6 +996,19 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_s_frozen_time_is_taken_out_of_podman_s_export() {
+        let ms = Duration::from_millis;
+        let got: Vec<u64> = source_steps(ms(900), 250_400, ms(80)).iter().map(|s| s.ms).collect();
+        assert_eq!(got, [250, 650, 80]);
+        // Without CRIU's statistics the whole export is Podman's; a figure
+        // past the export is capped at it.
+        assert_eq!(source_steps(ms(900), 0, ms(0))[1].ms, 900);
+        assert_eq!(source_steps(ms(900), 5_000_000, ms(0))[0].ms, 900);
+    }
+
     #[test]
     fn an_export_left_running_on_its_fifo_is_drained_to_its_end() {
         let dir = tempfile::tempdir().unwrap();

@@ -174,6 +174,23 @@ struct Running {
     at: Instant,
     /// After a lazy restore, from running until all memory was in place.
     filled: Option<Duration>,
+    /// The steps from the verified archive until it ran.
+    steps: Vec<StepTime>,
+}
+
+/// The target's steps after the archive was verified: admission, the hook,
+/// CRIU's restore (`criu_us`, its own figure) and the rest of the time
+/// until the container ran (`total`), which is Podman's.
+fn restore_steps(admit: Duration, hook: Duration, criu_us: Option<u64>, total: Duration) -> Vec<StepTime> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let rest = ms(total).saturating_sub(ms(admit) + ms(hook));
+    let criu = criu_us.map_or(0, |us| (us / 1000).min(rest));
+    vec![
+        StepTime { step: FrozenStep::Admit, ms: ms(admit) },
+        StepTime { step: FrozenStep::Hook, ms: ms(hook) },
+        StepTime { step: FrozenStep::CriuRestore, ms: criu },
+        StepTime { step: FrozenStep::PodmanRestore, ms: rest - criu },
+    ]
 }
 
 /// The longest a lazy restore may take to fill the memory: a minute, plus
@@ -359,11 +376,14 @@ impl Target<'_> {
                 let confirm_ms = run.at.elapsed().as_millis() as u64;
                 let memory_fill_ms = run.filled.map(|d| d.as_millis() as u64);
                 tracing::info!(name = %run.container.name, restore_ms, confirm_ms, ?memory_fill_ms, "restored and running");
+                let mut steps = vec![StepTime { step: FrozenStep::Verify, ms: verify_ms }];
+                steps.extend(run.steps);
                 TargetMsg::Restored(RestoreInfo {
                     verify_ms,
                     restore_ms,
                     confirm_ms,
                     memory_fill_ms,
+                    steps,
                     images_in_ram,
                     notes: std::mem::take(&mut self.notes),
                     container: run.container,
@@ -400,7 +420,9 @@ impl Target<'_> {
             return Err(TargetError::InjectedRestoreFailure);
         }
         let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or(TargetError::FolderGone)?;
+        let started = Instant::now();
         admission::admit(&self.agent.cfg.admission, self.agent.engine.as_ref(), &self.begin.container, &staged.path, &folder).await?;
+        let admit = started.elapsed();
         let engine = self.agent.engine.clone();
         let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
@@ -452,7 +474,9 @@ impl Target<'_> {
         if let Some(stall) = self.agent.cfg.faults.stall(crate::faults::StallPoint::Restore, &self.agent.cfg.state_dir) {
             stall.wait().await;
         }
+        let hook_started = Instant::now();
         crate::netid::run_hook(&self.agent.cfg.network, &ctx).await.map_err(TargetError::Hook)?;
+        let hook = hook_started.elapsed();
         self.restored = true;
         let restored = engine.restore_import(&staged.path, opts).await;
         if staged.annotated {
@@ -476,6 +500,7 @@ impl Target<'_> {
             }
         }
         let at = Instant::now();
+        let steps = restore_steps(admit, hook, crate::criu_stats::read_restore_us(&folder.join("checkpoint")), at - started);
         self.take_over_address(&name, peers).await;
         self.agent.cfg.faults.exit_after_restore();
         #[cfg(feature = "fault-injection")]
@@ -493,7 +518,7 @@ impl Target<'_> {
             }
             None => None,
         };
-        Ok(Running { container, at, filled })
+        Ok(Running { container, at, filled, steps })
     }
 
     /// The container runs here now: its address is announced from here and
@@ -749,4 +774,20 @@ async fn accept_data(
 /// The data stream a round arrives on.
 fn round_kind(mode: Mode, round: u32) -> DataKind {
     Plan::for_mode(mode).round_kind(round)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_share_of_the_restore_is_what_the_others_leave() {
+        let ms = Duration::from_millis;
+        let steps = restore_steps(ms(30), ms(10), Some(250_000), ms(1000));
+        let got: Vec<(FrozenStep, u64)> = steps.iter().map(|s| (s.step, s.ms)).collect();
+        assert_eq!(got, [(FrozenStep::Admit, 30), (FrozenStep::Hook, 10), (FrozenStep::CriuRestore, 250), (FrozenStep::PodmanRestore, 710)]);
+        // No stats-restore, or a figure past the whole: never more than the rest.
+        assert_eq!(restore_steps(ms(0), ms(0), None, ms(500))[3].ms, 500);
+        assert_eq!(restore_steps(ms(0), ms(0), Some(9_000_000), ms(500))[2].ms, 500);
+    }
 }

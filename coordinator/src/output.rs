@@ -172,6 +172,10 @@ pub fn report_text(r: &MigrationReport) -> String {
         let p: Vec<String> = r.phases.iter().map(|p| format!("{} {}", p.phase.as_str(), ms(p.ms))).collect();
         s.push_str(&format!("  phases       {}\n", p.join(" · ")));
     }
+    if !r.frozen.is_empty() {
+        let p: Vec<String> = r.frozen.iter().map(|p| format!("{} {}", p.step.as_str(), ms(p.ms))).collect();
+        s.push_str(&format!("  frozen       {}\n", p.join(" · ")));
+    }
     for w in &r.warnings {
         s.push_str(&format!("  warning: {w}\n"));
     }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tern_proto::compat::{Finding, Severity};
 use tern_proto::facts::{ContainerInfo, HostFacts};
-use tern_proto::{Failure, ImagesInRam, MigrationId, MigrationReport, Mode, Outcome, Phase, PhaseTime, ProbeReport, RoundReport};
+use tern_proto::{Failure, ImagesInRam, MigrationId, MigrationReport, Mode, Outcome, Phase, PhaseTime, ProbeReport, RoundReport, StepTime};
 
 /// The version of every `--json` document's shape. Adding a field keeps
 /// it; renaming, removing or re-nesting one raises it.
@@ -204,6 +204,9 @@ struct ReportDef {
     zstd_out: u64,
     #[serde(serialize_with = "phase_times")]
     phases: Vec<PhaseTime>,
+    /// `[{"step": "criu-dump", "ms": 120}, ...]`, summing to `downtime_ms`.
+    #[serde(serialize_with = "step_times")]
+    frozen: Vec<StepTime>,
     memory_fill_ms: Option<u64>,
     images_in_ram: ImagesInRam,
     rounds: Vec<RoundReport>,
@@ -237,6 +240,15 @@ fn phase_name<S: Serializer>(p: &Phase, ser: S) -> Result<S::Ok, S::Error> {
 
 fn phase_times<S: Serializer>(p: &[PhaseTime], ser: S) -> Result<S::Ok, S::Error> {
     ser.collect_seq(p.iter().map(PhaseTimeJson))
+}
+
+fn step_times<S: Serializer>(p: &[StepTime], ser: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Step {
+        step: &'static str,
+        ms: u64,
+    }
+    ser.collect_seq(p.iter().map(|s| Step { step: s.step.as_str(), ms: s.ms }))
 }
 
 fn failure<S: Serializer>(f: &Option<&Failure>, ser: S) -> Result<S::Ok, S::Error> {
@@ -335,6 +347,7 @@ pub struct Written<'a> {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+    use tern_proto::FrozenStep;
 
     fn report(outcome: Outcome) -> MigrationReport {
         MigrationReport {
@@ -355,6 +368,7 @@ mod tests {
             zstd_in: 55 << 10,
             zstd_out: 8 << 10,
             phases: vec![PhaseTime { phase: Phase::Prepare, ms: 581 }, PhaseTime { phase: Phase::PreCopy, ms: 3820 }],
+            frozen: vec![StepTime { step: FrozenStep::CriuDump, ms: 313 }, StepTime { step: FrozenStep::Other, ms: 1907 }],
             memory_fill_ms: Some(429),
             images_in_ram: ImagesInRam { source: true, target: false },
             rounds: vec![RoundReport {
@@ -399,6 +413,7 @@ mod tests {
         assert_eq!(v["failure"], Value::Null);
         assert_eq!(v["rollback_error"], Value::Null);
         assert_eq!(v["phases"], json!([{"phase": "prepare", "ms": 581}, {"phase": "pre-copy", "ms": 3820}]));
+        assert_eq!(v["frozen"], json!([{"step": "criu-dump", "ms": 313}, {"step": "other", "ms": 1907}]));
         assert_eq!(v["images_in_ram"], json!({"source": true, "target": false}));
         assert_eq!(
             v["rounds"][0],

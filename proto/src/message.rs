@@ -306,6 +306,70 @@ pub struct PhaseTime {
     pub ms: u64,
 }
 
+/// A part of the frozen interval, from the freeze until the container
+/// runs on the target, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrozenStep {
+    Invalid,
+    /// CRIU's own frozen time during the final dump (its `stats-dump`).
+    CriuDump,
+    /// The rest of Podman's checkpoint: its work before CRIU runs and
+    /// the packing of its archive afterwards.
+    PodmanExport,
+    /// The archive's tail crossing the wire after Podman finished writing.
+    Transfer,
+    /// The target receiving the rest and checking the digest.
+    Verify,
+    /// The target checking what the checkpoint asks of the host.
+    Admit,
+    /// The operator's network hook on the target.
+    Hook,
+    /// CRIU's restore itself (its `stats-restore`).
+    CriuRestore,
+    /// The rest of Podman's restore: the import, the container's record,
+    /// the runtime's work around CRIU.
+    PodmanRestore,
+    /// What no step accounts for: messages between the agents, the
+    /// source's bookkeeping.
+    Other,
+}
+
+impl FrozenStep {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FrozenStep::Invalid => "invalid",
+            FrozenStep::CriuDump => "criu-dump",
+            FrozenStep::PodmanExport => "podman-export",
+            FrozenStep::Transfer => "transfer",
+            FrozenStep::Verify => "verify",
+            FrozenStep::Admit => "admit",
+            FrozenStep::Hook => "hook",
+            FrozenStep::CriuRestore => "criu-restore",
+            FrozenStep::PodmanRestore => "podman-restore",
+            FrozenStep::Other => "other",
+        }
+    }
+}
+
+/// How long one step of the frozen interval took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub step: FrozenStep,
+    pub ms: u64,
+}
+
+/// The frozen interval of `downtime_ms`, split: the source's steps, then
+/// the target's (`target`), then what is left over as [`FrozenStep::Other`].
+/// Steps that took no time are left out; `Other` never goes below zero.
+pub fn frozen_steps(source: &[StepTime], target: &[StepTime], downtime_ms: u64) -> Vec<StepTime> {
+    let mut steps: Vec<StepTime> = source.iter().chain(target).copied().filter(|s| s.ms > 0).collect();
+    let counted: u64 = steps.iter().map(|s| s.ms).sum();
+    if downtime_ms > counted {
+        steps.push(StepTime { step: FrozenStep::Other, ms: downtime_ms - counted });
+    }
+    steps
+}
+
 /// What failed, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -380,6 +444,9 @@ pub struct MigrationReport {
     pub zstd_in: u64,
     pub zstd_out: u64,
     pub phases: Vec<PhaseTime>,
+    /// The downtime, step by step ([`frozen_steps`]); empty without a
+    /// switchover.
+    pub frozen: Vec<StepTime>,
     /// The target restored lazily: from running until all memory was in
     /// place (the container ran during it).
     pub memory_fill_ms: Option<u64>,
@@ -539,6 +606,9 @@ pub struct RestoreInfo {
     pub confirm_ms: u64,
     /// After a lazy restore: from running until all its memory was in place.
     pub memory_fill_ms: Option<u64>,
+    /// The target's steps of the frozen interval, from `CheckpointSent`
+    /// until the container ran.
+    pub steps: Vec<StepTime>,
     /// The images were held in RAM here, not on disk.
     pub images_in_ram: bool,
     /// Why the restore was not lazy, or the images not in RAM, when so.
@@ -603,5 +673,28 @@ impl WireMessage for DataHeader {
     const NAME: &'static str = "DataHeader";
     fn is_invalid(&self) -> bool {
         self.kind == DataKind::Invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(step: FrozenStep, ms: u64) -> StepTime {
+        StepTime { step, ms }
+    }
+
+    #[test]
+    fn the_frozen_steps_add_up_to_the_downtime() {
+        let source = [st(FrozenStep::CriuDump, 120), st(FrozenStep::PodmanExport, 300), st(FrozenStep::Transfer, 0)];
+        let target = [st(FrozenStep::Verify, 40), st(FrozenStep::Hook, 0), st(FrozenStep::PodmanRestore, 500)];
+        let steps = frozen_steps(&source, &target, 1000);
+        let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+        assert_eq!(names, ["criu-dump", "podman-export", "verify", "podman-restore", "other"], "steps of 0 ms are left out");
+        assert_eq!(steps.iter().map(|s| s.ms).sum::<u64>(), 1000);
+        // Clocks of two hosts: the target's steps may exceed what the
+        // source saw; nothing is invented to make up for it.
+        let over = frozen_steps(&source, &target, 900);
+        assert!(over.iter().all(|s| s.step != FrozenStep::Other));
     }
 }

@@ -114,6 +114,7 @@ fn responses_and_reports_round_trip() {
         zstd_in: 8192,
         zstd_out: 1024,
         phases: vec![PhaseTime { phase: Phase::Checkpoint, ms: 500 }],
+        frozen: vec![StepTime { step: FrozenStep::CriuDump, ms: 120 }, StepTime { step: FrozenStep::Other, ms: 692 }],
         memory_fill_ms: Some(390),
         images_in_ram: ImagesInRam { source: true, target: false },
         rounds: vec![RoundReport {

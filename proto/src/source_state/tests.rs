@@ -17,6 +17,7 @@ fn info() -> RestoreInfo {
         restore_ms: 1,
         confirm_ms: 1,
         memory_fill_ms: None,
+        steps: Vec::new(),
         images_in_ram: false,
         notes: Vec::new(),
         container: ContainerInfo {

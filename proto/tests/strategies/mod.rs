@@ -266,13 +266,30 @@ pub fn source_msg() -> impl Strategy<Value = SourceMsg> {
     ]
 }
 
+pub fn steps() -> impl Strategy<Value = Vec<StepTime>> {
+    let step = select(vec![
+        FrozenStep::Invalid,
+        FrozenStep::CriuDump,
+        FrozenStep::PodmanExport,
+        FrozenStep::Transfer,
+        FrozenStep::Verify,
+        FrozenStep::Admit,
+        FrozenStep::Hook,
+        FrozenStep::CriuRestore,
+        FrozenStep::PodmanRestore,
+        FrozenStep::Other,
+    ]);
+    vec((step, any::<u64>()).prop_map(|(step, ms)| StepTime { step, ms }), 0..4)
+}
+
 pub fn target_msg() -> impl Strategy<Value = TargetMsg> {
-    let restored = (any::<u64>(), any::<u64>(), any::<u64>(), any::<Option<u64>>(), any::<bool>(), texts(), container()).prop_map(
-        |(verify_ms, restore_ms, confirm_ms, memory_fill_ms, images_in_ram, notes, container)| RestoreInfo {
+    let restored = (any::<u64>(), any::<u64>(), any::<u64>(), any::<Option<u64>>(), steps(), any::<bool>(), texts(), container()).prop_map(
+        |(verify_ms, restore_ms, confirm_ms, memory_fill_ms, steps, images_in_ram, notes, container)| RestoreInfo {
             verify_ms,
             restore_ms,
             confirm_ms,
             memory_fill_ms,
+            steps,
             images_in_ram,
             notes,
             container,
@@ -323,12 +340,12 @@ fn report() -> impl Strategy<Value = MigrationReport> {
     (
         (any::<u64>(), text(), text(), text(), mode(), outcome(), any::<Option<u64>>(), any::<u64>(), any::<u64>(), any::<u64>()),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), phases),
-        (any::<Option<u64>>(), ram, vec(round_report(), 0..3), any::<Option<String>>(), texts()),
+        (any::<Option<u64>>(), ram, vec(round_report(), 0..3), any::<Option<String>>(), texts(), steps()),
     )
         .prop_map(|(a, b, c)| {
             let (id, container, source, target, mode, outcome, downtime_ms, total_ms, bytes_on_wire, image_bytes) = a;
             let (checkpoint_bytes, final_pages, final_frozen_ms, saved_bytes, zstd_in, zstd_out, phases) = b;
-            let (memory_fill_ms, images_in_ram, rounds, stop_reason, warnings) = c;
+            let (memory_fill_ms, images_in_ram, rounds, stop_reason, warnings, frozen) = c;
             MigrationReport {
                 id,
                 container,
@@ -347,6 +364,7 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 zstd_in,
                 zstd_out,
                 phases,
+                frozen,
                 memory_fill_ms,
                 images_in_ram,
                 rounds,
