@@ -33,7 +33,7 @@ pub struct Agent {
     pub recovery: tokio::sync::Notify,
     /// The CA and its revocation list, to verify tickets' signers; loaded
     /// at first use.
-    trust: std::sync::OnceLock<Result<Arc<tern_transport::Trust>, String>>,
+    trust: std::sync::OnceLock<Result<Arc<tern_transport::Trust>, Arc<tern_transport::TransportError>>>,
     /// Ticket ids used, until they expire.
     replay: Mutex<tern_transport::ticket::ReplayGuard>,
     /// Open connections by peer name, and in all.
@@ -161,8 +161,8 @@ impl Agent {
         Ok(ConnectionGuard { agent: self, peer: None })
     }
 
-    fn trust(&self) -> Result<Arc<tern_transport::Trust>, String> {
-        self.trust.get_or_init(|| tern_transport::Trust::load(&self.cfg.tls).map_err(|e| e.to_string())).clone()
+    fn trust(&self) -> Result<Arc<tern_transport::Trust>, Arc<tern_transport::TransportError>> {
+        self.trust.get_or_init(|| tern_transport::Trust::load(&self.cfg.tls).map_err(Arc::new)).clone()
     }
 
     /// Whether `peer` may hand this agent the migration `begin`: its ticket

@@ -51,13 +51,41 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Why a checkpoint may not go to RAM ([`fits`], [`budget`]): a note for
+/// the report or the log, the images then go to disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoom {
+    /// The container's memory size is unknown: no cap to give the tmpfs.
+    SizeUnknown,
+    /// `available` bytes of memory, `wanted` needed, of which `held` are
+    /// other migrations' shares.
+    Memory { available: u64, wanted: u64, held: u64 },
+}
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            NoRoom::SizeUnknown => f.write_str("the container's memory size is unknown"),
+            NoRoom::Memory { available, wanted, held } => {
+                write!(f, "{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM", available >> 20, wanted >> 20)?;
+                if held > 0 {
+                    write!(f, ", {} MiB of it held for other migrations", held >> 20)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
 /// Whether images of `need` bytes may go to RAM on a host with `available`
 /// bytes available, `copies` times over (the target holds the images and
 /// the restored container at once); the size cap of the tmpfs when so.
-pub fn fits(need: u64, copies: u64, available: u64) -> Result<u64, String> {
+pub fn fits(need: u64, copies: u64, available: u64) -> Result<u64, NoRoom> {
     let want = need.saturating_mul(copies).saturating_add(MARGIN);
     if available < want {
-        return Err(format!("{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM", available >> 20, want >> 20));
+        return Err(NoRoom::Memory { available, wanted: want, held: 0 });
     }
     // A cap, not a reservation: the dump may hold a little more than the
     // anonymous memory counted (shared memory, page tables), never the
@@ -96,23 +124,22 @@ impl Drop for Reservation {
 /// What images of `need` bytes, held `copies` times over, take of a host
 /// with `available` bytes available of which `held` are reserved by other
 /// migrations already: the share to reserve, also the tmpfs's cap.
-pub fn budget(need: u64, copies: u64, available: u64, held: u64) -> Result<u64, String> {
+pub fn budget(need: u64, copies: u64, available: u64, held: u64) -> Result<u64, NoRoom> {
     if need == 0 {
         // A tmpfs of size 0 has no limit at all.
-        return Err("the container's memory size is unknown".into());
+        return Err(NoRoom::SizeUnknown);
     }
     let share = need.saturating_mul(copies).saturating_add(SLACK);
     let want = share.saturating_add(held).saturating_add(MARGIN);
     if available < want {
-        let others = if held > 0 { format!(", {} MiB of it held for other migrations", held >> 20) } else { String::new() };
-        return Err(format!("{} MiB of memory available, {} MiB needed to hold the checkpoint in RAM{others}", available >> 20, want >> 20));
+        return Err(NoRoom::Memory { available, wanted: want, held });
     }
     Ok(share)
 }
 
 /// Reserves the share of the budget for images of `need` bytes held
 /// `copies` times over ([`budget`]), with `available` bytes available.
-pub fn reserve(need: u64, copies: u64, available: u64) -> Result<Reservation, String> {
+pub fn reserve(need: u64, copies: u64, available: u64) -> Result<Reservation, NoRoom> {
     let mut held = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
     let bytes = budget(need, copies, available, *held)?;
     *held = held.saturating_add(bytes);
@@ -232,7 +259,7 @@ mod tests {
     fn images_go_to_ram_only_with_room_to_spare() {
         let gib = 1u64 << 30;
         assert_eq!(fits(gib / 2, 2, 8 * gib), Ok(8 * gib - MARGIN));
-        let err = fits(gib, 2, 2 * gib).unwrap_err();
+        let err = fits(gib, 2, 2 * gib).unwrap_err().to_string();
         assert!(err.contains("2048 MiB of memory available, 2304 MiB needed"), "{err}");
         assert!(fits(u64::MAX, 2, 1 << 50).is_err(), "no overflow");
     }
@@ -241,8 +268,8 @@ mod tests {
     fn one_budget_for_every_migration() {
         let gib = 1u64 << 30;
         assert_eq!(budget(gib / 2, 2, 8 * gib, 0), Ok(gib + SLACK));
-        assert!(budget(0, 2, 8 * gib, 0).unwrap_err().contains("unknown"), "never a tmpfs without a cap");
-        let err = budget(gib, 2, 4 * gib, 2 * gib).unwrap_err();
+        assert!(budget(0, 2, 8 * gib, 0).unwrap_err().to_string().contains("unknown"), "never a tmpfs without a cap");
+        let err = budget(gib, 2, 4 * gib, 2 * gib).unwrap_err().to_string();
         assert!(err.contains("2048 MiB of it held for other migrations"), "{err}");
         assert!(budget(u64::MAX, 2, 1 << 50, u64::MAX).is_err(), "no overflow");
         // Reservations add up and give back what they took. (Other tests

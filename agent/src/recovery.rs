@@ -134,7 +134,7 @@ fn entries_in(state_dir: &Path) -> Vec<(PathBuf, Entry)> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(&path).and_then(|b| serde_json::from_slice(&b).map_err(std::io::Error::other)) {
             Ok(e) => out.push((path, e)),
             Err(e) => tracing::error!("unreadable journal entry {}: {e}; move it away once the container is sorted out", path.display()),
         }

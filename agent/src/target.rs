@@ -584,7 +584,7 @@ impl Target<'_> {
         // Only the image whose ID was announced, under a valid name (admission.rs).
         admission::check_image(&c.image, &c.image_id).map_err(TargetError::ImageRefused)?;
         if !self.agent.engine.image_exists(&c.image_id).await? {
-            return Err(TargetError::ImageRefused(format!("no image here has the announced ID {} (the shipped image is another)", c.image_id)));
+            return Err(TargetError::ImageRefused(admission::ImageRefusal::Absent(c.image_id.clone())));
         }
         self.agent.engine.image_tag(&c.image_id, &c.image).await.map_err(|source| TargetError::NameImage { image: c.image.clone(), source })
     }

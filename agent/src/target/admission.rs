@@ -460,16 +460,29 @@ fn check_host_path(p: &AdmissionConfig, host: &HostPaths, source: &str, rule: &'
     }
 }
 
+/// Why the image the source announced is not given its name here (see
+/// [`check_image`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefusal {
+    #[error("the announced image ID {0:?} is not a full image ID (64 hex digits)")]
+    NotFullId(String),
+    #[error("the announced image name {name:?} is not a valid image reference: {why}")]
+    BadName { name: String, why: &'static str },
+    /// The ID is valid, and no image of this host has it.
+    #[error("no image here has the announced ID {0} (the shipped image is another)")]
+    Absent(String),
+}
+
 /// Whether the source's image name and ID are ones this host may tag an
 /// image with: the ID a full image ID (64 hex digits: a shorter one, or a
 /// name, could pick another image here), the name a valid image reference
 /// (distribution's grammar: `[host[:port]/]path[:tag][@digest]`). The
 /// error says which and why.
-pub fn check_image(name: &str, id: &str) -> Result<(), String> {
+pub fn check_image(name: &str, id: &str) -> Result<(), ImageRefusal> {
     if !(id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) {
-        return Err(format!("the announced image ID {id:?} is not a full image ID (64 hex digits)"));
+        return Err(ImageRefusal::NotFullId(id.to_string()));
     }
-    image_reference(name).map_err(|why| format!("the announced image name {name:?} is not a valid image reference: {why}"))
+    image_reference(name).map_err(|why| ImageRefusal::BadName { name: name.to_string(), why })
 }
 
 fn image_reference(r: &str) -> Result<(), &'static str> {

@@ -2,7 +2,7 @@
 //! reaches the source once, as the protocol's [`Failure`] (its text is the
 //! `Display` below), in [`TargetError::failure`].
 
-use super::admission::Refusal;
+use super::admission::{ImageRefusal, Refusal};
 use crate::engine::EngineError;
 use crate::netid::NetError;
 use crate::transfer::TransferError;
@@ -34,7 +34,7 @@ pub enum TargetError {
     /// The image name or ID the source announced is not one this host
     /// tags an image with (its words).
     #[error("refused to name the image: {0}")]
-    ImageRefused(String),
+    ImageRefused(ImageRefusal),
     /// Admission refused the checkpoint ([`super::admission`]): answered in
     /// phase Verify whatever step found it, nothing of it ran here.
     #[error(transparent)]

@@ -109,10 +109,24 @@ pub struct Bundle {
     /// Whether `checkpoint/` is a tmpfs.
     pub in_ram: bool,
     /// Why not, when RAM was asked for and it is not.
-    pub on_disk_because: Option<String>,
+    pub on_disk_because: Option<NotInRam>,
     /// Its share of the agent's RAM budget while the tmpfs is there.
     ram: std::sync::Mutex<Option<ramdir::Reservation>>,
     storage: Arc<dyn Storage>,
+}
+
+/// Why `checkpoint/` is not in RAM though RAM was asked for (a note for
+/// the report).
+#[derive(Debug, thiserror::Error)]
+pub enum NotInRam {
+    #[error("cannot read MemAvailable from /proc/meminfo")]
+    NoMemInfo,
+    /// It does not fit in the agent's RAM budget (ramdir.rs).
+    #[error(transparent)]
+    NoRoom(#[from] ramdir::NoRoom),
+    /// Mounting the tmpfs failed.
+    #[error(transparent)]
+    Mount(#[from] std::io::Error),
 }
 
 /// Why the container's folder could not be made.
@@ -149,9 +163,9 @@ impl Bundle {
         // Why not, when it does not fit, is a note for the report.
         let share = storage
             .mem_available()
-            .ok_or_else(|| "cannot read MemAvailable from /proc/meminfo".to_string())
-            .and_then(|avail| ramdir::reserve(container.memory_bytes, 2, avail));
-        match share.and_then(|r| storage.mount_ram(&checkpoint, r.bytes()).map(|()| r).map_err(|e| e.to_string())) {
+            .ok_or(NotInRam::NoMemInfo)
+            .and_then(|avail| ramdir::reserve(container.memory_bytes, 2, avail).map_err(NotInRam::NoRoom));
+        match share.and_then(|r| storage.mount_ram(&checkpoint, r.bytes()).map(|()| r).map_err(NotInRam::Mount)) {
             Ok(r) => {
                 bundle.in_ram = true;
                 *bundle.ram.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);

@@ -3,7 +3,7 @@
 
 use super::fs::create_new;
 use super::stream::{close, digest, open, pump, write_progressing, StreamLimits};
-use super::{StoreError, TransferError, CHUNK};
+use super::{SendError, StoreError, TransferError, CHUNK};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +27,10 @@ pub async fn send_fileset(
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; CHUNK];
-    let send_err = |e: &dyn std::fmt::Display| TransferError::Send(e.to_string());
     for name in names {
         let mut file = tokio::fs::File::open(dir.join(name)).await.map_err(TransferError::Read)?;
         let len = file.metadata().await.map_err(TransferError::Read)?.len();
-        let entry = frame::encode(&FileEntry::File { name: name.clone(), len }).map_err(|e| send_err(&e))?;
+        let entry = frame::encode(&FileEntry::File { name: name.clone(), len }).map_err(SendError::from)?;
         hasher.update(&entry);
         write_progressing(&mut stream, &entry, stall).await?;
         let mut left = len;
@@ -48,7 +47,7 @@ pub async fn send_fileset(
             done.store(total, Ordering::Relaxed);
         }
     }
-    let end = frame::encode(&FileEntry::End).map_err(|e| send_err(&e))?;
+    let end = frame::encode(&FileEntry::End).map_err(SendError::from)?;
     hasher.update(&end);
     write_progressing(&mut stream, &end, stall).await?;
     close(Ok(stream)).await?;

@@ -60,9 +60,9 @@ pub enum TransferError {
     #[error("reading the archive failed: {0}")]
     Read(std::io::Error),
     #[error("sending to the target failed: {0}")]
-    Send(String),
+    Send(#[from] SendError),
     #[error("receiving from the source failed: {0}")]
-    Receive(String),
+    Receive(#[from] ReceiveError),
     #[error("writing the staged archive failed: {0}")]
     Write(std::io::Error),
     /// The peer took no byte for this long: it stopped reading.
@@ -77,6 +77,46 @@ pub enum TransferError {
     /// What arrived could not be decoded or stored.
     #[error("receiving from the source failed: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Why sending a stream failed (besides reading the archive, and the
+/// peer's stalling: [`TransferError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The stream could not be opened.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already closed when it was finished.
+    #[error(transparent)]
+    Finish(#[from] quinn::ClosedStream),
+    /// A header, an entry or a record could not be encoded or written.
+    #[error(transparent)]
+    Frame(#[from] tern_proto::frame::FrameError),
+    /// The encoding thread panicked or was cancelled.
+    #[error("the encoder failed: {0}")]
+    Encoder(tokio::task::JoinError),
+    /// The encoder found the stream gone (its sender failed).
+    #[error("the stream to the target failed")]
+    StreamClosed,
+    /// The send was stopped before the archive ended.
+    #[error("cancelled; the rest of the archive was drained here, not sent")]
+    Cancelled,
+    /// The network stage was stopped mid-write.
+    #[error("stopped")]
+    Stopped,
+}
+
+/// Why receiving a stream failed on the wire (what arrived is judged by
+/// [`StoreError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+    /// The stream's header.
+    #[error(transparent)]
+    Frame(#[from] tern_proto::frame::FrameError),
 }
 
 /// What goes wrong making files of a stream that arrived (the work of

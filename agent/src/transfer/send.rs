@@ -2,7 +2,7 @@
 //! at once, memory bounded whatever the archive's size.
 
 use super::stream::{close, open, write_progressing};
-use super::{TransferError, CHUNK};
+use super::{SendError, TransferError, CHUNK};
 use crate::pages::PageIndex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     let started = std::time::Instant::now();
     let encoder = tokio::task::spawn_blocking(move || encode_stage(from_reader, to_sender, recycle, encoding, zstd));
     let (read, (stream, send_wait)) = tokio::join!(read_stage(reader, to_encoder, spare, done, stop), send_stage(stream, from_encoder, stop));
-    let encoded = encoder.await.map_err(|e| TransferError::Send(format!("the encoder failed: {e}")))?;
+    let encoded = encoder.await.map_err(SendError::Encoder)?;
     let (total, read_wait) = read?;
     let fail = |mut stream: Result<quinn::SendStream, TransferError>, e: TransferError| {
         if let Ok(s) = &mut stream {
@@ -98,7 +98,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
         Err(e)
     };
     if stop.is_cancelled() {
-        return fail(stream, TransferError::Send("cancelled; the rest of the archive was drained here, not sent".into()));
+        return fail(stream, SendError::Cancelled.into());
     }
     // The network's own reason comes first: the encoder only saw it end.
     let stream = match stream {
@@ -107,7 +107,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     };
     let (digest, stats, encoding, busy) = match encoded {
         Ok(x) => x,
-        Err(e) => return fail(stream, TransferError::Send(e)),
+        Err(e) => return fail(stream, e.into()),
     };
     tracing::debug!(
         total,
@@ -177,15 +177,15 @@ fn encode_stage(
     recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
     mut encoding: Encoding,
     zstd: Option<i32>,
-) -> Result<(Digest, DeltaStats, Encoding, std::time::Duration), String> {
+) -> Result<(Digest, DeltaStats, Encoding, std::time::Duration), SendError> {
     let mut encoder = DeltaEncoder::default();
     let mut compressor = Compressor::new(zstd.map(Packer::new), compress_threads());
     let mut hasher = blake3::Hasher::new();
     let (mut total, mut busy) = (0u64, std::time::Duration::ZERO);
-    let mut failed: Option<String> = None;
-    let send = |out: Vec<u8>, failed: &mut Option<String>| {
+    let mut failed: Option<SendError> = None;
+    let send = |out: Vec<u8>, failed: &mut Option<SendError>| {
         if !out.is_empty() && output.blocking_send(out).is_err() {
-            *failed = Some("the stream to the target failed".into());
+            *failed = Some(SendError::StreamClosed);
         }
     };
     while let Some((buf, n)) = input.blocking_recv() {
@@ -202,15 +202,15 @@ fn encode_stage(
                 }
                 Encoding::Raw => encoder.feed(bytes, &mut |_| None),
             };
-            let out = fed.map_err(|e| e.to_string()).and_then(|()| {
+            let out = fed.and_then(|()| {
                 compressor.add(encoder.take_segments());
-                compressor.take_if_full(&mut encoder.stats).map_err(|e| e.to_string())
+                compressor.take_if_full(&mut encoder.stats)
             });
             busy += t.elapsed();
             match out {
                 Ok(Some(out)) => send(out, &mut failed),
                 Ok(None) => {}
-                Err(e) => failed = Some(e),
+                Err(e) => failed = Some(e.into()),
             }
         }
         let _ = recycle.try_send(buf);
@@ -218,9 +218,9 @@ fn encode_stage(
     if let Some(e) = failed {
         return Err(e);
     }
-    compressor.add(encoder.finish_segments().map_err(|e| e.to_string())?);
-    let tail = compressor.take(&mut encoder.stats).map_err(|e| e.to_string())?;
-    output.blocking_send(tail).map_err(|_| "the stream to the target failed".to_string())?;
+    compressor.add(encoder.finish_segments()?);
+    let tail = compressor.take(&mut encoder.stats)?;
+    output.blocking_send(tail).map_err(|_| SendError::StreamClosed)?;
     Ok((Digest { bytes: total, blake3: *hasher.finalize().as_bytes() }, encoder.stats, encoding, busy))
 }
 
@@ -245,7 +245,7 @@ async fn send_stage(
         let t = std::time::Instant::now();
         let r = tokio::select! {
             r = write_progressing(s, &out, stall) => r,
-            _ = stop.cancelled() => Err(TransferError::Send("stopped".to_string())),
+            _ = stop.cancelled() => Err(SendError::Stopped.into()),
         };
         waited += t.elapsed();
         if let Err(e) = r {

@@ -1,7 +1,7 @@
 //! The data streams themselves: opened with their header, finished, and
 //! read to their end into a blocking worker.
 
-use super::{StoreError, TransferError, CHUNK};
+use super::{ReceiveError, SendError, StoreError, TransferError, CHUNK};
 use std::time::Duration;
 use tern_proto::frame::{expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
@@ -11,8 +11,8 @@ use tern_proto::{DataHeader, Digest};
 pub(super) async fn open(conn: &quinn::Connection, header: &DataHeader) -> Result<quinn::SendStream, TransferError> {
     let stall = super::send_stall();
     let opened = async {
-        let mut s = conn.open_uni().await.map_err(|e| TransferError::Send(e.to_string()))?;
-        write_frame(&mut s, header).await.map_err(|e| TransferError::Send(e.to_string()))?;
+        let mut s = conn.open_uni().await.map_err(SendError::from)?;
+        write_frame(&mut s, header).await.map_err(SendError::from)?;
         Ok(s)
     };
     tokio::time::timeout(stall, opened).await.map_err(|_| TransferError::SendStalled(stall))?
@@ -27,7 +27,7 @@ pub(super) async fn write_progressing(s: &mut quinn::SendStream, bytes: &[u8], s
     while at < bytes.len() {
         match tokio::time::timeout(stall, s.write(&bytes[at..])).await {
             Ok(Ok(n)) => at += n,
-            Ok(Err(e)) => return Err(TransferError::Send(e.to_string())),
+            Ok(Err(e)) => return Err(SendError::from(e).into()),
             Err(_) => return Err(TransferError::SendStalled(stall)),
         }
     }
@@ -39,7 +39,7 @@ pub(super) async fn write_progressing(s: &mut quinn::SendStream, bytes: &[u8], s
 /// still in flight (the send window, a few MiB) may cross a slow link.
 pub(super) async fn close(s: Result<quinn::SendStream, TransferError>) -> Result<(), TransferError> {
     let mut s = s?;
-    s.finish().map_err(|e| TransferError::Send(e.to_string()))?;
+    s.finish().map_err(SendError::from)?;
     let limit = super::send_stall() * CLOSE_STALLS;
     if tokio::time::timeout(limit, s.stopped()).await.is_err() {
         let _ = s.reset(1u32.into());
@@ -102,7 +102,7 @@ pub(crate) async fn pump<T: Send + 'static>(
             }
             Ok(None) => break,
             Err(e) => {
-                failed = Some(TransferError::Receive(e.to_string()));
+                failed = Some(ReceiveError::from(e).into());
                 break;
             }
         }
@@ -111,7 +111,7 @@ pub(crate) async fn pump<T: Send + 'static>(
         let _ = recv.stop(1u32.into());
     }
     drop(tx);
-    let out = worker.await.map_err(|e| TransferError::Write(std::io::Error::other(e.to_string())))?;
+    let out = worker.await.map_err(|e| TransferError::Write(std::io::Error::other(e)))?;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -124,5 +124,5 @@ pub(crate) fn digest(hasher: &blake3::Hasher, bytes: u64) -> Digest {
 
 /// Reads a data stream's header.
 pub async fn accept_header(recv: &mut quinn::RecvStream) -> Result<DataHeader, TransferError> {
-    expect_frame(recv).await.map_err(|e| TransferError::Receive(e.to_string()))
+    expect_frame(recv).await.map_err(|e| ReceiveError::from(e).into())
 }

@@ -370,7 +370,7 @@ fn image_names_and_ids_are_checked_before_tagging() {
         assert!(check_image(bad, IMAGE_ID).is_err(), "{bad:?} passed");
     }
     for bad_id in ["img1", "alpine", &IMAGE_ID[..12], &format!("{IMAGE_ID}0"), &IMAGE_ID.to_uppercase()] {
-        let e = check_image("localhost/x:1", bad_id).unwrap_err();
+        let e = check_image("localhost/x:1", bad_id).unwrap_err().to_string();
         assert!(e.contains("not a full image ID"), "{e}");
     }
 }
