@@ -28,6 +28,8 @@ pub async fn gather(name: &str, engine: &dyn Engine, overrides: &toml::Table) ->
         dirty_tracking,
         lazy_restore,
         dump_other_users: cap_sys_resource(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()),
+        // Read afresh at every request (server.rs, cordon.rs): these are cached.
+        status: Default::default(),
     };
     apply_overrides(facts, overrides)
 }
@@ -155,6 +157,7 @@ mod tests {
             dirty_tracking: Capability { supported: false, detail: String::new() },
             lazy_restore: Capability { supported: false, detail: String::new() },
             dump_other_users: Capability { supported: true, detail: String::new() },
+            status: Default::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! `cluster` talks to every agent of the `inventory`; `plan` runs the
 //! compatibility rules before anything is frozen; `migrate` drives one
 //! migration and `progress` shows how it goes; `evacuate` places a host's
-//! containers on the others; `output` formats what users read and `view`
+//! containers on the others; `maintenance` cordons and uncordons hosts;
+//! `output` formats what users read and `view`
 //! what `--json` prints; `command` holds what every command shares (the
 //! global flags, the result, the exit code).
 
@@ -11,6 +12,7 @@ mod cluster;
 mod command;
 mod evacuate;
 mod inventory;
+mod maintenance;
 mod migrate;
 mod output;
 mod plan;
@@ -96,6 +98,17 @@ enum Cmd {
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
+    /// Keep migrations off a host (before maintenance): its agent refuses
+    /// every incoming move and keeps the cordon across restarts; `tern
+    /// hosts` shows it.
+    Cordon {
+        host: String,
+        /// Why, for `tern hosts` and every refusal (kept with the time).
+        #[arg(long, default_value = maintenance::DEFAULT_REASON)]
+        reason: String,
+    },
+    /// Let migrations land on a cordoned host again.
+    Uncordon { host: String },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
     Probe {
@@ -179,7 +192,8 @@ enum CompressArg {
 }
 
 /// The columns of `tern hosts`.
-const HOST_COLUMNS: [&str; 11] = ["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers"];
+const HOST_COLUMNS: [&str; 12] =
+    ["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers", "cordon"];
 
 /// When pre-copy stops copying rounds and freezes.
 #[derive(clap::Args)]
@@ -384,6 +398,8 @@ async fn run(cli: Cli) -> Done {
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { dir } => man(&ctx, &dir),
         Cmd::Hosts => hosts(&ctx).await,
+        Cmd::Cordon { host, reason } => maintenance::cordon(&ctx, &host, Some(reason)).await,
+        Cmd::Uncordon { host } => maintenance::cordon(&ctx, &host, None).await,
         Cmd::Ps => ps(&ctx).await,
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,
@@ -587,10 +603,19 @@ async fn hosts(ctx: &Ctx) -> Done {
             .map(|h| {
                 let (name, address) = (h.entry.name.as_str(), h.entry.address);
                 match &h.state {
-                    Ok(s) => {
-                        view::HostRow { name, address, reachable: true, facts: Some(&s.facts), containers: Some(s.containers.len()), error: None }
+                    Ok(s) => view::HostRow {
+                        name,
+                        address,
+                        reachable: true,
+                        facts: Some(&s.facts),
+                        containers: Some(s.containers.len()),
+                        cordoned: Some(s.facts.status.cordon.is_some()),
+                        cordon: s.facts.status.cordon.as_ref().map(view::CordonJson::new),
+                        error: None,
+                    },
+                    Err(e) => {
+                        view::HostRow { name, address, reachable: false, facts: None, containers: None, cordoned: None, cordon: None, error: Some(e) }
                     }
-                    Err(e) => view::HostRow { name, address, reachable: false, facts: None, containers: None, error: Some(e) },
                 }
             })
             .collect(),
@@ -618,6 +643,7 @@ async fn hosts(ctx: &Ctx) -> Done {
                         if f.dirty_tracking.supported { "yes".into() } else { "no".into() },
                         if f.lazy_restore.supported { "yes".into() } else { "no".into() },
                         s.containers.len().to_string(),
+                        maintenance::column(f.status.cordon.as_ref()),
                     ]
                 }
                 Err(e) => vec![h.entry.name.clone(), h.entry.address.to_string(), format!("DOWN: {e}")],
@@ -628,6 +654,11 @@ async fn hosts(ctx: &Ctx) -> Done {
             })
             .collect();
         print!("{}", output::table(&HOST_COLUMNS, &rows));
+        for h in &cluster.hosts {
+            if let Ok(Some(c)) = h.state.as_ref().map(|s| s.facts.status.cordon.as_ref()) {
+                println!("{} is cordoned {}: `tern uncordon {}` lets migrations land there again", h.entry.name, c.describe(), h.entry.name);
+            }
+        }
     }
     if !down.is_empty() {
         // The table's DOWN rows say it.
@@ -696,6 +727,18 @@ mod tests {
     }
 
     #[test]
+    fn cordon_and_uncordon_take_a_host_and_a_reason() {
+        let cli = Cli::try_parse_from(["tern", "cordon", "client2", "--reason", "kernel upgrade"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Cordon { ref host, ref reason } if host == "client2" && reason == "kernel upgrade"));
+        let cli = Cli::try_parse_from(["tern", "cordon", "client2"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Cordon { ref reason, .. } if reason == maintenance::DEFAULT_REASON));
+        let cli = Cli::try_parse_from(["tern", "uncordon", "client2", "--json"]).unwrap();
+        assert!(cli.json && matches!(cli.cmd, Cmd::Uncordon { ref host } if host == "client2"));
+        assert!(Cli::try_parse_from(["tern", "cordon"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "uncordon", "a", "b"]).is_err());
+    }
+
+    #[test]
     fn json_is_asked_before_a_double_dash_only() {
         let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>().into_iter();
         assert!(json_asked(args(&["migrate", "--bogus", "--json"])));
@@ -735,6 +778,8 @@ mod tests {
             "tern-pki-issue.1",
             "tern-pki-revoke.1",
             "tern-completions.1",
+            "tern-cordon.1",
+            "tern-uncordon.1",
             "tern-man.1",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");

@@ -4,7 +4,9 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 5 added a container's networks (name, driver, addresses, MAC),
+/// Version 6 added cordons (`Request::Cordon`, `Response::Cordon`) and what
+/// a host's facts say afresh at every request (`HostFacts::status`: its
+/// cordon, available memory and disk). Version 5 added a container's networks (name, driver, addresses, MAC),
 /// published ports, established TCP connections and main process to
 /// `ContainerInfo`, and `allow_reset` to `MigrateOptions`. Version 4 added the size of a container's files (root file system
 /// changes and volumes) to `ContainerInfo`, which `auto` weighs with its
@@ -13,10 +15,10 @@
 /// and the report) and where the images were held (RAM or disk). Version 2
 /// added pre-copy rounds, file sets and delta records. Older versions are no
 /// longer spoken: agents of one cluster are upgraded together.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[5];
+pub const SUPPORTED_VERSIONS: &[u16] = &[6];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

@@ -1278,3 +1278,90 @@ fn faults_target_disk_stalled_during_transfer_and_restore() {
 fn faults_target_disk_full_during_transfer() {
     fault_row(Fault::TargetDiskFull, &[At::Transfer]);
 }
+
+/// Undoes what a maintenance test did to a host, even when it fails
+/// midway: the agent back on its plain config, the host uncordoned (a
+/// cordon left behind would refuse every later test's migration).
+struct Uncordon(&'static str);
+
+impl Drop for Uncordon {
+    fn drop(&mut self) {
+        let _ = restart_agent(self.0, "");
+        let _ = run(&mut tern(&["uncordon", self.0]));
+    }
+}
+
+/// The host row of `tern hosts --json`.
+fn host_row(name: &str) -> Result<Value> {
+    hosts()?.into_iter().find(|h| h["name"] == name).with_context(|| format!("no {name} in tern hosts"))
+}
+
+/// The container is as it was: running, never restarted or checkpointed,
+/// same processes.
+fn untouched(host: &str, name: &str, started: &Value, pids: &[String]) -> Result<()> {
+    let after = inspect(host, name)?.context("gone")?;
+    ensure!(after["State"]["Status"] == "running", "{}", after["State"]);
+    ensure!(after["State"]["StartedAt"] == *started, "{name} was restarted");
+    ensure!(after["State"]["CheckpointedAt"].as_str().is_none_or(|s| s.starts_with("0001")), "it was checkpointed: {}", after["State"]);
+    ensure!(top(host, name)? == pids, "PIDs changed");
+    Ok(())
+}
+
+/// `tern cordon client2`: the check refuses a move onto it before anything
+/// is frozen; the cordon survives the agent being killed and started
+/// again; with the coordinator made blind to it (facts_override hides the
+/// status), client2's agent refuses the `Receive` itself and nothing of
+/// the container is left there; `tern uncordon` lets the move through.
+fn scenario_cordon() -> Result<()> {
+    let name = "e2e-cordon";
+    let _undo = Uncordon("client2");
+    remove_everywhere(name);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 10)?;
+    let pids = top("client1", name)?;
+    let started = inspect("client1", name)?.context("not created")?["State"]["StartedAt"].clone();
+
+    let r = tern_json(&["cordon", "client2", "--reason", "e2e maintenance"])?;
+    ensure!(r.code == 0 && r.json["cordoned"] == true && r.json["was_cordoned"] == false, "{}", r.all);
+    let row = host_row("client2")?;
+    ensure!(row["cordoned"] == true && row["cordon"]["reason"] == "e2e maintenance", "{row}");
+    ensure!(host_row("client1")?["cordoned"] == false);
+
+    let r = tern_json(&["migrate", name, "--to", "client2"])?;
+    ensure!(r.code == 3 && r.json["outcome"] == "refused", "expected a refusal by the check: {}", r.all);
+    let cordon = r.json["findings"].as_array().unwrap().iter().find(|f| f["field"] == "cordon").cloned().unwrap_or_default();
+    ensure!(cordon["note"].as_str().unwrap_or_default().contains("tern uncordon client2"), "{cordon}");
+    untouched("client1", name, &started, &pids)?;
+
+    // Kept by the agent: a successor reads it back.
+    kill_agent("client2")?;
+    restart_agent("client2", "")?;
+    let row = host_row("client2")?;
+    ensure!(row["cordoned"] == true && row["cordon"]["reason"] == "e2e maintenance", "lost across a restart: {row}");
+
+    // Defence in depth: the coordinator sees no cordon, the agent refuses.
+    restart_agent("client2", "[facts_override]\nstatus = { memory_available_bytes = 0, disk_available_bytes = 0 }")?;
+    ensure!(host_row("client2")?["cordoned"] == false, "the override did not hide the cordon");
+    let r = tern_json(&["migrate", name, "--to", "client2"])?;
+    ensure!(r.code == 1 && r.json["outcome"] == "refused", "expected the target agent's refusal: {}", r.all);
+    let msg = r.json["failure"]["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains("client2 is cordoned") && msg.contains("tern uncordon client2"), "{msg}");
+    ensure!(r.json["downtime_ms"].is_null(), "frozen: {}", r.all);
+    untouched("client1", name, &started, &pids)?;
+    ensure!(state("client2", name)?.is_none(), "a copy was made on client2");
+    no_leftovers()?;
+
+    restart_agent("client2", "")?;
+    let r = tern_json(&["uncordon", "client2"])?;
+    ensure!(r.code == 0 && r.json["cordoned"] == false && r.json["was_cordoned"] == true, "{}", r.all);
+    migrate_and_verify(name, "client1", "client2")?;
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn cordon_refuses_moves_onto_the_host_and_survives_an_agent_restart() {
+    let _lab = lab_guard();
+    scenario_cordon().unwrap();
+}
