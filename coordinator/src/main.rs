@@ -71,8 +71,9 @@ enum Cmd {
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
-    /// Move every running container off a host (before a reboot), one at a
-    /// time, each to the compatible target holding the least memory.
+    /// Move every running container off a host (before a reboot): cordon it
+    /// first, then move each container to the compatible target holding the
+    /// least memory that has room for it, up to --parallel at once.
     Evacuate {
         /// The host to empty.
         host: String,
@@ -93,6 +94,13 @@ enum Cmd {
         /// survive the move (as `tern migrate --allow-reset`).
         #[arg(long)]
         allow_reset: bool,
+        /// Run up to N moves at once (one progress view for all).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        /// Stop at the first failed move: cancel the moves under way (each
+        /// rolls back) and start no more. By default the others go on.
+        #[arg(long)]
+        fail_fast: bool,
         #[command(flatten)]
         transfer: TransferArgs,
         #[command(flatten)]
@@ -407,9 +415,9 @@ async fn run(cli: Cli) -> Done {
             let opts = transfer.options(&precopy, ctx.quiet);
             migrate(&ctx, mv, opts).await
         }
-        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, transfer, precopy } => {
+        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, parallel, fail_fast, transfer, precopy } => {
             let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
-            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
+            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts };
             let (inv, cluster) = survey(&ctx).await?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
@@ -736,6 +744,16 @@ mod tests {
         assert!(cli.json && matches!(cli.cmd, Cmd::Uncordon { ref host } if host == "client2"));
         assert!(Cli::try_parse_from(["tern", "cordon"]).is_err());
         assert!(Cli::try_parse_from(["tern", "uncordon", "a", "b"]).is_err());
+    }
+
+    #[test]
+    fn evacuate_takes_parallel_and_fail_fast() {
+        let cli = Cli::try_parse_from(["tern", "evacuate", "client1"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Evacuate { parallel: 1, fail_fast: false, .. }));
+        let cli = Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "4", "--fail-fast", "--json"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Evacuate { ref host, parallel: 4, fail_fast: true, .. } if host == "client1"));
+        assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "x"]).is_err());
     }
 
     #[test]

@@ -308,6 +308,10 @@ pub struct Evacuate<'a> {
     pub targets: &'a [String],
     /// `refused`, `dry-run`, `completed` or `partial`.
     pub outcome: &'static str,
+    /// The host was cordoned first (every evacuation but a dry run).
+    pub cordoned: bool,
+    /// At most this many moves ran at once.
+    pub parallel: usize,
     pub plan: Vec<PlannedMove<'a>>,
     pub stuck: Vec<Stuck<'a>>,
     pub not_running: &'a [String],
@@ -531,6 +535,8 @@ mod tests {
                 host: "client1",
                 targets: &targets,
                 outcome: "partial",
+                cordoned: true,
+                parallel: 2,
                 plan: vec![PlannedMove { container: "hog", target: "client2", mode: Some("hash-pre-copy"), memory_bytes: 1 }],
                 stuck: vec![Stuck { container: "stuck", reasons: Some(&reasons) }],
                 not_running: &none,

@@ -900,6 +900,9 @@ fn probe_measures_the_link_between_agents() {
 /// blocked one keeps running on the source.
 fn scenario_evacuate() -> Result<()> {
     let (a, b, stuck) = ("e2e-evac-a", "e2e-evac-b", "e2e-evac-stuck");
+    // An evacuation cordons its host: lifted however this ends, or every
+    // later test's move to client1 would be refused.
+    let _undo = Uncordon("client1");
     for n in [a, b, stuck] {
         remove_everywhere(n);
         start_counter("client1", n)?;
@@ -1365,3 +1368,71 @@ fn cordon_refuses_moves_onto_the_host_and_survives_an_agent_restart() {
     let _lab = lab_guard();
     scenario_cordon().unwrap();
 }
+
+/// The test image on client2 too (the lab gives it to client1 only).
+fn image_on_client2() -> Result<()> {
+    if run(&mut podman("client2", &["image", "exists", IMAGE]))?.status.success() {
+        return Ok(());
+    }
+    let tar = std::env::temp_dir().join("tern-e2e-image.tar");
+    let tar = tar.to_str().unwrap();
+    ok(&mut podman("client1", &["save", "-o", tar, IMAGE]))?;
+    ok(&mut podman("client2", &["load", "-i", tar]))?;
+    let _ = std::fs::remove_file(tar);
+    Ok(())
+}
+
+/// `tern evacuate client1 --parallel 2` of three small counters: client1
+/// is cordoned first; every container lands on client2 with its PIDs and
+/// its counter carrying on; the report lists each with its target,
+/// downtime and outcome.
+fn scenario_evacuate_parallel() -> Result<()> {
+    let names = ["e2e-par-a", "e2e-par-b", "e2e-par-c"];
+    let _undo = Uncordon("client1");
+    // The image is there already: this test is about moves side by side,
+    // not about shipping one image twice at once.
+    image_on_client2()?;
+    let mut before = Vec::new();
+    for n in names {
+        remove_everywhere(n);
+        start_counter("client1", n)?;
+    }
+    for n in names {
+        count_reaches("client1", n, 10)?;
+        before.push((n, top("client1", n)?, count("client1", n)?));
+    }
+    let r = tern_json(&["evacuate", "client1", "--to", "client2", "--parallel", "2"])?;
+    ensure!(r.code == 0 && r.json["outcome"] == "completed", "{}", r.all);
+    ensure!(r.json["cordoned"] == true && r.json["parallel"] == 2, "{}", r.json);
+    let moves = r.json["moves"].as_array().context("no moves")?;
+    ensure!(moves.len() == names.len(), "{}", r.json);
+    for (n, pids, c0) in before {
+        let m = moves.iter().find(|m| m["container"] == n).with_context(|| format!("{n} missing from {}", r.json))?;
+        ensure!(m["target"] == "client2" && m["report"]["outcome"] == "completed", "{n}: {m}");
+        ensure!(m["report"]["downtime_ms"].as_u64().is_some(), "{n}: no downtime in {m}");
+        ensure!(state("client2", n)?.as_deref() == Some("running") && state("client1", n)?.is_none(), "{n} did not move");
+        ensure!(top("client2", n)? == pids, "{n}: PIDs changed");
+        let c1 = count("client2", n)?;
+        ensure!(c1 >= c0, "{n}'s counter restarted: {c0} -> {c1}");
+        count_reaches("client2", n, c1 + 5)?;
+    }
+    let row = host_row("client1")?;
+    ensure!(row["cordoned"] == true && row["cordon"]["reason"] == "evacuating (tern evacuate)", "{row}");
+    no_leftovers()?;
+    for n in names {
+        remove_everywhere(n);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn evacuate_in_parallel_moves_every_container_with_its_pids_and_counter() {
+    let _lab = lab_guard();
+    scenario_evacuate_parallel().unwrap();
+}
+
+// A 3-host test (`scripts/lab.sh up --hosts 3`) would go here: evacuate
+// client1 with client3 cordoned and client2 short of room, checking that
+// placement spreads by room and never picks client3. It is not written:
+// the suite runs on the 2-host lab.
