@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# A lab of three machines on one: network namespaces client1 (198.51.100.11)
-# and client2 (198.51.100.12), the agent hosts, each with its own Podman
-# storage, network configuration and address allocations (a mount namespace
-# of its own) and a running tern-agent; client0 (198.51.100.10), a plain
-# machine standing for the applications' clients. All three sit on a bridge
-# tern0 (198.51.100.1, the root namespace, where `tern` runs). Every agent
-# host has a Podman network `lan`, a macvlan over its eth0: containers on it
-# are reachable from client0 and the other hosts wherever they run.
+# A lab of several machines on one: network namespaces client1
+# (198.51.100.11), client2 (198.51.100.12), ... clientN (198.51.100.1N), the
+# agent hosts, each with its own Podman storage, network configuration and
+# address allocations (a mount namespace of its own) and a running
+# tern-agent; client0 (198.51.100.10), a plain machine standing for the
+# applications' clients. All sit on a bridge tern0 (198.51.100.1, the root
+# namespace, where `tern` runs). Every agent host has a Podman network
+# `lan`, a macvlan over its eth0: containers on it are reachable from
+# client0 and the other hosts wherever they run.
 #
-#   scripts/lab.sh up                 create (idempotent; restarts agents, keeps containers)
-#   scripts/lab.sh down               stop agents, remove containers, storage, namespaces
+#   scripts/lab.sh up [--hosts N]     create with N agent hosts (default: as many as the lab
+#                                     has while up, else 2; at most 8). Idempotent: restarts
+#                                     agents, keeps containers; a smaller N removes the hosts
+#                                     above it, their containers included
+#   scripts/lab.sh down               stop agents, remove containers, storage, namespaces (every host)
 #   scripts/lab.sh status             namespaces, agents, containers
-#   scripts/lab.sh exec HOST CMD...   a command on a lab host (client0, client1, client2)
+#   scripts/lab.sh exec HOST CMD...   a command on a lab host (client0, client1, ...)
 #   scripts/lab.sh podman HOST ARGS   podman on an agent host
 #   scripts/lab.sh agent-start|agent-stop|agent-restart HOST
 #
@@ -20,6 +24,7 @@
 # client1: tern ships it to others), LAB_FACTS_OVERRIDE_<HOST> (TOML put under
 # [facts_override]) and LAB_AGENT_EXTRA_<HOST> (TOML appended to the agent's
 # config; tests inject faults with it).
+# The host count is recorded in /run/tern-lab/hosts while the lab is up.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -175,8 +180,57 @@ lan_up() {
         --gateway "$LAB_BRIDGE_IP" --ip-range "$(lab_lan_range "$h")" --disable-dns "$LAB_LAN" >/dev/null
 }
 
+# Every agent host the machine holds anything of (a namespace, a mount
+# namespace, an agent's pid file), whatever the recorded count says, and
+# those of the recorded count.
+present_hosts() {
+    local i h out=()
+    for ((i = 1; i <= LAB_MAX_HOSTS; i++)); do
+        h=client$i
+        if lab_is_agent_host "$h" || [ -e "/run/netns/$h" ] || [ -e "$(lab_mntns "$h")" ] || [ -e "$(agent_dir "$h")/agent.pid" ]; then
+            out+=("$h")
+        fi
+    done
+    echo "${out[*]}"
+}
+
+# Removes one agent host (when `up --hosts N` shrinks the lab): its agent,
+# containers, mount and network namespaces, storage and agent folder. Its
+# certificate stays in the lab's PKI.
+host_down() {
+    local h=$1
+    agent_stop "$h"
+    if [ -e "/run/netns/$h" ] && [ -e "$(lab_mntns "$h")" ]; then
+        # Not lab_podman: $h is no longer among LAB_HOSTS, and podman
+        # outside its mount namespace would be the machine's own.
+        nsenter --net="/run/netns/$h" --mount="$(lab_mntns "$h")" podman rm -af -t 0 >/dev/null 2>&1 || true
+    fi
+    [ -e "/run/netns/$h" ] && { ip netns pids "$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; }
+    mntns_down "$h"
+    grep -E " ($LAB_VAR|$LAB_RUN)/$h/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    ip link del "veth-$h" 2>/dev/null || true
+    [ -e "/run/netns/$h" ] && ip netns del "$h"
+    rm -rf "${LAB_VAR:?}/$h" "${LAB_RUN:?}/$h" "$(agent_dir "$h")"
+    echo "removed lab host $h"
+}
+
 cmd_up() {
     need_root
+    local want="" h
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --hosts) [ $# -ge 2 ] || die "--hosts needs a number"; want=$2; shift 2 ;;
+            --hosts=*) want=${1#--hosts=}; shift ;;
+            *) die "up: unknown argument $1 (usage: lab.sh up [--hosts N])" ;;
+        esac
+    done
+    # Without --hosts, a lab that is up keeps its hosts (lib.sh read the
+    # count it recorded); a new one gets the default.
+    if [ -n "$want" ]; then lab_set_hosts "$want" || exit 2; fi
+    # Hosts above the count asked for go first, containers and all.
+    for h in $(present_hosts); do
+        lab_is_agent_host "$h" || host_down "$h"
+    done
     command -v podman >/dev/null && command -v criu >/dev/null || die "podman or criu missing: run scripts/install-deps.sh"
     if [ "${TERN_NO_BUILD:-}" != 1 ]; then
         # The agent with its test faults (-p: `tern-agent/...` from the
@@ -185,6 +239,8 @@ cmd_up() {
         cargo build --release -p tern-agent --features fault-injection
     fi
     net_up
+    mkdir -p "$LAB_RUN"
+    echo "${#LAB_HOSTS[@]}" > "$LAB_RUN/hosts"
     for h in "${LAB_HOSTS[@]}"; do lan_up "$h"; done
     for h in ${LAB_IMAGE_HOSTS:-client1}; do
         lab_podman "$h" image exists "$LAB_IMAGE" || lab_podman "$h" import "$LAB_IMAGE_TAR" "$LAB_IMAGE" >/dev/null
@@ -196,6 +252,10 @@ cmd_up() {
         for h in "${LAB_HOSTS[@]}"; do args+=(--host "$h=$(lab_ip "$h")"); done
         "$BIN/tern" pki init --force --out "$LAB_STATE/pki" "${args[@]}" >/dev/null
     fi
+    # Hosts added to a lab whose PKI exists: a certificate each from its CA.
+    for h in "${LAB_HOSTS[@]}"; do
+        [ -f "$LAB_STATE/pki/$h.pem" ] || "$BIN/tern" pki issue "$h" --dir "$LAB_STATE/pki" --address "$(lab_ip "$h")" >/dev/null
+    done
     {
         echo "# Written by scripts/lab.sh: the lab's hosts, for tern run from the repository root."
         echo "[tls]"
@@ -212,6 +272,9 @@ cmd_up() {
 
 cmd_down() {
     need_root
+    # Every host there is, whatever the recorded count says.
+    # shellcheck disable=SC2207
+    LAB_HOSTS=($(present_hosts))
     for h in "${LAB_HOSTS[@]}"; do
         agent_stop "$h"
         if [ -e "/run/netns/$h" ] && [ -e "$(lab_mntns "$h")" ]; then
@@ -251,7 +314,7 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    up) cmd_up ;;
+    up) shift; cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     podman) shift; [ $# -ge 1 ] || die "usage: lab.sh podman HOST ARGS..."; lab_podman "$@" ;;
@@ -259,5 +322,5 @@ case "${1:-}" in
     agent-start) need_root; agent_start "${2:?host}" ;;
     agent-stop) need_root; agent_stop "${2:?host}" ;;
     agent-restart) need_root; agent_start "${2:?host}" ;;
-    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

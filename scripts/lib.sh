@@ -3,10 +3,6 @@
 # shellcheck shell=bash
 
 TERN_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# The hosts with an agent: each a network namespace plus a mount namespace
-# of its own (Podman's network configuration, its address allocations and
-# runc's state are per machine, as on separate hosts).
-LAB_HOSTS=(client1 client2)
 # The application's clients: a plain machine on the lab network, no agent,
 # no Podman (network namespace only).
 LAB_CLIENT=client0
@@ -19,6 +15,41 @@ LAB_PORT=7443
 LAB_STATE=${TERN_LAB_STATE:-$TERN_REPO/.tern}
 LAB_VAR=/var/lib/tern-lab
 LAB_RUN=/run/tern-lab
+# The hosts with an agent, client1..clientN: each a network namespace plus a
+# mount namespace of its own (Podman's network configuration, its address
+# allocations and runc's state are per machine, as on separate hosts).
+# `lab.sh up --hosts N` sets N and records it in $LAB_RUN/hosts, where every
+# later command (and script sourcing this file) reads it while the lab is
+# up; 2 when none is recorded. At most LAB_MAX_HOSTS: each host's `lan`
+# range is a /28 of the lab's /24 from .128 on (lab_lan_range).
+LAB_MAX_HOSTS=8
+LAB_DEFAULT_HOSTS=2
+
+# Sets LAB_HOSTS to client1..client$1.
+lab_set_hosts() {
+    local n=$1 i
+    case "$n" in
+        '' | *[!0-9]*) echo "lab: the host count must be a number from 1 to $LAB_MAX_HOSTS, not '$n'" >&2; return 2 ;;
+    esac
+    if [ "$n" -lt 1 ] || [ "$n" -gt "$LAB_MAX_HOSTS" ]; then
+        echo "lab: the host count must be from 1 to $LAB_MAX_HOSTS, not $n" >&2
+        return 2
+    fi
+    LAB_HOSTS=()
+    for ((i = 1; i <= n; i++)); do LAB_HOSTS+=("client$i"); done
+}
+
+# The host count recorded by `lab.sh up`, else the default.
+lab_recorded_hosts() {
+    local n
+    n=$(cat "$LAB_RUN/hosts" 2>/dev/null || true)
+    case "$n" in
+        '' | *[!0-9]*) echo "$LAB_DEFAULT_HOSTS" ;;
+        *) echo "$n" ;;
+    esac
+}
+
+lab_set_hosts "$(lab_recorded_hosts)" || lab_set_hosts "$LAB_DEFAULT_HOSTS"
 LAB_IMAGE=localhost/tern-busybox:latest
 LAB_IMAGE_TAR=/opt/tern/images/tern-busybox.tar
 # The Podman network `lan` every agent host gets: a macvlan over the host's
@@ -28,17 +59,18 @@ LAB_IMAGE_TAR=/opt/tern/images/tern-busybox.tar
 LAB_LAN=lan
 LAB_LAN_SUBNET=198.51.100.0/24
 
+# client0 is 198.51.100.10, clientN 198.51.100.1N (N up to LAB_MAX_HOSTS).
 lab_ip() {
+    local n=${1#client}
     case "$1" in
-        client0) echo 198.51.100.10 ;;
-        client1) echo 198.51.100.11 ;;
-        client2) echo 198.51.100.12 ;;
-        *) echo "unknown lab host $1 (hosts: $LAB_CLIENT ${LAB_HOSTS[*]})" >&2; return 2 ;;
+        client[0-9]) if [ "$n" -le "$LAB_MAX_HOSTS" ]; then echo "198.51.100.$((10 + n))"; return 0; fi ;;
     esac
+    echo "unknown lab host $1 (hosts: $LAB_CLIENT ${LAB_HOSTS[*]})" >&2
+    return 2
 }
 
 # The part of `lan` a host allocates from: 198.51.100.128/28 for client1,
-# .144/28 for client2.
+# .144/28 for client2, ... .240/28 for client8.
 lab_lan_range() {
     local n=${1#client}
     echo "198.51.100.$((128 + 16 * (n - 1)))/28"

@@ -27,6 +27,8 @@ pub async fn gather(name: &str, engine: &dyn Engine, criu: &dyn Criu, overrides:
         dirty_tracking,
         lazy_restore,
         dump_other_users: cap_sys_resource(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()),
+        // Read afresh at every request (server.rs, cordon.rs): these are cached.
+        status: Default::default(),
     };
     apply_overrides(facts, overrides)
 }
@@ -132,6 +134,7 @@ mod tests {
             dirty_tracking: Capability { supported: false, detail: String::new() },
             lazy_restore: Capability { supported: false, detail: String::new() },
             dump_other_users: Capability { supported: true, detail: String::new() },
+            status: Default::default(),
         }
     }
 

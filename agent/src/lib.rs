@@ -20,9 +20,11 @@
 //! | `criu_tcp` | the established TCP connections in a CRIU checkpoint folder    |
 //! | `probe`    | `tern probe`: the link between two agents, measured            |
 //! | `config`   | the agent's TOML configuration                                 |
+//! | `cordon`   | this host's cordon (kept in a file), what its facts say afresh at every request |
 
 pub mod config;
 pub mod context;
+pub mod cordon;
 pub mod criu;
 pub mod criu_stats;
 pub mod criu_tcp;

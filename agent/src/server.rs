@@ -39,6 +39,7 @@ pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
         Request::Receive(_) => ("Receive", Role::Host),
         Request::Sink { .. } => ("Sink", Role::Host),
         Request::Resolve(_) => ("Resolve", Role::Host),
+        Request::Cordon(_) => ("Cordon", Role::Coordinator),
         Request::Hello(_) | Request::Invalid => return Ok(()),
     };
     match (role, peer.role) {
@@ -191,7 +192,8 @@ impl Agent {
             Request::Receive(begin) => return target::receive(&self, conn, &peer.name, begin, send, recv).await,
             Request::Sink { bytes } => return crate::probe::sink(bytes, send, recv).await,
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
-            Request::Facts => self.facts().await.map(Response::Facts),
+            Request::Facts => self.facts().await.and_then(|f| self.with_status(f)).map(Response::Facts),
+            Request::Cordon(r) => self.cordon(r).map(Response::Cordon),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),
@@ -201,6 +203,25 @@ impl Agent {
         write_frame(&mut send, &response).await?;
         let _ = send.finish();
         Ok(())
+    }
+
+    /// The cached facts with what is read afresh (`cordon.rs`); the
+    /// config's `facts_override` still has the last word.
+    fn with_status(&self, mut f: tern_proto::facts::HostFacts) -> anyhow::Result<tern_proto::facts::HostFacts> {
+        f.status = crate::cordon::status(&self.cfg.state_dir);
+        crate::facts::apply_overrides(f, &self.cfg.facts_override)
+    }
+
+    fn cordon(&self, r: tern_proto::CordonRequest) -> anyhow::Result<tern_proto::CordonChange> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let change = crate::cordon::set(&self.cfg.state_dir, r.cordon, now)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", crate::cordon::path(&self.cfg.state_dir).display()))?;
+        match (&change.was, &change.now) {
+            (None, Some(c)) => tracing::info!("cordoned {}: no migration lands here", c.describe()),
+            (Some(c), None) => tracing::info!("uncordoned (was cordoned {})", c.describe()),
+            _ => {}
+        }
+        Ok(change)
     }
 
     async fn check_incoming(&self, c: &tern_proto::facts::ContainerInfo) -> anyhow::Result<Vec<compat::Finding>> {
@@ -279,7 +300,13 @@ mod tests {
             r#"{"name":"x","id":"1","image":"","image_id":"","state":"","ips":[],"memory_bytes":0,"files_bytes":0,"volumes":[],"pid":0,"networks":[],"ports":[],"connections":[],"process_uids":[]}"#,
         )
         .unwrap();
-        for r in [Request::Facts, Request::Containers, Request::CheckIncoming(info)] {
+        for r in [
+            Request::Facts,
+            Request::Containers,
+            Request::CheckIncoming(info),
+            Request::Cordon(tern_proto::CordonRequest { cordon: Some("maintenance".into()) }),
+            Request::Cordon(tern_proto::CordonRequest { cordon: None }),
+        ] {
             assert!(authorize(&r, &coordinator).is_ok());
             let e = authorize(&r, &host).unwrap_err();
             assert!(e.to_string().contains("for the coordinator only, and b holds a host certificate"), "{e}");

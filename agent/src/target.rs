@@ -70,6 +70,11 @@ pub async fn receive(
 ) -> anyhow::Result<()> {
     let name = begin.container.name.clone();
     tracing::info!(id = begin.id, %name, source = %peer, mode = begin.mode.as_str(), "incoming migration");
+    // A cordoned host takes nothing, whoever checked what: refused before
+    // anything of the container is written (cordon.rs).
+    if let Some(why) = crate::cordon::refusal(&agent.cfg.state_dir, &agent.cfg.name) {
+        return refuse(&mut send, why).await;
+    }
     // Only what the coordinator signed for, from the host it named (context.rs).
     if let Err(e) = agent.admit_receive(peer, &begin) {
         tracing::warn!(%peer, id = begin.id, %name, "refused a Receive: {e}");

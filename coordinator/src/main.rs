@@ -3,7 +3,8 @@
 //! `cluster` talks to every agent of the `inventory`; `plan` runs the
 //! compatibility rules before anything is frozen; `migrate` drives one
 //! migration and `progress` shows how it goes; `evacuate` places a host's
-//! containers on the others; `output` formats what users read and `view`
+//! containers on the others; `maintenance` cordons and uncordons hosts;
+//! `output` formats what users read and `view`
 //! what `--json` prints; `command` holds what every command shares (the
 //! global flags, the result, the exit code).
 
@@ -11,6 +12,7 @@ mod cluster;
 mod command;
 mod evacuate;
 mod inventory;
+mod maintenance;
 mod migrate;
 mod output;
 mod plan;
@@ -69,8 +71,9 @@ enum Cmd {
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
-    /// Move every running container off a host (before a reboot), one at a
-    /// time, each to the compatible target holding the least memory.
+    /// Move every running container off a host (before a reboot): cordon it
+    /// first, then move each container to the compatible target holding the
+    /// least memory that has room for it, up to --parallel at once.
     Evacuate {
         /// The host to empty.
         host: String,
@@ -91,11 +94,29 @@ enum Cmd {
         /// survive the move (as `tern migrate --allow-reset`).
         #[arg(long)]
         allow_reset: bool,
+        /// Run up to N moves at once (one progress view for all).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        /// Stop at the first failed move: cancel the moves under way (each
+        /// rolls back) and start no more. By default the others go on.
+        #[arg(long)]
+        fail_fast: bool,
         #[command(flatten)]
         transfer: TransferArgs,
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
+    /// Keep migrations off a host (before maintenance): its agent refuses
+    /// every incoming move and keeps the cordon across restarts; `tern
+    /// hosts` shows it.
+    Cordon {
+        host: String,
+        /// Why, for `tern hosts` and every refusal (kept with the time).
+        #[arg(long, default_value = maintenance::DEFAULT_REASON)]
+        reason: String,
+    },
+    /// Let migrations land on a cordoned host again.
+    Uncordon { host: String },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
     Probe {
@@ -180,7 +201,8 @@ enum CompressArg {
 }
 
 /// The columns of `tern hosts`.
-const HOST_COLUMNS: [&str; 11] = ["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers"];
+const HOST_COLUMNS: [&str; 12] =
+    ["host", "address", "agent", "podman", "runtime", "criu", "kernel", "cgroups", "pre-copy", "lazy", "containers", "cordon"];
 
 /// When pre-copy stops copying rounds and freezes.
 #[derive(clap::Args)]
@@ -385,6 +407,8 @@ async fn run(cli: Cli) -> Done {
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { dir } => man(&ctx, &dir),
         Cmd::Hosts => hosts(&ctx).await,
+        Cmd::Cordon { host, reason } => maintenance::cordon(&ctx, &host, Some(reason)).await,
+        Cmd::Uncordon { host } => maintenance::cordon(&ctx, &host, None).await,
         Cmd::Ps => ps(&ctx).await,
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,
@@ -392,9 +416,9 @@ async fn run(cli: Cli) -> Done {
             let opts = transfer.options(&precopy, ctx.quiet);
             migrate(&ctx, mv, opts).await
         }
-        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, transfer, precopy } => {
+        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, parallel, fail_fast, transfer, precopy } => {
             let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
-            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, opts };
+            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts };
             let (inv, cluster) = survey(&ctx).await?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
@@ -588,10 +612,19 @@ async fn hosts(ctx: &Ctx) -> Done {
             .map(|h| {
                 let (name, address) = (h.entry.name.as_str(), h.entry.address);
                 match &h.state {
-                    Ok(s) => {
-                        view::HostRow { name, address, reachable: true, facts: Some(&s.facts), containers: Some(s.containers.len()), error: None }
+                    Ok(s) => view::HostRow {
+                        name,
+                        address,
+                        reachable: true,
+                        facts: Some(&s.facts),
+                        containers: Some(s.containers.len()),
+                        cordoned: Some(s.facts.status.cordon.is_some()),
+                        cordon: s.facts.status.cordon.as_ref().map(view::CordonJson::new),
+                        error: None,
+                    },
+                    Err(e) => {
+                        view::HostRow { name, address, reachable: false, facts: None, containers: None, cordoned: None, cordon: None, error: Some(e) }
                     }
-                    Err(e) => view::HostRow { name, address, reachable: false, facts: None, containers: None, error: Some(e) },
                 }
             })
             .collect(),
@@ -619,6 +652,7 @@ async fn hosts(ctx: &Ctx) -> Done {
                         if f.dirty_tracking.supported { "yes".into() } else { "no".into() },
                         if f.lazy_restore.supported { "yes".into() } else { "no".into() },
                         s.containers.len().to_string(),
+                        maintenance::column(f.status.cordon.as_ref()),
                     ]
                 }
                 Err(e) => vec![h.entry.name.clone(), h.entry.address.to_string(), format!("DOWN: {e}")],
@@ -629,6 +663,11 @@ async fn hosts(ctx: &Ctx) -> Done {
             })
             .collect();
         print!("{}", output::table(&HOST_COLUMNS, &rows));
+        for h in &cluster.hosts {
+            if let Ok(Some(c)) = h.state.as_ref().map(|s| s.facts.status.cordon.as_ref()) {
+                println!("{} is cordoned {}: `tern uncordon {}` lets migrations land there again", h.entry.name, c.describe(), h.entry.name);
+            }
+        }
     }
     if !down.is_empty() {
         // The table's DOWN rows say it.
@@ -697,6 +736,28 @@ mod tests {
     }
 
     #[test]
+    fn cordon_and_uncordon_take_a_host_and_a_reason() {
+        let cli = Cli::try_parse_from(["tern", "cordon", "client2", "--reason", "kernel upgrade"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Cordon { ref host, ref reason } if host == "client2" && reason == "kernel upgrade"));
+        let cli = Cli::try_parse_from(["tern", "cordon", "client2"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Cordon { ref reason, .. } if reason == maintenance::DEFAULT_REASON));
+        let cli = Cli::try_parse_from(["tern", "uncordon", "client2", "--json"]).unwrap();
+        assert!(cli.json && matches!(cli.cmd, Cmd::Uncordon { ref host } if host == "client2"));
+        assert!(Cli::try_parse_from(["tern", "cordon"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "uncordon", "a", "b"]).is_err());
+    }
+
+    #[test]
+    fn evacuate_takes_parallel_and_fail_fast() {
+        let cli = Cli::try_parse_from(["tern", "evacuate", "client1"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Evacuate { parallel: 1, fail_fast: false, .. }));
+        let cli = Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "4", "--fail-fast", "--json"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Evacuate { ref host, parallel: 4, fail_fast: true, .. } if host == "client1"));
+        assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "x"]).is_err());
+    }
+
+    #[test]
     fn json_is_asked_before_a_double_dash_only() {
         let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>().into_iter();
         assert!(json_asked(args(&["migrate", "--bogus", "--json"])));
@@ -736,6 +797,8 @@ mod tests {
             "tern-pki-issue.1",
             "tern-pki-revoke.1",
             "tern-completions.1",
+            "tern-cordon.1",
+            "tern-uncordon.1",
             "tern-man.1",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");

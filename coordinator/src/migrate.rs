@@ -2,7 +2,7 @@
 //! progress, pass on the user's Ctrl-C, print the report.
 
 use crate::plan::Plan;
-use crate::progress::Display;
+use crate::progress::{Display, Shown};
 use tern_proto::compat::Severity;
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Request};
@@ -22,12 +22,20 @@ pub struct Options {
     pub policy: tern_proto::policy::PolicyConfig,
 }
 
-/// Set once the user pressed Ctrl-C during a migration: an evacuation
-/// starts no further move.
-static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Cancels migrations under way when it turns true (Ctrl-C, or an
+/// evacuation's `--fail-fast`).
+pub type Cancel = tokio::sync::watch::Receiver<bool>;
 
-pub fn user_cancelled() -> bool {
-    CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
+/// Resolves once `cancel` is true; never, if its sender is gone first.
+pub async fn until_cancelled(cancel: &mut Cancel) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The checks' rows about the container's clients, whose warnings the
@@ -43,6 +51,28 @@ fn new_id() -> u64 {
 /// `signer` signs the move's ticket: this container, as `plan` checked it,
 /// from its source to its target, for ten minutes.
 pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options, signer: &Signer) -> anyhow::Result<MigrationReport> {
+    let (tx, cancel) = tokio::sync::watch::channel(false);
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    let mut display = Display::new(opts.progress, plan.mode, plan.container.memory_bytes, plan.container.files_bytes);
+    let result = run_with(plan, target_address, opts, signer, &mut display, cancel).await;
+    ctrl_c.abort();
+    result
+}
+
+/// [`run`], showing progress on `display` and cancelling when `cancel`
+/// turns true.
+pub async fn run_with(
+    plan: &Plan<'_>,
+    target_address: std::net::SocketAddr,
+    opts: &Options,
+    signer: &Signer,
+    display: &mut dyn Shown,
+    mut cancel: Cancel,
+) -> anyhow::Result<MigrationReport> {
     let id = new_id();
     let ticket = signer.issue(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs());
     let req = MigrateRequest {
@@ -61,7 +91,6 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;
-    let mut display = Display::new(opts.progress, plan.mode, plan.container.memory_bytes, plan.container.files_bytes);
     let mut cancelled = false;
     loop {
         tokio::select! {
@@ -98,9 +127,8 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
                     );
                 }
             },
-            _ = tokio::signal::ctrl_c(), if !cancelled => {
+            _ = until_cancelled(&mut cancel), if !cancelled => {
                 cancelled = true;
-                CANCELLED.store(true, std::sync::atomic::Ordering::Relaxed);
                 display.note(&format!(
                     "cancelling: before the switchover {} goes back to running on {}; waiting for the agent",
                     plan.container.name, plan.source_name

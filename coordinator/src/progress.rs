@@ -77,6 +77,27 @@ pub fn line(p: &Progress, rate: f64, far: &str) -> String {
     line
 }
 
+/// Where one migration's progress goes: its own lines ([`Display`]) or
+/// its row of an evacuation's shared view ([`Slot`]).
+pub trait Shown: Send {
+    fn progress(&mut self, p: &Progress);
+    /// A line of its own (the user's Ctrl-C), shown even under `--quiet`.
+    fn note(&mut self, text: &str);
+    fn finish(&mut self);
+}
+
+impl Shown for Display {
+    fn progress(&mut self, p: &Progress) {
+        Display::progress(self, p)
+    }
+    fn note(&mut self, text: &str) {
+        Display::note(self, text)
+    }
+    fn finish(&mut self) {
+        Display::finish(self)
+    }
+}
+
 /// Progress lines on stderr; one updating line on a terminal.
 pub struct Display {
     on: bool,
@@ -165,6 +186,121 @@ impl Display {
     }
 }
 
+/// One progress view for the moves of an evacuation under way at once:
+/// on a terminal, a block of one updating line per move, redrawn in place
+/// below the lines that stay (a move's end, a note); otherwise plain
+/// lines, each starting with its move's label.
+#[derive(Clone)]
+pub struct Board {
+    inner: std::sync::Arc<std::sync::Mutex<BoardInner>>,
+}
+
+struct BoardInner {
+    on: bool,
+    tty: bool,
+    out: Box<dyn Write + Send>,
+    /// (slot id, label, current line) of the moves under way.
+    rows: Vec<(usize, String, String)>,
+    /// Lines of the block drawn last (terminal only).
+    drawn: usize,
+    next: usize,
+}
+
+impl BoardInner {
+    /// Wipes the block drawn last, prints `lines` (they stay), draws the
+    /// block again.
+    fn redraw(&mut self, lines: &[String]) {
+        let mut text = String::new();
+        if self.tty {
+            for _ in 0..self.drawn {
+                text.push_str("\x1b[1A\r\x1b[2K");
+            }
+        }
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        if self.tty {
+            let width = self.rows.iter().map(|(_, label, _)| label.len()).max().unwrap_or(0);
+            for (_, label, line) in &self.rows {
+                text.push_str(&format!("{label:<width$}  {line}\n"));
+            }
+            self.drawn = self.rows.len();
+        }
+        let _ = self.out.write_all(text.as_bytes());
+        let _ = self.out.flush();
+    }
+}
+
+impl Board {
+    /// `on`: show progress at all (not under `--quiet`); notes show anyway.
+    pub fn new(on: bool) -> Board {
+        Board::to(on, std::io::stderr().is_terminal(), Box::new(std::io::stderr()))
+    }
+
+    fn to(on: bool, tty: bool, out: Box<dyn Write + Send>) -> Board {
+        Board { inner: std::sync::Arc::new(std::sync::Mutex::new(BoardInner { on, tty, out, rows: Vec::new(), drawn: 0, next: 0 })) }
+    }
+
+    /// A row for one move, labelled `label`, sized by the container's
+    /// memory and files.
+    pub fn slot(&self, label: String, mode: Mode, memory_bytes: u64, files_bytes: u64) -> Slot {
+        let mut b = self.inner.lock().unwrap();
+        let id = b.next;
+        b.next += 1;
+        if b.tty && b.on {
+            b.rows.push((id, label.clone(), "starting".into()));
+            b.redraw(&[]);
+        }
+        Slot { board: self.clone(), id, label, display: Display::new(true, mode, memory_bytes, files_bytes) }
+    }
+
+    /// A line that stays, above the moves under way (shown under `--quiet` too).
+    pub fn say(&self, text: &str) {
+        self.inner.lock().unwrap().redraw(&[text.to_string()]);
+    }
+}
+
+/// One move's row of a [`Board`].
+pub struct Slot {
+    board: Board,
+    id: usize,
+    label: String,
+    /// Makes the lines; prints nothing itself.
+    display: Display,
+}
+
+impl Shown for Slot {
+    fn progress(&mut self, p: &Progress) {
+        let Some((line, new_phase)) = self.display.step(p) else { return };
+        let mut b = self.board.inner.lock().unwrap();
+        if !b.on {
+            return;
+        }
+        if b.tty {
+            if let Some(row) = b.rows.iter_mut().find(|(id, _, _)| *id == self.id) {
+                row.2 = line;
+            }
+            b.redraw(&[]);
+        } else if new_phase || p.note.is_empty() {
+            let text = format!("{}  {line}", self.label);
+            b.redraw(&[text]);
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        self.board.say(&format!("{}  {text}", self.label));
+    }
+
+    fn finish(&mut self) {
+        let mut b = self.board.inner.lock().unwrap();
+        b.rows.retain(|(id, _, _)| *id != self.id);
+        if b.tty && b.on {
+            b.redraw(&[]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +373,68 @@ mod tests {
         let mut d = Display::new(true, Mode::PreCopy, 256 * MIB, 0);
         let (l, _) = d.step(&tick(Phase::PreCopy, 64 * MIB, 1600, "")).unwrap();
         assert!(!l.contains('%'), "{l}");
+    }
+
+    /// What a board wrote, for the tests.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_board_without_a_terminal_prints_labelled_lines_of_every_move() {
+        let out = Captured::default();
+        let board = Board::to(true, false, Box::new(out.clone()));
+        let mut a = board.slot("[1/2] a -> client2".into(), Mode::StopAndCopy, 0, 0);
+        let mut b = board.slot("[2/2] b -> client3".into(), Mode::StopAndCopy, 0, 0);
+        a.progress(&tick(Phase::Prepare, 0, 0, "connecting to the target"));
+        b.progress(&tick(Phase::Checkpoint, 0, 10, "freezing"));
+        b.note("cancelling");
+        a.finish();
+        board.say("[1/2] a: completed");
+        assert_eq!(
+            out.text(),
+            "[1/2] a -> client2  [   0 ms] prepare     connecting to the target\n\
+             [2/2] b -> client3  [  10 ms] checkpoint  freezing\n\
+             [2/2] b -> client3  cancelling\n\
+             [1/2] a: completed\n"
+        );
+        // Quiet: notes only.
+        let board = Board::to(false, false, Box::new(out.clone()));
+        let mut a = board.slot("a".into(), Mode::StopAndCopy, 0, 0);
+        a.progress(&tick(Phase::Prepare, 0, 0, "connecting"));
+        a.note("cancelling");
+        assert_eq!(out.text(), "a  cancelling\n");
+    }
+
+    #[test]
+    fn a_board_on_a_terminal_redraws_one_line_per_move_in_place() {
+        let out = Captured::default();
+        let board = Board::to(true, true, Box::new(out.clone()));
+        let mut a = board.slot("a".into(), Mode::StopAndCopy, 0, 0);
+        assert_eq!(out.text(), "a  starting\n");
+        let _b = board.slot("bb".into(), Mode::StopAndCopy, 0, 0);
+        assert_eq!(out.text(), "\x1b[1A\r\x1b[2Ka   starting\nbb  starting\n");
+        a.progress(&tick(Phase::Checkpoint, 0, 10, "freezing"));
+        let up2 = "\x1b[1A\r\x1b[2K\x1b[1A\r\x1b[2K";
+        assert_eq!(out.text(), format!("{up2}a   [  10 ms] checkpoint  freezing\nbb  starting\n"));
+        a.finish();
+        assert_eq!(out.text(), format!("{up2}bb  starting\n"));
+        board.say("a: completed");
+        assert_eq!(out.text(), "\x1b[1A\r\x1b[2Ka: completed\nbb  starting\n");
     }
 }

@@ -69,8 +69,47 @@ pub struct HostRow<'a> {
     /// How many containers it has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub containers: Option<usize>,
+    /// Whether it is cordoned (`tern cordon`), when its agent answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cordoned: Option<bool>,
+    /// Why and since when, while cordoned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<CordonJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+}
+
+/// A cordon: `{"reason", "since_unix", "since"}` (`since` in UTC, for people).
+#[derive(Serialize)]
+pub struct CordonJson<'a> {
+    pub reason: &'a str,
+    pub since_unix: u64,
+    pub since: String,
+}
+
+impl<'a> CordonJson<'a> {
+    pub fn new(c: &'a tern_proto::facts::Cordon) -> Self {
+        CordonJson { reason: &c.reason, since_unix: c.since_unix, since: tern_proto::facts::utc(c.since_unix) }
+    }
+}
+
+// --- tern cordon, uncordon ------------------------------------------------------
+
+/// `tern cordon --json`, `tern uncordon --json`: the host's cordon now, and
+/// whether it was cordoned before.
+#[derive(Serialize)]
+pub struct CordonState<'a> {
+    pub host: &'a str,
+    pub cordoned: bool,
+    pub was_cordoned: bool,
+    /// The cordon in force (`null` once uncordoned).
+    pub cordon: Option<CordonJson<'a>>,
+}
+
+impl<'a> CordonState<'a> {
+    pub fn new(host: &'a str, change: &'a tern_proto::CordonChange) -> Self {
+        CordonState { host, cordoned: change.now.is_some(), was_cordoned: change.was.is_some(), cordon: change.now.as_ref().map(CordonJson::new) }
+    }
 }
 
 // --- tern ps ------------------------------------------------------------------
@@ -281,6 +320,10 @@ pub struct Evacuate<'a> {
     pub targets: &'a [String],
     /// `refused`, `dry-run`, `completed` or `partial`.
     pub outcome: &'static str,
+    /// The host was cordoned first (every evacuation but a dry run).
+    pub cordoned: bool,
+    /// At most this many moves ran at once.
+    pub parallel: usize,
     pub plan: Vec<PlannedMove<'a>>,
     pub stuck: Vec<Stuck<'a>>,
     pub not_running: &'a [String],
@@ -507,6 +550,8 @@ mod tests {
                 host: "client1",
                 targets: &targets,
                 outcome: "partial",
+                cordoned: true,
+                parallel: 2,
                 plan: vec![PlannedMove { container: "hog", target: "client2", mode: Some("hash-pre-copy"), memory_bytes: 1 }],
                 stuck: vec![Stuck { container: "stuck", reasons: Some(&reasons) }],
                 not_running: &none,
@@ -522,6 +567,21 @@ mod tests {
         assert!(v["moves"][0]["report"].get("schema").is_none(), "only the document has a schema");
         assert_eq!(v["moves"][1], json!({"container": "b", "target": "client2", "outcome": "not-moved", "error": "lost contact"}));
         assert_eq!(v["stuck"][0], json!({"container": "stuck", "reasons": ["client2: name clash"]}));
+    }
+
+    #[test]
+    fn a_cordon_reads_with_its_reason_and_time() {
+        let c = tern_proto::facts::Cordon { reason: "kernel upgrade".into(), since_unix: 86_400 };
+        let change = tern_proto::CordonChange { was: None, now: Some(c) };
+        let v = value(&Doc::ok(CordonState::new("client2", &change)));
+        assert_eq!(
+            v,
+            json!({"schema": 1, "host": "client2", "cordoned": true, "was_cordoned": false,
+                   "cordon": {"reason": "kernel upgrade", "since_unix": 86_400, "since": "1970-01-02 00:00:00 UTC"}})
+        );
+        let change = tern_proto::CordonChange { was: change.now.clone(), now: None };
+        let v = value(&CordonState::new("client2", &change));
+        assert_eq!((v["cordoned"].as_bool(), v["was_cordoned"].as_bool(), v["cordon"].is_null()), (Some(false), Some(true), true));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | cpu flags        | the target lacks any flag the source has           |                       |
 //! | network backend  | different                                          |                       |
 //! | dirty tracking   | pre-copy asked and either side lacks it            |                       |
+//! | cordon           | the target is cordoned (`tern cordon`)             |                       |
 //! | name / address   | already used on the target                         |                       |
 //! | volumes          | a volume of that name exists on the target         |                       |
 //! | volume path      | the target keeps volumes under another path        |                       |
@@ -182,7 +183,23 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
         (_, false) => f.with(Severity::Ok, "soft-dirty pre-copy unavailable (--mode hash-pre-copy works without it)"),
         _ => f,
     });
+
+    out.push(cordon_finding(src, dst));
     out
+}
+
+/// No migration lands on a cordoned host (its agent refuses a `Receive`
+/// too); leaving one is what a cordon is for.
+pub fn cordon_finding(src: &HostFacts, dst: &HostFacts) -> Finding {
+    let word = |f: &HostFacts| if f.status.cordon.is_some() { "cordoned" } else { "no" };
+    let f = Finding::new("cordon", word(src), word(dst));
+    match &dst.status.cordon {
+        Some(c) => f.with(
+            Severity::Block,
+            format!("{host} is cordoned {}: no migration lands there until `tern uncordon {host}`", c.describe(), host = dst.name),
+        ),
+        None => f,
+    }
 }
 
 /// Whether the source can dump the container's processes at all: CRIU
@@ -308,7 +325,33 @@ mod tests {
             dirty_tracking: Capability { supported: false, detail: "Dirty tracking is OFF".into() },
             lazy_restore: Capability { supported: true, detail: "uffd".into() },
             dump_other_users: Capability { supported: true, detail: String::new() },
+            status: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_cordoned_target_blocks_naming_the_way_out_and_a_cordoned_source_does_not() {
+        let cordon = crate::facts::Cordon { reason: "kernel upgrade".into(), since_unix: 0 };
+        let mut dst = facts();
+        dst.name = "client2".into();
+        dst.status.cordon = Some(cordon.clone());
+        let f = compare_hosts(&facts(), &dst, Mode::StopAndCopy);
+        assert!(blocks(&f));
+        let row = f.iter().find(|x| x.field == "cordon").unwrap();
+        assert_eq!((row.severity, row.source.as_str(), row.target.as_str()), (Severity::Block, "no", "cordoned"));
+        assert!(
+            row.note.contains("`tern uncordon client2`") && row.note.contains("kernel upgrade") && row.note.contains("1970-01-01"),
+            "{}",
+            row.note
+        );
+        // Every other row is fine: the cordon is the only reason.
+        assert!(f.iter().filter(|x| x.field != "cordon").all(|x| x.severity == Severity::Ok), "{f:#?}");
+
+        let mut src = facts();
+        src.status.cordon = Some(cordon);
+        let f = compare_hosts(&src, &facts(), Mode::StopAndCopy);
+        assert!(!blocks(&f), "{f:#?}");
+        assert_eq!(f.iter().find(|x| x.field == "cordon").unwrap().source, "cordoned");
     }
 
     fn severity(findings: &[Finding], field: &str) -> Severity {

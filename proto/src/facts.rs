@@ -69,6 +69,59 @@ pub struct HostFacts {
     /// kernel allows across users only with CAP_SYS_RESOURCE (a VM or
     /// container host may drop it even for root).
     pub dump_other_users: Capability,
+    /// What changes by the minute (cordon, room): read at every `Facts`
+    /// request, where the rest may be served from the agent's cache.
+    pub status: HostStatus,
+}
+
+/// The part of a host's facts read afresh at every `Facts` request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Set while the host is cordoned: no migration lands on it. Kept by
+    /// the host's agent in its state folder, across restarts.
+    pub cordon: Option<Cordon>,
+    /// Memory the kernel could give new work without swapping
+    /// (`MemAvailable`); 0 when unknown.
+    pub memory_available_bytes: u64,
+    /// Free space in the agent's state folder, where incoming checkpoints
+    /// are staged when they do not fit in RAM; 0 when unknown.
+    pub disk_available_bytes: u64,
+}
+
+/// Why and since when a host is cordoned (`tern cordon`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cordon {
+    pub reason: String,
+    /// Seconds since the Unix epoch, by the host's clock.
+    pub since_unix: u64,
+}
+
+impl Cordon {
+    /// "since 2025-03-01 12:00:00 UTC (kernel upgrade)".
+    pub fn describe(&self) -> String {
+        let mut s = format!("since {}", utc(self.since_unix));
+        if !self.reason.is_empty() {
+            s.push_str(&format!(" ({})", self.reason));
+        }
+        s
+    }
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic
+/// Gregorian calendar; Howard Hinnant's days-to-civil).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// A container as the agent sees it.
@@ -154,5 +207,25 @@ pub const FILES_COUNTED: usize = 100_000;
 impl ContainerInfo {
     pub fn is_running(&self) -> bool {
         self.state == "running"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_709_208_000 + 3_661), "2024-02-29 13:01:01 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn a_cordon_says_since_when_and_why() {
+        let c = Cordon { reason: "kernel upgrade".into(), since_unix: 0 };
+        assert_eq!(c.describe(), "since 1970-01-01 00:00:00 UTC (kernel upgrade)");
+        assert_eq!(Cordon { reason: String::new(), since_unix: 0 }.describe(), "since 1970-01-01 00:00:00 UTC");
     }
 }

@@ -16,7 +16,7 @@
 //! decodes into a meaningful command.
 
 use crate::compat::Finding;
-use crate::facts::{ContainerInfo, HostFacts};
+use crate::facts::{ContainerInfo, Cordon, HostFacts};
 use crate::frame::WireMessage;
 use crate::mode::Mode;
 use crate::policy::PolicyConfig;
@@ -75,6 +75,24 @@ pub enum Request {
     /// the target carries the decision out and says where the container
     /// runs: [`Response::Resolved`].
     Resolve(ResolveRequest),
+    /// Cordon or uncordon this host (coordinator to agent): while cordoned
+    /// it refuses every `Receive`, and its facts say so. Answer with
+    /// [`Response::Cordon`].
+    Cordon(CordonRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonRequest {
+    /// `Some(reason)`: cordon (a host already cordoned keeps its reason and
+    /// time); `None`: uncordon.
+    pub cordon: Option<String>,
+}
+
+/// A cordon's state before and after a [`Request::Cordon`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonChange {
+    pub was: Option<Cordon>,
+    pub now: Option<Cordon>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +174,7 @@ pub enum Response {
     },
     Resolved(Resolution),
     Error(RemoteError),
+    Cordon(CordonChange),
 }
 
 /// An error the remote side reports instead of an answer.

@@ -4,8 +4,10 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 6 added the frozen interval's steps to `RestoreInfo` and the
-/// report. Version 5 added a container's networks (name, driver, addresses, MAC),
+/// Version 6 added cordons (`Request::Cordon`, `Response::Cordon`), what
+/// a host's facts say afresh at every request (`HostFacts::status`: its
+/// cordon, available memory and disk), and the frozen interval's steps in
+/// `RestoreInfo` and the report. Version 5 added a container's networks (name, driver, addresses, MAC),
 /// published ports, established TCP connections and main process to
 /// `ContainerInfo`, and `allow_reset` to `MigrateOptions`. Version 4 added the size of a container's files (root file system
 /// changes and volumes) to `ContainerInfo`, which `auto` weighs with its

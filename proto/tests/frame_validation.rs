@@ -21,6 +21,11 @@ fn facts() -> HostFacts {
         dirty_tracking: Capability { supported: false, detail: "off".into() },
         lazy_restore: Capability { supported: true, detail: "uffd".into() },
         dump_other_users: Capability { supported: true, detail: String::new() },
+        status: tern_proto::facts::HostStatus {
+            cordon: Some(tern_proto::facts::Cordon { reason: "kernel upgrade".into(), since_unix: 1_700_000_000 }),
+            memory_available_bytes: 3 << 30,
+            disk_available_bytes: 20 << 30,
+        },
     }
 }
 
@@ -81,6 +86,8 @@ fn samples() -> Vec<Request> {
             ticket: tern_proto::Ticket::default(),
         }),
         Request::Resolve(ResolveRequest { id: 7, container: "demo1".into(), container_id: "abc".into(), verdict: Verdict::Abort }),
+        Request::Cordon(CordonRequest { cordon: Some("kernel upgrade".into()) }),
+        Request::Cordon(CordonRequest { cordon: None }),
     ]
 }
 
@@ -135,6 +142,7 @@ fn responses_and_reports_round_trip() {
         Response::Containers(vec![container()]),
         Response::Resolved(Resolution::Kept),
         Response::Resolved(Resolution::Busy),
+        Response::Cordon(CordonChange { was: None, now: Some(tern_proto::facts::Cordon { reason: "r".into(), since_unix: 5 }) }),
         Response::IncomingCheck(vec![Finding {
             field: "image".into(),
             source: "x".into(),

@@ -453,6 +453,13 @@ pub fn lab_ip(host: &str) -> &'static str {
         "client0" => "198.51.100.10",
         "client1" => "198.51.100.11",
         "client2" => "198.51.100.12",
+        // `scripts/lab.sh up --hosts N`: clientN is 198.51.100.1N.
+        "client3" => "198.51.100.13",
+        "client4" => "198.51.100.14",
+        "client5" => "198.51.100.15",
+        "client6" => "198.51.100.16",
+        "client7" => "198.51.100.17",
+        "client8" => "198.51.100.18",
         other => panic!("no lab host {other}"),
     }
 }

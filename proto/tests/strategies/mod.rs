@@ -8,7 +8,7 @@ use proptest::sample::select;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tern_proto::compat::{Finding, Severity};
-use tern_proto::facts::{Attachment, Capability, CgroupsVersion, ContainerInfo, HostFacts, PublishedPort, TcpConnection, Volume};
+use tern_proto::facts::{Attachment, Capability, CgroupsVersion, ContainerInfo, Cordon, HostFacts, HostStatus, PublishedPort, TcpConnection, Volume};
 use tern_proto::policy::{OnTimeout, PolicyConfig};
 use tern_proto::*;
 
@@ -56,8 +56,12 @@ fn capability() -> impl Strategy<Value = Capability> {
 
 pub fn host_facts() -> impl Strategy<Value = HostFacts> {
     let cgroups = select(vec![CgroupsVersion::Invalid, CgroupsVersion::V1, CgroupsVersion::Hybrid, CgroupsVersion::V2]);
-    ((text(), text(), text(), text(), text(), text(), cgroups), (text(), text(), texts(), text(), capability(), capability(), capability())).prop_map(
-        |((name, agent_version, podman_version, runtime_name, runtime_version, criu_version, cgroups), rest)| {
+    (
+        (text(), text(), text(), text(), text(), text(), cgroups),
+        (text(), text(), texts(), text(), capability(), capability(), capability()),
+        host_status(),
+    )
+        .prop_map(|((name, agent_version, podman_version, runtime_name, runtime_version, criu_version, cgroups), rest, status)| {
             let (kernel, arch, cpu_flags, network_backend, dirty_tracking, lazy_restore, dump_other_users) = rest;
             HostFacts {
                 name,
@@ -74,9 +78,21 @@ pub fn host_facts() -> impl Strategy<Value = HostFacts> {
                 dirty_tracking,
                 lazy_restore,
                 dump_other_users,
+                status,
             }
-        },
-    )
+        })
+}
+
+fn cordon() -> impl Strategy<Value = Cordon> {
+    (text(), any::<u64>()).prop_map(|(reason, since_unix)| Cordon { reason, since_unix })
+}
+
+fn host_status() -> impl Strategy<Value = HostStatus> {
+    (proptest::option::of(cordon()), any::<u64>(), any::<u64>()).prop_map(|(cordon, memory_available_bytes, disk_available_bytes)| HostStatus {
+        cordon,
+        memory_available_bytes,
+        disk_available_bytes,
+    })
 }
 
 pub fn container() -> impl Strategy<Value = ContainerInfo> {
@@ -225,6 +241,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             container_id,
             verdict
         })),
+        proptest::option::of(text()).prop_map(|cordon| Request::Cordon(CordonRequest { cordon })),
     ]
 }
 
@@ -242,6 +259,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         probe.prop_map(Response::Probe),
         (any::<u64>(), any::<u64>()).prop_map(|(bytes, ms)| Response::Sunk { bytes, ms }),
         resolution.prop_map(Response::Resolved),
+        (proptest::option::of(cordon()), proptest::option::of(cordon())).prop_map(|(was, now)| Response::Cordon(CordonChange { was, now })),
         text().prop_map(|message| Response::Error(RemoteError { message })),
     ]
 }
