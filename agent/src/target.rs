@@ -88,7 +88,8 @@ pub async fn receive(
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let staging = agent.cfg.state_dir.join(format!("incoming-{}-{n}", std::process::id()));
-    let mut t = Target { agent, begin, staging, restored: false, bundle: None, tentative: None, lazy: false, notes: Vec::new(), hold: None };
+    let mut t =
+        Target { agent, begin, staging, restored: false, bundle: None, host: None, tentative: None, lazy: false, notes: Vec::new(), hold: None };
     let result = t.run(conn, &mut send, &mut recv).await;
     t.release_hold().await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
@@ -161,6 +162,8 @@ struct Target<'a> {
     restored: bool,
     /// The container's folder, made by this migration until Podman owns it.
     bundle: Option<Bundle>,
+    /// What admission needs of this host, read before the freeze.
+    host: Option<admission::HostPaths>,
     /// Once restored: the folder's marker, removed at the commit.
     tentative: Option<inplace::Tentative>,
     /// Restore lazily: the source asked, and this host can.
@@ -249,6 +252,7 @@ impl Target<'_> {
         let checkpoint_dir = bundle.checkpoint_dir();
         let annotate = Some((dir.join(lazy::CONF), self.lazy));
         self.bundle = Some(bundle);
+        self.host = Some(admission::host_paths(engine.as_ref(), c, &dir).await);
         let needs_image = !engine.image_exists(&c.image_id).await?;
         if !needs_image {
             // Before the freeze: restore looks the image up by this name.
@@ -426,7 +430,8 @@ impl Target<'_> {
         }
         let folder = self.bundle.as_ref().map(|b| b.dir.clone()).ok_or(TargetError::FolderGone)?;
         let started = Instant::now();
-        admission::admit(&self.agent.cfg.admission, self.agent.engine.as_ref(), &self.begin.container, &staged.path, &folder).await?;
+        let host = self.host.as_ref().ok_or(TargetError::FolderGone)?;
+        admission::admit(&self.agent.cfg.admission, &self.begin.container, host, &staged.path).await?;
         let admit = started.elapsed();
         let engine = self.agent.engine.clone();
         let name = self.begin.container.name.clone();
@@ -505,7 +510,8 @@ impl Target<'_> {
             }
         }
         let at = Instant::now();
-        let steps = restore_steps(admit, hook, crate::criu_stats::read_restore_us(&folder.join("checkpoint")), at - started);
+        // CRIU writes its statistics into its work folder, the container's.
+        let steps = restore_steps(admit, hook, crate::criu_stats::read_restore_us(&folder), at - started);
         self.take_over_address(&name, peers).await;
         self.agent.cfg.faults.exit_after_restore();
         #[cfg(feature = "fault-injection")]

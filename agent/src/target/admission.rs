@@ -180,14 +180,10 @@ pub fn read_dumps(rest: &Path) -> Result<Dumps, Refusal> {
     Ok(Dumps { config: config.ok_or_else(|| missing("config.dump"))?, spec: spec.ok_or_else(|| missing("spec.dump"))? })
 }
 
-/// Reads the archive at `rest` and checks it (module docs).
-pub async fn admit(
-    rules: &AdmissionConfig,
-    engine: &dyn crate::engine::Engine,
-    announced: &ContainerInfo,
-    rest: &Path,
-    folder: &Path,
-) -> Result<(), Refusal> {
+/// What the checks need of this host for `announced`, whose folder here is
+/// `folder`: asked of Podman when the migration begins, so that the
+/// frozen interval does not wait for it.
+pub async fn host_paths(engine: &dyn crate::engine::Engine, announced: &ContainerInfo, folder: &Path) -> HostPaths {
     let info = match engine.info().await {
         Ok(i) => Some(i),
         Err(e) => {
@@ -202,12 +198,17 @@ pub async fn admit(
             announced.volumes.iter().map(|v| v.name.clone()).collect()
         }
     };
-    let host = HostPaths::new(announced, folder, info.as_ref(), &volumes);
+    HostPaths::new(announced, folder, info.as_ref(), &volumes)
+}
+
+/// Reads the archive at `rest` and checks it (module docs) against `host`
+/// ([`host_paths`]).
+pub async fn admit(rules: &AdmissionConfig, announced: &ContainerInfo, host: &HostPaths, rest: &Path) -> Result<(), Refusal> {
     let rest = rest.to_path_buf();
     let dumps = tokio::task::spawn_blocking(move || read_dumps(&rest))
         .await
         .map_err(|e| Refusal::Unreadable(format!("reading the checkpoint archive: {e}")))??;
-    let r = check(rules, announced, &host, &dumps);
+    let r = check(rules, announced, host, &dumps);
     match &r {
         Ok(()) => tracing::info!(name = %announced.name, "the checkpoint is admitted"),
         Err(e) => tracing::warn!(name = %announced.name, "{e}"),
