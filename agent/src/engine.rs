@@ -283,7 +283,21 @@ impl Engine for PodmanCli {
     async fn list(&self) -> Result<Vec<ContainerInfo>> {
         let out = self.run(&["ps", "-a", "-q", "--no-trunc"], QUICK).await?;
         let ids: Vec<String> = String::from_utf8_lossy(&out).split_whitespace().map(str::to_string).collect();
-        Ok(self.inspect_many(&ids).await?.into_iter().map(|c| c.info).collect())
+        match self.inspect_many(&ids).await {
+            Ok(all) => Ok(all.into_iter().map(|c| c.info).collect()),
+            // One of them went between the two calls (a migration removed
+            // it): `inspect` fails for all; ask for each, skipping the gone.
+            Err(EngineError::Failed { .. }) => {
+                let mut found = Vec::new();
+                for id in &ids {
+                    if let Some(c) = self.inspect_here(id).await? {
+                        found.push(c.info);
+                    }
+                }
+                Ok(found)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {

@@ -98,7 +98,7 @@ pub async fn plan<'a>(
     if source_name == target {
         bail!("{container} already is on {target}");
     }
-    let source = source_view.state.as_ref().map_err(|e| anyhow::anyhow!("the source {source_name} is unreachable: {e}"))?;
+    let source = source_view.state.as_ref().map_err(|e| anyhow::anyhow!("asking the source {source_name} about its containers failed: {e}"))?;
     let target_view = cluster.get(target).with_context(|| {
         format!(
             "no host named {target} in the inventory (known: {})",

@@ -1398,11 +1398,17 @@ fn scenario_evacuate_parallel() -> Result<()> {
         count_reaches("client1", n, 10)?;
         before.push((n, top("client1", n)?, count("client1", n)?));
     }
+    let started = Instant::now();
     let r = tern_json(&["evacuate", "client1", "--to", "client2", "--parallel", "2"])?;
+    let wall_ms = started.elapsed().as_millis() as u64;
     ensure!(r.code == 0 && r.json["outcome"] == "completed", "{}", r.all);
     ensure!(r.json["cordoned"] == true && r.json["parallel"] == 2, "{}", r.json);
     let moves = r.json["moves"].as_array().context("no moves")?;
     ensure!(moves.len() == names.len(), "{}", r.json);
+    // One after the other, the evacuation would last at least as long as
+    // its moves together: shorter, some of them overlapped.
+    let moves_ms: u64 = moves.iter().filter_map(|m| m["report"]["total_ms"].as_u64()).sum();
+    ensure!(wall_ms < moves_ms, "the moves did not overlap: the evacuation took {wall_ms} ms, its moves {moves_ms} ms together");
     for (n, pids, c0) in before {
         let m = moves.iter().find(|m| m["container"] == n).with_context(|| format!("{n} missing from {}", r.json))?;
         ensure!(m["target"] == "client2" && m["report"]["outcome"] == "completed", "{n}: {m}");
