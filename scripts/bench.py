@@ -942,6 +942,7 @@ def run_tern(mode, subj, opts):
         "target_conmon_cpu_s": round(conmon, 3), "coordinator_cpu_s": round(c1 - c0, 3),
         "source_agent_peak_mib": round(peak[SRC], 1), "target_agent_peak_mib": round(peak[DST], 1),
         "phases": {p["phase"]: p["ms"] for p in j.get("phases") or []},
+        "frozen": {s["step"]: s["ms"] for s in j.get("frozen") or []},
         "round_details": j.get("rounds") or [],
         **figures,
     }
@@ -1069,12 +1070,36 @@ def table(rows, failures, meta):
                     f" {fmt_stat([r.get('client_gap_ms') for r in rs])} "
                     f"| {fmt_stat([r['client_gap_ms'] - r['downtime_ms'] for r in rs if r.get('client_gap_ms') is not None])} "
                     f"| {client_note(rs)} |" if client else ""))
+    out += frozen_table(rows)
     if failures:
         out.append(f"\n{len(failures)} failed run(s) (errors, not data points; details on stderr):\n")
         for f in failures:
             first = f["error"].strip().splitlines()[0] if f["error"].strip() else "?"
             out.append(f"- {f['workload']} / {f['link']} / {f['method']} run {f['run'] + 1}: {first}")
     return "\n".join(out)
+
+
+def frozen_table(rows):
+    """Where tern's downtime goes: the median of each step of the frozen
+    interval (the report's `frozen`), per workload, link and method."""
+    steps = []
+    for r in rows:
+        for s in r.get("frozen") or {}:
+            if s not in steps:
+                steps.append(s)
+    if not steps:
+        return []
+    out = ["", "Where the downtime goes (medians, ms; a step a run lacks counts 0):", "",
+           "| workload | link | method | " + " | ".join(steps) + " |",
+           "|---|---|---|" + "---|" * len(steps)]
+    for w, l, methods in groups(rows):
+        for m in methods:
+            rs = [r for r in rows if r["workload"] == w and r["link"] == l and r["method"] == m and r.get("frozen")]
+            if not rs:
+                continue
+            cells = [fmt_stat([r["frozen"].get(s, 0) for r in rs]) for s in steps]
+            out.append(f"| {w} | {l} | {m} | " + " | ".join(cells) + " |")
+    return out
 
 
 def chart(rows, path):

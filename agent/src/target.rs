@@ -209,24 +209,44 @@ fn fill_limit(memory_bytes: u64) -> Duration {
 
 impl Target<'_> {
     async fn run(&mut self, conn: quinn::Connection, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
-        let engine = &self.agent.engine;
-        let c = &self.begin.container;
+        let (needs_image, places) = match self.prepare().await? {
+            Ok(p) => p,
+            Err(why) => return refuse(send, why).await,
+        };
+        let inbox = Arc::new(Inbox::default());
+        let stall = self.agent.cfg.faults.stall(crate::faults::StallPoint::Transfer, &self.agent.cfg.state_dir);
+        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), stall, inbox.clone()));
+        write_frame(send, &TargetMsg::Ready { needs_image }).await?;
+        let (state, outcome) = self.converse(&inbox, send, recv, needs_image).await;
+        receiver.abort();
+        if let Err(e) = &outcome {
+            self.source_lost(state, e).await;
+        }
+        outcome
+    }
+
+    /// Everything before the freeze: the container's folder, the traffic
+    /// hold, what admission needs, the image's name. `Ok(Err(why))`: refused
+    /// with that reason; nothing of it is left here.
+    async fn prepare(&mut self) -> anyhow::Result<Result<(bool, Places), String>> {
+        let engine = self.agent.engine.clone();
+        let c = self.begin.container.clone();
         if let Some(existing) = engine.inspect(&c.name).await? {
-            return refuse(send, format!("a container named {} already exists here ({})", c.name, existing.state)).await;
+            return Ok(Err(format!("a container named {} already exists here ({})", c.name, existing.state)));
         }
         if self.begin.mode == Mode::Invalid {
-            return refuse(send, "the source asked for no migration mode".into()).await;
+            return Ok(Err("the source asked for no migration mode".into()));
         }
         tokio::fs::create_dir_all(&self.staging).await?;
         // Soft-dirty pre-copy's final dump links to rounds on disk: its
         // images stay on disk too (inplace.rs).
-        let bundle = match Bundle::prepare(engine.as_ref(), &self.agent.storage, c, self.begin.mode != Mode::PreCopy).await {
+        let bundle = match Bundle::prepare(engine.as_ref(), &self.agent.storage, &c, self.begin.mode != Mode::PreCopy).await {
             Ok(b) => b,
-            Err(e) => return refuse(send, e.to_string()).await,
+            Err(e) => return Ok(Err(e.to_string())),
         };
         if let Err(e) = bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone() }) {
             bundle.remove();
-            return refuse(send, format!("cannot write the folder's marker: {e}")).await;
+            return Ok(Err(format!("cannot write the folder's marker: {e}")));
         }
         if bundle.in_ram {
             self.agent.cfg.faults.fill_disk(&bundle.checkpoint_dir());
@@ -241,50 +261,58 @@ impl Target<'_> {
             }
         }
         // Before the freeze, so that it costs no downtime.
-        match engine.networks().await {
-            Ok(nets) => match crate::netid::Hold::install(c, &nets, self.begin.id).await {
-                Ok(h) => self.hold = h,
-                Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
-            },
+        let held = match engine.networks().await {
+            Ok(nets) => crate::netid::Hold::install(&c, &nets, self.begin.id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match held {
+            Ok(h) => self.hold = h,
             Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
         }
         let dir = bundle.dir.clone();
-        let checkpoint_dir = bundle.checkpoint_dir();
+        let checkpoint = bundle.checkpoint_dir();
         let annotate = Some((dir.join(lazy::CONF), self.lazy));
         self.bundle = Some(bundle);
-        self.host = Some(admission::host_paths(engine.as_ref(), c, &dir).await);
+        self.host = Some(admission::host_paths(engine.as_ref(), &c, &dir).await);
         let needs_image = !engine.image_exists(&c.image_id).await?;
         if !needs_image {
             // Before the freeze: restore looks the image up by this name.
             if let Err(e) = self.name_image().await {
-                return refuse(send, e.to_string()).await;
+                return Ok(Err(e.to_string()));
             }
         }
-        let inbox = Arc::new(Inbox::default());
-        let limits = Limits::of(&self.agent.cfg.limits, c);
-        let places = Places { staging: self.staging.clone(), bundle: dir, checkpoint: checkpoint_dir, annotate, limits };
-        let stall = self.agent.cfg.faults.stall(crate::faults::StallPoint::Transfer, &self.agent.cfg.state_dir);
-        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), stall, inbox.clone()));
-        write_frame(send, &TargetMsg::Ready { needs_image }).await?;
+        let limits = Limits::of(&self.agent.cfg.limits, &c);
+        Ok(Ok((needs_image, Places { staging: self.staging.clone(), bundle: dir, checkpoint, annotate, limits })))
+    }
 
+    /// The conversation with the source, message by message through the
+    /// target's machine, until it commits, aborts, or goes away. Returns
+    /// the state it ended in.
+    async fn converse(
+        &mut self,
+        inbox: &Inbox,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        needs_image: bool,
+    ) -> (TargetState, anyhow::Result<()>) {
         let mode = self.begin.mode;
         let mut state = TargetState::initial(needs_image);
-        let outcome = loop {
+        loop {
             let msg = match read_frame::<_, SourceMsg>(recv).await {
                 Ok(Some(m)) => m,
-                other => break Err(anyhow::anyhow!("the source went away in state {state:?} ({other:?})")),
+                other => return (state, Err(anyhow::anyhow!("the source went away in state {state:?} ({other:?})"))),
             };
             let (next, action) = match step(mode, state, &msg) {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = write_frame(send, &TargetMsg::Failed(Failure { phase: Phase::Prepare, message: e.to_string() })).await;
-                    break Err(e.into());
+                    return (state, Err(e.into()));
                 }
             };
             state = next;
             let reply = match action {
-                Action::LoadImage(d) => self.load_image(&inbox, d).await,
-                Action::StoreRound { round, digest } => match self.verified(&inbox, round_kind(mode, round), digest).await {
+                Action::LoadImage(d) => self.load_image(inbox, d).await,
+                Action::StoreRound { round, digest } => match self.verified(inbox, round_kind(mode, round), digest).await {
                     Ok(_) => TargetMsg::RoundStored { round },
                     Err(e) => TargetMsg::Failed(e.failure(Phase::PreCopy)),
                 },
@@ -292,7 +320,7 @@ impl Target<'_> {
                     Ok(bytes) => TargetMsg::RoundsPrepared { bytes },
                     Err(e) => TargetMsg::Failed(e.failure(Phase::PreCopy)),
                 },
-                Action::Restore { digest, rounds } => self.restore(&inbox, digest, rounds).await,
+                Action::Restore { digest, rounds } => self.restore(inbox, digest, rounds).await,
                 Action::Commit => {
                     tracing::info!(id = self.begin.id, "committed");
                     if let Some(t) = self.tentative.take() {
@@ -300,38 +328,39 @@ impl Target<'_> {
                             tracing::warn!("removing the marker in {}: {e}", t.root.display());
                         }
                     }
-                    break write_frame(send, &TargetMsg::Committed).await.map_err(Into::into);
+                    return (state, write_frame(send, &TargetMsg::Committed).await.map_err(Into::into));
                 }
                 Action::Abort(reason) => {
                     tracing::warn!(id = self.begin.id, "the source aborted: {reason}");
                     self.undo().await;
-                    break write_frame(send, &TargetMsg::Aborted).await.map_err(Into::into);
+                    return (state, write_frame(send, &TargetMsg::Aborted).await.map_err(Into::into));
                 }
             };
             // A reply that cannot be sent ends the conversation like a lost
             // source: never past what must be undone.
             if let Err(e) = write_frame(send, &reply).await {
-                break Err(anyhow::anyhow!("answering the source in state {state:?}: {e}"));
+                return (state, Err(anyhow::anyhow!("answering the source in state {state:?}: {e}")));
             }
             if matches!(reply, TargetMsg::Restored(_)) {
                 self.agent.cfg.faults.exit_after_restored_sent();
             }
-        };
-        receiver.abort();
-        if let Err(e) = &outcome {
-            match tern_proto::state::when_source_lost(state, self.restored) {
-                tern_proto::state::SourceLost::KeepTentative => tracing::warn!(
-                    id = self.begin.id,
-                    "{e:#}; the restored container is kept, tentative, until {} settles the migration",
-                    self.begin.source
-                ),
-                tern_proto::state::SourceLost::Undo => {
-                    tracing::warn!("{e:#}; removing what this migration left here");
-                    self.undo().await;
-                }
+        }
+    }
+
+    /// The conversation died in `state`: keep a restored copy, tentative,
+    /// for the source to settle, or undo ([`tern_proto::state::when_source_lost`]).
+    async fn source_lost(&mut self, state: TargetState, e: &anyhow::Error) {
+        match tern_proto::state::when_source_lost(state, self.restored) {
+            tern_proto::state::SourceLost::KeepTentative => tracing::warn!(
+                id = self.begin.id,
+                "{e:#}; the restored container is kept, tentative, until {} settles the migration",
+                self.begin.source
+            ),
+            tern_proto::state::SourceLost::Undo => {
+                tracing::warn!("{e:#}; removing what this migration left here");
+                self.undo().await;
             }
         }
-        outcome
     }
 
     fn faults(&self) -> ReceiveFaults {
