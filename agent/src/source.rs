@@ -53,16 +53,22 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeouts, time for a restarted agent to come back.
 const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 
-/// The source's steps of the frozen interval: CRIU's frozen time, the rest
-/// of Podman's checkpoint (`export`, from the freeze until Podman
-/// returned), and the archive's tail still crossing after that.
-fn source_steps(export: Duration, criu_us: u64, tail: Duration) -> Vec<StepTime> {
-    let export_ms = export.as_millis() as u64;
+/// The source's steps of the frozen interval. `export` runs from the
+/// freeze until Podman returned; the archive streams to the target as
+/// Podman writes it, so a slow link holds Podman back on its pipe. Of
+/// `export`: CRIU's frozen time (`criu_us`), then the time the sender
+/// waited for the link (`wire_wait`), the rest is Podman's own; `tail` is
+/// the archive still crossing after Podman returned. Where CRIU, Podman
+/// and the link worked at once, the split leans towards CRIU, then the link.
+fn source_steps(export: Duration, criu_us: u64, wire_wait: Duration, tail: Duration) -> Vec<StepTime> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let export_ms = ms(export);
     let criu_ms = (criu_us / 1000).min(export_ms);
+    let wire_ms = ms(wire_wait).min(export_ms - criu_ms);
     vec![
         StepTime { step: FrozenStep::CriuDump, ms: criu_ms },
-        StepTime { step: FrozenStep::PodmanExport, ms: export_ms - criu_ms },
-        StepTime { step: FrozenStep::Transfer, ms: tail.as_millis() as u64 },
+        StepTime { step: FrozenStep::PodmanExport, ms: export_ms - criu_ms - wire_ms },
+        StepTime { step: FrozenStep::Transfer, ms: wire_ms + ms(tail) },
     ]
 }
 
@@ -630,12 +636,12 @@ impl Run<'_> {
         if let Ok(dir) = self.agent.engine.container_dir(&info.name).await {
             self.final_stats = criu_stats::read(&dir);
         }
+        let target = self.req.target.name.clone();
+        let transfer::Sent { digest, stats: delta, wire_wait, .. } = sent.map_err(|source| SourceError::StreamCheckpoint { target, source }.at(p))?;
         self.frozen_steps = self.frozen_at.map_or_else(Vec::new, |frozen_at| {
             let criu_us = self.final_stats.map_or(0, |s| s.frozen_us);
-            source_steps(exported_at - frozen_at, criu_us, sent_at.saturating_duration_since(exported_at))
+            source_steps(exported_at - frozen_at, criu_us, wire_wait, sent_at.saturating_duration_since(exported_at))
         });
-        let target = self.req.target.name.clone();
-        let transfer::Sent { digest, stats: delta, .. } = sent.map_err(|source| SourceError::StreamCheckpoint { target, source }.at(p))?;
         self.checkpoint_bytes = digest.bytes;
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
         self.count_sent(&delta, send_started.elapsed());
@@ -1001,12 +1007,17 @@ mod tests {
     #[test]
     fn criu_s_frozen_time_is_taken_out_of_podman_s_export() {
         let ms = Duration::from_millis;
-        let got: Vec<u64> = source_steps(ms(900), 250_400, ms(80)).iter().map(|s| s.ms).collect();
+        let got: Vec<u64> = source_steps(ms(900), 250_400, ms(0), ms(80)).iter().map(|s| s.ms).collect();
         assert_eq!(got, [250, 650, 80]);
-        // Without CRIU's statistics the whole export is Podman's; a figure
-        // past the export is capped at it.
-        assert_eq!(source_steps(ms(900), 0, ms(0))[1].ms, 900);
-        assert_eq!(source_steps(ms(900), 5_000_000, ms(0))[0].ms, 900);
+        // A slow link: what the sender waited for it is the transfer's.
+        let got: Vec<u64> = source_steps(ms(9000), 1_000_000, ms(7000), ms(20)).iter().map(|s| s.ms).collect();
+        assert_eq!(got, [1000, 1000, 7020]);
+        // Without CRIU's statistics the whole export is Podman's; figures
+        // past the export are capped at it, and the steps never exceed it.
+        assert_eq!(source_steps(ms(900), 0, ms(0), ms(0))[1].ms, 900);
+        assert_eq!(source_steps(ms(900), 5_000_000, ms(0), ms(0))[0].ms, 900);
+        let got: Vec<u64> = source_steps(ms(900), 500_000, ms(5000), ms(0)).iter().map(|s| s.ms).collect();
+        assert_eq!(got, [500, 0, 400]);
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Run<'_> {
         let (dumped, dumped_at) = dump.await.at(p)?;
         let dump_ms = (dumped_at - started).as_millis() as u64;
         dumped.map_err(SourceError::BaseCheckpoint).at(p)?;
-        let transfer::Sent { digest, stats, index } = sent.map_err(SourceError::ShipBase).at(p)?;
+        let transfer::Sent { digest, stats, index, .. } = sent.map_err(SourceError::ShipBase).at(p)?;
         // Always there: an Index encoding hands its index back.
         let index = index.unwrap_or_default();
         self.count_sent(&stats, started.elapsed());

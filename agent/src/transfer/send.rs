@@ -45,6 +45,9 @@ pub struct Sent {
     pub stats: DeltaStats,
     /// The index built with [`Encoding::Index`].
     pub index: Option<PageIndex>,
+    /// How long the sender waited for the link to take the data: the
+    /// stream's share of the time, where the link is what holds it back.
+    pub wire_wait: std::time::Duration,
 }
 
 /// Buffers in flight between two stages of [`send_encoded`]: enough to
@@ -123,7 +126,7 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
         Encoding::Index(ix) => Some(ix),
         _ => None,
     };
-    Ok(Sent { digest, stats, index })
+    Ok(Sent { digest, stats, index, wire_wait: send_wait })
 }
 
 /// Reads the whole archive in chunks of [`CHUNK`] and hands them to the
