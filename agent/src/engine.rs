@@ -539,6 +539,15 @@ struct InspectJson {
     graph_driver: Option<InspectGraphDriver>,
     #[serde(default)]
     mounts: Vec<InspectMount>,
+    #[serde(default)]
+    config: InspectConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +649,7 @@ impl InspectJson {
         let connections = if pid > 0 { connections_of(pid) } else { Vec::new() };
         let process_uids = if pid > 0 { process_uids(pid) } else { Vec::new() };
         let upper_dir = upper.filter(|p| p.starts_with('/')).map(std::path::PathBuf::from);
+        let systemd_unit = self.config.labels.as_ref().and_then(|l| l.get("PODMAN_SYSTEMD_UNIT")).filter(|u| !u.is_empty()).cloned();
         let info = ContainerInfo {
             process_uids,
             pid,
@@ -655,6 +665,7 @@ impl InspectJson {
             state: self.state.status,
             ips,
             memory_bytes,
+            systemd_unit,
         };
         Inspected { info, upper_dir }
     }
@@ -801,6 +812,7 @@ mod tests {
     fn parses_podman_inspect_output() {
         let raw = r#"[{"Id":"abc","Name":"demo1","Image":"sha256img","ImageName":"localhost/tern-busybox:latest",
             "State":{"Status":"running","Running":true},
+            "Config":{"Labels":{"PODMAN_SYSTEMD_UNIT":"container-demo1.service","other":"x"}},
             "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"203.0.113.7","MacAddress":"ae:4e:0b:b6:6b:4b"}},
                 "Ports":{"6379/tcp":[{"HostIp":"","HostPort":"8080"}],"9000/udp":null}}}]"#;
         let v: Vec<InspectJson> = serde_json::from_str(raw).unwrap();
@@ -808,6 +820,7 @@ mod tests {
             [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
         let info = v.into_iter().next().unwrap().into_info(&nets).info;
         assert_eq!(info.name, "demo1");
+        assert_eq!(info.systemd_unit.as_deref(), Some("container-demo1.service"));
         assert_eq!(info.image_id, "sha256img");
         assert_eq!(info.ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
         assert!(info.is_running());

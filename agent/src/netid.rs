@@ -650,6 +650,7 @@ mod tests {
             ports: vec![],
             connections: vec![],
             process_uids: vec![],
+            systemd_unit: None,
         };
         let here = vec![
             NetworkDef { name: "lan".into(), driver: "macvlan".into(), subnets: vec![], interface: "eth0".into() },

@@ -297,7 +297,7 @@ mod tests {
         let host = PeerId { name: "b".into(), role: Role::Host };
         let coordinator = PeerId { name: "coordinator".into(), role: Role::Coordinator };
         let info: tern_proto::facts::ContainerInfo = serde_json::from_str(
-            r#"{"name":"x","id":"1","image":"","image_id":"","state":"","ips":[],"memory_bytes":0,"files_bytes":0,"volumes":[],"pid":0,"networks":[],"ports":[],"connections":[],"process_uids":[]}"#,
+            r#"{"name":"x","id":"1","image":"","image_id":"","state":"","ips":[],"memory_bytes":0,"files_bytes":0,"volumes":[],"pid":0,"networks":[],"ports":[],"connections":[],"process_uids":[],"systemd_unit":null}"#,
         )
         .unwrap();
         for r in [

@@ -226,6 +226,24 @@ pub fn process_owners(c: &ContainerInfo, src: &HostFacts) -> Option<Finding> {
     })
 }
 
+/// A container a systemd unit runs (Podman's `PODMAN_SYSTEMD_UNIT` label)
+/// would be started again by its unit once the migration removed it from
+/// the source: two copies. Refused, with the fix; `None` when no unit
+/// runs it.
+pub fn service_manager(c: &ContainerInfo) -> Option<Finding> {
+    let unit = c.systemd_unit.as_deref()?;
+    Some(Finding::new("service manager", unit, "").with(
+        Severity::Block,
+        format!(
+            "the systemd unit {unit} runs {name} (Podman's PODMAN_SYSTEMD_UNIT label): once tern removed it here, the \
+             unit would start it again (its Restart=, or the next boot) and it would run twice. tern live-migrates \
+             containers it alone manages: recreate {name} outside the unit, or move it with its unit (stop the unit \
+             here, install it on the target and start it there: a restart, not a live move)",
+            name = c.name
+        ),
+    ))
+}
+
 /// Run by the target agent: can `incoming` land among `existing`?
 /// `volumes_here`: the named volumes the target already has; `volume_dir`:
 /// where it keeps them (`podman info`'s store.volumePath).
@@ -429,6 +447,7 @@ mod tests {
     fn processes_of_other_users_need_cap_sys_resource() {
         let mut c = ctr("pg", "203.0.113.2", "running");
         assert!(process_owners(&c, &facts()).is_none());
+        assert!(service_manager(&c).is_none(), "no unit runs it");
         c.process_uids = vec![999];
         assert_eq!(process_owners(&c, &facts()).unwrap().severity, Severity::Ok);
         let mut weak = facts();
@@ -436,6 +455,15 @@ mod tests {
         let f = process_owners(&c, &weak).unwrap();
         assert_eq!(f.severity, Severity::Block);
         assert!(f.note.contains("999") && f.note.contains("CAP_SYS_RESOURCE"), "{}", f.note);
+    }
+
+    #[test]
+    fn a_container_a_systemd_unit_runs_is_refused_with_the_fix() {
+        let mut c = ctr("web", "203.0.113.2", "running");
+        c.systemd_unit = Some("container-web.service".into());
+        let f = service_manager(&c).unwrap();
+        assert_eq!((f.field.as_str(), f.source.as_str(), f.severity), ("service manager", "container-web.service", Severity::Block));
+        assert!(f.note.contains("run twice") && f.note.contains("recreate web outside the unit"), "{}", f.note);
     }
 
     #[test]
@@ -462,6 +490,7 @@ mod tests {
             ports: vec![],
             connections: vec![],
             process_uids: vec![],
+            systemd_unit: None,
         }
     }
 

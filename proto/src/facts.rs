@@ -158,6 +158,9 @@ pub struct ContainerInfo {
     pub connections: Vec<TcpConnection>,
     /// The users (as this host numbers them) its processes run as, but root.
     pub process_uids: Vec<u32>,
+    /// The systemd unit that runs it, from Podman's `PODMAN_SYSTEMD_UNIT`
+    /// label (`podman generate systemd --new`, Quadlet).
+    pub systemd_unit: Option<String>,
 }
 
 /// One Podman network a container is attached to.

@@ -315,6 +315,7 @@ mod tests {
             ports: vec![],
             connections: vec![],
             process_uids: vec![],
+            systemd_unit: None,
         }
     }
 

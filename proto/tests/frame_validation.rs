@@ -53,6 +53,7 @@ fn container() -> ContainerInfo {
             remote: "198.51.100.10:40000".parse().unwrap(),
         }],
         process_uids: vec![999],
+        systemd_unit: None,
     }
 }
 

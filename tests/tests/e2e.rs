@@ -271,6 +271,30 @@ fn refused_when_target_criu_is_older() {
     scenario_refusal(|_| restart_agent("client2", "[facts_override]\ncriu_version = \"3.0.0\""), "criu").unwrap();
 }
 
+/// A container a systemd unit runs (Podman's PODMAN_SYSTEMD_UNIT label,
+/// as `podman generate systemd --new` and Quadlet set it): its unit would
+/// start it again on the source, so it is refused before the freeze.
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn a_container_a_systemd_unit_runs_is_refused() {
+    let _lab = lab_guard();
+    let name = "e2e-unit";
+    remove_everywhere(name);
+    let label = "PODMAN_SYSTEMD_UNIT=container-e2e-unit.service";
+    ok(&mut podman("client1", &["run", "-d", "--name", name, "--label", label, IMAGE, "sh", "-c", COUNTER_LOOP])).unwrap();
+    count_reaches("client1", name, 5).unwrap();
+    let pids = top("client1", name).unwrap();
+    let r = tern_json(&["migrate", name, "--to", "client2"]).unwrap();
+    assert_eq!(r.code, 3, "{}", r.all);
+    let unit = r.json["findings"].as_array().unwrap().iter().find(|f| f["field"] == "service manager").cloned();
+    let unit = unit.unwrap_or_else(|| panic!("no service manager finding: {}", r.json));
+    assert_eq!(unit["severity"], "block", "{unit}");
+    assert!(unit["note"].as_str().unwrap().contains("container-e2e-unit.service"), "{unit}");
+    assert_eq!(top("client1", name).unwrap(), pids, "the container was touched");
+    assert!(state("client2", name).unwrap().is_none());
+    remove_everywhere(name);
+}
+
 /// `--mode pre-copy` where the source lacks soft-dirty: refused before the
 /// freeze, naming the host and CRIU's reason; the default mode then says
 /// pre-copy is unavailable and why. client1 is made to say it lacks

@@ -266,6 +266,7 @@ mod tests {
             ports: vec![],
             connections: vec![],
             process_uids: vec![],
+            systemd_unit: None,
         }
     }
 

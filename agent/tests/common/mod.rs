@@ -652,6 +652,7 @@ pub fn stand_in(name: &str) -> ContainerInfo {
         ports: vec![],
         connections: vec![],
         process_uids: vec![],
+        systemd_unit: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn info() -> RestoreInfo {
             ports: Vec::new(),
             connections: Vec::new(),
             process_uids: Vec::new(),
+            systemd_unit: None,
         },
     }
 }

@@ -107,10 +107,19 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
     let volume = (text(), text()).prop_map(|(name, path)| Volume { name, path });
     (
         (text(), text(), text(), text(), text(), vec(ip(), 0..3), any::<u64>()),
-        (any::<u64>(), vec(volume, 0..2), any::<u32>(), vec(attachment, 0..2), vec(port, 0..2), vec(conn, 0..2), vec(any::<u32>(), 0..3)),
+        (
+            any::<u64>(),
+            vec(volume, 0..2),
+            any::<u32>(),
+            vec(attachment, 0..2),
+            vec(port, 0..2),
+            vec(conn, 0..2),
+            vec(any::<u32>(), 0..3),
+            proptest::option::of(text()),
+        ),
     )
         .prop_map(|((name, id, image, image_id, state, ips, memory_bytes), rest)| {
-            let (files_bytes, volumes, pid, networks, ports, connections, process_uids) = rest;
+            let (files_bytes, volumes, pid, networks, ports, connections, process_uids, systemd_unit) = rest;
             ContainerInfo {
                 name,
                 id,
@@ -126,6 +135,7 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
                 ports,
                 connections,
                 process_uids,
+                systemd_unit,
             }
         })
 }

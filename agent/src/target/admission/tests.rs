@@ -26,6 +26,7 @@ fn announced() -> ContainerInfo {
         ports: vec![],
         connections: vec![],
         process_uids: vec![],
+        systemd_unit: None,
     }
 }
 
