@@ -533,7 +533,8 @@ impl Move {
             Some(b) => Box::new(b.slot(format!("[{}/{}] {container} → {target}", self.i, self.n), plan.mode, memory, files)),
             None => Box::new(Display::new(self.progress, plan.mode, memory, files)),
         };
-        let result = migrate::run_with(&plan, address, &self.opts, &self.signer, shown.as_mut(), cancel).await;
+        // An evacuation's move: the source records it for `tern return`.
+        let result = migrate::run_with(&plan, address, &self.opts, &self.signer, shown.as_mut(), cancel, true).await;
         shown.finish();
         result.map(Some)
     }
