@@ -29,6 +29,7 @@ pub mod criu;
 pub mod criu_stats;
 pub mod criu_tcp;
 pub mod engine;
+pub mod evacuation;
 pub mod facts;
 pub mod faults;
 pub mod netid;

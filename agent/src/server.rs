@@ -26,7 +26,7 @@ pub enum Denied {
 }
 
 /// Who may ask for what: the coordinator drives (Migrate, Probe, Facts,
-/// Containers, CheckIncoming); agents talk to each other only within what
+/// Containers, CheckIncoming, Cordon, Evacuation); agents talk to each other only within what
 /// the coordinator started (Receive with its ticket, Sink for its probe,
 /// Resolve about their own migrations).
 pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
@@ -40,6 +40,7 @@ pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
         Request::Sink { .. } => ("Sink", Role::Host),
         Request::Resolve(_) => ("Resolve", Role::Host),
         Request::Cordon(_) => ("Cordon", Role::Coordinator),
+        Request::Evacuation(_) => ("Evacuation", Role::Coordinator),
         Request::Hello(_) | Request::Invalid => return Ok(()),
     };
     match (role, peer.role) {
@@ -194,6 +195,7 @@ impl Agent {
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.and_then(|f| self.with_status(f)).map(Response::Facts),
             Request::Cordon(r) => self.cordon(r).map(Response::Cordon),
+            Request::Evacuation(r) => crate::evacuation::forget(&self.cfg.state_dir, &r.forget).map(Response::Evacuation).map_err(anyhow::Error::msg),
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),
@@ -306,6 +308,7 @@ mod tests {
             Request::CheckIncoming(info),
             Request::Cordon(tern_proto::CordonRequest { cordon: Some("maintenance".into()) }),
             Request::Cordon(tern_proto::CordonRequest { cordon: None }),
+            Request::Evacuation(tern_proto::EvacuationRequest { forget: vec!["1".into()] }),
         ] {
             assert!(authorize(&r, &coordinator).is_ok());
             let e = authorize(&r, &host).unwrap_err();

@@ -692,8 +692,38 @@ impl Run<'_> {
         let p = Phase::Restore;
         let path = self.journal_path.clone().ok_or_else(|| SourceError::NoJournal.at(p))?;
         crate::recovery::record_commit(self.agent, &path).map_err(|source| SourceError::RecordCommit { path, source }.at(p))?;
+        if self.req.evacuation {
+            self.record_evacuated();
+        }
         self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
         Ok(())
+    }
+
+    /// An evacuation's move switched over: this host's evacuation record
+    /// says where the container went, for `tern return`. A failure to
+    /// write it is a warning: the move itself is done.
+    fn record_evacuated(&mut self) {
+        let Some(info) = self.container.as_ref() else { return };
+        // The ID the target reported after its restore (Podman keeps it).
+        let id = self.restore_info.as_ref().map(|r| r.container.id.clone()).filter(|id| !id.is_empty()).unwrap_or_else(|| info.id.clone());
+        let entry = tern_proto::Evacuated {
+            name: info.name.clone(),
+            id,
+            target: self.req.target.name.clone(),
+            migration: self.req.id,
+            moved_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        match crate::evacuation::record(&self.agent.cfg.state_dir, entry) {
+            Ok(None) => {}
+            Ok(Some(w)) => self.warnings.push(format!("the evacuation record: {w}")),
+            Err(e) => self.warnings.push(format!(
+                "{} could not be written ({e}): `tern return {}` will not know {} was evacuated to {}",
+                crate::evacuation::path(&self.agent.cfg.state_dir).display(),
+                self.agent.cfg.name,
+                info.name,
+                self.req.target.name
+            )),
+        }
     }
 
     /// Settles the switchover with the target on a connection of its own,

@@ -71,9 +71,14 @@ pub async fn receive(
     let name = begin.container.name.clone();
     tracing::info!(id = begin.id, %name, source = %peer, mode = begin.mode.as_str(), "incoming migration");
     // A cordoned host takes nothing, whoever checked what: refused before
-    // anything of the container is written (cordon.rs).
+    // anything of the container is written (cordon.rs). But what an
+    // evacuation moved away from here may come back (`tern return`; its
+    // ticket and admission are checked as for any other).
     if let Some(why) = crate::cordon::refusal(&agent.cfg.state_dir, &agent.cfg.name) {
-        return refuse(&mut send, why).await;
+        if !crate::evacuation::returning(&agent.cfg.state_dir, &begin.container.id) {
+            return refuse(&mut send, why).await;
+        }
+        tracing::info!(id = begin.id, %name, "cordoned, but {name} was evacuated from here: it may come back");
     }
     // Only what the coordinator signed for, from the host it named (context.rs).
     if let Err(e) = agent.admit_receive(peer, &begin) {
@@ -328,6 +333,7 @@ impl Target<'_> {
                             tracing::warn!("removing the marker in {}: {e}", t.root.display());
                         }
                     }
+                    crate::evacuation::came_back(&self.agent.cfg.state_dir, &self.begin.container.id, &self.begin.container.name);
                     return (state, write_frame(send, &TargetMsg::Committed).await.map_err(Into::into));
                 }
                 Action::Abort(reason) => {
@@ -690,6 +696,7 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
         (Some(_), Some(t), Verdict::Commit) => {
             t.commit().map_err(|source| TargetError::Marker { path: t.root.clone(), source })?;
             tracing::info!(id = req.id, %name, source = %peer, "committed by the source's verdict");
+            crate::evacuation::came_back(&agent.cfg.state_dir, &req.container_id, name);
             Resolution::Kept
         }
         (Some(c), Some(t), Verdict::Abort) => {

@@ -451,6 +451,7 @@ async fn a_host_certificate_cannot_order_an_agent_around() {
         target: Peer { name: "b".into(), address: c.addrs["b"].to_string() },
         options: options(Mode::StopAndCopy),
         ticket,
+        evacuation: false,
     };
     let (_send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
     match s.read::<Response>(&mut recv, Duration::from_secs(10)).await.unwrap() {
@@ -606,4 +607,64 @@ async fn a_peer_that_sends_no_hello_is_closed_and_one_peer_gets_eight_connection
     assert!(matches!(kept[0].request(&Request::Containers).await.unwrap(), Response::Containers(_)));
     // Another peer still gets in.
     assert!(c.session_as("b", "a").await.is_ok());
+}
+
+#[tokio::test]
+async fn an_evacuations_move_is_recorded_by_its_source_and_may_come_back_to_a_cordoned_host() {
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("web", "203.0.113.7");
+    a.add("plain", "203.0.113.8");
+    b.state.lock().unwrap().images.insert(IMG.into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+
+    // A plain move records nothing; an evacuation's does, on its source.
+    let ticket = c.ticket("plain").await;
+    let (_, r) = c.migrate_marked("plain", options(Mode::StopAndCopy), None, ticket, false).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(tern_agent::evacuation::load(&c.state_dir("a")).unwrap(), EvacuationRecord::default());
+    let ticket = c.ticket("web").await;
+    let (_, r) = c.migrate_marked("web", options(Mode::StopAndCopy), None, ticket, true).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert!(!r.warnings.iter().any(|w| w.contains("evacuation")), "{:?}", r.warnings);
+    let record = tern_agent::evacuation::load(&c.state_dir("a")).unwrap();
+    assert_eq!(record.containers.len(), 1, "{record:?}");
+    let e = &record.containers[0];
+    assert_eq!((e.name.as_str(), e.id.as_str(), e.target.as_str(), e.migration), ("web", "id-web", "b", 7));
+    // The coordinator reads it (and only the coordinator).
+    match c.session("a").await.request(&Request::Evacuation(EvacuationRequest { forget: vec![] })).await.unwrap() {
+        Response::Evacuation(r) => assert_eq!(r, record),
+        other => panic!("{other:?}"),
+    }
+    let denied = c.session_as("b", "a").await.unwrap().request(&Request::Evacuation(EvacuationRequest { forget: vec!["id-web".into()] })).await;
+    assert!(denied.unwrap_err().to_string().contains("for the coordinator only"));
+    assert_eq!(tern_agent::evacuation::load(&c.state_dir("a")).unwrap(), record, "a host's request changed nothing");
+
+    // b plays the evacuated host coming back: cordoned, it refuses what it
+    // never sent away, and takes back what its record holds, which then
+    // leaves the record.
+    let (a, b) = (FakeEngine::new(16), FakeEngine::new(0));
+    a.add("back", "203.0.113.9");
+    a.add("stranger", "203.0.113.10");
+    b.state.lock().unwrap().images.insert(IMG.into());
+    let c = cluster(a.clone(), b.clone(), Faults::default()).await;
+    let b_dir = c.state_dir("b");
+    tern_agent::cordon::set(&b_dir, Some("evacuating (tern evacuate)".into()), 1).unwrap();
+    for (name, when) in [("back", 10), ("gone", 11)] {
+        let e = Evacuated { name: name.into(), id: format!("id-{name}"), target: "a".into(), migration: when, moved_unix: when };
+        tern_agent::evacuation::record(&b_dir, e).unwrap();
+    }
+    let (_, r) = c.migrate("stranger", None).await;
+    assert!(matches!(&r.outcome, Outcome::Refused { failure } if failure.message.contains("b is cordoned")), "{r:#?}");
+    assert_eq!(a.state_of("stranger").as_deref(), Some("running"));
+    let (_, r) = c.migrate("back", None).await;
+    assert_eq!(r.outcome, Outcome::Completed, "{r:#?}");
+    assert_eq!(b.state_of("back").as_deref(), Some("running"));
+    let left = tern_agent::evacuation::load(&b_dir).unwrap();
+    assert_eq!(left.containers.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["gone"]);
+    assert!(tern_agent::cordon::current(&b_dir).is_some(), "the cordon is the coordinator's to lift");
+    // `tern return` forgets what will not come back.
+    match c.session("b").await.request(&Request::Evacuation(EvacuationRequest { forget: vec!["id-gone".into()] })).await.unwrap() {
+        Response::Evacuation(r) => assert_eq!(r, EvacuationRecord::default()),
+        other => panic!("{other:?}"),
+    }
 }

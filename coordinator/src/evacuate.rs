@@ -144,7 +144,7 @@ pub fn place(mut containers: Vec<Candidate>, targets: &[TargetRoom]) -> Placemen
 }
 
 /// What became of one planned move.
-enum MoveResult {
+pub(crate) enum MoveResult {
     /// Cancelled (Ctrl-C, `--fail-fast`) before it started.
     NotStarted,
     /// Failed before the source agent could report (refused on the check
@@ -154,7 +154,7 @@ enum MoveResult {
 }
 
 impl MoveResult {
-    fn completed(&self) -> bool {
+    pub(crate) fn completed(&self) -> bool {
         matches!(self, MoveResult::Reported(r) if matches!(r.outcome, Outcome::Completed))
     }
 }
@@ -322,7 +322,8 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         return Ok(ctx.doc(&doc("dry-run")));
     }
 
-    let results = run_moves(ctx, inv, host, &placement.moves, &running, &ask).await?;
+    let sources = vec![host.to_string(); placement.moves.len()];
+    let results = run_moves(ctx, inv, &sources, &placement.moves, &running, &ask, Purpose::Evacuate).await?;
     let n = placement.moves.len();
     let all_ok = placement.stuck.is_empty() && results.iter().all(MoveResult::completed);
     if !ctx.json && n > 0 {
@@ -348,7 +349,9 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         for c in &placement.stuck {
             println!("{c} stays on {host}: {}", why_not.get(c).map(|v| v.join("; ")).unwrap_or_default());
         }
-        println!("{host} stays cordoned: `tern uncordon {host}` lets migrations land there again");
+        println!(
+            "{host} stays cordoned: `tern return {host}` moves its containers back and uncordons it (`tern uncordon {host}` only lifts the cordon)"
+        );
     }
     let done = |outcome| view::Evacuate {
         moves: placement.moves.iter().zip(&results).map(|((c, t), result)| move_view(c, t, result)).collect(),
@@ -369,15 +372,25 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     Err(Exit::new(1, anyhow!("{host} is NOT empty: {} still on it.{}", left.join(", "), still_cordoned())).with(&done("partial")).told())
 }
 
-/// Runs the planned moves, up to `ask.parallel` at once; a result for
-/// each, in the plan's order.
-async fn run_moves(
+/// Why moves run: the source agent records an evacuation's moves, and a
+/// return's may land on their cordoned host ([`plan::Plan::returning`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Evacuate,
+    Return,
+}
+
+/// Runs the planned moves (`moves[i]`: container and target, from
+/// `sources[i]`), up to `ask.parallel` at once; a result for each, in the
+/// plan's order.
+pub(crate) async fn run_moves(
     ctx: &Ctx,
     inv: &Inventory,
-    host: &str,
+    sources: &[String],
     moves: &[(String, String)],
     running: &[&ContainerInfo],
     ask: &EvacuateAsk,
+    purpose: Purpose,
 ) -> Result<Vec<MoveResult>, Exit> {
     let n = moves.len();
     let signer = Arc::new(tern_transport::ticket::Signer::load(&inv.tls).map_err(|e| Exit::new(1, anyhow::Error::from(e)))?);
@@ -412,13 +425,14 @@ async fn run_moves(
                 files_bytes: c_info.map(|x| x.files_bytes).unwrap_or(0),
                 inv: inv.clone(),
                 signer: signer.clone(),
-                host: host.to_string(),
+                host: sources[i].clone(),
                 container: c,
                 target: t,
                 need,
                 headed: headed.clone(),
                 mode: ask.mode,
                 opts: ask.opts.clone(),
+                purpose,
                 quiet: ctx.quiet || board.is_some(),
                 i: i + 1,
                 n,
@@ -466,7 +480,7 @@ async fn run_moves(
     Ok(results.into_iter().map(|r| r.unwrap_or(MoveResult::NotStarted)).collect())
 }
 
-fn move_view<'a>(container: &'a str, target: &'a str, result: &'a MoveResult) -> view::Move<'a> {
+pub(crate) fn move_view<'a>(container: &'a str, target: &'a str, result: &'a MoveResult) -> view::Move<'a> {
     let (report, outcome, error) = match result {
         MoveResult::NotStarted => (None, Some("not-started"), None),
         MoveResult::NotMoved(e) => (None, Some("not-moved"), Some(e.as_str())),
@@ -491,6 +505,7 @@ struct Move {
     headed: Arc<Mutex<HashMap<String, Need>>>,
     mode: plan::ModeArg,
     opts: migrate::Options,
+    purpose: Purpose,
     /// No line of its own ("migrating ..."): under `--quiet`, or when a
     /// shared view shows the move.
     quiet: bool,
@@ -510,7 +525,10 @@ impl Move {
         if *cancel.borrow() {
             return Ok(None);
         }
-        let plan = plan::plan(&cluster, container, target, Some(host), self.mode, self.opts.allow_reset).await?;
+        let mut plan = plan::plan(&cluster, container, target, Some(host), self.mode, self.opts.allow_reset).await?;
+        if self.purpose == Purpose::Return {
+            plan.returning();
+        }
         if plan.blocked() {
             anyhow::bail!("refused before the freeze, on the check right before it: {}", blockers(&plan));
         }
@@ -533,7 +551,8 @@ impl Move {
             Some(b) => Box::new(b.slot(format!("[{}/{}] {container} → {target}", self.i, self.n), plan.mode, memory, files)),
             None => Box::new(Display::new(self.progress, plan.mode, memory, files)),
         };
-        let result = migrate::run_with(&plan, address, &self.opts, &self.signer, shown.as_mut(), cancel).await;
+        let evacuation = self.purpose == Purpose::Evacuate;
+        let result = migrate::run_with(&plan, address, &self.opts, &self.signer, shown.as_mut(), cancel, evacuation).await;
         shown.finish();
         result.map(Some)
     }
@@ -554,7 +573,7 @@ impl Drop for Reserved {
     }
 }
 
-fn names(cluster: &Cluster) -> Vec<String> {
+pub(crate) fn names(cluster: &Cluster) -> Vec<String> {
     cluster.hosts.iter().map(|h| h.entry.name.clone()).collect()
 }
 
@@ -567,7 +586,7 @@ fn fmt_down(down: &[String]) -> String {
 }
 
 /// The blocking findings of a plan, on one line.
-fn blockers(p: &plan::Plan<'_>) -> String {
+pub(crate) fn blockers(p: &plan::Plan<'_>) -> String {
     p.findings
         .iter()
         .filter(|f| f.severity == Severity::Block)

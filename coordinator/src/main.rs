@@ -3,7 +3,8 @@
 //! `cluster` talks to every agent of the `inventory`; `plan` runs the
 //! compatibility rules before anything is frozen; `migrate` drives one
 //! migration and `progress` shows how it goes; `evacuate` places a host's
-//! containers on the others; `maintenance` cordons and uncordons hosts;
+//! containers on the others and `ret` brings them back; `maintenance`
+//! cordons and uncordons hosts;
 //! `output` formats what users read and `view`
 //! what `--json` prints; `command` holds what every command shares (the
 //! global flags, the result, the exit code).
@@ -17,6 +18,7 @@ mod migrate;
 mod output;
 mod plan;
 mod progress;
+mod ret;
 mod view;
 
 use anyhow::anyhow;
@@ -117,6 +119,37 @@ enum Cmd {
     },
     /// Let migrations land on a cordoned host again.
     Uncordon { host: String },
+    /// After maintenance: move back what `tern evacuate` moved off a host
+    /// (as its agent recorded it), skipping what was since removed, stopped
+    /// or moved by hand, then uncordon it once every move back completed.
+    Return {
+        /// The host that was evacuated.
+        host: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: plan::ModeArg,
+        /// Print what would move back and what is skipped, and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move back what can when the check refuses some container
+        /// (default: refuse the whole return before freezing anything).
+        #[arg(long)]
+        skip_blocked: bool,
+        /// Move containers even when some of their TCP connections cannot
+        /// survive the move (as `tern migrate --allow-reset`).
+        #[arg(long)]
+        allow_reset: bool,
+        /// Run up to N moves at once (one progress view for all).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        /// Stop at the first failed move: cancel the moves under way (each
+        /// rolls back) and start no more.
+        #[arg(long)]
+        fail_fast: bool,
+        #[command(flatten)]
+        transfer: TransferArgs,
+        #[command(flatten)]
+        precopy: PrecopyArgs,
+    },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
     Probe {
@@ -409,6 +442,12 @@ async fn run(cli: Cli) -> Done {
         Cmd::Hosts => hosts(&ctx).await,
         Cmd::Cordon { host, reason } => maintenance::cordon(&ctx, &host, Some(reason)).await,
         Cmd::Uncordon { host } => maintenance::cordon(&ctx, &host, None).await,
+        Cmd::Return { host, mode, dry_run, skip_blocked, allow_reset, parallel, fail_fast, transfer, precopy } => {
+            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
+            let ask = evacuate::EvacuateAsk { host, to: Vec::new(), mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts };
+            let (inv, cluster) = survey(&ctx).await?;
+            ret::run(&ctx, &inv, &cluster, ask).await
+        }
         Cmd::Ps => ps(&ctx).await,
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,
@@ -758,6 +797,16 @@ mod tests {
     }
 
     #[test]
+    fn return_takes_a_host_parallel_and_dry_run() {
+        let cli = Cli::try_parse_from(["tern", "return", "client1"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Return { ref host, parallel: 1, dry_run: false, fail_fast: false, .. } if host == "client1"));
+        let cli = Cli::try_parse_from(["tern", "return", "client1", "--parallel", "3", "--dry-run", "--json"]).unwrap();
+        assert!(cli.json && matches!(cli.cmd, Cmd::Return { parallel: 3, dry_run: true, .. }));
+        assert!(Cli::try_parse_from(["tern", "return"]).is_err());
+        assert!(Cli::try_parse_from(["tern", "return", "client1", "--parallel", "0"]).is_err());
+    }
+
+    #[test]
     fn json_is_asked_before_a_double_dash_only() {
         let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>().into_iter();
         assert!(json_asked(args(&["migrate", "--bogus", "--json"])));
@@ -799,6 +848,7 @@ mod tests {
             "tern-completions.1",
             "tern-cordon.1",
             "tern-uncordon.1",
+            "tern-return.1",
             "tern-man.1",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");

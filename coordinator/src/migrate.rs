@@ -58,13 +58,14 @@ pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &O
         }
     });
     let mut display = Display::new(opts.progress, plan.mode, plan.container.memory_bytes, plan.container.files_bytes);
-    let result = run_with(plan, target_address, opts, signer, &mut display, cancel).await;
+    let result = run_with(plan, target_address, opts, signer, &mut display, cancel, false).await;
     ctrl_c.abort();
     result
 }
 
 /// [`run`], showing progress on `display` and cancelling when `cancel`
-/// turns true.
+/// turns true; `evacuation`: a move of `tern evacuate`, which the source
+/// agent records for `tern return` ([`tern_proto::evacuation`]).
 pub async fn run_with(
     plan: &Plan<'_>,
     target_address: std::net::SocketAddr,
@@ -72,6 +73,7 @@ pub async fn run_with(
     signer: &Signer,
     display: &mut dyn Shown,
     mut cancel: Cancel,
+    evacuation: bool,
 ) -> anyhow::Result<MigrationReport> {
     let id = new_id();
     let ticket = signer.issue(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs());
@@ -88,6 +90,7 @@ pub async fn run_with(
             lazy_restore: opts.lazy_restore,
         },
         ticket,
+        evacuation,
     };
     let session = &plan.source.session;
     let (mut send, mut recv) = session.open(&Request::Migrate(req)).await?;

@@ -64,6 +64,14 @@ impl Plan<'_> {
     pub fn blocked(&self) -> bool {
         compat::blocks(&self.findings)
     }
+
+    /// A container going back to the host an evacuation moved it from
+    /// (`tern return`): that host's cordon does not keep it out (its
+    /// agent lets in what its evacuation record holds,
+    /// `agent/src/evacuation.rs`); every other rule holds.
+    pub fn returning(&mut self) {
+        self.findings.retain(|f| f.field != "cordon");
+    }
 }
 
 pub async fn plan<'a>(

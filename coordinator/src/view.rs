@@ -360,6 +360,59 @@ pub struct Move<'a> {
     pub error: Option<&'a str>,
 }
 
+// --- tern return ----------------------------------------------------------------
+
+/// `tern return --json`: what the host's record held, what moves back,
+/// what is skipped and why, and what became of each move.
+#[derive(Serialize)]
+pub struct Return<'a> {
+    pub host: &'a str,
+    /// `refused`, `dry-run`, `completed` or `partial`.
+    pub outcome: &'static str,
+    /// Containers the host's evacuation record held.
+    pub recorded: usize,
+    /// The host was uncordoned at the end (every move tried completed).
+    pub uncordoned: bool,
+    /// At most this many moves ran at once.
+    pub parallel: usize,
+    pub plan: Vec<ReturnPlanned<'a>>,
+    pub skipped: Vec<Skipped<'a>>,
+    /// Containers that would move back but the check (or the room on the
+    /// host) refuses.
+    pub stuck: Vec<Stuck<'a>>,
+    pub moves: Vec<ReturnMove<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ReturnPlanned<'a> {
+    pub container: &'a str,
+    pub id: &'a str,
+    /// Where it runs now, as the record says.
+    pub from: &'a str,
+    pub mode: Option<&'a str>,
+    pub memory_bytes: u64,
+}
+
+/// A recorded container that does not move back.
+#[derive(Serialize)]
+pub struct Skipped<'a> {
+    pub container: &'a str,
+    pub id: &'a str,
+    /// Where the evacuation moved it.
+    pub target: &'a str,
+    pub reason: &'a str,
+    /// Still in the host's record (a later `tern return` looks again).
+    pub kept: bool,
+}
+
+/// One move back: as an evacuation's move, with where it came from.
+#[derive(Serialize)]
+pub struct ReturnMove<'a> {
+    pub from: &'a str,
+    #[serde(flatten)]
+    pub mv: Move<'a>,
+}
+
 // --- tern probe, pki init, man ----------------------------------------------------
 
 /// `tern probe --json`: the sending agent's report and the rate it makes.

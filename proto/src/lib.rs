@@ -58,6 +58,7 @@
 pub mod compat;
 pub mod criu_image;
 pub mod delta;
+pub mod evacuation;
 pub mod facts;
 pub mod fileset;
 pub mod frame;
@@ -71,6 +72,7 @@ pub mod state;
 pub mod tarwalk;
 pub mod version;
 
+pub use evacuation::{Evacuated, EvacuationRecord};
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use message::*;
 pub use mode::Mode;

@@ -79,6 +79,17 @@ pub enum Request {
     /// it refuses every `Receive`, and its facts say so. Answer with
     /// [`Response::Cordon`].
     Cordon(CordonRequest),
+    /// What evacuations moved away from this host and has not come back
+    /// (coordinator to agent), after forgetting what the request names.
+    /// Answer with [`Response::Evacuation`].
+    Evacuation(EvacuationRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvacuationRequest {
+    /// Container IDs to drop from the record first (`tern return`: those
+    /// that will not come back, or came back); empty: only read it.
+    pub forget: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +186,7 @@ pub enum Response {
     Resolved(Resolution),
     Error(RemoteError),
     Cordon(CordonChange),
+    Evacuation(crate::evacuation::EvacuationRecord),
 }
 
 /// An error the remote side reports instead of an answer.
@@ -221,6 +233,10 @@ pub struct MigrateRequest {
     /// The coordinator's signed permission for this one move; the source
     /// passes it on in [`Begin::ticket`].
     pub ticket: Ticket,
+    /// A move of `tern evacuate`: once its switchover is recorded, the
+    /// source adds it to its evacuation record, which `tern return` reads
+    /// ([`crate::evacuation`]).
+    pub evacuation: bool,
 }
 
 /// Another agent: its name (checked against its certificate) and address.

@@ -6,8 +6,11 @@
 /// The version this build speaks.
 /// Version 6 added cordons (`Request::Cordon`, `Response::Cordon`), what
 /// a host's facts say afresh at every request (`HostFacts::status`: its
-/// cordon, available memory and disk), and the frozen interval's steps in
-/// `RestoreInfo` and the report. Version 5 added a container's networks (name, driver, addresses, MAC),
+/// cordon, available memory and disk), evacuation records
+/// (`MigrateRequest::evacuation`, `Request::Evacuation`,
+/// `Response::Evacuation`) for `tern return`, the unit that runs a
+/// container (`ContainerInfo::systemd_unit`), and the frozen interval's
+/// steps in `RestoreInfo` and the report. Version 5 added a container's networks (name, driver, addresses, MAC),
 /// published ports, established TCP connections and main process to
 /// `ContainerInfo`, and `allow_reset` to `MigrateOptions`. Version 4 added the size of a container's files (root file system
 /// changes and volumes) to `ContainerInfo`, which `auto` weighs with its

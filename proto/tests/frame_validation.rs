@@ -76,6 +76,7 @@ fn samples() -> Vec<Request> {
                 lazy_restore: false,
             },
             ticket: tern_proto::Ticket::default(),
+            evacuation: true,
         }),
         Request::Receive(Begin {
             id: 42,
@@ -89,6 +90,8 @@ fn samples() -> Vec<Request> {
         Request::Resolve(ResolveRequest { id: 7, container: "demo1".into(), container_id: "abc".into(), verdict: Verdict::Abort }),
         Request::Cordon(CordonRequest { cordon: Some("kernel upgrade".into()) }),
         Request::Cordon(CordonRequest { cordon: None }),
+        Request::Evacuation(EvacuationRequest { forget: vec![] }),
+        Request::Evacuation(EvacuationRequest { forget: vec!["abc".into()] }),
     ]
 }
 
@@ -143,6 +146,9 @@ fn responses_and_reports_round_trip() {
         Response::Containers(vec![container()]),
         Response::Resolved(Resolution::Kept),
         Response::Resolved(Resolution::Busy),
+        Response::Evacuation(tern_proto::EvacuationRecord {
+            containers: vec![tern_proto::Evacuated { name: "a".into(), id: "1".into(), target: "client2".into(), migration: 9, moved_unix: 5 }],
+        }),
         Response::Cordon(CordonChange { was: None, now: Some(tern_proto::facts::Cordon { reason: "r".into(), since_unix: 5 }) }),
         Response::IncomingCheck(vec![Finding {
             field: "image".into(),

@@ -1463,3 +1463,66 @@ fn evacuate_in_parallel_moves_every_container_with_its_pids_and_counter() {
 // client1 with client3 cordoned and client2 short of room, checking that
 // placement spreads by room and never picks client3. It is not written:
 // the suite runs on the 2-host lab.
+
+/// `tern return client1` after `tern evacuate client1 --to client2`, one of
+/// the two containers removed on client2 by hand meanwhile: client1's agent
+/// recorded the evacuation; with client1's agent down, `tern return` says
+/// so and moves nothing; once it is back, the other container comes back
+/// to client1 (while client1 is still cordoned) with its PIDs, its counter
+/// carrying on; the removed one is reported skipped; client1 is uncordoned
+/// and its record emptied.
+fn scenario_return() -> Result<()> {
+    let (back, gone) = ("e2e-ret-back", "e2e-ret-gone");
+    let _undo = Uncordon("client1");
+    image_on_client2()?;
+    for n in [back, gone] {
+        remove_everywhere(n);
+        start_counter("client1", n)?;
+    }
+    count_reaches("client1", back, 10)?;
+    let pids = top("client1", back)?;
+    let id = inspect("client1", back)?.context("not created")?["Id"].as_str().unwrap_or_default().to_string();
+
+    let r = tern_json(&["evacuate", "client1", "--to", "client2"])?;
+    ensure!(r.code == 0 && r.json["outcome"] == "completed", "{}", r.all);
+    let record = std::fs::read_to_string("/var/lib/tern-lab/client1/agent/evacuation.json").context("client1 recorded nothing")?;
+    ensure!(record.contains(&id) && record.contains("\"target\": \"client2\""), "{record}");
+    ok(&mut podman("client2", &["rm", "-f", "-t", "0", gone]))?;
+    let c0 = count("client2", back)?;
+
+    // The host that keeps the record must answer: nothing moves without it.
+    kill_agent("client1")?;
+    let r = tern_json(&["return", "client1"]);
+    restart_agent("client1", "")?;
+    let r = r?;
+    let error = r.json["error"].as_str().unwrap_or_default();
+    ensure!(r.code == 1 && error.contains("client1 is unreachable") && error.contains("scripts/lab.sh status"), "{}", r.all);
+    ensure!(error.contains("nothing was moved") && state("client2", back)?.as_deref() == Some("running"), "{}", r.all);
+
+    let r = tern_json(&["return", "client1"])?;
+    ensure!(r.code == 0 && r.json["outcome"] == "completed" && r.json["uncordoned"] == true, "{}", r.all);
+    let m = r.json["moves"].as_array().context("no moves")?.iter().find(|m| m["container"] == back).cloned().unwrap_or_default();
+    ensure!(m["from"] == "client2" && m["report"]["outcome"] == "completed", "{back}: {}", r.json);
+    let skipped = r.json["skipped"].as_array().context("no skipped")?.iter().find(|s| s["container"] == gone).cloned().unwrap_or_default();
+    ensure!(skipped["reason"].as_str().unwrap_or_default().starts_with("removed since") && skipped["kept"] == false, "{gone}: {}", r.json);
+    ensure!(state("client1", back)?.as_deref() == Some("running") && state("client2", back)?.is_none(), "{back} did not come back");
+    ensure!(top("client1", back)? == pids, "PIDs changed");
+    let c1 = count("client1", back)?;
+    ensure!(c1 >= c0, "the counter restarted: {c0} -> {c1}");
+    count_reaches("client1", back, c1 + 5)?;
+    ensure!(state("client1", gone)?.is_none() && state("client2", gone)?.is_none(), "{gone} came back from nowhere");
+    ensure!(host_row("client1")?["cordoned"] == false, "client1 is still cordoned");
+    // Earlier tests' evacuations may have left entries; none of ours.
+    let left = std::fs::read_to_string("/var/lib/tern-lab/client1/agent/evacuation.json").unwrap_or_default();
+    ensure!(!left.contains(back) && !left.contains(gone), "still recorded: {left}");
+    no_leftovers()?;
+    remove_everywhere(back);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn return_brings_back_what_was_evacuated_and_skips_what_was_removed() {
+    let _lab = lab_guard();
+    scenario_return().unwrap();
+}

@@ -723,9 +723,21 @@ impl Cluster {
         cancel_after: Option<Phase>,
         ticket: Ticket,
     ) -> (Vec<Progress>, MigrationReport) {
+        self.migrate_marked(name, options, cancel_after, ticket, false).await
+    }
+
+    /// [`Cluster::migrate_ticket`], marked as an evacuation's move or not.
+    pub async fn migrate_marked(
+        &self,
+        name: &str,
+        options: MigrateOptions,
+        cancel_after: Option<Phase>,
+        ticket: Ticket,
+        evacuation: bool,
+    ) -> (Vec<Progress>, MigrationReport) {
         let s = self.session("a").await;
-        let req =
-            MigrateRequest { id: 7, container: name.into(), target: Peer { name: "b".into(), address: self.target.to_string() }, options, ticket };
+        let target = Peer { name: "b".into(), address: self.target.to_string() };
+        let req = MigrateRequest { id: 7, container: name.into(), target, options, ticket, evacuation };
         let (mut send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
         let mut events = Vec::new();
         loop {

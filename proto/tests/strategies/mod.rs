@@ -227,13 +227,8 @@ pub fn request() -> impl Strategy<Value = Request> {
             lazy_restore,
         },
     );
-    let migrate = (any::<u64>(), text(), peer(), options, ticket()).prop_map(|(id, container, target, options, ticket)| MigrateRequest {
-        id,
-        container,
-        target,
-        options,
-        ticket,
-    });
+    let migrate = (any::<u64>(), text(), peer(), options, ticket(), any::<bool>())
+        .prop_map(|(id, container, target, options, ticket, evacuation)| MigrateRequest { id, container, target, options, ticket, evacuation });
     let verdict = select(vec![Verdict::Invalid, Verdict::Commit, Verdict::Abort]);
     prop_oneof![
         Just(Request::Invalid),
@@ -252,6 +247,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             verdict
         })),
         proptest::option::of(text()).prop_map(|cordon| Request::Cordon(CordonRequest { cordon })),
+        vec(text(), 0..3).prop_map(|forget| Request::Evacuation(EvacuationRequest { forget })),
     ]
 }
 
@@ -270,6 +266,12 @@ pub fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), any::<u64>()).prop_map(|(bytes, ms)| Response::Sunk { bytes, ms }),
         resolution.prop_map(Response::Resolved),
         (proptest::option::of(cordon()), proptest::option::of(cordon())).prop_map(|(was, now)| Response::Cordon(CordonChange { was, now })),
+        vec((text(), text(), text(), any::<u64>(), any::<u64>()), 0..3).prop_map(|v| Response::Evacuation(EvacuationRecord {
+            containers: v
+                .into_iter()
+                .map(|(name, id, target, migration, moved_unix)| Evacuated { name, id, target, migration, moved_unix })
+                .collect()
+        })),
         text().prop_map(|message| Response::Error(RemoteError { message })),
     ]
 }
