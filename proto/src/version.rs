@@ -4,6 +4,10 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
+/// Version 7 added bandwidth caps: `MigrateOptions::bandwidth` (the cap a
+/// move asks of its source), the cap a migration ran under and how long
+/// its streams waited for it in the report (`MigrationReport::bandwidth`,
+/// `throttled_ms`), and the agent's own cap in `HostStatus::bandwidth_cap`.
 /// Version 6 added cordons (`Request::Cordon`, `Response::Cordon`), what
 /// a host's facts say afresh at every request (`HostFacts::status`: its
 /// cordon, available memory and disk), and the frozen interval's steps in
@@ -16,10 +20,10 @@
 /// and the report) and where the images were held (RAM or disk). Version 2
 /// added pre-copy rounds, file sets and delta records. Older versions are no
 /// longer spoken: agents of one cluster are upgraded together.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[6];
+pub const SUPPORTED_VERSIONS: &[u16] = &[7];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {
