@@ -663,6 +663,7 @@ pub fn options(mode: Mode) -> MigrateOptions {
         allow_reset: false,
         policy: PolicyConfig::default(),
         lazy_restore: true,
+        bandwidth: 0,
     }
 }
 
