@@ -169,6 +169,15 @@ struct TransferArgs {
     /// copy right after; the source keeps its checkpoint until it is full.
     #[arg(long)]
     no_lazy_restore: bool,
+    /// Cap the source host's outgoing migration traffic at RATE, shared by
+    /// every move under way from it: e.g. 200Mbit, 1.5Gbit, 50MB, 20MiB
+    /// (bits per second: bit, kbit, Mbit, Gbit; bytes per second: B, kB,
+    /// MB, GB, KiB, MiB, GiB; "/s" optional; at least 1Mbit). It may only
+    /// lower the cap the source's agent sets ([limits] bandwidth), never
+    /// raise it. The frozen checkpoint crosses at the cap too: a low one
+    /// lengthens the downtime.
+    #[arg(long, value_name = "RATE", value_parser = tern_proto::bandwidth::parse_rate)]
+    bandwidth: Option<u64>,
 }
 
 impl TransferArgs {
@@ -189,6 +198,7 @@ impl TransferArgs {
             lazy_restore: !self.no_lazy_restore,
             progress: !quiet,
             policy: precopy.policy(),
+            bandwidth: self.bandwidth.unwrap_or(0),
         }
     }
 }
@@ -444,9 +454,11 @@ async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
         mode_note: &plan.mode_note,
         ok: !plan.blocked(),
         findings: &plan.findings,
+        bandwidth: plan.source.facts.status.bandwidth_cap,
     };
     if !ctx.json {
-        println!("{} on {} → {}: mode {} ({})\n", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
+        println!("{} on {} → {}: mode {} ({})", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
+        println!("{}\n", output::bandwidth_note(&plan.source_name, plan.source.facts.status.bandwidth_cap, &plan.container, plan.mode));
         print!("{}", output::findings(&plan.findings));
         println!("\n{}", if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." });
     }
@@ -755,6 +767,21 @@ mod tests {
         assert!(matches!(cli.cmd, Cmd::Evacuate { ref host, parallel: 4, fail_fast: true, .. } if host == "client1"));
         assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "0"]).is_err());
         assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "x"]).is_err());
+    }
+
+    #[test]
+    fn migrate_and_evacuate_take_a_bandwidth_cap() {
+        let bw = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
+            Ok(Cmd::Migrate { transfer, precopy, .. } | Cmd::Evacuate { transfer, precopy, .. }) => Ok(transfer.options(&precopy, true).bandwidth),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(bw(&["tern", "migrate", "c", "--to", "b"]), Ok(0));
+        assert_eq!(bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200Mbit"]), Ok(25_000_000));
+        assert_eq!(bw(&["tern", "evacuate", "client1", "--bandwidth", "1Gbit"]), Ok(125_000_000));
+        let e = bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200Mbps"]).unwrap_err();
+        assert!(e.contains("Mbps") && e.contains("Mbit"), "{e}");
+        assert!(bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200"]).is_err(), "a unit is needed");
     }
 
     #[test]
