@@ -219,8 +219,8 @@ const HOST_COLUMNS: [&str; 12] =
 #[command(next_help_heading = "Pre-copy")]
 struct PrecopyArgs {
     /// Freeze once the pages left to copy would cross the link within this
-    /// (at the rate measured in the rounds so far). Dump and restore times
-    /// add to the downtime.
+    /// (at the rate measured in the rounds so far, or the bandwidth cap if
+    /// lower). Dump and restore times add to the downtime.
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = humantime::parse_duration)]
     max_downtime: std::time::Duration,
     /// At most this many rounds before the freeze.

@@ -15,7 +15,7 @@ pub const MAX_RATE: u64 = 125_000_000_000;
 
 /// What the `--bandwidth` help and every parse error list.
 pub const UNITS_HELP: &str =
-    "bits per second with bit, kbit, Mbit or Gbit, or bytes per second with B, kB, MB, GB, KiB, MiB or GiB (an optional /s; 0 for no cap)";
+    "bits per second with bit, kbit, Mbit or Gbit, or bytes per second with B, kB, MB, GB, KiB, MiB or GiB, optionally followed by /s; 0 for no cap";
 
 /// Why a rate could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
