@@ -32,6 +32,8 @@
 //! stream_floor_mib = 1024          # a stream may always be this large, plus
 //! stream_factor = 2                # this many times the announced memory + files
 //! image_max_mib = 65536            # an image archive (its size is not announced)
+//! bandwidth = "500Mbit"            # outgoing migration traffic, all moves together
+//!                                  # (none by default; requests may only lower it)
 //! [facts_override]                 # tests and labs only: pretend facts differ
 //! criu_version = "3.0.0"
 //! [faults]                         # tests only: inject failures
@@ -183,6 +185,18 @@ pub struct LimitsConfig {
     /// The largest image archive received (MiB, default 65536).
     #[serde(default)]
     pub image_max_mib: Option<u64>,
+    /// A cap on this host's outgoing migration traffic, every move under
+    /// way together, in bytes per second (0, the default: none). Written
+    /// as a rate (`"500Mbit"`, `"50MB"`: [`tern_proto::bandwidth::parse_rate`]).
+    /// A migration's request may lower it, never raise it.
+    #[serde(default, deserialize_with = "rate")]
+    pub bandwidth: u64,
+}
+
+/// A rate as [`tern_proto::bandwidth::parse_rate`] reads it.
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    tern_proto::bandwidth::parse_rate(&text).map_err(serde::de::Error::custom)
 }
 
 impl LimitsConfig {
@@ -245,5 +259,16 @@ mod tests {
             toml::from_str("allow_privileged = true\nallow_capabilities = [\"NET_ADMIN\"]\nallow_bind_sources = [\"/srv/data\"]").unwrap();
         assert!(a.allow_privileged);
         assert!(toml::from_str::<AdmissionConfig>("allow_everything = true").is_err(), "a misspelt key is refused");
+    }
+
+    #[test]
+    fn the_bandwidth_cap_is_a_rate_read_strictly() {
+        assert_eq!(toml::from_str::<LimitsConfig>("").unwrap().bandwidth, 0, "none by default");
+        assert_eq!(toml::from_str::<LimitsConfig>("bandwidth = \"500Mbit\"").unwrap().bandwidth, 62_500_000);
+        assert_eq!(toml::from_str::<LimitsConfig>("bandwidth = \"50MiB/s\"").unwrap().bandwidth, 50 << 20);
+        assert_eq!(toml::from_str::<LimitsConfig>("bandwidth = \"0\"").unwrap().bandwidth, 0);
+        let e = toml::from_str::<LimitsConfig>("bandwidth = \"500Mbps\"").unwrap_err().to_string();
+        assert!(e.contains("Mbit") && e.contains("Mbps"), "{e}");
+        assert!(toml::from_str::<LimitsConfig>("bandwidth = 500").is_err(), "a bare number has no unit");
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's shared context: its configuration, its seams to the host
-//! (the engine, CRIU, storage), the QUIC endpoint, the containers with a migration under way, the host's facts
-//! and the link rates last measured. Every request handler (`server.rs`
+//! (the engine, CRIU, storage), the QUIC endpoint, the containers with a migration under way, the host's facts,
+//! the link rates last measured and the bandwidth cap's bucket. Every request handler (`server.rs`
 //! dispatches to them) gets an [`Agent`].
 
 use crate::config::AgentConfig;
@@ -38,6 +38,10 @@ pub struct Agent {
     replay: Mutex<tern_transport::ticket::ReplayGuard>,
     /// Open connections by peer name, and in all.
     connections: Mutex<(std::collections::HashMap<String, usize>, usize)>,
+    /// The cap on this host's outgoing migration traffic: one token bucket
+    /// for every data stream of every migration under way (`[limits]
+    /// bandwidth`, lowered by what the moves under way ask).
+    pub bandwidth: crate::transfer::Limiter,
 }
 
 /// The agent's seams to the host: what it asks of Podman and the runtime,
@@ -136,6 +140,7 @@ impl Drop for BusyGuard<'_> {
 impl Agent {
     pub fn new(cfg: AgentConfig, ports: Ports, endpoint: quinn::Endpoint) -> Self {
         Agent {
+            bandwidth: crate::transfer::Limiter::new(cfg.limits.bandwidth),
             cfg,
             engine: ports.engine,
             criu: ports.criu,
@@ -192,7 +197,9 @@ impl Agent {
         std::fs::read_to_string(received_path(&self.received_dir(), container_id)?).ok()
     }
 
-    /// The rate last measured to `peer`, in bytes per second.
+    /// The rate last measured to `peer`, in bytes per second: what the
+    /// link carries, not what a bandwidth cap lets through (estimates take
+    /// the lower of the two: [`tern_proto::bandwidth::capped_link_rate`]).
     pub fn link_rate(&self, peer: &str) -> Option<f64> {
         self.links.lock().unwrap().get(peer).copied()
     }

@@ -116,6 +116,7 @@ pub fn status(state_dir: &Path) -> HostStatus {
         disk_available_bytes: nix::sys::statvfs::statvfs(state_dir)
             .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
             .unwrap_or(0),
+        ..Default::default()
     }
 }
 

@@ -207,10 +207,11 @@ impl Agent {
         Ok(())
     }
 
-    /// The cached facts with what is read afresh (`cordon.rs`); the
-    /// config's `facts_override` still has the last word.
+    /// The cached facts with what is read afresh (`cordon.rs`) and the
+    /// bandwidth cap; the config's `facts_override` still has the last word.
     fn with_status(&self, mut f: tern_proto::facts::HostFacts) -> anyhow::Result<tern_proto::facts::HostFacts> {
         f.status = crate::cordon::status(&self.cfg.state_dir);
+        f.status.bandwidth_cap = self.bandwidth.ceiling();
         crate::facts::apply_overrides(f, &self.cfg.facts_override)
     }
 

@@ -22,7 +22,7 @@ use crate::engine::CheckpointOpts;
 use crate::faults::{SourceExit, StallPoint};
 use crate::pages::PageIndex;
 use crate::rollback::{reclaim_address, restore_here};
-use crate::transfer::{self, TransferError};
+use crate::transfer::{self, Pace, TransferError};
 use error::{At, Fail, SendError, SourceError};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -127,12 +127,15 @@ struct Run<'a> {
     upper_dir: Option<PathBuf>,
     /// The journal entry, once written.
     journal_path: Option<PathBuf>,
+    /// Its way through the host's bandwidth cap (`transfer::Pace`).
+    pace: Pace<'a>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
 pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<MigrateEvent>, cancel: CancellationToken) {
     let work_dir = agent.cfg.state_dir.join(format!("outgoing-{}", req.id));
     let policy = req.options.policy.clone();
+    let pace = agent.bandwidth.join(req.options.bandwidth);
     let mut run = Run {
         agent,
         req,
@@ -163,8 +166,15 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         container: None,
         upper_dir: None,
         journal_path: None,
+        pace,
     };
-    tracing::info!(id = run.req.id, container = %run.req.container, target = %run.req.target.name, "migration starts");
+    tracing::info!(
+        id = run.req.id,
+        container = %run.req.container,
+        target = %run.req.target.name,
+        bandwidth = %tern_proto::bandwidth::format_rate(run.pace.cap()),
+        "migration starts"
+    );
     let outcome = run.execute().await;
     let report = run.report(outcome);
     tracing::info!(id = report.id, outcome = ?report.outcome, downtime_ms = ?report.downtime_ms, "migration ends");
@@ -205,23 +215,33 @@ impl Run<'_> {
         match self.req.options.compress {
             Compression::None | Compression::Invalid => None,
             Compression::Zstd => Some(3),
-            Compression::Auto => match self.agent.link_rate(&self.req.target.name) {
+            Compression::Auto => match self.link_estimate() {
                 Some(rate) if rate >= FAST_LINK * transfer::compress_threads() as f64 => None,
                 _ => Some(1),
             },
         }
     }
 
+    /// The rate to the target that estimates assume (bytes/s): the link
+    /// as last measured, but no more than the host's bandwidth cap lets
+    /// through now.
+    fn link_estimate(&self) -> Option<f64> {
+        tern_proto::bandwidth::capped_link_rate(self.agent.link_rate(&self.req.target.name), self.pace.rate_now())
+    }
+
     /// Adds a stream's compression to the report and what it taught about
-    /// the link to the target.
-    fn count_sent(&mut self, stats: &tern_proto::delta::DeltaStats, took: Duration) {
+    /// the link to the target: `took` in all, `throttled` of it waiting for
+    /// the bandwidth cap (then the cap set the pace, not the link).
+    fn count_sent(&mut self, stats: &tern_proto::delta::DeltaStats, took: Duration, throttled: Duration) {
         self.zstd_in += stats.zstd_in;
         self.zstd_out += stats.zstd_out;
         let sent = stats.raw_bytes + stats.zstd_out;
         // Only long transfers say something about the link (and not its
         // slow start); a dump's own pace limits short ones anyway.
         if sent >= 32 << 20 {
-            self.agent.note_link_rate(&self.req.target.name, sent as f64 / took.as_secs_f64().max(1e-3));
+            if let Some(rate) = tern_proto::bandwidth::link_sample(sent, took, throttled) {
+                self.agent.note_link_rate(&self.req.target.name, rate);
+            }
         }
     }
 
@@ -547,14 +567,14 @@ impl Run<'_> {
         let file = tokio::fs::File::open(&path).await.map_err(SourceError::OpenImage).at(p)?;
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind: DataKind::Image };
-        let t0 = Instant::now();
+        let (t0, throttled0) = (Instant::now(), self.pace.throttled());
         let zstd = self.zstd_level();
         let transfer::Sent { digest, stats, .. } = self
-            .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd))
+            .with_ticker(p, &done, transfer::send(&self.session().conn, &header, file, &done, zstd, &self.pace))
             .await
             .map_err(SourceError::ShipImage)
             .at(p)?;
-        self.count_sent(&stats, t0.elapsed());
+        self.count_sent(&stats, t0.elapsed(), self.pace.throttled().saturating_sub(throttled0));
         let _ = tokio::fs::remove_file(&path).await;
         self.image_bytes = digest.bytes;
         Ok(digest)
@@ -623,7 +643,7 @@ impl Run<'_> {
             (DataKind::CheckpointDelta { .. }, Some(ix)) => transfer::Encoding::Delta(ix),
             _ => transfer::Encoding::Raw,
         };
-        let send_started = Instant::now();
+        let (send_started, throttled0) = (Instant::now(), self.pace.throttled());
         let sent = self.stream_frozen(kind, reader, encoding).await;
         let sent_at = Instant::now();
         let (dumped, exported_at) = checkpoint.await.at(p)?;
@@ -644,7 +664,7 @@ impl Run<'_> {
         });
         self.checkpoint_bytes = digest.bytes;
         self.saved_bytes = delta.pages_reused * tern_proto::delta::PAGE as u64;
-        self.count_sent(&delta, send_started.elapsed());
+        self.count_sent(&delta, send_started.elapsed(), self.pace.throttled().saturating_sub(throttled0));
         self.check_cancel(p)?;
         self.agent.cfg.faults.exit_at_source(SourceExit::BeforeCheckpointSent);
         Ok(digest)
@@ -662,7 +682,8 @@ impl Run<'_> {
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
-        let send_task = transfer::send_encoded(&conn, &header, reader, &done, encoding, self.zstd_level(), &self.cancel);
+        let wire = transfer::Wire { zstd: self.zstd_level(), pace: &self.pace, stop: &self.cancel };
+        let send_task = transfer::send_encoded(&conn, &header, reader, &done, encoding, wire);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tokio::pin!(send_task);
         loop {
@@ -887,6 +908,8 @@ impl Run<'_> {
             rounds: self.rounds.clone(),
             stop_reason: self.stop_reason.clone(),
             warnings: self.warnings.clone(),
+            bandwidth: self.pace.cap(),
+            throttled_ms: self.pace.throttled().as_millis() as u64,
         }
     }
 }

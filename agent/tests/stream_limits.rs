@@ -46,7 +46,9 @@ async fn a_sender_whose_peer_stops_reading_fails_within_the_deadline() {
     // Far more than the flow-control windows let go unread.
     let reader = tokio::io::repeat(7).take(1 << 30);
     let started = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(30), transfer::send(&conn, &HEADER, reader, &done, None)).await.expect("the sender blocked");
+    let r = tokio::time::timeout(Duration::from_secs(30), transfer::send(&conn, &HEADER, reader, &done, None, &transfer::Pace::unlimited()))
+        .await
+        .expect("the sender blocked");
     let err = r.err().expect("the send succeeded into a peer that reads nothing");
     assert!(matches!(err, TransferError::SendStalled(d) if d == Duration::from_millis(1500)), "{err}");
     assert_eq!(err.to_string(), "sending to the target failed: it took no data for 1.5 s");

@@ -202,6 +202,15 @@ struct TransferArgs {
     /// copy right after; the source keeps its checkpoint until it is full.
     #[arg(long)]
     no_lazy_restore: bool,
+    /// Cap the source host's outgoing migration traffic at RATE, shared by
+    /// every move under way from it: e.g. 200Mbit, 1.5Gbit, 50MB, 20MiB
+    /// (bits per second: bit, kbit, Mbit, Gbit; bytes per second: B, kB,
+    /// MB, GB, KiB, MiB, GiB; "/s" optional; at least 1Mbit). It may only
+    /// lower the cap the source's agent sets ([limits] bandwidth), never
+    /// raise it. The frozen checkpoint crosses at the cap too: a low one
+    /// lengthens the downtime.
+    #[arg(long, value_name = "RATE", value_parser = tern_proto::bandwidth::parse_rate)]
+    bandwidth: Option<u64>,
 }
 
 impl TransferArgs {
@@ -222,6 +231,7 @@ impl TransferArgs {
             lazy_restore: !self.no_lazy_restore,
             progress: !quiet,
             policy: precopy.policy(),
+            bandwidth: self.bandwidth.unwrap_or(0),
         }
     }
 }
@@ -242,8 +252,8 @@ const HOST_COLUMNS: [&str; 12] =
 #[command(next_help_heading = "Pre-copy")]
 struct PrecopyArgs {
     /// Freeze once the pages left to copy would cross the link within this
-    /// (at the rate measured in the rounds so far). Dump and restore times
-    /// add to the downtime.
+    /// (at the rate measured in the rounds so far, or the bandwidth cap if
+    /// lower). Dump and restore times add to the downtime.
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = humantime::parse_duration)]
     max_downtime: std::time::Duration,
     /// At most this many rounds before the freeze.
@@ -483,9 +493,11 @@ async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
         mode_note: &plan.mode_note,
         ok: !plan.blocked(),
         findings: &plan.findings,
+        bandwidth: plan.source.facts.status.bandwidth_cap,
     };
     if !ctx.json {
-        println!("{} on {} → {}: mode {} ({})\n", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
+        println!("{} on {} → {}: mode {} ({})", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
+        println!("{}\n", output::bandwidth_note(&plan.source_name, plan.source.facts.status.bandwidth_cap, &plan.container, plan.mode));
         print!("{}", output::findings(&plan.findings));
         println!("\n{}", if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." });
     }
@@ -804,6 +816,21 @@ mod tests {
         assert!(cli.json && matches!(cli.cmd, Cmd::Return { parallel: 3, dry_run: true, .. }));
         assert!(Cli::try_parse_from(["tern", "return"]).is_err());
         assert!(Cli::try_parse_from(["tern", "return", "client1", "--parallel", "0"]).is_err());
+    }
+
+    #[test]
+    fn migrate_and_evacuate_take_a_bandwidth_cap() {
+        let bw = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
+            Ok(Cmd::Migrate { transfer, precopy, .. } | Cmd::Evacuate { transfer, precopy, .. }) => Ok(transfer.options(&precopy, true).bandwidth),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(bw(&["tern", "migrate", "c", "--to", "b"]), Ok(0));
+        assert_eq!(bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200Mbit"]), Ok(25_000_000));
+        assert_eq!(bw(&["tern", "evacuate", "client1", "--bandwidth", "1Gbit"]), Ok(125_000_000));
+        let e = bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200Mbps"]).unwrap_err();
+        assert!(e.contains("Mbps") && e.contains("Mbit"), "{e}");
+        assert!(bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200"]).is_err(), "a unit is needed");
     }
 
     #[test]

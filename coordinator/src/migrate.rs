@@ -20,6 +20,9 @@ pub struct Options {
     /// Print progress lines (on stderr; not under `--quiet`).
     pub progress: bool,
     pub policy: tern_proto::policy::PolicyConfig,
+    /// `--bandwidth`: a cap on the source's outgoing migration traffic,
+    /// bytes per second (0: none asked; the source agent's own holds).
+    pub bandwidth: u64,
 }
 
 /// Cancels migrations under way when it turns true (Ctrl-C, or an
@@ -88,6 +91,7 @@ pub async fn run_with(
             allow_reset: opts.allow_reset,
             policy: opts.policy.clone(),
             lazy_restore: opts.lazy_restore,
+            bandwidth: opts.bandwidth,
         },
         ticket,
         evacuation,

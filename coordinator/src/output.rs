@@ -1,7 +1,9 @@
 //! Human output: tables, sizes, durations, the migration report.
 
+use tern_proto::bandwidth::format_rate;
 use tern_proto::compat::Finding;
-use tern_proto::{MigrationReport, Outcome};
+use tern_proto::facts::ContainerInfo;
+use tern_proto::{MigrationReport, Mode, Outcome};
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -77,6 +79,28 @@ pub fn findings(f: &[Finding]) -> String {
     table(&["", "field", "source", "target", "note"], &rows)
 }
 
+/// What the source's bandwidth cap (bytes per second, 0: none) means for
+/// moving `c` in `mode`, for `tern check`.
+pub fn bandwidth_note(source: &str, cap: u64, c: &ContainerInfo, mode: Mode) -> String {
+    if cap == 0 {
+        return format!("bandwidth: {source}'s agent sets no cap on its outgoing migrations (--bandwidth sets one for a move)");
+    }
+    let held = c.memory_bytes.saturating_add(c.files_bytes);
+    let secs = held as f64 / cap as f64;
+    let when = if mode.has_rounds() {
+        "mostly before the freeze; what changed since crosses frozen, at the cap too"
+    } else {
+        "all of it frozen: the cap lengthens the downtime"
+    };
+    format!(
+        "bandwidth: {source}'s agent caps its outgoing migrations at {} in all ([limits] bandwidth; --bandwidth may only lower it): \
+         ~{} of memory and files take at least {:.1} s to cross, {when}",
+        format_rate(cap),
+        bytes(held),
+        secs
+    )
+}
+
 pub fn outcome_word(o: &Outcome) -> &'static str {
     match o {
         Outcome::Completed => "completed",
@@ -138,6 +162,14 @@ pub fn report_text(r: &MigrationReport) -> String {
         bytes(r.checkpoint_bytes),
         bytes(r.image_bytes)
     ));
+    if r.bandwidth > 0 {
+        s.push_str(&format!(
+            "  bandwidth    capped at {} on {}'s outgoing moves; the streams waited {} for the cap\n",
+            format_rate(r.bandwidth),
+            r.source,
+            ms(r.throttled_ms)
+        ));
+    }
     if r.zstd_in > 0 {
         s.push_str(&format!("  compressed   {} into {} (zstd, where it paid)\n", bytes(r.zstd_in), bytes(r.zstd_out)));
     }
@@ -202,6 +234,19 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("10k"), Ok(10 << 10));
         assert!(parse_size("MiB").is_err() && parse_size("5 parsecs").is_err() && parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn check_says_what_the_cap_costs() {
+        let c: ContainerInfo = serde_json::from_value(serde_json::json!({
+            "name": "hog", "id": "1", "image": "i", "image_id": "i", "state": "running", "ips": [], "memory_bytes": 256u64 << 20,
+            "files_bytes": 0, "volumes": [], "pid": 1, "networks": [], "ports": [], "connections": [], "process_uids": []
+        }))
+        .unwrap();
+        let n = bandwidth_note("client1", 25_000_000, &c, Mode::StopAndCopy);
+        assert!(n.contains("200 Mbit/s") && n.contains("256.0 MiB") && n.contains("10.7 s") && n.contains("downtime"), "{n}");
+        assert!(bandwidth_note("client1", 25_000_000, &c, Mode::HashPreCopy).contains("before the freeze"));
+        assert!(bandwidth_note("client1", 0, &c, Mode::StopAndCopy).contains("no cap"));
     }
 
     #[test]

@@ -143,6 +143,22 @@ pub struct Check<'a> {
     pub ok: bool,
     #[serde(serialize_with = "findings")]
     pub findings: &'a [Finding],
+    /// The source agent's cap on its outgoing migration traffic ([`cap`]).
+    #[serde(serialize_with = "cap")]
+    pub bandwidth: u64,
+}
+
+/// A bandwidth cap: `null` for none, else `{"bytes_per_s", "mbit_per_s"}`.
+fn cap<S: Serializer>(bytes_per_s: &u64, ser: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Rate {
+        bytes_per_s: u64,
+        mbit_per_s: f64,
+    }
+    match *bytes_per_s {
+        0 => ser.serialize_none(),
+        b => ser.serialize_some(&Rate { bytes_per_s: b, mbit_per_s: (b as f64 * 8e-6 * 1000.0).round() / 1000.0 }),
+    }
 }
 
 /// `tern migrate --json` refused by the check before anything was frozen.
@@ -251,6 +267,10 @@ struct ReportDef {
     rounds: Vec<RoundReport>,
     stop_reason: Option<String>,
     warnings: Vec<String>,
+    /// The cap the migration ran under ([`cap`]).
+    #[serde(serialize_with = "cap")]
+    bandwidth: u64,
+    throttled_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -479,6 +499,8 @@ mod tests {
             }],
             stop_reason: Some("the base dump is on the target".into()),
             warnings: vec!["tcp connections: reset".into()],
+            bandwidth: 25_000_000,
+            throttled_ms: 3210,
         }
     }
 
@@ -520,6 +542,10 @@ mod tests {
             assert_eq!(v[k], want, "{k}");
         }
         assert_eq!(v["warnings"], json!(["tcp connections: reset"]));
+        assert_eq!(v["bandwidth"], json!({"bytes_per_s": 25_000_000, "mbit_per_s": 200.0}));
+        assert_eq!(v["throttled_ms"], 3210);
+        let uncapped = MigrationReport { bandwidth: 0, ..r };
+        assert_eq!(value(&Report::new(&uncapped))["bandwidth"], Value::Null);
     }
 
     /// The mirror lists every field the wire's report has: one added to
@@ -542,7 +568,9 @@ mod tests {
             mode_note: "",
             ok: true,
             findings: std::slice::from_ref(&f),
+            bandwidth: 62_500_000,
         });
+        assert_eq!(shown["bandwidth"]["mbit_per_s"], 500.0);
         for key in derived.as_object().unwrap().keys() {
             assert!(shown["findings"][0].get(key).is_some(), "{key} is missing from a --json finding");
         }

@@ -86,6 +86,10 @@ pub struct HostStatus {
     /// Free space in the agent's state folder, where incoming checkpoints
     /// are staged when they do not fit in RAM; 0 when unknown.
     pub disk_available_bytes: u64,
+    /// The agent's cap on this host's outgoing migration traffic, in bytes
+    /// per second (its `[limits] bandwidth`; 0: none). A request may
+    /// lower it, never raise it.
+    pub bandwidth_cap: u64,
 }
 
 /// Why and since when a host is cordoned (`tern cordon`).

@@ -55,6 +55,7 @@
 //! [`delta`] records or a [`fileset`]; its integrity is proven by the
 //! blake3 digest sent on the control stream.
 
+pub mod bandwidth;
 pub mod compat;
 pub mod criu_image;
 pub mod delta;

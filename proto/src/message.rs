@@ -263,6 +263,11 @@ pub struct MigrateOptions {
     /// Restore lazily where the target can: the container resumes before
     /// its memory is copied in (from the target's own copy of the images).
     pub lazy_restore: bool,
+    /// A cap on the source host's outgoing migration traffic, in bytes per
+    /// second (0: none asked). It may only lower the source agent's own
+    /// (`[limits] bandwidth`), never raise it
+    /// ([`crate::bandwidth::effective_cap`]).
+    pub bandwidth: u64,
 }
 
 /// The phases of a migration, in order. Used for progress and the report.
@@ -492,6 +497,13 @@ pub struct MigrationReport {
     /// Why pre-copy stopped iterating (None for stop-and-copy).
     pub stop_reason: Option<String>,
     pub warnings: Vec<String>,
+    /// The cap on the source's outgoing migration traffic this migration
+    /// ran under, in bytes per second (0: none): the lower of the source
+    /// agent's and the request's. Other moves under way from the same host
+    /// share it, and a lower cap one of them asked holds for all.
+    pub bandwidth: u64,
+    /// How long its data streams waited for that cap, in all.
+    pub throttled_ms: u64,
 }
 
 /// Whether each side held the checkpoint images in RAM.

@@ -4,7 +4,11 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 6 added cordons (`Request::Cordon`, `Response::Cordon`), what
+/// Version 6 added bandwidth caps (`MigrateOptions::bandwidth`, the cap a
+/// move asks of its source; the cap a migration ran under and how long its
+/// streams waited for it in the report, `MigrationReport::bandwidth` and
+/// `throttled_ms`; the agent's own cap in `HostStatus::bandwidth_cap`),
+/// cordons (`Request::Cordon`, `Response::Cordon`), what
 /// a host's facts say afresh at every request (`HostFacts::status`: its
 /// cordon, available memory and disk), evacuation records
 /// (`MigrateRequest::evacuation`, `Request::Evacuation`,

@@ -25,6 +25,7 @@ fn facts() -> HostFacts {
             cordon: Some(tern_proto::facts::Cordon { reason: "kernel upgrade".into(), since_unix: 1_700_000_000 }),
             memory_available_bytes: 3 << 30,
             disk_available_bytes: 20 << 30,
+            bandwidth_cap: 62_500_000,
         },
     }
 }
@@ -74,6 +75,7 @@ fn samples() -> Vec<Request> {
                 allow_reset: false,
                 policy: tern_proto::policy::PolicyConfig::default(),
                 lazy_restore: false,
+                bandwidth: 25_000_000,
             },
             ticket: tern_proto::Ticket::default(),
             evacuation: true,
@@ -140,6 +142,8 @@ fn responses_and_reports_round_trip() {
         }],
         stop_reason: Some("converged".into()),
         warnings: vec![],
+        bandwidth: 25_000_000,
+        throttled_ms: 1_200,
     };
     let msgs = vec![
         Response::Facts(facts()),

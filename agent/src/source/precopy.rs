@@ -54,13 +54,24 @@ pub(super) struct Book {
     prev_dump_start: Option<Instant>,
     sent_bytes: u64,
     sent_time: Duration,
+    /// Of `sent_time`, waiting for the host's bandwidth cap.
+    throttled: Duration,
     /// The round dumped and sent, until the target stored it.
     pending: Option<Pending>,
 }
 
 impl Book {
     pub(super) fn new(policy: PolicyConfig) -> Self {
-        Book { policy, started: Instant::now(), history: Vec::new(), prev_dump_start: None, sent_bytes: 0, sent_time: Duration::ZERO, pending: None }
+        Book {
+            policy,
+            started: Instant::now(),
+            history: Vec::new(),
+            prev_dump_start: None,
+            sent_bytes: 0,
+            sent_time: Duration::ZERO,
+            throttled: Duration::ZERO,
+            pending: None,
+        }
     }
 }
 
@@ -72,6 +83,8 @@ struct Pending {
     pages: u64,
     /// When the transfer began: it ends when the target stored the round.
     t0: Instant,
+    /// How long the migration had waited for the bandwidth cap by then.
+    throttled0: Duration,
     digest: Digest,
     shipped: u64,
 }
@@ -147,27 +160,28 @@ impl Run<'_> {
         self.check_cancel(p)?;
 
         let names = round_files(&dir).map_err(|source| SourceError::ReadRound { n, dir: dir.clone(), source }.at(p))?;
-        let t0 = Instant::now();
+        let (t0, throttled0) = (Instant::now(), self.pace.throttled());
         let done = Arc::new(AtomicU64::new(0));
         let header = DataHeader { id: self.req.id, kind };
         let conn = self.session().conn.clone();
-        let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done);
+        let ship = transfer::send_fileset(&conn, &header, &dir, &names, &done, &self.pace);
         let digest = self.with_ticker(p, &done, ship).await.map_err(|source| SourceError::ShipRound { n, source }.at(p))?;
         let shipped = done.load(Ordering::Relaxed);
-        self.book.pending = Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped });
+        self.book.pending = Some(Pending { dump_start, dump_ms, stats, pages, t0, throttled0, digest, shipped });
         Ok(digest)
     }
 
     /// The target stored round `n`: account it, then ask the policy.
     pub(super) fn judge_round(&mut self, n: u32) -> Event {
         let p = Phase::PreCopy;
-        let Some(Pending { dump_start, dump_ms, stats, pages, t0, digest, shipped }) = self.book.pending.take() else {
+        let Some(Pending { dump_start, dump_ms, stats, pages, t0, throttled0, digest, shipped }) = self.book.pending.take() else {
             return Event::Failed(SourceError::RoundNeverSent(n).at(p).failure());
         };
         let transfer = t0.elapsed();
         let book = &mut self.book;
         book.sent_bytes += digest.bytes;
         book.sent_time += transfer;
+        book.throttled += self.pace.throttled().saturating_sub(throttled0);
         let window = book.prev_dump_start.map(|t| dump_start - t).unwrap_or(Duration::from_millis(dump_ms));
         book.prev_dump_start = Some(dump_start);
         let round = Round { pages, bytes: digest.bytes, duration: window };
@@ -188,13 +202,19 @@ impl Run<'_> {
     }
 
     /// What the policy says after `n` rounds: another, freeze, or give up.
+    /// It estimates the final dump's transfer at the rate the rounds
+    /// crossed, and never above the host's bandwidth cap now (the frozen
+    /// checkpoint goes through it too).
     fn decide(&mut self, n: u32) -> Event {
         let p = Phase::PreCopy;
         let book = &self.book;
-        let link_rate = book.sent_bytes as f64 / book.sent_time.as_secs_f64().max(1e-3);
+        let measured = book.sent_bytes as f64 / book.sent_time.as_secs_f64().max(1e-3);
         if book.sent_bytes >= 32 << 20 {
-            self.agent.note_link_rate(&self.req.target.name, link_rate);
+            if let Some(rate) = tern_proto::bandwidth::link_sample(book.sent_bytes, book.sent_time, book.throttled) {
+                self.agent.note_link_rate(&self.req.target.name, rate);
+            }
         }
+        let link_rate = tern_proto::bandwidth::capped_link_rate(Some(measured), self.pace.rate_now()).unwrap_or(measured);
         match decide(&book.policy, &book.history, link_rate, book.started.elapsed()) {
             Decision::Continue => Event::NextRound,
             Decision::Freeze(stop) => {
@@ -222,7 +242,7 @@ impl Run<'_> {
         let fifo = self.work_dir.join("base.fifo");
         let (reader, hold) = archive_pipe(&fifo).map_err(|source| SourceError::Fifo { path: fifo.clone(), source }.at(p))?;
         let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, leave_running: true, ..Default::default() };
-        let started = Instant::now();
+        let (started, throttled0) = (Instant::now(), self.pace.throttled());
         let (engine, name) = (self.agent.engine.clone(), info.name.clone());
         let dump = tokio::spawn(async move {
             let r = engine.checkpoint_export(&name, &fifo, opts).await;
@@ -238,7 +258,8 @@ impl Run<'_> {
             // overhead; a hint only, capped (16 GiB of pages) against a bad reading.
             let pages = (info.memory_bytes / PAGE as u64).min(1 << 22) as usize;
             let index = PageIndex::with_capacity(pages + pages / 8);
-            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(index), zstd, &self.cancel).await
+            let wire = transfer::Wire { zstd, pace: &self.pace, stop: &self.cancel };
+            transfer::send_encoded(&conn, &header, reader, &done, Encoding::Index(index), wire).await
         };
         // The FIFO is always drained (so Podman finishes); a cancel stops
         // the sending at once.
@@ -249,7 +270,7 @@ impl Run<'_> {
         let transfer::Sent { digest, stats, index, .. } = sent.map_err(SourceError::ShipBase).at(p)?;
         // Always there: an Index encoding hands its index back.
         let index = index.unwrap_or_default();
-        self.count_sent(&stats, started.elapsed());
+        self.count_sent(&stats, started.elapsed(), self.pace.throttled().saturating_sub(throttled0));
         // CRIU's statistics, then the base's images: the final dump writes
         // a fresh set, and stale files must not ride along in its archive.
         let cdir = self.agent.engine.container_dir(&info.name).await.at(p)?;
@@ -259,7 +280,7 @@ impl Run<'_> {
         tracing::info!(bytes = digest.bytes, pages = index.pages(), dump_ms, "hash pre-copy base shipped");
         self.base_index = Some(Arc::new(index));
         let t0 = started; // the archive streams as Podman writes it: transfer and dump overlap
-        self.book.pending = Some(Pending { dump_start: started, dump_ms, stats, pages, t0, digest, shipped: 0 });
+        self.book.pending = Some(Pending { dump_start: started, dump_ms, stats, pages, t0, throttled0, digest, shipped: 0 });
         Ok(digest)
     }
 

@@ -2,8 +2,8 @@
 //! (a pre-copy round's CRIU images) on one stream, sent and received.
 
 use super::fs::create_new;
-use super::stream::{close, digest, open, pump, write_progressing, StreamLimits};
-use super::{SendError, StoreError, TransferError, CHUNK};
+use super::stream::{close, digest, open, pump, write_paced, StreamLimits};
+use super::{Pace, SendError, StoreError, TransferError, CHUNK};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +14,14 @@ use tern_proto::{DataHeader, Digest};
 use tokio::io::AsyncReadExt;
 
 /// Sends the regular files `names` of `dir` as a file set
-/// ([`tern_proto::fileset`]).
+/// ([`tern_proto::fileset`]), as fast as `pace` lets it.
 pub async fn send_fileset(
     conn: &quinn::Connection,
     header: &DataHeader,
     dir: &Path,
     names: &[String],
     done: &AtomicU64,
+    pace: &Pace<'_>,
 ) -> Result<Digest, TransferError> {
     let mut stream = open(conn, header).await?;
     let stall = super::send_stall();
@@ -32,7 +33,7 @@ pub async fn send_fileset(
         let len = file.metadata().await.map_err(TransferError::Read)?.len();
         let entry = frame::encode(&FileEntry::File { name: name.clone(), len }).map_err(SendError::from)?;
         hasher.update(&entry);
-        write_progressing(&mut stream, &entry, stall).await?;
+        write_paced(&mut stream, &entry, stall, pace).await?;
         let mut left = len;
         while left > 0 {
             let want = (left.min(CHUNK as u64)) as usize;
@@ -41,7 +42,7 @@ pub async fn send_fileset(
                 return Err(TransferError::Read(std::io::Error::other(format!("{name} shrank while it was sent"))));
             }
             hasher.update(&buf[..n]);
-            write_progressing(&mut stream, &buf[..n], stall).await?;
+            write_paced(&mut stream, &buf[..n], stall, pace).await?;
             left -= n as u64;
             total += n as u64;
             done.store(total, Ordering::Relaxed);
@@ -49,7 +50,7 @@ pub async fn send_fileset(
     }
     let end = frame::encode(&FileEntry::End).map_err(SendError::from)?;
     hasher.update(&end);
-    write_progressing(&mut stream, &end, stall).await?;
+    write_paced(&mut stream, &end, stall, pace).await?;
     close(Ok(stream)).await?;
     Ok(Digest { bytes: total, blake3: *hasher.finalize().as_bytes() })
 }

@@ -12,7 +12,9 @@
 //! * [`fileset`]: file sets, sent and received;
 //! * [`fs`]: files created for what a peer sends, never over or through
 //!   anything;
-//! * [`stream`]: opening, closing and draining the streams themselves.
+//! * [`stream`]: opening, closing and draining the streams themselves;
+//! * [`pace`](mod@pace): the host's bandwidth cap, one token bucket every
+//!   sender takes tokens from before it writes.
 //!
 //! Callers use the names re-exported here. Where a received archive goes
 //! (a file, or unpacked in place) is the target's: `target/archive.rs`,
@@ -20,12 +22,14 @@
 
 mod fileset;
 mod fs;
+mod pace;
 mod send;
 mod stream;
 
 pub use fileset::{receive_fileset, send_fileset};
 pub(crate) use fs::create_new;
-pub use send::{compress_threads, send, send_encoded, Encoding, Sent};
+pub use pace::{Bucket, Limiter, Pace, BURST};
+pub use send::{compress_threads, send, send_encoded, Encoding, Sent, Wire};
 pub use stream::{accept_header, StreamLimits};
 pub(crate) use stream::{digest, pump};
 

@@ -1,8 +1,8 @@
 //! The sender of archives: three stages (reading, encoding, the network)
 //! at once, memory bounded whatever the archive's size.
 
-use super::stream::{close, open, write_progressing};
-use super::{SendError, TransferError, CHUNK};
+use super::stream::{close, open, write_paced};
+use super::{Pace, SendError, TransferError, CHUNK};
 use crate::pages::PageIndex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// Streams everything `reader` yields to a new uni stream on `conn`, as
-/// records compressed at `zstd` (a level) where that pays.
+/// records compressed at `zstd` (a level) where that pays, as fast as
+/// `pace` lets it.
 ///
 /// The reader is always drained to its end, even when the stream fails:
 /// it may be a FIFO that Podman writes the checkpoint into, and Podman must
@@ -23,8 +24,18 @@ pub async fn send<R: AsyncRead + Unpin>(
     reader: R,
     done: &AtomicU64,
     zstd: Option<i32>,
+    pace: &Pace<'_>,
 ) -> Result<Sent, TransferError> {
-    send_encoded(conn, header, reader, done, Encoding::Raw, zstd, &CancellationToken::new()).await
+    send_encoded(conn, header, reader, done, Encoding::Raw, Wire { zstd, pace, stop: &CancellationToken::new() }).await
+}
+
+/// How [`send_encoded`] puts an archive on the wire: compressed at `zstd`
+/// (a level) where that pays, as fast as `pace` lets it, until `stop`.
+#[derive(Clone, Copy)]
+pub struct Wire<'a> {
+    pub zstd: Option<i32>,
+    pub pace: &'a Pace<'a>,
+    pub stop: &'a CancellationToken,
 }
 
 /// How [`send_encoded`] treats the bytes it reads.
@@ -55,7 +66,7 @@ pub struct Sent {
 /// [`CHUNK`]).
 const IN_FLIGHT: usize = 2;
 
-/// [`send`], with an [`Encoding`]. With `Encoding::Delta`, pages the target
+/// [`send`], with an [`Encoding`] and a [`Wire`]. With `Encoding::Delta`, pages the target
 /// holds are replaced by their numbers; the digest is still the original
 /// archive's, as the target rebuilds it.
 ///
@@ -82,16 +93,16 @@ pub async fn send_encoded<R: AsyncRead + Unpin>(
     reader: R,
     done: &AtomicU64,
     encoding: Encoding,
-    zstd: Option<i32>,
-    stop: &CancellationToken,
+    wire: Wire<'_>,
 ) -> Result<Sent, TransferError> {
+    let Wire { zstd, pace, stop } = wire;
     let stream = open(conn, header).await;
     let (to_encoder, from_reader) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
     let (to_sender, from_encoder) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let (recycle, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
     let started = std::time::Instant::now();
     let encoder = tokio::task::spawn_blocking(move || encode_stage(from_reader, to_sender, recycle, encoding, zstd));
-    let (read, (stream, send_wait)) = tokio::join!(read_stage(reader, to_encoder, spare, done, stop), send_stage(stream, from_encoder, stop));
+    let (read, (stream, send_wait)) = tokio::join!(read_stage(reader, to_encoder, spare, done, stop), send_stage(stream, from_encoder, pace, stop));
     let encoded = encoder.await.map_err(SendError::Encoder)?;
     let (total, read_wait) = read?;
     let fail = |mut stream: Result<quinn::SendStream, TransferError>, e: TransferError| {
@@ -234,11 +245,13 @@ pub fn compress_threads() -> usize {
 }
 
 /// Writes the encoder's records to the stream until they end or the stream
-/// fails (the encoder then drains). Returns the stream (or why it failed)
-/// and the time spent waiting for the network.
+/// fails (the encoder then drains), each piece once the host's bandwidth
+/// cap lets it go (`pace`). Returns the stream (or why it failed) and the
+/// time spent waiting for the network and the cap.
 async fn send_stage(
     mut stream: Result<quinn::SendStream, TransferError>,
     mut from_encoder: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pace: &Pace<'_>,
     stop: &CancellationToken,
 ) -> (Result<quinn::SendStream, TransferError>, std::time::Duration) {
     let mut waited = std::time::Duration::ZERO;
@@ -247,7 +260,7 @@ async fn send_stage(
         let Ok(s) = &mut stream else { break };
         let t = std::time::Instant::now();
         let r = tokio::select! {
-            r = write_progressing(s, &out, stall) => r,
+            r = write_paced(s, &out, stall, pace) => r,
             _ = stop.cancelled() => Err(SendError::Stopped.into()),
         };
         waited += t.elapsed();

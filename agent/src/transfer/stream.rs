@@ -1,7 +1,7 @@
 //! The data streams themselves: opened with their header, finished, and
 //! read to their end into a blocking worker.
 
-use super::{ReceiveError, SendError, StoreError, TransferError, CHUNK};
+use super::{Pace, ReceiveError, SendError, StoreError, TransferError, CHUNK};
 use std::time::Duration;
 use tern_proto::frame::{expect_frame, write_frame};
 use tern_proto::{DataHeader, Digest};
@@ -30,6 +30,16 @@ pub(super) async fn write_progressing(s: &mut quinn::SendStream, bytes: &[u8], s
             Ok(Err(e)) => return Err(SendError::from(e).into()),
             Err(_) => return Err(TransferError::SendStalled(stall)),
         }
+    }
+    Ok(())
+}
+
+/// [`write_progressing`], in pieces, each once the host's bandwidth cap
+/// lets it go ([`Pace`]): what is counted is what goes on the stream.
+pub(super) async fn write_paced(s: &mut quinn::SendStream, bytes: &[u8], stall: Duration, pace: &Pace<'_>) -> Result<(), TransferError> {
+    for piece in pace.pieces(bytes) {
+        pace.wait_for(piece.len()).await;
+        write_progressing(s, piece, stall).await?;
     }
     Ok(())
 }

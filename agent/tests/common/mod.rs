@@ -505,6 +505,7 @@ pub struct ClusterBuilder {
     a_faults: Faults,
     b_faults: Faults,
     b_network: NetworkConfig,
+    tune_a: Box<dyn Fn(&mut AgentConfig)>,
     tune_b: Box<dyn Fn(&mut AgentConfig)>,
     recovery: bool,
 }
@@ -517,6 +518,7 @@ impl ClusterBuilder {
             a_faults: Faults::default(),
             b_faults: Faults::default(),
             b_network: NetworkConfig::default(),
+            tune_a: Box::new(|_| {}),
             tune_b: Box::new(|_| {}),
             recovery: false,
         }
@@ -533,6 +535,10 @@ impl ClusterBuilder {
     /// Changes `b`'s config (its admission, its limits) before it starts.
     pub fn tune_target(self, tune: impl Fn(&mut AgentConfig) + 'static) -> Self {
         ClusterBuilder { tune_b: Box::new(tune), ..self }
+    }
+    /// Changes `a`'s config (its limits) before it starts.
+    pub fn tune_source(self, tune: impl Fn(&mut AgentConfig) + 'static) -> Self {
+        ClusterBuilder { tune_a: Box::new(tune), ..self }
     }
     /// Each agent gets its recovery task, as main.rs starts it.
     pub fn with_recovery(self) -> Self {
@@ -562,6 +568,9 @@ impl ClusterBuilder {
                 facts_override: Default::default(),
                 faults,
             };
+            if name == "a" {
+                (self.tune_a)(&mut cfg);
+            }
             if name == "b" {
                 (self.tune_b)(&mut cfg);
             }
@@ -664,6 +673,7 @@ pub fn options(mode: Mode) -> MigrateOptions {
         allow_reset: false,
         policy: PolicyConfig::default(),
         lazy_restore: true,
+        bandwidth: 0,
     }
 }
 

@@ -88,11 +88,14 @@ fn cordon() -> impl Strategy<Value = Cordon> {
 }
 
 fn host_status() -> impl Strategy<Value = HostStatus> {
-    (proptest::option::of(cordon()), any::<u64>(), any::<u64>()).prop_map(|(cordon, memory_available_bytes, disk_available_bytes)| HostStatus {
-        cordon,
-        memory_available_bytes,
-        disk_available_bytes,
-    })
+    (proptest::option::of(cordon()), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(cordon, memory_available_bytes, disk_available_bytes, bandwidth_cap)| HostStatus {
+            cordon,
+            memory_available_bytes,
+            disk_available_bytes,
+            bandwidth_cap,
+        },
+    )
 }
 
 pub fn container() -> impl Strategy<Value = ContainerInfo> {
@@ -217,14 +220,15 @@ pub fn hello_reply() -> impl Strategy<Value = HelloReply> {
 }
 
 pub fn request() -> impl Strategy<Value = Request> {
-    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>()).prop_map(
-        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore)| MigrateOptions {
+    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>(), any::<u64>()).prop_map(
+        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore, bandwidth)| MigrateOptions {
             mode,
             compress,
             tcp_established,
             allow_reset,
             policy,
             lazy_restore,
+            bandwidth,
         },
     );
     let migrate = (any::<u64>(), text(), peer(), options, ticket(), any::<bool>())
@@ -371,8 +375,9 @@ fn report() -> impl Strategy<Value = MigrationReport> {
         (any::<u64>(), text(), text(), text(), mode(), outcome(), any::<Option<u64>>(), any::<u64>(), any::<u64>(), any::<u64>()),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), phases),
         (any::<Option<u64>>(), ram, vec(round_report(), 0..3), any::<Option<String>>(), texts(), steps()),
+        (any::<u64>(), any::<u64>()),
     )
-        .prop_map(|(a, b, c)| {
+        .prop_map(|(a, b, c, (bandwidth, throttled_ms))| {
             let (id, container, source, target, mode, outcome, downtime_ms, total_ms, bytes_on_wire, image_bytes) = a;
             let (checkpoint_bytes, final_pages, final_frozen_ms, saved_bytes, zstd_in, zstd_out, phases) = b;
             let (memory_fill_ms, images_in_ram, rounds, stop_reason, warnings, frozen) = c;
@@ -400,6 +405,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 rounds,
                 stop_reason,
                 warnings,
+                bandwidth,
+                throttled_ms,
             }
         })
 }
