@@ -182,19 +182,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         .state
         .as_ref()
         .map_err(|e| Exit::new(1, anyhow!("{host} is unreachable: {e}; evacuating needs its agent (`scripts/lab.sh status`)")))?;
-    let targets: Vec<String> = if ask.to.is_empty() {
-        names(cluster).into_iter().filter(|n| n != host).collect()
-    } else {
-        for t in &ask.to {
-            if t == host {
-                return Err(Exit::new(2, anyhow!("--to names {host}, the host being emptied")));
-            }
-            if cluster.get(t).is_none() {
-                return Err(Exit::new(2, anyhow!("--to {t}: no such host in the inventory (known: {})", names(cluster).join(", "))));
-            }
-        }
-        ask.to.clone()
-    };
+    let targets = targets_of(cluster, host, &ask.to)?;
     // Nothing lands on the host while it empties (and after, until
     // `tern uncordon`); a dry run changes nothing.
     let mut cordoned = false;
@@ -207,23 +195,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
             eprintln!("{}", maintenance::describe(host, &change));
         }
     }
-    let mut rooms = Vec::new();
-    let mut down = Vec::new();
-    for t in &targets {
-        match &cluster.get(t).expect("checked above").state {
-            Ok(s) => match &s.facts.status.cordon {
-                // The check would refuse it for each container: said once.
-                Some(c) => down.push(format!("{t}: cordoned {}", c.describe())),
-                None => rooms.push(TargetRoom {
-                    name: t.clone(),
-                    held: s.containers.iter().filter(|c| c.is_running()).map(|c| c.memory_bytes).sum(),
-                    memory_available: s.facts.status.memory_available_bytes,
-                    disk_available: s.facts.status.disk_available_bytes,
-                }),
-            },
-            Err(e) => down.push(format!("{t}: {e}")),
-        }
-    }
+    let (rooms, down) = rooms_of(cluster, &targets);
     for d in &down {
         eprintln!("tern: skipping target {d}");
     }
@@ -234,24 +206,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     // Plan every container on every target before anything is frozen.
     let running: Vec<&ContainerInfo> = source_state.containers.iter().filter(|c| c.is_running()).collect();
     let idle: Vec<String> = source_state.containers.iter().filter(|c| !c.is_running()).map(|c| c.name.clone()).collect();
-    let mut candidates = Vec::new();
-    let mut why_not: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut modes: BTreeMap<(String, String), String> = BTreeMap::new();
-    for c in &running {
-        let mut allowed = Vec::new();
-        for t in &rooms {
-            let t = &t.name;
-            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset).await {
-                Ok(p) if !p.blocked() => {
-                    modes.insert((c.name.clone(), t.clone()), p.mode.as_str().to_string());
-                    allowed.push(t.clone());
-                }
-                Ok(p) => why_not.entry(c.name.clone()).or_default().push(format!("{t}: {}", blockers(&p))),
-                Err(e) => why_not.entry(c.name.clone()).or_default().push(format!("{t}: {e:#}")),
-            }
-        }
-        candidates.push(Candidate { container: c.name.clone(), memory_bytes: c.memory_bytes, files_bytes: c.files_bytes, allowed });
-    }
+    let Checked { candidates, mut why_not, modes } = check_all(cluster, host, &running, &rooms, &ask).await;
     let placement = place(candidates, &rooms);
     for (c, why) in &placement.no_room {
         why_not.entry(c.clone()).or_default().extend(why.iter().cloned());
@@ -260,26 +215,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     let memory = |name: &str| info(name).map(|c| c.memory_bytes).unwrap_or(0);
 
     if !ctx.json {
-        if running.is_empty() {
-            println!("{host} runs no container: nothing to move");
-        } else {
-            let mut rows: Vec<Vec<String>> = placement
-                .moves
-                .iter()
-                .map(|(c, t)| {
-                    let mode = modes.get(&(c.clone(), t.clone())).cloned().unwrap_or_default();
-                    vec![c.clone(), output::bytes(memory(c)), t.clone(), mode]
-                })
-                .collect();
-            for c in &placement.stuck {
-                let reasons = why_not.get(c).map(|v| v.join("; ")).unwrap_or_default();
-                rows.push(vec![c.clone(), output::bytes(memory(c)), "STAYS".into(), reasons]);
-            }
-            print!("{}", output::table(&["container", "memory", "to", "mode / why not"], &rows));
-        }
-        for c in &idle {
-            println!("{c} is not running: it stays on {host} (tern moves running containers)");
-        }
+        print_plan(host, &placement, &modes, &why_not, &memory, &idle, running.is_empty());
     }
     let targets_left: Vec<String> = rooms.iter().map(|t| t.name.clone()).collect();
     // Its moves are added once there are any.
@@ -327,25 +263,8 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     let n = placement.moves.len();
     let all_ok = placement.stuck.is_empty() && results.iter().all(MoveResult::completed);
     if !ctx.json && n > 0 {
-        let rows: Vec<Vec<String>> = placement
-            .moves
-            .iter()
-            .zip(&results)
-            .map(|((c, t), r)| match r {
-                MoveResult::Reported(report) => vec![
-                    c.clone(),
-                    t.clone(),
-                    report.mode.as_str().to_string(),
-                    output::outcome_word(&report.outcome).to_string(),
-                    report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
-                    output::ms(report.total_ms),
-                ],
-                MoveResult::NotStarted => vec![c.clone(), t.clone(), "-".into(), "not started (cancelled)".into(), "-".into(), "-".into()],
-                MoveResult::NotMoved(_) => vec![c.clone(), t.clone(), "-".into(), "not moved".into(), "-".into(), "-".into()],
-            })
-            .collect();
         println!("{}", if all_ok { format!("{host} is empty of running containers:") } else { format!("{host} is NOT empty:") });
-        print!("{}", output::table(&["container", "to", "mode", "outcome", "downtime", "total"], &rows));
+        print!("{}", results_table(&placement.moves, &results, "to"));
         for c in &placement.stuck {
             println!("{c} stays on {host}: {}", why_not.get(c).map(|v| v.join("; ")).unwrap_or_default());
         }
@@ -370,6 +289,130 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         .collect();
     // The text output's last table says it.
     Err(Exit::new(1, anyhow!("{host} is NOT empty: {} still on it.{}", left.join(", "), still_cordoned())).with(&done("partial")).told())
+}
+
+/// The hosts to evacuate `host` to: `to`, checked, or every other host.
+fn targets_of(cluster: &Cluster, host: &str, to: &[String]) -> Result<Vec<String>, Exit> {
+    if to.is_empty() {
+        return Ok(names(cluster).into_iter().filter(|n| n != host).collect());
+    }
+    for t in to {
+        if t == host {
+            return Err(Exit::new(2, anyhow!("--to names {host}, the host being emptied")));
+        }
+        if cluster.get(t).is_none() {
+            return Err(Exit::new(2, anyhow!("--to {t}: no such host in the inventory (known: {})", names(cluster).join(", "))));
+        }
+    }
+    Ok(to.to_vec())
+}
+
+/// The room on each target that may take containers, and why the others
+/// may not (unreachable, cordoned).
+fn rooms_of(cluster: &Cluster, targets: &[String]) -> (Vec<TargetRoom>, Vec<String>) {
+    let mut rooms = Vec::new();
+    let mut down = Vec::new();
+    for t in targets {
+        match cluster.get(t).map(|h| &h.state) {
+            Some(Ok(s)) => match &s.facts.status.cordon {
+                // The check would refuse it for each container: said once.
+                Some(c) => down.push(format!("{t}: cordoned {}", c.describe())),
+                None => rooms.push(TargetRoom {
+                    name: t.clone(),
+                    held: s.containers.iter().filter(|c| c.is_running()).map(|c| c.memory_bytes).sum(),
+                    memory_available: s.facts.status.memory_available_bytes,
+                    disk_available: s.facts.status.disk_available_bytes,
+                }),
+            },
+            Some(Err(e)) => down.push(format!("{t}: {e}")),
+            None => down.push(format!("{t}: not in the inventory")),
+        }
+    }
+    (rooms, down)
+}
+
+/// What the compatibility check said of every container on every target.
+struct Checked {
+    candidates: Vec<Candidate>,
+    /// Per container, why each target refused it.
+    why_not: BTreeMap<String, Vec<String>>,
+    /// The mode each (container, target) pair would move in.
+    modes: BTreeMap<(String, String), String>,
+}
+
+/// Runs the check before the freeze for every container on every target.
+async fn check_all(cluster: &Cluster, host: &str, running: &[&ContainerInfo], rooms: &[TargetRoom], ask: &EvacuateAsk) -> Checked {
+    let mut out = Checked { candidates: Vec::new(), why_not: BTreeMap::new(), modes: BTreeMap::new() };
+    for c in running {
+        let mut allowed = Vec::new();
+        for t in rooms {
+            let t = &t.name;
+            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset).await {
+                Ok(p) if !p.blocked() => {
+                    out.modes.insert((c.name.clone(), t.clone()), p.mode.as_str().to_string());
+                    allowed.push(t.clone());
+                }
+                Ok(p) => out.why_not.entry(c.name.clone()).or_default().push(format!("{t}: {}", blockers(&p))),
+                Err(e) => out.why_not.entry(c.name.clone()).or_default().push(format!("{t}: {e:#}")),
+            }
+        }
+        out.candidates.push(Candidate { container: c.name.clone(), memory_bytes: c.memory_bytes, files_bytes: c.files_bytes, allowed });
+    }
+    out
+}
+
+/// The plan, for people: each move, and each container that stays and why.
+fn print_plan(
+    host: &str,
+    placement: &Placement,
+    modes: &BTreeMap<(String, String), String>,
+    why_not: &BTreeMap<String, Vec<String>>,
+    memory: &dyn Fn(&str) -> u64,
+    idle: &[String],
+    nothing_runs: bool,
+) {
+    if nothing_runs {
+        println!("{host} runs no container: nothing to move");
+    } else {
+        let mut rows: Vec<Vec<String>> = placement
+            .moves
+            .iter()
+            .map(|(c, t)| {
+                let mode = modes.get(&(c.clone(), t.clone())).cloned().unwrap_or_default();
+                vec![c.clone(), output::bytes(memory(c)), t.clone(), mode]
+            })
+            .collect();
+        for c in &placement.stuck {
+            let reasons = why_not.get(c).map(|v| v.join("; ")).unwrap_or_default();
+            rows.push(vec![c.clone(), output::bytes(memory(c)), "STAYS".into(), reasons]);
+        }
+        print!("{}", output::table(&["container", "memory", "to", "mode / why not"], &rows));
+    }
+    for c in idle {
+        println!("{c} is not running: it stays on {host} (tern moves running containers)");
+    }
+}
+
+/// What became of each move, as a table for people; `other` heads the
+/// column of each move's second host (`to`, or `from` for a return).
+pub(crate) fn results_table(moves: &[(String, String)], results: &[MoveResult], other: &str) -> String {
+    let rows: Vec<Vec<String>> = moves
+        .iter()
+        .zip(results)
+        .map(|((c, t), r)| match r {
+            MoveResult::Reported(report) => vec![
+                c.clone(),
+                t.clone(),
+                report.mode.as_str().to_string(),
+                output::outcome_word(&report.outcome).to_string(),
+                report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
+                output::ms(report.total_ms),
+            ],
+            MoveResult::NotStarted => vec![c.clone(), t.clone(), "-".into(), "not started (cancelled)".into(), "-".into(), "-".into()],
+            MoveResult::NotMoved(_) => vec![c.clone(), t.clone(), "-".into(), "not moved".into(), "-".into(), "-".into()],
+        })
+        .collect();
+    output::table(&["container", other, "mode", "outcome", "downtime", "total"], &rows)
 }
 
 /// Why moves run: the source agent records an evacuation's moves, and a

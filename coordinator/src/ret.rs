@@ -129,42 +129,10 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     let rec = record(&host_state.session, Vec::new())
         .await
         .map_err(|e| Exit::new(1, anyhow!("{host} could not say what was evacuated from it, so nothing was moved: {e:#}")))?;
-    let seen: Vec<HostSeen> = cluster
-        .hosts
-        .iter()
-        .map(|h| HostSeen {
-            name: h.entry.name.clone(),
-            containers: h.state.as_ref().map(|s| s.containers.iter().map(Seen::of).collect()).map_err(Clone::clone),
-        })
-        .collect();
-    let decisions = decide(host, &rec, &seen);
+    let decisions = decide(host, &rec, &seen_all(cluster));
 
     // Check every move back before anything is frozen, as evacuate does.
-    let running_on =
-        |from: &str, id: &str| -> Option<&ContainerInfo> { cluster.get(from)?.state.as_ref().ok()?.containers.iter().find(|c| c.id == id) };
-    let mut candidates = Vec::new();
-    let mut why_not: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut modes: BTreeMap<String, String> = BTreeMap::new();
-    let mut from_of: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for d in &decisions {
-        let Decision::Return(e) = d else { continue };
-        let Some(c) = running_on(&e.target, &e.id) else { continue };
-        from_of.insert(e.name.clone(), (e.target.clone(), e.id.clone()));
-        let mut allowed = Vec::new();
-        match plan::plan(cluster, &e.name, host, Some(&e.target), ask.mode, ask.opts.allow_reset).await {
-            Ok(mut p) => {
-                p.returning();
-                if p.blocked() {
-                    why_not.entry(e.name.clone()).or_default().push(evacuate::blockers(&p));
-                } else {
-                    modes.insert(e.name.clone(), p.mode.as_str().to_string());
-                    allowed.push(host.to_string());
-                }
-            }
-            Err(err) => why_not.entry(e.name.clone()).or_default().push(format!("{err:#}")),
-        }
-        candidates.push(Candidate { container: e.name.clone(), memory_bytes: c.memory_bytes, files_bytes: c.files_bytes, allowed });
-    }
+    let Checked { candidates, mut why_not, modes, from_of } = check_returns(cluster, host, &decisions, &ask).await;
     let room = TargetRoom {
         name: host.to_string(),
         held: host_state.containers.iter().filter(|c| c.is_running()).map(|c| c.memory_bytes).sum(),
@@ -177,7 +145,7 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
     }
     let from = |c: &str| from_of.get(c).map(|(f, _)| f.as_str()).unwrap_or("");
     let id = |c: &str| from_of.get(c).map(|(_, i)| i.as_str()).unwrap_or("");
-    let info = |c: &str| running_on(from(c), id(c));
+    let info = |c: &str| running_on(cluster, from(c), id(c));
     let memory = |c: &str| info(c).map(|x| x.memory_bytes).unwrap_or(0);
     let skipped: Vec<(&Evacuated, &str, bool)> = decisions
         .iter()
@@ -198,14 +166,10 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
                 .iter()
                 .map(|(c, _)| vec![c.clone(), from(c).to_string(), output::bytes(memory(c)), modes.get(c).cloned().unwrap_or_default()])
                 .collect();
-            for c in &placement.stuck {
-                rows.push(vec![
-                    c.clone(),
-                    from(c).to_string(),
-                    output::bytes(memory(c)),
-                    format!("STAYS: {}", why_not.get(c).map(|v| v.join("; ")).unwrap_or_default()),
-                ]);
-            }
+            rows.extend(placement.stuck.iter().map(|c| {
+                let why = why_not.get(c).map(|v| v.join("; ")).unwrap_or_default();
+                vec![c.clone(), from(c).to_string(), output::bytes(memory(c)), format!("STAYS: {why}")]
+            }));
             if !rows.is_empty() {
                 print!("{}", output::table(&["container", "from", "memory", "mode / why not"], &rows));
             }
@@ -266,51 +230,12 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         .map(|(e, _, _)| e.id.clone())
         .chain(placement.moves.iter().zip(&results).filter(|(_, r)| r.completed()).map(|((c, _), _)| id(c).to_string()))
         .collect();
-    if !forget.is_empty() {
-        // A new connection: the survey's may have idled out during the moves.
-        let forgot = async {
-            let (_endpoint, session) = cluster::connect(inv, &host_view.entry).await?;
-            record(&session, forget).await
-        };
-        if let Err(e) = forgot.await {
-            eprintln!("tern: warning: {host} could not drop what will not come back from its evacuation record ({e:#}); the next `tern return {host}` skips it again");
-        }
-    }
-    let mut uncordoned = false;
-    let mut uncordon_error = None;
-    if all_ok {
-        match maintenance::set_cordon(inv, host, None).await {
-            Ok(change) => {
-                uncordoned = true;
-                if !ctx.quiet {
-                    eprintln!("{}", maintenance::describe(host, &change));
-                }
-            }
-            Err(e) => uncordon_error = Some(e.error),
-        }
-    }
+    forget_in_record(inv, host, &host_view.entry, forget).await;
+    let (uncordoned, uncordon_error) = if all_ok { uncordon(ctx, inv, host).await } else { (false, None) };
     if !ctx.json && !placement.moves.is_empty() {
-        let rows: Vec<Vec<String>> = placement
-            .moves
-            .iter()
-            .zip(&results)
-            .map(|((c, _), r)| {
-                let mut row = vec![c.clone(), from(c).to_string()];
-                row.extend(match r {
-                    MoveResult::Reported(report) => vec![
-                        report.mode.as_str().to_string(),
-                        output::outcome_word(&report.outcome).to_string(),
-                        report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
-                        output::ms(report.total_ms),
-                    ],
-                    MoveResult::NotStarted => vec!["-".into(), "not started (cancelled)".into(), "-".into(), "-".into()],
-                    MoveResult::NotMoved(_) => vec!["-".into(), "not moved".into(), "-".into(), "-".into()],
-                });
-                row
-            })
-            .collect();
+        let moved_from: Vec<(String, String)> = placement.moves.iter().map(|(c, _)| (c.clone(), from(c).to_string())).collect();
         println!("{}", if all_ok { format!("back on {host}:") } else { format!("NOT all back on {host}:") });
-        print!("{}", output::table(&["container", "from", "mode", "outcome", "downtime", "total"], &rows));
+        print!("{}", evacuate::results_table(&moved_from, &results, "from"));
     }
     let done = |outcome| view::Return {
         moves: placement
@@ -338,6 +263,85 @@ pub async fn run(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, ask: EvacuateAsk
         left.join(", ")
     );
     Err(Exit::new(1, e).with(&done("partial")))
+}
+
+/// The container with ID `id` on host `on`, as the survey saw it.
+fn running_on<'a>(cluster: &'a Cluster, on: &str, id: &str) -> Option<&'a ContainerInfo> {
+    cluster.get(on)?.state.as_ref().ok()?.containers.iter().find(|c| c.id == id)
+}
+
+/// What every host runs now, as [`decide`] needs it.
+fn seen_all(cluster: &Cluster) -> Vec<HostSeen> {
+    cluster
+        .hosts
+        .iter()
+        .map(|h| HostSeen {
+            name: h.entry.name.clone(),
+            containers: h.state.as_ref().map(|s| s.containers.iter().map(Seen::of).collect()).map_err(Clone::clone),
+        })
+        .collect()
+}
+
+/// The check before the freeze of every move back.
+struct Checked {
+    candidates: Vec<Candidate>,
+    why_not: BTreeMap<String, Vec<String>>,
+    modes: BTreeMap<String, String>,
+    /// Per container: the host it comes back from, and its ID.
+    from_of: BTreeMap<String, (String, String)>,
+}
+
+async fn check_returns(cluster: &Cluster, host: &str, decisions: &[Decision], ask: &EvacuateAsk) -> Checked {
+    let mut out = Checked { candidates: Vec::new(), why_not: BTreeMap::new(), modes: BTreeMap::new(), from_of: BTreeMap::new() };
+    for d in decisions {
+        let Decision::Return(e) = d else { continue };
+        let Some(c) = running_on(cluster, &e.target, &e.id) else { continue };
+        out.from_of.insert(e.name.clone(), (e.target.clone(), e.id.clone()));
+        let mut allowed = Vec::new();
+        match plan::plan(cluster, &e.name, host, Some(&e.target), ask.mode, ask.opts.allow_reset).await {
+            Ok(mut p) => {
+                p.returning();
+                if p.blocked() {
+                    out.why_not.entry(e.name.clone()).or_default().push(evacuate::blockers(&p));
+                } else {
+                    out.modes.insert(e.name.clone(), p.mode.as_str().to_string());
+                    allowed.push(host.to_string());
+                }
+            }
+            Err(err) => out.why_not.entry(e.name.clone()).or_default().push(format!("{err:#}")),
+        }
+        out.candidates.push(Candidate { container: e.name.clone(), memory_bytes: c.memory_bytes, files_bytes: c.files_bytes, allowed });
+    }
+    out
+}
+
+/// Drops `forget` (container IDs) from `host`'s evacuation record; a
+/// failure is only a warning (the next return skips them again).
+async fn forget_in_record(inv: &Inventory, host: &str, entry: &crate::inventory::HostEntry, forget: Vec<String>) {
+    if forget.is_empty() {
+        return;
+    }
+    // A new connection: the survey's may have idled out during the moves.
+    let forgot = async {
+        let (_endpoint, session) = cluster::connect(inv, entry).await?;
+        record(&session, forget).await
+    };
+    if let Err(e) = forgot.await {
+        eprintln!("tern: warning: {host} could not drop what will not come back from its evacuation record ({e:#}); the next `tern return {host}` skips it again");
+    }
+}
+
+/// Lifts `host`'s cordon: whether it was, and why not.
+async fn uncordon(ctx: &Ctx, inv: &Inventory, host: &str) -> (bool, Option<anyhow::Error>) {
+    match maintenance::set_cordon(inv, host, None).await {
+        Ok(change) => {
+            if !ctx.quiet {
+                eprintln!("{}", maintenance::describe(host, &change));
+            }
+            (true, None)
+        }
+        Err(e) => (false, Some(e.error)),
+    }
 }
 
 #[cfg(test)]
