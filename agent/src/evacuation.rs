@@ -40,13 +40,24 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
+/// What goes wrong with the record's file.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{} is unreadable: {source}", path.display())]
+    Unreadable { path: PathBuf, source: serde_json::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
 /// The record as the file says: empty when there is no file.
-pub fn load(state_dir: &Path) -> Result<EvacuationRecord, String> {
-    let p = path(state_dir);
-    match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{} is unreadable: {e}", p.display())),
+pub fn load(state_dir: &Path) -> Result<EvacuationRecord, RecordError> {
+    let path = path(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| RecordError::Unreadable { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EvacuationRecord::default()),
-        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+        Err(source) => Err(RecordError::Read { path, source }),
     }
 }
 
@@ -80,11 +91,11 @@ pub fn record(state_dir: &Path, entry: Evacuated) -> std::io::Result<Option<Stri
 
 /// Drops the containers with these IDs; returns the record that is left.
 /// An unreadable file is an error (nothing is changed).
-pub fn forget(state_dir: &Path, ids: &[String]) -> Result<EvacuationRecord, String> {
+pub fn forget(state_dir: &Path, ids: &[String]) -> Result<EvacuationRecord, RecordError> {
     let _one_at_a_time = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     let mut record = load(state_dir)?;
     if record.forget(ids) {
-        store(state_dir, &record).map_err(|e| format!("cannot write {}: {e}", path(state_dir).display()))?;
+        store(state_dir, &record).map_err(|source| RecordError::Write { path: path(state_dir), source })?;
     }
     Ok(record)
 }
@@ -131,7 +142,7 @@ mod tests {
     #[test]
     fn the_record_round_trips_through_its_file_merging_by_container_id() {
         let d = dir("roundtrip");
-        assert_eq!(load(&d), Ok(EvacuationRecord::default()));
+        assert_eq!(load(&d).unwrap(), EvacuationRecord::default());
         assert_eq!(record(&d, e("a", "1", "client2", 100)).unwrap(), None);
         assert_eq!(record(&d, e("b", "2", "client2", 101)).unwrap(), None);
         // What a restarted agent reads.
@@ -158,9 +169,9 @@ mod tests {
     fn an_unreadable_file_is_an_error_to_readers_and_set_aside_by_the_next_move() {
         let d = dir("garbage");
         std::fs::write(path(&d), b"{half").unwrap();
-        let err = load(&d).unwrap_err();
+        let err = load(&d).unwrap_err().to_string();
         assert!(err.contains("evacuation.json is unreadable"), "{err}");
-        assert!(forget(&d, &["1".into()]).unwrap_err().contains("unreadable"));
+        assert!(forget(&d, &["1".into()]).unwrap_err().to_string().contains("unreadable"));
         assert!(!returning(&d, "1"), "an unreadable record lets nothing past the cordon");
         let warning = record(&d, e("a", "1", "client2", 300)).unwrap().expect("a warning");
         assert!(warning.contains("unreadable") && warning.contains("evacuation.json.unreadable-300"), "{warning}");

@@ -195,7 +195,9 @@ impl Agent {
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.and_then(|f| self.with_status(f)).map(Response::Facts),
             Request::Cordon(r) => self.cordon(r).map(Response::Cordon),
-            Request::Evacuation(r) => crate::evacuation::forget(&self.cfg.state_dir, &r.forget).map(Response::Evacuation).map_err(anyhow::Error::msg),
+            Request::Evacuation(r) => {
+                crate::evacuation::forget(&self.cfg.state_dir, &r.forget).map(Response::Evacuation).map_err(anyhow::Error::from)
+            }
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),

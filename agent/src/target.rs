@@ -266,13 +266,13 @@ impl Target<'_> {
             }
         }
         // Before the freeze, so that it costs no downtime.
-        let held = match engine.networks().await {
-            Ok(nets) => crate::netid::Hold::install(&c, &nets, self.begin.id).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match held {
-            Ok(h) => self.hold = h,
-            Err(e) => self.notes.push(format!("its traffic was not held during the restore (a peer may see a reset): {e}")),
+        let unheld = |e: &dyn std::fmt::Display| format!("its traffic was not held during the restore (a peer may see a reset): {e}");
+        match engine.networks().await {
+            Ok(nets) => match crate::netid::Hold::install(&c, &nets, self.begin.id).await {
+                Ok(h) => self.hold = h,
+                Err(e) => self.notes.push(unheld(&e)),
+            },
+            Err(e) => self.notes.push(unheld(&e)),
         }
         let dir = bundle.dir.clone();
         let checkpoint = bundle.checkpoint_dir();
