@@ -148,6 +148,17 @@ mod tests {
     }
 
     #[test]
+    fn a_status_override_leaves_out_what_it_does_not_name() {
+        let mut f = sample();
+        f.status.bandwidth_cap = 7;
+        let t: toml::Table = toml::from_str("status = { memory_available_bytes = 0, disk_available_bytes = 5 }").unwrap();
+        let f = apply_overrides(f, &t).unwrap();
+        // The table replaces the status: no cordon, no cap, as TOML cannot say "none".
+        assert_eq!((f.status.memory_available_bytes, f.status.disk_available_bytes, f.status.bandwidth_cap), (0, 5, 0));
+        assert!(f.status.cordon.is_none());
+    }
+
+    #[test]
     fn overrides_reject_unknown_fields_and_wrong_types() {
         let t: toml::Table = toml::from_str("criu = \"3\"").unwrap();
         assert!(apply_overrides(sample(), &t).unwrap_err().to_string().contains("unknown field `criu`"));

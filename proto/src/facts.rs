@@ -74,8 +74,11 @@ pub struct HostFacts {
     pub status: HostStatus,
 }
 
-/// The part of a host's facts read afresh at every `Facts` request.
+/// The part of a host's facts read afresh at every `Facts` request. A
+/// field missing from a self-describing document (an agent's
+/// `facts_override`) takes its default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HostStatus {
     /// Set while the host is cordoned: no migration lands on it. Kept by
     /// the host's agent in its state folder, across restarts.
