@@ -21,6 +21,7 @@
 //! | `probe`    | `tern probe`: the link between two agents, measured            |
 //! | `config`   | the agent's TOML configuration                                 |
 //! | `cordon`   | this host's cordon (kept in a file), what its facts say afresh at every request |
+//! | `evacuation` | what evacuations moved away from this host, for `tern return` (kept in a file) |
 
 pub mod config;
 pub mod context;
