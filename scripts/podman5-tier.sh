@@ -114,6 +114,13 @@ CONF
     echo "== runtime $rt: $(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Version}} cgroups {{.Host.CgroupsVersion}}' | head -1)"
     t_rt=$(date +%s)
     if TERN_NO_BUILD=1 scripts/lab.sh up; then
+        # crun keeps its state in /run/crun, which the lab's hosts would
+        # share (lab.sh gives each its own /run/runc only): each its own,
+        # as on separate machines, before any container runs there.
+        for h in client1 client2; do
+            mkdir -p "/run/tern-lab/$h/crun" /run/crun
+            nsenter --mount="/run/tern-lab/ns/$h" sh -c "mountpoint -q /run/crun || mount --bind /run/tern-lab/$h/crun /run/crun"
+        done
         "$TERN_BIN_DIR/tern" hosts || true
         group "$rt" "$no_soft_dirty" $tests
         group "$rt-precopy" "" $precopy_tests
