@@ -13,7 +13,12 @@
 # then with runc (TIER_RUNTIMES). Trixie's kernel has soft-dirty, so the
 # pre-copy tests named by TIER_PRECOPY_TESTS run too; the others run with
 # the agents' facts saying it is off (`auto` then picks the mode those tests
-# expect). Exits 0 only when every test inside passed.
+# expect). Exits 0 only when every test inside passed. The default tests
+# cover stop-and-copy, content-addressed pre-copy (the changed image files'
+# move back), soft-dirty pre-copy, image shipping and TCP inside the
+# container; not hash_pre_copy_sends_only_changed_pages: its memhog rewrites
+# 2 MiB/s and under emulation the base dump alone takes over 30 s, so most
+# of its 64 MiB has changed by the freeze and its reuse check fails.
 #
 #   scripts/podman5-tier.sh            (as root)
 #   TIER_TESTS="migrate_counter" TIER_PRECOPY_TESTS= TIER_RUNTIMES=crun scripts/podman5-tier.sh
@@ -75,9 +80,10 @@ if [ -n "${TIER_CMD:-}" ]; then
 else
     cat > "$out/cmd" <<CMD
 e2e=$e2e
-tests="${TIER_TESTS-migrate_counter_to_client2_and_back hash_pre_copy_sends_only_changed_pages tcp_connection_inside_the_container_survives}"
+tests="${TIER_TESTS-migrate_counter_to_client2_and_back changed_files_of_the_image_move_with_the_container tcp_connection_inside_the_container_survives}"
 precopy_tests="${TIER_PRECOPY_TESTS-precopy_rounds_shrink_and_the_counter_carries_on}"
 runtimes="${TIER_RUNTIMES:-crun runc}"
+crun_lazy="${TIER_CRUN_LAZY:-}"
 CMD
     cat >> "$out/cmd" <<'CMD'
 since() { echo "$(( $(date +%s) - $1 )) s"; }
@@ -92,6 +98,7 @@ group() {   # NAME OVERRIDE TESTS...
     [ $# -gt 0 ] || return 0
     t=$(date +%s)
     if LAB_FACTS_OVERRIDE_CLIENT1=$over LAB_FACTS_OVERRIDE_CLIENT2=$over \
+        LAB_AGENT_EXTRA_CLIENT1=$extra LAB_AGENT_EXTRA_CLIENT2=$extra \
         $e2e --ignored --test-threads=1 --nocapture "$@"; then
         echo "== $name: passed in $(since $t)"
     else
@@ -100,6 +107,18 @@ group() {   # NAME OVERRIDE TESTS...
 }
 no_soft_dirty='dirty_tracking = { supported = false, detail = "off for this group of tests (podman5-tier.sh)" }'
 for rt in $runtimes; do
+    lazy="" extra=""
+    if [ "$rt" = crun ]; then
+        # tern asks for a lazy restore (and its action script) through the
+        # org.criu.config annotation. crun 1.21 with trixie's CRIU 4.1 does
+        # not apply it (upstream crun passes it on with libcriu's
+        # criu_set_config_file, new in CRIU 4.2): the restore is eager, tern
+        # waits for `criu lazy-pages` in vain and rolls back after 61 s
+        # (times TERN_TIMEOUT_SCALE). TIER_CRUN_LAZY=1 shows it.
+        [ -n "$crun_lazy" ] || lazy='\nlazy_restore = { supported = false, detail = "crun cannot pass org.criu.config to CRIU 4.1 (podman5-tier.sh)" }'
+        # Pre-dumps go through the runtime that runs the container.
+        extra='[runc]\nprogram = "crun"'
+    fi
     mkdir -p /etc/containers/containers.conf.d
     cat > /etc/containers/containers.conf.d/50-tern.conf <<CONF
 [engine]
@@ -122,13 +141,13 @@ CONF
             nsenter --mount="/run/tern-lab/ns/$h" sh -c "mountpoint -q /run/crun || mount --bind /run/tern-lab/$h/crun /run/crun"
         done
         "$TERN_BIN_DIR/tern" hosts || true
-        group "$rt" "$no_soft_dirty" $tests
-        group "$rt-precopy" "" $precopy_tests
+        group "$rt" "$no_soft_dirty$lazy" $tests
+        group "$rt-precopy" "$lazy" $precopy_tests
     else
         echo "== $rt: the lab did not come up"; fail="$fail $rt-lab"
     fi
     for h in client1 client2; do
-        echo "-- $h agent log (last lines)"; tail -n 15 "$TERN_LAB_STATE/hosts/$h/agent.log" 2>/dev/null || true
+        echo "-- $h agent log (last lines)"; tail -n 40 "$TERN_LAB_STATE/hosts/$h/agent.log" 2>/dev/null || true
     done
     scripts/lab.sh down || true
     echo "== runtime $rt: $(since $t_rt)"
