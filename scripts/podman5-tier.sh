@@ -146,9 +146,12 @@ CONF
     else
         echo "== $rt: the lab did not come up"; fail="$fail $rt-lab"
     fi
-    for h in client1 client2; do
-        echo "-- $h agent log (last lines)"; tail -n 40 "$TERN_LAB_STATE/hosts/$h/agent.log" 2>/dev/null || true
-    done
+    # The agents' logs go with the lab: their ends, when this runtime failed.
+    case "$fail" in *"$rt"*)
+        for h in client1 client2; do
+            echo "-- $h agent log (last lines)"; tail -n 40 "$TERN_LAB_STATE/hosts/$h/agent.log" 2>/dev/null || true
+        done ;;
+    esac
     scripts/lab.sh down || true
     echo "== runtime $rt: $(since $t_rt)"
 done
