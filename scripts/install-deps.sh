@@ -21,7 +21,8 @@
 #    redis-benchmark, psql, pgbench) for the application test images
 #    (scripts/test-image/build-apps.sh), also at /opt/tern/images. The host
 #    runs neither: no cluster is created, no service is started or enabled.
-#  - With --vm: qemu and Debian's stock kernel, for scripts/softdirty-tier.sh.
+#  - With --vm: qemu and Debian's stock kernel, for scripts/softdirty-tier.sh;
+#    debootstrap, for scripts/podman5-tier.sh (its Debian 13 guest root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +53,7 @@ PKGS=(podman runc conmon netavark aardvark-dns slirp4netns uidmap catatonit fuse
       busybox-static iproute2 zstd util-linux iptables nftables procps psmisc ca-certificates
       gcc libc6-dev
       redis-server redis-tools postgresql-15 postgresql-client-15)
-[ "${1:-}" = --vm ] && PKGS+=(qemu-system-x86 linux-image-amd64)
+[ "${1:-}" = --vm ] && PKGS+=(qemu-system-x86 linux-image-amd64 debootstrap)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${PKGS[@]}"; do

@@ -885,6 +885,47 @@ mod tests {
         assert!(serde_json::from_str::<PodmanInfo>("not json").is_err());
     }
 
+    /// Podman 5.4.2 (Debian 13, crun and runc) as the Podman 5 tier saw it
+    /// (scripts/vm/podman5-byhand.cmd), trimmed to the fields around the
+    /// ones tern reads: the names are those of Podman 4.
+    #[test]
+    fn reads_podman_5_info_and_inspect_output() {
+        let info = r#"{"host":{"cgroupManager":"cgroupfs","cgroupVersion":"v2","networkBackend":"netavark",
+            "ociRuntime":{"name":"crun","package":"crun_1.21-1_amd64","path":"/usr/bin/crun","version":"crun version 1.21\ncommit: 10269840aa07fb7e6b7e1acff6198692d8ff5c88\nrundir: /run/crun\nspec: 1.0.0"}},
+            "store":{"graphDriverName":"overlay","graphRoot":"/var/lib/containers/storage","runRoot":"/run/containers/storage","volumePath":"/var/lib/containers/storage/volumes"},
+            "version":{"APIVersion":"5.4.2","Version":"5.4.2"}}"#;
+        let info: PodmanInfo = serde_json::from_str(info).unwrap();
+        assert_eq!(info.version.version.as_deref(), Some("5.4.2"));
+        assert_eq!(info.host.oci_runtime.name.as_deref(), Some("crun"));
+        assert!(info.host.oci_runtime.version.as_deref().unwrap().starts_with("crun version 1.21\n"));
+        assert_eq!(info.host.network_backend.as_deref(), Some("netavark"));
+        assert_eq!(info.store.graph_driver_name.as_deref(), Some("overlay"));
+        assert_eq!(info.store.run_root.as_deref(), Some("/run/containers/storage"));
+        assert_eq!(info.store.volume_path.as_deref(), Some("/var/lib/containers/storage/volumes"));
+        let id = "5872b93e07d4fdf3bcb00a03ce755eda82b08b254e549bf9dd3fb11a58c64881";
+        let inspect = format!(
+            r#"[{{"Id":"{id}","Name":"c-runc","Image":"042a7ecafdf92b34b6346187d976723a91edb07115ad7cca44ff0ff398524a2c",
+            "ImageName":"localhost/tern-busybox:latest","State":{{"OciVersion":"1.2.0","Status":"running","Running":true,"Pid":0,"ConmonPid":2227,
+            "CheckpointedAt":"0001-01-01T00:00:00Z","RestoredAt":"0001-01-01T00:00:00Z"}},
+            "GraphDriver":{{"Name":"overlay","Data":{{"UpperDir":"/nonexistent/74749f0d/diff","WorkDir":"/nonexistent/74749f0d/work"}}}},
+            "Mounts":[],"NetworkSettings":{{"Ports":{{}},"SandboxKey":"/run/netns/netns-0fd4ab10","IPAddress":"203.0.113.4","MacAddress":"76:76:52:8e:dd:33",
+            "Networks":{{"podman":{{"EndpointID":"","Gateway":"203.0.113.1","IPAddress":"203.0.113.4","IPPrefixLen":24,"IPv6Gateway":"",
+            "GlobalIPv6Address":"","GlobalIPv6PrefixLen":0,"MacAddress":"76:76:52:8e:dd:33","NetworkID":"2f259bab","DriverOpts":null,
+            "IPAMConfig":null,"Links":null,"Aliases":["5872b93e07d4"]}}}}}},
+            "StaticDir":"/var/lib/containers/storage/overlay-containers/{id}/userdata"}}]"#
+        );
+        let v: Vec<InspectJson> = serde_json::from_str(&inspect).unwrap();
+        let nets =
+            [NetworkDef { name: "podman".into(), driver: "bridge".into(), subnets: vec!["203.0.113.0/24".into()], interface: "podman0".into() }];
+        let c = v.into_iter().next().unwrap().into_info(&nets);
+        assert_eq!(c.info.name, "c-runc");
+        assert!(c.info.is_running());
+        assert_eq!(c.info.ips, vec!["203.0.113.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.info.networks[0].mac, "76:76:52:8e:dd:33");
+        assert!(c.info.ports.is_empty());
+        assert_eq!(c.upper_dir.as_deref(), Some(Path::new("/nonexistent/74749f0d/diff")));
+    }
+
     #[test]
     fn names_and_ids_come_after_the_end_of_options() {
         let hostile = "--rootfs=/";
