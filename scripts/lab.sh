@@ -151,8 +151,8 @@ mntns_up() {
         mount --make-private "$LAB_RUN/ns"
     fi
     touch "$ns"
-    mkdir -p "$LAB_VAR/$h/networks" "$LAB_RUN/$h/networks" "$LAB_RUN/$h/runc" \
-        /etc/containers/networks /run/containers/networks /run/runc \
+    mkdir -p "$LAB_VAR/$h/networks" "$LAB_RUN/$h/networks" "$LAB_RUN/$h/runc" "$LAB_RUN/$h/crun" \
+        /etc/containers/networks /run/containers/networks /run/runc /run/crun \
         /var/lib/containers/storage /run/containers/storage /run/libpod
     unshare --mount="$ns" --propagation slave sh -c "
         mount --bind '$LAB_VAR/$h/storage' /var/lib/containers/storage &&
@@ -160,7 +160,8 @@ mntns_up() {
         mount --bind '$LAB_RUN/$h/libpod' /run/libpod &&
         mount --bind '$LAB_VAR/$h/networks' /etc/containers/networks &&
         mount --bind '$LAB_RUN/$h/networks' /run/containers/networks &&
-        mount --bind '$LAB_RUN/$h/runc' /run/runc" ||
+        mount --bind '$LAB_RUN/$h/runc' /run/runc &&
+        mount --bind '$LAB_RUN/$h/crun' /run/crun" ||
         die "could not make $h's mount namespace"
 }
 

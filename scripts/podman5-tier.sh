@@ -83,7 +83,6 @@ e2e=$e2e
 tests="${TIER_TESTS-migrate_counter_to_client2_and_back changed_files_of_the_image_move_with_the_container tcp_connection_inside_the_container_survives}"
 precopy_tests="${TIER_PRECOPY_TESTS-precopy_rounds_shrink_and_the_counter_carries_on}"
 runtimes="${TIER_RUNTIMES:-crun runc}"
-crun_lazy="${TIER_CRUN_LAZY:-}"
 CMD
     cat >> "$out/cmd" <<'CMD'
 since() { echo "$(( $(date +%s) - $1 )) s"; }
@@ -107,18 +106,10 @@ group() {   # NAME OVERRIDE TESTS...
 }
 no_soft_dirty='dirty_tracking = { supported = false, detail = "off for this group of tests (podman5-tier.sh)" }'
 for rt in $runtimes; do
+    # With crun the agents themselves report no lazy restores (crun does
+    # not pass org.criu.config to CRIU) and send pre-dumps to crun
+    # (agent/src/facts.rs, agent/src/main.rs): nothing to set here.
     lazy="" extra=""
-    if [ "$rt" = crun ]; then
-        # tern asks for a lazy restore (and its action script) through the
-        # org.criu.config annotation. crun 1.21 with trixie's CRIU 4.1 does
-        # not apply it (upstream crun passes it on with libcriu's
-        # criu_set_config_file, new in CRIU 4.2): the restore is eager, tern
-        # waits for `criu lazy-pages` in vain and rolls back after 61 s
-        # (times TERN_TIMEOUT_SCALE). TIER_CRUN_LAZY=1 shows it.
-        [ -n "$crun_lazy" ] || lazy='\nlazy_restore = { supported = false, detail = "crun cannot pass org.criu.config to CRIU 4.1 (podman5-tier.sh)" }'
-        # Pre-dumps go through the runtime that runs the container.
-        extra='[runc]\nprogram = "crun"'
-    fi
     mkdir -p /etc/containers/containers.conf.d
     cat > /etc/containers/containers.conf.d/50-tern.conf <<CONF
 [engine]
@@ -133,13 +124,6 @@ CONF
     echo "== runtime $rt: $(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Version}} cgroups {{.Host.CgroupsVersion}}' | head -1)"
     t_rt=$(date +%s)
     if TERN_NO_BUILD=1 scripts/lab.sh up; then
-        # crun keeps its state in /run/crun, which the lab's hosts would
-        # share (lab.sh gives each its own /run/runc only): each its own,
-        # as on separate machines, before any container runs there.
-        for h in client1 client2; do
-            mkdir -p "/run/tern-lab/$h/crun" /run/crun
-            nsenter --mount="/run/tern-lab/ns/$h" sh -c "mountpoint -q /run/crun || mount --bind /run/tern-lab/$h/crun /run/crun"
-        done
         "$TERN_BIN_DIR/tern" hosts || true
         group "$rt" "$no_soft_dirty$lazy" $tests
         group "$rt-precopy" "$lazy" $precopy_tests

@@ -11,12 +11,16 @@ pub async fn gather(name: &str, engine: &dyn Engine, criu: &dyn Criu, overrides:
     let info = engine.info().await?;
     let s = |field: &Option<String>| field.clone().unwrap_or_default();
     let runtime_version = s(&info.host.oci_runtime.version).lines().next().unwrap_or("").to_string();
-    let (criu_version, dirty_tracking, lazy_restore) = criu_facts(criu).await;
+    let (criu_version, dirty_tracking, mut lazy_restore) = criu_facts(criu).await;
+    let runtime_name = s(&info.host.oci_runtime.name);
+    if lazy_restore.supported && runtime_name == "crun" {
+        lazy_restore = crun_lazy();
+    }
     let facts = HostFacts {
         name: name.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         podman_version: s(&info.version.version),
-        runtime_name: s(&info.host.oci_runtime.name),
+        runtime_name,
         runtime_version,
         criu_version,
         cgroups: cgroups_version(),
@@ -60,6 +64,17 @@ async fn criu_facts(criu: &dyn Criu) -> (String, Capability, Capability) {
     let dirty = feature(criu, "mem_dirty_track", "no soft-dirty memory tracking").await;
     let lazy = feature(criu, "uffd-noncoop", "no lazy restores (userfaultfd)").await;
     (version, dirty, lazy)
+}
+
+/// crun (1.21, Podman 5's default) does not hand CRIU the options file a
+/// container's `org.criu.config` annotation names, through which tern asks
+/// for `lazy-pages`: the restore would run eagerly while tern waited for
+/// a lazy-pages daemon CRIU never talks to (seen in the Podman 5 tier).
+fn crun_lazy() -> Capability {
+    Capability {
+        supported: false,
+        detail: "no lazy restores with crun: it does not pass the container's CRIU options file (org.criu.config) to CRIU".into(),
+    }
 }
 
 /// Whether this process holds CAP_SYS_RESOURCE (bit 24 of `CapEff` in

@@ -33,7 +33,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::tune_allocator();
-    let cfg = config::AgentConfig::load(&args.config)?;
+    let mut cfg = config::AgentConfig::load(&args.config)?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| anyhow::anyhow!("cannot create the state folder {}: {e}", cfg.state_dir.display()))?;
     // First of all, before anything asks Podman: a predecessor's export
     // may still wait on its FIFO, holding the container's lock.
@@ -47,9 +47,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    let ports = context::Ports::host(&cfg);
+    let mut ports = context::Ports::host(&cfg);
     // Check the overrides and Podman once at start, so a bad config fails now.
     let facts = facts::gather(&cfg.name, ports.engine.as_ref(), ports.criu.as_ref(), &cfg.facts_override).await?;
+    // Pre-dumps go to the runtime itself (Podman has none): the one Podman
+    // runs, where the configuration names plain `runc` and Podman crun
+    // (runc does not know crun's containers).
+    if cfg.runc.program == "runc" && facts.runtime_name == "crun" {
+        tracing::info!("Podman runs crun: pre-dumps go to crun ([runc] program)");
+        cfg.runc.program = "crun".into();
+        ports = context::Ports::host(&cfg);
+    }
     tracing::info!(
         podman = %facts.podman_version, runtime = %facts.runtime_name, criu = %facts.criu_version,
         kernel = %facts.kernel, dirty_tracking = facts.dirty_tracking.supported, "host facts"
