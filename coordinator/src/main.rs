@@ -83,26 +83,8 @@ enum Cmd {
         /// repeated; default: every other host in the inventory).
         #[arg(long, value_delimiter = ',')]
         to: Vec<String>,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: plan::ModeArg,
-        /// Print where each container would go, and stop.
-        #[arg(long)]
-        dry_run: bool,
-        /// Move what can move when some container has no compatible target
-        /// (default: refuse the whole evacuation before freezing anything).
-        #[arg(long)]
-        skip_blocked: bool,
-        /// Move containers even when some of their TCP connections cannot
-        /// survive the move (as `tern migrate --allow-reset`).
-        #[arg(long)]
-        allow_reset: bool,
-        /// Run up to N moves at once (one progress view for all).
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-        parallel: u16,
-        /// Stop at the first failed move: cancel the moves under way (each
-        /// rolls back) and start no more. By default the others go on.
-        #[arg(long)]
-        fail_fast: bool,
+        #[command(flatten)]
+        batch: BatchArgs,
         #[command(flatten)]
         transfer: TransferArgs,
         #[command(flatten)]
@@ -125,26 +107,8 @@ enum Cmd {
     Return {
         /// The host that was evacuated.
         host: String,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: plan::ModeArg,
-        /// Print what would move back and what is skipped, and stop.
-        #[arg(long)]
-        dry_run: bool,
-        /// Move back what can when the check refuses some container
-        /// (default: refuse the whole return before freezing anything).
-        #[arg(long)]
-        skip_blocked: bool,
-        /// Move containers even when some of their TCP connections cannot
-        /// survive the move (as `tern migrate --allow-reset`).
-        #[arg(long)]
-        allow_reset: bool,
-        /// Run up to N moves at once (one progress view for all).
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-        parallel: u16,
-        /// Stop at the first failed move: cancel the moves under way (each
-        /// rolls back) and start no more.
-        #[arg(long)]
-        fail_fast: bool,
+        #[command(flatten)]
+        batch: BatchArgs,
         #[command(flatten)]
         transfer: TransferArgs,
         #[command(flatten)]
@@ -181,6 +145,41 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
     },
+}
+
+/// How a batch of moves runs (`evacuate`, `return`).
+#[derive(clap::Args)]
+struct BatchArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: plan::ModeArg,
+    /// Print the plan (each container, where it would go, or why it
+    /// stays), and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Move what can move when the check refuses some container (default:
+    /// refuse the whole batch before freezing anything).
+    #[arg(long)]
+    skip_blocked: bool,
+    /// Move containers even when some of their TCP connections cannot
+    /// survive the move (as `tern migrate --allow-reset`).
+    #[arg(long)]
+    allow_reset: bool,
+    /// Run up to N moves at once (one progress view for all).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel: u16,
+    /// Stop at the first failed move: cancel the moves under way (each
+    /// rolls back) and start no more. By default the others go on.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+impl BatchArgs {
+    /// What `evacuate` (and `return`, with no `to`) is asked.
+    fn ask(self, host: String, to: Vec<String>, opts: migrate::Options) -> evacuate::EvacuateAsk {
+        let opts = migrate::Options { allow_reset: self.allow_reset, ..opts };
+        let BatchArgs { mode, dry_run, skip_blocked, parallel, fail_fast, .. } = self;
+        evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts }
+    }
 }
 
 /// How the checkpoint crosses the wire.
@@ -452,9 +451,8 @@ async fn run(cli: Cli) -> Done {
         Cmd::Hosts => hosts(&ctx).await,
         Cmd::Cordon { host, reason } => maintenance::cordon(&ctx, &host, Some(reason)).await,
         Cmd::Uncordon { host } => maintenance::cordon(&ctx, &host, None).await,
-        Cmd::Return { host, mode, dry_run, skip_blocked, allow_reset, parallel, fail_fast, transfer, precopy } => {
-            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
-            let ask = evacuate::EvacuateAsk { host, to: Vec::new(), mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts };
+        Cmd::Return { host, batch, transfer, precopy } => {
+            let ask = batch.ask(host, Vec::new(), transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
             ret::run(&ctx, &inv, &cluster, ask).await
         }
@@ -465,9 +463,8 @@ async fn run(cli: Cli) -> Done {
             let opts = transfer.options(&precopy, ctx.quiet);
             migrate(&ctx, mv, opts).await
         }
-        Cmd::Evacuate { host, to, mode, dry_run, skip_blocked, allow_reset, parallel, fail_fast, transfer, precopy } => {
-            let opts = migrate::Options { allow_reset, ..transfer.options(&precopy, ctx.quiet) };
-            let ask = evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts };
+        Cmd::Evacuate { host, to, batch, transfer, precopy } => {
+            let ask = batch.ask(host, to, transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
@@ -801,9 +798,9 @@ mod tests {
     #[test]
     fn evacuate_takes_parallel_and_fail_fast() {
         let cli = Cli::try_parse_from(["tern", "evacuate", "client1"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Evacuate { parallel: 1, fail_fast: false, .. }));
+        assert!(matches!(cli.cmd, Cmd::Evacuate { batch: BatchArgs { parallel: 1, fail_fast: false, .. }, .. }));
         let cli = Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "4", "--fail-fast", "--json"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Evacuate { ref host, parallel: 4, fail_fast: true, .. } if host == "client1"));
+        assert!(matches!(cli.cmd, Cmd::Evacuate { ref host, batch: BatchArgs { parallel: 4, fail_fast: true, .. }, .. } if host == "client1"));
         assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "0"]).is_err());
         assert!(Cli::try_parse_from(["tern", "evacuate", "client1", "--parallel", "x"]).is_err());
     }
@@ -811,9 +808,11 @@ mod tests {
     #[test]
     fn return_takes_a_host_parallel_and_dry_run() {
         let cli = Cli::try_parse_from(["tern", "return", "client1"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Return { ref host, parallel: 1, dry_run: false, fail_fast: false, .. } if host == "client1"));
+        assert!(
+            matches!(cli.cmd, Cmd::Return { ref host, batch: BatchArgs { parallel: 1, dry_run: false, fail_fast: false, .. }, .. } if host == "client1")
+        );
         let cli = Cli::try_parse_from(["tern", "return", "client1", "--parallel", "3", "--dry-run", "--json"]).unwrap();
-        assert!(cli.json && matches!(cli.cmd, Cmd::Return { parallel: 3, dry_run: true, .. }));
+        assert!(cli.json && matches!(cli.cmd, Cmd::Return { batch: BatchArgs { parallel: 3, dry_run: true, .. }, .. }));
         assert!(Cli::try_parse_from(["tern", "return"]).is_err());
         assert!(Cli::try_parse_from(["tern", "return", "client1", "--parallel", "0"]).is_err());
     }
