@@ -15,7 +15,7 @@
 //! ([`status`]): the memory and disk it has room in, which placement
 //! weighs.
 
-use std::io::Write;
+use crate::durable::{sync_dir, write_atomic};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tern_proto::facts::{Cordon, HostStatus};
@@ -73,30 +73,6 @@ pub fn set(state_dir: &Path, cordon: Option<String>, now: u64) -> std::io::Resul
         }
     };
     Ok(CordonChange { was, now })
-}
-
-/// Writes `bytes` to `path` so that a reader sees the old content or the
-/// new, never a part: a temporary file beside it, synced, renamed over it,
-/// and the folder synced so the rename survives a crash.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Why this host refuses an incoming migration now, if it does.

@@ -24,7 +24,7 @@
 //! which file); the next recorded move sets it aside (`.unreadable-<time>`)
 //! and starts a new one, with a warning, so evacuations keep working.
 
-use crate::cordon::write_atomic;
+use crate::durable::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tern_proto::{Evacuated, EvacuationRecord};

@@ -21,6 +21,7 @@
 //! | `probe`    | `tern probe`: the link between two agents, measured            |
 //! | `config`   | the agent's TOML configuration                                 |
 //! | `cordon`   | this host's cordon (kept in a file), what its facts say afresh at every request |
+//! | `durable`  | small files kept across crashes, written whole or not at all |
 //! | `evacuation` | what evacuations moved away from this host, for `tern return` (kept in a file) |
 
 pub mod config;
@@ -29,6 +30,7 @@ pub mod cordon;
 pub mod criu;
 pub mod criu_stats;
 pub mod criu_tcp;
+pub mod durable;
 pub mod engine;
 pub mod evacuation;
 pub mod facts;

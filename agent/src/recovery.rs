@@ -84,18 +84,10 @@ pub fn record_commit(agent: &Agent, path: &Path) -> std::io::Result<()> {
     record(agent, &entry).map(|_| ())
 }
 
-/// Writes `entry` durably (a rename over a synced file).
+/// Writes `entry` durably ([`crate::durable::write_atomic`]).
 pub fn record(agent: &Agent, entry: &Entry) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    let dir = dir(agent);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.json", entry.id));
-    let tmp = dir.join(format!("{}.json.tmp", entry.id));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    let path = dir(agent).join(format!("{}.json", entry.id));
+    crate::durable::write_atomic(&path, &serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
     Ok(path)
 }
 
