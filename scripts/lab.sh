@@ -124,6 +124,11 @@ net_up() {
         nsenter --net="/run/netns/$h" ip link set lo up
         nsenter --net="/run/netns/$h" ip link set eth0 up
     done
+    # A host removed and made again has a new MAC address: the others'
+    # neighbour entries for its address (failed while it was gone) would
+    # keep it unreachable for a while.
+    ip neigh flush dev "$LAB_BRIDGE" 2>/dev/null || true
+    for h in "$LAB_CLIENT" "${LAB_HOSTS[@]}"; do ip -n "$h" neigh flush dev eth0 2>/dev/null || true; done
     for h in "${LAB_HOSTS[@]}"; do
         mkdir -p "$LAB_VAR/$h/storage" "$LAB_VAR/$h/agent" "$LAB_RUN/$h/runroot" "$LAB_RUN/$h/libpod"
         mntns_up "$h"
@@ -256,6 +261,26 @@ cmd_up() {
     # Hosts added to a lab whose PKI exists: a certificate each from its CA.
     for h in "${LAB_HOSTS[@]}"; do
         [ -f "$LAB_STATE/pki/$h.pem" ] || "$BIN/tern" pki issue "$h" --dir "$LAB_STATE/pki" --address "$(lab_ip "$h")" >/dev/null
+        # Each host's evacuator certificate, and an inventory holding it
+        # (hosts/H/evacuate.toml), for agents set to evacuate their host
+        # when they stop ([self_evacuation], agent/src/self_evacuation.rs).
+        [ -f "$LAB_STATE/pki/$h.evacuator.pem" ] || "$BIN/tern" pki issue "$h" --evacuator --dir "$LAB_STATE/pki" >/dev/null
+    done
+    inventory_hosts() {
+        for h in "${LAB_HOSTS[@]}"; do
+            echo; echo "[[hosts]]"; echo "name = \"$h\""; echo "address = \"$(lab_ip "$h"):$LAB_PORT\""
+        done
+    }
+    for h in "${LAB_HOSTS[@]}"; do
+        mkdir -p "$(agent_dir "$h")"
+        {
+            echo "# Written by scripts/lab.sh: $h's evacuator certificate, for its agent's [self_evacuation]."
+            echo "[tls]"
+            echo "ca = \"$LAB_STATE/pki/ca.pem\""
+            echo "cert = \"$LAB_STATE/pki/$h.evacuator.pem\""
+            echo "key = \"$LAB_STATE/pki/$h.evacuator.key\""
+            inventory_hosts
+        } > "$(agent_dir "$h")/evacuate.toml"
     done
     {
         echo "# Written by scripts/lab.sh: the lab's hosts, for tern run from the repository root."
@@ -263,9 +288,7 @@ cmd_up() {
         echo "ca = \"$LAB_STATE/pki/ca.pem\""
         echo "cert = \"$LAB_STATE/pki/coordinator.pem\""
         echo "key = \"$LAB_STATE/pki/coordinator.key\""
-        for h in "${LAB_HOSTS[@]}"; do
-            echo; echo "[[hosts]]"; echo "name = \"$h\""; echo "address = \"$(lab_ip "$h"):$LAB_PORT\""
-        done
+        inventory_hosts
     } > "$LAB_STATE/inventory.toml"
     for h in "${LAB_HOSTS[@]}"; do agent_start "$h"; done
     echo "lab is up: agents on ${LAB_HOSTS[*]}, clients on $LAB_CLIENT; try: $BIN/tern hosts"

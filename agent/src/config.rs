@@ -34,6 +34,15 @@
 //! image_max_mib = 65536            # an image archive (its size is not announced)
 //! bandwidth = "500Mbit"            # outgoing migration traffic, all moves together
 //!                                  # (none by default; requests may only lower it)
+//! [self_evacuation]                # off unless on_stop is set (self_evacuation.rs)
+//! on_stop = "shutdown"             # evacuate this host when the agent stops with the
+//!                                  # system going down ("always": at any stop; "off")
+//! inventory = "/etc/tern/evacuate.toml"  # its [tls]: this host's evacuator certificate
+//! tern = "/usr/local/bin/tern"
+//! limit_secs = 900                 # the longest the stop is held (then: rolled back)
+//! parallel = 2                     # moves at once
+//! args = ["--bandwidth", "500Mbit", "--skip-blocked"]   # more for `tern evacuate`
+//! return_after_start = true        # bring them back after the next start
 //! [facts_override]                 # tests and labs only: pretend facts differ
 //! criu_version = "3.0.0"
 //! [faults]                         # tests only: inject failures
@@ -70,9 +79,74 @@ pub struct AgentConfig {
     /// two namespaces on one machine have identical facts otherwise).
     #[serde(default)]
     pub facts_override: toml::Table,
+    /// Evacuating this host when it shuts down (`self_evacuation.rs`).
+    #[serde(default)]
+    pub self_evacuation: SelfEvacuation,
     /// Tests only (`faults.rs`).
     #[serde(default)]
     pub faults: Faults,
+}
+
+/// When a stop of the agent evacuates the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenStopped {
+    #[default]
+    Off,
+    /// Only when systemd says the system is going down.
+    Shutdown,
+    /// At any stop (hosts without systemd, tests).
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfEvacuation {
+    #[serde(default)]
+    pub on_stop: WhenStopped,
+    /// An inventory whose `[tls]` holds this host's evacuator certificate.
+    #[serde(default = "default_evacuator_inventory")]
+    pub inventory: PathBuf,
+    #[serde(default = "default_tern")]
+    pub tern: PathBuf,
+    #[serde(default = "default_limit_secs")]
+    pub limit_secs: u64,
+    #[serde(default = "default_parallel")]
+    pub parallel: u16,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "yes")]
+    pub return_after_start: bool,
+}
+
+impl Default for SelfEvacuation {
+    fn default() -> Self {
+        SelfEvacuation {
+            on_stop: WhenStopped::Off,
+            inventory: default_evacuator_inventory(),
+            tern: default_tern(),
+            limit_secs: default_limit_secs(),
+            parallel: default_parallel(),
+            args: Vec::new(),
+            return_after_start: true,
+        }
+    }
+}
+
+fn default_evacuator_inventory() -> PathBuf {
+    PathBuf::from("/etc/tern/evacuate.toml")
+}
+fn default_tern() -> PathBuf {
+    PathBuf::from("/usr/local/bin/tern")
+}
+fn default_limit_secs() -> u64 {
+    900
+}
+fn default_parallel() -> u16 {
+    2
+}
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,7 +23,10 @@
 //! | `cordon`   | this host's cordon (kept in a file), what its facts say afresh at every request |
 //! | `durable`  | small files kept across crashes, written whole or not at all |
 //! | `evacuation` | what evacuations moved away from this host, for `tern return` (kept in a file) |
+//! | `arrivals` | what evacuations brought here and from where, for a host's own way back (kept in a file) |
+//! | `self_evacuation` | evacuating this host when it shuts down, and the way back after the next start |
 
+pub mod arrivals;
 pub mod config;
 pub mod context;
 pub mod cordon;
@@ -43,6 +46,7 @@ pub mod ramdir;
 pub mod recovery;
 pub mod rollback;
 pub mod rootfs;
+pub mod self_evacuation;
 pub mod server;
 pub mod source;
 pub mod storage;

@@ -70,11 +70,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::cordon::log_at_start(&cfg.state_dir);
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");
+    let leaving = cfg.self_evacuation.clone();
+    let (name, state_dir) = (cfg.name.clone(), cfg.state_dir.clone());
     let agent = Arc::new(context::Agent::new(cfg, ports, endpoint));
     // Containers a predecessor left frozen mid-migration.
     tokio::spawn(tern_agent::recovery::recover(agent.clone()));
     // Listening: systemd may start what comes after the agent.
     tern_agent::notify::notify("READY=1\nSTATUS=serving");
+    // The last stop evacuated this host: its containers come back.
+    let returning = tokio::spawn(tern_agent::self_evacuation::return_after_start(
+        leaving.clone(),
+        name.clone(),
+        state_dir.clone(),
+        std::time::Duration::from_secs(30),
+    ));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
@@ -83,6 +92,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
         tern_agent::notify::notify("STOPPING=1");
+        returning.abort();
+        // Still serving meanwhile: this host is the source of every move.
+        if tern_agent::self_evacuation::wanted(&leaving).await {
+            tern_agent::self_evacuation::evacuate(&leaving, &name, &state_dir).await;
+        }
     };
     agent.serve(shutdown).await;
     Ok(())

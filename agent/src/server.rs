@@ -21,15 +21,31 @@ use tokio_util::sync::CancellationToken;
 pub enum Denied {
     #[error("refused: {what} is for the coordinator only, and {peer} holds a host certificate")]
     CoordinatorOnly { what: &'static str, peer: String },
-    #[error("refused: {what} comes from another agent only, and {peer} holds a coordinator certificate")]
-    HostOnly { what: &'static str, peer: String },
+    #[error("refused: {what} comes from another agent only, and {peer} holds a {role} certificate")]
+    HostOnly { what: &'static str, peer: String, role: Role },
+    #[error(
+        "refused: {peer}'s evacuator certificate may only evacuate {peer} and bring back what left it; {what} on {here} is neither"
+    )]
+    BeyondEvacuator { what: &'static str, peer: String, here: String },
+}
+
+/// What remains to check once the role allows a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    Yes,
+    /// A move back to host `.0` asked by its evacuator: only a container
+    /// an evacuation brought here from it (`arrivals.rs`).
+    IfEvacuatedFrom(String),
 }
 
 /// Who may ask for what: the coordinator drives (Migrate, Probe, Facts,
-/// Containers, CheckIncoming, Cordon, Evacuation); agents talk to each other only within what
-/// the coordinator started (Receive with its ticket, Sink for its probe,
-/// Resolve about their own migrations).
-pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
+/// Containers, CheckIncoming, Cordon, Evacuation); agents talk to each
+/// other only within what the coordinator started (Receive with its
+/// ticket, Sink for its probe, Resolve about their own migrations). Host
+/// H's evacuator certificate (`pki.rs`) reads what any coordinator reads,
+/// and drives on H itself (migrations, cordon, evacuation record, probes);
+/// elsewhere it may only ask for a move back to H (`me` is this agent).
+pub fn authorize(req: &Request, peer: &PeerId, me: &str) -> Result<Allowed, Denied> {
     let (what, role) = match req {
         Request::Migrate(_) => ("Migrate", Role::Coordinator),
         Request::Probe(_) => ("Probe", Role::Coordinator),
@@ -41,12 +57,21 @@ pub fn authorize(req: &Request, peer: &PeerId) -> Result<(), Denied> {
         Request::Resolve(_) => ("Resolve", Role::Host),
         Request::Cordon(_) => ("Cordon", Role::Coordinator),
         Request::Evacuation(_) => ("Evacuation", Role::Coordinator),
-        Request::Hello(_) | Request::Invalid => return Ok(()),
+        Request::Hello(_) | Request::Invalid => return Ok(Allowed::Yes),
     };
     match (role, peer.role) {
         (Role::Coordinator, Role::Host) => Err(Denied::CoordinatorOnly { what, peer: peer.name.clone() }),
-        (Role::Host, Role::Coordinator) => Err(Denied::HostOnly { what, peer: peer.name.clone() }),
-        _ => Ok(()),
+        (Role::Host, Role::Coordinator | Role::Evacuator) => Err(Denied::HostOnly { what, peer: peer.name.clone(), role: peer.role }),
+        (Role::Coordinator, Role::Evacuator) => {
+            let beyond = || Denied::BeyondEvacuator { what, peer: peer.name.clone(), here: me.to_string() };
+            match req {
+                Request::Facts | Request::Containers | Request::CheckIncoming(_) => Ok(Allowed::Yes),
+                _ if peer.name == me => Ok(Allowed::Yes),
+                Request::Migrate(m) if m.target.name == peer.name && !m.evacuation => Ok(Allowed::IfEvacuatedFrom(peer.name.clone())),
+                _ => Err(beyond()),
+            }
+        }
+        _ => Ok(Allowed::Yes),
     }
 }
 
@@ -182,9 +207,19 @@ impl Agent {
         mut recv: quinn::RecvStream,
     ) -> anyhow::Result<()> {
         let req: Request = tern_proto::frame::expect_frame(&mut recv).await?;
-        if let Err(denied) = authorize(&req, peer) {
+        let allowed = match authorize(&req, peer, &self.cfg.name) {
+            Ok(Allowed::Yes) => Ok(()),
+            Ok(Allowed::IfEvacuatedFrom(host)) => self.evacuated_from(&req, &host).await,
+            Err(denied) => Err(denied),
+        };
+        if let Err(denied) = allowed {
             tracing::warn!(peer = %peer.name, role = %peer.role, "{denied}");
-            write_frame(&mut send, &Response::Error(tern_proto::RemoteError { message: denied.to_string() })).await?;
+            let error = tern_proto::RemoteError { message: denied.to_string() };
+            // A Migrate's stream carries events, not responses.
+            match req {
+                Request::Migrate(_) => write_frame(&mut send, &tern_proto::MigrateEvent::Refused(error)).await?,
+                _ => write_frame(&mut send, &Response::Error(error)).await?,
+            }
             let _ = send.finish();
             return Ok(());
         }
@@ -207,6 +242,19 @@ impl Agent {
         write_frame(&mut send, &response).await?;
         let _ = send.finish();
         Ok(())
+    }
+
+    /// A move back to `host` asked by its evacuator: the container must be
+    /// the one the ticket names, and an evacuation must have brought it
+    /// here from `host`.
+    async fn evacuated_from(&self, req: &Request, host: &str) -> Result<(), Denied> {
+        let Request::Migrate(m) = req else { return Ok(()) };
+        let id = &m.ticket.body.container_id;
+        let here = self.engine.inspect(&m.container).await.ok().flatten().is_some_and(|c| &c.id == id);
+        if here && crate::arrivals::came_from(&self.cfg.state_dir, id).as_deref() == Some(host) {
+            return Ok(());
+        }
+        Err(Denied::BeyondEvacuator { what: "moving a container that no evacuation brought here from it", peer: host.to_string(), here: self.cfg.name.clone() })
     }
 
     /// The cached facts with what is read afresh (`cordon.rs`) and the
@@ -313,8 +361,8 @@ mod tests {
             Request::Cordon(tern_proto::CordonRequest { cordon: None }),
             Request::Evacuation(tern_proto::EvacuationRequest { forget: vec!["1".into()] }),
         ] {
-            assert!(authorize(&r, &coordinator).is_ok());
-            let e = authorize(&r, &host).unwrap_err();
+            assert!(authorize(&r, &coordinator, "a").is_ok());
+            let e = authorize(&r, &host, "a").unwrap_err();
             assert!(e.to_string().contains("for the coordinator only, and b holds a host certificate"), "{e}");
         }
         for r in [
@@ -326,8 +374,51 @@ mod tests {
                 verdict: tern_proto::Verdict::Abort,
             }),
         ] {
-            assert!(authorize(&r, &host).is_ok());
-            assert!(matches!(authorize(&r, &coordinator), Err(Denied::HostOnly { .. })));
+            assert!(authorize(&r, &host, "a").is_ok());
+            assert!(matches!(authorize(&r, &coordinator, "a"), Err(Denied::HostOnly { .. })));
+        }
+    }
+
+    #[test]
+    fn an_evacuator_drives_its_own_host_and_reads_the_others_but_only_brings_back_elsewhere() {
+        let evacuator = PeerId { name: "a".into(), role: Role::Evacuator };
+        let migrate = |target: &str, evacuation: bool| {
+            Request::Migrate(tern_proto::MigrateRequest {
+                id: 1,
+                container: "x".into(),
+                target: tern_proto::Peer { name: target.into(), address: "198.51.100.12:7443".into() },
+                options: tern_proto::MigrateOptions {
+                    mode: tern_proto::mode::Mode::StopAndCopy,
+                    compress: tern_proto::Compression::None,
+                    tcp_established: false,
+                    allow_reset: false,
+                    policy: Default::default(),
+                    lazy_restore: false,
+                    bandwidth: 0,
+                },
+                ticket: Default::default(),
+                evacuation,
+            })
+        };
+        let cordon = Request::Cordon(tern_proto::CordonRequest { cordon: None });
+        let forget = Request::Evacuation(tern_proto::EvacuationRequest { forget: vec![] });
+        // On its own host: anything a coordinator may ask.
+        for r in [migrate("b", true), cordon.clone(), forget.clone(), Request::Facts] {
+            assert_eq!(authorize(&r, &evacuator, "a"), Ok(Allowed::Yes));
+        }
+        // Elsewhere: reads, and a move back to a of what an evacuation brought.
+        for r in [Request::Facts, Request::Containers] {
+            assert_eq!(authorize(&r, &evacuator, "b"), Ok(Allowed::Yes));
+        }
+        assert_eq!(authorize(&migrate("a", false), &evacuator, "b"), Ok(Allowed::IfEvacuatedFrom("a".into())));
+        for r in [migrate("c", false), migrate("a", true), cordon, forget] {
+            let e = authorize(&r, &evacuator, "b").unwrap_err();
+            assert!(matches!(e, Denied::BeyondEvacuator { .. }), "{e}");
+            assert!(e.to_string().contains("may only evacuate a"), "{e}");
+        }
+        // Never what agents say to each other.
+        for r in [Request::Sink { bytes: 1 }] {
+            assert!(matches!(authorize(&r, &evacuator, "a"), Err(Denied::HostOnly { .. })));
         }
     }
 }

@@ -716,6 +716,9 @@ impl Run<'_> {
         if self.req.evacuation {
             self.record_evacuated();
         }
+        if let Some(info) = &self.container {
+            crate::arrivals::left(&self.agent.cfg.state_dir, &info.id);
+        }
         self.agent.cfg.faults.exit_at_source(SourceExit::AfterRestored);
         Ok(())
     }

@@ -249,7 +249,11 @@ impl Target<'_> {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        if let Err(e) = bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone() }) {
+        if let Err(e) = bundle.mark(&inplace::Marker {
+            id: self.begin.id,
+            source: self.begin.source.clone(),
+            evacuation: self.begin.ticket.body.evacuation,
+        }) {
             bundle.remove();
             return Ok(Err(format!("cannot write the folder's marker: {e}")));
         }
@@ -334,6 +338,9 @@ impl Target<'_> {
                         }
                     }
                     crate::evacuation::came_back(&self.agent.cfg.state_dir, &self.begin.container.id, &self.begin.container.name);
+                    if self.begin.ticket.body.evacuation {
+                        crate::arrivals::arrived(&self.agent.cfg.state_dir, &self.begin.container.id, &self.begin.container.name, &self.begin.source);
+                    }
                     return (state, write_frame(send, &TargetMsg::Committed).await.map_err(Into::into));
                 }
                 Action::Abort(reason) => {
@@ -694,9 +701,13 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
             Resolution::Kept
         }
         (Some(_), Some(t), Verdict::Commit) => {
+            let evacuation = t.marker.as_ref().is_some_and(|m| m.evacuation);
             t.commit().map_err(|source| TargetError::Marker { path: t.root.clone(), source })?;
             tracing::info!(id = req.id, %name, source = %peer, "committed by the source's verdict");
             crate::evacuation::came_back(&agent.cfg.state_dir, &req.container_id, name);
+            if evacuation {
+                crate::arrivals::arrived(&agent.cfg.state_dir, &req.container_id, name, peer);
+            }
             Resolution::Kept
         }
         (Some(c), Some(t), Verdict::Abort) => {

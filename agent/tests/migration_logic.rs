@@ -580,7 +580,7 @@ async fn a_revoked_host_cannot_connect_and_probes_are_bounded() {
         Response::Error(e) => assert!(e.message.contains("at most 1073741824 bytes"), "{}", e.message),
         other => panic!("{other:?}"),
     }
-    tern_transport::pki::revoke(c.dir.path(), "c").unwrap();
+    tern_transport::pki::revoke(c.dir.path(), "c", None).unwrap();
     let e = c.session_as("c", "b").await.err().expect("a revoked certificate is refused");
     assert!(e.to_string().contains("do not trust each other's certificate"), "{e}");
     // The others are not affected.

@@ -6,8 +6,12 @@ use tern_proto::facts::{ContainerInfo, HostFacts};
 use tern_proto::{Request, Response};
 use tern_transport::rpc::{RpcError, Session};
 
-/// The coordinator's name in Hello; its certificate says the same.
-pub const COORDINATOR: &str = "coordinator";
+/// The name this `tern` gives in Hello: its certificate's, `coordinator`,
+/// or a host's name for the host's evacuator certificate (agents refuse a
+/// Hello whose name is not the certificate's).
+pub fn my_name(inv: &Inventory) -> String {
+    tern_transport::endpoint::identity_of_file(&inv.tls.cert).map(|id| id.name).unwrap_or_else(|_| tern_transport::pki::COORDINATOR.to_string())
+}
 
 /// What one host answered, or why it did not.
 pub struct HostView {
@@ -31,11 +35,13 @@ impl Cluster {
     /// Connects to every host in parallel and reads its facts and containers.
     pub async fn survey(inv: &Inventory) -> anyhow::Result<Cluster> {
         let endpoint = tern_transport::client_endpoint(&inv.tls)?;
+        let me = my_name(inv);
         let futures = inv.hosts.iter().cloned().map(|entry| {
             let endpoint = endpoint.clone();
+            let me = me.clone();
             async move {
                 let limit = tern_transport::timeouts::scaled(Duration::from_secs(15));
-                let state = tokio::time::timeout(limit, survey_one(&endpoint, &entry))
+                let state = tokio::time::timeout(limit, survey_one(&endpoint, &entry, &me))
                     .await
                     .unwrap_or_else(|_| Err(format!("{} did not answer within {} s", entry.name, limit.as_secs())));
                 HostView { entry, state }
@@ -58,12 +64,12 @@ impl Cluster {
 /// One authenticated session to one host; the endpoint must outlive it.
 pub async fn connect(inv: &Inventory, entry: &HostEntry) -> anyhow::Result<(quinn::Endpoint, Session)> {
     let endpoint = tern_transport::client_endpoint(&inv.tls)?;
-    let session = Session::connect(&endpoint, entry.address, &entry.name, COORDINATOR).await?;
+    let session = Session::connect(&endpoint, entry.address, &entry.name, &my_name(inv)).await?;
     Ok((endpoint, session))
 }
 
-async fn survey_one(endpoint: &quinn::Endpoint, entry: &HostEntry) -> Result<HostState, String> {
-    let session = Session::connect(endpoint, entry.address, &entry.name, COORDINATOR).await.map_err(|e| e.to_string())?;
+async fn survey_one(endpoint: &quinn::Endpoint, entry: &HostEntry, me: &str) -> Result<HostState, String> {
+    let session = Session::connect(endpoint, entry.address, &entry.name, me).await.map_err(|e| e.to_string())?;
     let facts = match session.request(&Request::Facts).await.map_err(|e| e.to_string())? {
         Response::Facts(f) => f,
         other => return Err(session.unexpected("Facts", &other).to_string()),

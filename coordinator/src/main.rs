@@ -338,11 +338,20 @@ enum PkiCmd {
         /// How long the certificate lasts.
         #[arg(long, default_value_t = tern_transport::pki::LEAF_DAYS)]
         days: u32,
+        /// Issue NAME's evacuator certificate instead (NAME.evacuator.pem
+        /// and .key): with it, NAME's agent may evacuate NAME itself (when
+        /// the host shuts down, `[self_evacuation]`) and bring back what
+        /// left it, and nothing else.
+        #[arg(long, conflicts_with = "addresses")]
+        evacuator: bool,
     },
     /// Revoke every certificate issued to NAME: crl.pem is rewritten, and
     /// agents refuse it from their next handshake on.
     Revoke {
         name: String,
+        /// Only NAME's evacuator certificate (the host keeps its own).
+        #[arg(long)]
+        evacuator: bool,
         /// The folder `tern pki init` wrote.
         #[arg(long, visible_alias = "out")]
         dir: PathBuf,
@@ -426,16 +435,21 @@ async fn run(cli: Cli) -> Done {
     let ctx = Ctx { inventory: cli.inventory, json: cli.json, quiet: cli.quiet };
     match cli.cmd {
         Cmd::Pki { cmd: PkiCmd::Init { out, hosts, force, days } } => pki_init(&ctx, &out, &hosts, force, days),
-        Cmd::Pki { cmd: PkiCmd::Issue { name, dir, addresses, days } } => {
-            let files = tern_transport::pki::issue_with(&dir, &tern_transport::pki::HostSpec { name, addresses }, days)
-                .map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
+        Cmd::Pki { cmd: PkiCmd::Issue { name, dir, addresses, days, evacuator } } => {
+            let files = if evacuator {
+                tern_transport::pki::issue_evacuator(&dir, &name, days)
+            } else {
+                tern_transport::pki::issue_with(&dir, &tern_transport::pki::HostSpec { name, addresses }, days)
+            }
+            .map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
             if !ctx.json {
                 println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
             }
             Ok(ctx.doc(&view::Written { dir: &dir, files: &files }))
         }
-        Cmd::Pki { cmd: PkiCmd::Revoke { name, dir } } => {
-            let serials = tern_transport::pki::revoke(&dir, &name).map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
+        Cmd::Pki { cmd: PkiCmd::Revoke { name, dir, evacuator } } => {
+            let role = evacuator.then_some(tern_transport::Role::Evacuator);
+            let serials = tern_transport::pki::revoke(&dir, &name, role).map_err(|e| Exit::new(2, anyhow::Error::from(e)))?;
             let crl = dir.join("crl.pem");
             if !ctx.json {
                 println!(
@@ -454,6 +468,7 @@ async fn run(cli: Cli) -> Done {
         Cmd::Return { host, batch, transfer, precopy } => {
             let ask = batch.ask(host, Vec::new(), transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
+            maintenance::only_own_host(&inv, &ask.host)?;
             ret::run(&ctx, &inv, &cluster, ask).await
         }
         Cmd::Ps => ps(&ctx).await,
@@ -466,6 +481,7 @@ async fn run(cli: Cli) -> Done {
         Cmd::Evacuate { host, to, batch, transfer, precopy } => {
             let ask = batch.ask(host, to, transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
+            maintenance::only_own_host(&inv, &ask.host)?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
     }

@@ -24,6 +24,19 @@ pub async fn set_cordon(inv: &Inventory, host: &str, cordon: Option<String>) -> 
     }
 }
 
+/// With a host's evacuator certificate (`tern pki issue NAME
+/// --evacuator`), `tern evacuate` and `tern return` are for that host only;
+/// said here, before anything is asked (the agents refuse the rest anyway).
+pub fn only_own_host(inv: &Inventory, host: &str) -> Result<(), Exit> {
+    match tern_transport::endpoint::identity_of_file(&inv.tls.cert) {
+        Ok(id) if id.role == tern_transport::Role::Evacuator && id.name != host => Err(Exit::new(
+            2,
+            anyhow!("{} is {}'s evacuator certificate: it evacuates {} and brings back what left it, not {host}", inv.tls.cert.display(), id.name, id.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What `tern cordon` / `tern uncordon` say about a change.
 pub fn describe(host: &str, change: &CordonChange) -> String {
     match (&change.was, &change.now) {

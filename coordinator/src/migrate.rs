@@ -79,7 +79,7 @@ pub async fn run_with(
     evacuation: bool,
 ) -> anyhow::Result<MigrationReport> {
     let id = new_id();
-    let ticket = signer.issue(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs());
+    let ticket = signer.issue_marked(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs(), evacuation);
     let req = MigrateRequest {
         id,
         container: plan.container.name.clone(),
@@ -114,6 +114,10 @@ pub async fn run_with(
                         .map(|f| format!("{}: {}", f.field, f.note));
                     report.warnings.splice(0..0, lost);
                     return Ok(report);
+                }
+                Ok(Some(MigrateEvent::Refused(e))) => {
+                    display.finish();
+                    anyhow::bail!("{} refused the migration: {}. Nothing was touched", plan.source_name, e.message);
                 }
                 Ok(Some(MigrateEvent::Invalid)) | Ok(None) => {
                     display.finish();

@@ -317,6 +317,9 @@ pub enum MigrateEvent {
     Invalid,
     Progress(Progress),
     Done(MigrationReport),
+    /// The source agent refused the request before doing anything (the
+    /// asker's certificate does not allow it): nothing was touched.
+    Refused(RemoteError),
 }
 
 /// Sent by the coordinator on an open `Migrate` stream.
@@ -572,6 +575,10 @@ pub struct TicketBody {
     /// Seconds since the Unix epoch.
     pub issued_at: u64,
     pub expires_at: u64,
+    /// A move of an evacuation (`tern evacuate`): the target remembers
+    /// where the container came from, so that the evacuated host's own
+    /// evacuator certificate may later bring it back, and nothing else.
+    pub evacuation: bool,
 }
 
 /// A [`TicketBody`], its ECDSA P-256 signature (ASN.1 DER, SHA-256) and the

@@ -4,7 +4,10 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 6 added bandwidth caps (`MigrateOptions::bandwidth`, the cap a
+/// Version 7 marks tickets of evacuation moves (`TicketBody::evacuation`),
+/// which a target records to let the evacuated host's evacuator
+/// certificate bring them back, and lets a source refuse a `Migrate` in
+/// its own stream (`MigrateEvent::Refused`). Version 6 added bandwidth caps (`MigrateOptions::bandwidth`, the cap a
 /// move asks of its source; the cap a migration ran under and how long its
 /// streams waited for it in the report, `MigrationReport::bandwidth` and
 /// `throttled_ms`; the agent's own cap in `HostStatus::bandwidth_cap`),
@@ -23,10 +26,10 @@
 /// and the report) and where the images were held (RAM or disk). Version 2
 /// added pre-copy rounds, file sets and delta records. Older versions are no
 /// longer spoken: agents of one cluster are upgraded together.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[6];
+pub const SUPPORTED_VERSIONS: &[u16] = &[7];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

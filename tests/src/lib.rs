@@ -563,6 +563,24 @@ pub fn signal(pid: u32, signal: &str) -> Result<()> {
     Ok(())
 }
 
+/// The lab's state folder (certificates, inventories, agents' configs).
+pub fn lab_state() -> PathBuf {
+    std::env::var_os("TERN_LAB_STATE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tern"))
+}
+
+/// The `tern` program the tests run.
+pub fn tern_program() -> PathBuf {
+    bin_dir().join("tern")
+}
+
+/// Stops `host`'s agent as systemd would (SIGTERM) and waits up to
+/// `limit` for it to exit.
+pub fn stop_agent(host: &str, limit: Duration) -> Result<()> {
+    let pid: u32 = std::fs::read_to_string(lab_state().join("hosts").join(host).join("agent.pid"))?.trim().parse()?;
+    signal(pid, "TERM")?;
+    wait_until(limit, &format!("{host}'s agent to exit"), || Ok((!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())))
+}
+
 /// Kills `host`'s agent as `kill -9` would (no cleanup).
 pub fn kill_agent(host: &str) -> Result<()> {
     let state = std::env::var_os("TERN_LAB_STATE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tern"));

@@ -1460,10 +1460,155 @@ fn evacuate_in_parallel_moves_every_container_with_its_pids_and_counter() {
     scenario_evacuate_parallel().unwrap();
 }
 
-// A 3-host test (`scripts/lab.sh up --hosts 3`) would go here: evacuate
-// client1 with client3 cordoned and client2 short of room, checking that
-// placement spreads by room and never picks client3. It is not written:
-// the suite runs on the 2-host lab.
+/// Brings the lab back to two agent hosts when dropped (client3 and its
+/// containers go).
+struct TwoHosts;
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        let _ = run(&mut lab(&["up", "--hosts", "2"]));
+    }
+}
+
+/// Where each of `names` runs now (client1..client3), or an error naming
+/// the one that runs nowhere or twice.
+fn placement(names: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for n in names {
+        let on: Vec<&str> = ["client1", "client2", "client3"].into_iter().filter(|h| state(h, n).ok().flatten().as_deref() == Some("running")).collect();
+        ensure!(on.len() == 1, "{n} runs on {on:?}");
+        out.push((n.to_string(), on[0].to_string()));
+    }
+    Ok(out)
+}
+
+/// Three agent hosts (`scripts/lab.sh up --hosts 3`; two again at the end):
+///
+/// 1. client3 cordoned, `tern evacuate client1 --parallel 3` puts three
+///    counters and a 128 MiB memhog all on client2 (the cordon is
+///    respected); `tern return client1 --parallel 3` brings them back with
+///    their PIDs, counters carrying on, and uncordons client1.
+/// 2. client1's evacuator certificate (`tern pki issue client1
+///    --evacuator`) cannot evacuate client2, cannot take a container of
+///    client2's, and cannot make a plain move of client1's: each refused,
+///    nothing moved.
+/// 3. With `[self_evacuation] on_stop = "always"`, client1's agent stopped
+///    as systemd stops it (SIGTERM) evacuates client1 first, onto client2
+///    and client3, a Redis with a client on client0 among the containers;
+///    started again, it brings everything back and uncordons client1. The
+///    client's one connection survives both moves, every acknowledged
+///    write is there.
+fn scenario_three_hosts() -> Result<()> {
+    let counters = ["e2e-3h-a", "e2e-3h-b", "e2e-3h-c"];
+    let (hog, other, redis) = ("e2e-3h-hog", "e2e-3h-other", "e2e-3h-redis");
+    for n in counters.iter().chain(&[hog, other, redis]) {
+        remove_everywhere(n);
+    }
+    ok(&mut lab(&["up", "--hosts", "3"]))?;
+    let _two = TwoHosts;
+    let _undo1 = Uncordon("client1");
+    let _undo3 = Uncordon("client3");
+    for n in counters {
+        start_counter("client1", n)?;
+    }
+    start_memhog("client1", hog, 128, 0)?;
+    let mut all: Vec<&str> = counters.to_vec();
+    all.push(hog);
+    let mut before = Vec::new();
+    for n in &all {
+        count_reaches("client1", n, 5)?;
+        before.push((n.to_string(), top("client1", n)?));
+    }
+
+    // 1. The cordon of client3 is respected; the way back.
+    ok(&mut tern(&["cordon", "client3", "--reason", "e2e: not a target"]))?;
+    let t = Instant::now();
+    let r = tern_json(&["evacuate", "client1", "--parallel", "3"])?;
+    let evacuate_ms = t.elapsed().as_millis();
+    ensure!(r.code == 0 && r.json["outcome"] == "completed", "{}", r.all);
+    for (n, on) in placement(&all)? {
+        ensure!(on == "client2", "{n} went to {on} with client3 cordoned: {}", r.json);
+    }
+    ok(&mut tern(&["uncordon", "client3"]))?;
+    let t = Instant::now();
+    let r = tern_json(&["return", "client1", "--parallel", "3"])?;
+    let return_ms = t.elapsed().as_millis();
+    ensure!(r.code == 0 && r.json["outcome"] == "completed" && r.json["uncordoned"] == true, "{}", r.all);
+    for (n, pids) in &before {
+        ensure!(state("client1", n)?.as_deref() == Some("running"), "{n} did not come back");
+        ensure!(&top("client1", n)? == pids, "{n}: PIDs changed");
+    }
+    for n in counters {
+        let c = count("client1", n)?;
+        count_reaches("client1", n, c + 3)?;
+    }
+    eprintln!("three hosts: evacuate --parallel 3 took {evacuate_ms} ms, return --parallel 3 {return_ms} ms ({} containers)", all.len());
+
+    // 2. What client1's evacuator certificate cannot do.
+    let evac = lab_state().join("hosts/client1/evacuate.toml");
+    let evac = evac.to_str().context("path")?;
+    let r = tern_json(&["--inventory", evac, "evacuate", "client2"])?;
+    ensure!(r.code == 2 && r.json["error"].as_str().unwrap_or_default().contains("client1's evacuator certificate"), "{}", r.all);
+    // An address of its own, so that only the evacuator's limits refuse it.
+    ok(&mut podman("client2", &["run", "-d", "--name", other, "--ip", "203.0.113.200", IMAGE, "sh", "-c", COUNTER_LOOP]))?;
+    let r = tern_json(&["--inventory", evac, "migrate", other, "--to", "client1"])?;
+    ensure!(r.code != 0 && r.all.contains("may only evacuate client1"), "{}", r.all);
+    ensure!(state("client2", other)?.as_deref() == Some("running"), "{other} moved");
+    let r = tern_json(&["--inventory", evac, "migrate", counters[0], "--to", "client2"])?;
+    ensure!(r.code != 0 && r.all.contains("evacuator certificate"), "a plain move with it: {}", r.all);
+    ensure!(state("client1", counters[0])?.as_deref() == Some("running"), "{} did not stay", counters[0]);
+    remove_everywhere(other);
+
+    // 3. Evacuated by the agent's own stop, and back after its start.
+    let addr = start_redis("client1", redis, "lan", &[], None)?;
+    let client = RedisClient::start(&addr, "e2e:3h")?;
+    all.push(redis);
+    let pids_redis = top("client1", redis)?;
+    let extra = format!(
+        "[self_evacuation]\non_stop = \"always\"\ninventory = \"{evac}\"\ntern = \"{}\"\nparallel = 3\nlimit_secs = 600\n",
+        tern_program().display()
+    );
+    restart_agent("client1", &extra)?;
+    let t = Instant::now();
+    stop_agent("client1", Duration::from_secs(900))?;
+    let stop_ms = t.elapsed().as_millis();
+    let away = placement(&all)?;
+    ensure!(away.iter().all(|(_, on)| on != "client1"), "left on client1: {away:?}");
+    let on3 = away.iter().filter(|(_, on)| on == "client3").count();
+    eprintln!("shutdown evacuation: the agent's stop took {stop_ms} ms; placed {away:?}");
+    ensure!(on3 > 0 && on3 < away.len(), "one target took everything: {away:?}");
+    ensure!(Path::new("/var/lib/tern-lab/client1/agent/self-evacuated").exists(), "the stop left no marker for the way back");
+    let t = Instant::now();
+    restart_agent("client1", &extra)?;
+    wait_until(Duration::from_secs(900), "everything back on client1, uncordoned", || {
+        let back = placement(&all).map(|p| p.iter().all(|(_, on)| on == "client1")).unwrap_or(false);
+        Ok((back && host_row("client1")?["cordoned"] == false).then_some(()))
+    })?;
+    eprintln!("after the start: everything back in {} ms", t.elapsed().as_millis());
+    for (n, pids) in &before {
+        ensure!(&top("client1", n)? == pids, "{n}: PIDs changed");
+    }
+    ensure!(top("client1", redis)? == pids_redis, "redis: PIDs changed");
+    std::thread::sleep(Duration::from_secs(2));
+    let summary = client.finish()?;
+    ensure!(summary["errors"] == 0 && summary["connections"] == 1, "the client's connection did not survive: {summary}");
+    let acked = summary["acked"].as_u64().unwrap_or(0);
+    let v = RedisClient::verify(&addr, "e2e:3h", acked)?;
+    ensure!(v["ok"] == true, "acknowledged writes missing: {v}");
+    eprintln!("redis through the shutdown and back: {acked} writes, client's longest gap {} ms", summary["longest_gap_ms"]);
+    no_leftovers()?;
+    for n in &all {
+        remove_everywhere(n);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn three_hosts_evacuate_in_parallel_return_and_drain_on_shutdown() {
+    let _lab = lab_guard();
+    scenario_three_hosts().unwrap();
+}
 
 /// `tern return client1` after `tern evacuate client1 --to client2`, one of
 /// the two containers removed on client2 by hand meanwhile: client1's agent

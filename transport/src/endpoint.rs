@@ -1,7 +1,7 @@
 //! quinn endpoints, tuned for moving container checkpoints (hundreds of MiB)
 //! between hosts on a LAN, and detecting a dead peer within seconds.
 
-pub use crate::identity::{identity_of, PeerId};
+pub use crate::identity::{identity_of, identity_of_file, PeerId};
 use crate::timeouts::scaled;
 use crate::tls::{client_config, server_config, TlsFiles};
 use crate::TransportError;

@@ -36,8 +36,18 @@ pub fn identity_of(der: &[u8]) -> Result<PeerId, TransportError> {
         _ => return Err(TransportError::RoleMismatch { name, role: "several".into() }),
     };
     let coordinator_name = name == COORDINATOR;
-    if coordinator_name != (role == Role::Coordinator) || (role == Role::Host && crate::pki::valid_host_name(&name).is_err()) {
+    if coordinator_name != (role == Role::Coordinator) || (role != Role::Coordinator && crate::pki::valid_host_name(&name).is_err()) {
         return Err(TransportError::RoleMismatch { name, role: role.to_string() });
     }
     Ok(PeerId { name, role })
+}
+
+/// The name and role of the certificate in a PEM file (the one a
+/// coordinator or an evacuator presents).
+pub fn identity_of_file(path: &std::path::Path) -> Result<PeerId, TransportError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).map_err(|io| TransportError::ReadPem { what: "certificate", path: path.to_path_buf(), io })?;
+    let der = CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| TransportError::BadPem { what: "certificate", path: path.to_path_buf(), detail: e.to_string() })?;
+    identity_of(der.as_ref())
 }

@@ -8,8 +8,14 @@
 //! to the coordinator and clients of each other.
 //!
 //! **Roles.** Each leaf carries its role in the subject's
-//! OrganizationalUnit: exactly `tern-coordinator` or `tern-host`
-//! ([`ROLE_OU_COORDINATOR`], [`ROLE_OU_HOST`]). The name `coordinator` is
+//! OrganizationalUnit: exactly `tern-coordinator`, `tern-host` or
+//! `tern-evacuator` ([`ROLE_OU_COORDINATOR`], [`ROLE_OU_HOST`],
+//! [`ROLE_OU_EVACUATOR`]). An evacuator certificate (`tern pki issue NAME
+//! --evacuator`, files `NAME.evacuator.pem`/`.key`) lets host NAME's agent
+//! drive the evacuation of NAME itself and the way back, and nothing else
+//! (`agent/src/server.rs` says what it may ask; `ticket.rs` what tickets it
+//! may sign). It is a client certificate only: no subject alternative
+//! name, no server authentication, so it cannot stand in for a host. The name `coordinator` is
 //! the coordinator's only; host names that clash with it or with the PKI's
 //! own files (`ca`, `crl`, `issued`, `localhost`...) are refused. A
 //! certificate without a role (made before roles existed) is refused at
@@ -35,6 +41,7 @@ pub const COORDINATOR: &str = "coordinator";
 /// The OrganizationalUnit values that carry a certificate's role.
 pub const ROLE_OU_COORDINATOR: &str = "tern-coordinator";
 pub const ROLE_OU_HOST: &str = "tern-host";
+pub const ROLE_OU_EVACUATOR: &str = "tern-evacuator";
 /// Names no host may have: the coordinator's, and names of the PKI's own
 /// files or that mean "this machine".
 pub const RESERVED: &[&str] = &[COORDINATOR, "ca", "crl", "issued", "localhost", "localhost.localdomain", "root", "tern"];
@@ -49,6 +56,8 @@ pub const CA_DAYS: u32 = 3650;
 pub enum Role {
     Coordinator,
     Host,
+    /// A host's right to evacuate itself, and nothing more.
+    Evacuator,
 }
 
 impl Role {
@@ -56,12 +65,14 @@ impl Role {
         match self {
             Role::Coordinator => "coordinator",
             Role::Host => "host",
+            Role::Evacuator => "evacuator",
         }
     }
     fn ou(&self) -> &'static str {
         match self {
             Role::Coordinator => ROLE_OU_COORDINATOR,
             Role::Host => ROLE_OU_HOST,
+            Role::Evacuator => ROLE_OU_EVACUATOR,
         }
     }
     /// The role an OrganizationalUnit value names.
@@ -69,6 +80,7 @@ impl Role {
         match ou {
             ROLE_OU_COORDINATOR => Some(Role::Coordinator),
             ROLE_OU_HOST => Some(Role::Host),
+            ROLE_OU_EVACUATOR => Some(Role::Evacuator),
             _ => None,
         }
     }
@@ -196,12 +208,21 @@ struct Ca {
 }
 
 fn leaf(host: &HostSpec, role: Role, days: u32, ca: &Ca) -> Result<(String, String, Issued), PkiError> {
-    let mut p = CertificateParams::new(vec![host.name.clone()])?;
+    let mut p = if role == Role::Evacuator {
+        // A client only: without a subject alternative name no TLS client
+        // accepts it as the server `host.name`.
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p
+    } else {
+        let mut p = CertificateParams::new(vec![host.name.clone()])?;
+        p.subject_alt_names.extend(host.addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p
+    };
     p.distinguished_name.push(DnType::CommonName, host.name.clone());
     p.distinguished_name.push(DnType::OrganizationalUnitName, role.ou());
-    p.subject_alt_names.extend(host.addresses.iter().map(|ip| SanType::IpAddress(*ip)));
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let now = OffsetDateTime::now_utc();
     p.not_before = now - Duration::hours(1);
     p.not_after = now + Duration::days(days.into());
@@ -216,11 +237,20 @@ fn leaf(host: &HostSpec, role: Role, days: u32, ca: &Ca) -> Result<(String, Stri
 
 fn write_leaf(dir: &Path, host: &HostSpec, role: Role, days: u32, ca: &Ca, record: &mut Vec<Issued>) -> Result<Vec<PathBuf>, PkiError> {
     let (cert, key, issued) = leaf(host, role, days, ca)?;
-    let (c, k) = (dir.join(format!("{}.pem", host.name)), dir.join(format!("{}.key", host.name)));
+    let stem = leaf_stem(&host.name, role);
+    let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
     write(&k, &key, true)?;
     write(&c, &cert, false)?;
     record.push(issued);
     Ok(vec![c, k])
+}
+
+/// The files' name without extension: `NAME`, or `NAME.evacuator`.
+pub fn leaf_stem(name: &str, role: Role) -> String {
+    match role {
+        Role::Evacuator => format!("{name}.evacuator"),
+        Role::Coordinator | Role::Host => name.to_string(),
+    }
 }
 
 fn check_days(days: u32) -> Result<(), PkiError> {
@@ -330,23 +360,35 @@ pub fn issue(dir: &Path, host: &HostSpec) -> Result<Vec<PathBuf>, PkiError> {
 }
 
 pub fn issue_with(dir: &Path, host: &HostSpec, days: u32) -> Result<Vec<PathBuf>, PkiError> {
+    issue_role(dir, host, Role::Host, days)
+}
+
+/// Adds (or renews) host `name`'s evacuator certificate
+/// (`NAME.evacuator.pem`/`.key`): for its agent to evacuate that host
+/// itself, say when the host shuts down.
+pub fn issue_evacuator(dir: &Path, name: &str, days: u32) -> Result<Vec<PathBuf>, PkiError> {
+    issue_role(dir, &HostSpec { name: name.to_string(), addresses: vec![] }, Role::Evacuator, days)
+}
+
+fn issue_role(dir: &Path, host: &HostSpec, role: Role, days: u32) -> Result<Vec<PathBuf>, PkiError> {
     check_days(days)?;
     valid_host_name(&host.name)?;
     let ca = load_ca(dir)?;
     let mut record = read_record(dir)?;
-    let mut files = write_leaf(dir, host, Role::Host, days, &ca, &mut record)?;
+    let mut files = write_leaf(dir, host, role, days, &ca, &mut record)?;
     files.push(write_record(dir, &record)?);
     Ok(files)
 }
 
-/// Revokes every certificate issued to `name` and not revoked yet, and
-/// rewrites `crl.pem`. Returns the serials revoked (hex).
-pub fn revoke(dir: &Path, name: &str) -> Result<Vec<String>, PkiError> {
+/// Revokes every certificate issued to `name` (of `role` only, when given)
+/// and not revoked yet, and rewrites `crl.pem`. Returns the serials
+/// revoked (hex).
+pub fn revoke(dir: &Path, name: &str, role: Option<Role>) -> Result<Vec<String>, PkiError> {
     let ca = load_ca(dir)?;
     let mut record = read_record(dir)?;
     let now = rfc3339(OffsetDateTime::now_utc());
     let mut serials = Vec::new();
-    for i in record.iter_mut().filter(|i| i.name == name && i.revoked_at.is_none()) {
+    for i in record.iter_mut().filter(|i| i.name == name && i.revoked_at.is_none() && role.is_none_or(|r| r == i.role)) {
         i.revoked_at = Some(now.clone());
         serials.push(i.serial.clone());
     }

@@ -6,7 +6,9 @@
 //! accepts the `Receive` only if [`verify`] passes:
 //!
 //! 1. the certificate in the ticket chains to the cluster CA, is valid now
-//!    and not revoked, and has the coordinator role;
+//!    and not revoked, and has the coordinator role, or is host H's
+//!    evacuator certificate and the ticket moves a container away from H
+//!    in an evacuation, or back to H ([`evacuator_may_sign`]);
 //! 2. the signature over [`signing_bytes`] verifies with its key;
 //! 3. [`check`]: not expired (with [`CLOCK_SKEW_SECS`] of slack either
 //!    way), not living longer than [`MAX_LIFETIME_SECS`], naming this agent
@@ -90,6 +92,8 @@ pub enum TicketError {
     Untrusted(String),
     #[error("the migration ticket is signed by {0}, which does not hold the coordinator role")]
     NotCoordinator(String),
+    #[error("the migration ticket is signed by {signer}'s evacuator certificate, which may only evacuate {signer} and bring back what left it; not move {container} from {from} to {to}")]
+    BeyondEvacuator { signer: String, container: String, from: String, to: String },
     #[error("the migration ticket's signature does not verify")]
     BadSignature,
     #[error("the migration ticket expired {0} s ago; run the migration again from the coordinator")]
@@ -147,6 +151,24 @@ pub fn check(body: &TicketBody, me: &str, peer: &str, begin: &Begin, now: u64) -
     Ok(())
 }
 
+/// What host `host`'s evacuator certificate may sign: a move of an
+/// evacuation away from `host`, or a move (not itself an evacuation) back
+/// to it. That the container being brought back did leave `host` in an
+/// evacuation is for its current host to check (it recorded the arrival).
+pub fn evacuator_may_sign(host: &str, body: &TicketBody) -> Result<(), TicketError> {
+    let away = body.evacuation && body.source == host && body.target != host;
+    let back = !body.evacuation && body.target == host && body.source != host;
+    if away || back {
+        return Ok(());
+    }
+    Err(TicketError::BeyondEvacuator {
+        signer: host.into(),
+        container: body.container.clone(),
+        from: body.source.clone(),
+        to: body.target.clone(),
+    })
+}
+
 /// Checks `sig` over the ticket's bytes with an ECDSA P-256 public key
 /// (an uncompressed point, as a certificate's SubjectPublicKeyInfo holds).
 pub fn verify_signature(body: &TicketBody, sig: &[u8], public_key: &[u8]) -> Result<(), TicketError> {
@@ -157,8 +179,10 @@ pub fn verify_signature(body: &TicketBody, sig: &[u8], public_key: &[u8]) -> Res
 pub fn verify(ticket: &Ticket, trust: &Trust, me: &str, peer: &str, begin: &Begin, now: u64) -> Result<(), TicketError> {
     trust.verify_leaf(&ticket.cert, UnixTime::since_unix_epoch(Duration::from_secs(now))).map_err(|e| TicketError::Untrusted(e.to_string()))?;
     let signer = identity_of(&ticket.cert).map_err(|e| TicketError::Untrusted(e.to_string()))?;
-    if signer.role != Role::Coordinator {
-        return Err(TicketError::NotCoordinator(signer.name));
+    match signer.role {
+        Role::Coordinator => {}
+        Role::Evacuator => evacuator_may_sign(&signer.name, &ticket.body)?,
+        Role::Host => return Err(TicketError::NotCoordinator(signer.name)),
     }
     let (_, cert) = x509_parser::parse_x509_certificate(&ticket.cert).map_err(|e| TicketError::Untrusted(e.to_string()))?;
     verify_signature(&ticket.body, &ticket.signature, &cert.public_key().subject_public_key.data)?;
@@ -197,13 +221,14 @@ pub struct Signer {
 
 impl Signer {
     /// Loads the coordinator's certificate and key; the certificate must
-    /// hold the coordinator role.
+    /// hold the coordinator role, or be a host's evacuator certificate
+    /// (whose tickets targets accept only within [`evacuator_may_sign`]).
     pub fn load(files: &TlsFiles) -> Result<Signer, TransportError> {
         let read = |what, path: &std::path::Path| std::fs::read(path).map_err(|io| TransportError::ReadPem { what, path: path.to_path_buf(), io });
         let bad = |what, path: &std::path::Path, detail: String| TransportError::BadPem { what, path: path.to_path_buf(), detail };
         let cert = CertificateDer::from_pem_slice(&read("certificate", &files.cert)?).map_err(|e| bad("certificate", &files.cert, e.to_string()))?;
         let id = identity_of(cert.as_ref())?;
-        if id.role != Role::Coordinator {
+        if id.role == Role::Host {
             return Err(TransportError::WrongRole { peer: id.name, role: id.role.to_string(), expected: "coordinator certificate" });
         }
         let key = match PrivateKeyDer::from_pem_slice(&read("private key", &files.key)?) {
@@ -220,6 +245,11 @@ impl Signer {
     /// A ticket for moving `c` (as the coordinator checked it) from
     /// `source` to `target`, valid [`TICKET_LIFETIME`] from `now`.
     pub fn issue(&self, migration_id: MigrationId, source: &str, target: &str, c: &ContainerInfo, now: u64) -> Ticket {
+        self.issue_marked(migration_id, source, target, c, now, false)
+    }
+
+    /// As [`Signer::issue`], for a move of an evacuation when `evacuation`.
+    pub fn issue_marked(&self, migration_id: MigrationId, source: &str, target: &str, c: &ContainerInfo, now: u64, evacuation: bool) -> Ticket {
         use ring::rand::SecureRandom;
         let mut ticket_id = [0u8; 16];
         self.rng.fill(&mut ticket_id).expect("the system's random source works");
@@ -234,6 +264,7 @@ impl Signer {
             spec_hash: spec_hash(c),
             issued_at: now,
             expires_at: now + TICKET_LIFETIME.as_secs(),
+            evacuation,
         };
         self.sign(body)
     }
@@ -296,6 +327,7 @@ mod tests {
             spec_hash: spec_hash(&container()),
             issued_at: NOW,
             expires_at: NOW + 600,
+            evacuation: false,
         }
     }
 
@@ -369,7 +401,40 @@ mod tests {
         let stranger = Signer::load(&TlsFiles::in_dir(other.path(), "coordinator")).unwrap().issue(7, "a", "b", &container(), now);
         assert!(matches!(verify(&stranger, &trust, "b", "a", &begin(), now), Err(TicketError::Untrusted(_))));
         // A revoked coordinator's tickets are refused.
-        crate::pki::revoke(dir.path(), "coordinator").unwrap();
+        crate::pki::revoke(dir.path(), "coordinator", None).unwrap();
         assert!(matches!(verify(&t, &trust, "b", "a", &begin(), now), Err(TicketError::Untrusted(_))), "revoked");
+    }
+
+    #[test]
+    fn an_evacuator_signs_its_own_evacuation_and_the_way_back_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = ["a", "b"].map(|n| crate::pki::HostSpec { name: n.into(), addresses: vec![] });
+        crate::pki::init(dir.path(), &hosts, false).unwrap();
+        crate::pki::issue_evacuator(dir.path(), "a", 30).unwrap();
+        let evacuator = Signer::load(&TlsFiles::in_dir(dir.path(), "a.evacuator")).unwrap();
+        let trust = Trust::load(&TlsFiles::in_dir(dir.path(), "b")).unwrap();
+        let now = now_secs();
+        // a evacuates itself onto b.
+        let away = evacuator.issue_marked(7, "a", "b", &container(), now, true);
+        assert_eq!(verify(&away, &trust, "b", "a", &begin(), now), Ok(()));
+        // Not a plain move away from a (only evacuations), nor anything
+        // between other hosts, nor an "evacuation" of another host.
+        let plain = evacuator.issue(7, "a", "b", &container(), now);
+        assert!(matches!(verify(&plain, &trust, "b", "a", &begin(), now), Err(TicketError::BeyondEvacuator { .. })));
+        let begin_c = Begin { source: "c".into(), ..begin() };
+        for (src, evac) in [("c", true), ("c", false)] {
+            let t = evacuator.issue_marked(7, src, "b", &container(), now, evac);
+            assert!(matches!(verify(&t, &trust, "b", "c", &begin_c, now), Err(TicketError::BeyondEvacuator { .. })), "{src} {evac}");
+        }
+        // The way back: b to a, not marked as an evacuation.
+        let back_body = TicketBody { source: "b".into(), target: "a".into(), ..body() };
+        assert_eq!(evacuator_may_sign("a", &back_body), Ok(()));
+        assert!(evacuator_may_sign("a", &TicketBody { evacuation: true, ..back_body.clone() }).is_err());
+        assert!(evacuator_may_sign("a", &TicketBody { source: "a".into(), ..back_body }).is_err());
+        // Revoking it (alone: the host's own certificate stays) ends it.
+        crate::pki::revoke(dir.path(), "a", Some(crate::pki::Role::Evacuator)).unwrap();
+        assert!(matches!(verify(&away, &trust, "b", "a", &begin(), now), Err(TicketError::Untrusted(_))));
+        let record = crate::pki::read_record(dir.path()).unwrap();
+        assert!(record.iter().any(|i| i.name == "a" && i.role == crate::pki::Role::Host && i.revoked_at.is_none()));
     }
 }

@@ -192,7 +192,7 @@ async fn a_revoked_certificate_cannot_connect_either_way_and_others_still_can() 
     let dir = cluster();
     pki::issue(dir.path(), &host("c")).unwrap();
     assert!(try_connect(dir.path(), "a", "c").await.is_ok(), "an issued host connects");
-    let serials = pki::revoke(dir.path(), "c").unwrap();
+    let serials = pki::revoke(dir.path(), "c", None).unwrap();
     assert_eq!(serials.len(), 1);
     assert!(dir.path().join("crl.pem").exists());
     let err = try_connect(dir.path(), "a", "c").await.unwrap_err();
@@ -203,7 +203,7 @@ async fn a_revoked_certificate_cannot_connect_either_way_and_others_still_can() 
     // Re-issued, it is trusted again; revoking twice finds nothing more.
     pki::issue(dir.path(), &host("c")).unwrap();
     assert!(try_connect(dir.path(), "a", "c").await.is_ok());
-    assert!(matches!(pki::revoke(dir.path(), "nobody"), Err(PkiError::UnknownName(_))));
+    assert!(matches!(pki::revoke(dir.path(), "nobody", None), Err(PkiError::UnknownName(_))));
 }
 
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn a_revocation_takes_effect_on_a_running_server_at_the_next_handshake() {
     let client = client_endpoint(&files(dir.path(), "b")).unwrap();
     let first = connect(&client, addr, "a").await.unwrap();
     assert!(first.close_reason().is_none());
-    pki::revoke(dir.path(), "b").unwrap();
+    pki::revoke(dir.path(), "b", None).unwrap();
     let err = match connect(&client, addr, "a").await {
         Err(e) => e,
         Ok(conn) => tern_transport::endpoint::classify("a", addr, conn.closed().await),
@@ -259,4 +259,23 @@ async fn roles_are_in_the_certificates_and_a_certificate_without_one_is_refused(
     assert!(e.to_string().contains("tern pki issue old"), "{e}");
     let err = try_connect(dir.path(), "a", "old").await.unwrap_err();
     assert!(matches!(err, TransportError::Certificate { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_evacuator_certificate_is_a_client_only() {
+    let dir = cluster();
+    let files_written = pki::issue_evacuator(dir.path(), "a", 30).unwrap();
+    assert!(files_written.iter().any(|f| f.ends_with("a.evacuator.pem")), "{files_written:?}");
+    let mode = std::fs::metadata(dir.path().join("a.evacuator.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // As a client of b it is known as a, in the evacuator role.
+    let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &files(dir.path(), "b")).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = tokio::spawn(async move { tern_transport::peer_identity(&server.accept().await.unwrap().await.unwrap()).unwrap() });
+    let client = client_endpoint(&files(dir.path(), "a.evacuator")).unwrap();
+    connect(&client, addr, "b").await.unwrap();
+    assert_eq!(accept.await.unwrap(), tern_transport::PeerId { name: "a".into(), role: tern_transport::Role::Evacuator });
+    // It cannot serve as host a: it names no server.
+    assert!(try_connect(dir.path(), "a.evacuator", "b").await.is_err());
+    assert!(matches!(pki::issue_evacuator(dir.path(), "coordinator", 30), Err(PkiError::Reserved(_))));
 }

@@ -55,6 +55,10 @@ pub struct Marker {
     pub id: tern_proto::MigrationId,
     /// The source agent's name, the only peer that may settle it.
     pub source: String,
+    /// A move of an evacuation (its ticket's mark): once committed, this
+    /// host records where it came from (`arrivals.rs`).
+    #[serde(default)]
+    pub evacuation: bool,
 }
 
 /// A tentative folder found by container ID: its marker (`None` when it is

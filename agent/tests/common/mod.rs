@@ -767,6 +767,7 @@ impl Cluster {
                 }
                 MigrateEvent::Done(r) => return (events, r),
                 MigrateEvent::Invalid => panic!("invalid event"),
+                MigrateEvent::Refused(e) => panic!("refused: {}", e.message),
             }
         }
     }

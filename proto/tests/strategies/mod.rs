@@ -171,8 +171,9 @@ fn compression() -> impl Strategy<Value = Compression> {
 }
 
 fn ticket() -> impl Strategy<Value = Ticket> {
-    let body = (any::<[u8; 16]>(), any::<u64>(), text(), text(), text(), text(), text(), any::<[u8; 32]>(), any::<u64>(), any::<u64>()).prop_map(
-        |(ticket_id, migration_id, source, target, container, container_id, image_id, spec_hash, issued_at, expires_at)| TicketBody {
+    let ids = (any::<[u8; 16]>(), any::<u64>(), text(), text(), text(), text(), text(), any::<[u8; 32]>());
+    let body = (ids, any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+        |((ticket_id, migration_id, source, target, container, container_id, image_id, spec_hash), issued_at, expires_at, evacuation)| TicketBody {
             ticket_id,
             migration_id,
             source,
@@ -183,6 +184,7 @@ fn ticket() -> impl Strategy<Value = Ticket> {
             spec_hash,
             issued_at,
             expires_at,
+            evacuation,
         },
     );
     (body, vec(any::<u8>(), 0..80), vec(any::<u8>(), 0..120)).prop_map(|(body, signature, cert)| Ticket { body, signature, cert })
@@ -414,7 +416,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
 pub fn migrate_event() -> impl Strategy<Value = MigrateEvent> {
     let progress =
         (phase(), any::<u64>(), any::<u64>(), text()).prop_map(|(phase, bytes, elapsed_ms, note)| Progress { phase, bytes, elapsed_ms, note });
-    prop_oneof![Just(MigrateEvent::Invalid), progress.prop_map(MigrateEvent::Progress), report().prop_map(MigrateEvent::Done)]
+    let refused = text().prop_map(|message| MigrateEvent::Refused(RemoteError { message }));
+    prop_oneof![Just(MigrateEvent::Invalid), progress.prop_map(MigrateEvent::Progress), report().prop_map(MigrateEvent::Done), refused]
 }
 
 pub fn coordinator_signal() -> impl Strategy<Value = CoordinatorSignal> {
