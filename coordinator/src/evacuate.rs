@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tern_proto::compat::Severity;
 use tern_proto::facts::ContainerInfo;
-use tern_proto::{MigrationReport, Outcome};
+use tern_proto::Outcome;
 
 /// The reason an evacuation's cordon records.
 pub const CORDON_REASON: &str = "evacuating (tern evacuate)";
@@ -150,12 +150,12 @@ pub(crate) enum MoveResult {
     /// Failed before the source agent could report (refused on the check
     /// right before the freeze, no room, or contact lost).
     NotMoved(String),
-    Reported(Box<MigrationReport>),
+    Reported(Box<migrate::Moved>),
 }
 
 impl MoveResult {
     pub(crate) fn completed(&self) -> bool {
-        matches!(self, MoveResult::Reported(r) if matches!(r.outcome, Outcome::Completed))
+        matches!(self, MoveResult::Reported(m) if matches!(m.report.outcome, Outcome::Completed))
     }
 }
 
@@ -347,7 +347,7 @@ async fn check_all(cluster: &Cluster, host: &str, running: &[&ContainerInfo], ro
         let mut allowed = Vec::new();
         for t in rooms {
             let t = &t.name;
-            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset).await {
+            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset, &ask.opts.force).await {
                 Ok(p) if !p.blocked() => {
                     out.modes.insert((c.name.clone(), t.clone()), p.mode.as_str().to_string());
                     allowed.push(t.clone());
@@ -400,13 +400,13 @@ pub(crate) fn results_table(moves: &[(String, String)], results: &[MoveResult], 
         .iter()
         .zip(results)
         .map(|((c, t), r)| match r {
-            MoveResult::Reported(report) => vec![
+            MoveResult::Reported(moved) => vec![
                 c.clone(),
                 t.clone(),
-                report.mode.as_str().to_string(),
-                output::outcome_word(&report.outcome).to_string(),
-                report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
-                output::ms(report.total_ms),
+                moved.report.mode.as_str().to_string(),
+                output::outcome_word(&moved.report.outcome).to_string(),
+                moved.report.downtime_ms.map(output::ms).unwrap_or_else(|| "-".into()),
+                output::ms(moved.report.total_ms),
             ],
             MoveResult::NotStarted => vec![c.clone(), t.clone(), "-".into(), "not started (cancelled)".into(), "-".into(), "-".into()],
             MoveResult::NotMoved(_) => vec![c.clone(), t.clone(), "-".into(), "not moved".into(), "-".into(), "-".into()],
@@ -491,14 +491,15 @@ pub(crate) async fn run_moves(
                 let (i, result) = joined.map_err(|e| Exit::new(1, anyhow!("a move's task failed: {e}")))?;
                 let (c, t) = &moves[i];
                 let result = match result {
-                    Ok(Some(report)) => MoveResult::Reported(Box::new(report)),
+                    Ok(Some(moved)) => MoveResult::Reported(Box::new(moved)),
                     Ok(None) => MoveResult::NotStarted,
                     Err(e) => MoveResult::NotMoved(format!("{e:#}")),
                 };
                 match &result {
-                    MoveResult::Reported(report) => {
+                    MoveResult::Reported(moved) => {
+                        let report = &moved.report;
                         if !ctx.json && board.is_none() {
-                            print!("{}", output::report_text(report));
+                            print!("{}", output::report_text(report, &moved.forced));
                         }
                         let downtime = report.downtime_ms.map(|d| format!(", downtime {}", output::ms(d))).unwrap_or_default();
                         say(&format!("[{}/{n}] {c} → {t}: {}{downtime}", i + 1, output::outcome_word(&report.outcome)));
@@ -527,7 +528,7 @@ pub(crate) fn move_view<'a>(container: &'a str, target: &'a str, result: &'a Mov
     let (report, outcome, error) = match result {
         MoveResult::NotStarted => (None, Some("not-started"), None),
         MoveResult::NotMoved(e) => (None, Some("not-moved"), Some(e.as_str())),
-        MoveResult::Reported(r) => (Some(view::Report::new(r)), None, None),
+        MoveResult::Reported(m) => (Some(view::Report::new(&m.report, &m.forced)), None, None),
     };
     view::Move { container, target, report, outcome, error }
 }
@@ -562,13 +563,13 @@ impl Move {
     /// minute), checks the target's room against the moves under way
     /// there, then runs it with a ticket of its own. `Ok(None)`: cancelled
     /// before it started.
-    async fn run(self, cancel: migrate::Cancel) -> anyhow::Result<Option<MigrationReport>> {
+    async fn run(self, cancel: migrate::Cancel) -> anyhow::Result<Option<migrate::Moved>> {
         let (host, container, target) = (self.host.as_str(), self.container.as_str(), self.target.as_str());
         let cluster = Cluster::survey(&self.inv).await?;
         if *cancel.borrow() {
             return Ok(None);
         }
-        let mut plan = plan::plan(&cluster, container, target, Some(host), self.mode, self.opts.allow_reset).await?;
+        let mut plan = plan::plan(&cluster, container, target, Some(host), self.mode, self.opts.allow_reset, &self.opts.force).await?;
         if self.purpose == Purpose::Return {
             plan.returning();
         }

@@ -164,6 +164,13 @@ struct BatchArgs {
     /// survive the move (as `tern migrate --allow-reset`).
     #[arg(long)]
     allow_reset: bool,
+    /// Move even though the check refuses FIELD, where that refusal is a
+    /// judgement call (repeatable or comma-separated): podman, oci-runtime,
+    /// cgroups, criu, cpu-flags, network-backend. The row shows FORCED and
+    /// the report lists it; other rows (arch, a name or address in use, a
+    /// cordon, a missing CRIU, ...) cannot be forced.
+    #[arg(long = "force-compat", value_name = "FIELD", value_delimiter = ',', value_parser = force_field)]
+    force_compat: Vec<tern_proto::compat::ForceField>,
     /// Run up to N moves at once (one progress view for all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
@@ -176,7 +183,7 @@ struct BatchArgs {
 impl BatchArgs {
     /// What `evacuate` (and `return`, with no `to`) is asked.
     fn ask(self, host: String, to: Vec<String>, opts: migrate::Options) -> evacuate::EvacuateAsk {
-        let opts = migrate::Options { allow_reset: self.allow_reset, ..opts };
+        let opts = migrate::Options { allow_reset: self.allow_reset, force: self.force_compat, ..opts };
         let BatchArgs { mode, dry_run, skip_blocked, parallel, fail_fast, .. } = self;
         evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts }
     }
@@ -231,6 +238,7 @@ impl TransferArgs {
             progress: !quiet,
             policy: precopy.policy(),
             bandwidth: self.bandwidth.unwrap_or(0),
+            force: Vec::new(),
         }
     }
 }
@@ -306,6 +314,19 @@ struct MoveArgs {
     /// for every move.
     #[arg(long)]
     allow_reset: bool,
+    /// Move even though the check refuses FIELD, where that refusal is a
+    /// judgement call (repeatable or comma-separated): podman, oci-runtime,
+    /// cgroups, criu, cpu-flags, network-backend. The row shows FORCED and
+    /// the report lists it; other rows (arch, a name or address in use, a
+    /// cordon, a missing CRIU, ...) cannot be forced.
+    #[arg(long = "force-compat", value_name = "FIELD", value_delimiter = ',', value_parser = force_field)]
+    force_compat: Vec<tern_proto::compat::ForceField>,
+}
+
+/// `--force-compat FIELD`: a field that can be forced, else clap's error
+/// says why not, or which can.
+fn force_field(s: &str) -> Result<tern_proto::compat::ForceField, String> {
+    s.parse()
 }
 
 #[derive(Subcommand)]
@@ -497,7 +518,8 @@ async fn survey(ctx: &Ctx) -> Result<(inventory::Inventory, cluster::Cluster), E
 async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
     let (inv, cluster) = survey(ctx).await?;
     let allow_reset = mv.allow_reset || inv.migrate.allow_reset;
-    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset).await.map_err(|e| Exit::new(2, e))?;
+    let plan =
+        plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset, &mv.force_compat).await.map_err(|e| Exit::new(2, e))?;
     let view = view::Check {
         container: &plan.container.name,
         source: &plan.source_name,
@@ -506,13 +528,19 @@ async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
         mode_note: &plan.mode_note,
         ok: !plan.blocked(),
         findings: &plan.findings,
+        forced: plan.forced().map(|f| f.field.as_str()).collect(),
         bandwidth: plan.source.facts.status.bandwidth_cap,
     };
     if !ctx.json {
         println!("{} on {} → {}: mode {} ({})", plan.container.name, plan.source_name, plan.target_name, plan.mode.as_str(), plan.mode_note);
         println!("{}\n", output::bandwidth_note(&plan.source_name, plan.source.facts.status.bandwidth_cap, &plan.container, plan.mode));
         print!("{}", output::findings(&plan.findings));
-        println!("\n{}", if plan.blocked() { "BLOCKED: tern migrate would refuse (see BLOCK rows)." } else { "OK: tern migrate would proceed." });
+        let verdict = match (plan.blocked(), plan.forced_fields()) {
+            (true, _) => "BLOCKED: tern migrate would refuse (see BLOCK rows).".to_string(),
+            (false, forced) if forced.is_empty() => "OK: tern migrate would proceed.".to_string(),
+            (false, forced) => format!("OK: tern migrate would proceed, forcing {forced} (FORCED rows)."),
+        };
+        println!("\n{verdict}");
     }
     if plan.blocked() {
         let e = anyhow!("BLOCKED: tern migrate would refuse to move {} to {} (see the blocking findings)", plan.container.name, plan.target_name);
@@ -525,8 +553,8 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     let (inv, cluster) = survey(ctx).await?;
     let (container, to) = (&mv.container, &mv.to);
     let target_addr = inv.host(to).map_err(|e| Exit::new(2, e))?.address;
-    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, ..opts };
-    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset).await.map_err(|e| Exit::new(2, e))?;
+    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, force: mv.force_compat.clone(), ..opts };
+    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset, &opts.force).await.map_err(|e| Exit::new(2, e))?;
     if plan.blocked() {
         let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
         eprint!("{}", output::findings(&blockers));
@@ -548,16 +576,20 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     }
     if !ctx.quiet {
         eprintln!("migrating {container} from {} to {to} ({}: {})", plan.source_name, plan.mode.as_str(), plan.mode_note);
+        let forced = plan.forced_fields();
+        if !forced.is_empty() {
+            eprintln!("forcing {forced}: the check refused it, --force-compat lifts it (`tern check` shows why)");
+        }
     }
     let signer = tern_transport::ticket::Signer::load(&inv.tls)?;
-    let report = migrate::run(&plan, target_addr, &opts, &signer).await?;
+    let moved = migrate::run(&plan, target_addr, &opts, &signer).await?;
     if !ctx.json {
-        print!("{}", output::report_text(&report));
+        print!("{}", output::report_text(&moved.report, &moved.forced));
     }
-    let view = view::Report::new(&report);
-    match report.outcome {
+    let view = view::Report::new(&moved.report, &moved.forced);
+    match moved.report.outcome {
         Outcome::Completed => Ok(ctx.doc(&view)),
-        _ => Err(Exit::new(1, anyhow!(output::failure_text(&report).unwrap_or_default())).with(&view).told()),
+        _ => Err(Exit::new(1, anyhow!(output::failure_text(&moved.report).unwrap_or_default())).with(&view).told()),
     }
 }
 
@@ -846,6 +878,36 @@ mod tests {
         let e = bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200Mbps"]).unwrap_err();
         assert!(e.contains("Mbps") && e.contains("Mbit"), "{e}");
         assert!(bw(&["tern", "migrate", "c", "--to", "b", "--bandwidth", "200"]).is_err(), "a unit is needed");
+    }
+
+    #[test]
+    fn force_compat_is_repeatable_on_every_moving_command_and_names_what_it_refuses() {
+        use tern_proto::compat::ForceField::{Cgroups, OciRuntime, Podman};
+        let forced = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
+            Ok(Cmd::Check { mv } | Cmd::Migrate { mv, .. }) => Ok(mv.force_compat),
+            Ok(Cmd::Evacuate { batch, .. } | Cmd::Return { batch, .. }) => Ok(batch.force_compat),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        for cmd in
+            [&["tern", "check", "c", "--to", "b"][..], &["tern", "migrate", "c", "--to", "b"], &["tern", "evacuate", "a"], &["tern", "return", "a"]]
+        {
+            let with = |extra: &[&str]| forced(&[cmd, extra].concat());
+            assert_eq!(with(&[]), Ok(vec![]));
+            assert_eq!(with(&["--force-compat", "podman", "--force-compat", "oci-runtime,cgroups"]), Ok(vec![Podman, OciRuntime, Cgroups]));
+            let e = with(&["--force-compat", "arch"]).unwrap_err();
+            assert!(e.contains("arch cannot be forced: process images hold machine code"), "{e}");
+            let e = with(&["--force-compat", "podmn"]).unwrap_err();
+            assert!(e.contains("the fields that can: podman, oci-runtime, cgroups, criu, cpu-flags, network-backend"), "{e}");
+        }
+        // Evacuate and return carry it into every move's options.
+        let Ok(Cmd::Evacuate { batch, transfer, precopy, .. }) =
+            Cli::try_parse_from(["tern", "evacuate", "a", "--force-compat", "criu"]).map(|c| c.cmd)
+        else {
+            unreachable!()
+        };
+        let ask = batch.ask("a".into(), vec![], transfer.options(&precopy, true));
+        assert_eq!(ask.opts.force, vec![tern_proto::compat::ForceField::Criu]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::plan::Plan;
 use crate::progress::{Display, Shown};
-use tern_proto::compat::Severity;
+use tern_proto::compat::{Finding, ForceField, Severity};
 use tern_proto::frame::{read_frame, write_frame};
 use tern_proto::{CoordinatorSignal, MigrateEvent, MigrateOptions, MigrateRequest, MigrationReport, Peer, Request};
 use tern_transport::ticket::Signer;
@@ -23,6 +23,16 @@ pub struct Options {
     /// `--bandwidth`: a cap on the source's outgoing migration traffic,
     /// bytes per second (0: none asked; the source agent's own holds).
     pub bandwidth: u64,
+    /// `--force-compat`: the refusals an operator lifted.
+    pub force: Vec<ForceField>,
+}
+
+/// What a migration ended with: the source agent's report, and the
+/// refusals `--force-compat` lifted for it (the report lists them).
+#[derive(Debug)]
+pub struct Moved {
+    pub report: MigrationReport,
+    pub forced: Vec<Finding>,
 }
 
 /// Cancels migrations under way when it turns true (Ctrl-C, or an
@@ -53,7 +63,7 @@ fn new_id() -> u64 {
 /// Runs the migration the plan describes; returns the source agent's report.
 /// `signer` signs the move's ticket: this container, as `plan` checked it,
 /// from its source to its target, for ten minutes.
-pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options, signer: &Signer) -> anyhow::Result<MigrationReport> {
+pub async fn run(plan: &Plan<'_>, target_address: std::net::SocketAddr, opts: &Options, signer: &Signer) -> anyhow::Result<Moved> {
     let (tx, cancel) = tokio::sync::watch::channel(false);
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -77,7 +87,7 @@ pub async fn run_with(
     display: &mut dyn Shown,
     mut cancel: Cancel,
     evacuation: bool,
-) -> anyhow::Result<MigrationReport> {
+) -> anyhow::Result<Moved> {
     let id = new_id();
     let ticket = signer.issue_marked(id, &plan.source_name, &plan.target_name, &plan.container, tern_transport::ticket::now_secs(), evacuation);
     let req = MigrateRequest {
@@ -113,7 +123,7 @@ pub async fn run_with(
                         .filter(|f| f.severity == Severity::Warn && CLIENT_FIELDS.contains(&f.field.as_str()))
                         .map(|f| format!("{}: {}", f.field, f.note));
                     report.warnings.splice(0..0, lost);
-                    return Ok(report);
+                    return Ok(Moved { report, forced: plan.forced().cloned().collect() });
                 }
                 Ok(Some(MigrateEvent::Refused(e))) => {
                     display.finish();

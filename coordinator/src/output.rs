@@ -127,7 +127,9 @@ pub fn failure_text(r: &MigrationReport) -> Option<String> {
     })
 }
 
-pub fn report_text(r: &MigrationReport) -> String {
+/// The report for people; `forced`: the refusals `--force-compat` lifted
+/// for the move.
+pub fn report_text(r: &MigrationReport, forced: &[Finding]) -> String {
     let mut s = String::new();
     let head = match &r.outcome {
         Outcome::Completed => format!("{} moved from {} to {} ({})", r.container, r.source, r.target, r.mode.as_str()),
@@ -208,6 +210,10 @@ pub fn report_text(r: &MigrationReport) -> String {
         let p: Vec<String> = r.frozen.iter().map(|p| format!("{} {}", p.step.as_str(), ms(p.ms))).collect();
         s.push_str(&format!("  frozen       {}\n", p.join(" · ")));
     }
+    if !forced.is_empty() {
+        let f: Vec<String> = forced.iter().map(|f| format!("{} ({} → {})", f.field, f.source, f.target)).collect();
+        s.push_str(&format!("  forced       {}: refused by the check, moved as --force-compat asked\n", f.join(", ")));
+    }
     for w in &r.warnings {
         s.push_str(&format!("  warning: {w}\n"));
     }
@@ -247,6 +253,47 @@ mod tests {
         assert!(n.contains("200 Mbit/s") && n.contains("256.0 MiB") && n.contains("10.7 s") && n.contains("downtime"), "{n}");
         assert!(bandwidth_note("client1", 25_000_000, &c, Mode::HashPreCopy).contains("before the freeze"));
         assert!(bandwidth_note("client1", 0, &c, Mode::StopAndCopy).contains("no cap"));
+    }
+
+    #[test]
+    fn the_report_lists_what_was_forced() {
+        let r = MigrationReport {
+            id: 1,
+            container: "web".into(),
+            source: "a".into(),
+            target: "b".into(),
+            mode: Mode::StopAndCopy,
+            outcome: Outcome::Completed,
+            downtime_ms: Some(900),
+            total_ms: 2000,
+            bytes_on_wire: 1,
+            image_bytes: 0,
+            checkpoint_bytes: 1,
+            final_pages: 0,
+            final_frozen_ms: 0,
+            saved_bytes: 0,
+            zstd_in: 0,
+            zstd_out: 0,
+            phases: vec![],
+            frozen: vec![],
+            memory_fill_ms: None,
+            images_in_ram: Default::default(),
+            rounds: vec![],
+            stop_reason: None,
+            warnings: vec![],
+            bandwidth: 0,
+            throttled_ms: 0,
+        };
+        assert!(!report_text(&r, &[]).contains("forced"));
+        let f = Finding {
+            field: "oci runtime".into(),
+            source: "crun".into(),
+            target: "runc".into(),
+            severity: tern_proto::compat::Severity::Forced,
+            note: String::new(),
+        };
+        let text = report_text(&r, &[f]);
+        assert!(text.contains("  forced       oci runtime (crun → runc): refused by the check, moved as --force-compat asked\n"), "{text}");
     }
 
     #[test]

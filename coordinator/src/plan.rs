@@ -3,7 +3,7 @@
 
 use crate::cluster::{Cluster, HostState};
 use anyhow::{bail, Context};
-use tern_proto::compat::{self, Finding};
+use tern_proto::compat::{self, Finding, ForceField};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::{Mode, Request, Response};
 
@@ -65,6 +65,16 @@ impl Plan<'_> {
         compat::blocks(&self.findings)
     }
 
+    /// The refusals `--force-compat` lifted.
+    pub fn forced(&self) -> impl Iterator<Item = &Finding> {
+        compat::forced(&self.findings)
+    }
+
+    /// The fields forced, for one line: "podman, oci runtime".
+    pub fn forced_fields(&self) -> String {
+        self.forced().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
     /// A container going back to the host an evacuation moved it from
     /// (`tern return`): that host's cordon does not keep it out (its
     /// agent lets in what its evacuation record holds,
@@ -81,6 +91,7 @@ pub async fn plan<'a>(
     from: Option<&str>,
     mode: ModeArg,
     allow_reset: bool,
+    force: &[ForceField],
 ) -> anyhow::Result<Plan<'a>> {
     let source_view = match from {
         Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
@@ -162,6 +173,9 @@ pub async fn plan<'a>(
         Response::IncomingCheck(f) => findings.extend(f),
         other => bail!("{target} answered {other:?} to CheckIncoming"),
     }
+    // Last, over every row, the target agent's included: none of its rows
+    // can be forced, so the target needs no word of it.
+    compat::force(&mut findings, force);
     Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, findings })
 }
 

@@ -143,6 +143,9 @@ pub struct Check<'a> {
     pub ok: bool,
     #[serde(serialize_with = "findings")]
     pub findings: &'a [Finding],
+    /// The fields whose refusal `--force-compat` lifted (their findings
+    /// read `"severity": "forced"`).
+    pub forced: Vec<&'a str>,
     /// The source agent's cap on its outgoing migration traffic ([`cap`]).
     #[serde(serialize_with = "cap")]
     pub bandwidth: u64,
@@ -191,6 +194,7 @@ struct FindingDef {
 fn severity_word<S: Serializer>(s: &Severity, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(match s {
         Severity::Block => "block",
+        Severity::Forced => "forced",
         Severity::Warn => "warn",
         _ => "ok",
     })
@@ -215,10 +219,13 @@ pub struct Report<'a> {
     #[serde(serialize_with = "failure")]
     failure: Option<&'a Failure>,
     rollback_error: Option<&'a str>,
+    /// The check's refusals `--force-compat` lifted for this move.
+    #[serde(serialize_with = "findings")]
+    forced: &'a [Finding],
 }
 
 impl<'a> Report<'a> {
-    pub fn new(r: &'a MigrationReport) -> Self {
+    pub fn new(r: &'a MigrationReport, forced: &'a [Finding]) -> Self {
         let (failure, rollback_error) = match &r.outcome {
             Outcome::Refused { failure } | Outcome::RolledBack { failure } => (Some(failure), None),
             Outcome::Failed { failure, rollback_error } | Outcome::Undecided { failure, detail: rollback_error } => {
@@ -231,7 +238,7 @@ impl<'a> Report<'a> {
             Outcome::Failed { .. } | Outcome::Undecided { .. } => "",
             _ => &r.source,
         };
-        Report { fields: ReportJson(r), outcome: crate::output::outcome_word(&r.outcome), running_on, failure, rollback_error }
+        Report { fields: ReportJson(r), outcome: crate::output::outcome_word(&r.outcome), running_on, failure, rollback_error, forced }
     }
 }
 
@@ -511,7 +518,7 @@ mod tests {
     #[test]
     fn every_document_carries_the_schema_first() {
         let r = report(Outcome::Completed);
-        let text = serde_json::to_string(&Doc::ok(Report::new(&r))).unwrap();
+        let text = serde_json::to_string(&Doc::ok(Report::new(&r, &[]))).unwrap();
         assert!(text.starts_with(r#"{"schema":1,"#), "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert!(v.get("error").is_none() && v.get("exit_code").is_none(), "{v}");
@@ -524,7 +531,7 @@ mod tests {
     #[test]
     fn a_report_keeps_the_names_and_nesting_scripts_read() {
         let r = report(Outcome::Completed);
-        let v = value(&Report::new(&r));
+        let v = value(&Report::new(&r, &[]));
         assert_eq!(v["mode"], "hash-pre-copy");
         assert_eq!(v["outcome"], "completed");
         assert_eq!(v["running_on"], "client2");
@@ -545,7 +552,7 @@ mod tests {
         assert_eq!(v["bandwidth"], json!({"bytes_per_s": 25_000_000, "mbit_per_s": 200.0}));
         assert_eq!(v["throttled_ms"], 3210);
         let uncapped = MigrationReport { bandwidth: 0, ..r };
-        assert_eq!(value(&Report::new(&uncapped))["bandwidth"], Value::Null);
+        assert_eq!(value(&Report::new(&uncapped, &[]))["bandwidth"], Value::Null);
     }
 
     /// The mirror lists every field the wire's report has: one added to
@@ -554,7 +561,7 @@ mod tests {
     fn the_report_mirror_misses_no_field() {
         let r = report(rolled_back());
         let derived = serde_json::to_value(&r).unwrap();
-        let shown = value(&Report::new(&r));
+        let shown = value(&Report::new(&r, &[]));
         for key in derived.as_object().unwrap().keys() {
             assert!(shown.get(key).is_some(), "{key} is missing from the --json report");
         }
@@ -568,6 +575,7 @@ mod tests {
             mode_note: "",
             ok: true,
             findings: std::slice::from_ref(&f),
+            forced: vec![],
             bandwidth: 62_500_000,
         });
         assert_eq!(shown["bandwidth"]["mbit_per_s"], 500.0);
@@ -579,7 +587,7 @@ mod tests {
     #[test]
     fn a_rolled_back_migration_is_a_failure_document_with_its_report() {
         let r = report(rolled_back());
-        let doc = value(&Doc::failed("restore failed: criu said no".into(), 1, Some(Report::new(&r))));
+        let doc = value(&Doc::failed("restore failed: criu said no".into(), 1, Some(Report::new(&r, &[]))));
         assert_eq!(doc["schema"], 1);
         assert_eq!(doc["error"], "restore failed: criu said no");
         assert_eq!(doc["exit_code"], 1);
@@ -588,7 +596,7 @@ mod tests {
         assert_eq!(doc["failure"], json!({"phase": "restore", "message": "criu said no"}));
         let failed = Outcome::Failed { failure: Failure { phase: Phase::Restore, message: "x".into() }, rollback_error: "y".into() };
         let r = report(failed);
-        let v = value(&Report::new(&r));
+        let v = value(&Report::new(&r, &[]));
         assert_eq!((v["outcome"].as_str(), v["running_on"].as_str(), v["rollback_error"].as_str()), (Some("failed"), Some(""), Some("y")));
     }
 
@@ -619,6 +627,37 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_refusal_reads_forced_in_the_check_and_the_report() {
+        let f = vec![Finding {
+            field: "podman".into(),
+            source: "5.4.2".into(),
+            target: "4.3.1".into(),
+            severity: Severity::Forced,
+            note: "Podman 4 drops ...".into(),
+        }];
+        let v = value(&Check {
+            container: "c",
+            source: "client1",
+            target: "client2",
+            mode: Mode::StopAndCopy,
+            mode_note: "as asked",
+            ok: true,
+            findings: &f,
+            forced: vec!["podman"],
+            bandwidth: 0,
+        });
+        assert_eq!(v["findings"][0]["severity"], "forced");
+        assert_eq!(v["forced"], json!(["podman"]));
+        let r = report(Outcome::Completed);
+        let v = value(&Report::new(&r, &f));
+        assert_eq!(
+            v["forced"][0],
+            json!({"field": "podman", "source": "5.4.2", "target": "4.3.1", "severity": "forced", "note": "Podman 4 drops ..."})
+        );
+        assert_eq!(value(&Report::new(&r, &[]))["forced"], json!([]));
+    }
+
+    #[test]
     fn an_evacuation_nests_each_report() {
         let r = report(Outcome::Completed);
         let targets = vec!["client2".to_string()];
@@ -638,7 +677,7 @@ mod tests {
                 not_running: &none,
                 unreachable_targets: &none,
                 moves: vec![
-                    Move { container: "hog", target: "client2", report: Some(Report::new(&r)), outcome: None, error: None },
+                    Move { container: "hog", target: "client2", report: Some(Report::new(&r, &[])), outcome: None, error: None },
                     Move { container: "b", target: "client2", report: None, outcome: Some("not-moved"), error: Some("lost contact") },
                 ],
             }),

@@ -5,25 +5,34 @@
 //! are pure functions: the coordinator runs [`compare_hosts`] on the facts
 //! both agents report and [`process_owners`] on the container, the target
 //! agent runs [`check_incoming`] on its own containers, and `tern check`
-//! prints them all.
+//! prints them all. The rules between versions ([`versions`]) say what the
+//! sources of Podman, runc, crun and CRIU show, with the evidence; an
+//! operator may force the refusals that are judgement calls ([`force`],
+//! marked "yes" below).
 //!
-//! | field            | blocks when                                        | warns when            |
-//! |------------------|----------------------------------------------------|-----------------------|
-//! | arch             | different                                          |                       |
-//! | cgroups          | different layout                                   |                       |
-//! | oci runtime      | different name (Podman restores with the dumper's) | different version     |
-//! | podman           | different major version                            | other differences     |
-//! | criu             | missing on either, or target older (major.minor)   | other differences     |
-//! | kernel           |                                                    | different             |
-//! | cpu flags        | the target lacks any flag the source has           |                       |
-//! | network backend  | different                                          |                       |
-//! | dirty tracking   | pre-copy asked and either side lacks it            |                       |
-//! | cordon           | the target is cordoned (`tern cordon`)             |                       |
-//! | name / address   | already used on the target                         |                       |
-//! | volumes          | a volume of that name exists on the target         |                       |
-//! | volume path      | the target keeps volumes under another path        |                       |
-//! | process owners   | not root, and the source lacks CAP_SYS_RESOURCE    |                       |
-//! | image            |                                                    | missing (it is shipped)|
+//! | field               | blocks when                                                     | warns when                       | forceable |
+//! |---------------------|-----------------------------------------------------------------|----------------------------------|-----------|
+//! | arch                | different                                                       |                                  |           |
+//! | cgroups             | different layout (v1 → v2 fails; v1 ↔ hybrid, v2 → v1 untested) |                                  | yes       |
+//! | oci runtime         | different name (Podman restores with the dumper's)              |                                  | yes       |
+//! | oci runtime version |                                                                 | same runtime, other version      |           |
+//! | podman              | other major version, but 4 → 5                                  | 4 → 5, other versions of a major | yes       |
+//! | criu                | missing on either (not forceable), target older (major.minor)   | other differences                | yes       |
+//! | kernel              |                                                                 | different                        |           |
+//! | cpu flags           | the target lacks any flag the source has                        |                                  | yes       |
+//! | network backend     | different                                                       |                                  | yes       |
+//! | dirty tracking      | pre-copy asked and either side lacks it                         |                                  |           |
+//! | cordon              | the target is cordoned (`tern cordon`)                          |                                  |           |
+//! | name / address      | already used on the target                                      |                                  |           |
+//! | volumes             | a volume of that name exists on the target                      |                                  |           |
+//! | volume path         | the target keeps volumes under another path                     |                                  |           |
+//! | process owners      | not root, and the source lacks CAP_SYS_RESOURCE                 |                                  |           |
+//! | image               |                                                                 | missing (it is shipped)          |           |
+
+pub mod force;
+pub mod versions;
+
+pub use force::{force, forced, ForceField};
 
 use crate::facts::{ContainerInfo, HostFacts};
 use crate::mode::Mode;
@@ -35,6 +44,9 @@ pub enum Severity {
     Ok,
     Warn,
     Block,
+    /// A refusal an operator lifted (`--force-compat`): shown, not
+    /// blocking. Only the coordinator makes it; agents never send it.
+    Forced,
 }
 
 impl Severity {
@@ -44,6 +56,7 @@ impl Severity {
             Severity::Ok => "ok",
             Severity::Warn => "warn",
             Severity::Block => "BLOCK",
+            Severity::Forced => "FORCED",
         }
     }
 }
@@ -95,42 +108,11 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
     let f = Finding::new("arch", &src.arch, &dst.arch);
     out.push(if src.arch != dst.arch { f.with(Severity::Block, "process images are architecture-specific") } else { f });
 
-    let f = Finding::new("cgroups", src.cgroups.to_string(), dst.cgroups.to_string());
-    out.push(if src.cgroups != dst.cgroups { f.with(Severity::Block, "runc restores into the cgroup layout the dump was taken from") } else { f });
-
-    let f = Finding::new("oci runtime", &src.runtime_name, &dst.runtime_name);
-    out.push(if src.runtime_name != dst.runtime_name {
-        f.with(
-            Severity::Block,
-            format!("Podman restores only with the runtime that dumped; set runtime = \"{}\" in the target's containers.conf", src.runtime_name),
-        )
-    } else {
-        f
-    });
-
-    let f = Finding::new("oci runtime version", &src.runtime_version, &dst.runtime_version);
-    out.push(if src.runtime_version != dst.runtime_version { f.with(Severity::Warn, "different runtime versions usually restore fine") } else { f });
-
-    let f = Finding::new("podman", &src.podman_version, &dst.podman_version);
-    out.push(if major_minor(&src.podman_version).0 != major_minor(&dst.podman_version).0 {
-        f.with(Severity::Block, "checkpoint archives are not portable across Podman major versions")
-    } else if src.podman_version != dst.podman_version {
-        f.with(Severity::Warn, "different Podman versions; archives of the same major version restore")
-    } else {
-        f
-    });
-
-    let f = Finding::new("criu", &src.criu_version, &dst.criu_version);
-    let (smaj, dmaj) = (major_minor(&src.criu_version), major_minor(&dst.criu_version));
-    out.push(if smaj == (0, 0) || dmaj == (0, 0) {
-        f.with(Severity::Block, "CRIU is missing or unusable on a host; run scripts/install-deps.sh there")
-    } else if dmaj < smaj {
-        f.with(Severity::Block, "the target's CRIU is older than the source's and may not read its images; upgrade CRIU on the target")
-    } else if src.criu_version != dst.criu_version {
-        f.with(Severity::Warn, "a newer CRIU restores older images")
-    } else {
-        f
-    });
+    out.push(versions::cgroups(src.cgroups, dst.cgroups));
+    out.push(versions::oci_runtime(&src.runtime_name, &dst.runtime_name, &dst.name));
+    out.push(versions::oci_runtime_version(&src.runtime_name, &dst.runtime_name, &src.runtime_version, &dst.runtime_version));
+    out.push(versions::podman(&src.podman_version, &dst.podman_version));
+    out.push(versions::criu(&src.criu_version, &dst.criu_version));
 
     let f = Finding::new("kernel", &src.kernel, &dst.kernel);
     out.push(if major_minor(&dst.kernel) < major_minor(&src.kernel) {
@@ -327,7 +309,7 @@ mod tests {
     use super::*;
     use crate::facts::{Capability, CgroupsVersion, Volume};
 
-    fn facts() -> HostFacts {
+    pub(crate) fn facts() -> HostFacts {
         HostFacts {
             name: "a".into(),
             agent_version: "0.1.0".into(),
@@ -390,7 +372,7 @@ mod tests {
             ("arch", |f| f.arch = "aarch64".into()),
             ("cgroups", |f| f.cgroups = CgroupsVersion::V2),
             ("oci runtime", |f| f.runtime_name = "crun".into()),
-            ("podman", |f| f.podman_version = "5.0.0".into()),
+            ("podman", |f| f.podman_version = "3.4.7".into()),
             ("criu", |f| f.criu_version = "3.17.1".into()),
             ("criu", |f| f.criu_version = String::new()),
             ("cpu flags", |f| f.cpu_flags.retain(|x| x != "avx2")),
@@ -405,6 +387,17 @@ mod tests {
             let finding = f.iter().find(|x| x.field == *field && x.severity == Severity::Block).unwrap();
             assert!(!finding.note.is_empty());
         }
+    }
+
+    #[test]
+    fn a_podman_4_host_empties_onto_podman_5_hosts_with_a_warning() {
+        let mut five = facts();
+        five.podman_version = "5.4.2".into();
+        let f = compare_hosts(&facts(), &five, Mode::StopAndCopy);
+        assert!(!blocks(&f), "{f:#?}");
+        assert_eq!(severity(&f, "podman"), Severity::Warn);
+        // Not back: Podman 4 would drop Podman 5's settings.
+        assert!(blocks(&compare_hosts(&five, &facts(), Mode::StopAndCopy)));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
-/// How a host mounts cgroups. Migration between different layouts fails at
-/// restore, so the compatibility check blocks on any difference.
+/// How a host mounts cgroups. What moves between different layouts is
+/// [`crate::compat::versions::CGROUP_MOVES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CgroupsVersion {
     Invalid,

@@ -144,7 +144,7 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
 }
 
 fn finding() -> impl Strategy<Value = Finding> {
-    let severity = select(vec![Severity::Invalid, Severity::Ok, Severity::Warn, Severity::Block]);
+    let severity = select(vec![Severity::Invalid, Severity::Ok, Severity::Warn, Severity::Block, Severity::Forced]);
     (text(), text(), text(), severity, text()).prop_map(|(field, source, target, severity, note)| Finding { field, source, target, severity, note })
 }
 
