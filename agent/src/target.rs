@@ -249,11 +249,9 @@ impl Target<'_> {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        if let Err(e) = bundle.mark(&inplace::Marker {
-            id: self.begin.id,
-            source: self.begin.source.clone(),
-            evacuation: self.begin.ticket.body.evacuation,
-        }) {
+        if let Err(e) =
+            bundle.mark(&inplace::Marker { id: self.begin.id, source: self.begin.source.clone(), evacuation: self.begin.ticket.body.evacuation })
+        {
             bundle.remove();
             return Ok(Err(format!("cannot write the folder's marker: {e}")));
         }

@@ -454,8 +454,9 @@ async fn a_host_certificate_cannot_order_an_agent_around() {
         evacuation: false,
     };
     let (_send, mut recv) = s.open(&Request::Migrate(req)).await.unwrap();
-    match s.read::<Response>(&mut recv, Duration::from_secs(10)).await.unwrap() {
-        Response::Error(e) => assert_eq!(e.message, "refused: Migrate is for the coordinator only, and b holds a host certificate"),
+    // A Migrate's stream carries events: the refusal is one.
+    match s.read::<MigrateEvent>(&mut recv, Duration::from_secs(10)).await.unwrap() {
+        MigrateEvent::Refused(e) => assert_eq!(e.message, "refused: Migrate is for the coordinator only, and b holds a host certificate"),
         other => panic!("{other:?}"),
     }
     let probe = ProbeRequest { target: Peer { name: "b".into(), address: c.addrs["b"].to_string() }, bytes: 1 << 20 };

@@ -31,7 +31,12 @@ pub fn only_own_host(inv: &Inventory, host: &str) -> Result<(), Exit> {
     match tern_transport::endpoint::identity_of_file(&inv.tls.cert) {
         Ok(id) if id.role == tern_transport::Role::Evacuator && id.name != host => Err(Exit::new(
             2,
-            anyhow!("{} is {}'s evacuator certificate: it evacuates {} and brings back what left it, not {host}", inv.tls.cert.display(), id.name, id.name),
+            anyhow!(
+                "{} is {}'s evacuator certificate: it evacuates {} and brings back what left it, not {host}",
+                inv.tls.cert.display(),
+                id.name,
+                id.name
+            ),
         )),
         _ => Ok(()),
     }

@@ -1475,7 +1475,8 @@ impl Drop for TwoHosts {
 fn placement(names: &[&str]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for n in names {
-        let on: Vec<&str> = ["client1", "client2", "client3"].into_iter().filter(|h| state(h, n).ok().flatten().as_deref() == Some("running")).collect();
+        let on: Vec<&str> =
+            ["client1", "client2", "client3"].into_iter().filter(|h| state(h, n).ok().flatten().as_deref() == Some("running")).collect();
         ensure!(on.len() == 1, "{n} runs on {on:?}");
         out.push((n.to_string(), on[0].to_string()));
     }

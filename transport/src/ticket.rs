@@ -161,12 +161,7 @@ pub fn evacuator_may_sign(host: &str, body: &TicketBody) -> Result<(), TicketErr
     if away || back {
         return Ok(());
     }
-    Err(TicketError::BeyondEvacuator {
-        signer: host.into(),
-        container: body.container.clone(),
-        from: body.source.clone(),
-        to: body.target.clone(),
-    })
+    Err(TicketError::BeyondEvacuator { signer: host.into(), container: body.container.clone(), from: body.source.clone(), to: body.target.clone() })
 }
 
 /// Checks `sig` over the ticket's bytes with an ECDSA P-256 public key

@@ -566,6 +566,7 @@ impl ClusterBuilder {
                 admission: Default::default(),
                 limits: Default::default(),
                 facts_override: Default::default(),
+                self_evacuation: Default::default(),
                 faults,
             };
             if name == "a" {
