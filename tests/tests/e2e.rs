@@ -1489,6 +1489,9 @@ fn placement(names: &[&str]) -> Result<Vec<(String, String)>> {
 ///    counters and a 128 MiB memhog all on client2 (the cordon is
 ///    respected); `tern return client1 --parallel 3` brings them back with
 ///    their PIDs, counters carrying on, and uncordons client1.
+///    Evacuated again with client3's agent dying as it receives: the
+///    moves to client3 roll back, those to client2 complete, the report
+///    says which; `tern return` brings those back.
 /// 2. client1's evacuator certificate (`tern pki issue client1
 ///    --evacuator`) cannot evacuate client2, cannot take a container of
 ///    client2's, and cannot make a plain move of client1's: each refused,
@@ -1544,6 +1547,30 @@ fn scenario_three_hosts() -> Result<()> {
         count_reaches("client1", n, c + 3)?;
     }
     eprintln!("three hosts: evacuate --parallel 3 took {evacuate_ms} ms, return --parallel 3 {return_ms} ms ({} containers)", all.len());
+
+    // 1b. A target dies mid-evacuation: its moves roll back (their
+    // containers run on at client1), the others go on, the report says which.
+    restart_agent("client3", "[faults]\nexit_after_checkpoint_bytes = 1")?;
+    let r = tern_json(&["evacuate", "client1", "--parallel", "3"])?;
+    restart_agent("client3", "")?;
+    ensure!(r.code != 0 && r.json["outcome"] == "partial", "{}", r.all);
+    let moves = r.json["moves"].as_array().context("no moves")?;
+    let mut to3 = 0;
+    for (n, on) in placement(&all)? {
+        let m = moves.iter().find(|m| m["container"] == n.as_str()).with_context(|| format!("{n} missing from {}", r.json))?;
+        let outcome = m["report"]["outcome"].as_str().or(m["outcome"].as_str()).unwrap_or_default();
+        if m["target"] == "client3" {
+            to3 += 1;
+            ensure!(outcome != "completed" && on == "client1", "{n} to the dying client3: {outcome}, runs on {on}: {m}");
+        } else {
+            ensure!(outcome == "completed" && on == "client2", "{n} to client2: {outcome}, runs on {on}: {m}");
+        }
+    }
+    ensure!(to3 > 0, "no move was placed on client3: {}", r.json);
+    eprintln!("target died mid-evacuation: {to3} move(s) to it rolled back, the others completed");
+    let r = tern_json(&["return", "client1", "--parallel", "3"])?;
+    ensure!(r.code == 0 && r.json["uncordoned"] == true, "{}", r.all);
+    ensure!(placement(&all)?.iter().all(|(_, on)| on == "client1"), "not all back on client1");
 
     // 2. What client1's evacuator certificate cannot do.
     let evac = lab_state().join("hosts/client1/evacuate.toml");

@@ -160,7 +160,7 @@ mod tests {
         let mut dst = facts();
         dst.podman_version = "4.3.1".into();
         let mut src = facts();
-        src.podman_version = "5.4.2".into();
+        src.podman_version = "3.4.7".into();
         src.runtime_name = "crun".into();
         let mut f = compare_hosts(&src, &dst, Mode::StopAndCopy);
         let before: Vec<Finding> = f.clone();
