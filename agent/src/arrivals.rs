@@ -42,14 +42,8 @@ fn change(state_dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, Arrival>) ->
         return;
     }
     let p = path(state_dir);
-    let written = if all.is_empty() {
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    } else {
-        write_atomic(&p, &serde_json::to_vec_pretty(&all).expect("arrivals serialize"))
-    };
+    let written =
+        if all.is_empty() { crate::durable::remove(&p) } else { write_atomic(&p, &serde_json::to_vec_pretty(&all).expect("arrivals serialize")) };
     if let Err(e) = written {
         tracing::warn!("cannot write {}: {e}", p.display());
     }

@@ -15,7 +15,7 @@
 //! ([`status`]): the memory and disk it has room in, which placement
 //! weighs.
 
-use crate::durable::{sync_dir, write_atomic};
+use crate::durable::{remove, write_atomic};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tern_proto::facts::{Cordon, HostStatus};
@@ -64,11 +64,7 @@ pub fn set(state_dir: &Path, cordon: Option<String>, now: u64) -> std::io::Resul
             Some(c)
         }
         (None, _) => {
-            match std::fs::remove_file(path(state_dir)) {
-                Ok(()) => sync_dir(state_dir)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            remove(&path(state_dir))?;
             None
         }
     };

@@ -1,6 +1,6 @@
 //! Small files the agent keeps across crashes (the journal, the cordon,
-//! the evacuation record), written so that a reader finds the old content
-//! or the new, never a part.
+//! the evacuation record, the arrivals), written so that a reader finds
+//! the old content or the new, never a part, and removed for good.
 
 use std::io::Write;
 use std::path::Path;
@@ -23,6 +23,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Removes `path` (absent already is fine) so that the removal survives a
+/// crash: the folder is synced after it.
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Syncs a folder, so that a rename or removal in it survives a crash.

@@ -64,10 +64,7 @@ pub fn load(state_dir: &Path) -> Result<EvacuationRecord, RecordError> {
 fn store(state_dir: &Path, record: &EvacuationRecord) -> std::io::Result<()> {
     let p = path(state_dir);
     if record.containers.is_empty() {
-        return match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
+        return crate::durable::remove(&p);
     }
     write_atomic(&p, &serde_json::to_vec_pretty(record).expect("a record serializes"))
 }
