@@ -335,10 +335,8 @@ impl Target<'_> {
                             tracing::warn!("removing the marker in {}: {e}", t.root.display());
                         }
                     }
-                    crate::evacuation::came_back(&self.agent.cfg.state_dir, &self.begin.container.id, &self.begin.container.name);
-                    if self.begin.ticket.body.evacuation {
-                        crate::arrivals::arrived(&self.agent.cfg.state_dir, &self.begin.container.id, &self.begin.container.name, &self.begin.source);
-                    }
+                    let b = &self.begin;
+                    committed_here(self.agent, &b.container.id, &b.container.name, &b.source, b.ticket.body.evacuation);
                     return (state, write_frame(send, &TargetMsg::Committed).await.map_err(Into::into));
                 }
                 Action::Abort(reason) => {
@@ -671,6 +669,16 @@ impl Target<'_> {
     }
 }
 
+/// What this host keeps of a move that committed here, by the conversation
+/// or by the source's later verdict: a container its evacuation record
+/// holds is back; one an evacuation brought is recorded with its origin.
+fn committed_here(agent: &Agent, container_id: &str, name: &str, source: &str, evacuation: bool) {
+    crate::evacuation::came_back(&agent.cfg.state_dir, container_id, name);
+    if evacuation {
+        crate::arrivals::arrived(&agent.cfg.state_dir, container_id, name, source);
+    }
+}
+
 /// Carries out the source's verdict on a migration whose conversation
 /// ended before `Commit` or `Abort` (module docs). Only the source the
 /// marker names may settle it.
@@ -702,10 +710,7 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
             let evacuation = t.marker.as_ref().is_some_and(|m| m.evacuation);
             t.commit().map_err(|source| TargetError::Marker { path: t.root.clone(), source })?;
             tracing::info!(id = req.id, %name, source = %peer, "committed by the source's verdict");
-            crate::evacuation::came_back(&agent.cfg.state_dir, &req.container_id, name);
-            if evacuation {
-                crate::arrivals::arrived(&agent.cfg.state_dir, &req.container_id, name, peer);
-            }
+            committed_here(agent, &req.container_id, name, peer, evacuation);
             Resolution::Kept
         }
         (Some(c), Some(t), Verdict::Abort) => {
