@@ -99,23 +99,17 @@ pub enum WhenStopped {
     Always,
 }
 
+/// Every field may be left out: [`SelfEvacuation::default`] gives it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SelfEvacuation {
-    #[serde(default)]
     pub on_stop: WhenStopped,
     /// An inventory whose `[tls]` holds this host's evacuator certificate.
-    #[serde(default = "default_evacuator_inventory")]
     pub inventory: PathBuf,
-    #[serde(default = "default_tern")]
     pub tern: PathBuf,
-    #[serde(default = "default_limit_secs")]
     pub limit_secs: u64,
-    #[serde(default = "default_parallel")]
     pub parallel: u16,
-    #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default = "yes")]
     pub return_after_start: bool,
 }
 
@@ -123,30 +117,14 @@ impl Default for SelfEvacuation {
     fn default() -> Self {
         SelfEvacuation {
             on_stop: WhenStopped::Off,
-            inventory: default_evacuator_inventory(),
-            tern: default_tern(),
-            limit_secs: default_limit_secs(),
-            parallel: default_parallel(),
+            inventory: PathBuf::from("/etc/tern/evacuate.toml"),
+            tern: PathBuf::from("/usr/local/bin/tern"),
+            limit_secs: 900,
+            parallel: 2,
             args: Vec::new(),
             return_after_start: true,
         }
     }
-}
-
-fn default_evacuator_inventory() -> PathBuf {
-    PathBuf::from("/etc/tern/evacuate.toml")
-}
-fn default_tern() -> PathBuf {
-    PathBuf::from("/usr/local/bin/tern")
-}
-fn default_limit_secs() -> u64 {
-    900
-}
-fn default_parallel() -> u16 {
-    2
-}
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
