@@ -10,7 +10,7 @@ use tern_transport::rpc::{RpcError, Session};
 /// or a host's name for the host's evacuator certificate (agents refuse a
 /// Hello whose name is not the certificate's).
 pub fn my_name(inv: &Inventory) -> String {
-    tern_transport::endpoint::identity_of_file(&inv.tls.cert).map(|id| id.name).unwrap_or_else(|_| tern_transport::pki::COORDINATOR.to_string())
+    inv.me.as_ref().map_or_else(|| tern_transport::pki::COORDINATOR.to_string(), |id| id.name.clone())
 }
 
 /// What one host answered, or why it did not.

@@ -35,6 +35,11 @@ pub struct Inventory {
     pub migrate: MigrateDefaults,
     #[serde(skip)]
     pub path: PathBuf,
+    /// Who `[tls] cert` names (read once, at load): the coordinator, or a
+    /// host's evacuator certificate. `None` when it cannot be read (the
+    /// TLS setup then says why).
+    #[serde(skip)]
+    pub me: Option<tern_transport::PeerId>,
 }
 
 /// Defaults for `tern migrate` and `tern evacuate`, set by the operator.
@@ -81,6 +86,7 @@ impl Inventory {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut inv: Inventory = toml::from_str(&text).with_context(|| format!("the inventory {} is invalid", path.display()))?;
         inv.path = path.clone();
+        inv.me = tern_transport::endpoint::identity_of_file(&inv.tls.cert).ok();
         if inv.hosts.is_empty() {
             bail!("the inventory {} lists no hosts", path.display());
         }

@@ -164,13 +164,8 @@ struct BatchArgs {
     /// survive the move (as `tern migrate --allow-reset`).
     #[arg(long)]
     allow_reset: bool,
-    /// Move even though the check refuses FIELD, where that refusal is a
-    /// judgement call (repeatable or comma-separated): podman, oci-runtime,
-    /// cgroups, criu, cpu-flags, network-backend. The row shows FORCED and
-    /// the report lists it; other rows (arch, a name or address in use, a
-    /// cordon, a missing CRIU, ...) cannot be forced.
-    #[arg(long = "force-compat", value_name = "FIELD", value_delimiter = ',', value_parser = force_field)]
-    force_compat: Vec<tern_proto::compat::ForceField>,
+    #[command(flatten)]
+    force: ForceArgs,
     /// Run up to N moves at once (one progress view for all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
@@ -183,7 +178,7 @@ struct BatchArgs {
 impl BatchArgs {
     /// What `evacuate` (and `return`, with no `to`) is asked.
     fn ask(self, host: String, to: Vec<String>, opts: migrate::Options) -> evacuate::EvacuateAsk {
-        let opts = migrate::Options { allow_reset: self.allow_reset, force: self.force_compat, ..opts };
+        let opts = migrate::Options { allow_reset: self.allow_reset, force: self.force.force_compat, ..opts };
         let BatchArgs { mode, dry_run, skip_blocked, parallel, fail_fast, .. } = self;
         evacuate::EvacuateAsk { host, to, mode, dry_run, skip_blocked, parallel: parallel.into(), fail_fast, opts }
     }
@@ -314,6 +309,13 @@ struct MoveArgs {
     /// for every move.
     #[arg(long)]
     allow_reset: bool,
+    #[command(flatten)]
+    force: ForceArgs,
+}
+
+/// `--force-compat`, on every command that checks or moves.
+#[derive(clap::Args)]
+struct ForceArgs {
     /// Move even though the check refuses FIELD, where that refusal is a
     /// judgement call (repeatable or comma-separated): podman, oci-runtime,
     /// cgroups, criu, cpu-flags, network-backend. The row shows FORCED and
@@ -518,8 +520,9 @@ async fn survey(ctx: &Ctx) -> Result<(inventory::Inventory, cluster::Cluster), E
 async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
     let (inv, cluster) = survey(ctx).await?;
     let allow_reset = mv.allow_reset || inv.migrate.allow_reset;
-    let plan =
-        plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset, &mv.force_compat).await.map_err(|e| Exit::new(2, e))?;
+    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset, &mv.force.force_compat)
+        .await
+        .map_err(|e| Exit::new(2, e))?;
     let view = view::Check {
         container: &plan.container.name,
         source: &plan.source_name,
@@ -553,7 +556,7 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     let (inv, cluster) = survey(ctx).await?;
     let (container, to) = (&mv.container, &mv.to);
     let target_addr = inv.host(to).map_err(|e| Exit::new(2, e))?.address;
-    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, force: mv.force_compat.clone(), ..opts };
+    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, force: mv.force.force_compat.clone(), ..opts };
     let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset, &opts.force).await.map_err(|e| Exit::new(2, e))?;
     if plan.blocked() {
         let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
@@ -884,8 +887,8 @@ mod tests {
     fn force_compat_is_repeatable_on_every_moving_command_and_names_what_it_refuses() {
         use tern_proto::compat::ForceField::{Cgroups, OciRuntime, Podman};
         let forced = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
-            Ok(Cmd::Check { mv } | Cmd::Migrate { mv, .. }) => Ok(mv.force_compat),
-            Ok(Cmd::Evacuate { batch, .. } | Cmd::Return { batch, .. }) => Ok(batch.force_compat),
+            Ok(Cmd::Check { mv } | Cmd::Migrate { mv, .. }) => Ok(mv.force.force_compat),
+            Ok(Cmd::Evacuate { batch, .. } | Cmd::Return { batch, .. }) => Ok(batch.force.force_compat),
             Ok(_) => unreachable!(),
             Err(e) => Err(e.to_string()),
         };

@@ -28,8 +28,8 @@ pub async fn set_cordon(inv: &Inventory, host: &str, cordon: Option<String>) -> 
 /// --evacuator`), `tern evacuate` and `tern return` are for that host only;
 /// said here, before anything is asked (the agents refuse the rest anyway).
 pub fn only_own_host(inv: &Inventory, host: &str) -> Result<(), Exit> {
-    match tern_transport::endpoint::identity_of_file(&inv.tls.cert) {
-        Ok(id) if id.role == tern_transport::Role::Evacuator && id.name != host => Err(Exit::new(
+    match &inv.me {
+        Some(id) if id.role == tern_transport::Role::Evacuator && id.name != host => Err(Exit::new(
             2,
             anyhow!(
                 "{} is {}'s evacuator certificate: it evacuates {} and brings back what left it, not {host}",
