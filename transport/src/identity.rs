@@ -45,12 +45,5 @@ pub fn identity_of(der: &[u8]) -> Result<PeerId, TransportError> {
 /// The name and role of the certificate in a PEM file (the one a
 /// coordinator or an evacuator presents).
 pub fn identity_of_file(path: &std::path::Path) -> Result<PeerId, TransportError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let pem = std::fs::read(path).map_err(|io| TransportError::ReadPem { what: "certificate", path: path.to_path_buf(), io })?;
-    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| TransportError::BadPem {
-        what: "certificate",
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    identity_of(der.as_ref())
+    identity_of(crate::pem::certs("certificate", path)?[0].as_ref())
 }

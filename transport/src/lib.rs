@@ -3,7 +3,7 @@
 //! * [`pki`]: the cluster CA and one certificate per host (and one for the
 //!   coordinator), made by `tern pki init`.
 //! * [`tls`]: rustls configurations that *require* a certificate from the
-//!   cluster CA on both sides of every connection.
+//!   cluster CA on both sides of every connection ([`pem`] reads the files).
 //! * [`endpoint`]: quinn endpoints tuned for bulk transfer, and `connect`
 //!   with errors that say whether the peer is down or untrusted.
 //! * [`rpc`]: the Hello exchange and request/response over QUIC streams.
@@ -12,6 +12,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod pem;
 pub mod pki;
 pub mod rpc;
 pub mod ticket;

@@ -25,8 +25,7 @@ use crate::identity::identity_of;
 use crate::pki::Role;
 use crate::{TlsFiles, TransportError, Trust};
 use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, UnixTime};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -219,17 +218,14 @@ impl Signer {
     /// hold the coordinator role, or be a host's evacuator certificate
     /// (whose tickets targets accept only within [`evacuator_may_sign`]).
     pub fn load(files: &TlsFiles) -> Result<Signer, TransportError> {
-        let read = |what, path: &std::path::Path| std::fs::read(path).map_err(|io| TransportError::ReadPem { what, path: path.to_path_buf(), io });
         let bad = |what, path: &std::path::Path, detail: String| TransportError::BadPem { what, path: path.to_path_buf(), detail };
-        let cert = CertificateDer::from_pem_slice(&read("certificate", &files.cert)?).map_err(|e| bad("certificate", &files.cert, e.to_string()))?;
+        let cert = crate::pem::certs("certificate", &files.cert)?.swap_remove(0);
         let id = identity_of(cert.as_ref())?;
         if id.role == Role::Host {
             return Err(TransportError::WrongRole { peer: id.name, role: id.role.to_string(), expected: "coordinator certificate" });
         }
-        let key = match PrivateKeyDer::from_pem_slice(&read("private key", &files.key)?) {
-            Ok(PrivateKeyDer::Pkcs8(k)) => k,
-            Ok(_) => return Err(bad("private key", &files.key, "not a PKCS#8 ECDSA P-256 key".into())),
-            Err(e) => return Err(bad("private key", &files.key, e.to_string())),
+        let PrivateKeyDer::Pkcs8(key) = crate::pem::key(&files.key)? else {
+            return Err(bad("private key", &files.key, "not a PKCS#8 ECDSA P-256 key".into()));
         };
         let rng = ring::rand::SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.secret_pkcs8_der(), &rng)
@@ -274,6 +270,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
     use tern_proto::mode::Mode;
 
     fn container() -> ContainerInfo {
