@@ -422,6 +422,18 @@ impl RedisClient {
         Ok(v)
     }
 
+    /// Stops the client and checks that it kept its one connection with no
+    /// error and that every write it saw acknowledged is there; its summary.
+    pub fn finish_intact(self) -> Result<Value> {
+        let (addr, key) = (self.addr.clone(), self.key.clone());
+        let summary = self.finish()?;
+        anyhow::ensure!(summary["errors"] == 0 && summary["connections"] == 1, "the client's connection did not survive: {summary}");
+        let acked = summary["acked"].as_u64().unwrap_or(0);
+        let v = Self::verify(&addr, &key, acked)?;
+        anyhow::ensure!(v["ok"] == true, "acknowledged writes missing: {v}");
+        Ok(summary)
+    }
+
     /// Every acknowledged write is in the list, in order (`redis-verify`).
     pub fn verify(addr: &str, key: &str, acked: u64) -> Result<Value> {
         let bin = bin_dir().join("appclient");
