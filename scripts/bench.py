@@ -16,6 +16,10 @@ Methods
                   link: the bound under tern's downtime.
   stop-and-copy   tern migrate --mode stop-and-copy
   hash-pre-copy   tern migrate --mode hash-pre-copy (content-addressed)
+  post-copy       tern migrate --mode post-copy (restored at once, memory pulled
+                  from the frozen source afterwards; its rows add the fill time
+                  and the counter's ticks per second during the fill against
+                  before the freeze)
   pre-copy        tern migrate --mode pre-copy (soft-dirty rounds; only when
                   both hosts report soft-dirty tracking, else skipped)
 
@@ -83,6 +87,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +111,7 @@ MIB = 1 << 20
 # Generous: 1 GiB at 100 Mbit/s is ~90 s a copy, and pre-copy may copy it more than once.
 STEP_TIMEOUT = 1800
 
-METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy"]
+METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy", "post-copy"]
 TERN_MODES = METHODS[2:]
 
 # tbf on each namespace's eth0 (egress). With hrtimers tbf does not need a
@@ -535,14 +540,47 @@ class Counter:
         self.pid = start(self.workload)
 
     def load(self, manual):
-        """Just before the freeze: the counter's value."""
-        self.before = read_count(self.pid)
-        if self.before is None:
+        """Just before the freeze: the counter's value and its rate, and a
+        sampler of the counter on the target from the moment it runs there."""
+        a, t0 = read_count(self.pid), time.monotonic()
+        time.sleep(1.0)
+        self.before, t1 = read_count(self.pid), time.monotonic()
+        if a is None or self.before is None:
             raise RunError(f"cannot read /count of {NAME} on {SRC}")
+        self.rate_before = (self.before - a) / (t1 - t0)
+        self.samples, self.stop = [], threading.Event()
+        self.sampler = threading.Thread(target=self.sample, daemon=True)
+        self.sampler.start()
+
+    def sample(self):
+        pid = None
+        while not self.stop.is_set():
+            if pid is None:
+                p = inspect(DST, "{{.State.Pid}}")
+                pid = int(p) if p and p.isdigit() and p != "0" else None
+            if pid is not None:
+                c = read_count(pid)
+                if c is not None:
+                    self.samples.append((time.monotonic(), c))
+            time.sleep(0.1)
 
     def check(self):
         """Right after the migration: it carried on on the target."""
+        self.stop.set()
+        self.sampler.join()
         return {"count_before": self.before, "count_after": check_continued(self.before)}
+
+    def fill_rates(self, fill_ms):
+        """Ticks per second before the freeze and while the memory filled
+        in on the target (its first `fill_ms` there)."""
+        if not fill_ms or len(self.samples) < 2:
+            return {}
+        t0, c0 = self.samples[0]
+        inside = [(t, c) for t, c in self.samples if t <= t0 + fill_ms / 1000]
+        t1, c1 = inside[-1]
+        if t1 - t0 < 0.3:
+            return {}
+        return {"rate_before": round(self.rate_before, 2), "rate_fill": round((c1 - c0) / (t1 - t0), 2)}
 
     def finish(self):
         """The client's figures (none)."""
@@ -926,8 +964,10 @@ def run_tern(mode, subj, opts):
         raise RunError(f"{e}\n--- {shlex.join(cmd)} said:\n{r.stdout.strip()}") from e
     conmon = restored_conmon_cpu()
     if subj.tcp:
-        figures.update(image_bytes=j.get("image_bytes"), memory_fill_ms=j.get("memory_fill_ms"),
-                       warnings=j.get("warnings") or [])
+        figures.update(image_bytes=j.get("image_bytes"), warnings=j.get("warnings") or [])
+    figures["memory_fill_ms"] = j.get("memory_fill_ms")
+    if hasattr(subj, "fill_rates"):
+        figures.update(subj.fill_rates(j.get("memory_fill_ms")))
     figures.update(subj.finish())
     return {
         "downtime_ms": j["downtime_ms"], "total_ms": j["total_ms"], "bytes_on_wire": j["bytes_on_wire"],
@@ -1071,12 +1111,31 @@ def table(rows, failures, meta):
                     f"| {fmt_stat([r['client_gap_ms'] - r['downtime_ms'] for r in rs if r.get('client_gap_ms') is not None])} "
                     f"| {client_note(rs)} |" if client else ""))
     out += frozen_table(rows)
+    out += fill_table(rows)
     if failures:
         out.append(f"\n{len(failures)} failed run(s) (errors, not data points; details on stderr):\n")
         for f in failures:
             first = f["error"].strip().splitlines()[0] if f["error"].strip() else "?"
             out.append(f"- {f['workload']} / {f['link']} / {f['method']} run {f['run'] + 1}: {first}")
     return "\n".join(out)
+
+
+def fill_table(rows):
+    """The price of a lazy restore: the time until all memory was on the
+    target, and the counter's ticks per second then against before."""
+    rs_all = [r for r in rows if r.get("memory_fill_ms")]
+    if not rs_all:
+        return []
+    out = ["", "Memory filled in after the restore (medians): until all of it was on the target, and the "
+           "counter's ticks per second during the fill against before the freeze:", "",
+           "| workload | link | method | fill ms | ticks/s before | ticks/s during the fill |", "|---|---|---|---|---|---|"]
+    for w, l, methods in groups(rs_all):
+        for m in methods:
+            rs = [r for r in rs_all if r["workload"] == w and r["link"] == l and r["method"] == m]
+            out.append(f"| {w} | {l} | {m} | {fmt_stat([r['memory_fill_ms'] for r in rs])} "
+                       f"| {fmt_stat([r.get('rate_before') for r in rs], digits=1)} "
+                       f"| {fmt_stat([r.get('rate_fill') for r in rs], digits=1)} |")
+    return out
 
 
 def frozen_table(rows):

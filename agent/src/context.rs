@@ -42,6 +42,8 @@ pub struct Agent {
     /// for every data stream of every migration under way (`[limits]
     /// bandwidth`, lowered by what the moves under way ask).
     pub bandwidth: crate::transfer::Limiter,
+    /// Post-copy page tunnels waiting here for their source's legs.
+    pub tunnels: crate::tunnel::Tunnels,
 }
 
 /// The agent's seams to the host: what it asks of Podman and the runtime,
@@ -141,6 +143,7 @@ impl Agent {
     pub fn new(cfg: AgentConfig, ports: Ports, endpoint: quinn::Endpoint) -> Self {
         Agent {
             bandwidth: crate::transfer::Limiter::new(cfg.limits.bandwidth),
+            tunnels: Default::default(),
             cfg,
             engine: ports.engine,
             criu: ports.criu,

@@ -47,8 +47,9 @@ pub trait Criu: Send + Sync + 'static {
     /// `criu check --feature NAME`.
     async fn check_feature(&self, name: &str) -> FeatureCheck;
     /// Starts a lazy-pages daemon serving the images in `folder/checkpoint`,
-    /// once it listens on `folder/`[`SOCKET`].
-    async fn lazy_pages(&self, folder: &Path) -> Result<Box<dyn LazyPages>, CriuError>;
+    /// once it listens on `folder/`[`SOCKET`]; with `page_server`, it takes
+    /// the pages from that CRIU page server instead (post-copy).
+    async fn lazy_pages(&self, folder: &Path, page_server: Option<std::net::SocketAddr>) -> Result<Box<dyn LazyPages>, CriuError>;
 }
 
 /// A lazy-pages daemon filling a restored container's memory.
@@ -92,11 +93,15 @@ impl Criu for HostCriu {
         }
     }
 
-    async fn lazy_pages(&self, folder: &Path) -> Result<Box<dyn LazyPages>, CriuError> {
+    async fn lazy_pages(&self, folder: &Path, page_server: Option<std::net::SocketAddr>) -> Result<Box<dyn LazyPages>, CriuError> {
         let socket = folder.join(SOCKET);
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new("criu")
-            .arg("lazy-pages")
+        let mut cmd = Command::new("criu");
+        cmd.arg("lazy-pages");
+        if let Some(a) = page_server {
+            cmd.args(["--page-server", "--address", &a.ip().to_string(), "--port", &a.port().to_string()]);
+        }
+        let mut child = cmd
             .arg("--images-dir")
             .arg(folder.join("checkpoint"))
             .arg("--work-dir")

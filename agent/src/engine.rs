@@ -41,6 +41,9 @@ pub struct CheckpointOpts {
     /// The container goes on running after the dump (Podman's
     /// `--leave-running`); it is paused only while CRIU dumps.
     pub leave_running: bool,
+    /// A lazy dump (post-copy): it lasts until the target has every page,
+    /// however long a lost link keeps it waiting; the agent bounds it.
+    pub lazy: bool,
 }
 
 /// What the agent needs from the container engine.
@@ -93,6 +96,18 @@ pub trait Engine: Send + Sync + 'static {
     /// The main process of a running container (0 when it has none): one
     /// quick call, for the moment right after a restore.
     async fn main_pid(&self, name: &str) -> Result<u32>;
+    /// Points the runtime's CRIU options file for container `id` at
+    /// `conf`: runc reads it at the container's next checkpoint (post-copy
+    /// puts its lazy dump's options there). The default cannot.
+    async fn set_criu_options(&self, id: &str, conf: &Path) -> Result<()> {
+        let _ = conf;
+        Err(EngineError::Parse { cmd: format!("set_criu_options {id}"), detail: "this engine has no per-container CRIU options".into() })
+    }
+    /// Pauses (`on`) or unpauses a running container (cgroup freezer).
+    async fn pause(&self, name: &str, on: bool) -> Result<()> {
+        let _ = on;
+        Err(EngineError::Parse { cmd: format!("pause {name}"), detail: "this engine cannot pause".into() })
+    }
     /// [`Engine::inspect`], with what only this host needs to know of the
     /// container: its overlay upper layer. The default knows no layer.
     async fn inspect_here(&self, name: &str) -> Result<Option<Inspected>> {
@@ -339,9 +354,48 @@ impl Engine for PodmanCli {
         self.run(&tag_args(id, name), QUICK).await.map(drop)
     }
 
+    async fn pause(&self, name: &str, on: bool) -> Result<()> {
+        self.run(&[if on { "pause" } else { "unpause" }, "--", name], QUICK).await.map(drop)
+    }
+
+    async fn set_criu_options(&self, id: &str, conf: &Path) -> Result<()> {
+        // runc takes the file from the `org.criu.config` annotation, which
+        // it keeps among the labels of its state (`<root>/<id>/state.json`);
+        // Podman cannot change a running container's annotations.
+        let root = self.runc_args.windows(2).find(|w| w[0] == "--root").map_or("/run/runc", |w| w[1].as_str());
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::Parse { cmd: "set_criu_options".into(), detail: format!("{id:?} is not a container ID") });
+        }
+        let path = Path::new(root).join(id).join("state.json");
+        let cmd = format!("edit {}", path.display());
+        let parse = |detail: String| EngineError::Parse { cmd: cmd.clone(), detail };
+        let text = std::fs::read(&path).map_err(|e| parse(e.to_string()))?;
+        let mut state: serde_json::Value = serde_json::from_slice(&text).map_err(|e| parse(e.to_string()))?;
+        let labels = state
+            .get_mut("config")
+            .and_then(|c| c.get_mut("labels"))
+            .and_then(|l| l.as_array_mut())
+            .ok_or_else(|| parse("no config.labels".into()))?;
+        let key = format!("{}=", crate::target::lazy::ANNOTATION);
+        if let Some(theirs) = labels.iter().filter_map(|l| l.as_str()).find(|l| l.starts_with(&key)) {
+            let file = &theirs[key.len()..];
+            if !file.contains("/tern-") {
+                return Err(parse(format!("the container names a CRIU options file of its own ({file})")));
+            }
+        }
+        labels.retain(|l| !l.as_str().is_some_and(|l| l.starts_with(&key)));
+        labels.push(serde_json::Value::String(format!("{key}{}", conf.display())));
+        let tmp = path.with_extension("json.tern");
+        std::fs::write(&tmp, serde_json::to_vec(&state).map_err(|e| parse(e.to_string()))?).map_err(|e| parse(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| parse(e.to_string()))
+    }
+
     async fn checkpoint_export(&self, name: &str, path: &Path, opts: CheckpointOpts) -> Result<()> {
         let export = format!("--export={}", path.to_string_lossy());
-        self.run(&checkpoint_args(name, &export, opts), SLOW).await.map(drop)
+        // A lazy dump ends when the fill does; killing Podman mid-fill
+        // would leave CRIU serving with nobody to report its end.
+        let limit = if opts.lazy { Duration::from_secs(7 * 24 * 3600) } else { SLOW };
+        self.run(&checkpoint_args(name, &export, opts), limit).await.map(drop)
     }
 
     async fn pre_dump(&self, id: &str, dir: &Path, parent: Option<&str>) -> Result<()> {
@@ -929,7 +983,7 @@ mod tests {
     #[test]
     fn names_and_ids_come_after_the_end_of_options() {
         let hostile = "--rootfs=/";
-        let opts = CheckpointOpts { tcp_established: true, with_previous: true, leave_running: false };
+        let opts = CheckpointOpts { tcp_established: true, with_previous: true, leave_running: false, lazy: false };
         let cases: Vec<Vec<&str>> = vec![
             tag_args(hostile, hostile),
             checkpoint_args(hostile, "--export=/x", opts),

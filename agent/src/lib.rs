@@ -52,6 +52,7 @@ pub mod source;
 pub mod storage;
 pub mod target;
 pub mod transfer;
+pub mod tunnel;
 
 /// Where soft-dirty pre-copy rounds live inside a container's own folder
 /// (Podman's `StaticDir`), on the source as dumped and on the target as

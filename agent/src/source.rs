@@ -14,6 +14,7 @@
 //! The rounds' IO lives in [`precopy`]; what can go wrong, in [`error`].
 
 mod error;
+mod postcopy;
 mod precopy;
 
 use crate::context::Agent;
@@ -129,6 +130,8 @@ struct Run<'a> {
     journal_path: Option<PathBuf>,
     /// Its way through the host's bandwidth cap (`transfer::Pace`).
     pace: Pace<'a>,
+    /// Post-copy: the fill under way (`postcopy.rs`).
+    fill: Option<postcopy::Fill>,
 }
 
 /// Runs one migration to its end and sends the report as the last event.
@@ -167,6 +170,7 @@ pub async fn migrate(agent: &Agent, req: MigrateRequest, events: mpsc::Sender<Mi
         upper_dir: None,
         journal_path: None,
         pace,
+        fill: None,
     };
     tracing::info!(
         id = run.req.id,
@@ -334,9 +338,13 @@ impl Run<'_> {
                 self.journal_path = Some(path.clone());
                 Event::Journaled(path)
             }),
+            Command::Dump { in_ram, .. } if self.req.options.mode == Mode::PostCopy => event(self.dump_lazy(in_ram).await, Event::Shipped),
             Command::Dump { kind, with_previous, in_ram } => event(self.dump(kind, with_previous, in_ram).await, Event::Shipped),
             Command::Switched(r) => self.switched(r),
             Command::RemoveSourceCopy => {
+                if let Some(Err(e)) = self.fill_done().await {
+                    self.warnings.push(format!("the target has every page, but {e}"));
+                }
                 self.remove_source_copy().await;
                 Some(Event::Done)
             }
@@ -630,7 +638,7 @@ impl Run<'_> {
         // Podman's archive can lack changed files of the image (rootfs.rs):
         // they are added on the way, from the container's upper layer.
         let (reader, completion) = crate::rootfs::completing(reader, self.upper_dir.clone(), self.work_dir.join("rootfs-diff.spool"));
-        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, with_previous, leave_running: false };
+        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, with_previous, ..Default::default() };
         self.checkpoint_in_ram = in_ram;
         self.frozen_at = Some(Instant::now());
         let (engine, name) = (self.agent.engine.clone(), info.name.clone());
@@ -760,11 +768,22 @@ impl Run<'_> {
             Ok(i) => i,
             Err(f) => return Event::Failed(f.failure()),
         };
+        // Post-copy: once the target has every page the container is its
+        // alone (the dump ended it here); if the dump failed, CRIU let it
+        // run here again and the target's copy, short of pages, must go.
+        let verdict = match self.fill_done().await {
+            Some(Ok(())) => Verdict::Commit,
+            Some(Err(e)) => {
+                self.warnings.push(format!("{e}; the container runs on here, as of the freeze"));
+                Verdict::Abort
+            }
+            None => Verdict::Abort,
+        };
         let started = Instant::now();
         let mut last;
         self.progress(Phase::Rollback, 0, &format!("settling with {} whether it restored the container", self.target()));
         loop {
-            match crate::recovery::settle(self.agent, self.req.id, &info.name, &info.id, &self.req.target, Verdict::Abort).await {
+            match crate::recovery::settle(self.agent, self.req.id, &info.name, &info.id, &self.req.target, verdict).await {
                 Ok(Resolution::Busy) => last = SourceError::TargetBusy { target: self.target().to_string() },
                 Ok(r) => return Event::Resolved(r),
                 Err(e) => last = SourceError::Settle(e),
@@ -854,6 +873,17 @@ impl Run<'_> {
     /// Brings the container back here, its traffic held meanwhile; the
     /// downtime ends here.
     async fn restore_held(&mut self) -> Event {
+        // Post-copy: ending the dump lets the container run here again.
+        if self.abandon_fill().await {
+            if let Some(t) = self.frozen_at.take() {
+                self.downtime = Some(t.elapsed());
+            }
+            return match self.agent.engine.inspect(&self.req.container).await {
+                Ok(Some(c)) if c.is_running() => Event::RestoredHere,
+                Ok(_) => Event::RestoreFailed("the post-copy dump ended, but the container does not run here".into()),
+                Err(e) => Event::RestoreFailed(e.to_string()),
+            };
+        }
         let hold = match self.agent.engine.networks().await {
             Ok(nets) => match &self.container {
                 Some(c) => crate::netid::Hold::install(c, &nets, self.req.id).await.map_err(SourceError::Net),

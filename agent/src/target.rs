@@ -93,9 +93,21 @@ pub async fn receive(
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let staging = agent.cfg.state_dir.join(format!("incoming-{}-{n}", std::process::id()));
-    let mut t =
-        Target { agent, begin, staging, restored: false, bundle: None, host: None, tentative: None, lazy: false, notes: Vec::new(), hold: None };
+    let mut t = Target {
+        agent,
+        begin,
+        staging,
+        restored: false,
+        bundle: None,
+        host: None,
+        tentative: None,
+        lazy: false,
+        notes: Vec::new(),
+        hold: None,
+        legs: None,
+    };
     let result = t.run(conn, &mut send, &mut recv).await;
+    agent.tunnels.close(t.begin.id);
     t.release_hold().await;
     let _ = tokio::fs::remove_dir_all(&t.staging).await;
     crate::release_freed_memory();
@@ -178,6 +190,9 @@ struct Target<'a> {
     /// Packets for the container's address, dropped here until it runs
     /// (netid.rs).
     hold: Option<crate::netid::Hold>,
+    /// Post-copy: the legs of the page tunnel, as the source opens them
+    /// (`tunnel.rs`), until the restore takes them.
+    legs: Option<crate::tunnel::Legs>,
 }
 
 /// A restore that went well.
@@ -205,6 +220,10 @@ fn restore_steps(admit: Duration, hook: Duration, criu_us: Option<u64>, total: D
         StepTime { step: FrozenStep::PodmanRestore, ms: rest - criu },
     ]
 }
+
+/// How much longer a post-copy fill may take than a local one: the time
+/// the source keeps trying to reach this host after a lost link.
+const POST_COPY_WAIT: Duration = Duration::from_secs(600);
 
 /// The longest a lazy restore may take to fill the memory: a minute, plus
 /// a second for each 50 MiB (far slower than any local copy).
@@ -260,7 +279,21 @@ impl Target<'_> {
         }
         tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
         self.notes.extend(bundle.on_disk_because.iter().map(|why| format!("the images were held on disk: {why}")));
-        if self.begin.lazy_restore {
+        if self.begin.mode == Mode::PostCopy {
+            // No pages here to fall back on: lazily or not at all.
+            match self.agent.facts().await {
+                Ok(f) if f.lazy_restore.supported => self.lazy = true,
+                Ok(f) => {
+                    bundle.remove();
+                    return Ok(Err(format!("post-copy needs lazy restores, and this host has none: {}", f.lazy_restore.detail)));
+                }
+                Err(e) => {
+                    bundle.remove();
+                    return Ok(Err(format!("post-copy needs lazy restores, and this host's facts are unreadable: {e:#}")));
+                }
+            }
+            self.legs = Some(self.agent.tunnels.open(self.begin.id, &self.begin.source));
+        } else if self.begin.lazy_restore {
             match self.agent.facts().await {
                 Ok(f) if f.lazy_restore.supported => self.lazy = true,
                 Ok(f) => self.notes.push(format!("restored eagerly: {}", f.lazy_restore.detail)),
@@ -436,6 +469,18 @@ impl Target<'_> {
                     container: run.container,
                 })
             }
+            Err(e) if self.begin.mode == Mode::PostCopy && self.restored && matches!(e, TargetError::LazyPages(_)) => {
+                // It ran here on part of its memory: paused, not removed,
+                // until the source settles (its copy may be gone).
+                let name = &self.begin.container.name;
+                if let Err(pe) = self.agent.engine.pause(name, true).await {
+                    tracing::warn!("pausing {name}: {pe}");
+                }
+                if let Some(b) = self.bundle.take() {
+                    self.tentative = Some(b.tentative());
+                }
+                TargetMsg::Failed(e.failure(Phase::Restore))
+            }
             Err(e) => {
                 self.undo().await;
                 TargetMsg::Failed(e.failure(Phase::Restore))
@@ -475,9 +520,24 @@ impl Target<'_> {
         let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
         let mut daemon = None;
+        let post_copy = self.begin.mode == Mode::PostCopy;
+        if post_copy && !staged.annotated {
+            return Err(TargetError::PostCopy(
+                "its spec.dump names a CRIU options file of its own (org.criu.config), so it cannot be restored lazily".into(),
+            ));
+        }
         if staged.annotated {
-            if self.lazy {
-                match self.agent.criu.lazy_pages(&folder).await {
+            if post_copy {
+                let (addr, tunnel) = self.open_tunnel().await?;
+                match self.agent.criu.lazy_pages(&folder, Some(addr)).await {
+                    Ok(d) => daemon = Some(d),
+                    Err(e) => {
+                        tunnel.abort();
+                        return Err(TargetError::PostCopy(e.to_string()));
+                    }
+                }
+            } else if self.lazy {
+                match self.agent.criu.lazy_pages(&folder, None).await {
                     Ok(d) => daemon = Some(d),
                     Err(e) => self.notes.push(format!("restored eagerly: {e}")),
                 }
@@ -532,7 +592,7 @@ impl Target<'_> {
             lazy::settle_conf(&folder);
         }
         if let Err(e) = restored {
-            if daemon.take().is_none() {
+            if post_copy || daemon.take().is_none() {
                 return Err(TargetError::Restore { source: e, kept_log: self.keep_criu_log(&folder) });
             }
             // Once more, eagerly, from the images still in place: Podman
@@ -560,14 +620,67 @@ impl Target<'_> {
         }
         let container = self.confirm(&name).await?;
         tokio::time::sleep(self.agent.cfg.faults.delay_restored()).await;
+        let mut limit = fill_limit(self.begin.container.memory_bytes);
+        if post_copy {
+            // The pages cross the link, which may drop and come back.
+            limit += POST_COPY_WAIT;
+        }
         let filled = match daemon {
             Some(d) => {
-                d.finish(fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
+                d.finish(limit).await.map_err(TargetError::LazyPages)?;
                 Some(at.elapsed())
             }
             None => None,
         };
         Ok(Running { container, at, filled, steps })
+    }
+
+    /// Post-copy: the local end of the page tunnel that `criu lazy-pages`
+    /// connects to, and the task that serves it (`tunnel.rs`). While the
+    /// link is lost, the container is paused here: its page faults would
+    /// wait anyway, and nothing of it runs on half its memory.
+    async fn open_tunnel(&mut self) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), TargetError> {
+        let legs = self.legs.take().ok_or_else(|| TargetError::PostCopy("the page tunnel was not opened".into()))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| TargetError::PostCopy(format!("listening for criu lazy-pages: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| TargetError::PostCopy(e.to_string()))?;
+        let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (engine, name, id) = (self.agent.engine.clone(), self.begin.container.name.clone(), self.begin.id);
+        let task = tokio::spawn(async move {
+            let serve = crate::tunnel::serve_target(listener, legs, lost_tx);
+            tokio::pin!(serve);
+            let mut paused = false;
+            loop {
+                tokio::select! {
+                    r = &mut serve => {
+                        match r {
+                            Ok(bytes) => tracing::info!(id, bytes, "every page came through the tunnel"),
+                            Err(e) => tracing::error!(id, "the page tunnel failed: {e}; {name} stays paused until the migration is settled"),
+                        }
+                        if paused {
+                            // Done: the daemon ends and the fill with it.
+                            if let Err(e) = engine.pause(&name, false).await {
+                                tracing::warn!(id, "unpausing {name}: {e}");
+                            }
+                        }
+                        return;
+                    }
+                    Some(lost) = lost_rx.recv() => {
+                        if lost != paused {
+                            match engine.pause(&name, lost).await {
+                                Ok(()) => {
+                                    paused = lost;
+                                    tracing::warn!(id, "{name} {} while the page tunnel {}", if lost { "paused" } else { "resumes" }, if lost { "is down" } else { "is back" });
+                                }
+                                Err(e) => tracing::warn!(id, "pausing {name}: {e}"),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((addr, task))
     }
 
     /// The container runs here now: its address is announced from here and

@@ -23,6 +23,11 @@ pub enum ModeArg {
     /// Content-addressed pre-copy (no soft-dirty needed): ship a full dump
     /// while it runs, then only the pages the target lacks.
     HashPreCopy,
+    /// Restore on the target at once and pull the memory from the frozen
+    /// source afterwards: the shortest downtime, whatever the memory, but
+    /// until the last page crosses the container needs both hosts and the
+    /// link (never chosen by `auto`).
+    PostCopy,
 }
 
 /// `auto` uses content-addressed pre-copy from this much memory and files
@@ -145,6 +150,7 @@ pub async fn plan<'a>(
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
         ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
+        ModeArg::PostCopy => (Mode::PostCopy, "as asked".to_string()),
         ModeArg::Auto => {
             let (mode, why) = auto_mode(both_track, info.memory_bytes, info.files_bytes);
             let note = match mode {

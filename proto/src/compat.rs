@@ -166,8 +166,40 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
         _ => f,
     });
 
+    if mode == Mode::PostCopy {
+        out.push(post_copy(src, dst));
+    }
     out.push(cordon_finding(src, dst));
     out
+}
+
+/// Post-copy needs runc on the source (its `checkpoint` serves pages to a
+/// lazy restore; crun has no such option) and userfaultfd on the target,
+/// and it has a price every user must read before the freeze: until the
+/// last page crosses, the container needs both hosts and the link.
+fn post_copy(src: &HostFacts, dst: &HostFacts) -> Finding {
+    let f =
+        Finding::new("post-copy", format!("{} runtime", src.runtime_name), if dst.lazy_restore.supported { "userfaultfd" } else { "no userfaultfd" });
+    if src.runtime_name != "runc" {
+        return f.with(
+            Severity::Block,
+            format!(
+                "post-copy needs runc on {} (its checkpoint serves pages to the target; {} cannot); use --mode hash-pre-copy",
+                src.name, src.runtime_name
+            ),
+        );
+    }
+    if !dst.lazy_restore.supported {
+        return f
+            .with(Severity::Block, format!("post-copy needs lazy restores on {} ({}); use --mode hash-pre-copy", dst.name, dst.lazy_restore.detail));
+    }
+    f.with(
+        Severity::Warn,
+        format!(
+            "the container runs on {} before its memory is there: until the last page crosses, losing {} or the link pauses it (tern waits for the link); losing {} loses the container",
+            dst.name, src.name, src.name
+        ),
+    )
 }
 
 /// No migration lands on a cordoned host (its agent refuses a `Receive`

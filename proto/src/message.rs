@@ -83,6 +83,14 @@ pub enum Request {
     /// (coordinator to agent), after forgetting what the request names.
     /// Answer with [`Response::Evacuation`].
     Evacuation(EvacuationRequest),
+    /// The memory of a post-copy migration (agent to agent, source to
+    /// target): after this request the stream carries the page tunnel
+    /// between the target's `criu lazy-pages` and the source's CRIU page
+    /// server, in the tunnel's own frames. Opened again on a new
+    /// connection after a lost link, and the tunnel resumes where it was.
+    Pages {
+        id: MigrationId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,12 @@ pub enum Mode {
     /// freeze only the pages whose blake3 hash the target does not already
     /// hold cross the wire.
     HashPreCopy,
+    /// Post-copy: freeze, dump everything but memory, restore on the target
+    /// at once; the target pulls the memory from the frozen source over the
+    /// agents' link, on demand and in the background, until it is whole.
+    /// The downtime no longer grows with memory, but until the last page
+    /// crosses the container needs both hosts and the link between them.
+    PostCopy,
 }
 
 impl Mode {
@@ -31,6 +37,7 @@ impl Mode {
             Mode::StopAndCopy => "stop-and-copy",
             Mode::PreCopy => "pre-copy",
             Mode::HashPreCopy => "hash-pre-copy",
+            Mode::PostCopy => "post-copy",
         }
     }
 

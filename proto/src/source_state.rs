@@ -75,7 +75,7 @@ impl Plan {
         let rounds = match mode {
             Mode::PreCopy => Rounds::SoftDirty,
             Mode::HashPreCopy => Rounds::Base,
-            Mode::StopAndCopy | Mode::Invalid => Rounds::None,
+            Mode::StopAndCopy | Mode::PostCopy | Mode::Invalid => Rounds::None,
         };
         Plan { mode, rounds }
     }
@@ -114,6 +114,7 @@ impl Plan {
         match self.rounds {
             Rounds::SoftDirty => "freezing; the final dump holds only the pages written since the last round",
             Rounds::Base => "freezing; only pages the target lacks cross the wire",
+            Rounds::None if self.mode == Mode::PostCopy => "freezing; everything but memory crosses now, memory after the restore",
             Rounds::None => "freezing and dumping; the archive streams as it is written",
         }
     }

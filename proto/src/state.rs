@@ -110,7 +110,7 @@ pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetSt
         (Prepared { rounds }, SourceMsg::CheckpointSent(d)) => Ok((Restored, Action::Restore { digest: *d, rounds })),
         // Stop-and-copy has no rounds; content-addressed pre-copy exactly
         // one, its base, which needs no preparing.
-        (Staging { rounds: 0 }, SourceMsg::CheckpointSent(d)) if mode == Mode::StopAndCopy => {
+        (Staging { rounds: 0 }, SourceMsg::CheckpointSent(d)) if matches!(mode, Mode::StopAndCopy | Mode::PostCopy) => {
             Ok((Restored, Action::Restore { digest: *d, rounds: 0 }))
         }
         (Staging { rounds: 1 }, SourceMsg::CheckpointSent(d)) if mode == Mode::HashPreCopy => {

@@ -4,6 +4,8 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
+/// Version 8 adds post-copy (`Mode::PostCopy`, `Request::Pages`: the
+/// page tunnel between the target's lazy restore and the source's CRIU).
 /// Version 7 marks tickets of evacuation moves (`TicketBody::evacuation`),
 /// which a target records to let the evacuated host's evacuator
 /// certificate bring them back, and lets a source refuse a `Migrate` in
@@ -26,10 +28,10 @@
 /// and the report) and where the images were held (RAM or disk). Version 2
 /// added pre-copy rounds, file sets and delta records. Older versions are no
 /// longer spoken: agents of one cluster are upgraded together.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[7];
+pub const SUPPORTED_VERSIONS: &[u16] = &[8];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

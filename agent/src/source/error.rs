@@ -26,6 +26,9 @@ pub enum SourceError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Net(#[from] NetError),
+    /// Post-copy (`postcopy.rs`).
+    #[error("post-copy: {0}")]
+    PostCopy(String),
 
     // Before anything was frozen.
     #[error("{container} is already being migrated")]

@@ -11,6 +11,9 @@ use tern_proto::{DataKind, Digest, Failure, Phase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    /// Post-copy could not set up its restore here.
+    #[error("post-copy: {0}")]
+    PostCopy(String),
     /// The receiving task ended before a stream of this kind came.
     #[error("the {0:?} data stream never arrived")]
     NeverArrived(DataKind),

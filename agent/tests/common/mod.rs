@@ -602,7 +602,7 @@ impl Criu for FakeCriu {
     async fn check_feature(&self, name: &str) -> FeatureCheck {
         FeatureCheck::Unsupported(format!("{name} is not offered in tests"))
     }
-    async fn lazy_pages(&self, _folder: &Path) -> Result<Box<dyn LazyPages>, CriuError> {
+    async fn lazy_pages(&self, _folder: &Path, _page_server: Option<std::net::SocketAddr>) -> Result<Box<dyn LazyPages>, CriuError> {
         Err(CriuError::Spawn(std::io::Error::other("no lazy-pages daemon in tests")))
     }
 }

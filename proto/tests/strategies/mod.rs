@@ -33,7 +33,7 @@ fn sock() -> impl Strategy<Value = SocketAddr> {
 }
 
 pub fn mode() -> impl Strategy<Value = Mode> {
-    select(vec![Mode::Invalid, Mode::StopAndCopy, Mode::PreCopy, Mode::HashPreCopy])
+    select(vec![Mode::Invalid, Mode::StopAndCopy, Mode::PreCopy, Mode::HashPreCopy, Mode::PostCopy])
 }
 
 fn phase() -> impl Strategy<Value = Phase> {

@@ -1,0 +1,415 @@
+//! The page tunnel of a post-copy migration: CRIU's page traffic between
+//! the target's `criu lazy-pages` and the source's CRIU page server, over
+//! the agents' QUIC link (no port opened between hosts, the same mutual
+//! TLS), surviving a link that drops and comes back.
+//!
+//! ```text
+//!  target                                                source
+//!  criu lazy-pages ─TCP─▶ 127.0.0.1:Q  ══ QUIC (Request::Pages) ══  ─TCP─▶ 127.0.0.1:P  CRIU page server
+//!                         End + Outbox     legs: one per connection    End + Outbox      (the frozen container)
+//! ```
+//!
+//! CRIU cannot lose its connection safely: a lazy-pages daemon whose page
+//! server went away fills the missing pages with zeros and lets the
+//! container run on, and a dumping CRIU whose client went away resumes the
+//! source's copy (two copies, one corrupt). So neither TCP connection ever
+//! closes while the fill is incomplete. Each side keeps an [`End`]: its
+//! TCP connection, the bytes it sent that the peer has not yet confirmed
+//! ([`Outbox`]) and how many it delivered. The QUIC stream between them is
+//! a *leg*; when a leg dies with its connection, the source opens another
+//! on a new connection, both say how much they delivered (`Hello`), resend
+//! what the other lacks and carry on. While no leg runs, CRIU's requests
+//! and pages wait in the kernel's socket buffers and the container's
+//! page faults wait with them: the target never runs past a page it
+//! cannot get.
+//!
+//! Frames on a leg, each way: `H` + u64 (bytes delivered so far, first),
+//! `D` + u32 length + bytes (at most [`MAX_DATA`]), `A` + u64 (delivered so
+//! far), `E` (this side's CRIU closed its end).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+use tern_proto::MigrationId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The largest data frame a peer may send.
+pub const MAX_DATA: usize = 1 << 20;
+/// What one side reads from CRIU at once.
+const READ_CHUNK: usize = 256 << 10;
+/// The most bytes kept for resending: past it, the side stops reading
+/// from CRIU until the peer confirms some (CRIU then waits on its socket).
+const OUTBOX_CAP: usize = 64 << 20;
+/// How often delivered bytes are confirmed while data flows.
+const ACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Bytes sent and not yet confirmed by the peer, for resending on a new
+/// leg. Offsets count every byte this side ever sent.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// The offset of `buf[0]`: every byte before it was confirmed.
+    base: u64,
+    buf: VecDeque<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TunnelError {
+    #[error("the peer confirmed byte {got} of the page stream, but only {end} were sent")]
+    AckBeyondEnd { got: u64, end: u64 },
+    #[error("the peer confirmed byte {got} of the page stream after confirming {base}: it lost pages it had confirmed")]
+    AckBackwards { got: u64, base: u64 },
+    #[error("a page-tunnel frame of {0} bytes (at most {MAX_DATA})")]
+    TooLarge(usize),
+    #[error("an unknown page-tunnel frame ({0:#x})")]
+    UnknownFrame(u8),
+    #[error("the leg's first frame was not a Hello")]
+    NoHello,
+    #[error("the local CRIU connection: {0}")]
+    Local(String),
+    #[error("the link: {0}")]
+    Link(String),
+}
+
+impl Outbox {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend(bytes);
+    }
+
+    /// The offset after the last byte sent.
+    pub fn end(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The peer holds every byte before `upto`: they need no resending.
+    pub fn ack(&mut self, upto: u64) -> Result<(), TunnelError> {
+        if upto > self.end() {
+            return Err(TunnelError::AckBeyondEnd { got: upto, end: self.end() });
+        }
+        if upto < self.base {
+            return Err(TunnelError::AckBackwards { got: upto, base: self.base });
+        }
+        self.buf.drain(..(upto - self.base) as usize);
+        self.base = upto;
+        Ok(())
+    }
+
+    /// Everything not yet confirmed, in frames of at most `chunk` bytes.
+    pub fn pending(&self, chunk: usize) -> Vec<Vec<u8>> {
+        let (a, b) = self.buf.as_slices();
+        a.chunks(chunk).chain(b.chunks(chunk)).map(<[u8]>::to_vec).collect()
+    }
+}
+
+/// One frame of a leg.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(u64),
+    Data(Vec<u8>),
+    Ack(u64),
+    End,
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Frame::Hello(n) => [&[b'H'][..], &n.to_be_bytes()].concat(),
+            Frame::Ack(n) => [&[b'A'][..], &n.to_be_bytes()].concat(),
+            Frame::End => vec![b'E'],
+            Frame::Data(d) => [&[b'D'][..], &(d.len() as u32).to_be_bytes(), d].concat(),
+        }
+    }
+
+    /// Reads one frame; `None` at the stream's clean end.
+    pub async fn read(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<Option<Frame>, TunnelError> {
+        let link = |e: std::io::Error| TunnelError::Link(e.to_string());
+        let mut tag = [0u8; 1];
+        if r.read(&mut tag).await.map_err(link)? == 0 {
+            return Ok(None);
+        }
+        let mut n8 = [0u8; 8];
+        Ok(Some(match tag[0] {
+            b'H' | b'A' => {
+                r.read_exact(&mut n8).await.map_err(link)?;
+                let n = u64::from_be_bytes(n8);
+                if tag[0] == b'H' {
+                    Frame::Hello(n)
+                } else {
+                    Frame::Ack(n)
+                }
+            }
+            b'E' => Frame::End,
+            b'D' => {
+                let mut n4 = [0u8; 4];
+                r.read_exact(&mut n4).await.map_err(link)?;
+                let len = u32::from_be_bytes(n4) as usize;
+                if len > MAX_DATA {
+                    return Err(TunnelError::TooLarge(len));
+                }
+                let mut d = vec![0u8; len];
+                r.read_exact(&mut d).await.map_err(link)?;
+                Frame::Data(d)
+            }
+            other => return Err(TunnelError::UnknownFrame(other)),
+        }))
+    }
+}
+
+/// One side of the tunnel: its CRIU connection and what it owes the peer.
+pub struct End {
+    tcp: TcpStream,
+    outbox: Outbox,
+    /// Bytes from the peer written to CRIU.
+    delivered: u64,
+    /// CRIU closed its end (sent to the peer as `E`).
+    local_closed: bool,
+    /// The peer's CRIU closed its end: this side's CRIU was told.
+    peer_closed: bool,
+    /// Bytes from CRIU, in all (for the logs and the report).
+    pub read_total: u64,
+    /// This side's sending cap, bytes/s (0: none): the source applies the
+    /// migration's `--bandwidth` to the pages too.
+    rate: u64,
+    /// The source's side: its CRIU may close only after the target's did
+    /// (the daemon ends the fill). An earlier close is CRIU's failure, and
+    /// passing it on would make the daemon fill the rest with zeros.
+    source: bool,
+}
+
+/// How a leg ended.
+#[derive(Debug)]
+pub enum LegEnd {
+    /// Both CRIUs closed their ends and nothing is owed: the fill is over.
+    Finished,
+    /// The leg failed with its link: open another.
+    Lost(TunnelError),
+    /// A CRIU failed, or the peer broke the protocol: no leg can help.
+    Failed(TunnelError),
+}
+
+impl End {
+    pub fn new(tcp: TcpStream, rate: u64, source: bool) -> End {
+        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read_total: 0, rate, source }
+    }
+
+    fn finished(&self) -> bool {
+        self.local_closed && self.peer_closed && self.outbox.is_empty()
+    }
+
+    /// Runs one leg over `send`/`recv` until the fill is over or the leg
+    /// fails. The TCP connection outlives a failed leg, whatever happens.
+    pub async fn run_leg(&mut self, send: &mut quinn::SendStream, recv: quinn::RecvStream) -> LegEnd {
+        match self.leg(send, recv).await {
+            Ok(()) => LegEnd::Finished,
+            Err(e @ TunnelError::Link(_)) => LegEnd::Lost(e),
+            Err(e) => LegEnd::Failed(e),
+        }
+    }
+
+    async fn leg(&mut self, send: &mut quinn::SendStream, mut recv: quinn::RecvStream) -> Result<(), TunnelError> {
+        let link = |e: quinn::WriteError| TunnelError::Link(e.to_string());
+        let local = |e: std::io::Error| TunnelError::Local(e.to_string());
+        send.write_all(&Frame::Hello(self.delivered).encode()).await.map_err(link)?;
+        let Some(Frame::Hello(peer_has)) = Frame::read(&mut recv).await? else { return Err(TunnelError::NoHello) };
+        self.outbox.ack(peer_has)?;
+        for chunk in self.outbox.pending(MAX_DATA) {
+            send.write_all(&Frame::Data(chunk).encode()).await.map_err(link)?;
+        }
+        if self.local_closed {
+            send.write_all(&Frame::End.encode()).await.map_err(link)?;
+        }
+        // Frames arrive through a task of their own: reading a frame is
+        // not cancel-safe, and the loop below must wait on CRIU and the
+        // peer at once.
+        let (tx, mut frames) = mpsc::channel::<Result<Frame, TunnelError>>(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = match Frame::read(&mut recv).await {
+                    Ok(Some(f)) => Ok(f),
+                    Ok(None) => Err(TunnelError::Link("the peer ended the leg".into())),
+                    Err(e) => Err(e),
+                };
+                let stop = f.is_err();
+                if tx.send(f).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(reader);
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut acked = self.delivered;
+        let mut tick = tokio::time::interval(ACK_EVERY);
+        let mut bucket = (self.rate > 0).then(|| (tokio::time::Instant::now(), crate::transfer::Bucket::new(self.rate, Duration::ZERO)));
+        while !self.finished() {
+            let may_read = !self.local_closed && self.outbox.len() < OUTBOX_CAP;
+            tokio::select! {
+                r = self.tcp.read(&mut buf), if may_read => {
+                    let n = r.map_err(local)?;
+                    if n == 0 {
+                        if self.source && !self.peer_closed {
+                            return Err(TunnelError::Local("CRIU's page server closed before the target had every page".into()));
+                        }
+                        self.local_closed = true;
+                        send.write_all(&Frame::End.encode()).await.map_err(link)?;
+                        continue;
+                    }
+                    self.read_total += n as u64;
+                    self.outbox.push(&buf[..n]);
+                    if let Some((t0, b)) = &mut bucket {
+                        let wait = b.take(n as u64, t0.elapsed());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    send.write_all(&Frame::Data(buf[..n].to_vec()).encode()).await.map_err(link)?;
+                }
+                f = frames.recv() => {
+                    match f.unwrap_or_else(|| Err(TunnelError::Link("the leg's reader stopped".into())))? {
+                        Frame::Data(d) => {
+                            self.tcp.write_all(&d).await.map_err(local)?;
+                            self.delivered += d.len() as u64;
+                        }
+                        Frame::Ack(n) => self.outbox.ack(n)?,
+                        Frame::End => {
+                            self.peer_closed = true;
+                            // Confirm all first: the peer ends when nothing is owed.
+                            send.write_all(&Frame::Ack(self.delivered).encode()).await.map_err(link)?;
+                            acked = self.delivered;
+                            let _ = self.tcp.shutdown().await;
+                        }
+                        Frame::Hello(_) => return Err(TunnelError::NoHello),
+                    }
+                }
+                _ = tick.tick() => {
+                    if acked != self.delivered {
+                        send.write_all(&Frame::Ack(self.delivered).encode()).await.map_err(link)?;
+                        acked = self.delivered;
+                    }
+                }
+            }
+        }
+        let _ = send.write_all(&Frame::Ack(self.delivered).encode()).await;
+        let _ = send.finish();
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The target's open tunnels, by migration: a `Request::Pages` stream from
+/// the migration's source is handed to the tunnel waiting for it.
+#[derive(Default)]
+pub struct Tunnels {
+    open: Mutex<HashMap<MigrationId, (String, mpsc::Sender<Leg>)>>,
+}
+
+/// One leg's streams.
+pub type Leg = (quinn::SendStream, quinn::RecvStream);
+/// Legs for one tunnel, as the source opens them.
+pub type Legs = mpsc::Receiver<Leg>;
+
+impl Tunnels {
+    /// The target opens the tunnel of migration `id`, from `source` only.
+    pub fn open(&self, id: MigrationId, source: &str) -> Legs {
+        let (tx, rx) = mpsc::channel(4);
+        self.open.lock().unwrap().insert(id, (source.to_string(), tx));
+        rx
+    }
+
+    pub fn close(&self, id: MigrationId) {
+        self.open.lock().unwrap().remove(&id);
+    }
+
+    /// A `Request::Pages` stream: to its tunnel, if `peer` is its source.
+    pub async fn attach(&self, id: MigrationId, peer: &str, send: quinn::SendStream, recv: quinn::RecvStream) -> anyhow::Result<()> {
+        let tx = match self.open.lock().unwrap().get(&id) {
+            Some((source, tx)) if source == peer => tx.clone(),
+            Some(_) => anyhow::bail!("{peer} asked for the pages of migration {id}, which is not its"),
+            None => anyhow::bail!("no post-copy migration {id} waits for its pages here"),
+        };
+        tx.send((send, recv)).await.map_err(|_| anyhow::anyhow!("migration {id} no longer waits for its pages"))
+    }
+}
+
+/// The target's side: accepts `criu lazy-pages`' connection on
+/// `listener`, then runs the legs the source opens until the fill is over.
+/// `lost` hears when a leg is lost (true) and when one runs again (false).
+pub async fn serve_target(listener: tokio::net::TcpListener, mut legs: Legs, lost: mpsc::UnboundedSender<bool>) -> Result<u64, TunnelError> {
+    let (tcp, _) = listener.accept().await.map_err(|e| TunnelError::Local(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let mut end = End::new(tcp, 0, false);
+    let mut was_lost = false;
+    while let Some((mut send, recv)) = legs.recv().await {
+        if was_lost {
+            let _ = lost.send(false);
+        }
+        match end.run_leg(&mut send, recv).await {
+            LegEnd::Finished => return Ok(end.delivered),
+            LegEnd::Lost(e) => {
+                tracing::warn!("the page tunnel lost its leg: {e}; waiting for the source to open another");
+                was_lost = true;
+                let _ = lost.send(true);
+            }
+            LegEnd::Failed(e) => {
+                // The daemon's connection stays open: its faults wait
+                // rather than read zeros, until the migration is settled.
+                let _ = lost.send(true);
+                std::mem::forget(end);
+                return Err(e);
+            }
+        }
+    }
+    Err(TunnelError::Link("the migration ended before its memory was whole".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_resends_only_what_the_peer_lacks() {
+        let mut o = Outbox::default();
+        o.push(b"hello ");
+        o.push(b"world");
+        assert_eq!(o.end(), 11);
+        o.ack(6).unwrap();
+        assert_eq!(o.pending(3).concat(), b"world");
+        assert_eq!(o.pending(3).len(), 2);
+        assert_eq!(o.ack(12), Err(TunnelError::AckBeyondEnd { got: 12, end: 11 }));
+        assert_eq!(o.ack(5), Err(TunnelError::AckBackwards { got: 5, base: 6 }));
+        o.ack(11).unwrap();
+        assert!(o.is_empty() && o.pending(3).is_empty());
+        o.push(b"!");
+        assert_eq!(o.end(), 12);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bounds_hold() {
+        let frames = [Frame::Hello(7), Frame::Data(vec![1, 2, 3]), Frame::Ack(u64::MAX), Frame::End];
+        let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        let mut r = &bytes[..];
+        for f in frames {
+            assert_eq!(Frame::read(&mut r).await.unwrap(), Some(f));
+        }
+        assert_eq!(Frame::read(&mut r).await.unwrap(), None);
+        let big = [&[b'D'][..], &((MAX_DATA + 1) as u32).to_be_bytes()].concat();
+        assert_eq!(Frame::read(&mut &big[..]).await.unwrap_err(), TunnelError::TooLarge(MAX_DATA + 1));
+        assert_eq!(Frame::read(&mut &b"Z"[..]).await.unwrap_err(), TunnelError::UnknownFrame(b'Z'));
+        assert!(matches!(Frame::read(&mut &b"A\0\0"[..]).await.unwrap_err(), TunnelError::Link(_)));
+    }
+}
