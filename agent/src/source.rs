@@ -874,13 +874,19 @@ impl Run<'_> {
     /// downtime ends here.
     async fn restore_held(&mut self) -> Event {
         // Post-copy: ending the dump lets the container run here again.
-        if self.abandon_fill().await {
+        // Its images hold no memory, so they are never restored here: CRIU's
+        // restorer would wait forever for pages that are not in them
+        // (it did, in a test, writing its log until the disk was full).
+        if self.req.options.mode == Mode::PostCopy {
+            self.abandon_fill().await;
             if let Some(t) = self.frozen_at.take() {
                 self.downtime = Some(t.elapsed());
             }
             return match self.agent.engine.inspect(&self.req.container).await {
                 Ok(Some(c)) if c.is_running() => Event::RestoredHere,
-                Ok(_) => Event::RestoreFailed("the post-copy dump ended, but the container does not run here".into()),
+                Ok(_) => Event::RestoreFailed(
+                    "the post-copy dump ended and the container does not run here; its images hold no memory and cannot be restored".into(),
+                ),
                 Err(e) => Event::RestoreFailed(e.to_string()),
             };
         }

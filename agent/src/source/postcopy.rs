@@ -192,11 +192,11 @@ impl Run<'_> {
     /// Gives the fill up before the target ran the container: closing the
     /// page server's connection ends the dump, and CRIU lets the container
     /// run here again.
-    pub(super) async fn abandon_fill(&mut self) -> bool {
-        let Some(fill) = self.fill.as_mut() else { return false };
-        fill.tunnel.abort();
-        let _ = self.fill_done().await;
-        true
+    pub(super) async fn abandon_fill(&mut self) {
+        if let Some(fill) = self.fill.as_mut() {
+            fill.tunnel.abort();
+            let _ = self.fill_done().await;
+        }
     }
 }
 
