@@ -57,6 +57,10 @@ pub struct Entry {
     /// back.
     #[serde(default)]
     pub commit: bool,
+    /// A post-copy migration: the checkpoint here holds no memory, and is
+    /// never restored (CRIU's restorer would wait forever for its pages).
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 impl Entry {
@@ -226,6 +230,16 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
                 "no copy is left here either: it runs nowhere".to_string()
             };
             tracing::error!(id = e.id, %name, commit = e.commit, "recovery: {} has no {name}; {left}", e.target.name);
+            Ok(Some(Settled::KeepForHand))
+        }
+        Resolution::Absent if e.lazy => {
+            tracing::error!(
+                id = e.id,
+                %name,
+                "recovery: {} has no {name}, and the post-copy checkpoint here holds no memory, so it is never restored: \
+                 if {name} does not run here (CRIU runs it again when its dump fails), it is lost",
+                e.target.name
+            );
             Ok(Some(Settled::KeepForHand))
         }
         Resolution::Absent => {

@@ -621,6 +621,7 @@ impl Run<'_> {
             leftovers,
             ram,
             commit: false,
+            lazy: self.req.options.mode == Mode::PostCopy,
         };
         crate::recovery::record(self.agent, &entry)
             .map_err(|source| SourceError::Journal { dir: self.agent.cfg.state_dir.clone(), source }.at(Phase::Checkpoint))
