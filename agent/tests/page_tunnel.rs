@@ -43,10 +43,19 @@ async fn sides() -> Sides {
     Sides { daemon, page_server, end: End::new(to_server, 0, true), legs, lost, target }
 }
 
+/// A leg's connection and endpoints, kept until the test is done with
+/// them: dropped at once, they would cut the leg's last frames.
+type Kept = (quinn::Connection, quinn::Connection, tempfile::TempDir, quinn::Endpoint, quinn::Endpoint);
+
 /// Runs one leg on a fresh connection beside `work`, which ends the leg
 /// by closing the connection (a cut) or by letting the fill finish.
-async fn leg<F: std::future::Future<Output = ()>>(end: &mut End, legs: &mpsc::Sender<Leg>, work: impl FnOnce(quinn::Connection) -> F) -> LegEnd {
-    let (conn, theirs, _dir, _s, _c) = pair().await;
+async fn leg<F: std::future::Future<Output = ()>>(
+    end: &mut End,
+    legs: &mpsc::Sender<Leg>,
+    work: impl FnOnce(quinn::Connection) -> F,
+) -> (LegEnd, Kept) {
+    let kept = pair().await;
+    let (conn, theirs) = (kept.0.clone(), kept.1.clone());
     let source = async {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         end.run_leg(&mut send, recv).await
@@ -57,7 +66,7 @@ async fn leg<F: std::future::Future<Output = ()>>(end: &mut End, legs: &mpsc::Se
         }
     };
     let (ended, (), ()) = tokio::join!(source, handover, work(conn.clone()));
-    ended
+    (ended, kept)
 }
 
 #[tokio::test]
@@ -83,7 +92,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
     // Leg 1: cut once a part of the pages arrived; the rest waits.
     let (head, tail) = got.split_at_mut(1 << 20);
     let d = &mut daemon;
-    let first = leg(&mut end, &legs, |conn| async move {
+    let (first, _first) = leg(&mut end, &legs, |conn| async move {
         daemon_read(d, head).await;
         conn.close(0u32.into(), b"cut");
     })
@@ -96,7 +105,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
     // Leg 2, on a new connection: the rest, then the daemon ends the fill
     // and the page server closes after it, as CRIU does.
     let (mut ps_read, ps_write) = server.await.unwrap();
-    let second = leg(&mut end, &legs, |_| async {
+    let (second, _second) = leg(&mut end, &legs, |_| async {
         daemon_read(&mut daemon, tail).await;
         daemon.shutdown().await.unwrap();
         let mut rest = Vec::new();
@@ -117,7 +126,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
 #[tokio::test]
 async fn a_page_server_that_closes_first_fails_the_tunnel_and_the_daemon_never_sees_an_end() {
     let Sides { mut daemon, page_server, mut end, legs, mut lost, target } = sides().await;
-    let ended = leg(&mut end, &legs, |_| async move {
+    let (ended, _kept) = leg(&mut end, &legs, |_| async move {
         // CRIU on the source dies: its socket closes before the daemon's.
         drop(page_server);
     })
