@@ -31,6 +31,9 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// The annotation runc reads a container's CRIU options file from.
+pub const CRIU_OPTIONS_ANNOTATION: &str = "org.criu.config";
+
 /// Options for a checkpoint.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointOpts {
@@ -376,7 +379,7 @@ impl Engine for PodmanCli {
             .and_then(|c| c.get_mut("labels"))
             .and_then(|l| l.as_array_mut())
             .ok_or_else(|| parse("no config.labels".into()))?;
-        let key = format!("{}=", crate::target::lazy::ANNOTATION);
+        let key = format!("{CRIU_OPTIONS_ANNOTATION}=");
         if let Some(theirs) = labels.iter().filter_map(|l| l.as_str()).find(|l| l.starts_with(&key)) {
             let file = &theirs[key.len()..];
             if !file.contains("/tern-") {

@@ -32,7 +32,7 @@ use std::path::Path;
 /// The CRIU options file of a container migrated in, in its folder.
 pub const CONF: &str = "tern-criu.conf";
 /// The annotation runc reads the CRIU options file's path from.
-pub const ANNOTATION: &str = "org.criu.config";
+pub const ANNOTATION: &str = crate::engine::CRIU_OPTIONS_ANNOTATION;
 /// runc's host-wide CRIU options, used when a container has no annotation.
 const RUNC_CONF: &str = "/etc/criu/runc.conf";
 
