@@ -279,25 +279,24 @@ impl Target<'_> {
         }
         tracing::info!(dir = %bundle.dir.display(), in_ram = bundle.in_ram, "the container's folder is ready for its images");
         self.notes.extend(bundle.on_disk_because.iter().map(|why| format!("the images were held on disk: {why}")));
-        if self.begin.mode == Mode::PostCopy {
-            // No pages here to fall back on: lazily or not at all.
-            match self.agent.facts().await {
-                Ok(f) if f.lazy_restore.supported => self.lazy = true,
-                Ok(f) => {
+        let post_copy = self.begin.mode == Mode::PostCopy;
+        if post_copy || self.begin.lazy_restore {
+            let unable = match self.agent.facts().await {
+                Ok(f) if f.lazy_restore.supported => None,
+                Ok(f) => Some(f.lazy_restore.detail),
+                Err(e) => Some(format!("this host's facts are unreadable ({e:#})")),
+            };
+            match unable {
+                // Post-copy has no pages here to fall back on: lazily or not at all.
+                Some(why) if post_copy => {
                     bundle.remove();
-                    return Ok(Err(format!("post-copy needs lazy restores, and this host has none: {}", f.lazy_restore.detail)));
+                    return Ok(Err(format!("post-copy needs lazy restores here: {why}")));
                 }
-                Err(e) => {
-                    bundle.remove();
-                    return Ok(Err(format!("post-copy needs lazy restores, and this host's facts are unreadable: {e:#}")));
-                }
+                Some(why) => self.notes.push(format!("restored eagerly: {why}")),
+                None => self.lazy = true,
             }
-            self.legs = Some(self.agent.tunnels.open(self.begin.id, &self.begin.source));
-        } else if self.begin.lazy_restore {
-            match self.agent.facts().await {
-                Ok(f) if f.lazy_restore.supported => self.lazy = true,
-                Ok(f) => self.notes.push(format!("restored eagerly: {}", f.lazy_restore.detail)),
-                Err(e) => self.notes.push(format!("restored eagerly: this host's facts are unreadable ({e:#})")),
+            if post_copy {
+                self.legs = Some(self.agent.tunnels.open(self.begin.id, &self.begin.source));
             }
         }
         // Before the freeze, so that it costs no downtime.
