@@ -653,14 +653,21 @@ impl Target<'_> {
             loop {
                 tokio::select! {
                     r = &mut serve => {
-                        match r {
-                            Ok(bytes) => tracing::info!(id, bytes, "every page came through the tunnel"),
-                            Err(e) => tracing::error!(id, "the page tunnel failed: {e}; {name} stays paused until the migration is settled"),
-                        }
-                        if paused {
-                            // Done: the daemon ends and the fill with it.
-                            if let Err(e) = engine.pause(&name, false).await {
-                                tracing::warn!(id, "unpausing {name}: {e}");
+                        // Whole, it runs on; on a failed tunnel it stays
+                        // paused, short of pages, until the move is settled.
+                        let hold = match r {
+                            Ok(bytes) => {
+                                tracing::info!(id, bytes, "every page came through the tunnel");
+                                false
+                            }
+                            Err(e) => {
+                                tracing::error!(id, "the page tunnel failed: {e}; {name} stays paused until the migration is settled");
+                                true
+                            }
+                        };
+                        if hold != paused {
+                            if let Err(e) = engine.pause(&name, hold).await {
+                                tracing::warn!(id, "pausing or unpausing {name}: {e}");
                             }
                         }
                         return;

@@ -360,16 +360,21 @@ pub async fn serve_target(listener: tokio::net::TcpListener, mut legs: Legs, los
         }
         match end.run_leg(&mut send, recv).await {
             LegEnd::Finished => return Ok(end.delivered),
+            // The daemon closes its end only once it has every page: a
+            // last frame lost with the link then changes nothing.
+            LegEnd::Lost(_) if end.local_closed => return Ok(end.delivered),
             LegEnd::Lost(e) => {
                 tracing::warn!("the page tunnel lost its leg: {e}; waiting for the source to open another");
                 was_lost = true;
                 let _ = lost.send(true);
             }
             LegEnd::Failed(e) => {
-                // The daemon's connection stays open: its faults wait
-                // rather than read zeros, until the migration is settled.
+                // The daemon's connection stays open, its faults waiting
+                // rather than reading zeros, until the migration ends and
+                // closes the tunnel (`Tunnels::close`).
                 let _ = lost.send(true);
-                std::mem::forget(end);
+                while legs.recv().await.is_some() {}
+                drop(end);
                 return Err(e);
             }
         }
