@@ -740,15 +740,11 @@ fn check_rounds(j: &Value) -> Result<Vec<Value>> {
 fn memory_intact(host: &str, name: &str) -> Result<()> {
     let _ = run(&mut podman(host, &["exec", name, "rm", "-f", "/verify"]));
     ok(&mut podman(host, &["kill", "--signal", "USR1", name]))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(v) = ok(&mut podman(host, &["exec", name, "cat", "/verify"])) {
-            ensure!(v.starts_with("ok "), "{name} on {host}: memory {}", v.trim());
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{name} on {host} never answered its memory check");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let v = wait_until(Duration::from_secs(60), &format!("{name} on {host} to answer its memory check"), || {
+        Ok(ok(&mut podman(host, &["exec", name, "cat", "/verify"])).ok())
+    })?;
+    ensure!(v.starts_with("ok "), "{name} on {host}: memory {}", v.trim());
+    Ok(())
 }
 
 /// The cgroup v1 freezer's state of process `pid`'s cgroup.
@@ -793,13 +789,11 @@ fn scenario_post_copy_link_cut() -> Result<()> {
     // container answers), and Podman still says "running": the freezer
     // says what the processes do.
     let pid: u32 = ok(&mut podman("client1", &["inspect", "--format", "{{.State.Pid}}", name]))?.trim().parse()?;
-    let mover = std::thread::spawn(move || tern_json(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"]));
+    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
     // The fill runs at 6 MiB/s for about 20 s: cut once the target runs it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while state("client2", name)?.as_deref() != Some("running") {
-        ensure!(Instant::now() < deadline, "{name} never ran on client2");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
+        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
     std::thread::sleep(Duration::from_secs(2));
     let cut = LinkCut::between("client2", "client1")?;
     let mut paused = false;
@@ -810,7 +804,7 @@ fn scenario_post_copy_link_cut() -> Result<()> {
     }
     ensure!(freezer_state(pid)? == "FROZEN", "{name} runs again on client1 while the target holds it");
     drop(cut);
-    let r = mover.join().map_err(|_| anyhow::anyhow!("tern panicked"))??;
+    let r = tern_wait(mover)?;
     ensure!(r.code == 0, "tern migrate failed after the link came back: {}", r.all);
     ensure!(r.json["outcome"] == "completed", "{}", r.json);
     ensure!(paused, "{name} was not paused on client2 while the link was down");
