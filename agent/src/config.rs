@@ -243,6 +243,12 @@ pub struct LimitsConfig {
     /// A migration's request may lower it, never raise it.
     #[serde(default, deserialize_with = "rate")]
     pub bandwidth: u64,
+    /// A post-copy source whose link to the target is lost tries it again
+    /// every second for this long (seconds, default 600, scaled by
+    /// `TERN_TIMEOUT_SCALE`), then reports the fill stalled and leaves the
+    /// choice to the operator (`tern post-copy`), trying less often.
+    #[serde(default)]
+    pub post_copy_wait_secs: Option<u64>,
 }
 
 /// A rate as [`tern_proto::bandwidth::parse_rate`] reads it.
@@ -252,6 +258,11 @@ fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 impl LimitsConfig {
+    pub fn post_copy_wait(&self) -> std::time::Duration {
+        let d = self.post_copy_wait_secs.map_or(tern_proto::postcopy::STALL_AFTER, std::time::Duration::from_secs);
+        tern_transport::timeouts::scaled(d)
+    }
+
     pub fn send_stall(&self) -> std::time::Duration {
         tern_transport::timeouts::scaled(std::time::Duration::from_secs(self.send_stall_secs.unwrap_or(15)))
     }

@@ -44,6 +44,8 @@ pub struct Agent {
     pub bandwidth: crate::transfer::Limiter,
     /// Post-copy page tunnels waiting here for their source's legs.
     pub tunnels: crate::tunnel::Tunnels,
+    /// Post-copy fills served from here, for the operator.
+    pub fills: std::sync::Arc<crate::fills::Fills>,
 }
 
 /// The agent's seams to the host: what it asks of Podman and the runtime,
@@ -144,6 +146,7 @@ impl Agent {
         Agent {
             bandwidth: crate::transfer::Limiter::new(cfg.limits.bandwidth),
             tunnels: Default::default(),
+            fills: Default::default(),
             cfg,
             engine: ports.engine,
             criu: ports.criu,

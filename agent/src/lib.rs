@@ -38,6 +38,7 @@ pub mod engine;
 pub mod evacuation;
 pub mod facts;
 pub mod faults;
+pub mod fills;
 pub mod netid;
 pub mod notify;
 pub mod pages;

@@ -206,7 +206,10 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
                 tracing::info!(id = e.id, %name, "recovery: no longer here; nothing to settle");
                 return Ok(Some(Settled::Done));
             }
-            Some(c) if c.is_running() => return Ok(Some(Settled::Done)),
+            // A post-copy source's copy runs again once its dump ended
+            // (given up, or failed): the target's copy, paused short of
+            // pages, still has to hear the abort.
+            Some(c) if c.is_running() && !e.lazy => return Ok(Some(Settled::Done)),
             Some(_) => {}
         }
     }
@@ -231,6 +234,13 @@ async fn resolve(agent: &Agent, e: &Entry) -> anyhow::Result<Option<Settled>> {
             };
             tracing::error!(id = e.id, %name, commit = e.commit, "recovery: {} has no {name}; {left}", e.target.name);
             Ok(Some(Settled::KeepForHand))
+        }
+        Resolution::Absent if e.lazy && here.as_ref().is_some_and(|c| c.is_running()) => {
+            tracing::info!(id = e.id, %name, "recovery: {} removed its copy; {name} runs here, as of its freeze", e.target.name);
+            for problem in crate::rollback::reclaim_address(agent, name, &e.target.name, e.id).await {
+                tracing::warn!(id = e.id, %name, "recovery: {problem}");
+            }
+            Ok(Some(Settled::Done))
         }
         Resolution::Absent if e.lazy => {
             tracing::error!(

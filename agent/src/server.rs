@@ -56,6 +56,7 @@ pub fn authorize(req: &Request, peer: &PeerId, me: &str) -> Result<Allowed, Deni
         Request::Pages { .. } => ("Pages", Role::Host),
         Request::Cordon(_) => ("Cordon", Role::Coordinator),
         Request::Evacuation(_) => ("Evacuation", Role::Coordinator),
+        Request::PostCopy(_) => ("PostCopy", Role::Coordinator),
         Request::Hello(_) | Request::Invalid => return Ok(Allowed::Yes),
     };
     match (role, peer.role) {
@@ -236,6 +237,7 @@ impl Agent {
             Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),
+            Request::PostCopy(r) => self.fills.act(&r, &self.cfg.name).await.map(Response::PostCopy).map_err(Into::into),
             Request::Hello(_) | Request::Invalid => Err(anyhow::anyhow!("unexpected request")),
         };
         let response = response.unwrap_or_else(|e| Response::Error(tern_proto::RemoteError { message: format!("{e:#}") }));
@@ -399,6 +401,7 @@ mod tests {
                     policy: Default::default(),
                     lazy_restore: false,
                     bandwidth: 0,
+                    post_copy_rounds: false,
                 },
                 ticket: Default::default(),
                 evacuation,

@@ -269,7 +269,7 @@ impl Run<'_> {
                 failure: SourceError::AlreadyMigrating { container: self.req.container.clone() }.at(Phase::Prepare).failure(),
             };
         };
-        let plan = Plan::for_mode(self.req.options.mode);
+        let plan = Plan::new(self.req.options.mode, self.req.options.post_copy_rounds);
         let (mut state, first) = source_state::start(SourceState::new(self.target()));
         let mut queue = VecDeque::from(first);
         let mut streams = None;
@@ -338,7 +338,9 @@ impl Run<'_> {
                 self.journal_path = Some(path.clone());
                 Event::Journaled(path)
             }),
-            Command::Dump { in_ram, .. } if self.req.options.mode == Mode::PostCopy => event(self.dump_lazy(in_ram).await, Event::Shipped),
+            Command::Dump { in_ram, with_previous, .. } if self.req.options.mode == Mode::PostCopy => {
+                event(self.dump_lazy(in_ram, with_previous).await, Event::Shipped)
+            }
             Command::Dump { kind, with_previous, in_ram } => event(self.dump(kind, with_previous, in_ram).await, Event::Shipped),
             Command::Switched(r) => self.switched(r),
             Command::RemoveSourceCopy => {
@@ -500,6 +502,7 @@ impl Run<'_> {
             tcp_established: self.req.options.tcp_established,
             mode: self.req.options.mode,
             lazy_restore: self.req.options.lazy_restore,
+            post_copy_rounds: self.req.options.post_copy_rounds,
             ticket: self.req.ticket.clone(),
         };
         self.container = Some(info);

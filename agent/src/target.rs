@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
 use tern_proto::frame::{read_frame, write_frame};
-use tern_proto::source_state::Plan;
+use tern_proto::plan::{Plan, Rounds};
 use tern_proto::state::{step, Action, TargetState};
 use tern_proto::*;
 use tokio::sync::Notify;
@@ -192,7 +192,7 @@ struct Target<'a> {
     hold: Option<crate::netid::Hold>,
     /// Post-copy: the legs of the page tunnel, as the source opens them
     /// (`tunnel.rs`), until the restore takes them.
-    legs: Option<crate::tunnel::Legs>,
+    legs: Option<(crate::tunnel::Legs, tokio_util::sync::CancellationToken)>,
 }
 
 /// A restore that went well.
@@ -221,9 +221,19 @@ fn restore_steps(admit: Duration, hook: Duration, criu_us: Option<u64>, total: D
     ]
 }
 
-/// How much longer a post-copy fill may take than a local one: the time
-/// the source keeps trying to reach this host after a lost link.
-const POST_COPY_WAIT: Duration = Duration::from_secs(600);
+/// The longest a post-copy fill may take: as long as the source's lazy
+/// dump may live (`engine::CheckpointOpts::lazy`). A lost link is waited
+/// out, paused, until the source's operator decides (`tern post-copy`).
+const POST_COPY_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The page tunnel's local end, for the restore.
+struct Tunnel {
+    /// Where `criu lazy-pages --page-server` connects.
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    /// Why the fill can never complete, once that is so.
+    failed: tokio::sync::oneshot::Receiver<String>,
+}
 
 /// The longest a lazy restore may take to fill the memory: a minute, plus
 /// a second for each 50 MiB (far slower than any local copy).
@@ -232,6 +242,11 @@ fn fill_limit(memory_bytes: u64) -> Duration {
 }
 
 impl Target<'_> {
+    /// What the migration's mode means for its course (both sides ask).
+    fn plan(&self) -> Plan {
+        Plan::new(self.begin.mode, self.begin.post_copy_rounds)
+    }
+
     async fn run(&mut self, conn: quinn::Connection, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
         let (needs_image, places) = match self.prepare().await? {
             Ok(p) => p,
@@ -239,7 +254,7 @@ impl Target<'_> {
         };
         let inbox = Arc::new(Inbox::default());
         let stall = self.agent.cfg.faults.stall(crate::faults::StallPoint::Transfer, &self.agent.cfg.state_dir);
-        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.begin.mode, places, self.faults(), stall, inbox.clone()));
+        let receiver = tokio::spawn(accept_data(conn, self.begin.id, self.plan(), places, self.faults(), stall, inbox.clone()));
         write_frame(send, &TargetMsg::Ready { needs_image }).await?;
         let (state, outcome) = self.converse(&inbox, send, recv, needs_image).await;
         receiver.abort();
@@ -264,7 +279,7 @@ impl Target<'_> {
         tokio::fs::create_dir_all(&self.staging).await?;
         // Soft-dirty pre-copy's final dump links to rounds on disk: its
         // images stay on disk too (inplace.rs).
-        let bundle = match Bundle::prepare(engine.as_ref(), &self.agent.storage, &c, self.begin.mode != Mode::PreCopy).await {
+        let bundle = match Bundle::prepare(engine.as_ref(), &self.agent.storage, &c, self.plan().checkpoint_in_ram()).await {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.to_string())),
         };
@@ -334,14 +349,14 @@ impl Target<'_> {
         recv: &mut quinn::RecvStream,
         needs_image: bool,
     ) -> (TargetState, anyhow::Result<()>) {
-        let mode = self.begin.mode;
+        let plan = self.plan();
         let mut state = TargetState::initial(needs_image);
         loop {
             let msg = match read_frame::<_, SourceMsg>(recv).await {
                 Ok(Some(m)) => m,
                 other => return (state, Err(anyhow::anyhow!("the source went away in state {state:?} ({other:?})"))),
             };
-            let (next, action) = match step(mode, state, &msg) {
+            let (next, action) = match step(plan, state, &msg) {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = write_frame(send, &TargetMsg::Failed(Failure { phase: Phase::Prepare, message: e.to_string() })).await;
@@ -351,7 +366,7 @@ impl Target<'_> {
             state = next;
             let reply = match action {
                 Action::LoadImage(d) => self.load_image(inbox, d).await,
-                Action::StoreRound { round, digest } => match self.verified(inbox, round_kind(mode, round), digest).await {
+                Action::StoreRound { round, digest } => match self.verified(inbox, plan.round_kind(round), digest).await {
                     Ok(_) => TargetMsg::RoundStored { round },
                     Err(e) => TargetMsg::Failed(e.failure(Phase::PreCopy)),
                 },
@@ -435,7 +450,7 @@ impl Target<'_> {
 
     async fn restore(&mut self, inbox: &Inbox, digest: Digest, rounds: u32) -> TargetMsg {
         let t0 = Instant::now();
-        let kind = Plan::for_mode(self.begin.mode).final_kind(rounds);
+        let kind = self.plan().final_kind(rounds);
         let staged = match self.verified(inbox, kind, digest).await {
             Ok(s) => s,
             Err(e) => return TargetMsg::Failed(e.failure(Phase::Verify)),
@@ -468,7 +483,7 @@ impl Target<'_> {
                     container: run.container,
                 })
             }
-            Err(e) if self.begin.mode == Mode::PostCopy && self.restored && matches!(e, TargetError::LazyPages(_)) => {
+            Err(e) if self.begin.mode == Mode::PostCopy && self.restored && matches!(e, TargetError::LazyPages(_) | TargetError::PageTunnel(_)) => {
                 // It ran here on part of its memory: paused, not removed,
                 // until the source settles (its copy may be gone).
                 let name = &self.begin.container.name;
@@ -519,6 +534,7 @@ impl Target<'_> {
         let name = self.begin.container.name.clone();
         let opts = CheckpointOpts { tcp_established: self.begin.tcp_established, ..Default::default() };
         let mut daemon = None;
+        let mut tunnel_failed = None;
         let post_copy = self.begin.mode == Mode::PostCopy;
         if post_copy && !staged.annotated {
             return Err(TargetError::PostCopy(
@@ -527,14 +543,15 @@ impl Target<'_> {
         }
         if staged.annotated {
             if post_copy {
-                let (addr, tunnel) = self.open_tunnel().await?;
-                match self.agent.criu.lazy_pages(&folder, Some(addr)).await {
+                let t = self.open_tunnel().await?;
+                match self.agent.criu.lazy_pages(&folder, Some(t.addr)).await {
                     Ok(d) => daemon = Some(d),
                     Err(e) => {
-                        tunnel.abort();
+                        t.task.abort();
                         return Err(TargetError::PostCopy(e.to_string()));
                     }
                 }
+                tunnel_failed = Some(t.failed);
             } else if self.lazy {
                 match self.agent.criu.lazy_pages(&folder, None).await {
                     Ok(d) => daemon = Some(d),
@@ -619,17 +636,28 @@ impl Target<'_> {
         }
         let container = self.confirm(&name).await?;
         tokio::time::sleep(self.agent.cfg.faults.delay_restored()).await;
-        let mut limit = fill_limit(self.begin.container.memory_bytes);
-        if post_copy {
-            // The pages cross the link, which may drop and come back.
-            limit += POST_COPY_WAIT;
-        }
-        let filled = match daemon {
-            Some(d) => {
-                d.finish(limit).await.map_err(TargetError::LazyPages)?;
+        let filled = match (daemon, tunnel_failed) {
+            // Post-copy: the pages cross a link that may drop and come back
+            // for as long as the source keeps them; the fill ends with the
+            // daemon, or fails with the tunnel.
+            (Some(d), Some(mut failed)) => {
+                let fill = d.finish(POST_COPY_LIMIT);
+                tokio::pin!(fill);
+                tokio::select! {
+                    r = &mut fill => r.map_err(TargetError::LazyPages)?,
+                    why = &mut failed => match why {
+                        Ok(why) => return Err(TargetError::PageTunnel(why)),
+                        // The tunnel ended whole: the daemon ends too.
+                        Err(_) => fill.await.map_err(TargetError::LazyPages)?,
+                    },
+                }
                 Some(at.elapsed())
             }
-            None => None,
+            (Some(d), None) => {
+                d.finish(fill_limit(self.begin.container.memory_bytes)).await.map_err(TargetError::LazyPages)?;
+                Some(at.elapsed())
+            }
+            (None, _) => None,
         };
         Ok(Running { container, at, filled, steps })
     }
@@ -638,18 +666,20 @@ impl Target<'_> {
     /// connects to, and the task that serves it (`tunnel.rs`). While the
     /// link is lost, the container is paused here: its page faults would
     /// wait anyway, and nothing of it runs on half its memory.
-    async fn open_tunnel(&mut self) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), TargetError> {
-        let legs = self.legs.take().ok_or_else(|| TargetError::PostCopy("the page tunnel was not opened".into()))?;
+    async fn open_tunnel(&mut self) -> Result<Tunnel, TargetError> {
+        let (legs, given_up) = self.legs.take().ok_or_else(|| TargetError::PostCopy("the page tunnel was not opened".into()))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|e| TargetError::PostCopy(format!("listening for criu lazy-pages: {e}")))?;
         let addr = listener.local_addr().map_err(|e| TargetError::PostCopy(e.to_string()))?;
-        let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (news_tx, mut news) = tokio::sync::mpsc::unbounded_channel();
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let (engine, name, id) = (self.agent.engine.clone(), self.begin.container.name.clone(), self.begin.id);
         let task = tokio::spawn(async move {
-            let serve = crate::tunnel::serve_target(listener, legs, lost_tx);
+            let serve = crate::tunnel::serve_target(listener, legs, given_up, news_tx);
             tokio::pin!(serve);
             let mut paused = false;
+            let mut failed_tx = Some(failed_tx);
             loop {
                 tokio::select! {
                     r = &mut serve => {
@@ -672,7 +702,8 @@ impl Target<'_> {
                         }
                         return;
                     }
-                    Some(lost) = lost_rx.recv() => {
+                    Some(n) = news.recv() => {
+                        let lost = n != crate::tunnel::News::Back;
                         if lost != paused {
                             match engine.pause(&name, lost).await {
                                 Ok(()) => {
@@ -682,11 +713,18 @@ impl Target<'_> {
                                 Err(e) => tracing::warn!(id, "pausing {name}: {e}"),
                             }
                         }
+                        // The restore stops waiting for a fill that cannot
+                        // complete: the container stays paused, tentative.
+                        if let crate::tunnel::News::Failed(why) = n {
+                            if let Some(tx) = failed_tx.take() {
+                                let _ = tx.send(why);
+                            }
+                        }
                     }
                 }
             }
         });
-        Ok((addr, task))
+        Ok(Tunnel { addr, task, failed })
     }
 
     /// The container runs here now: its address is announced from here and
@@ -805,6 +843,11 @@ pub async fn resolve(agent: &Agent, peer: &str, req: ResolveRequest) -> Result<R
     let name = &req.container;
     // A conversation still under way for it ends first (its restore may be
     // running): the source asks again.
+    // A post-copy restore waiting for pages from a source that gave the
+    // move up stops waiting: the source asks again once it ended.
+    if req.verdict == Verdict::Abort && agent.tunnels.give_up(req.id, peer) {
+        tracing::warn!(id = req.id, container = %name, "{peer} gave the post-copy move up: its copy here, paused short of pages, goes");
+    }
     let Some(_guard) = agent.claim(name) else { return Ok(Resolution::Busy) };
     // Only the host that moved it here (the ticket's source, recorded at
     // the Receive) learns anything, even whether it exists.
@@ -870,7 +913,7 @@ struct Places {
 async fn accept_data(
     conn: quinn::Connection,
     id: MigrationId,
-    mode: Mode,
+    plan: Plan,
     places: Places,
     faults: ReceiveFaults,
     stall: Option<crate::faults::Stall>,
@@ -882,6 +925,7 @@ async fn accept_data(
     let done = Arc::new(AtomicU64::new(0));
     // Where the base's pages sit in base.tar (content-addressed pre-copy).
     let mut base_pages: Option<Arc<PageStore>> = None;
+    let mode = plan.mode;
     loop {
         let Ok(mut recv) = conn.accept_uni().await else { break };
         let (data, image) = (places.limits.data, places.limits.image);
@@ -913,7 +957,7 @@ async fn accept_data(
             DataKind::Checkpoint => {
                 receive_records(recv, unpacked(), None, false, done.clone(), faults, data).await.map(rest).map_err(TargetError::from)
             }
-            DataKind::Round(n) if mode == Mode::PreCopy && (1..=10_000).contains(&n) => {
+            DataKind::Round(n) if plan.rounds == Rounds::SoftDirty && (1..=10_000).contains(&n) => {
                 let dir = places.bundle.join(crate::PRECOPY_DIR).join(n.to_string());
                 transfer::receive_fileset(recv, &dir, done.clone(), data)
                     .await
@@ -949,11 +993,6 @@ async fn accept_data(
         inbox.post(header.kind, arrived);
     }
     inbox.close();
-}
-
-/// The data stream a round arrives on.
-fn round_kind(mode: Mode, round: u32) -> DataKind {
-    Plan::for_mode(mode).round_kind(round)
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use tern_proto::MigrationId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The largest data frame a peer may send.
 pub const MAX_DATA: usize = 1 << 20;
@@ -70,6 +71,8 @@ pub enum TunnelError {
     Local(String),
     #[error("the link: {0}")]
     Link(String),
+    #[error("the move was given up while the link was lost (`tern post-copy give-up`)")]
+    GaveUp,
 }
 
 impl Outbox {
@@ -176,6 +179,8 @@ pub struct End {
     peer_closed: bool,
     /// Bytes from CRIU, in all (for the logs and the report).
     pub read_total: u64,
+    /// The same count, for the operator's view (`fills.rs`).
+    pub shared_read: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// This side's sending cap, bytes/s (0: none): the source applies the
     /// migration's `--bandwidth` to the pages too.
     rate: u64,
@@ -198,7 +203,7 @@ pub enum LegEnd {
 
 impl End {
     pub fn new(tcp: TcpStream, rate: u64, source: bool) -> End {
-        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read_total: 0, rate, source }
+        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read_total: 0, shared_read: None, rate, source }
     }
 
     fn finished(&self) -> bool {
@@ -263,6 +268,9 @@ impl End {
                         continue;
                     }
                     self.read_total += n as u64;
+                    if let Some(c) = &self.shared_read {
+                        c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.outbox.push(&buf[..n]);
                     if let Some((t0, b)) = &mut bucket {
                         let wait = b.take(n as u64, t0.elapsed());
@@ -315,8 +323,12 @@ impl Drop for AbortOnDrop {
 /// the migration's source is handed to the tunnel waiting for it.
 #[derive(Default)]
 pub struct Tunnels {
-    open: Mutex<HashMap<MigrationId, (String, mpsc::Sender<Leg>)>>,
+    open: Mutex<HashMap<MigrationId, Waiting>>,
 }
+
+/// A tunnel waiting for legs: its source, where its legs go, and the token
+/// cancelled when the source gives the move up.
+type Waiting = (String, mpsc::Sender<Leg>, CancellationToken);
 
 /// One leg's streams.
 pub type Leg = (quinn::SendStream, quinn::RecvStream);
@@ -325,10 +337,24 @@ pub type Legs = mpsc::Receiver<Leg>;
 
 impl Tunnels {
     /// The target opens the tunnel of migration `id`, from `source` only.
-    pub fn open(&self, id: MigrationId, source: &str) -> Legs {
+    /// The token is cancelled when the source gives the move up.
+    pub fn open(&self, id: MigrationId, source: &str) -> (Legs, CancellationToken) {
         let (tx, rx) = mpsc::channel(4);
-        self.open.lock().unwrap().insert(id, (source.to_string(), tx));
-        rx
+        let given_up = CancellationToken::new();
+        self.open.lock().unwrap().insert(id, (source.to_string(), tx, given_up.clone()));
+        (rx, given_up)
+    }
+
+    /// The source `peer` gave migration `id` up (its `Resolve` says
+    /// abort): the tunnel waiting for its legs ends. Whether one was open.
+    pub fn give_up(&self, id: MigrationId, peer: &str) -> bool {
+        match self.open.lock().unwrap().get(&id) {
+            Some((source, _, given_up)) if source == peer => {
+                given_up.cancel();
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn close(&self, id: MigrationId) {
@@ -338,7 +364,7 @@ impl Tunnels {
     /// A `Request::Pages` stream: to its tunnel, if `peer` is its source.
     pub async fn attach(&self, id: MigrationId, peer: &str, send: quinn::SendStream, recv: quinn::RecvStream) -> anyhow::Result<()> {
         let tx = match self.open.lock().unwrap().get(&id) {
-            Some((source, tx)) if source == peer => tx.clone(),
+            Some((source, tx, _)) if source == peer => tx.clone(),
             Some(_) => anyhow::bail!("{peer} asked for the pages of migration {id}, which is not its"),
             None => anyhow::bail!("no post-copy migration {id} waits for its pages here"),
         };
@@ -346,17 +372,44 @@ impl Tunnels {
     }
 }
 
+/// What the target's tunnel tells the restore about its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// A leg was lost: the container must wait, paused.
+    Lost,
+    /// A leg runs again.
+    Back,
+    /// No leg can help any more: the fill will never complete.
+    Failed(String),
+}
+
 /// The target's side: accepts `criu lazy-pages`' connection on
-/// `listener`, then runs the legs the source opens until the fill is over.
-/// `lost` hears when a leg is lost (true) and when one runs again (false).
-pub async fn serve_target(listener: tokio::net::TcpListener, mut legs: Legs, lost: mpsc::UnboundedSender<bool>) -> Result<u64, TunnelError> {
+/// `listener`, then runs the legs the source opens until the fill is over
+/// or the source gave the move up (`given_up`). `news` hears of the link.
+pub async fn serve_target(
+    listener: tokio::net::TcpListener,
+    mut legs: Legs,
+    given_up: CancellationToken,
+    news: mpsc::UnboundedSender<News>,
+) -> Result<u64, TunnelError> {
     let (tcp, _) = listener.accept().await.map_err(|e| TunnelError::Local(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let mut end = End::new(tcp, 0, false);
     let mut was_lost = false;
-    while let Some((mut send, recv)) = legs.recv().await {
+    loop {
+        let next = tokio::select! {
+            l = legs.recv() => l,
+            () = given_up.cancelled() => {
+                let _ = news.send(News::Failed(TunnelError::GaveUp.to_string()));
+                // As after a failure: the daemon's connection stays open
+                // until the migration ends.
+                while legs.recv().await.is_some() {}
+                return Err(TunnelError::GaveUp);
+            }
+        };
+        let Some((mut send, recv)) = next else { break };
         if was_lost {
-            let _ = lost.send(false);
+            let _ = news.send(News::Back);
         }
         match end.run_leg(&mut send, recv).await {
             LegEnd::Finished => return Ok(end.delivered),
@@ -366,13 +419,13 @@ pub async fn serve_target(listener: tokio::net::TcpListener, mut legs: Legs, los
             LegEnd::Lost(e) => {
                 tracing::warn!("the page tunnel lost its leg: {e}; waiting for the source to open another");
                 was_lost = true;
-                let _ = lost.send(true);
+                let _ = news.send(News::Lost);
             }
             LegEnd::Failed(e) => {
                 // The daemon's connection stays open, its faults waiting
                 // rather than reading zeros, until the migration ends and
                 // closes the tunnel (`Tunnels::close`).
-                let _ = lost.send(true);
+                let _ = news.send(News::Failed(e.to_string()));
                 while legs.recv().await.is_some() {}
                 drop(end);
                 return Err(e);

@@ -419,7 +419,16 @@ async fn a_checkpoint_larger_than_announced_is_cut_off_and_rolled_back() {
 impl Cluster {
     /// `who` asks `host` to receive `name` with `ticket`; the target's first answer.
     async fn receive_as(&self, who: &str, host: &str, container: ContainerInfo, ticket: Ticket) -> TargetMsg {
-        let begin = Begin { id: 7, source: who.into(), container, tcp_established: false, mode: Mode::StopAndCopy, lazy_restore: false, ticket };
+        let begin = Begin {
+            id: 7,
+            source: who.into(),
+            container,
+            tcp_established: false,
+            mode: Mode::StopAndCopy,
+            lazy_restore: false,
+            post_copy_rounds: false,
+            ticket,
+        };
         let s = self.session_as(who, host).await.unwrap();
         let (mut send, mut recv) = s.open(&Request::Receive(begin)).await.unwrap();
         let first = s.read::<TargetMsg>(&mut recv, Duration::from_secs(10)).await.unwrap();

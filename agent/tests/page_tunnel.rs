@@ -7,10 +7,11 @@
 mod quic_pair;
 use quic_pair::pair;
 use std::time::Duration;
-use tern_agent::tunnel::{serve_target, End, Leg, LegEnd, TunnelError};
+use tern_agent::tunnel::{serve_target, End, Leg, LegEnd, News, TunnelError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 fn pattern(n: usize, salt: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 31 + salt) % 251) as u8).collect()
@@ -26,7 +27,8 @@ struct Sides {
     end: End,
     /// Where the target's tunnel takes its legs.
     legs: mpsc::Sender<Leg>,
-    lost: mpsc::UnboundedReceiver<bool>,
+    lost: mpsc::UnboundedReceiver<News>,
+    given_up: CancellationToken,
     target: tokio::task::JoinHandle<Result<u64, TunnelError>>,
 }
 
@@ -35,12 +37,13 @@ async fn sides() -> Sides {
     let addr = port.local_addr().unwrap();
     let (legs, legs_rx) = mpsc::channel(4);
     let (lost_tx, lost) = mpsc::unbounded_channel();
-    let target = tokio::spawn(serve_target(port, legs_rx, lost_tx));
+    let given_up = CancellationToken::new();
+    let target = tokio::spawn(serve_target(port, legs_rx, given_up.clone(), lost_tx));
     let daemon = TcpStream::connect(addr).await.unwrap();
     let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let to_server = TcpStream::connect(server.local_addr().unwrap()).await.unwrap();
     let (page_server, _) = server.accept().await.unwrap();
-    Sides { daemon, page_server, end: End::new(to_server, 0, true), legs, lost, target }
+    Sides { daemon, page_server, end: End::new(to_server, 0, true), legs, lost, given_up, target }
 }
 
 /// A leg's connection and endpoints, kept until the test is done with
@@ -71,7 +74,7 @@ async fn leg<F: std::future::Future<Output = ()>>(
 
 #[tokio::test]
 async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
-    let Sides { mut daemon, page_server, mut end, legs, mut lost, target } = sides().await;
+    let Sides { mut daemon, page_server, mut end, legs, mut lost, target, .. } = sides().await;
     let (mut ps_read, mut ps_write) = page_server.into_split();
     let request = pattern(300 << 10, 1);
     let pages = pattern(8 << 20, 2);
@@ -100,7 +103,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
     assert!(matches!(first, LegEnd::Lost(TunnelError::Link(_))), "{first:?}");
     // The target learns it when the close reaches it, or at QUIC's idle
     // timeout (10 s) as on a cut link.
-    assert_eq!(tokio::time::timeout(Duration::from_secs(30), lost.recv()).await.unwrap(), Some(true));
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), lost.recv()).await.unwrap(), Some(News::Lost));
 
     // Leg 2, on a new connection: the rest, then the daemon ends the fill
     // and the page server closes after it, as CRIU does.
@@ -116,7 +119,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
     .await;
     assert!(matches!(second, LegEnd::Finished), "{second:?}");
     assert!(got == pages, "the pages arrived changed");
-    assert_eq!(lost.recv().await, Some(false), "the target did not hear the link was back");
+    assert_eq!(lost.recv().await, Some(News::Back), "the target did not hear the link was back");
     let delivered = tokio::time::timeout(Duration::from_secs(5), target).await.unwrap().unwrap().unwrap();
     assert_eq!(delivered, pages.len() as u64);
     let mut eof = [0u8; 1];
@@ -125,7 +128,7 @@ async fn pages_cross_intact_through_a_link_that_dies_mid_stream() {
 
 #[tokio::test]
 async fn a_page_server_that_closes_first_fails_the_tunnel_and_the_daemon_never_sees_an_end() {
-    let Sides { mut daemon, page_server, mut end, legs, mut lost, target } = sides().await;
+    let Sides { mut daemon, page_server, mut end, legs, mut lost, target, .. } = sides().await;
     let (ended, _kept) = leg(&mut end, &legs, |_| async move {
         // CRIU on the source dies: its socket closes before the daemon's.
         drop(page_server);
@@ -137,8 +140,30 @@ async fn a_page_server_that_closes_first_fails_the_tunnel_and_the_daemon_never_s
     // (and the container is paused) until the move is settled.
     let mut b = [0u8; 1];
     assert!(tokio::time::timeout(Duration::from_millis(500), daemon.read(&mut b)).await.is_err(), "the daemon's connection ended");
-    assert_eq!(lost.recv().await, Some(true));
+    assert_eq!(lost.recv().await, Some(News::Lost));
     assert!(!target.is_finished() || target.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn a_move_given_up_while_the_link_is_lost_fails_the_fill_and_the_daemon_never_sees_an_end() {
+    let Sides { mut daemon, page_server, mut end, legs, mut lost, given_up, target } = sides().await;
+    let (ended, _kept) = leg(&mut end, &legs, |c| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.close(0u32.into(), b"cut");
+    })
+    .await;
+    assert!(matches!(ended, LegEnd::Lost(_)), "{ended:?}");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), lost.recv()).await.unwrap(), Some(News::Lost));
+    // The source's operator gives the move up; its CRIU lets its copy run.
+    drop((end, page_server));
+    given_up.cancel();
+    assert!(matches!(lost.recv().await, Some(News::Failed(m)) if m.contains("given up")));
+    // The restore stops waiting; the daemon's connection stays open, its
+    // faults waiting, until the migration ends and closes the tunnel.
+    let mut b = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(300), daemon.read(&mut b)).await.is_err(), "the daemon's connection ended");
+    drop(legs);
+    assert_eq!(target.await.unwrap(), Err(TunnelError::GaveUp));
 }
 
 async fn daemon_read(daemon: &mut TcpStream, into: &mut [u8]) {

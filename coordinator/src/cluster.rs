@@ -86,7 +86,7 @@ pub async fn containers(session: &Session) -> Result<Vec<ContainerInfo>, RpcErro
 }
 
 /// `join_all` without pulling in the futures crate.
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+pub(crate) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,

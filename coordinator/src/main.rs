@@ -17,6 +17,7 @@ mod maintenance;
 mod migrate;
 mod output;
 mod plan;
+mod postcopy;
 mod progress;
 mod ret;
 mod view;
@@ -113,6 +114,14 @@ enum Cmd {
         transfer: TransferArgs,
         #[command(flatten)]
         precopy: PrecopyArgs,
+    },
+    /// Post-copy moves whose memory is still crossing: how each stands
+    /// (the default), and what to do with one whose link to its target is
+    /// lost. Until then the container waits on the target, paused, and its
+    /// source keeps its memory and tries the link again by itself.
+    PostCopy {
+        #[command(subcommand)]
+        cmd: Option<PostCopyCmd>,
     },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
@@ -332,6 +341,30 @@ fn force_field(s: &str) -> Result<tern_proto::compat::ForceField, String> {
 }
 
 #[derive(Subcommand)]
+enum PostCopyCmd {
+    /// Every fill under way on every host, or CONTAINER's.
+    Status { container: Option<String> },
+    /// Try the lost link to the target again now (it is tried every few
+    /// seconds anyway).
+    Resume {
+        container: String,
+        /// The source host, when the name is ambiguous.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Give the move up: the container runs on its source again as of its
+    /// freeze, and whatever it did on the target since is lost; the
+    /// target removes its paused copy once it hears. Only while the link
+    /// is lost.
+    GiveUp {
+        container: String,
+        /// The source host, when the name is ambiguous.
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCmd {
     /// Create a cluster CA and a certificate for every host and the coordinator.
     Init {
@@ -495,6 +528,15 @@ async fn run(cli: Cli) -> Done {
             ret::run(&ctx, &inv, &cluster, ask).await
         }
         Cmd::Ps => ps(&ctx).await,
+        Cmd::PostCopy { cmd } => {
+            use tern_proto::PostCopyAction as A;
+            let (action, container, from) = match cmd.unwrap_or(PostCopyCmd::Status { container: None }) {
+                PostCopyCmd::Status { container } => (A::Status, container, None),
+                PostCopyCmd::Resume { container, from } => (A::Resume, Some(container), from),
+                PostCopyCmd::GiveUp { container, from } => (A::GiveUp, Some(container), from),
+            };
+            postcopy::run(&ctx, action, container, from).await
+        }
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,
         Cmd::Migrate { mv, transfer, precopy } => {
@@ -844,6 +886,17 @@ mod tests {
         assert!(cli.json && matches!(cli.cmd, Cmd::Uncordon { ref host } if host == "client2"));
         assert!(Cli::try_parse_from(["tern", "cordon"]).is_err());
         assert!(Cli::try_parse_from(["tern", "uncordon", "a", "b"]).is_err());
+    }
+
+    #[test]
+    fn post_copy_takes_an_action_and_a_container() {
+        let cli = Cli::try_parse_from(["tern", "post-copy"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::PostCopy { cmd: None }));
+        let cli = Cli::try_parse_from(["tern", "post-copy", "give-up", "db", "--from", "client1"]).unwrap();
+        assert!(
+            matches!(cli.cmd, Cmd::PostCopy { cmd: Some(PostCopyCmd::GiveUp { ref container, ref from }) } if container == "db" && from.as_deref() == Some("client1"))
+        );
+        assert!(Cli::try_parse_from(["tern", "post-copy", "resume"]).is_err());
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub async fn run_with(
             policy: opts.policy.clone(),
             lazy_restore: opts.lazy_restore,
             bandwidth: opts.bandwidth,
+            post_copy_rounds: plan.post_copy_rounds,
         },
         ticket,
         evacuation,
@@ -113,6 +114,7 @@ pub async fn run_with(
         tokio::select! {
             ev = read_frame::<_, MigrateEvent>(&mut recv) => match ev {
                 Ok(Some(MigrateEvent::Progress(p))) => display.progress(&p),
+                Ok(Some(MigrateEvent::Notice(text))) => display.note(&format!("{}: {text}", plan.container.name)),
                 Ok(Some(MigrateEvent::Done(mut report))) => {
                     display.finish();
                     // What the check said clients would lose goes into the

@@ -62,6 +62,9 @@ pub struct Plan<'a> {
     pub mode: Mode,
     /// Why this mode (e.g. why pre-copy is unavailable).
     pub mode_note: String,
+    /// Post-copy where both hosts track soft-dirty memory: rounds first,
+    /// so the fill carries only what was written since the last.
+    pub post_copy_rounds: bool,
     pub findings: Vec<Finding>,
 }
 
@@ -150,6 +153,10 @@ pub async fn plan<'a>(
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
         ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
+        ModeArg::PostCopy if both_track => (
+            Mode::PostCopy,
+            "as asked; soft-dirty rounds first, so the fill after the restore carries only the pages written since the last".to_string(),
+        ),
         ModeArg::PostCopy => (Mode::PostCopy, "as asked".to_string()),
         ModeArg::Auto => {
             let (mode, why) = auto_mode(both_track, info.memory_bytes, info.files_bytes);
@@ -182,7 +189,8 @@ pub async fn plan<'a>(
     // Last, over every row, the target agent's included: none of its rows
     // can be forced, so the target needs no word of it.
     compat::force(&mut findings, force);
-    Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, findings })
+    let post_copy_rounds = mode == Mode::PostCopy && both_track;
+    Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_rounds, findings })
 }
 
 #[cfg(test)]

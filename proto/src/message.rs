@@ -91,6 +91,65 @@ pub enum Request {
     Pages {
         id: MigrationId,
     },
+    /// The post-copy fills this host serves as a source (coordinator to
+    /// agent): say how they stand, or act on one whose link is lost.
+    /// Answer with [`Response::PostCopy`]. Never asks Podman, which holds
+    /// the container's lock until the fill is over.
+    PostCopy(PostCopyRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostCopyRequest {
+    /// The container whose fill to act on (`Status`: `None` for all).
+    pub container: Option<String>,
+    pub action: PostCopyAction,
+}
+
+/// What the operator asks of a post-copy fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PostCopyAction {
+    Invalid,
+    /// Only say how the fills stand.
+    Status,
+    /// Try the link to the target again now (a fill whose link is lost).
+    Resume,
+    /// Give the move up (a fill whose link is lost): the container runs
+    /// here again as of its freeze, and the target's copy, paused short of
+    /// pages, is removed once the target hears the verdict.
+    GiveUp,
+}
+
+/// How one post-copy fill stands, on its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillStatus {
+    pub id: MigrationId,
+    pub container: String,
+    /// The host the container runs on, filling its memory from here.
+    pub target: String,
+    /// When the target restored it (seconds since the epoch).
+    pub since_unix: u64,
+    /// Bytes of CRIU's page traffic read here so far (pages and headers).
+    pub bytes: u64,
+    pub link: FillLink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FillLink {
+    Invalid,
+    /// The pages cross.
+    Up,
+    /// The link to the target is lost: the target holds the container
+    /// paused, and this side tries again every second.
+    Lost {
+        since_unix: u64,
+        error: String,
+    },
+    /// Lost for longer than the agent waits by itself: it still tries
+    /// again now and then, and the operator decides (`tern post-copy`).
+    Stalled {
+        since_unix: u64,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +254,9 @@ pub enum Response {
     Error(RemoteError),
     Cordon(CordonChange),
     Evacuation(crate::evacuation::EvacuationRecord),
+    /// The post-copy fills a `Request::PostCopy` names, as they stand
+    /// after its action.
+    PostCopy(Vec<FillStatus>),
 }
 
 /// An error the remote side reports instead of an answer.
@@ -276,6 +338,11 @@ pub struct MigrateOptions {
     /// (`[limits] bandwidth`), never raise it
     /// ([`crate::bandwidth::effective_cap`]).
     pub bandwidth: u64,
+    /// Post-copy only: soft-dirty rounds first, while the container runs,
+    /// so that the fill after the restore carries only the pages written
+    /// since the last round (the coordinator asks it where both hosts
+    /// track soft-dirty memory).
+    pub post_copy_rounds: bool,
 }
 
 /// The phases of a migration, in order. Used for progress and the report.
@@ -328,6 +395,9 @@ pub enum MigrateEvent {
     /// The source agent refused the request before doing anything (the
     /// asker's certificate does not allow it): nothing was touched.
     Refused(RemoteError),
+    /// A line the operator must see, on a line of its own even under
+    /// `--quiet` (a post-copy fill's link lost, stalled, back).
+    Notice(String),
 }
 
 /// Sent by the coordinator on an open `Migrate` stream.
@@ -559,6 +629,8 @@ pub struct Begin {
     pub mode: Mode,
     /// Restore lazily if this target can ([`MigrateOptions::lazy_restore`]).
     pub lazy_restore: bool,
+    /// [`MigrateOptions::post_copy_rounds`].
+    pub post_copy_rounds: bool,
     /// The coordinator's ticket for this move, as the source received it.
     pub ticket: Ticket,
 }

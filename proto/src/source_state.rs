@@ -47,78 +47,8 @@
 //! entry) and whether the container was frozen.
 
 use crate::message::{DataKind, Digest, Failure, Phase, Resolution, RestoreInfo, SourceMsg, TargetMsg};
-use crate::mode::Mode;
+pub use crate::plan::{Plan, Rounds};
 use std::path::PathBuf;
-
-/// How rounds are taken before the freeze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rounds {
-    /// None: stop-and-copy.
-    None,
-    /// Soft-dirty pre-dumps until the policy says freeze; the final dump
-    /// sits on top of the last one.
-    SoftDirty,
-    /// One full archive taken while the container runs; the final archive
-    /// is delta-encoded against it.
-    Base,
-}
-
-/// What a migration mode means, in one place: both sides ask it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    pub mode: Mode,
-    pub rounds: Rounds,
-}
-
-impl Plan {
-    pub fn for_mode(mode: Mode) -> Plan {
-        let rounds = match mode {
-            Mode::PreCopy => Rounds::SoftDirty,
-            Mode::HashPreCopy => Rounds::Base,
-            Mode::StopAndCopy | Mode::PostCopy | Mode::Invalid => Rounds::None,
-        };
-        Plan { mode, rounds }
-    }
-
-    /// The data stream that carries round `n`.
-    pub fn round_kind(&self, n: u32) -> DataKind {
-        match self.rounds {
-            Rounds::Base => DataKind::Base,
-            _ => DataKind::Round(n),
-        }
-    }
-
-    /// The data stream that carries the final archive, after `rounds` rounds.
-    pub fn final_kind(&self, rounds: u32) -> DataKind {
-        match self.rounds {
-            Rounds::Base => DataKind::CheckpointDelta { base: rounds },
-            _ => DataKind::Checkpoint,
-        }
-    }
-
-    /// Whether the final dump is Podman's `--with-previous`, on top of the
-    /// last round.
-    pub fn with_previous(&self) -> bool {
-        self.rounds == Rounds::SoftDirty
-    }
-
-    /// Whether the checkpoint folder may go to RAM. Soft-dirty pre-copy's
-    /// final dump links to rounds on disk, and CRIU cannot follow a link
-    /// out of a mount at restore time.
-    pub fn checkpoint_in_ram(&self) -> bool {
-        self.rounds != Rounds::SoftDirty
-    }
-
-    /// What the user reads at the freeze.
-    pub fn freeze_note(&self) -> &'static str {
-        match self.rounds {
-            Rounds::SoftDirty => "freezing; the final dump holds only the pages written since the last round",
-            Rounds::Base => "freezing; only pages the target lacks cross the wire",
-            Rounds::None if self.mode == Mode::PostCopy => "freezing; everything but memory crosses now, memory after the restore",
-            Rounds::None => "freezing and dumping; the archive streams as it is written",
-        }
-    }
-}
 
 /// Which reply the agent waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,7 @@
 
 use crate::message::{Digest, SourceMsg};
 use crate::mode::Mode;
+use crate::plan::{Plan, Rounds};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {
@@ -95,25 +96,26 @@ fn name(msg: &SourceMsg) -> String {
     }
 }
 
-/// The next state and the action for `msg` in `state` of a migration in
-/// `mode`, or an error naming all three.
-pub fn step(mode: Mode, state: TargetState, msg: &SourceMsg) -> Result<(TargetState, Action), UnexpectedMessage> {
+/// The next state and the action for `msg` in `state` of a migration
+/// following `plan`, or an error naming all three.
+pub fn step(plan: Plan, state: TargetState, msg: &SourceMsg) -> Result<(TargetState, Action), UnexpectedMessage> {
     use TargetState::*;
+    let mode = plan.mode;
     match (state, msg) {
         (AwaitingImage, SourceMsg::ImageSent(d)) => Ok((Staging { rounds: 0 }, Action::LoadImage(*d))),
-        (Staging { rounds }, SourceMsg::RoundSent { round, digest }) if mode.has_rounds() && *round == rounds + 1 => {
+        (Staging { rounds }, SourceMsg::RoundSent { round, digest }) if plan.rounds != Rounds::None && *round == rounds + 1 => {
             Ok((Staging { rounds: *round }, Action::StoreRound { round: *round, digest: *digest }))
         }
-        (Staging { rounds }, SourceMsg::RoundsDone { rounds: n }) if mode == Mode::PreCopy && *n == rounds && rounds > 0 => {
+        (Staging { rounds }, SourceMsg::RoundsDone { rounds: n }) if plan.rounds == Rounds::SoftDirty && *n == rounds && rounds > 0 => {
             Ok((Prepared { rounds }, Action::PrepareRounds { rounds }))
         }
         (Prepared { rounds }, SourceMsg::CheckpointSent(d)) => Ok((Restored, Action::Restore { digest: *d, rounds })),
         // Stop-and-copy has no rounds; content-addressed pre-copy exactly
         // one, its base, which needs no preparing.
-        (Staging { rounds: 0 }, SourceMsg::CheckpointSent(d)) if matches!(mode, Mode::StopAndCopy | Mode::PostCopy) => {
+        (Staging { rounds: 0 }, SourceMsg::CheckpointSent(d)) if plan.rounds == Rounds::None => {
             Ok((Restored, Action::Restore { digest: *d, rounds: 0 }))
         }
-        (Staging { rounds: 1 }, SourceMsg::CheckpointSent(d)) if mode == Mode::HashPreCopy => {
+        (Staging { rounds: 1 }, SourceMsg::CheckpointSent(d)) if plan.rounds == Rounds::Base => {
             Ok((Restored, Action::Restore { digest: *d, rounds: 1 }))
         }
         (Restored, SourceMsg::Commit) => Ok((Done, Action::Commit)),
@@ -156,7 +158,7 @@ mod tests {
 
     #[test]
     fn happy_path_with_image() {
-        let m = Mode::StopAndCopy;
+        let m = Plan::for_mode(Mode::StopAndCopy);
         let s = TargetState::initial(true);
         let (s, a) = step(m, s, &SourceMsg::ImageSent(digest())).unwrap();
         assert_eq!(a, Action::LoadImage(digest()));
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn pre_copy_rounds_come_in_order_and_the_restore_knows_how_many() {
-        let m = Mode::PreCopy;
+        let m = Plan::for_mode(Mode::PreCopy);
         let mut s = TargetState::initial(false);
         for n in 1..=3 {
             let (next, a) = step(m, s, &round(n)).unwrap();
@@ -192,20 +194,34 @@ mod tests {
 
     #[test]
     fn rounds_are_refused_in_stop_and_copy_and_hash_mode_needs_its_base() {
-        let err = step(Mode::StopAndCopy, TargetState::Staging { rounds: 0 }, &round(1)).unwrap_err();
+        let err = step(Plan::for_mode(Mode::StopAndCopy), TargetState::Staging { rounds: 0 }, &round(1)).unwrap_err();
         assert!(err.to_string().contains("RoundSent(1)") && err.to_string().contains("StopAndCopy"), "{err}");
-        let h = Mode::HashPreCopy;
+        let h = Plan::for_mode(Mode::HashPreCopy);
         assert!(step(h, TargetState::Staging { rounds: 0 }, &SourceMsg::CheckpointSent(digest())).is_err());
         assert!(step(h, TargetState::Staging { rounds: 1 }, &SourceMsg::CheckpointSent(digest())).is_ok());
         assert!(step(h, TargetState::Staging { rounds: 1 }, &SourceMsg::RoundsDone { rounds: 1 }).is_err());
-        let s = Mode::StopAndCopy;
+        let s = Plan::for_mode(Mode::StopAndCopy);
         assert!(step(s, TargetState::Staging { rounds: 0 }, &SourceMsg::RoundsDone { rounds: 0 }).is_err());
+    }
+
+    #[test]
+    fn post_copy_takes_soft_dirty_rounds_only_when_its_plan_says_so() {
+        let plain = Plan::for_mode(Mode::PostCopy);
+        assert!(step(plain, TargetState::Staging { rounds: 0 }, &round(1)).is_err());
+        assert!(step(plain, TargetState::Staging { rounds: 0 }, &SourceMsg::CheckpointSent(digest())).is_ok());
+        let m = Plan::new(Mode::PostCopy, true);
+        let (s, _) = step(m, TargetState::Staging { rounds: 0 }, &round(1)).unwrap();
+        assert!(step(m, s, &SourceMsg::CheckpointSent(digest())).is_err(), "the rounds must be prepared first");
+        let (s, a) = step(m, s, &SourceMsg::RoundsDone { rounds: 1 }).unwrap();
+        assert_eq!(a, Action::PrepareRounds { rounds: 1 });
+        let (_, a) = step(m, s, &SourceMsg::CheckpointSent(digest())).unwrap();
+        assert_eq!(a, Action::Restore { digest: digest(), rounds: 1 });
     }
 
     #[test]
     fn abort_is_legal_until_done() {
         for s in [TargetState::AwaitingImage, TargetState::Staging { rounds: 2 }, TargetState::Prepared { rounds: 2 }, TargetState::Restored] {
-            let (next, a) = step(Mode::PreCopy, s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
+            let (next, a) = step(Plan::for_mode(Mode::PreCopy), s, &SourceMsg::Abort { reason: "x".into() }).unwrap();
             assert_eq!((next, a), (TargetState::Done, Action::Abort("x".into())));
         }
     }
@@ -235,7 +251,7 @@ mod tests {
             (TargetState::Staging { rounds: 0 }, SourceMsg::Invalid),
         ];
         for (state, msg) in bad {
-            let err = step(Mode::PreCopy, state, &msg).unwrap_err();
+            let err = step(Plan::for_mode(Mode::PreCopy), state, &msg).unwrap_err();
             assert_eq!(err.state, state);
             assert!(err.to_string().contains(&format!("{state:?}")), "{err}");
         }

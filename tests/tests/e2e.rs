@@ -781,6 +781,25 @@ fn scenario_post_copy() -> Result<()> {
 /// and once the link is back the tunnel resumes on a new connection and
 /// every page arrives right.
 fn scenario_post_copy_link_cut() -> Result<()> {
+    // The source reports the fill stalled after 4 s of lost link, not 600.
+    restart_agent("client1", "[limits]\npost_copy_wait_secs = 4")?;
+    let r = post_copy_link_cut();
+    restart_agent("client1", "")?;
+    r
+}
+
+/// How `tern post-copy` says `name`'s fill stands: its source host and
+/// link state, or None when no fill of it is under way.
+fn fill_state(name: &str) -> Result<Option<(String, String)>> {
+    let s = tern_json(&["post-copy", "status", name])?;
+    ensure!(s.code == 0, "tern post-copy status failed: {}", s.all);
+    Ok(s.json["fills"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|f| (f["host"].as_str().unwrap_or_default().to_string(), f["link"]["state"].as_str().unwrap_or_default().to_string())))
+}
+
+fn post_copy_link_cut() -> Result<()> {
     let name = "e2e-postcopy-cut";
     remove_everywhere(name);
     start_memhog("client1", name, 128, 2)?;
@@ -795,27 +814,73 @@ fn scenario_post_copy_link_cut() -> Result<()> {
         Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
     })?;
     std::thread::sleep(Duration::from_secs(2));
+    ensure!(fill_state(name)? == Some(("client1".into(), "up".into())), "tern post-copy does not show the fill from client1");
     let cut = LinkCut::between("client2", "client1")?;
     let mut paused = false;
+    let mut seen = std::collections::BTreeSet::new();
     let cut_started = Instant::now();
     while cut_started.elapsed() < Duration::from_secs(15) {
         paused |= state("client2", name)?.as_deref() == Some("paused");
+        if let Some((_, link)) = fill_state(name)? {
+            seen.insert(link);
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
+    ensure!(seen.contains("stalled"), "tern post-copy never said the fill stalled during a 15 s cut (4 s allowed): {seen:?}");
+    // Resuming while the link is still down is only another try.
+    let r = tern_json(&["post-copy", "resume", name])?;
+    ensure!(r.code == 0, "tern post-copy resume failed: {}", r.all);
     ensure!(freezer_state(pid)? == "FROZEN", "{name} runs again on client1 while the target holds it");
     drop(cut);
     let r = tern_wait(mover)?;
     ensure!(r.code == 0, "tern migrate failed after the link came back: {}", r.all);
     ensure!(r.json["outcome"] == "completed", "{}", r.json);
+    ensure!(r.stderr.contains("tern post-copy give-up"), "tern migrate did not tell what to do with the stalled fill: {}", r.stderr);
     ensure!(paused, "{name} was not paused on client2 while the link was down");
     ensure!(state("client2", name)?.as_deref() == Some("running"), "not running on client2");
     ensure!(state("client1", name)?.is_none(), "{name} still exists on client1");
+    ensure!(fill_state(name)?.is_none(), "tern post-copy still shows a fill of {name}");
     memory_intact("client2", name)?;
     let c1 = count("client2", name)?;
     ensure!(c1 >= c0, "counter restarted: {c0} before, {c1} after");
     count_reaches("client2", name, c1 + 5)?;
     no_leftovers()?;
     eprintln!("post-copy with a 15 s cut: completed, {} warnings: {}", r.json["warnings"].as_array().map_or(0, Vec::len), r.json["warnings"]);
+    remove_everywhere(name);
+    Ok(())
+}
+
+/// A post-copy move given up while its link is lost: refused while the
+/// pages cross; once the link is cut, the container runs on its source
+/// again as of its freeze with every page right, and the target's copy,
+/// paused short of pages, goes once the link is back.
+fn scenario_post_copy_give_up() -> Result<()> {
+    let name = "e2e-postcopy-giveup";
+    remove_everywhere(name);
+    start_memhog("client1", name, 128, 2)?;
+    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
+    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
+        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
+    let r = tern_json(&["post-copy", "give-up", name])?;
+    ensure!(r.code == 1 && r.all.contains("crossing to client2"), "a give-up while the pages cross was not refused: {}", r.all);
+    let cut = LinkCut::between("client2", "client1")?;
+    wait_until(Duration::from_secs(60), "client1 to see the link lost", || Ok(fill_state(name)?.filter(|(_, l)| l != "up")))?;
+    let r = tern_json(&["post-copy", "give-up", name])?;
+    ensure!(r.code == 0, "tern post-copy give-up failed: {}", r.all);
+    wait_until(Duration::from_secs(60), &format!("{name} to run on client1 again"), || {
+        Ok((state("client1", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
+    let c = count("client1", name)?;
+    count_reaches("client1", name, c + 3)?;
+    memory_intact("client1", name)?;
+    ensure!(state("client2", name)?.as_deref() == Some("paused"), "the copy on client2 is not paused: {:?}", state("client2", name)?);
+    drop(cut);
+    let r = tern_wait(mover)?;
+    ensure!(r.json["outcome"] != "completed", "the move completed after it was given up: {}", r.json);
+    wait_until(Duration::from_secs(120), &format!("client2 to remove its copy of {name}"), || Ok(state("client2", name)?.is_none().then_some(())))?;
+    ensure!(state("client1", name)?.as_deref() == Some("running"), "{name} no longer runs on client1");
+    eprintln!("post-copy given up: {} ({}), runs on client1 again", r.json["outcome"], r.json["error"]);
     remove_everywhere(name);
     Ok(())
 }
@@ -850,6 +915,13 @@ fn post_copy_runs_at_once_there_and_back_with_every_page_right() {
 fn post_copy_survives_a_link_cut_mid_fill() {
     let _lab = lab_guard();
     scenario_post_copy_link_cut().unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn post_copy_given_up_while_the_link_is_lost_runs_on_the_source_again() {
+    let _lab = lab_guard();
+    scenario_post_copy_give_up().unwrap();
 }
 
 #[test]
@@ -985,6 +1057,40 @@ fn scenario_precopy() -> Result<()> {
     migrate_and_verify_with(name, "client2", "client1", &flags, "pre-copy")?;
     remove_everywhere(name);
     Ok(())
+}
+
+/// Post-copy where both hosts track soft-dirty memory: rounds first, then
+/// the lazy dump on top of the last, so only the pages written since
+/// cross after the restore; every page right (memhog's checksums).
+fn scenario_precopy_then_post_copy() -> Result<()> {
+    let name = "e2e-precopy-postcopy";
+    remove_everywhere(name);
+    start_memhog("client1", name, 64, 1)?;
+    let flags = ["--mode", "post-copy", "--max-rounds", "3", "--max-downtime", "2s"];
+    let j = migrate_and_verify_with(name, "client1", "client2", &flags, "post-copy")?;
+    memory_intact("client2", name)?;
+    let rounds = check_rounds(&j)?;
+    ensure!(!rounds.is_empty(), "no soft-dirty round before the post-copy freeze: {j}");
+    let in_rounds: u64 = rounds.iter().filter_map(|r| r["bytes"].as_u64()).sum();
+    let (ckpt, wire) = (j["checkpoint_bytes"].as_u64().unwrap_or(0), j["bytes_on_wire"].as_u64().unwrap_or(0));
+    let after = wire.saturating_sub(in_rounds + ckpt);
+    // 64 MiB crossed in the rounds; the fill carries what memhog wrote
+    // since the last (1 MiB/s), not all of it again.
+    ensure!(in_rounds >= 60 << 20, "the rounds carried only {in_rounds} bytes of 64 MiB: {j}");
+    ensure!(after < 32 << 20, "{after} bytes crossed after the archive: the fill took the whole memory again: {j}");
+    eprintln!(
+        "pre-copy then post-copy: rounds {in_rounds} bytes, archive {ckpt}, then {after}; downtime {} ms, fill {} ms",
+        j["downtime_ms"], j["memory_fill_ms"]
+    );
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the soft-dirty tier: run scripts/softdirty-tier.sh"]
+fn precopy_rounds_then_post_copy_fill_only_what_was_written_since() {
+    let _lab = lab_guard();
+    scenario_precopy_then_post_copy().unwrap();
 }
 
 #[test]

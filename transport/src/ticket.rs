@@ -301,6 +301,7 @@ mod tests {
             tcp_established: false,
             mode: Mode::StopAndCopy,
             lazy_restore: false,
+            post_copy_rounds: false,
             ticket: Ticket::default(),
         }
     }

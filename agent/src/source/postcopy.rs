@@ -34,7 +34,8 @@ use crate::tunnel::{End, LegEnd, TunnelError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tern_proto::facts::ContainerInfo;
-use tern_proto::{DataKind, Digest, Phase, Request};
+use tern_proto::postcopy::Decision;
+use tern_proto::{DataKind, Digest, FillLink, MigrateEvent, Phase, Request};
 use tern_transport::rpc::Session;
 
 /// The pipe size CRIU's page server asks for (it serves pages from pipes
@@ -45,8 +46,6 @@ const PIPE_MAX: u64 = 4 << 20;
 const SERVING: &str = "Starting page server on port";
 /// How long CRIU may take to dump everything but memory.
 const DUMP_LIMIT: Duration = Duration::from_secs(120);
-/// How long the source keeps trying to reach a target it lost mid-fill.
-const RECONNECT_LIMIT: Duration = Duration::from_secs(600);
 
 /// The fill under way: the dump that serves it, and the tunnel.
 pub(super) struct Fill {
@@ -59,7 +58,8 @@ pub(super) struct Fill {
 impl Run<'_> {
     /// The freeze of a post-copy migration (module docs): returns the
     /// archive's digest once it crossed and the tunnel runs.
-    pub(super) async fn dump_lazy(&mut self, in_ram: bool) -> Result<Digest, super::Fail> {
+    /// `with_previous`: the dump sits on the last soft-dirty round.
+    pub(super) async fn dump_lazy(&mut self, in_ram: bool, with_previous: bool) -> Result<Digest, super::Fail> {
         let p = Phase::Checkpoint;
         let info = self.info()?;
         let fail = |m: String| SourceError::PostCopy(m).at(p);
@@ -81,7 +81,10 @@ impl Run<'_> {
         let fifo = self.work_dir.join("checkpoint.fifo");
         let (mut reader, hold) = archive_pipe(&fifo).map_err(|source| SourceError::Fifo { path: fifo.clone(), source }.at(p))?;
         let holder = FifoHolder::spawn(&fifo);
-        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, lazy: true, ..Default::default() };
+        // On top of soft-dirty rounds (`with_previous`), CRIU leaves the pages
+        // unwritten since the last round to it (the target holds them) and
+        // serves only the others.
+        let opts = CheckpointOpts { tcp_established: self.req.options.tcp_established, lazy: true, with_previous, ..Default::default() };
         self.checkpoint_in_ram = in_ram;
         let frozen_at = Instant::now();
         self.frozen_at = Some(frozen_at);
@@ -141,10 +144,22 @@ impl Run<'_> {
         self.checkpoint_bytes = digest.bytes;
         self.count_sent(&stats, shipped, self.pace.throttled().saturating_sub(throttled0));
 
-        let session = self.session().clone();
-        let (endpoint, addr) = (self.agent.endpoint.clone(), self.req.target.address.parse().ok());
-        let (target, me, id) = (self.req.target.name.clone(), self.agent.cfg.name.clone(), self.req.id);
-        let tunnel = tokio::spawn(async move { serve_source(end, session, endpoint, addr, target, me, id).await });
+        let events = self.events.clone();
+        let route = Route {
+            session: self.session().clone(),
+            endpoint: self.agent.endpoint.clone(),
+            addr: self.req.target.address.parse().ok(),
+            target: self.req.target.name.clone(),
+            me: self.agent.cfg.name.clone(),
+            id: self.req.id,
+            container: info.name.clone(),
+            wait: self.agent.cfg.limits.post_copy_wait(),
+            note: Box::new(move |note| {
+                let _ = events.try_send(MigrateEvent::Notice(note));
+            }),
+        };
+        let entry = self.agent.fills.register(self.req.id, &info.name, &self.req.target.name);
+        let tunnel = tokio::spawn(serve_source(end, route, entry));
         self.fill = Some(Fill { checkpoint, tunnel });
         self.check_cancel(p)?;
         Ok(digest)
@@ -200,61 +215,137 @@ impl Run<'_> {
     }
 }
 
-/// The source's side of the tunnel: the first leg on the migration's own
-/// connection, each later one on a new connection to the target, until
-/// the fill is over, CRIU failed, or the target stayed out of reach for
-/// [`RECONNECT_LIMIT`].
-async fn serve_source(
-    mut end: End,
+/// Where the source's side of the tunnel goes, and who hears of it.
+struct Route {
     session: Session,
     endpoint: quinn::Endpoint,
     addr: Option<std::net::SocketAddr>,
     target: String,
     me: String,
     id: tern_proto::MigrationId,
-) -> Result<u64, TunnelError> {
+    container: String,
+    /// How long a lost link is tried every second before the fill is
+    /// reported stalled (`[limits] post_copy_wait_secs`).
+    wait: Duration,
+    /// Progress lines for the coordinator that started the move.
+    note: Box<dyn Fn(String) + Send + Sync>,
+}
+
+/// The source's side of the tunnel: the first leg on the migration's own
+/// connection, each later one on a new connection to the target, until
+/// the fill is over, CRIU failed, or the operator gave the move up
+/// (`tern_proto::postcopy`: a lost link is tried again for as long as the
+/// fill lives, and never given up by this agent alone).
+async fn serve_source(mut end: End, route: Route, mut entry: crate::fills::Entry) -> Result<u64, TunnelError> {
+    let Route { session, endpoint, addr, target, me, id, container, wait, note } = route;
+    end.shared_read = Some(entry.bytes.clone());
     let mut session = Some(session);
-    let mut lost_at: Option<Instant> = None;
+    // Since when the link is lost (and in Unix seconds), and whether the
+    // operator was told the fill stalled.
+    let mut lost: Option<(Instant, u64)> = None;
+    let mut stall_told = false;
+    let stall = |since: Instant, since_unix: u64, error: &str, entry: &crate::fills::Entry| {
+        let m = format!(
+            "{target} has been out of reach for {} s; {container} waits there, paused, for its memory, kept here. \
+             `tern post-copy resume {container}` tries the link now (it is tried every {} s); \
+             `tern post-copy give-up {container}` runs it here again as of its freeze, and what it did on {target} is lost",
+            since.elapsed().as_secs(),
+            tern_proto::postcopy::STALLED_RETRY.as_secs()
+        );
+        tracing::error!(id, "{m}");
+        note(m);
+        entry.set_link(FillLink::Stalled { since_unix, error: error.to_string() });
+    };
     loop {
-        let s = match session.take() {
-            Some(s) => s,
-            None => {
-                let Some(addr) = addr else { return Err(TunnelError::Link(format!("{target} has no address to reconnect to"))) };
-                match Session::connect(&endpoint, addr, &target, &me).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let since = lost_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() > RECONNECT_LIMIT {
-                            return Err(TunnelError::Link(format!("{target} out of reach for {} s: {e}", since.elapsed().as_secs())));
-                        }
-                        tracing::warn!(id, "reconnecting to {target} for the pages: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+        // One try: a connection (the migration's own, first) and a page
+        // stream on it. The operator may give up meanwhile, and the stall
+        // is told when due, however long the try takes.
+        let attempt = async {
+            let s = match session.take() {
+                Some(s) => s,
+                None => match addr {
+                    Some(addr) => Session::connect(&endpoint, addr, &target, &me).await.map_err(|e| e.to_string())?,
+                    None => return Err(format!("{target} has no address to reconnect to")),
+                },
+            };
+            s.open(&Request::Pages { id }).await.map_err(|e| format!("opening the page stream: {e}"))
+        };
+        tokio::pin!(attempt);
+        let opened = loop {
+            let stall_at = lost.map(|(since, _)| tokio::time::Instant::from_std(since + wait));
+            tokio::select! {
+                r = &mut attempt => break r,
+                () = async { tokio::time::sleep_until(stall_at.unwrap()).await }, if stall_at.is_some() && !stall_told => {
+                    stall_told = true;
+                    let (since, since_unix) = lost.unwrap();
+                    stall(since, since_unix, "a try is under way", &entry);
+                }
+                order = entry.order(), if lost.is_some() => {
+                    if order.decision == Decision::GiveUp {
+                        return give_up(order, id, &container, &target, &note);
                     }
+                    let _ = order.done.send(());
                 }
             }
         };
-        let (mut send, recv) = match s.open(&Request::Pages { id }).await {
+        let (mut send, recv) = match opened {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(id, "opening the page stream to {target}: {e}");
-                lost_at.get_or_insert_with(Instant::now);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (since, since_unix) = *lost.get_or_insert_with(|| (Instant::now(), crate::fills::now_unix()));
+                let (link, retry) = tern_proto::postcopy::after_failed_try(since.elapsed(), wait, since_unix, e.clone());
+                if matches!(link, FillLink::Stalled { .. }) && !stall_told {
+                    stall_told = true;
+                    stall(since, since_unix, &e, &entry);
+                } else {
+                    tracing::warn!(id, "reconnecting to {target} for the pages: {e}");
+                }
+                entry.set_link(link);
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    order = entry.order() => {
+                        if order.decision == Decision::GiveUp {
+                            return give_up(order, id, &container, &target, &note);
+                        }
+                        let _ = order.done.send(());
+                    }
+                }
                 continue;
             }
         };
-        if lost_at.take().is_some() {
+        if lost.take().is_some() {
             tracing::info!(id, "the page tunnel to {target} resumes");
+            note(format!("the link to {target} is back: {container}'s memory crosses again"));
+            stall_told = false;
         }
+        entry.link_back();
         match end.run_leg(&mut send, recv).await {
             LegEnd::Finished => return Ok(end.read_total),
             LegEnd::Failed(e) => return Err(e),
             LegEnd::Lost(e) => {
                 tracing::warn!(id, "the page tunnel to {target} lost its link: {e}; reconnecting");
-                lost_at = Some(Instant::now());
+                note(format!("the link to {target} is lost ({e}): {container} waits there, paused; trying again"));
+                let now = (Instant::now(), crate::fills::now_unix());
+                lost = Some(now);
+                entry.set_link(FillLink::Lost { since_unix: now.1, error: e.to_string() });
             }
         }
     }
+}
+
+/// The operator gave the move up: dropping the tunnel's end closes the
+/// page server's connection, and CRIU ends the dump and lets the
+/// container run here again.
+fn give_up(
+    order: crate::fills::Order,
+    id: tern_proto::MigrationId,
+    container: &str,
+    target: &str,
+    note: &(dyn Fn(String) + Send + Sync),
+) -> Result<u64, TunnelError> {
+    tracing::error!(id, "the operator gave the move of {container} up: its dump ends, and CRIU runs it here again");
+    note(format!("given up: {container} runs here again as of its freeze; {target} removes its copy once it hears"));
+    let _ = order.done.send(());
+    Err(TunnelError::GaveUp)
 }
 
 /// Raises `fs.pipe-max-size` to what CRIU's page server needs, where it is

@@ -72,6 +72,9 @@ pub enum TargetError {
     /// The lazy-pages daemon did not bring all the memory in.
     #[error(transparent)]
     LazyPages(#[from] crate::criu::CriuError),
+    /// Post-copy: the page tunnel can never complete the fill.
+    #[error("the page tunnel: {0}")]
+    PageTunnel(String),
     /// A `Resolve` from a peer that is not the source of record.
     #[error("migration {id} here is not {peer}'s to settle")]
     NotYours { peer: String, id: tern_proto::MigrationId },

@@ -675,6 +675,7 @@ pub fn options(mode: Mode) -> MigrateOptions {
         policy: PolicyConfig::default(),
         lazy_restore: true,
         bandwidth: 0,
+        post_copy_rounds: false,
     }
 }
 
@@ -769,6 +770,7 @@ impl Cluster {
                 MigrateEvent::Done(r) => return (events, r),
                 MigrateEvent::Invalid => panic!("invalid event"),
                 MigrateEvent::Refused(e) => panic!("refused: {}", e.message),
+                MigrateEvent::Notice(_) => {}
             }
         }
     }

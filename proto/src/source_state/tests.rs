@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::facts::ContainerInfo;
+use crate::mode::Mode;
 use crate::state::{self, Action, TargetState};
 use std::collections::VecDeque;
 
@@ -128,7 +129,7 @@ impl Sim {
     fn target_runs(&mut self) {
         while let Some(msg) = self.to_target.pop_front() {
             let Some(s) = self.tgt else { continue }; // it stopped reading
-            let reply = match state::step(self.plan.mode, s, &msg) {
+            let reply = match state::step(self.plan, s, &msg) {
                 Err(e) => {
                     self.target_gone();
                     TargetMsg::Failed(failure(Phase::Prepare, &e.to_string()))
@@ -339,6 +340,10 @@ fn plans_answer_every_mode_question_in_one_place() {
         (Rounds::Base, DataKind::Base, DataKind::CheckpointDelta { base: 1 }, false)
     );
     assert_eq!(Plan::for_mode(Mode::Invalid).rounds, Rounds::None);
+    assert_eq!(Plan::for_mode(Mode::PostCopy).rounds, Rounds::None);
+    let pp = Plan::new(Mode::PostCopy, true);
+    assert_eq!((pp.rounds, pp.with_previous(), pp.checkpoint_in_ram()), (Rounds::SoftDirty, true, false));
+    assert_eq!(Plan::new(Mode::HashPreCopy, true), Plan::for_mode(Mode::HashPreCopy), "only post-copy takes the flag");
     for m in MODES {
         assert_eq!(Plan::for_mode(m).rounds != Rounds::None, m.has_rounds());
     }
@@ -373,6 +378,17 @@ fn pre_copy_rounds_then_a_final_dump_on_top_of_them() {
     });
     assert_eq!(journal.unwrap(), [PathBuf::from("/c/pre-checkpoint"), PathBuf::from("/c/tern-precopy")]);
     assert!(sim.has(|c| matches!(c, Command::RemovePreLink(_))) && sim.has(|c| matches!(c, Command::RemoveRounds(_))));
+}
+
+#[test]
+fn post_copy_after_soft_dirty_rounds_dumps_lazily_on_top_of_them() {
+    let mut sim = Sim::new(Mode::PostCopy);
+    sim.plan = Plan::new(Mode::PostCopy, true);
+    sim.needs_image = false;
+    assert_eq!(sim.run(), End::Completed);
+    assert_eq!(told_kinds(&sim), ["RoundSent", "RoundSent", "RoundSent", "RoundsDone", "CheckpointSent", "Commit"]);
+    assert!(sim.has(|c| *c == Command::Dump { kind: DataKind::Checkpoint, with_previous: true, in_ram: false }));
+    assert!(sim.plan.freeze_note().contains("only the pages written since the last round"));
 }
 
 #[test]
@@ -638,7 +654,7 @@ fn a_reordered_message_is_refused_by_the_target() {
             let mut order = told.clone();
             order.swap(i, i + 1);
             let mut s = TargetState::initial(true);
-            let refused = order.iter().any(|m| match state::step(mode, s, m) {
+            let refused = order.iter().any(|m| match state::step(Plan::for_mode(mode), s, m) {
                 Ok((next, _)) => {
                     s = next;
                     false
@@ -652,6 +668,6 @@ fn a_reordered_message_is_refused_by_the_target() {
 
 #[test]
 fn a_message_delayed_past_an_abort_is_refused() {
-    let (s, _) = state::step(Mode::PreCopy, TargetState::initial(false), &SourceMsg::Abort { reason: "timed out".into() }).unwrap();
-    assert!(state::step(Mode::PreCopy, s, &SourceMsg::RoundSent { round: 1, digest: digest() }).is_err());
+    let (s, _) = state::step(Plan::for_mode(Mode::PreCopy), TargetState::initial(false), &SourceMsg::Abort { reason: "timed out".into() }).unwrap();
+    assert!(state::step(Plan::for_mode(Mode::PreCopy), s, &SourceMsg::RoundSent { round: 1, digest: digest() }).is_err());
 }

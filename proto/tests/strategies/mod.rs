@@ -191,14 +191,15 @@ fn ticket() -> impl Strategy<Value = Ticket> {
 }
 
 fn begin() -> impl Strategy<Value = Begin> {
-    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>(), ticket()).prop_map(
-        |(id, source, container, tcp_established, mode, lazy_restore, ticket)| Begin {
+    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>(), any::<bool>(), ticket()).prop_map(
+        |(id, source, container, tcp_established, mode, lazy_restore, post_copy_rounds, ticket)| Begin {
             id,
             source,
             container,
             tcp_established,
             mode,
             lazy_restore,
+            post_copy_rounds,
             ticket,
         },
     )
@@ -222,8 +223,8 @@ pub fn hello_reply() -> impl Strategy<Value = HelloReply> {
 }
 
 pub fn request() -> impl Strategy<Value = Request> {
-    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>(), any::<u64>()).prop_map(
-        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore, bandwidth)| MigrateOptions {
+    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>(), any::<u64>(), any::<bool>()).prop_map(
+        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore, bandwidth, post_copy_rounds)| MigrateOptions {
             mode,
             compress,
             tcp_established,
@@ -231,6 +232,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             policy,
             lazy_restore,
             bandwidth,
+            post_copy_rounds,
         },
     );
     let migrate = (any::<u64>(), text(), peer(), options, ticket(), any::<bool>())
@@ -254,7 +256,27 @@ pub fn request() -> impl Strategy<Value = Request> {
         })),
         proptest::option::of(text()).prop_map(|cordon| Request::Cordon(CordonRequest { cordon })),
         vec(text(), 0..3).prop_map(|forget| Request::Evacuation(EvacuationRequest { forget })),
+        any::<u64>().prop_map(|id| Request::Pages { id }),
+        (proptest::option::of(text()), select(vec![PostCopyAction::Invalid, PostCopyAction::Status, PostCopyAction::Resume, PostCopyAction::GiveUp]))
+            .prop_map(|(container, action)| Request::PostCopy(PostCopyRequest { container, action })),
     ]
+}
+
+fn fill_status() -> impl Strategy<Value = FillStatus> {
+    let link = prop_oneof![
+        Just(FillLink::Invalid),
+        Just(FillLink::Up),
+        (any::<u64>(), text()).prop_map(|(since_unix, error)| FillLink::Lost { since_unix, error }),
+        (any::<u64>(), text()).prop_map(|(since_unix, error)| FillLink::Stalled { since_unix, error }),
+    ];
+    (any::<u64>(), text(), text(), any::<u64>(), any::<u64>(), link).prop_map(|(id, container, target, since_unix, bytes, link)| FillStatus {
+        id,
+        container,
+        target,
+        since_unix,
+        bytes,
+        link,
+    })
 }
 
 pub fn response() -> impl Strategy<Value = Response> {
@@ -279,6 +301,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                 .collect()
         })),
         text().prop_map(|message| Response::Error(RemoteError { message })),
+        vec(fill_status(), 0..3).prop_map(Response::PostCopy),
     ]
 }
 
@@ -417,7 +440,13 @@ pub fn migrate_event() -> impl Strategy<Value = MigrateEvent> {
     let progress =
         (phase(), any::<u64>(), any::<u64>(), text()).prop_map(|(phase, bytes, elapsed_ms, note)| Progress { phase, bytes, elapsed_ms, note });
     let refused = text().prop_map(|message| MigrateEvent::Refused(RemoteError { message }));
-    prop_oneof![Just(MigrateEvent::Invalid), progress.prop_map(MigrateEvent::Progress), report().prop_map(MigrateEvent::Done), refused]
+    prop_oneof![
+        Just(MigrateEvent::Invalid),
+        progress.prop_map(MigrateEvent::Progress),
+        report().prop_map(MigrateEvent::Done),
+        refused,
+        text().prop_map(MigrateEvent::Notice)
+    ]
 }
 
 pub fn coordinator_signal() -> impl Strategy<Value = CoordinatorSignal> {
