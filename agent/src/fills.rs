@@ -14,7 +14,7 @@ use tern_proto::{FillLink, FillStatus, MigrationId, PostCopyAction, PostCopyRequ
 use tokio::sync::{mpsc, oneshot};
 
 /// How long an operator's give-up waits for its tunnel to carry it out.
-const ORDER_WAIT: Duration = Duration::from_secs(10);
+const ORDER_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Default)]
 pub struct Fills {

@@ -46,6 +46,26 @@ const OUTBOX_CAP: usize = 64 << 20;
 /// How often delivered bytes are confirmed while data flows.
 const ACK_EVERY: Duration = Duration::from_millis(50);
 
+/// The size of a request to CRIU's page server (`struct page_server_iov`
+/// in `criu/page-xfer.c`: a u32 command, 4 bytes of padding, then u64
+/// page count, address and process; little-endian on x86-64). Found the
+/// hard way: with 24, CRIU waited for the rest of the request.
+pub const PS_IOV_SIZE: u64 = 32;
+/// A page-server command CRIU does not know (`PS_IOV_*` are 1 to 7 and
+/// 0x1023, 0x1024): it fails the transfer on it.
+const UNKNOWN_COMMAND: u32 = 0xbeef;
+
+/// What ends a page-server session as failed, after `delivered` bytes of
+/// requests: the rest of a request cut short (with no valid fields), then
+/// one with a command CRIU does not know.
+pub fn poison(delivered: u64) -> Vec<u8> {
+    let partial = (delivered % PS_IOV_SIZE) as usize;
+    let mut v = if partial == 0 { Vec::new() } else { vec![0xff; PS_IOV_SIZE as usize - partial] };
+    v.extend_from_slice(&UNKNOWN_COMMAND.to_le_bytes());
+    v.resize(v.len() + PS_IOV_SIZE as usize - 4, 0);
+    v
+}
+
 /// Bytes sent and not yet confirmed by the peer, for resending on a new
 /// leg. Offsets count every byte this side ever sent.
 #[derive(Debug, Default)]
@@ -204,6 +224,38 @@ pub enum LegEnd {
 impl End {
     pub fn new(tcp: TcpStream, rate: u64, source: bool) -> End {
         End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read_total: 0, shared_read: None, rate, source }
+    }
+
+    /// The source's side gives the fill up while CRIU's page server still
+    /// serves. The page server takes an end of stream between requests for
+    /// a *finished* transfer (`criu/page-xfer.c`, `page_server_serve`):
+    /// CRIU would end its dump and kill the container it dumped, whose
+    /// memory the target lacks. So the server is first sent a command it
+    /// does not know: it fails the transfer, and CRIU lets the container
+    /// run again. Waits (a few seconds at most) for CRIU to close.
+    pub async fn fail_page_server(&mut self) {
+        if self.local_closed {
+            return;
+        }
+        let poison = poison(self.delivered);
+        if let Err(e) = self.tcp.write_all(&poison).await {
+            tracing::warn!("telling CRIU's page server the transfer failed: {e}");
+            return;
+        }
+        let _ = self.tcp.flush().await;
+        let mut buf = vec![0u8; 64 << 10];
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = self.tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("CRIU's page server did not close within 5 s of a failed transfer");
+        }
+        self.local_closed = true;
     }
 
     fn finished(&self) -> bool {
@@ -454,6 +506,18 @@ mod tests {
         assert!(o.is_empty() && o.pending(3).is_empty());
         o.push(b"!");
         assert_eq!(o.end(), 12);
+    }
+
+    #[test]
+    fn the_poison_lands_on_a_request_boundary_with_an_unknown_command() {
+        let p = poison(64);
+        assert_eq!(p.len(), 32);
+        assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), UNKNOWN_COMMAND);
+        // After 10 bytes of a request: its other 22, then the poison.
+        let p = poison(10);
+        assert_eq!(p.len(), 22 + 32);
+        assert_eq!(u32::from_le_bytes(p[22..26].try_into().unwrap()), UNKNOWN_COMMAND);
+        assert!(![1, 2, 3, 4, 5, 6, 7, 0x1023, 0x1024].contains(&(UNKNOWN_COMMAND & 0xffff)));
     }
 
     #[tokio::test]

@@ -81,12 +81,17 @@ fn action_name(a: PostCopyAction) -> &'static str {
 async fn ask(inv: &Inventory, entry: &HostEntry, req: &PostCopyRequest, limit: Duration) -> anyhow::Result<Vec<FillStatus>> {
     let limit = tern_transport::timeouts::scaled(limit);
     let asked = async {
-        let (_endpoint, session) = cluster::connect(inv, entry).await?;
-        match session.request(&Request::PostCopy(req.clone())).await? {
+        let (endpoint, session) = cluster::connect(inv, entry).await?;
+        let answer = match session.request(&Request::PostCopy(req.clone())).await? {
             Response::PostCopy(v) => Ok(v),
             Response::Error(e) => Err(anyhow!("{e}")),
             other => Err(session.unexpected("PostCopy", &other).into()),
-        }
+        };
+        // Closed, not dropped: a script that polls would otherwise leave
+        // the agent a connection per call until its idle timeout.
+        session.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        answer
     };
     tokio::time::timeout(limit, asked).await.map_err(|_| anyhow!("no answer within {} s", limit.as_secs()))?
 }

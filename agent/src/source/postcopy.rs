@@ -53,6 +53,8 @@ pub(super) struct Fill {
     pub checkpoint: tokio::task::JoinHandle<(crate::engine::Result<()>, Instant)>,
     /// The source's side of the tunnel: the bytes it carried, or why it failed.
     pub tunnel: tokio::task::JoinHandle<Result<u64, TunnelError>>,
+    /// Cancelled to give the fill up (`Run::abandon_fill`).
+    pub abandon: tokio_util::sync::CancellationToken,
 }
 
 impl Run<'_> {
@@ -159,8 +161,9 @@ impl Run<'_> {
             }),
         };
         let entry = self.agent.fills.register(self.req.id, &info.name, &self.req.target.name);
-        let tunnel = tokio::spawn(serve_source(end, route, entry));
-        self.fill = Some(Fill { checkpoint, tunnel });
+        let abandon = tokio_util::sync::CancellationToken::new();
+        let tunnel = tokio::spawn(serve_source(end, route, entry, abandon.clone()));
+        self.fill = Some(Fill { checkpoint, tunnel, abandon });
         self.check_cancel(p)?;
         Ok(digest)
     }
@@ -204,12 +207,12 @@ impl Run<'_> {
         }
     }
 
-    /// Gives the fill up before the target ran the container: closing the
-    /// page server's connection ends the dump, and CRIU lets the container
-    /// run here again.
+    /// Gives the fill up before the target ran the container: the tunnel
+    /// fails the page server's transfer (`End::fail_page_server`), and
+    /// CRIU lets the container run here again.
     pub(super) async fn abandon_fill(&mut self) {
         if let Some(fill) = self.fill.as_mut() {
-            fill.tunnel.abort();
+            fill.abandon.cancel();
             let _ = self.fill_done().await;
         }
     }
@@ -236,7 +239,36 @@ struct Route {
 /// the fill is over, CRIU failed, or the operator gave the move up
 /// (`tern_proto::postcopy`: a lost link is tried again for as long as the
 /// fill lives, and never given up by this agent alone).
-async fn serve_source(mut end: End, route: Route, mut entry: crate::fills::Entry) -> Result<u64, TunnelError> {
+async fn serve_source(
+    mut end: End,
+    route: Route,
+    entry: crate::fills::Entry,
+    abandon: tokio_util::sync::CancellationToken,
+) -> Result<u64, TunnelError> {
+    // The operator's give-up hears it was carried out once CRIU has failed
+    // the transfer (and runs the container here again), not before.
+    let mut given_up = None;
+    let r = tokio::select! {
+        r = serve_legs(&mut end, route, entry, &mut given_up) => r,
+        () = abandon.cancelled() => Err(TunnelError::GaveUp),
+    };
+    // Whatever ended the tunnel, CRIU's connection must not just close
+    // (`End::fail_page_server`); a finished fill has closed it already.
+    if r.is_err() {
+        end.fail_page_server().await;
+    }
+    if let Some(done) = given_up {
+        let _ = done.send(());
+    }
+    r
+}
+
+async fn serve_legs(
+    end: &mut End,
+    route: Route,
+    mut entry: crate::fills::Entry,
+    given_up: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<u64, TunnelError> {
     let Route { session, endpoint, addr, target, me, id, container, wait, note } = route;
     end.shared_read = Some(entry.bytes.clone());
     let mut session = Some(session);
@@ -282,7 +314,8 @@ async fn serve_source(mut end: End, route: Route, mut entry: crate::fills::Entry
                 }
                 order = entry.order(), if lost.is_some() => {
                     if order.decision == Decision::GiveUp {
-                        return give_up(order, id, &container, &target, &note);
+                        *given_up = Some(give_up(order, id, &container, &target, &note));
+                        return Err(TunnelError::GaveUp);
                     }
                     let _ = order.done.send(());
                 }
@@ -304,7 +337,8 @@ async fn serve_source(mut end: End, route: Route, mut entry: crate::fills::Entry
                     _ = tokio::time::sleep(retry) => {}
                     order = entry.order() => {
                         if order.decision == Decision::GiveUp {
-                            return give_up(order, id, &container, &target, &note);
+                            *given_up = Some(give_up(order, id, &container, &target, &note));
+                        return Err(TunnelError::GaveUp);
                         }
                         let _ = order.done.send(());
                     }
@@ -332,20 +366,19 @@ async fn serve_source(mut end: End, route: Route, mut entry: crate::fills::Entry
     }
 }
 
-/// The operator gave the move up: dropping the tunnel's end closes the
-/// page server's connection, and CRIU ends the dump and lets the
-/// container run here again.
+/// The operator gave the move up: the tunnel's end fails the page
+/// server's transfer (`serve_source`), and CRIU ends the dump and lets
+/// the container run here again.
 fn give_up(
     order: crate::fills::Order,
     id: tern_proto::MigrationId,
     container: &str,
     target: &str,
     note: &(dyn Fn(String) + Send + Sync),
-) -> Result<u64, TunnelError> {
+) -> tokio::sync::oneshot::Sender<()> {
     tracing::error!(id, "the operator gave the move of {container} up: its dump ends, and CRIU runs it here again");
     note(format!("given up: {container} runs here again as of its freeze; {target} removes its copy once it hears"));
-    let _ = order.done.send(());
-    Err(TunnelError::GaveUp)
+    order.done
 }
 
 /// Raises `fs.pipe-max-size` to what CRIU's page server needs, where it is
