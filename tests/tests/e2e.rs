@@ -895,6 +895,36 @@ fn scenario_post_copy_give_up() -> Result<()> {
     Ok(())
 }
 
+/// The source's agent dies mid-fill (`kill -9`). Its connection to CRIU's
+/// page server is reset, not closed (CRIU would take a close for the end
+/// of a finished transfer and kill the container): CRIU fails the
+/// transfer and lets the container go; the restarted agent settles the
+/// move with the target, which removes its copy, paused short of pages;
+/// the container carries on on the source as of its freeze, every page
+/// right. (The lab's shared freezer cgroup: see the give-up test.)
+fn scenario_post_copy_source_agent_dies() -> Result<()> {
+    let name = "e2e-postcopy-srcdies";
+    remove_everywhere(name);
+    start_memhog("client1", name, 128, 2)?;
+    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
+    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
+        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    kill_agent("client1")?;
+    let r = tern_wait(mover)?;
+    ensure!(r.code != 0, "tern migrate succeeded though its source agent died mid-fill: {}", r.all);
+    restart_agent("client1", "")?;
+    wait_until(Duration::from_secs(120), &format!("client2 to remove its copy of {name}"), || Ok(state("client2", name)?.is_none().then_some(())))?;
+    ensure!(state("client1", name)?.as_deref() == Some("running"), "{name} is {:?} on client1", state("client1", name)?);
+    let c = wait_until(Duration::from_secs(20), &format!("{name}'s counter on client1"), || Ok(count("client1", name).ok()))?;
+    count_reaches("client1", name, c + 3)?;
+    memory_intact("client1", name)?;
+    no_leftovers()?;
+    remove_everywhere(name);
+    Ok(())
+}
+
 fn scenario_hash_pre_copy() -> Result<()> {
     let name = "e2e-hash";
     remove_everywhere(name);
@@ -932,6 +962,17 @@ fn post_copy_survives_a_link_cut_mid_fill() {
 fn post_copy_given_up_while_the_link_is_lost_runs_on_the_source_again() {
     let _lab = lab_guard();
     scenario_post_copy_give_up().unwrap();
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn post_copy_survives_its_source_agent_dying_mid_fill() {
+    let _lab = lab_guard();
+    let r = scenario_post_copy_source_agent_dies();
+    if !agent_running("client1") {
+        let _ = restart_agent("client1", "");
+    }
+    r.unwrap();
 }
 
 #[test]

@@ -128,6 +128,19 @@ impl Run<'_> {
         // lets the container run here again.
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| fail(format!("connecting to CRIU's page server: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        // Should this agent die mid-fill, the kernel resets the connection
+        // instead of closing it: CRIU takes a reset for a failed transfer
+        // and lets the container run here again, but a close between two
+        // requests for a finished one, and kills it (`End::fail_page_server`).
+        // A finished fill is closed by CRIU first, so the reset never
+        // reaches a CRIU that completed.
+        // (Deprecated for lingering that blocks the thread on drop; a zero
+        // linger never blocks: it resets at once.)
+        #[allow(deprecated)]
+        let linger = tcp.set_linger(Some(Duration::ZERO));
+        if let Err(e) = linger {
+            tracing::warn!("SO_LINGER on CRIU's page-server connection: {e}; should this agent die mid-fill, CRIU would end the dump");
+        }
         let end = End::new(tcp, self.pace.cap(), true);
 
         let archive = pack(&folder, &info).map_err(|e| fail(format!("packing the images in {}: {e}", folder.display())))?;
@@ -430,7 +443,10 @@ fn pack(folder: &Path, info: &ContainerInfo) -> std::io::Result<Vec<u8>> {
         inner.append_dir_all(".", &shm)?;
         data(&mut b, "devshm-checkpoint.tar", &inner.into_inner()?)?;
     }
-    let mut names: Vec<_> = std::fs::read_dir(folder.join("checkpoint"))?.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).collect();
+    // With soft-dirty rounds, CRIU's `parent` link (to `../pre-checkpoint`,
+    // which the target makes from the rounds it holds) goes too.
+    let mut names: Vec<_> =
+        std::fs::read_dir(folder.join("checkpoint"))?.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())).collect();
     names.sort_by_key(|e| e.file_name());
     for e in names {
         b.append_path_with_name(e.path(), Path::new("checkpoint").join(e.file_name()))?;
