@@ -36,10 +36,14 @@ pub enum Allowed {
     IfEvacuatedFrom(String),
 }
 
+/// How long a container listing may wait for Podman while a post-copy
+/// fill holds a container's lock.
+const BUSY_LISTING: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Who may ask for what: the coordinator drives (Migrate, Probe, Facts,
-/// Containers, CheckIncoming, Cordon, Evacuation); agents talk to each
+/// Containers, CheckIncoming, Cordon, Evacuation, PostCopy); agents talk to each
 /// other only within what the coordinator started (Receive with its
-/// ticket, Sink for its probe, Resolve about their own migrations). Host
+/// ticket, Sink for its probe, Pages and Resolve about their own migrations). Host
 /// H's evacuator certificate (`pki.rs`) reads what any coordinator reads,
 /// and drives on H itself (migrations, cordon, evacuation record, probes);
 /// elsewhere it may only ask for a move back to H (`me` is this agent).
@@ -234,7 +238,7 @@ impl Agent {
             Request::Evacuation(r) => {
                 crate::evacuation::forget(&self.cfg.state_dir, &r.forget).map(Response::Evacuation).map_err(anyhow::Error::from)
             }
-            Request::Containers => self.engine.list().await.map(Response::Containers).map_err(Into::into),
+            Request::Containers => self.containers().await.map(Response::Containers),
             Request::CheckIncoming(c) => self.check_incoming(&c).await.map(Response::IncomingCheck),
             Request::Resolve(r) => target::resolve(&self, &peer.name, r).await.map(Response::Resolved).map_err(Into::into),
             Request::PostCopy(r) => self.fills.act(&r, &self.cfg.name).await.map(Response::PostCopy).map_err(Into::into),
@@ -244,6 +248,28 @@ impl Agent {
         write_frame(&mut send, &response).await?;
         let _ = send.finish();
         Ok(())
+    }
+
+    /// Every container here. While a post-copy fill is served from here,
+    /// Podman's dump holds a container's lock and every listing waits for
+    /// the fill: after a few seconds the answer says so instead of timing
+    /// out at the coordinator.
+    async fn containers(&self) -> anyhow::Result<Vec<tern_proto::facts::ContainerInfo>> {
+        let fills = self.fills.list(None);
+        if fills.is_empty() {
+            return Ok(self.engine.list().await?);
+        }
+        match tokio::time::timeout(BUSY_LISTING, self.engine.list()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                let names: Vec<String> = fills.iter().map(|f| format!("{} (to {})", f.container, f.target)).collect();
+                anyhow::bail!(
+                    "Podman on {} lists nothing until the post-copy fill of {} ends: its dump holds the container's lock (`tern post-copy` shows the fill)",
+                    self.cfg.name,
+                    names.join(", ")
+                )
+            }
+        }
     }
 
     /// A move back to `host` asked by its evacuator: the container must be

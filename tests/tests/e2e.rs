@@ -815,6 +815,9 @@ fn post_copy_link_cut() -> Result<()> {
     })?;
     std::thread::sleep(Duration::from_secs(2));
     ensure!(fill_state(name)? == Some(("client1".into(), "up".into())), "tern post-copy does not show the fill from client1");
+    // Podman on client1 waits for the fill: tern ps says why, at once.
+    let ps = tern_json(&["ps"])?;
+    ensure!(ps.all.contains(&format!("until the post-copy fill of {name}")), "tern ps does not say why client1 lists nothing: {}", ps.all);
     let cut = LinkCut::between("client2", "client1")?;
     let mut paused = false;
     let mut seen = std::collections::BTreeSet::new();
