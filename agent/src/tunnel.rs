@@ -197,10 +197,9 @@ pub struct End {
     local_closed: bool,
     /// The peer's CRIU closed its end: this side's CRIU was told.
     peer_closed: bool,
-    /// Bytes from CRIU, in all (for the logs and the report).
-    pub read_total: u64,
-    /// The same count, for the operator's view (`fills.rs`).
-    pub shared_read: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Bytes from CRIU, in all (for the logs, the report and the
+    /// operator's view, `fills.rs`, which may share the counter).
+    pub read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// This side's sending cap, bytes/s (0: none): the source applies the
     /// migration's `--bandwidth` to the pages too.
     rate: u64,
@@ -223,7 +222,7 @@ pub enum LegEnd {
 
 impl End {
     pub fn new(tcp: TcpStream, rate: u64, source: bool) -> End {
-        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read_total: 0, shared_read: None, rate, source }
+        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read: Default::default(), rate, source }
     }
 
     /// The source's side gives the fill up while CRIU's page server still
@@ -319,10 +318,7 @@ impl End {
                         send.write_all(&Frame::End.encode()).await.map_err(link)?;
                         continue;
                     }
-                    self.read_total += n as u64;
-                    if let Some(c) = &self.shared_read {
-                        c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.outbox.push(&buf[..n]);
                     if let Some((t0, b)) = &mut bucket {
                         let wait = b.take(n as u64, t0.elapsed());

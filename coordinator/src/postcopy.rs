@@ -38,35 +38,26 @@ pub struct Row {
     pub since_unix: u64,
     /// CRIU's page traffic sent so far.
     pub bytes: u64,
-    pub link: serde_json::Value,
-    #[serde(skip)]
-    pub state: FillLink,
+    #[serde(serialize_with = "link_json")]
+    pub link: FillLink,
 }
 
 impl Row {
     fn new(host: &str, f: FillStatus) -> Row {
-        Row {
-            host: host.to_string(),
-            id: f.id,
-            container: f.container,
-            target: f.target,
-            since_unix: f.since_unix,
-            bytes: f.bytes,
-            link: link_json(&f.link),
-            state: f.link,
-        }
+        Row { host: host.to_string(), id: f.id, container: f.container, target: f.target, since_unix: f.since_unix, bytes: f.bytes, link: f.link }
     }
 }
 
 /// A fill's link for `--json`: `link` is `up`, `lost` or `stalled`, with
 /// since when and why when it is not up.
-fn link_json(l: &FillLink) -> serde_json::Value {
-    match l {
+fn link_json<S: serde::Serializer>(l: &FillLink, s: S) -> Result<S::Ok, S::Error> {
+    let v = match l {
         FillLink::Up => serde_json::json!({ "state": "up" }),
         FillLink::Lost { since_unix, error } => serde_json::json!({ "state": "lost", "since_unix": since_unix, "error": error }),
         FillLink::Stalled { since_unix, error } => serde_json::json!({ "state": "stalled", "since_unix": since_unix, "error": error }),
         FillLink::Invalid => serde_json::json!({ "state": "invalid" }),
-    }
+    };
+    v.serialize(s)
 }
 
 fn action_name(a: PostCopyAction) -> &'static str {
@@ -190,12 +181,12 @@ fn print_table(view: &View) {
                 r.target.clone(),
                 format!("{} s", now.saturating_sub(r.since_unix)),
                 output::bytes(r.bytes),
-                link_state(&r.state, now),
+                link_state(&r.link, now),
             ]
         })
         .collect();
     print!("{}", output::table(&["container", "from", "to", "filling for", "sent", "link"], &rows));
-    if let Some(r) = view.fills.iter().find(|r| !matches!(r.state, FillLink::Up)) {
+    if let Some(r) = view.fills.iter().find(|r| !matches!(r.link, FillLink::Up)) {
         let c = &r.container;
         println!(
             "A lost link is tried again by itself. `tern post-copy resume {c}` tries now; `tern post-copy give-up {c}` runs {c} on {} again as of its freeze (what it did on {} since is lost).",
@@ -207,6 +198,21 @@ fn print_table(view: &View) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_names_the_link_state() {
+        let f = FillStatus {
+            id: 1,
+            container: "db".into(),
+            target: "b".into(),
+            since_unix: 5,
+            bytes: 9,
+            link: FillLink::Stalled { since_unix: 7, error: "timed out".into() },
+        };
+        let v = serde_json::to_value(Row::new("a", f)).unwrap();
+        assert_eq!(v["host"], "a");
+        assert_eq!(v["link"], serde_json::json!({ "state": "stalled", "since_unix": 7, "error": "timed out" }));
+    }
 
     #[test]
     fn the_link_column_says_how_long_it_is_lost() {

@@ -799,6 +799,17 @@ fn fill_state(name: &str) -> Result<Option<(String, String)>> {
         .map(|f| (f["host"].as_str().unwrap_or_default().to_string(), f["link"]["state"].as_str().unwrap_or_default().to_string())))
 }
 
+/// Starts moving `name` from client1 to client2 by post-copy at 6 MiB/s
+/// (a 128 MiB memhog fills in for about 20 s), and returns the running
+/// `tern migrate` once the target runs the container.
+fn slow_post_copy(name: &str) -> Result<std::process::Child> {
+    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
+    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
+        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
+    })?;
+    Ok(mover)
+}
+
 fn post_copy_link_cut() -> Result<()> {
     let name = "e2e-postcopy-cut";
     remove_everywhere(name);
@@ -808,11 +819,7 @@ fn post_copy_link_cut() -> Result<()> {
     // container answers), and Podman still says "running": the freezer
     // says what the processes do.
     let pid: u32 = ok(&mut podman("client1", &["inspect", "--format", "{{.State.Pid}}", name]))?.trim().parse()?;
-    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
-    // The fill runs at 6 MiB/s for about 20 s: cut once the target runs it.
-    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
-        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
-    })?;
+    let mover = slow_post_copy(name)?;
     std::thread::sleep(Duration::from_secs(2));
     ensure!(fill_state(name)? == Some(("client1".into(), "up".into())), "tern post-copy does not show the fill from client1");
     // Podman on client1 waits for the fill: tern ps says why, at once.
@@ -868,10 +875,7 @@ fn scenario_post_copy_give_up() -> Result<()> {
     let name = "e2e-postcopy-giveup";
     remove_everywhere(name);
     start_memhog("client1", name, 128, 2)?;
-    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
-    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
-        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
-    })?;
+    let mover = slow_post_copy(name)?;
     let r = tern_json(&["post-copy", "give-up", name])?;
     ensure!(r.code == 1 && r.all.contains("crossing to client2"), "a give-up while the pages cross was not refused: {}", r.all);
     let cut = LinkCut::between("client2", "client1")?;
@@ -909,10 +913,7 @@ fn scenario_post_copy_source_agent_dies() -> Result<()> {
     let name = "e2e-postcopy-srcdies";
     remove_everywhere(name);
     start_memhog("client1", name, 128, 2)?;
-    let mover = tern_spawn(&["migrate", name, "--to", "client2", "--mode", "post-copy", "--bandwidth", "6MiB"])?;
-    wait_until(Duration::from_secs(60), &format!("{name} to run on client2"), || {
-        Ok((state("client2", name)?.as_deref() == Some("running")).then_some(()))
-    })?;
+    let mover = slow_post_copy(name)?;
     std::thread::sleep(Duration::from_secs(2));
     kill_agent("client1")?;
     let r = tern_wait(mover)?;

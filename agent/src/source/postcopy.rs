@@ -283,13 +283,13 @@ async fn serve_legs(
     given_up: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<u64, TunnelError> {
     let Route { session, endpoint, addr, target, me, id, container, wait, note } = route;
-    end.shared_read = Some(entry.bytes.clone());
+    end.read = entry.bytes.clone();
     let mut session = Some(session);
     // Since when the link is lost (and in Unix seconds), and whether the
     // operator was told the fill stalled.
     let mut lost: Option<(Instant, u64)> = None;
     let mut stall_told = false;
-    let stall = |since: Instant, since_unix: u64, error: &str, entry: &crate::fills::Entry| {
+    let stall = |since: Instant| {
         let m = format!(
             "{target} has been out of reach for {} s; {container} waits there, paused, for its memory, kept here. \
              `tern post-copy resume {container}` tries the link now (it is tried every {} s); \
@@ -299,7 +299,6 @@ async fn serve_legs(
         );
         tracing::error!(id, "{m}");
         note(m);
-        entry.set_link(FillLink::Stalled { since_unix, error: error.to_string() });
     };
     loop {
         // One try: a connection (the migration's own, first) and a page
@@ -323,14 +322,14 @@ async fn serve_legs(
                 () = async { tokio::time::sleep_until(stall_at.unwrap()).await }, if stall_at.is_some() && !stall_told => {
                     stall_told = true;
                     let (since, since_unix) = lost.unwrap();
-                    stall(since, since_unix, "a try is under way", &entry);
+                    stall(since);
+                    entry.set_link(FillLink::Stalled { since_unix, error: "a try is under way".into() });
                 }
                 order = entry.order(), if lost.is_some() => {
-                    if order.decision == Decision::GiveUp {
-                        *given_up = Some(give_up(order, id, &container, &target, &note));
+                    if let Some(done) = heed(order, id, &container, &target, &note) {
+                        *given_up = Some(done);
                         return Err(TunnelError::GaveUp);
                     }
-                    let _ = order.done.send(());
                 }
             }
         };
@@ -341,7 +340,7 @@ async fn serve_legs(
                 let (link, retry) = tern_proto::postcopy::after_failed_try(since.elapsed(), wait, since_unix, e.clone());
                 if matches!(link, FillLink::Stalled { .. }) && !stall_told {
                     stall_told = true;
-                    stall(since, since_unix, &e, &entry);
+                    stall(since);
                 } else {
                     tracing::warn!(id, "reconnecting to {target} for the pages: {e}");
                 }
@@ -349,11 +348,10 @@ async fn serve_legs(
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
                     order = entry.order() => {
-                        if order.decision == Decision::GiveUp {
-                            *given_up = Some(give_up(order, id, &container, &target, &note));
-                        return Err(TunnelError::GaveUp);
+                        if let Some(done) = heed(order, id, &container, &target, &note) {
+                            *given_up = Some(done);
+                            return Err(TunnelError::GaveUp);
                         }
-                        let _ = order.done.send(());
                     }
                 }
                 continue;
@@ -366,7 +364,7 @@ async fn serve_legs(
         }
         entry.link_back();
         match end.run_leg(&mut send, recv).await {
-            LegEnd::Finished => return Ok(end.read_total),
+            LegEnd::Finished => return Ok(end.read.load(std::sync::atomic::Ordering::Relaxed)),
             LegEnd::Failed(e) => return Err(e),
             LegEnd::Lost(e) => {
                 tracing::warn!(id, "the page tunnel to {target} lost its link: {e}; reconnecting");
@@ -379,19 +377,25 @@ async fn serve_legs(
     }
 }
 
-/// The operator gave the move up: the tunnel's end fails the page
-/// server's transfer (`serve_source`), and CRIU ends the dump and lets
-/// the container run here again.
-fn give_up(
+/// Carries out an operator's order while the link is lost. A retry only
+/// wakes the tunnel (the next try starts now) and is answered at once; a
+/// give-up ends it, and returns where to answer once the tunnel's end
+/// failed the page server's transfer (`serve_source`) and CRIU let the
+/// container run here again.
+fn heed(
     order: crate::fills::Order,
     id: tern_proto::MigrationId,
     container: &str,
     target: &str,
     note: &(dyn Fn(String) + Send + Sync),
-) -> tokio::sync::oneshot::Sender<()> {
+) -> Option<tokio::sync::oneshot::Sender<()>> {
+    if order.decision != Decision::GiveUp {
+        let _ = order.done.send(());
+        return None;
+    }
     tracing::error!(id, "the operator gave the move of {container} up: its dump ends, and CRIU runs it here again");
     note(format!("given up: {container} runs here again as of its freeze; {target} removes its copy once it hears"));
-    order.done
+    Some(order.done)
 }
 
 /// Raises `fs.pipe-max-size` to what CRIU's page server needs, where it is
