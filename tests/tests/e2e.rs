@@ -1484,7 +1484,12 @@ fn fault_cell(fault: Fault, at: At) -> Result<()> {
         Some(_) => vec![("client2", "client1")],
         None => vec![("client1", "client2"), ("client2", "client1")],
     };
-    let expected = wait_until(Duration::from_secs(120), &format!("{cell}: {name} running on {hosts:?} only"), || {
+    // Settled first: a killed `tern` returns at once, while the source may
+    // not yet have frozen the container it still reports running.
+    let expected = wait_until(Duration::from_secs(120), &format!("{cell}: {name} running on {hosts:?} only, settled"), || {
+        if no_leftovers().is_err() {
+            return Ok(None);
+        }
         for &(on, other) in &hosts {
             if state(on, name)?.as_deref() == Some("running") && state(other, name)?.is_none() {
                 return Ok(Some(on));
