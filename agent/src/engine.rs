@@ -47,6 +47,9 @@ pub struct CheckpointOpts {
     /// A lazy dump (post-copy): it lasts until the target has every page,
     /// however long a lost link keeps it waiting; the agent bounds it.
     pub lazy: bool,
+    /// Dump and restore file locks (Podman's `--file-locks`): databases
+    /// that lock their files need it.
+    pub file_locks: bool,
 }
 
 /// What the agent needs from the container engine.
@@ -73,6 +76,13 @@ pub trait Engine: Send + Sync + 'static {
     /// keeps what the container's folder ([`Engine::bundle_dir`]) already
     /// holds: the images may be there and the archive hold only the rest.
     async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()>;
+    /// Creates and restores a container from a stored checkpoint's archive
+    /// at `path`: as the container it was, or under `name` with a new ID and
+    /// address (a replica). The default cannot.
+    async fn restore_archive(&self, path: &Path, name: Option<&str>, opts: CheckpointOpts) -> Result<()> {
+        let _ = (name, opts);
+        Err(EngineError::Parse { cmd: format!("restore_archive {}", path.display()), detail: "this engine cannot restore stored checkpoints".into() })
+    }
     /// A soft-dirty pre-dump of the running container `id` into `dir`
     /// (memory only; it goes on running), through the OCI runtime since
     /// Podman keeps one pre-checkpoint level only. With `parent` (a path
@@ -266,7 +276,27 @@ fn checkpoint_args<'a>(name: &'a str, export: &'a str, opts: CheckpointOpts) -> 
     if opts.leave_running {
         args.push("--leave-running");
     }
+    args.extend(lock_flag(opts));
     args.extend(["--", name]);
+    args
+}
+
+fn lock_flag(opts: CheckpointOpts) -> Option<&'static str> {
+    opts.file_locks.then_some("--file-locks")
+}
+
+/// A stored checkpoint's restore (`checkpoints.rs`): under `name` with a
+/// new ID and a new address (a replica), or as the container it was.
+/// `name` is the option glued to its value, `--name=NAME`.
+fn restore_archive_args<'a>(import: &'a str, name: Option<&'a str>, opts: CheckpointOpts) -> Vec<&'a str> {
+    // No --keep: the archive stays in the store; Podman's unpacked copy of
+    // the images is the container's own to drop.
+    let mut args = vec!["container", "restore", import];
+    if let Some(n) = name {
+        args.extend([n, "--ignore-static-ip", "--ignore-static-mac"]);
+    }
+    args.extend(tcp_flag(opts));
+    args.extend(lock_flag(opts));
     args
 }
 
@@ -455,6 +485,12 @@ impl Engine for PodmanCli {
     async fn restore_import(&self, path: &Path, opts: CheckpointOpts) -> Result<()> {
         let import = format!("--import={}", path.to_string_lossy());
         self.run(&restore_import_args(&import, opts), SLOW).await.map(drop)
+    }
+
+    async fn restore_archive(&self, path: &Path, name: Option<&str>, opts: CheckpointOpts) -> Result<()> {
+        let import = format!("--import={}", path.to_string_lossy());
+        let name = name.map(|n| format!("--name={n}"));
+        self.run(&restore_archive_args(&import, name.as_deref(), opts), SLOW).await.map(drop)
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
@@ -986,7 +1022,7 @@ mod tests {
     #[test]
     fn names_and_ids_come_after_the_end_of_options() {
         let hostile = "--rootfs=/";
-        let opts = CheckpointOpts { tcp_established: true, with_previous: true, leave_running: false, lazy: false };
+        let opts = CheckpointOpts { tcp_established: true, with_previous: true, ..Default::default() };
         let cases: Vec<Vec<&str>> = vec![
             tag_args(hostile, hostile),
             checkpoint_args(hostile, "--export=/x", opts),
@@ -1007,6 +1043,14 @@ mod tests {
         // A path glued to its option stays its value whatever it starts with.
         assert_eq!(restore_import_args("--import=-x.tar", CheckpointOpts::default()), ["container", "restore", "--keep", "--import=-x.tar"]);
         assert_eq!(remove_args("web", false), ["container", "rm", "--", "web"]);
+        // A replica's name is glued to its option too.
+        let locks = CheckpointOpts { file_locks: true, ..Default::default() };
+        assert_eq!(
+            restore_archive_args("--import=/s/a.tar", Some("--name=-r1"), locks),
+            ["container", "restore", "--import=/s/a.tar", "--name=-r1", "--ignore-static-ip", "--ignore-static-mac", "--file-locks"]
+        );
+        assert_eq!(restore_archive_args("--import=/a", None, CheckpointOpts::default()), ["container", "restore", "--import=/a"]);
+        assert!(checkpoint_args("web", "--export=/f", locks).contains(&"--file-locks"));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! | `self_evacuation` | evacuating this host when it shuts down, and the way back after the next start |
 
 pub mod arrivals;
+pub mod checkpoints;
 pub mod config;
 pub mod context;
 pub mod cordon;

@@ -67,6 +67,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tern_agent::target::inplace::sweep(ports.engine.as_ref(), &ports.storage).await;
     tern_agent::recovery::release_unjournaled_ram(&cfg.state_dir, ports.storage.as_ref());
     tern_agent::netid::sweep_holds().await;
+    tern_agent::checkpoints::sweep(&cfg.state_dir);
     tern_agent::cordon::log_at_start(&cfg.state_dir);
     let endpoint = tern_transport::server_endpoint(cfg.listen, &cfg.tls)?;
     tracing::info!(name = %cfg.name, listen = %cfg.listen, "agent ready");

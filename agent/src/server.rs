@@ -61,6 +61,10 @@ pub fn authorize(req: &Request, peer: &PeerId, me: &str) -> Result<Allowed, Deni
         Request::Cordon(_) => ("Cordon", Role::Coordinator),
         Request::Evacuation(_) => ("Evacuation", Role::Coordinator),
         Request::PostCopy(_) => ("PostCopy", Role::Coordinator),
+        Request::Checkpoint(_) => ("Checkpoint", Role::Coordinator),
+        // Bytes into the store, bounded by its room and checked against
+        // their digest; only the coordinator's own order restores them.
+        Request::CheckpointPut(_) => ("CheckpointPut", Role::Host),
         Request::Hello(_) | Request::Invalid => return Ok(Allowed::Yes),
     };
     match (role, peer.role) {
@@ -232,6 +236,8 @@ impl Agent {
             Request::Receive(begin) => return target::receive(&self, conn, &peer.name, begin, send, recv).await,
             Request::Sink { bytes } => return crate::probe::sink(bytes, send, recv).await,
             Request::Pages { id } => return self.tunnels.attach(id, &peer.name, send, recv).await,
+            Request::CheckpointPut(meta) => return crate::checkpoints::put(&self, &peer.name, meta, send, recv).await,
+            Request::Checkpoint(r) => crate::checkpoints::handle(&self, r).await,
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.and_then(|f| self.with_status(f)).map(Response::Facts),
             Request::Cordon(r) => self.cordon(r).map(Response::Cordon),

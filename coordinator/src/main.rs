@@ -9,6 +9,7 @@
 //! what `--json` prints; `command` holds what every command shares (the
 //! global flags, the result, the exit code).
 
+mod checkpoint;
 mod cluster;
 mod command;
 mod evacuate;
@@ -122,6 +123,36 @@ enum Cmd {
     PostCopy {
         #[command(subcommand)]
         cmd: Option<PostCopyCmd>,
+    },
+    /// Checkpoints kept as things of their own: taken from a running
+    /// container, stored by a host's agent, listed, inspected, removed;
+    /// `tern restore` brings one back on any compatible host.
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: CheckpointCmd,
+    },
+    /// Restore a stored checkpoint on a host: as the container it was
+    /// (refused while that container runs anywhere), or as one or more
+    /// replicas under new names, with new IDs and addresses. Checked as a
+    /// migration is, before anything runs.
+    Restore {
+        /// The checkpoint's name (`tern checkpoint ls`).
+        checkpoint: String,
+        /// The host to restore it on.
+        #[arg(long)]
+        on: String,
+        /// A new name for a container restored from it; repeat for
+        /// replicas. Without it, the container as it was.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// The store holding the checkpoint, when several hold one of
+        /// that name.
+        #[arg(long)]
+        store: Option<String>,
+        /// The host it was taken on is lost: restore the container as it
+        /// was although that host cannot say it no longer runs there.
+        #[arg(long)]
+        host_lost: bool,
     },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
@@ -341,6 +372,44 @@ fn force_field(s: &str) -> Result<tern_proto::compat::ForceField, String> {
 }
 
 #[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Checkpoint a running container into a host's store. It keeps
+    /// running (paused only while CRIU dumps) unless --stop.
+    Create {
+        container: String,
+        /// The checkpoint's name (default: CONTAINER-YYYYMMDD-HHMMSS, UTC).
+        #[arg(long)]
+        name: Option<String>,
+        /// The host whose agent keeps it (default: the container's host).
+        #[arg(long)]
+        store: Option<String>,
+        /// Stop the container after the dump, as `podman container
+        /// checkpoint` does without --leave-running.
+        #[arg(long)]
+        stop: bool,
+        /// Dump file locks too (databases that lock their files need it).
+        #[arg(long)]
+        file_locks: bool,
+    },
+    /// Every checkpoint of every host's store.
+    Ls,
+    /// What a checkpoint holds and what restoring it needs.
+    Inspect {
+        name: String,
+        /// The store holding it, when several hold one of that name.
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Remove a checkpoint from its store.
+    Rm {
+        name: String,
+        /// The store holding it, when several hold one of that name.
+        #[arg(long)]
+        store: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PostCopyCmd {
     /// Every fill under way on every host, or CONTAINER's.
     Status { container: Option<String> },
@@ -536,6 +605,22 @@ async fn run(cli: Cli) -> Done {
                 PostCopyCmd::GiveUp { container, from } => (A::GiveUp, Some(container), from),
             };
             postcopy::run(&ctx, action, container, from).await
+        }
+        Cmd::Checkpoint { cmd } => {
+            let (inv, cluster) = survey(&ctx).await?;
+            match cmd {
+                CheckpointCmd::Create { container, name, store, stop, file_locks } => {
+                    let req = checkpoint::Create { name, store, leave_running: !stop, file_locks };
+                    checkpoint::create(&ctx, &inv, &cluster, &container, req).await
+                }
+                CheckpointCmd::Ls => checkpoint::ls(&ctx, &cluster).await,
+                CheckpointCmd::Inspect { name, store } => checkpoint::inspect(&ctx, &cluster, &name, store.as_deref()).await,
+                CheckpointCmd::Rm { name, store } => checkpoint::rm(&ctx, &cluster, &name, store.as_deref()).await,
+            }
+        }
+        Cmd::Restore { checkpoint: name, on, names, store, host_lost } => {
+            let (inv, cluster) = survey(&ctx).await?;
+            checkpoint::restore(&ctx, &inv, &cluster, &name, checkpoint::RestoreArgs { on, names, store, host_lost }).await
         }
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,

@@ -337,7 +337,7 @@ pub fn check_incoming(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::facts::{Capability, CgroupsVersion, Volume};
 

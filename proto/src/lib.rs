@@ -56,6 +56,7 @@
 //! blake3 digest sent on the control stream.
 
 pub mod bandwidth;
+pub mod checkpoint;
 pub mod compat;
 pub mod criu_image;
 pub mod delta;

@@ -96,6 +96,15 @@ pub enum Request {
     /// Answer with [`Response::PostCopy`]. Never asks Podman, which holds
     /// the container's lock until the fill is over.
     PostCopy(PostCopyRequest),
+    /// Checkpoints a user keeps (coordinator to agent,
+    /// [`crate::checkpoint`]): answer with [`Response::Checkpoints`], or
+    /// [`Response::RestoredAs`] to a restore.
+    Checkpoint(crate::checkpoint::CheckpointRequest),
+    /// Put a checkpoint into this host's store (agent to agent): exactly
+    /// `bytes` bytes of its archive follow on the stream, which the store
+    /// checks against `digest` before it keeps them. Answer with
+    /// [`Response::Checkpoints`] (the checkpoint as stored here).
+    CheckpointPut(crate::checkpoint::StoredCheckpoint),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +266,11 @@ pub enum Response {
     /// The post-copy fills a `Request::PostCopy` names, as they stand
     /// after its action.
     PostCopy(Vec<FillStatus>),
+    /// Checkpoints of this host's store: all of them (`List`), or the one
+    /// an order made, sent or removed.
+    Checkpoints(Vec<crate::checkpoint::StoredCheckpoint>),
+    /// The containers a checkpoint's restore made, running.
+    RestoredAs(Vec<crate::checkpoint::RestoredContainer>),
 }
 
 /// An error the remote side reports instead of an answer.

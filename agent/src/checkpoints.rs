@@ -1,0 +1,506 @@
+//! The checkpoint store: checkpoints a user keeps ([`tern_proto::checkpoint`]),
+//! one folder each, `<state_dir>/checkpoints/<name>/` holding Podman's
+//! export (`archive.tar`, uncompressed) and what it is (`meta.json`).
+//!
+//! A checkpoint is written into a staging folder beside the others and
+//! renamed into place only once whole and checked, so a full disk, a dead
+//! agent or a broken stream leaves the checkpoints already there as they
+//! were; a staging folder left by a dead agent goes at the next start
+//! ([`sweep`]).
+//!
+//! What a store takes from a peer is bounded by its room and checked
+//! against the digest announced with it; its content is counted here from
+//! the bytes, not taken from the peer's word. A restore reads the archive
+//! again and compares its blake3 with the digest the coordinator asked
+//! for, then runs the migration target's admission over it
+//! ([`crate::target::admission`]) before Podman runs it as root.
+
+use crate::context::Agent;
+use crate::engine::CheckpointOpts;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tern_proto::checkpoint::{self as cp, CheckpointRequest, Content, CreateCheckpoint, RestoreCheckpoint, RestoredContainer, StoredCheckpoint};
+use tern_proto::frame::write_frame;
+use tern_proto::{Peer, RemoteError, Request, Response};
+use tern_transport::rpc::Session;
+
+const ARCHIVE: &str = "archive.tar";
+const META: &str = "meta.json";
+const STAGING_PREFIX: &str = ".staging-";
+/// Room a store keeps free beyond a checkpoint (logs, journal, the rest of
+/// the state folder).
+const HEADROOM: u64 = 64 << 20;
+/// The largest `meta.json` read back.
+const MAX_META: u64 = 4 << 20;
+/// How long a peer's store may take to answer once it has every byte
+/// (it hashes and counts them).
+const PUT_ANSWER: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no checkpoint named {name} is stored on {host} (`tern checkpoint ls` lists them)")]
+    NotFound { name: String, host: String },
+    #[error("a checkpoint named {name} is already stored on {host}: choose another name, or `tern checkpoint rm {name}` first")]
+    Exists { name: String, host: String },
+    #[error(
+        "{host}'s checkpoint store ({dir}) has {have} bytes free, and this checkpoint needs about {need}: remove older ones (`tern checkpoint rm`) or store it elsewhere (`--store HOST`)"
+    )]
+    NoRoom { host: String, dir: String, need: u64, have: u64 },
+    #[error("the checkpoint store on {host} cannot be written: {error} (the checkpoints already there are intact)")]
+    Io { host: String, error: std::io::Error },
+    #[error("{0}")]
+    Name(#[from] cp::NameError),
+    #[error("{0}")]
+    Replicas(#[from] cp::ReplicaError),
+    #[error("stored checkpoint {name} on {host} is damaged: its archive's digest is {found}, not {expected}; it is not restored (`tern checkpoint rm {name}`)")]
+    Corrupt { name: String, host: String, found: String, expected: String },
+    #[error("the checkpoint {name} on {host} is not the one asked for: its digest is {found}, the coordinator asked for {expected}")]
+    NotTheOne { name: String, host: String, found: String, expected: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn hex(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// One host's store of checkpoints.
+pub struct Store {
+    root: PathBuf,
+    host: String,
+}
+
+/// A checkpoint being written: its folder goes unless [`Staging::keep`]
+/// renamed it into the store.
+struct Staging {
+    dir: PathBuf,
+    kept: bool,
+}
+
+impl Staging {
+    fn archive(&self) -> PathBuf {
+        self.dir.join(ARCHIVE)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Store {
+    pub fn of(agent: &Agent) -> Store {
+        Store { root: agent.cfg.state_dir.join("checkpoints"), host: agent.cfg.name.clone() }
+    }
+
+    fn io(&self, error: std::io::Error) -> StoreError {
+        StoreError::Io { host: self.host.clone(), error }
+    }
+
+    /// Every checkpoint stored here, oldest first. A folder whose
+    /// `meta.json` cannot be read is skipped with a warning.
+    pub fn list(&self) -> Vec<StoredCheckpoint> {
+        let mut all: Vec<StoredCheckpoint> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| match read_meta(&e.path()) {
+                Ok(m) => Some(m),
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), "skipping a checkpoint folder: {err}");
+                    None
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+        all
+    }
+
+    /// A stored checkpoint and its archive.
+    pub fn get(&self, name: &str) -> Result<(StoredCheckpoint, PathBuf), StoreError> {
+        cp::check_name(name)?;
+        let dir = self.root.join(name);
+        if !dir.join(META).exists() {
+            return Err(StoreError::NotFound { name: name.into(), host: self.host.clone() });
+        }
+        let meta = read_meta(&dir).map_err(|e| self.io(e))?;
+        Ok((meta, dir.join(ARCHIVE)))
+    }
+
+    pub fn remove(&self, name: &str) -> Result<StoredCheckpoint, StoreError> {
+        let (meta, _) = self.get(name)?;
+        // Renamed out of the listing first: a half-removed folder is never
+        // listed as a checkpoint.
+        let gone = self.root.join(format!("{STAGING_PREFIX}rm-{name}"));
+        std::fs::rename(self.root.join(name), &gone).map_err(|e| self.io(e))?;
+        std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))?;
+        tracing::info!(name, "removed a stored checkpoint");
+        Ok(meta)
+    }
+
+    fn taken(&self, name: &str) -> Result<(), StoreError> {
+        cp::check_name(name)?;
+        if self.root.join(name).exists() {
+            return Err(StoreError::Exists { name: name.into(), host: self.host.clone() });
+        }
+        Ok(())
+    }
+
+    /// Free bytes in the store's file system.
+    fn room(&self) -> u64 {
+        nix::sys::statvfs::statvfs(&self.root).map_or(0, |s| {
+            #[allow(clippy::useless_conversion)]
+            let (avail, frag) = (u64::from(s.blocks_available()), u64::from(s.fragment_size()));
+            avail.saturating_mul(frag)
+        })
+    }
+
+    fn ensure_room(&self, need: u64) -> Result<(), StoreError> {
+        let have = self.room();
+        if have < need.saturating_add(HEADROOM) {
+            return Err(StoreError::NoRoom { host: self.host.clone(), dir: self.root.display().to_string(), need, have });
+        }
+        Ok(())
+    }
+
+    fn staging(&self) -> Result<Staging, StoreError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(&self.root).map_err(|e| self.io(e))?;
+        let dir = self.root.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&dir).map_err(|e| self.io(e))?;
+        Ok(Staging { dir, kept: false })
+    }
+
+    /// Writes `meta.json` and renames the staging folder into the store.
+    fn keep(&self, mut staging: Staging, meta: &StoredCheckpoint) -> Result<(), StoreError> {
+        self.taken(&meta.name)?;
+        let json = serde_json::to_vec_pretty(meta).expect("a checkpoint's meta always encodes");
+        let tmp = staging.dir.join(format!("{META}.tmp"));
+        std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, staging.dir.join(META))).map_err(|e| self.io(e))?;
+        std::fs::rename(&staging.dir, self.root.join(&meta.name)).map_err(|e| self.io(e))?;
+        staging.kept = true;
+        tracing::info!(name = %meta.name, bytes = meta.bytes, container = %meta.container.name, "stored a checkpoint");
+        Ok(())
+    }
+}
+
+fn read_meta(dir: &Path) -> std::io::Result<StoredCheckpoint> {
+    let mut s = String::new();
+    std::fs::File::open(dir.join(META))?.take(MAX_META).read_to_string(&mut s)?;
+    serde_json::from_str(&s).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Removes what agents that died mid-write left in the store (at start).
+pub fn sweep(state_dir: &Path) {
+    let root = state_dir.join("checkpoints");
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            tracing::info!(dir = %e.path().display(), "removing a checkpoint left half-written");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// blake3 of a file.
+fn digest_of(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// What a Podman export holds, counted from its members' names and sizes
+/// (CRIU writes one `core-<tid>.img` per thread, one `mm-<pid>.img` per
+/// process, one `tcp-stream-<ino>.img` per established connection). A
+/// file that is not a tar archive is an error.
+pub fn content_of(archive: &Path) -> std::io::Result<Content> {
+    let mut c = Content::default();
+    let mut tar = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(archive)?));
+    for entry in tar.entries()? {
+        let entry = entry?;
+        let size = entry.header().size()?;
+        let path = entry.path_bytes();
+        let name = path.strip_prefix(b"./").unwrap_or(&path);
+        if let Some(img) = name.strip_prefix(b"checkpoint/") {
+            c.images_bytes += size;
+            let starts = |p: &[u8]| img.starts_with(p) && img.ends_with(b".img");
+            if starts(b"pages-") {
+                c.memory_bytes += size;
+            } else if starts(b"core-") {
+                c.threads += 1;
+            } else if starts(b"mm-") {
+                c.processes += 1;
+            } else if starts(b"tcp-stream-") {
+                c.tcp_connections += 1;
+            }
+        } else if name == b"rootfs-diff.tar" || name.starts_with(b"volumes/") {
+            c.files_bytes += size;
+        }
+    }
+    Ok(c)
+}
+
+/// `Request::Checkpoint`.
+pub async fn handle(agent: &Agent, req: CheckpointRequest) -> anyhow::Result<Response> {
+    let store = Store::of(agent);
+    Ok(match req {
+        CheckpointRequest::Create(c) => Response::Checkpoints(vec![create(agent, &store, c).await?]),
+        CheckpointRequest::List => Response::Checkpoints(store.list()),
+        CheckpointRequest::Remove { name } => Response::Checkpoints(vec![store.remove(&name)?]),
+        CheckpointRequest::Send { name, to } => Response::Checkpoints(vec![send(agent, &store, &name, &to).await?]),
+        CheckpointRequest::Restore(r) => Response::RestoredAs(restore(agent, &store, r).await?),
+        CheckpointRequest::Invalid => anyhow::bail!("an invalid checkpoint request"),
+    })
+}
+
+/// Checkpoints a container of this host into its store.
+async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint) -> anyhow::Result<StoredCheckpoint> {
+    let engine = agent.engine.as_ref();
+    let Some(c) = engine.inspect(&req.container).await? else {
+        anyhow::bail!("no container named {} on {}", req.container, agent.cfg.name);
+    };
+    anyhow::ensure!(c.is_running(), "{} is {} on {}: only a running container can be checkpointed", c.name, c.state, agent.cfg.name);
+    let created_unix = now_unix();
+    let name = req.name.clone().unwrap_or_else(|| cp::default_name(&c.name, created_unix));
+    store.taken(&name)?;
+    let Some(_busy) = agent.claim(&c.name) else {
+        anyhow::bail!("{} is being migrated or checkpointed already", c.name);
+    };
+    // Memory and files are what the archive holds, give or take CRIU's
+    // other images: a store that cannot take that refuses before the dump.
+    store.ensure_room(c.memory_bytes + c.files_bytes)?;
+    let facts = agent.facts().await?;
+    let staging = store.staging()?;
+    let tcp_established = req.tcp_established || !c.connections.is_empty();
+    let opts = CheckpointOpts { tcp_established, leave_running: req.leave_running, file_locks: req.file_locks, ..Default::default() };
+    let t0 = Instant::now();
+    engine.checkpoint_export(&c.name, &staging.archive(), opts).await.map_err(|e| {
+        // A full disk shows as Podman's failure; say which store it was.
+        let have = store.room();
+        if have < HEADROOM {
+            anyhow::Error::new(StoreError::NoRoom { host: agent.cfg.name.clone(), dir: store.root.display().to_string(), need: c.memory_bytes, have })
+                .context(e.to_string())
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
+    let dumped = t0.elapsed();
+    let archive = staging.archive();
+    let (digest, content, bytes) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        Ok((digest_of(&archive)?, content_of(&archive)?, std::fs::metadata(&archive)?.len()))
+    })
+    .await?
+    .map_err(|e| store.io(e))?;
+    let meta = StoredCheckpoint {
+        name,
+        container: c,
+        taken_on: agent.cfg.name.clone(),
+        facts,
+        created_unix,
+        bytes,
+        digest,
+        content,
+        tcp_established,
+        file_locks: req.file_locks,
+        left_running: req.leave_running,
+    };
+    store.keep(staging, &meta)?;
+    tracing::info!(name = %meta.name, ms = dumped.as_millis() as u64, "checkpointed {}", meta.container.name);
+    Ok(meta)
+}
+
+/// Puts a stored checkpoint into `to`'s store.
+async fn send(agent: &Agent, store: &Store, name: &str, to: &Peer) -> anyhow::Result<StoredCheckpoint> {
+    let (meta, archive) = store.get(name)?;
+    anyhow::ensure!(to.name != agent.cfg.name, "{name} is stored on {} already", to.name);
+    let addr = to.address.parse().map_err(|e| anyhow::anyhow!("bad address of {}: {} ({e})", to.name, to.address))?;
+    let session = Session::connect(&agent.endpoint, addr, &to.name, &agent.cfg.name).await?;
+    let (mut tx, mut rx) = session.open(&Request::CheckpointPut(meta.clone())).await?;
+    let mut file = tokio::fs::File::open(&archive).await?;
+    let sent = tokio::io::copy(&mut file, &mut tx).await?;
+    anyhow::ensure!(sent == meta.bytes, "{name}'s archive holds {sent} bytes, its record says {}", meta.bytes);
+    tx.finish()?;
+    let reply = session.read::<Response>(&mut rx, PUT_ANSWER).await?;
+    session.conn.close(0u32.into(), b"checkpoint sent");
+    match reply {
+        Response::Checkpoints(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        Response::Error(e) => anyhow::bail!("{}: {}", to.name, e.message),
+        other => anyhow::bail!("{} answered {other:?} to a checkpoint", to.name),
+    }
+}
+
+/// `Request::CheckpointPut`: takes exactly the announced bytes into a
+/// staging folder, checks their digest and counts what they hold, and
+/// keeps them under the announced name.
+pub async fn put(agent: &Agent, peer: &str, meta: StoredCheckpoint, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+    let store = Store::of(agent);
+    let reply = match receive(&store, meta, &mut recv).await {
+        Ok(m) => {
+            tracing::info!(name = %m.name, from = peer, bytes = m.bytes, "took a checkpoint into the store");
+            Response::Checkpoints(vec![m])
+        }
+        Err(e) => {
+            tracing::warn!(from = peer, "refused a checkpoint: {e:#}");
+            let _ = recv.stop(0u32.into());
+            Response::Error(RemoteError { message: format!("{e:#}") })
+        }
+    };
+    write_frame(&mut send, &reply).await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    Ok(())
+}
+
+async fn receive(store: &Store, mut meta: StoredCheckpoint, recv: &mut quinn::RecvStream) -> anyhow::Result<StoredCheckpoint> {
+    store.taken(&meta.name)?;
+    anyhow::ensure!(meta.bytes <= cp::MAX_CHECKPOINT_BYTES, "a checkpoint of {} bytes is beyond what a store takes ({})", meta.bytes, cp::MAX_CHECKPOINT_BYTES);
+    store.ensure_room(meta.bytes)?;
+    let staging = store.staging()?;
+    let mut file = tokio::fs::File::create(staging.archive()).await.map_err(|e| store.io(e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+        got += chunk.bytes.len() as u64;
+        anyhow::ensure!(got <= meta.bytes, "the peer sent more than the {} bytes it announced", meta.bytes);
+        hasher.update(&chunk.bytes);
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.bytes).await.map_err(|e| store.io(e))?;
+    }
+    anyhow::ensure!(got == meta.bytes, "the stream ended after {got} of the {} bytes announced", meta.bytes);
+    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| store.io(e))?;
+    file.sync_all().await.map_err(|e| store.io(e))?;
+    drop(file);
+    let found = *hasher.finalize().as_bytes();
+    anyhow::ensure!(found == meta.digest, "the bytes' digest is {}, the peer announced {}", hex(&found), hex(&meta.digest));
+    let archive = staging.archive();
+    meta.content = tokio::task::spawn_blocking(move || content_of(&archive)).await?.map_err(|e| anyhow::anyhow!("not a checkpoint archive: {e}"))?;
+    store.keep(staging, &meta)?;
+    Ok(meta)
+}
+
+/// Restores a checkpoint of this store here: as the container it was, or
+/// as replicas under new names. Nothing runs unless the archive's digest is
+/// the one asked for and admission passes; replicas are all made or none.
+async fn restore(agent: &Agent, store: &Store, req: RestoreCheckpoint) -> anyhow::Result<Vec<RestoredContainer>> {
+    let (meta, archive) = store.get(&req.name)?;
+    let host = agent.cfg.name.clone();
+    if meta.digest != req.digest {
+        return Err(StoreError::NotTheOne { name: meta.name, host, found: hex(&meta.digest), expected: hex(&req.digest) }.into());
+    }
+    cp::check_replicas(&meta.container, &req.as_names)?;
+    if !req.as_names.is_empty() && meta.content.tcp_connections > 0 {
+        return Err(StoreError::Refused(format!(
+            "{} holds {} established TCP connections, which cannot run in a replica (a connection has one end): restore it as {} itself",
+            meta.name, meta.content.tcp_connections, meta.container.name
+        ))
+        .into());
+    }
+    let path = archive.clone();
+    let found = tokio::task::spawn_blocking(move || digest_of(&path)).await?.map_err(|e| store.io(e))?;
+    if found != meta.digest {
+        return Err(StoreError::Corrupt { name: meta.name, host, found: hex(&found), expected: hex(&meta.digest) }.into());
+    }
+    let engine = agent.engine.as_ref();
+    let c = &meta.container;
+    if !engine.image_exists(&c.image_id).await? {
+        anyhow::bail!(
+            "{} needs image {} ({}), which {host} does not hold: pull or load it there first",
+            meta.name,
+            c.image,
+            &c.image_id[..c.image_id.len().min(12)]
+        );
+    }
+    let folder = engine.bundle_dir(&c.id).await?;
+    let paths = crate::target::admission::host_paths(engine, c, &folder).await;
+    crate::target::admission::admit(&agent.cfg.admission, c, &paths, &archive).await?;
+    let names: Vec<Option<&str>> = if req.as_names.is_empty() { vec![None] } else { req.as_names.iter().map(|n| Some(n.as_str())).collect() };
+    let opts = CheckpointOpts { tcp_established: meta.tcp_established, file_locks: meta.file_locks, ..Default::default() };
+    let mut made: Vec<RestoredContainer> = Vec::new();
+    for as_name in names {
+        let shown = as_name.unwrap_or(&c.name).to_string();
+        let Some(_busy) = agent.claim(&shown) else {
+            undo(engine, &made).await;
+            anyhow::bail!("{shown} is being migrated or restored already");
+        };
+        let t0 = Instant::now();
+        let r = engine.restore_archive(&archive, as_name, opts).await;
+        let ms = t0.elapsed().as_millis() as u64;
+        let r = match r {
+            Ok(()) => engine.inspect(&shown).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match r {
+            Ok(Some(i)) if i.is_running() => made.push(RestoredContainer { name: i.name, id: i.id, ips: i.ips, ms }),
+            other => {
+                let why = match other {
+                    Err(e) => format!("{e:#}"),
+                    Ok(Some(i)) => format!("it is {} after the restore", i.state),
+                    Ok(None) => "Podman does not list it after the restore".into(),
+                };
+                let _ = engine.remove(&shown, true).await;
+                undo(engine, &made).await;
+                anyhow::bail!("restoring {} as {shown} on {host} failed: {why}", meta.name);
+            }
+        }
+    }
+    tracing::info!(name = %meta.name, made = ?made.iter().map(|m| &m.name).collect::<Vec<_>>(), "restored a stored checkpoint");
+    Ok(made)
+}
+
+/// Removes the containers a restore made before one of them failed.
+async fn undo(engine: &dyn crate::engine::Engine, made: &[RestoredContainer]) {
+    for m in made {
+        if let Err(e) = engine.remove(&m.name, true).await {
+            tracing::warn!(name = %m.name, "removing a replica after a failed restore: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(b: &mut tar::Builder<Vec<u8>>, name: &str, size: usize) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append_data(&mut h, name, vec![0u8; size].as_slice()).unwrap();
+    }
+
+    #[test]
+    fn content_is_counted_from_criu_s_image_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        member(&mut b, "config.dump", 10);
+        member(&mut b, "checkpoint/pstree.img", 20);
+        member(&mut b, "checkpoint/core-1.img", 5);
+        member(&mut b, "checkpoint/core-7.img", 5);
+        member(&mut b, "checkpoint/core-8.img", 5);
+        member(&mut b, "checkpoint/mm-1.img", 3);
+        member(&mut b, "checkpoint/mm-7.img", 3);
+        member(&mut b, "checkpoint/pages-1.img", 4096);
+        member(&mut b, "checkpoint/pages-2.img", 8192);
+        member(&mut b, "checkpoint/pagemap-1.img", 7);
+        member(&mut b, "checkpoint/tcp-stream-4711.img", 9);
+        member(&mut b, "rootfs-diff.tar", 1024);
+        member(&mut b, "volumes/data.tar", 512);
+        let path = dir.path().join("a.tar");
+        std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+        let c = content_of(&path).unwrap();
+        assert_eq!(
+            c,
+            Content { processes: 2, threads: 3, memory_bytes: 12288, tcp_connections: 1, files_bytes: 1536, images_bytes: 20 + 15 + 6 + 12288 + 7 + 9 }
+        );
+        std::fs::write(&path, b"not a tar archive at all, but longer than one block? no").unwrap();
+        assert!(content_of(&path).is_err() || content_of(&path).unwrap() == Content::default());
+    }
+}
