@@ -156,8 +156,10 @@ impl Store {
         Ok(())
     }
 
-    /// Free bytes in the store's file system.
+    /// Free bytes in the store's file system (the folder is made first:
+    /// a first checkpoint finds none).
     fn room(&self) -> u64 {
+        let _ = std::fs::create_dir_all(&self.root);
         nix::sys::statvfs::statvfs(&self.root).map_or(0, |s| {
             #[allow(clippy::useless_conversion)]
             let (avail, frag) = (u64::from(s.blocks_available()), u64::from(s.fragment_size()));
@@ -318,32 +320,56 @@ async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint) -> anyhow::
     Ok(meta)
 }
 
-/// Puts a stored checkpoint into `to`'s store.
+/// Puts a stored checkpoint into `to`'s store, with the container's image
+/// when that store lacks it.
 async fn send(agent: &Agent, store: &Store, name: &str, to: &Peer) -> anyhow::Result<StoredCheckpoint> {
     let (meta, archive) = store.get(name)?;
     anyhow::ensure!(to.name != agent.cfg.name, "{name} is stored on {} already", to.name);
     let addr = to.address.parse().map_err(|e| anyhow::anyhow!("bad address of {}: {} ({e})", to.name, to.address))?;
     let session = Session::connect(&agent.endpoint, addr, &to.name, &agent.cfg.name).await?;
-    let (mut tx, mut rx) = session.open(&Request::CheckpointPut(meta.clone())).await?;
-    let mut file = tokio::fs::File::open(&archive).await?;
-    let sent = tokio::io::copy(&mut file, &mut tx).await?;
-    anyhow::ensure!(sent == meta.bytes, "{name}'s archive holds {sent} bytes, its record says {}", meta.bytes);
-    tx.finish()?;
-    let reply = session.read::<Response>(&mut rx, PUT_ANSWER).await?;
-    session.conn.close(0u32.into(), b"checkpoint sent");
-    match reply {
-        Response::Checkpoints(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        Response::Error(e) => anyhow::bail!("{}: {}", to.name, e.message),
-        other => anyhow::bail!("{} answered {other:?} to a checkpoint", to.name),
+    let r = async {
+        let (mut tx, mut rx) = session.open(&Request::CheckpointPut(meta.clone())).await?;
+        let needs_image = match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
+            Response::CheckpointReady { needs_image } => needs_image,
+            Response::Error(e) => anyhow::bail!("{}", e.message),
+            other => anyhow::bail!("answered {other:?} to a checkpoint"),
+        };
+        // The image goes through a file: Podman writes its archive whole.
+        let staging = store.staging()?;
+        let image = staging.dir.join("image.tar");
+        let image_bytes = if needs_image {
+            let c = &meta.container;
+            agent.engine.image_save(&c.image_id, &image).await.map_err(|e| anyhow::anyhow!("{} lacks image {}, and saving it here failed: {e}", to.name, c.image))?;
+            tokio::fs::metadata(&image).await?.len()
+        } else {
+            0
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &image_bytes.to_le_bytes()).await?;
+        if needs_image {
+            tokio::io::copy(&mut tokio::fs::File::open(&image).await?, &mut tx).await?;
+        }
+        drop(staging);
+        let sent = tokio::io::copy(&mut tokio::fs::File::open(&archive).await?, &mut tx).await?;
+        anyhow::ensure!(sent == meta.bytes, "{name}'s archive holds {sent} bytes, its record says {}", meta.bytes);
+        tx.finish()?;
+        match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
+            Response::Checkpoints(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            Response::Error(e) => anyhow::bail!("{}", e.message),
+            other => anyhow::bail!("answered {other:?} to a checkpoint"),
+        }
     }
+    .await;
+    session.conn.close(0u32.into(), b"checkpoint sent");
+    r.map_err(|e| anyhow::anyhow!("{}: {e:#}", to.name))
 }
 
-/// `Request::CheckpointPut`: takes exactly the announced bytes into a
-/// staging folder, checks their digest and counts what they hold, and
-/// keeps them under the announced name.
+/// `Request::CheckpointPut`: says whether the image must come too, loads
+/// it, then takes exactly the announced bytes of the archive into a
+/// staging folder, checks their digest, counts what they hold, and keeps
+/// them under the announced name.
 pub async fn put(agent: &Agent, peer: &str, meta: StoredCheckpoint, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
     let store = Store::of(agent);
-    let reply = match receive(&store, meta, &mut recv).await {
+    let reply = match receive(agent, &store, meta, &mut send, &mut recv).await {
         Ok(m) => {
             tracing::info!(name = %m.name, from = peer, bytes = m.bytes, "took a checkpoint into the store");
             Response::Checkpoints(vec![m])
@@ -360,25 +386,68 @@ pub async fn put(agent: &Agent, peer: &str, meta: StoredCheckpoint, mut send: qu
     Ok(())
 }
 
-async fn receive(store: &Store, mut meta: StoredCheckpoint, recv: &mut quinn::RecvStream) -> anyhow::Result<StoredCheckpoint> {
+/// Copies exactly `bytes` bytes of `recv` into `file`, returning their
+/// blake3; `to_end`: the stream must end right after them.
+async fn take(recv: &mut quinn::RecvStream, file: &mut tokio::fs::File, bytes: u64, to_end: bool) -> anyhow::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    let mut got = 0u64;
+    while got < bytes || to_end {
+        let want = if to_end { 1 << 20 } else { (bytes - got).min(1 << 20) as usize };
+        let Some(chunk) = recv.read_chunk(want, true).await? else { break };
+        got += chunk.bytes.len() as u64;
+        anyhow::ensure!(got <= bytes, "the peer sent more than the {bytes} bytes it announced");
+        hasher.update(&chunk.bytes);
+        tokio::io::AsyncWriteExt::write_all(file, &chunk.bytes).await?;
+    }
+    anyhow::ensure!(got == bytes, "the stream ended after {got} of the {bytes} bytes announced");
+    tokio::io::AsyncWriteExt::flush(file).await?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+async fn receive(
+    agent: &Agent,
+    store: &Store,
+    mut meta: StoredCheckpoint,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<StoredCheckpoint> {
     store.taken(&meta.name)?;
     anyhow::ensure!(meta.bytes <= cp::MAX_CHECKPOINT_BYTES, "a checkpoint of {} bytes is beyond what a store takes ({})", meta.bytes, cp::MAX_CHECKPOINT_BYTES);
     store.ensure_room(meta.bytes)?;
-    let staging = store.staging()?;
-    let mut file = tokio::fs::File::create(staging.archive()).await.map_err(|e| store.io(e))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut got = 0u64;
-    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-        got += chunk.bytes.len() as u64;
-        anyhow::ensure!(got <= meta.bytes, "the peer sent more than the {} bytes it announced", meta.bytes);
-        hasher.update(&chunk.bytes);
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.bytes).await.map_err(|e| store.io(e))?;
+    let c = meta.container.clone();
+    let named = !c.image.is_empty() && !c.image.contains("<none>");
+    if named {
+        crate::target::admission::check_image(&c.image, &c.image_id)?;
     }
-    anyhow::ensure!(got == meta.bytes, "the stream ended after {got} of the {} bytes announced", meta.bytes);
-    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| store.io(e))?;
+    let needs_image = !agent.engine.image_exists(&c.image_id).await?;
+    write_frame(send, &Response::CheckpointReady { needs_image }).await?;
+    let mut len = [0u8; 8];
+    recv.read_exact(&mut len).await?;
+    let image_bytes = u64::from_le_bytes(len);
+    let staging = store.staging()?;
+    if image_bytes > 0 {
+        anyhow::ensure!(needs_image, "the peer sent an image this store did not ask for");
+        anyhow::ensure!(image_bytes <= cp::MAX_IMAGE_BYTES, "an image of {image_bytes} bytes is beyond what a store takes");
+        store.ensure_room(meta.bytes.saturating_add(image_bytes))?;
+        let path = staging.dir.join("image.tar");
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| store.io(e))?;
+        take(recv, &mut file, image_bytes, false).await?;
+        drop(file);
+        agent.engine.image_load(&path).await?;
+        let _ = tokio::fs::remove_file(&path).await;
+        // Only the image whose ID was announced, under its own name.
+        anyhow::ensure!(agent.engine.image_exists(&c.image_id).await?, "the image sent is not {} ({})", c.image, c.image_id);
+        if named {
+            agent.engine.image_tag(&c.image_id, &c.image).await?;
+        }
+        tracing::info!(image = %c.image, bytes = image_bytes, "loaded a checkpoint's image");
+    } else {
+        anyhow::ensure!(!needs_image, "this store lacks image {} and the peer did not send it", c.image);
+    }
+    let mut file = tokio::fs::File::create(staging.archive()).await.map_err(|e| store.io(e))?;
+    let found = take(recv, &mut file, meta.bytes, true).await?;
     file.sync_all().await.map_err(|e| store.io(e))?;
     drop(file);
-    let found = *hasher.finalize().as_bytes();
     anyhow::ensure!(found == meta.digest, "the bytes' digest is {}, the peer announced {}", hex(&found), hex(&meta.digest));
     let archive = staging.archive();
     meta.content = tokio::task::spawn_blocking(move || content_of(&archive)).await?.map_err(|e| anyhow::anyhow!("not a checkpoint archive: {e}"))?;

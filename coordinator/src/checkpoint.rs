@@ -110,7 +110,12 @@ impl From<&StoredCheckpoint> for StoredCheckpointView {
                 arch: f.arch.clone(),
                 kernel: f.kernel.clone(),
                 podman: f.podman_version.clone(),
-                runtime: format!("{} {}", f.runtime_name, f.runtime_version),
+                // runc says "runc version 1.1.5", crun "crun version 1.8".
+                runtime: if f.runtime_version.starts_with(&f.runtime_name) {
+                    f.runtime_version.clone()
+                } else {
+                    format!("{} {}", f.runtime_name, f.runtime_version)
+                },
                 criu: f.criu_version.clone(),
                 cgroups: format!("{:?}", f.cgroups),
             },
@@ -348,6 +353,31 @@ pub struct Restored<'a> {
     pub containers: Vec<RestoredContainer>,
     /// From the order until every container ran, milliseconds.
     pub ms: u64,
+    /// What the operator should know of the result (an address Podman gave
+    /// a replica that a container elsewhere holds too).
+    pub warnings: Vec<String>,
+}
+
+/// A replica's address is Podman's choice on its host, which knows only its
+/// own containers: one that another host's running container holds too is
+/// worth a warning (hosts sharing a subnet should each allocate from a
+/// range of their own, `podman network create --ip-range`).
+pub fn address_clashes(cluster: &Cluster, target: &str, made: &[RestoredContainer]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in made {
+        for h in cluster.hosts.iter().filter(|h| h.entry.name != target) {
+            let Ok(s) = &h.state else { continue };
+            for c in s.containers.iter().filter(|c| c.is_running()) {
+                if let Some(ip) = r.ips.iter().find(|ip| c.ips.contains(ip)) {
+                    out.push(format!(
+                        "{} got {ip} on {target}, which {} on {} holds too: give each host its own --ip-range of the subnet",
+                        r.name, c.name, h.entry.name
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What `tern restore` was asked.
@@ -366,6 +396,8 @@ async fn restore_findings(cluster: &Cluster, c: &StoredCheckpoint, target: &str,
     let t = t.state.as_ref().map_err(|e| anyhow!("{target} does not answer: {e}"))?;
     // A cordoned target blocks here as it does a migration.
     let mut findings = compat::compare_hosts(&c.facts, &t.facts, Mode::StopAndCopy);
+    // A restore has no rounds: dirty tracking is a migration's concern.
+    findings.retain(|f| f.field != "dirty tracking");
     let names: Vec<Option<&str>> = if args.names.is_empty() { vec![None] } else { args.names.iter().map(|n| Some(n.as_str())).collect() };
     for n in names {
         let incoming = cp::as_restored(&c.container, n);
@@ -425,7 +457,7 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
     let target = args.on.clone();
     cp::check_replicas(&c.container, &args.names).map_err(|e| Exit::new(2, e))?;
     let findings = restore_findings(cluster, &c, &target, &args).await.map_err(|e| Exit::new(2, e))?;
-    let mut view = Restored { checkpoint: name, store: &store, on: &target, findings: &findings, containers: Vec::new(), ms: 0 };
+    let mut view = Restored { checkpoint: name, store: &store, on: &target, findings: &findings, containers: Vec::new(), ms: 0, warnings: Vec::new() };
     if compat::blocks(&findings) {
         if !ctx.json {
             print!("{}", output::findings(&findings));
@@ -458,7 +490,13 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
         other => return Err(anyhow!("{target} answered {other:?} to a restore").into()),
     };
     view.ms = t0.elapsed().as_millis() as u64;
+    if !args.names.is_empty() {
+        view.warnings = address_clashes(cluster, &target, &view.containers);
+    }
     if !ctx.json {
+        for w in &view.warnings {
+            eprintln!("tern: warning: {w}");
+        }
         for r in &view.containers {
             let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
             println!("{} runs on {target} ({}), restored from {name} in {}", r.name, ips.join(", "), output::ms(r.ms));

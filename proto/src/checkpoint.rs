@@ -11,7 +11,9 @@
 //!
 //! Moving bytes and running them are separate orders. Any agent may put a
 //! checkpoint into another's store (bounded by that store's room, checked
-//! against its digest), but only the coordinator's order, sent to the host
+//! against its digest; the container's image comes along where the store
+//! lacks it, so a store can always restore what it holds, even once the
+//! host it was taken on is gone), but only the coordinator's order, sent to the host
 //! itself, restores one, and that order carries the digest the coordinator
 //! read where the checkpoint was taken: a store that was handed other bytes
 //! under the same name refuses them before Podman sees them.
@@ -29,6 +31,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_REPLICAS: usize = 32;
 /// The largest checkpoint a store takes from a peer, whatever its room.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 40;
+/// The largest image archive a store takes with a checkpoint.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 30;
 
 /// A checkpoint as its store keeps it: what was checkpointed, where and
 /// when, what restoring it needs, and the blake3 digest of its archive.

@@ -100,10 +100,12 @@ pub enum Request {
     /// [`crate::checkpoint`]): answer with [`Response::Checkpoints`], or
     /// [`Response::RestoredAs`] to a restore.
     Checkpoint(crate::checkpoint::CheckpointRequest),
-    /// Put a checkpoint into this host's store (agent to agent): exactly
-    /// `bytes` bytes of its archive follow on the stream, which the store
-    /// checks against `digest` before it keeps them. Answer with
-    /// [`Response::Checkpoints`] (the checkpoint as stored here).
+    /// Put a checkpoint into this host's store (agent to agent): the store
+    /// answers [`Response::CheckpointReady`] (or an error), then the image
+    /// if it asked for it and exactly `bytes` bytes of the archive follow
+    /// on the stream, which the store checks against `digest` before it
+    /// keeps them. Then answer with [`Response::Checkpoints`] (the
+    /// checkpoint as stored here).
     CheckpointPut(crate::checkpoint::StoredCheckpoint),
 }
 
@@ -271,6 +273,13 @@ pub enum Response {
     Checkpoints(Vec<crate::checkpoint::StoredCheckpoint>),
     /// The containers a checkpoint's restore made, running.
     RestoredAs(Vec<crate::checkpoint::RestoredContainer>),
+    /// A store will take the checkpoint a `CheckpointPut` announced; it
+    /// lacks the container's image and asks for it first. The sender then
+    /// writes the image archive's length (u64, little-endian; 0 for none),
+    /// the image archive, and the checkpoint's archive.
+    CheckpointReady {
+        needs_image: bool,
+    },
 }
 
 /// An error the remote side reports instead of an answer.

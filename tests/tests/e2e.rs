@@ -1968,3 +1968,113 @@ fn return_brings_back_what_was_evacuated_and_skips_what_was_removed() {
     let _lab = lab_guard();
     scenario_return().unwrap();
 }
+
+/// Where a lab host's agent keeps its checkpoints (`agent/src/checkpoints.rs`).
+fn stored_archive(host: &str, name: &str) -> std::path::PathBuf {
+    Path::new("/var/lib/tern-lab").join(host).join("agent/checkpoints").join(name).join("archive.tar")
+}
+
+fn scenario_checkpoints() -> Result<()> {
+    let name = "e2e-ckpt";
+    let (a, b) = ("e2e-ckpt-a", "e2e-ckpt-b");
+    let reps = ["e2e-rep1", "e2e-rep2"];
+    for c in [name, reps[0], reps[1], "e2e-rep3"] {
+        remove_everywhere(c);
+    }
+    for cp in [a, b] {
+        let _ = tern_json(&["checkpoint", "rm", cp]);
+    }
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 20)?;
+    let pids = top("client1", name)?;
+    let source_ip = ip("client1", name)?;
+
+    // Taken on client1, kept on client2; the container runs on.
+    let c_before = count("client1", name)?;
+    let r = tern_json(&["checkpoint", "create", name, "--name", a, "--store", "client2"])?;
+    ensure!(r.code == 0, "checkpoint create failed: {}", r.all);
+    let c_after = count("client1", name)?;
+    let made = &r.json["checkpoint"];
+    ensure!(made["store"] == "client2" && made["taken_on"] == "client1", "{}", r.all);
+    ensure!(made["content"]["processes"].as_u64() >= Some(2), "the counter's shell and its sleep: {}", r.all);
+    ensure!(made["content"]["memory_bytes"].as_u64() > Some(0), "{}", r.all);
+    ensure!(stored_archive("client2", a).exists() && !stored_archive("client1", a).exists(), "the checkpoint is kept on client2 only");
+    count_reaches("client1", name, c_after + 5)?;
+    let ls = tern_json(&["checkpoint", "ls"])?;
+    let listed: Vec<&Value> = ls.json["checkpoints"].as_array().context("no list")?.iter().filter(|c| c["name"] == a).collect();
+    ensure!(listed.len() == 1 && listed[0]["store"] == "client2" && listed[0]["container"] == name, "{}", ls.all);
+    let i = tern_json(&["checkpoint", "inspect", a])?;
+    ensure!(i.code == 0 && i.json["needs"]["criu"].as_str().is_some_and(|v| !v.is_empty()), "{}", i.all);
+
+    // As itself it would run twice: refused, nothing made.
+    let r = tern_json(&["restore", a, "--on", "client2"])?;
+    ensure!(r.code == 3 && r.all.contains("runs elsewhere"), "restoring as itself while it runs on client1 must be refused: {}", r.all);
+    ensure!(state("client2", name)?.is_none(), "a refused restore made a container");
+
+    // Two replicas on client2: new names, IDs and addresses, each carrying
+    // on from the checkpoint's value with the same processes.
+    let r = tern_json(&["restore", a, "--on", "client2", "--name", reps[0], "--name", reps[1]])?;
+    ensure!(r.code == 0, "restoring replicas failed: {}", r.all);
+    let made = r.json["containers"].as_array().context("no containers")?;
+    ensure!(made.len() == 2, "{}", r.all);
+    let source_id = inspect("client1", name)?.context("source gone")?["Id"].as_str().unwrap_or_default().to_string();
+    let mut ids = vec![source_id];
+    for rep in reps {
+        let v = count("client2", rep)?;
+        let now = count("client1", name)?;
+        ensure!(v >= c_before && v <= now, "{rep} counts {v}: not from the checkpoint (taken between {c_before} and {c_after}; the source is at {now})");
+        count_reaches("client2", rep, v + 5)?;
+        ensure!(top("client2", rep)? == pids, "{rep}'s processes are not the checkpoint's");
+        let id = inspect("client2", rep)?.context("replica gone")?["Id"].as_str().unwrap_or_default().to_string();
+        ensure!(!ids.contains(&id), "{rep} has an ID already in use: {id}");
+        ids.push(id);
+    }
+    ensure!(ip("client2", reps[0])? != ip("client2", reps[1])?, "the replicas share an address");
+    ensure!(state("client1", name)?.as_deref() == Some("running"), "the source stopped");
+
+    // A damaged archive is detected by its digest and never restored.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = stored_archive("client2", a);
+        let len = std::fs::metadata(&path)?.len();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        f.seek(SeekFrom::Start(len / 2))?;
+        f.write_all(b"tern-e2e-damage")?;
+    }
+    let r = tern_json(&["restore", a, "--on", "client2", "--name", "e2e-rep3"])?;
+    ensure!(r.code != 0 && r.all.contains("damaged"), "a damaged checkpoint must be refused: {}", r.all);
+    ensure!(state("client2", "e2e-rep3")?.is_none(), "a damaged checkpoint made a container");
+    let r = tern_json(&["checkpoint", "rm", a])?;
+    ensure!(r.code == 0 && !stored_archive("client2", a).exists(), "rm: {}", r.all);
+
+    // Stopped by its checkpoint, kept where it was taken, brought back as
+    // itself on the other host: same address and processes, counting on.
+    for rep in reps {
+        remove_everywhere(rep);
+    }
+    let c_stop = count("client1", name)?;
+    let r = tern_json(&["checkpoint", "create", name, "--name", b, "--stop"])?;
+    ensure!(r.code == 0 && r.json["checkpoint"]["store"] == "client1", "{}", r.all);
+    ensure!(state("client1", name)?.as_deref() != Some("running"), "--stop left it running");
+    let r = tern_json(&["restore", b, "--on", "client2"])?;
+    ensure!(r.code == 0, "restoring as itself once stopped on client1 failed: {}", r.all);
+    ensure!(r.json["findings"].as_array().is_some_and(|f| f.iter().any(|f| f["field"] == "runs elsewhere" && f["severity"] == "Warn")), "{}", r.all);
+    let v = count("client2", name)?;
+    ensure!(v >= c_stop, "it restarted: {v} < {c_stop}");
+    count_reaches("client2", name, v + 5)?;
+    ensure!(ip("client2", name)? == source_ip, "restored as itself, it must keep its address");
+    ensure!(top("client2", name)? == pids, "PIDs changed");
+    ensure!(!stored_archive("client2", b).exists() && stored_archive("client1", b).exists(), "the copy sent for the restore must go");
+    let r = tern_json(&["checkpoint", "rm", b])?;
+    ensure!(r.code == 0, "{}", r.all);
+    remove_everywhere(name);
+    wait_until(Duration::from_secs(30), "no leftovers", || Ok(no_leftovers().ok()))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn checkpoint_kept_elsewhere_restores_as_replicas_and_as_itself_and_a_damaged_one_is_refused() {
+    let _lab = lab_guard();
+    scenario_checkpoints().unwrap();
+}
