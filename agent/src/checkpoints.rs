@@ -17,14 +17,20 @@
 
 use crate::context::Agent;
 use crate::engine::CheckpointOpts;
+use crate::pages::{PageIndex, PageOffsets, PageStore};
+use crate::target::archive::{receive_records, ArchiveOut};
+use crate::transfer::{self, Encoding, StreamLimits, Wire};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_proto::checkpoint::{self as cp, CheckpointRequest, Content, CreateCheckpoint, RestoreCheckpoint, RestoredContainer, StoredCheckpoint};
 use tern_proto::frame::write_frame;
+use tern_proto::{DataHeader, DataKind, Digest};
 use tern_proto::{Peer, RemoteError, Request, Response};
 use tern_transport::rpc::Session;
+use tokio_util::sync::CancellationToken;
 
 const ARCHIVE: &str = "archive.tar";
 const META: &str = "meta.json";
@@ -255,17 +261,19 @@ pub fn content_of(archive: &Path) -> std::io::Result<Content> {
 pub async fn handle(agent: &Agent, req: CheckpointRequest) -> anyhow::Result<Response> {
     let store = Store::of(agent);
     Ok(match req {
-        CheckpointRequest::Create(c) => Response::Checkpoints(vec![create(agent, &store, c).await?]),
+        CheckpointRequest::Create(c) => Response::Checkpoints(vec![create(agent, &store, c, None).await?]),
         CheckpointRequest::List => Response::Checkpoints(store.list()),
         CheckpointRequest::Remove { name } => Response::Checkpoints(vec![store.remove(&name)?]),
-        CheckpointRequest::Send { name, to } => Response::Checkpoints(vec![send(agent, &store, &name, &to).await?]),
+        CheckpointRequest::Send { name, to } => Response::Checkpoints(vec![send_to(agent, &store, &name, &to, None).await?.0]),
+        CheckpointRequest::Standby(order) => Response::Standby(agent.standby.order(agent, order).await?),
         CheckpointRequest::Restore(r) => Response::RestoredAs(restore(agent, &store, r).await?),
         CheckpointRequest::Invalid => anyhow::bail!("an invalid checkpoint request"),
     })
 }
 
-/// Checkpoints a container of this host into its store.
-async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint) -> anyhow::Result<StoredCheckpoint> {
+/// Checkpoints a container of this host into its store (for a standby
+/// schedule that keeps `standby_keep` of them, when set).
+pub async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint, standby_keep: Option<u32>) -> anyhow::Result<StoredCheckpoint> {
     let engine = agent.engine.as_ref();
     let Some(c) = engine.inspect(&req.container).await? else {
         anyhow::bail!("no container named {} on {}", req.container, agent.cfg.name);
@@ -314,23 +322,64 @@ async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint) -> anyhow::
         tcp_established,
         file_locks: req.file_locks,
         left_running: req.leave_running,
+        standby_keep,
     };
     store.keep(staging, &meta)?;
     tracing::info!(name = %meta.name, ms = dumped.as_millis() as u64, "checkpointed {}", meta.container.name);
     Ok(meta)
 }
 
+/// A checkpoint the store of a peer holds, with its page hashes here: the
+/// next one sent there crosses as delta records against it.
+pub struct Base {
+    pub name: String,
+    pub digest: [u8; 32],
+    pub index: Arc<PageIndex>,
+}
+
+/// What a send to another store cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shipped {
+    /// Bytes of the archive on the wire (after delta and compression).
+    pub wire_bytes: u64,
+    pub pages_reused: u64,
+}
+
+/// The page hashes of an archive of this store (the base of the next send).
+pub async fn index_of(archive: &Path) -> std::io::Result<PageIndex> {
+    let archive = archive.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let len = std::fs::metadata(&archive)?.len();
+        let mut index = PageIndex::with_capacity((len / tern_proto::delta::PAGE as u64) as usize);
+        let mut f = std::fs::File::open(&archive)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            index.add(&buf[..n]);
+        }
+        Ok(index)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Puts a stored checkpoint into `to`'s store, with the container's image
-/// when that store lacks it.
-async fn send(agent: &Agent, store: &Store, name: &str, to: &Peer) -> anyhow::Result<StoredCheckpoint> {
+/// when that store lacks it, and as delta records against `base` when it
+/// holds that.
+pub async fn send_to(agent: &Agent, store: &Store, name: &str, to: &Peer, base: Option<&Base>) -> anyhow::Result<(StoredCheckpoint, Shipped)> {
     let (meta, archive) = store.get(name)?;
     anyhow::ensure!(to.name != agent.cfg.name, "{name} is stored on {} already", to.name);
     let addr = to.address.parse().map_err(|e| anyhow::anyhow!("bad address of {}: {} ({e})", to.name, to.address))?;
     let session = Session::connect(&agent.endpoint, addr, &to.name, &agent.cfg.name).await?;
     let r = async {
-        let (mut tx, mut rx) = session.open(&Request::CheckpointPut(meta.clone())).await?;
-        let needs_image = match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
-            Response::CheckpointReady { needs_image } => needs_image,
+        let base_ref = base.map(|b| cp::BaseRef { name: b.name.clone(), digest: b.digest });
+        let put = cp::PutCheckpoint { checkpoint: meta.clone(), base: base_ref };
+        let (mut tx, mut rx) = session.open(&Request::CheckpointPut(put)).await?;
+        let (needs_image, base_ok) = match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
+            Response::CheckpointReady { needs_image, base_ok } => (needs_image, base_ok),
             Response::Error(e) => anyhow::bail!("{}", e.message),
             other => anyhow::bail!("answered {other:?} to a checkpoint"),
         };
@@ -339,7 +388,11 @@ async fn send(agent: &Agent, store: &Store, name: &str, to: &Peer) -> anyhow::Re
         let image = staging.dir.join("image.tar");
         let image_bytes = if needs_image {
             let c = &meta.container;
-            agent.engine.image_save(&c.image_id, &image).await.map_err(|e| anyhow::anyhow!("{} lacks image {}, and saving it here failed: {e}", to.name, c.image))?;
+            agent
+                .engine
+                .image_save(&c.image_id, &image)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} lacks image {}, and saving it here failed: {e}", to.name, c.image))?;
             tokio::fs::metadata(&image).await?.len()
         } else {
             0
@@ -349,29 +402,59 @@ async fn send(agent: &Agent, store: &Store, name: &str, to: &Peer) -> anyhow::Re
             tokio::io::copy(&mut tokio::fs::File::open(&image).await?, &mut tx).await?;
         }
         drop(staging);
-        let sent = tokio::io::copy(&mut tokio::fs::File::open(&archive).await?, &mut tx).await?;
-        anyhow::ensure!(sent == meta.bytes, "{name}'s archive holds {sent} bytes, its record says {}", meta.bytes);
+        let (kind, encoding) = match base.filter(|_| base_ok) {
+            Some(b) => (DataKind::CheckpointDelta { base: 0 }, Encoding::Delta(b.index.clone())),
+            None => (DataKind::Checkpoint, Encoding::Raw),
+        };
+        let pace = agent.bandwidth.join(0);
+        let stop = CancellationToken::new();
+        let done = AtomicU64::new(0);
+        let file = tokio::fs::File::open(&archive).await?;
+        let udp0 = session.conn.stats().udp_tx.bytes;
+        let sent = transfer::send_encoded(
+            &session.conn,
+            &DataHeader { id: 0, kind },
+            file,
+            &done,
+            encoding,
+            Wire { zstd: Some(1), pace: &pace, stop: &stop },
+        )
+        .await?;
+        anyhow::ensure!(sent.digest.bytes == meta.bytes && sent.digest.blake3 == meta.digest, "{name}'s archive changed in the store");
         tx.finish()?;
-        match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
-            Response::Checkpoints(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        let stored = match session.read::<Response>(&mut rx, PUT_ANSWER).await? {
+            Response::Checkpoints(mut v) if v.len() == 1 => v.remove(0),
             Response::Error(e) => anyhow::bail!("{}", e.message),
             other => anyhow::bail!("answered {other:?} to a checkpoint"),
-        }
+        };
+        // What crossed for the archive, QUIC's own bytes included.
+        let wire_bytes = session.conn.stats().udp_tx.bytes.saturating_sub(udp0);
+        Ok((stored, Shipped { wire_bytes, pages_reused: sent.stats.pages_reused }))
     }
     .await;
     session.conn.close(0u32.into(), b"checkpoint sent");
     r.map_err(|e| anyhow::anyhow!("{}: {e:#}", to.name))
 }
 
-/// `Request::CheckpointPut`: says whether the image must come too, loads
-/// it, then takes exactly the announced bytes of the archive into a
-/// staging folder, checks their digest, counts what they hold, and keeps
-/// them under the announced name.
-pub async fn put(agent: &Agent, peer: &str, meta: StoredCheckpoint, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+/// `Request::CheckpointPut`: says whether the image must come too and
+/// whether the base is here, loads the image, then takes the archive from
+/// its data stream into a staging folder, checks its size and digest,
+/// counts what it holds, and keeps it under the announced name.
+pub async fn put(
+    agent: &Agent,
+    conn: quinn::Connection,
+    peer: &str,
+    put: cp::PutCheckpoint,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
     let store = Store::of(agent);
-    let reply = match receive(agent, &store, meta, &mut send, &mut recv).await {
+    let reply = match receive(agent, &store, &conn, put, &mut send, &mut recv).await {
         Ok(m) => {
             tracing::info!(name = %m.name, from = peer, bytes = m.bytes, "took a checkpoint into the store");
+            if let Some(keep) = m.standby_keep {
+                prune(&store, &m, keep);
+            }
             Response::Checkpoints(vec![m])
         }
         Err(e) => {
@@ -386,33 +469,70 @@ pub async fn put(agent: &Agent, peer: &str, meta: StoredCheckpoint, mut send: qu
     Ok(())
 }
 
-/// Copies exactly `bytes` bytes of `recv` into `file`, returning their
-/// blake3; `to_end`: the stream must end right after them.
-async fn take(recv: &mut quinn::RecvStream, file: &mut tokio::fs::File, bytes: u64, to_end: bool) -> anyhow::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
+/// A standby's store keeps the `keep` latest of the container's series.
+fn prune(store: &Store, newest: &StoredCheckpoint, keep: u32) {
+    let all = store.list();
+    let id = &newest.container.id;
+    for old in cp::beyond_keep(&all, keep as usize, |c| c.standby_keep.is_some() && &c.container.id == id) {
+        match store.remove(&old.name) {
+            Ok(_) => tracing::info!(name = %old.name, keep, "dropped a standby checkpoint beyond the ones kept"),
+            Err(e) => tracing::warn!(name = %old.name, "dropping an old standby checkpoint: {e}"),
+        }
+    }
+}
+
+/// Copies exactly `bytes` bytes of `recv` into `file`.
+async fn take(recv: &mut quinn::RecvStream, file: &mut tokio::fs::File, bytes: u64) -> anyhow::Result<()> {
     let mut got = 0u64;
-    while got < bytes || to_end {
-        let want = if to_end { 1 << 20 } else { (bytes - got).min(1 << 20) as usize };
+    while got < bytes {
+        let want = (bytes - got).min(1 << 20) as usize;
         let Some(chunk) = recv.read_chunk(want, true).await? else { break };
         got += chunk.bytes.len() as u64;
-        anyhow::ensure!(got <= bytes, "the peer sent more than the {bytes} bytes it announced");
-        hasher.update(&chunk.bytes);
         tokio::io::AsyncWriteExt::write_all(file, &chunk.bytes).await?;
     }
     anyhow::ensure!(got == bytes, "the stream ended after {got} of the {bytes} bytes announced");
     tokio::io::AsyncWriteExt::flush(file).await?;
-    Ok(*hasher.finalize().as_bytes())
+    Ok(())
+}
+
+/// Where the pages of an archive of this store sit in it, for delta
+/// records that refer to them.
+async fn page_store(archive: &Path) -> std::io::Result<PageStore> {
+    let path = archive.to_path_buf();
+    let offsets = tokio::task::spawn_blocking(move || {
+        let mut offsets = PageOffsets::default();
+        let mut f = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            offsets.add(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(offsets.finish())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(PageStore::new(archive, offsets))
 }
 
 async fn receive(
     agent: &Agent,
     store: &Store,
-    mut meta: StoredCheckpoint,
+    conn: &quinn::Connection,
+    put: cp::PutCheckpoint,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<StoredCheckpoint> {
+    let mut meta = put.checkpoint;
     store.taken(&meta.name)?;
-    anyhow::ensure!(meta.bytes <= cp::MAX_CHECKPOINT_BYTES, "a checkpoint of {} bytes is beyond what a store takes ({})", meta.bytes, cp::MAX_CHECKPOINT_BYTES);
+    anyhow::ensure!(
+        meta.bytes <= cp::MAX_CHECKPOINT_BYTES,
+        "a checkpoint of {} bytes is beyond what a store takes ({})",
+        meta.bytes,
+        cp::MAX_CHECKPOINT_BYTES
+    );
     store.ensure_room(meta.bytes)?;
     let c = meta.container.clone();
     let named = !c.image.is_empty() && !c.image.contains("<none>");
@@ -420,7 +540,15 @@ async fn receive(
         crate::target::admission::check_image(&c.image, &c.image_id)?;
     }
     let needs_image = !agent.engine.image_exists(&c.image_id).await?;
-    write_frame(send, &Response::CheckpointReady { needs_image }).await?;
+    // The base must be exactly the archive the sender hashed.
+    let base = match &put.base {
+        Some(b) => match store.get(&b.name) {
+            Ok((m, path)) if m.digest == b.digest => Some(path),
+            _ => None,
+        },
+        None => None,
+    };
+    write_frame(send, &Response::CheckpointReady { needs_image, base_ok: base.is_some() }).await?;
     let mut len = [0u8; 8];
     recv.read_exact(&mut len).await?;
     let image_bytes = u64::from_le_bytes(len);
@@ -431,7 +559,7 @@ async fn receive(
         store.ensure_room(meta.bytes.saturating_add(image_bytes))?;
         let path = staging.dir.join("image.tar");
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| store.io(e))?;
-        take(recv, &mut file, image_bytes, false).await?;
+        take(recv, &mut file, image_bytes).await?;
         drop(file);
         agent.engine.image_load(&path).await?;
         let _ = tokio::fs::remove_file(&path).await;
@@ -444,11 +572,28 @@ async fn receive(
     } else {
         anyhow::ensure!(!needs_image, "this store lacks image {} and the peer did not send it", c.image);
     }
-    let mut file = tokio::fs::File::create(staging.archive()).await.map_err(|e| store.io(e))?;
-    let found = take(recv, &mut file, meta.bytes, true).await?;
-    file.sync_all().await.map_err(|e| store.io(e))?;
-    drop(file);
-    anyhow::ensure!(found == meta.digest, "the bytes' digest is {}, the peer announced {}", hex(&found), hex(&meta.digest));
+    let mut data = tokio::time::timeout(PUT_ANSWER, conn.accept_uni()).await.map_err(|_| anyhow::anyhow!("no archive stream came"))??;
+    let header = transfer::accept_header(&mut data).await?;
+    let base = match (header.kind, base) {
+        (DataKind::Checkpoint, _) => None,
+        (DataKind::CheckpointDelta { .. }, Some(path)) => Some(Arc::new(page_store(&path).await.map_err(|e| store.io(e))?)),
+        (kind, _) => anyhow::bail!("the peer sent a {kind:?} stream for a checkpoint"),
+    };
+    // The rebuilt archive is exactly as large as announced; records of raw
+    // runs add a little to the stream, never more than this.
+    let max_bytes = meta.bytes.saturating_add(meta.bytes / 64).saturating_add(1 << 20);
+    let limits = StreamLimits { stall: Duration::from_secs(60), max_bytes };
+    let out = ArchiveOut::FileSynced(staging.archive());
+    let got = receive_records(data, out, base, false, Arc::new(AtomicU64::new(0)), Default::default(), limits).await?;
+    let want = Digest { bytes: meta.bytes, blake3: meta.digest };
+    anyhow::ensure!(
+        got.digest == want,
+        "the archive received is {} bytes with digest {}, the peer announced {} bytes with {}",
+        got.digest.bytes,
+        hex(&got.digest.blake3),
+        meta.bytes,
+        hex(&meta.digest)
+    );
     let archive = staging.archive();
     meta.content = tokio::task::spawn_blocking(move || content_of(&archive)).await?.map_err(|e| anyhow::anyhow!("not a checkpoint archive: {e}"))?;
     store.keep(staging, &meta)?;
@@ -567,7 +712,14 @@ mod tests {
         let c = content_of(&path).unwrap();
         assert_eq!(
             c,
-            Content { processes: 2, threads: 3, memory_bytes: 12288, tcp_connections: 1, files_bytes: 1536, images_bytes: 20 + 15 + 6 + 12288 + 7 + 9 }
+            Content {
+                processes: 2,
+                threads: 3,
+                memory_bytes: 12288,
+                tcp_connections: 1,
+                files_bytes: 1536,
+                images_bytes: 20 + 15 + 6 + 12288 + 7 + 9
+            }
         );
         std::fs::write(&path, b"not a tar archive at all, but longer than one block? no").unwrap();
         assert!(content_of(&path).is_err() || content_of(&path).unwrap() == Content::default());

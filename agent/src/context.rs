@@ -46,6 +46,9 @@ pub struct Agent {
     pub tunnels: crate::tunnel::Tunnels,
     /// Post-copy fills served from here, for the operator.
     pub fills: std::sync::Arc<crate::fills::Fills>,
+    /// Checkpoints of this host's containers taken on a schedule for
+    /// another host's store (`standby.rs`).
+    pub standby: crate::standby::Standby,
 }
 
 /// The agent's seams to the host: what it asks of Podman and the runtime,
@@ -147,6 +150,7 @@ impl Agent {
             bandwidth: crate::transfer::Limiter::new(cfg.limits.bandwidth),
             tunnels: Default::default(),
             fills: Default::default(),
+            standby: crate::standby::Standby::load(&cfg.state_dir),
             cfg,
             engine: ports.engine,
             criu: ports.criu,

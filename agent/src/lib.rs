@@ -51,6 +51,7 @@ pub mod rootfs;
 pub mod self_evacuation;
 pub mod server;
 pub mod source;
+pub mod standby;
 pub mod storage;
 pub mod target;
 pub mod transfer;

@@ -236,7 +236,7 @@ impl Agent {
             Request::Receive(begin) => return target::receive(&self, conn, &peer.name, begin, send, recv).await,
             Request::Sink { bytes } => return crate::probe::sink(bytes, send, recv).await,
             Request::Pages { id } => return self.tunnels.attach(id, &peer.name, send, recv).await,
-            Request::CheckpointPut(meta) => return crate::checkpoints::put(&self, &peer.name, meta, send, recv).await,
+            Request::CheckpointPut(put) => return crate::checkpoints::put(&self, conn, &peer.name, put, send, recv).await,
             Request::Checkpoint(r) => crate::checkpoints::handle(&self, r).await,
             Request::Probe(p) => crate::probe::probe(&self, p).await.map(Response::Probe),
             Request::Facts => self.facts().await.and_then(|f| self.with_status(f)).map(Response::Facts),

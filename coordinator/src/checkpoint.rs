@@ -17,7 +17,9 @@ use crate::output;
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tern_proto::checkpoint::{self as cp, CheckpointRequest, CreateCheckpoint, RestoreCheckpoint, RestoredContainer, StoredCheckpoint};
+use tern_proto::checkpoint::{
+    self as cp, CheckpointRequest, CreateCheckpoint, RestoreCheckpoint, RestoredContainer, StandbyOrder, StandbySpec, StoredCheckpoint,
+};
 use tern_proto::compat::{self, Finding, Severity};
 use tern_proto::{Mode, Peer, Request, Response};
 use tern_transport::rpc::Session;
@@ -303,7 +305,8 @@ async fn find(cluster: &Cluster, name: &str, on: Option<&str>) -> Result<(String
 /// `tern checkpoint rm NAME [--store HOST]`.
 pub async fn rm(ctx: &Ctx, cluster: &Cluster, name: &str, on: Option<&str>) -> Done {
     let (host, _) = find(cluster, name, on).await?;
-    let gone = stored(session(cluster, &host)?, CheckpointRequest::Remove { name: name.to_string() }, SLOW).await.map_err(|e| anyhow!("{host}: {e:#}"))?;
+    let gone =
+        stored(session(cluster, &host)?, CheckpointRequest::Remove { name: name.to_string() }, SLOW).await.map_err(|e| anyhow!("{host}: {e:#}"))?;
     if !ctx.json {
         println!("removed checkpoint {name} from {host} ({} freed)", output::bytes(gone.bytes));
     }
@@ -457,7 +460,8 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
     let target = args.on.clone();
     cp::check_replicas(&c.container, &args.names).map_err(|e| Exit::new(2, e))?;
     let findings = restore_findings(cluster, &c, &target, &args).await.map_err(|e| Exit::new(2, e))?;
-    let mut view = Restored { checkpoint: name, store: &store, on: &target, findings: &findings, containers: Vec::new(), ms: 0, warnings: Vec::new() };
+    let mut view =
+        Restored { checkpoint: name, store: &store, on: &target, findings: &findings, containers: Vec::new(), ms: 0, warnings: Vec::new() };
     if compat::blocks(&findings) {
         if !ctx.json {
             print!("{}", output::findings(&findings));
@@ -503,6 +507,125 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
         }
         let age = age(now_unix().saturating_sub(c.created_unix));
         println!("state as of {name}, taken on {} {age} ago", c.taken_on);
+    }
+    Ok(ctx.doc(&view))
+}
+
+#[derive(Serialize)]
+pub struct StandbyRow {
+    /// The container's host, whose agent takes the checkpoints.
+    pub host: String,
+    pub container: String,
+    pub store: String,
+    pub every_secs: u64,
+    pub keep: u32,
+    pub last: Option<tern_proto::checkpoint::StandbyRun>,
+    /// When the last attempt failed, and why; `null` when it did not.
+    pub failing: Option<(u64, String)>,
+    pub next_in_secs: u64,
+}
+
+#[derive(Serialize)]
+pub struct StandbyView {
+    pub standbys: Vec<StandbyRow>,
+    pub unreachable: Vec<(String, String)>,
+}
+
+fn standby_rows(host: &str, v: Vec<tern_proto::checkpoint::StandbyStatus>) -> Vec<StandbyRow> {
+    v.into_iter()
+        .map(|s| StandbyRow {
+            host: host.to_string(),
+            container: s.spec.container,
+            store: s.spec.store.name,
+            every_secs: s.spec.every_secs,
+            keep: s.spec.keep,
+            last: s.last,
+            failing: s.failing,
+            next_in_secs: s.next_in_secs,
+        })
+        .collect()
+}
+
+async fn standby_order(session: &Session, order: StandbyOrder) -> anyhow::Result<Vec<tern_proto::checkpoint::StandbyStatus>> {
+    match ask(session, CheckpointRequest::Standby(order), Duration::from_secs(30)).await? {
+        Response::Standby(v) => Ok(v),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// `tern standby CONTAINER --on HOST --every INTERVAL [--keep N]`.
+pub async fn standby_set(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &str, on: &str, every: Duration, keep: u32) -> Done {
+    let host = match cluster.find_container(container).as_slice() {
+        [one] => one.entry.name.clone(),
+        [] => return Err(Exit::new(2, anyhow!("no reachable host has a container named {container}; `tern ps` lists them"))),
+        _ => return Err(Exit::new(2, anyhow!("{container} exists on several hosts"))),
+    };
+    if host == on {
+        return Err(Exit::new(2, anyhow!("{container} runs on {on}: a standby is kept on another host, one that survives the loss of {on}")));
+    }
+    session(cluster, on).map_err(|e| Exit::new(1, e))?;
+    let spec =
+        StandbySpec { container: container.to_string(), store: peer(inv, on).map_err(|e| Exit::new(2, e))?, every_secs: every.as_secs(), keep };
+    cp::check_standby(&spec).map_err(|e| Exit::new(2, anyhow!(e)))?;
+    let v = standby_order(session(cluster, &host)?, StandbyOrder::Set(spec)).await.map_err(|e| anyhow!("{host}: {e:#}"))?;
+    let view = StandbyView { standbys: standby_rows(&host, v), unreachable: Vec::new() };
+    if !ctx.json {
+        println!(
+            "{container} on {host}: a checkpoint every {} s kept on {on} (the latest {keep}), the first now; after the first, only what changed crosses. If {host} is lost: `tern restore <latest> --on {on} --host-lost` (`tern checkpoint ls` names it)",
+            every.as_secs()
+        );
+    }
+    Ok(ctx.doc(&view))
+}
+
+/// `tern standby ls` and `tern standby stop CONTAINER`.
+pub async fn standby_list(ctx: &Ctx, cluster: &Cluster, stop: Option<&str>) -> Done {
+    let mut view = StandbyView { standbys: Vec::new(), unreachable: Vec::new() };
+    for h in &cluster.hosts {
+        let name = h.entry.name.clone();
+        match &h.state {
+            Err(e) => view.unreachable.push((name, e.clone())),
+            Ok(s) => match standby_order(&s.session, StandbyOrder::List).await {
+                Ok(v) => view.standbys.extend(standby_rows(&name, v)),
+                Err(e) => view.unreachable.push((name, format!("{e:#}"))),
+            },
+        }
+    }
+    if let Some(c) = stop {
+        let host = match view.standbys.iter().find(|r| r.container == c) {
+            Some(r) => r.host.clone(),
+            None => return Err(Exit::new(2, anyhow!("no reachable host keeps a standby of {c}")).with(&view)),
+        };
+        let gone =
+            standby_order(session(cluster, &host)?, StandbyOrder::Stop { container: c.to_string() }).await.map_err(|e| anyhow!("{host}: {e:#}"))?;
+        view.standbys = standby_rows(&host, gone);
+        if !ctx.json {
+            println!("{c}'s standby on {host} is stopped; its checkpoints stay where they are (`tern checkpoint ls`)");
+        }
+        return Ok(ctx.doc(&view));
+    }
+    if !ctx.json {
+        for (h, e) in &view.unreachable {
+            eprintln!("tern: {h} did not answer: {e}");
+        }
+        if view.standbys.is_empty() {
+            println!("no standby is set");
+        }
+        let now = now_unix();
+        let rows: Vec<Vec<String>> = view
+            .standbys
+            .iter()
+            .map(|r| {
+                let last = r.last.as_ref().map_or("-".to_string(), |l| {
+                    format!("{} ago, {} sent of {}", age(now.saturating_sub(l.at_unix)), output::bytes(l.wire_bytes), output::bytes(l.bytes))
+                });
+                let state = r.failing.as_ref().map_or("ok".to_string(), |(at, why)| format!("FAILING {} ago: {why}", age(now.saturating_sub(*at))));
+                vec![r.container.clone(), r.host.clone(), r.store.clone(), format!("{} s", r.every_secs), r.keep.to_string(), last, state]
+            })
+            .collect();
+        if !rows.is_empty() {
+            print!("{}", output::table(&["container", "on", "kept on", "every", "keep", "last", "state"], &rows));
+        }
     }
     Ok(ctx.doc(&view))
 }

@@ -131,6 +131,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CheckpointCmd,
     },
+    /// Checkpoints of a container taken on a schedule by its host's agent
+    /// and kept on another host, so that it can be brought back there when
+    /// its host is lost (`tern restore LATEST --on HOST --host-lost`), as
+    /// of its latest checkpoint. After the first, only what changed
+    /// crosses. `tern standby ls` shows them, `tern standby stop C` ends one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Standby {
+        #[command(subcommand)]
+        cmd: Option<StandbyCmd>,
+        /// The container.
+        #[arg(required = true)]
+        container: Option<String>,
+        /// The host whose store keeps the checkpoints.
+        #[arg(long, required = true)]
+        on: Option<String>,
+        /// How often (e.g. 30s, 5m, 1h; at least 10s).
+        #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, required = true)]
+        every: Option<std::time::Duration>,
+        /// How many of the latest the store keeps.
+        #[arg(long, default_value_t = 3)]
+        keep: u32,
+    },
     /// Restore a stored checkpoint on a host: as the container it was
     /// (refused while that container runs anywhere), or as one or more
     /// replicas under new names, with new IDs and addresses. Checked as a
@@ -369,6 +391,15 @@ struct ForceArgs {
 /// says why not, or which can.
 fn force_field(s: &str) -> Result<tern_proto::compat::ForceField, String> {
     s.parse()
+}
+
+#[derive(Subcommand)]
+enum StandbyCmd {
+    /// Every standby of every host: when the last checkpoint was stored,
+    /// what crossed for it, and whether the last attempt failed.
+    Ls,
+    /// End a container's standby; its checkpoints stay in the store.
+    Stop { container: String },
 }
 
 #[derive(Subcommand)]
@@ -616,6 +647,15 @@ async fn run(cli: Cli) -> Done {
                 CheckpointCmd::Ls => checkpoint::ls(&ctx, &cluster).await,
                 CheckpointCmd::Inspect { name, store } => checkpoint::inspect(&ctx, &cluster, &name, store.as_deref()).await,
                 CheckpointCmd::Rm { name, store } => checkpoint::rm(&ctx, &cluster, &name, store.as_deref()).await,
+            }
+        }
+        Cmd::Standby { cmd, container, on, every, keep } => {
+            let (inv, cluster) = survey(&ctx).await?;
+            match (cmd, container, on, every) {
+                (Some(StandbyCmd::Ls), ..) => checkpoint::standby_list(&ctx, &cluster, None).await,
+                (Some(StandbyCmd::Stop { container }), ..) => checkpoint::standby_list(&ctx, &cluster, Some(&container)).await,
+                (None, Some(c), Some(on), Some(every)) => checkpoint::standby_set(&ctx, &inv, &cluster, &c, &on, every, keep).await,
+                _ => Err(Exit::new(2, anyhow!("tern standby CONTAINER --on HOST --every INTERVAL [--keep N], or tern standby ls|stop"))),
             }
         }
         Cmd::Restore { checkpoint: name, on, names, store, host_lost } => {

@@ -62,6 +62,97 @@ pub struct StoredCheckpoint {
     pub file_locks: bool,
     /// The container kept running after the dump (else it was stopped).
     pub left_running: bool,
+    /// Taken by a standby schedule that keeps this many of the container's
+    /// latest: the store drops the older ones of the series as each new one
+    /// arrives ([`beyond_keep`]).
+    pub standby_keep: Option<u32>,
+}
+
+/// `Request::CheckpointPut`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutCheckpoint {
+    pub checkpoint: StoredCheckpoint,
+    /// A checkpoint the sender believes the store holds: if it does (same
+    /// name and digest), the archive comes as delta records against its
+    /// pages, and only what changed crosses.
+    pub base: Option<BaseRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub name: String,
+    pub digest: [u8; 32],
+}
+
+/// A container's standby: checkpoints taken on a schedule by the agent of
+/// the container's host and kept by another host's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbySpec {
+    pub container: String,
+    /// The store that keeps them.
+    pub store: Peer,
+    pub every_secs: u64,
+    /// How many of the latest the store keeps.
+    pub keep: u32,
+}
+
+/// What the coordinator asks of a host's standby schedules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StandbyOrder {
+    Invalid,
+    /// Start (or change) the schedule of a container of this host; its
+    /// first checkpoint is taken at once.
+    Set(StandbySpec),
+    /// End a container's schedule (its checkpoints stay in the store).
+    Stop {
+        container: String,
+    },
+    /// Every schedule of this host.
+    List,
+}
+
+/// How one standby schedule stands, on the container's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    pub spec: StandbySpec,
+    /// The last checkpoint that reached the store.
+    pub last: Option<StandbyRun>,
+    /// The last failure, if the last attempt failed: when, and why.
+    pub failing: Option<(u64, String)>,
+    /// Seconds until the next checkpoint.
+    pub next_in_secs: u64,
+}
+
+/// One checkpoint of a standby schedule, stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyRun {
+    pub name: String,
+    pub at_unix: u64,
+    /// The archive's size.
+    pub bytes: u64,
+    /// Bytes on the wire for it: less than `bytes` where the store held
+    /// the previous one, and only what changed since crossed.
+    pub wire_bytes: u64,
+    /// Pages of the previous checkpoint the store reused.
+    pub pages_reused: u64,
+    /// From the dump until the store had it.
+    pub ms: u64,
+}
+
+/// The shortest standby interval.
+pub const MIN_STANDBY_SECS: u64 = 10;
+/// The most checkpoints a standby keeps.
+pub const MAX_STANDBY_KEEP: u32 = 100;
+
+/// Why a standby schedule cannot be set.
+pub fn check_standby(spec: &StandbySpec) -> Result<(), String> {
+    if spec.every_secs < MIN_STANDBY_SECS {
+        return Err(format!("a standby checkpoints at most every {MIN_STANDBY_SECS} s, not every {} s", spec.every_secs));
+    }
+    if spec.keep == 0 || spec.keep > MAX_STANDBY_KEEP {
+        return Err(format!("a standby keeps 1 to {MAX_STANDBY_KEEP} checkpoints, not {}", spec.keep));
+    }
+    Ok(())
 }
 
 /// What a checkpoint holds, counted from CRIU's images in its archive.
@@ -91,12 +182,19 @@ pub enum CheckpointRequest {
     /// Every checkpoint in this host's store.
     List,
     /// Remove a checkpoint from this host's store.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     /// Put a checkpoint of this host's store into another host's store
     /// (`CheckpointPut` to it); this store keeps its own.
-    Send { name: String, to: Peer },
+    Send {
+        name: String,
+        to: Peer,
+    },
     /// Restore a checkpoint of this host's store here.
     Restore(RestoreCheckpoint),
+    /// This host's standby schedules: answer with [`crate::Response::Standby`].
+    Standby(StandbyOrder),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +428,17 @@ mod tests {
     }
 
     #[test]
+    fn standby_intervals_and_counts_are_bounded() {
+        let p = Peer { name: "b".into(), address: "192.0.2.1:7000".into() };
+        let spec = |every_secs, keep| StandbySpec { container: "c".into(), store: p.clone(), every_secs, keep };
+        assert!(check_standby(&spec(10, 1)).is_ok());
+        assert!(check_standby(&spec(3600, MAX_STANDBY_KEEP)).is_ok());
+        assert!(check_standby(&spec(9, 3)).unwrap_err().contains("every 9 s"));
+        assert!(check_standby(&spec(60, 0)).is_err());
+        assert!(check_standby(&spec(60, MAX_STANDBY_KEEP + 1)).is_err());
+    }
+
+    #[test]
     fn keeping_n_drops_the_oldest_of_the_selection_only() {
         let facts = crate::compat::tests::facts();
         let cp = |name: &str, t: u64, c: &str| StoredCheckpoint {
@@ -344,6 +453,7 @@ mod tests {
             tcp_established: false,
             file_locks: false,
             left_running: true,
+            standby_keep: None,
         };
         let all = vec![cp("a3", 30, "a"), cp("a1", 10, "a"), cp("b1", 5, "b"), cp("a2", 20, "a")];
         let of_a = |c: &StoredCheckpoint| c.container.name == "a";

@@ -101,12 +101,14 @@ pub enum Request {
     /// [`Response::RestoredAs`] to a restore.
     Checkpoint(crate::checkpoint::CheckpointRequest),
     /// Put a checkpoint into this host's store (agent to agent): the store
-    /// answers [`Response::CheckpointReady`] (or an error), then the image
-    /// if it asked for it and exactly `bytes` bytes of the archive follow
-    /// on the stream, which the store checks against `digest` before it
-    /// keeps them. Then answer with [`Response::Checkpoints`] (the
+    /// answers [`Response::CheckpointReady`] (or an error); the image
+    /// follows on this stream if it asked for it, then the archive on a
+    /// data stream of its own (`DataKind::Checkpoint`, or
+    /// `CheckpointDelta` against the base the store said it holds), which
+    /// the store checks against the announced size and digest before it
+    /// keeps it. Then answer with [`Response::Checkpoints`] (the
     /// checkpoint as stored here).
-    CheckpointPut(crate::checkpoint::StoredCheckpoint),
+    CheckpointPut(crate::checkpoint::PutCheckpoint),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,13 +275,18 @@ pub enum Response {
     Checkpoints(Vec<crate::checkpoint::StoredCheckpoint>),
     /// The containers a checkpoint's restore made, running.
     RestoredAs(Vec<crate::checkpoint::RestoredContainer>),
-    /// A store will take the checkpoint a `CheckpointPut` announced; it
-    /// lacks the container's image and asks for it first. The sender then
-    /// writes the image archive's length (u64, little-endian; 0 for none),
-    /// the image archive, and the checkpoint's archive.
+    /// A store will take the checkpoint a `CheckpointPut` announced. The
+    /// sender then writes on the request's stream the image archive's
+    /// length (u64, little-endian; 0 for none) and, if the store
+    /// `needs_image` (it lacks the container's), the image archive.
     CheckpointReady {
         needs_image: bool,
+        /// It holds the base the sender named: delta records may refer to
+        /// its pages.
+        base_ok: bool,
     },
+    /// A host's standby schedules, after the order.
+    Standby(Vec<crate::checkpoint::StandbyStatus>),
 }
 
 /// An error the remote side reports instead of an answer.

@@ -2022,7 +2022,10 @@ fn scenario_checkpoints() -> Result<()> {
     for rep in reps {
         let v = count("client2", rep)?;
         let now = count("client1", name)?;
-        ensure!(v >= c_before && v <= now, "{rep} counts {v}: not from the checkpoint (taken between {c_before} and {c_after}; the source is at {now})");
+        ensure!(
+            v >= c_before && v <= now,
+            "{rep} counts {v}: not from the checkpoint (taken between {c_before} and {c_after}; the source is at {now})"
+        );
         count_reaches("client2", rep, v + 5)?;
         ensure!(top("client2", rep)? == pids, "{rep}'s processes are not the checkpoint's");
         let id = inspect("client2", rep)?.context("replica gone")?["Id"].as_str().unwrap_or_default().to_string();
@@ -2077,4 +2080,83 @@ fn scenario_checkpoints() -> Result<()> {
 fn checkpoint_kept_elsewhere_restores_as_replicas_and_as_itself_and_a_damaged_one_is_refused() {
     let _lab = lab_guard();
     scenario_checkpoints().unwrap();
+}
+
+/// A standby of a memhog on client1, kept on client2: after the first
+/// checkpoint only what changed crosses; then client1 is lost (its agent
+/// killed, its container gone) and the container is brought back on
+/// client2 from the latest checkpoint, no older than the interval, with
+/// every page right.
+fn scenario_standby() -> Result<()> {
+    let name = "e2e-standby";
+    remove_everywhere(name);
+    for c in stored_names(name)? {
+        let _ = tern_json(&["checkpoint", "rm", &c]);
+    }
+    // 64 MiB, 1 MiB of it rewritten per second.
+    start_memhog("client1", name, 64, 1)?;
+    let every = 10u64;
+    let r = tern_json(&["standby", name, "--on", "client2", "--every", "10s", "--keep", "2"])?;
+    ensure!(r.code == 0, "tern standby failed: {}", r.all);
+    // Three checkpoints: one whole, then two that ship only what changed.
+    let runs = wait_until(Duration::from_secs(90), "three standby checkpoints", || {
+        let r = tern_json(&["standby", "ls"])?;
+        let row = r.json["standbys"].as_array().and_then(|v| v.iter().find(|s| s["container"] == name).cloned()).context("no standby row")?;
+        ensure!(row["failing"].is_null(), "the standby fails: {row}");
+        let stored = stored_names(name)?;
+        Ok((stored.len() >= 2 && row["last"]["pages_reused"].as_u64() > Some(0)).then_some((row, stored)))
+    })?;
+    let (row, stored) = runs;
+    let (bytes, wire) = (row["last"]["bytes"].as_u64().unwrap_or(0), row["last"]["wire_bytes"].as_u64().unwrap_or(u64::MAX));
+    eprintln!("standby: a checkpoint of {bytes} bytes crossed as {wire} bytes against the previous one");
+    ensure!(wire < bytes / 2, "an incremental checkpoint sent {wire} of {bytes} bytes");
+    ensure!(stored.len() <= 2, "the store keeps 2, it holds {stored:?}");
+
+    // The host is lost right after a checkpoint landed: agent and container.
+    let t_last = row["last"]["at_unix"].as_u64().context("no time")?;
+    kill_agent("client1")?;
+    ok(&mut podman("client1", &["rm", "-f", "-t", "0", name]))?;
+    let lost_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let latest = stored_names(name)?.pop().context("no checkpoint")?;
+    let r = tern_json(&["checkpoint", "inspect", &latest])?;
+    let created = r.json["created_unix"].as_u64().context("no created_unix")?;
+    ensure!(created >= t_last, "the latest stored is older than the last the standby reported");
+    ensure!(lost_at.saturating_sub(created) <= every + 5, "the latest checkpoint is {} s older than the loss", lost_at - created);
+    let r = tern_json(&["restore", &latest, "--on", "client2"])?;
+    ensure!(r.code == 3 && r.all.contains("--host-lost"), "with client1 silent, a restore as itself must ask for --host-lost: {}", r.all);
+    let r = tern_json(&["restore", &latest, "--on", "client2", "--host-lost"])?;
+    ensure!(r.code == 0, "restore after the host's loss failed: {}", r.all);
+    let c = count("client2", name)?;
+    count_reaches("client2", name, c + 3)?;
+    memory_intact("client2", name)?;
+
+    restart_agent("client1", "")?;
+    let r = tern_json(&["standby", "stop", name])?;
+    ensure!(r.code == 0, "{}", r.all);
+    remove_everywhere(name);
+    for c in stored_names(name)? {
+        let _ = tern_json(&["checkpoint", "rm", &c]);
+    }
+    Ok(())
+}
+
+/// The checkpoints of `container` in every store, oldest first.
+fn stored_names(container: &str) -> Result<Vec<String>> {
+    let r = tern_json(&["checkpoint", "ls"])?;
+    let mut v: Vec<(u64, String)> = r.json["checkpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["container"] == container)
+        .map(|c| (c["created_unix"].as_u64().unwrap_or(0), c["name"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    v.sort();
+    Ok(v.into_iter().map(|(_, n)| n).collect())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn standby_ships_only_what_changed_and_brings_the_container_back_after_its_host_is_lost() {
+    let _lab = lab_guard();
+    scenario_standby().unwrap();
 }
