@@ -344,7 +344,7 @@ pub fn as_restored(c: &ContainerInfo, as_name: Option<&str>) -> ContainerInfo {
 
 /// The checkpoints of a store to drop so that `keep` remain: the oldest
 /// first, by creation time (names break ties), among those `of` selects.
-pub fn beyond_keep<'a>(all: &'a [StoredCheckpoint], keep: usize, of: impl Fn(&StoredCheckpoint) -> bool) -> Vec<&'a StoredCheckpoint> {
+pub fn beyond_keep(all: &[StoredCheckpoint], keep: usize, of: impl Fn(&StoredCheckpoint) -> bool) -> Vec<&StoredCheckpoint> {
     let mut mine: Vec<&StoredCheckpoint> = all.iter().filter(|c| of(c)).collect();
     mine.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
     let extra = mine.len().saturating_sub(keep);

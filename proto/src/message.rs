@@ -108,7 +108,7 @@ pub enum Request {
     /// the store checks against the announced size and digest before it
     /// keeps it. Then answer with [`Response::Checkpoints`] (the
     /// checkpoint as stored here).
-    CheckpointPut(crate::checkpoint::PutCheckpoint),
+    CheckpointPut(Box<crate::checkpoint::PutCheckpoint>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use tern_proto::checkpoint as cp;
 use tern_proto::compat::{Finding, Severity};
 use tern_proto::facts::{Attachment, Capability, CgroupsVersion, ContainerInfo, Cordon, HostFacts, HostStatus, PublishedPort, TcpConnection, Volume};
 use tern_proto::policy::{OnTimeout, PolicyConfig};
@@ -259,7 +260,88 @@ pub fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|id| Request::Pages { id }),
         (proptest::option::of(text()), select(vec![PostCopyAction::Invalid, PostCopyAction::Status, PostCopyAction::Resume, PostCopyAction::GiveUp]))
             .prop_map(|(container, action)| Request::PostCopy(PostCopyRequest { container, action })),
+        checkpoint_request().prop_map(Request::Checkpoint),
+        (stored_checkpoint(), proptest::option::of((text(), any::<[u8; 32]>()))).prop_map(|(checkpoint, base)| Request::CheckpointPut(Box::new(
+            cp::PutCheckpoint { checkpoint, base: base.map(|(name, digest)| cp::BaseRef { name, digest }) }
+        ))),
     ]
+}
+
+pub fn stored_checkpoint() -> impl Strategy<Value = cp::StoredCheckpoint> {
+    let content = (any::<u32>(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+        |(processes, threads, memory_bytes, tcp_connections, files_bytes, images_bytes)| cp::Content {
+            processes,
+            threads,
+            memory_bytes,
+            tcp_connections,
+            files_bytes,
+            images_bytes,
+        },
+    );
+    let flags = (any::<bool>(), any::<bool>(), any::<bool>(), proptest::option::of(any::<u32>()));
+    (text(), container(), text(), host_facts(), any::<u64>(), any::<u64>(), any::<[u8; 32]>(), content, flags).prop_map(
+        |(name, container, taken_on, facts, created_unix, bytes, digest, content, (tcp_established, file_locks, left_running, standby_keep))| {
+            cp::StoredCheckpoint {
+                name,
+                container,
+                taken_on,
+                facts,
+                created_unix,
+                bytes,
+                digest,
+                content,
+                tcp_established,
+                file_locks,
+                left_running,
+                standby_keep,
+            }
+        },
+    )
+}
+
+fn standby_spec() -> impl Strategy<Value = cp::StandbySpec> {
+    (text(), peer(), any::<u64>(), any::<u32>()).prop_map(|(container, store, every_secs, keep)| cp::StandbySpec {
+        container,
+        store,
+        every_secs,
+        keep,
+    })
+}
+
+pub fn checkpoint_request() -> impl Strategy<Value = cp::CheckpointRequest> {
+    let create = (text(), proptest::option::of(text()), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(container, name, leave_running, tcp_established, file_locks)| cp::CreateCheckpoint {
+            container,
+            name,
+            leave_running,
+            tcp_established,
+            file_locks,
+        },
+    );
+    let restore =
+        (text(), any::<[u8; 32]>(), vec(text(), 0..3)).prop_map(|(name, digest, as_names)| cp::RestoreCheckpoint { name, digest, as_names });
+    let standby = prop_oneof![
+        Just(cp::StandbyOrder::Invalid),
+        standby_spec().prop_map(cp::StandbyOrder::Set),
+        text().prop_map(|container| cp::StandbyOrder::Stop { container }),
+        Just(cp::StandbyOrder::List),
+    ];
+    prop_oneof![
+        Just(cp::CheckpointRequest::Invalid),
+        create.prop_map(cp::CheckpointRequest::Create),
+        Just(cp::CheckpointRequest::List),
+        text().prop_map(|name| cp::CheckpointRequest::Remove { name }),
+        (text(), peer()).prop_map(|(name, to)| cp::CheckpointRequest::Send { name, to }),
+        restore.prop_map(cp::CheckpointRequest::Restore),
+        standby.prop_map(cp::CheckpointRequest::Standby),
+    ]
+}
+
+fn standby_status() -> impl Strategy<Value = cp::StandbyStatus> {
+    let run = (text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+        .prop_map(|(name, at_unix, bytes, wire_bytes, pages_reused, ms)| cp::StandbyRun { name, at_unix, bytes, wire_bytes, pages_reused, ms });
+    (standby_spec(), proptest::option::of(run), proptest::option::of((any::<u64>(), text())), any::<u64>())
+        .prop_map(|(spec, last, failing, next_in_secs)| cp::StandbyStatus { spec, last, failing, next_in_secs })
 }
 
 fn fill_status() -> impl Strategy<Value = FillStatus> {
@@ -302,6 +384,11 @@ pub fn response() -> impl Strategy<Value = Response> {
         })),
         text().prop_map(|message| Response::Error(RemoteError { message })),
         vec(fill_status(), 0..3).prop_map(Response::PostCopy),
+        vec(stored_checkpoint(), 0..2).prop_map(Response::Checkpoints),
+        vec((text(), text(), vec(ip(), 0..2), any::<u64>()), 0..3)
+            .prop_map(|v| Response::RestoredAs(v.into_iter().map(|(name, id, ips, ms)| cp::RestoredContainer { name, id, ips, ms }).collect())),
+        (any::<bool>(), any::<bool>()).prop_map(|(needs_image, base_ok)| Response::CheckpointReady { needs_image, base_ok }),
+        vec(standby_status(), 0..2).prop_map(Response::Standby),
     ]
 }
 
