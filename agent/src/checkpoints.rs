@@ -265,6 +265,10 @@ pub async fn handle(agent: &Agent, req: CheckpointRequest) -> anyhow::Result<Res
         CheckpointRequest::List => Response::Checkpoints(store.list()),
         CheckpointRequest::Remove { name } => Response::Checkpoints(vec![store.remove(&name)?]),
         CheckpointRequest::Send { name, to } => Response::Checkpoints(vec![send_to(agent, &store, &name, &to, None).await?.0]),
+        CheckpointRequest::Room { bytes } => {
+            store.ensure_room(bytes)?;
+            Response::Checkpoints(Vec::new())
+        }
         CheckpointRequest::Standby(order) => Response::Standby(agent.standby.order(agent, order).await?),
         CheckpointRequest::Restore(r) => Response::RestoredAs(restore(agent, &store, r).await?),
         CheckpointRequest::Invalid => anyhow::bail!("an invalid checkpoint request"),

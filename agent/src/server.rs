@@ -382,6 +382,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_proto::checkpoint::CheckpointRequest;
 
     #[test]
     fn only_the_coordinator_drives_and_only_hosts_talk_agent_to_agent() {
@@ -398,6 +399,16 @@ mod tests {
             Request::Cordon(tern_proto::CordonRequest { cordon: Some("maintenance".into()) }),
             Request::Cordon(tern_proto::CordonRequest { cordon: None }),
             Request::Evacuation(tern_proto::EvacuationRequest { forget: vec!["1".into()] }),
+            // A host may put bytes into another's store, never have it
+            // restore, list, remove or send what it keeps.
+            Request::Checkpoint(CheckpointRequest::List),
+            Request::Checkpoint(CheckpointRequest::Remove { name: "x".into() }),
+            Request::Checkpoint(CheckpointRequest::Restore(tern_proto::checkpoint::RestoreCheckpoint {
+                name: "x".into(),
+                digest: [0; 32],
+                as_names: vec![],
+            })),
+            Request::Checkpoint(CheckpointRequest::Standby(tern_proto::checkpoint::StandbyOrder::List)),
         ] {
             assert!(authorize(&r, &coordinator, "a").is_ok());
             let e = authorize(&r, &host, "a").unwrap_err();

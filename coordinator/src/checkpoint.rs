@@ -149,7 +149,14 @@ pub async fn create(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &s
     let store = req.store.clone().unwrap_or_else(|| host.clone());
     let store_peer = peer(inv, &store).map_err(|e| Exit::new(2, e))?;
     if store != host {
-        session(cluster, &store).map_err(|e| Exit::new(1, e))?;
+        // The store says whether it has the room before anything is dumped.
+        let c = hosts[0].state.as_ref().ok().and_then(|s| s.containers.iter().find(|c| c.name == container));
+        let need = c.map_or(0, |c| c.memory_bytes + c.files_bytes);
+        let s = session(cluster, &store).map_err(|e| Exit::new(1, e))?;
+        match ask(s, CheckpointRequest::Room { bytes: need }, Duration::from_secs(30)).await {
+            Ok(_) => {}
+            Err(e) => return Err(Exit::new(1, anyhow!("{store}: {e:#}; nothing was dumped"))),
+        }
     }
     let t0 = Instant::now();
     if !ctx.json && !ctx.quiet {
@@ -178,6 +185,15 @@ pub async fn create(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &s
                     eprintln!("tern: {} is stored on {store}, but removing the copy on {host} failed: {e:#}", made.name);
                 }
                 made = m;
+            }
+            // Running on, the container lost nothing: the copy goes. Stopped
+            // by the dump, it stays where it is, with its checkpoint.
+            Err(e) if req.leave_running => {
+                let _ = stored(s, CheckpointRequest::Remove { name: made.name.clone() }, SLOW).await;
+                return Err(Exit::new(
+                    1,
+                    anyhow!("sending {} to {store} failed: {e:#}; nothing is stored, and {container} runs on on {host}", made.name),
+                ));
             }
             Err(e) => {
                 return Err(Exit::new(1, anyhow!("{} was taken and kept on {host}, but sending it to {store} failed: {e:#}", made.name)));

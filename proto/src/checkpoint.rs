@@ -195,6 +195,12 @@ pub enum CheckpointRequest {
     Restore(RestoreCheckpoint),
     /// This host's standby schedules: answer with [`crate::Response::Standby`].
     Standby(StandbyOrder),
+    /// Could this store take a checkpoint of about `bytes`? Asked before a
+    /// dump whose checkpoint goes elsewhere: an empty list if so, else an
+    /// error that says how much room it has.
+    Room {
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2160,3 +2160,45 @@ fn standby_ships_only_what_changed_and_brings_the_container_back_after_its_host_
     let _lab = lab_guard();
     scenario_standby().unwrap();
 }
+
+/// A store without room for a checkpoint says so before anything is
+/// dumped, naming the way out, and what it holds stays whole: client2's
+/// store is a 70 MiB tmpfs (a store keeps 64 MiB free beyond a checkpoint).
+fn scenario_store_full() -> Result<()> {
+    let (small, big) = ("e2e-store-small", "e2e-store-big");
+    let dir = "/var/lib/tern-lab/client2/agent/checkpoints";
+    for c in [small, big, "e2e-store-r"] {
+        remove_everywhere(c);
+    }
+    let _ = tern_json(&["checkpoint", "rm", "e2e-small-1"]);
+    ok(&mut lab(&["exec", "client2", "mkdir", "-p", dir]))?;
+    ok(&mut lab(&["exec", "client2", "mount", "-t", "tmpfs", "-o", "size=70m", "tern-e2e-store", dir]))?;
+    let r = (|| -> Result<()> {
+        start_counter("client1", small)?;
+        count_reaches("client1", small, 10)?;
+        let r = tern_json(&["checkpoint", "create", small, "--name", "e2e-small-1", "--store", "client2"])?;
+        ensure!(r.code == 0, "a small checkpoint fits: {}", r.all);
+        start_memhog("client1", big, 16, 1)?;
+        let r = tern_json(&["checkpoint", "create", big, "--store", "client2"])?;
+        ensure!(r.code == 1 && r.all.contains("tern checkpoint rm") && r.all.contains("bytes free"), "a full store must say so: {}", r.all);
+        ensure!(state("client1", big)?.as_deref() == Some("running"), "the container stopped for a checkpoint that failed");
+        ensure!(stored_names(big)?.is_empty(), "a checkpoint that did not fit is listed");
+        let r = tern_json(&["restore", "e2e-small-1", "--on", "client2", "--name", "e2e-store-r"])?;
+        ensure!(r.code == 0, "the checkpoint already stored must still restore: {}", r.all);
+        count("client2", "e2e-store-r")?;
+        Ok(())
+    })();
+    for c in [small, big, "e2e-store-r"] {
+        remove_everywhere(c);
+    }
+    let _ = tern_json(&["checkpoint", "rm", "e2e-small-1"]);
+    ok(&mut lab(&["exec", "client2", "umount", dir]))?;
+    r
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn a_full_store_refuses_before_the_dump_and_keeps_what_it_holds() {
+    let _lab = lab_guard();
+    scenario_store_full().unwrap();
+}

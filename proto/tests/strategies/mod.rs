@@ -334,6 +334,7 @@ pub fn checkpoint_request() -> impl Strategy<Value = cp::CheckpointRequest> {
         (text(), peer()).prop_map(|(name, to)| cp::CheckpointRequest::Send { name, to }),
         restore.prop_map(cp::CheckpointRequest::Restore),
         standby.prop_map(cp::CheckpointRequest::Standby),
+        any::<u64>().prop_map(|bytes| cp::CheckpointRequest::Room { bytes }),
     ]
 }
 
