@@ -17,7 +17,10 @@
 
 use crate::context::Agent;
 use crate::engine::CheckpointOpts;
+pub mod standby;
+
 use crate::pages::{PageIndex, PageOffsets, PageStore};
+use crate::standby::Base;
 use crate::target::archive::{receive_records, ArchiveOut};
 use crate::transfer::{self, Encoding, StreamLimits, Wire};
 use std::io::Read;
@@ -269,7 +272,7 @@ pub async fn handle(agent: &Agent, req: CheckpointRequest) -> anyhow::Result<Res
             store.ensure_room(bytes)?;
             Response::Checkpoints(Vec::new())
         }
-        CheckpointRequest::Standby(order) => Response::Standby(agent.standby.order(agent, order).await?),
+        CheckpointRequest::Standby(o) => Response::Standby(standby::order(agent, o).await?),
         CheckpointRequest::Restore(r) => Response::RestoredAs(restore(agent, &store, r).await?),
         CheckpointRequest::Invalid => anyhow::bail!("an invalid checkpoint request"),
     })
@@ -331,14 +334,6 @@ pub async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint, standby
     store.keep(staging, &meta)?;
     tracing::info!(name = %meta.name, ms = dumped.as_millis() as u64, "checkpointed {}", meta.container.name);
     Ok(meta)
-}
-
-/// A checkpoint the store of a peer holds, with its page hashes here: the
-/// next one sent there crosses as delta records against it.
-pub struct Base {
-    pub name: String,
-    pub digest: [u8; 32],
-    pub index: Arc<PageIndex>,
 }
 
 /// What a send to another store cost.
@@ -635,6 +630,18 @@ async fn restore(agent: &Agent, store: &Store, req: RestoreCheckpoint) -> anyhow
             c.image,
             &c.image_id[..c.image_id.len().min(12)]
         );
+    }
+    if req.replace {
+        for n in if req.as_names.is_empty() { vec![c.name.clone()] } else { req.as_names.clone() } {
+            match engine.inspect(&n).await? {
+                Some(old) if old.is_running() => anyhow::bail!("{n} runs on {host}: --replace replaces only a stopped container"),
+                Some(_) => {
+                    engine.remove(&n, false).await?;
+                    tracing::info!(name = %n, "removed the stopped container a restore replaces");
+                }
+                None => {}
+            }
+        }
     }
     let folder = engine.bundle_dir(&c.id).await?;
     let paths = crate::target::admission::host_paths(engine, c, &folder).await;

@@ -76,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Arc::new(context::Agent::new(cfg, ports, endpoint));
     // Containers a predecessor left frozen mid-migration.
     tokio::spawn(tern_agent::recovery::recover(agent.clone()));
-    tokio::spawn(tern_agent::standby::run(agent.clone()));
+    tokio::spawn(tern_agent::checkpoints::standby::run(agent.clone()));
     // Listening: systemd may start what comes after the agent.
     tern_agent::notify::notify("READY=1\nSTATUS=serving");
     // The last stop evacuated this host: its containers come back.

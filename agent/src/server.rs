@@ -407,6 +407,7 @@ mod tests {
                 name: "x".into(),
                 digest: [0; 32],
                 as_names: vec![],
+                replace: false,
             })),
             Request::Checkpoint(CheckpointRequest::Standby(tern_proto::checkpoint::StandbyOrder::List)),
         ] {

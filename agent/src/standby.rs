@@ -1,25 +1,27 @@
-//! Standby: checkpoints of a container taken on a schedule by the agent of
-//! its host and kept by another host's store, so that the container can be
-//! brought back there (`tern restore --host-lost`) when its host is lost,
-//! as of its latest checkpoint.
-//!
-//! The schedules are this agent's (`<state_dir>/standby.json`, written
-//! atomically): they survive restarts of the agent and need no terminal.
-//! Each tick dumps the container while it runs on (paused only while CRIU
-//! dumps), sends the checkpoint to the store and drops the local copy. The
-//! page hashes of what the store last took stay here: the next checkpoint
-//! crosses as delta records against it (the content-addressed pre-copy's
-//! encoding), so only what changed since crosses. The store keeps the
-//! `keep` latest of the series and drops older ones as new ones arrive.
-//! After a restart of this agent the first checkpoint is sent whole.
+//! Standby schedules: checkpoints of a container taken on a schedule by
+//! the agent of its host and kept by another host's store, so that the
+//! container can be brought back there (`tern restore --host-lost`) when
+//! its host is lost, as of its latest checkpoint. This is the registry:
+//! the schedules (`<state_dir>/standby.json`, written atomically, so they
+//! survive restarts of the agent and need no terminal), how each went, and
+//! the page hashes of what its store last took (the next checkpoint
+//! crosses as delta records against it). What a tick does is
+//! `checkpoints/standby.rs`.
 
-use crate::checkpoints::{self, Base, Store};
-use crate::context::Agent;
 use crate::durable::write_atomic;
+use crate::pages::PageIndex;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tern_proto::checkpoint::{self as cp, CreateCheckpoint, StandbyOrder, StandbyRun, StandbySpec, StandbyStatus};
+use tern_proto::checkpoint::{StandbyRun, StandbySpec, StandbyStatus};
+
+/// A checkpoint the store of a peer holds, with its page hashes here: the
+/// next one sent there crosses as delta records against it.
+pub struct Base {
+    pub name: String,
+    pub digest: [u8; 32],
+    pub index: Arc<PageIndex>,
+}
 
 /// A schedule, with how it went.
 struct Entry {
@@ -68,7 +70,7 @@ impl Standby {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path(state_dir).display()))
     }
 
-    fn statuses(&self) -> Vec<StandbyStatus> {
+    pub fn statuses(&self) -> Vec<StandbyStatus> {
         let now = Instant::now();
         self.entries
             .lock()
@@ -83,51 +85,46 @@ impl Standby {
             .collect()
     }
 
-    /// `CheckpointRequest::Standby`.
-    pub async fn order(&self, agent: &Agent, order: StandbyOrder) -> anyhow::Result<Vec<StandbyStatus>> {
-        match order {
-            StandbyOrder::Set(spec) => {
-                cp::check_standby(&spec).map_err(anyhow::Error::msg)?;
-                anyhow::ensure!(spec.store.name != agent.cfg.name, "a standby is kept on another host than the container's");
-                match agent.engine.inspect(&spec.container).await? {
-                    Some(c) if c.is_running() => {}
-                    Some(c) => anyhow::bail!("{} is {} on {}: a standby is for a running container", c.name, c.state, agent.cfg.name),
-                    None => anyhow::bail!("no container named {} on {}", spec.container, agent.cfg.name),
-                }
-                {
-                    let mut entries = self.entries.lock().unwrap();
-                    match entries.iter_mut().find(|e| e.spec.container == spec.container) {
-                        // Another store: the hashes of the old one's last are no base there.
-                        Some(e) => {
-                            if e.spec.store != spec.store {
-                                e.base = None;
-                            }
-                            e.spec = spec.clone();
-                            e.due = Instant::now();
-                        }
-                        None => entries.push(Entry { spec: spec.clone(), due: Instant::now(), last: None, failing: None, base: None }),
+    /// Sets (or changes) a container's schedule; its first checkpoint is
+    /// due at once.
+    pub fn set(&self, state_dir: &Path, spec: StandbySpec) -> anyhow::Result<Vec<StandbyStatus>> {
+        {
+            let mut entries = self.entries.lock().unwrap();
+            match entries.iter_mut().find(|e| e.spec.container == spec.container) {
+                // Another store: the hashes of the old one's last are no base there.
+                Some(e) => {
+                    if e.spec.store != spec.store {
+                        e.base = None;
                     }
+                    e.spec = spec.clone();
+                    e.due = Instant::now();
                 }
-                self.save(&agent.cfg.state_dir)?;
-                tracing::info!(container = %spec.container, store = %spec.store.name, every_secs = spec.every_secs, keep = spec.keep, "standby set");
-                self.wake.notify_one();
-                Ok(self.statuses().into_iter().filter(|s| s.spec.container == spec.container).collect())
+                None => entries.push(Entry { spec: spec.clone(), due: Instant::now(), last: None, failing: None, base: None }),
             }
-            StandbyOrder::Stop { container } => {
-                let gone: Vec<StandbyStatus> = self.statuses().into_iter().filter(|s| s.spec.container == container).collect();
-                anyhow::ensure!(!gone.is_empty(), "{container} has no standby on {}", agent.cfg.name);
-                self.entries.lock().unwrap().retain(|e| e.spec.container != container);
-                self.save(&agent.cfg.state_dir)?;
-                tracing::info!(%container, "standby stopped; its checkpoints stay in the store");
-                Ok(gone)
-            }
-            StandbyOrder::List => Ok(self.statuses()),
-            StandbyOrder::Invalid => anyhow::bail!("an invalid standby order"),
         }
+        self.save(state_dir)?;
+        self.wake.notify_one();
+        Ok(self.statuses().into_iter().filter(|s| s.spec.container == spec.container).collect())
+    }
+
+    /// Ends a container's schedule: how it stood, or `None` if it had none.
+    pub fn stop(&self, state_dir: &Path, container: &str) -> anyhow::Result<Option<Vec<StandbyStatus>>> {
+        let gone: Vec<StandbyStatus> = self.statuses().into_iter().filter(|s| s.spec.container == container).collect();
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        self.entries.lock().unwrap().retain(|e| e.spec.container != container);
+        self.save(state_dir)?;
+        Ok(Some(gone))
+    }
+
+    /// Waits until a schedule is set or changed, or `wait` passes.
+    pub async fn sleep(&self, wait: Duration) {
+        let _ = tokio::time::timeout(wait, self.wake.notified()).await;
     }
 
     /// The next schedule due, if one is, and else how long until one is.
-    fn next_due(&self) -> Result<StandbySpec, Option<Duration>> {
+    pub fn next_due(&self) -> Result<StandbySpec, Option<Duration>> {
         let now = Instant::now();
         let entries = self.entries.lock().unwrap();
         match entries.iter().min_by_key(|e| e.due) {
@@ -137,12 +134,12 @@ impl Standby {
         }
     }
 
-    fn base_of(&self, container: &str) -> Option<Arc<Base>> {
+    pub fn base_of(&self, container: &str) -> Option<Arc<Base>> {
         self.entries.lock().unwrap().iter().find(|e| e.spec.container == container).and_then(|e| e.base.clone())
     }
 
     /// Records how a tick went, and when the next one is due.
-    fn done(&self, spec: &StandbySpec, r: Result<(StandbyRun, Arc<Base>), String>) {
+    pub fn done(&self, spec: &StandbySpec, r: Result<(StandbyRun, Arc<Base>), String>) {
         let mut entries = self.entries.lock().unwrap();
         // The schedule may have been stopped or changed meanwhile.
         let Some(e) = entries.iter_mut().find(|e| e.spec.container == spec.container) else { return };
@@ -159,56 +156,4 @@ impl Standby {
             Err(why) => e.failing = Some((now_unix(), why)),
         }
     }
-}
-
-/// Takes the checkpoints as they fall due, for the agent's life.
-pub async fn run(agent: Arc<Agent>) {
-    loop {
-        match agent.standby.next_due() {
-            Ok(spec) => {
-                let r = tick(&agent, &spec).await;
-                match &r {
-                    Ok((run, _)) => tracing::info!(
-                        container = %spec.container, name = %run.name, bytes = run.bytes, wire_bytes = run.wire_bytes,
-                        pages_reused = run.pages_reused, ms = run.ms, store = %spec.store.name, "standby checkpoint stored"
-                    ),
-                    Err(e) => tracing::warn!(container = %spec.container, store = %spec.store.name, "standby checkpoint failed: {e}"),
-                }
-                agent.standby.done(&spec, r);
-            }
-            Err(wait) => {
-                let wait = wait.unwrap_or(Duration::from_secs(3600));
-                let _ = tokio::time::timeout(wait, agent.standby.wake.notified()).await;
-            }
-        }
-    }
-}
-
-/// One checkpoint of a schedule: dump here, send to the store (against the
-/// last one it took), drop the copy here once the next base is hashed.
-async fn tick(agent: &Agent, spec: &StandbySpec) -> Result<(StandbyRun, Arc<Base>), String> {
-    let store = Store::of(agent);
-    let t0 = Instant::now();
-    let req = CreateCheckpoint { container: spec.container.clone(), name: None, leave_running: true, tcp_established: false, file_locks: false };
-    let made = checkpoints::create(agent, &store, req, Some(spec.keep)).await.map_err(|e| format!("{e:#}"))?;
-    let r = async {
-        let (_, archive) = store.get(&made.name)?;
-        let base = agent.standby.base_of(&spec.container);
-        let (stored, shipped) = checkpoints::send_to(agent, &store, &made.name, &spec.store, base.as_deref()).await?;
-        let index = checkpoints::index_of(&archive).await?;
-        let run = StandbyRun {
-            name: stored.name.clone(),
-            at_unix: stored.created_unix,
-            bytes: stored.bytes,
-            wire_bytes: shipped.wire_bytes,
-            pages_reused: shipped.pages_reused,
-            ms: t0.elapsed().as_millis() as u64,
-        };
-        Ok::<_, anyhow::Error>((run, Arc::new(Base { name: stored.name, digest: stored.digest, index: Arc::new(index) })))
-    }
-    .await;
-    if let Err(e) = store.remove(&made.name) {
-        tracing::warn!(name = %made.name, "removing the local copy of a standby checkpoint: {e}");
-    }
-    r.map_err(|e| format!("{e:#}"))
 }

@@ -134,6 +134,49 @@ pub struct Created {
 
 /// `tern checkpoint create CONTAINER [--name N] [--store HOST] [--stop] [--file-locks]`.
 pub async fn create(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &str, req: Create) -> Done {
+    let view = create_one(ctx, inv, cluster, container, &req).await?;
+    Ok(ctx.doc(&view))
+}
+
+#[derive(Serialize)]
+pub struct AllCreated {
+    pub host: String,
+    pub checkpoints: Vec<Created>,
+    /// Containers whose checkpoint failed, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// `tern checkpoint create --all HOST`: every running container of a host,
+/// one after the other (before a reboot with nowhere to move them: with
+/// `--stop`, then `tern restore` each afterwards).
+pub async fn create_all(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, host: &str, req: Create) -> Done {
+    if req.name.is_some() {
+        return Err(Exit::new(2, anyhow!("--all names each checkpoint after its container: drop --name")));
+    }
+    let view = cluster.get(host).ok_or_else(|| Exit::new(2, anyhow!("no host named {host} in the inventory")))?;
+    let state = view.state.as_ref().map_err(|e| anyhow!("{host} does not answer: {e}"))?;
+    let names: Vec<String> = state.containers.iter().filter(|c| c.is_running()).map(|c| c.name.clone()).collect();
+    let mut all = AllCreated { host: host.to_string(), checkpoints: Vec::new(), failed: Vec::new() };
+    for name in &names {
+        match create_one(ctx, inv, cluster, name, &req).await {
+            Ok(v) => all.checkpoints.push(v),
+            Err(e) => {
+                eprintln!("tern: {name}: {:#}", e.error);
+                all.failed.push((name.clone(), format!("{:#}", e.error)));
+            }
+        }
+    }
+    if !ctx.json && names.is_empty() {
+        println!("no container runs on {host}");
+    }
+    if !all.failed.is_empty() {
+        let e = anyhow!("{} of {} checkpoints of {host}'s containers failed", all.failed.len(), names.len());
+        return Err(Exit::new(1, e).with(&all));
+    }
+    Ok(ctx.doc(&all))
+}
+
+async fn create_one(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &str, req: &Create) -> Result<Created, Exit> {
     let hosts = cluster.find_container(container);
     let host = match hosts.as_slice() {
         [one] => one.entry.name.clone(),
@@ -213,7 +256,7 @@ pub async fn create(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, container: &s
             output::ms(view.ms)
         );
     }
-    Ok(ctx.doc(&view))
+    Ok(view)
 }
 
 /// What `tern checkpoint create` was asked.
@@ -405,6 +448,7 @@ pub struct RestoreArgs {
     pub names: Vec<String>,
     pub store: Option<String>,
     pub host_lost: bool,
+    pub replace: bool,
 }
 
 /// The findings before a restore: the hosts as a migration from where it
@@ -421,7 +465,14 @@ async fn restore_findings(cluster: &Cluster, c: &StoredCheckpoint, target: &str,
     for n in names {
         let incoming = cp::as_restored(&c.container, n);
         match t.session.request(&Request::CheckIncoming(incoming)).await? {
-            Response::IncomingCheck(f) => findings.extend(f.into_iter().filter(|f| !(n.is_some() && f.field == "address"))),
+            Response::IncomingCheck(f) => {
+                let name = n.unwrap_or(&c.container.name);
+                // --replace: a stopped container of that name goes first.
+                let stopped = args.replace && t.containers.iter().any(|x| x.name == name && !x.is_running());
+                // A replica's address is its host's Podman's choice.
+                let waived = |f: &Finding| (n.is_some() && f.field == "address") || (stopped && f.field == "container name");
+                findings.extend(f.into_iter().filter(|f| !waived(f)))
+            }
             other => bail!("{target} answered {other:?} to CheckIncoming"),
         }
     }
@@ -498,7 +549,7 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
             .await
             .map_err(|e| anyhow!("sending {name} from {store} to {target}: {e:#}"))?;
     }
-    let order = RestoreCheckpoint { name: name.to_string(), digest: c.digest, as_names: args.names.clone() };
+    let order = RestoreCheckpoint { name: name.to_string(), digest: c.digest, as_names: args.names.clone(), replace: args.replace };
     let r = ask(on, CheckpointRequest::Restore(order), SLOW).await;
     if shipped {
         if let Err(e) = ask(on, CheckpointRequest::Remove { name: name.to_string() }, SLOW).await {

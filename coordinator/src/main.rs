@@ -175,6 +175,11 @@ enum Cmd {
         /// was although that host cannot say it no longer runs there.
         #[arg(long)]
         host_lost: bool,
+        /// Replace a stopped container of the same name on the host (after
+        /// `tern checkpoint create --all HOST --stop` and a reboot); a
+        /// running one is never replaced.
+        #[arg(long)]
+        replace: bool,
     },
     /// Measure the link between two hosts' agents (QUIC with mutual TLS, as a
     /// migration uses it): how fast a checkpoint can cross.
@@ -406,8 +411,14 @@ enum StandbyCmd {
 enum CheckpointCmd {
     /// Checkpoint a running container into a host's store. It keeps
     /// running (paused only while CRIU dumps) unless --stop.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["container", "all"]))]
     Create {
-        container: String,
+        container: Option<String>,
+        /// Every running container of this host, each under its default
+        /// name (before a reboot with nowhere to move them: with --stop,
+        /// then `tern restore` each).
+        #[arg(long, value_name = "HOST", conflicts_with = "container")]
+        all: Option<String>,
         /// The checkpoint's name (default: CONTAINER-YYYYMMDD-HHMMSS, UTC).
         #[arg(long)]
         name: Option<String>,
@@ -640,9 +651,13 @@ async fn run(cli: Cli) -> Done {
         Cmd::Checkpoint { cmd } => {
             let (inv, cluster) = survey(&ctx).await?;
             match cmd {
-                CheckpointCmd::Create { container, name, store, stop, file_locks } => {
+                CheckpointCmd::Create { container, all, name, store, stop, file_locks } => {
                     let req = checkpoint::Create { name, store, leave_running: !stop, file_locks };
-                    checkpoint::create(&ctx, &inv, &cluster, &container, req).await
+                    match (container, all) {
+                        (_, Some(host)) => checkpoint::create_all(&ctx, &inv, &cluster, &host, req).await,
+                        (Some(c), None) => checkpoint::create(&ctx, &inv, &cluster, &c, req).await,
+                        (None, None) => Err(Exit::new(2, anyhow!("name a container, or --all HOST"))),
+                    }
                 }
                 CheckpointCmd::Ls => checkpoint::ls(&ctx, &cluster).await,
                 CheckpointCmd::Inspect { name, store } => checkpoint::inspect(&ctx, &cluster, &name, store.as_deref()).await,
@@ -658,9 +673,9 @@ async fn run(cli: Cli) -> Done {
                 _ => Err(Exit::new(2, anyhow!("tern standby CONTAINER --on HOST --every INTERVAL [--keep N], or tern standby ls|stop"))),
             }
         }
-        Cmd::Restore { checkpoint: name, on, names, store, host_lost } => {
+        Cmd::Restore { checkpoint: name, on, names, store, host_lost, replace } => {
             let (inv, cluster) = survey(&ctx).await?;
-            checkpoint::restore(&ctx, &inv, &cluster, &name, checkpoint::RestoreArgs { on, names, store, host_lost }).await
+            checkpoint::restore(&ctx, &inv, &cluster, &name, checkpoint::RestoreArgs { on, names, store, host_lost, replace }).await
         }
         Cmd::Check { mv } => check(&ctx, mv).await,
         Cmd::Probe { from, to, bytes } => probe(&ctx, &from, &to, bytes).await,

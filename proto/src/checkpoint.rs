@@ -22,7 +22,7 @@
 //! `agent/src/checkpoints.rs`, the commands `coordinator/src/checkpoint.rs`.
 
 use crate::facts::{ContainerInfo, HostFacts};
-use crate::Peer;
+use crate::peer::Peer;
 use serde::{Deserialize, Serialize};
 
 /// The longest checkpoint name: it names a folder in the store.
@@ -225,6 +225,9 @@ pub struct RestoreCheckpoint {
     /// their TCP connections closed). Empty: the container as it was,
     /// under its own name, ID and address.
     pub as_names: Vec<String>,
+    /// A stopped container of the same name here is removed first (the
+    /// checkpoint supersedes it); a running one is never touched.
+    pub replace: bool,
 }
 
 /// A container a restore made.

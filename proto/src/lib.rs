@@ -68,6 +68,7 @@ pub mod message;
 pub mod mode;
 pub mod network;
 pub mod packets;
+pub mod peer;
 pub mod plan;
 pub mod policy;
 pub mod postcopy;

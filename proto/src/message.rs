@@ -339,13 +339,7 @@ pub struct MigrateRequest {
     pub evacuation: bool,
 }
 
-/// Another agent: its name (checked against its certificate) and address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
-    pub name: String,
-    /// `ip:port`.
-    pub address: String,
-}
+pub use crate::peer::Peer;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrateOptions {

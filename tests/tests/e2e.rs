@@ -2202,3 +2202,46 @@ fn a_full_store_refuses_before_the_dump_and_keeps_what_it_holds() {
     let _lab = lab_guard();
     scenario_store_full().unwrap();
 }
+
+/// The flow for a host with nowhere to move its containers: every running
+/// container checkpointed and stopped (`--all --stop`), then each restored
+/// in place over its stopped self (`--replace`), counting on.
+fn scenario_all_stopped_and_restored_in_place() -> Result<()> {
+    let names = ["e2e-all-1", "e2e-all-2"];
+    for n in names {
+        remove_everywhere(n);
+        for c in stored_names(n)? {
+            let _ = tern_json(&["checkpoint", "rm", &c]);
+        }
+    }
+    let mut before = Vec::new();
+    for n in names {
+        start_counter("client1", n)?;
+        before.push(count_reaches("client1", n, 10)?);
+    }
+    let r = tern_json(&["checkpoint", "create", "--all", "client1", "--stop"])?;
+    ensure!(r.code == 0, "checkpoint --all failed: {}", r.all);
+    let made: Vec<String> =
+        r.json["checkpoints"].as_array().context("no list")?.iter().filter_map(|c| c["checkpoint"]["name"].as_str().map(str::to_string)).collect();
+    for (n, c0) in names.iter().zip(before) {
+        ensure!(state("client1", n)?.as_deref() == Some("exited"), "{n} was not stopped by its checkpoint");
+        let cp = stored_names(n)?.pop().with_context(|| format!("no checkpoint of {n} among {made:?}"))?;
+        let r = tern_json(&["restore", &cp, "--on", "client1"])?;
+        ensure!(r.code == 3 && r.all.contains("already exists"), "without --replace the stopped container is in the way: {}", r.all);
+        let r = tern_json(&["restore", &cp, "--on", "client1", "--replace"])?;
+        ensure!(r.code == 0, "restore --replace failed: {}", r.all);
+        let v = count("client1", n)?;
+        ensure!(v >= c0, "{n} restarted: {v} < {c0}");
+        count_reaches("client1", n, v + 5)?;
+        let _ = tern_json(&["checkpoint", "rm", &cp]);
+        remove_everywhere(n);
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn every_container_checkpointed_and_stopped_then_restored_in_place() {
+    let _lab = lab_guard();
+    scenario_all_stopped_and_restored_in_place().unwrap();
+}

@@ -318,8 +318,12 @@ pub fn checkpoint_request() -> impl Strategy<Value = cp::CheckpointRequest> {
             file_locks,
         },
     );
-    let restore =
-        (text(), any::<[u8; 32]>(), vec(text(), 0..3)).prop_map(|(name, digest, as_names)| cp::RestoreCheckpoint { name, digest, as_names });
+    let restore = (text(), any::<[u8; 32]>(), vec(text(), 0..3), any::<bool>()).prop_map(|(name, digest, as_names, replace)| cp::RestoreCheckpoint {
+        name,
+        digest,
+        as_names,
+        replace,
+    });
     let standby = prop_oneof![
         Just(cp::StandbyOrder::Invalid),
         standby_spec().prop_map(cp::StandbyOrder::Set),
