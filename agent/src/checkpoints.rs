@@ -17,6 +17,7 @@
 
 use crate::context::Agent;
 use crate::engine::CheckpointOpts;
+pub mod oci;
 pub mod standby;
 
 use crate::pages::{PageIndex, PageOffsets, PageStore};
@@ -268,6 +269,7 @@ pub async fn handle(agent: &Agent, req: CheckpointRequest) -> anyhow::Result<Res
         CheckpointRequest::List => Response::Checkpoints(store.list()),
         CheckpointRequest::Remove { name } => Response::Checkpoints(vec![store.remove(&name)?]),
         CheckpointRequest::Send { name, to } => Response::Checkpoints(vec![send_to(agent, &store, &name, &to, None).await?.0]),
+        CheckpointRequest::Image { name, image } => Response::Checkpoints(vec![as_image(agent, &store, &name, &image).await?]),
         CheckpointRequest::Room { bytes } => {
             store.ensure_room(bytes)?;
             Response::Checkpoints(Vec::new())
@@ -596,6 +598,28 @@ async fn receive(
     let archive = staging.archive();
     meta.content = tokio::task::spawn_blocking(move || content_of(&archive)).await?.map_err(|e| anyhow::anyhow!("not a checkpoint archive: {e}"))?;
     store.keep(staging, &meta)?;
+    Ok(meta)
+}
+
+/// Makes a stored checkpoint an OCI image in this host's Podman
+/// ([`oci`]), after checking that its archive is whole.
+async fn as_image(agent: &Agent, store: &Store, name: &str, image: &str) -> anyhow::Result<StoredCheckpoint> {
+    let (meta, archive) = store.get(name)?;
+    // A name Podman takes, and nothing that reads as an option.
+    crate::target::admission::check_image_name(image)?;
+    let path = archive.clone();
+    let found = tokio::task::spawn_blocking(move || digest_of(&path)).await?.map_err(|e| store.io(e))?;
+    if found != meta.digest {
+        return Err(StoreError::Corrupt { name: meta.name, host: agent.cfg.name.clone(), found: hex(&found), expected: hex(&meta.digest) }.into());
+    }
+    store.ensure_room(meta.bytes)?;
+    let staging = store.staging()?;
+    let out = staging.dir.join("image.tar");
+    let (m, a, i, o) = (meta.clone(), archive.clone(), image.to_string(), out.clone());
+    let written = tokio::task::spawn_blocking(move || oci::write(&m, &a, &i, &o)).await?.map_err(|e| store.io(e))?;
+    agent.engine.image_load(&out).await?;
+    agent.engine.image_tag(&written.id, image).await?;
+    tracing::info!(name, image, id = %written.id, "made a checkpoint image");
     Ok(meta)
 }
 

@@ -579,6 +579,32 @@ pub async fn restore(ctx: &Ctx, inv: &Inventory, cluster: &Cluster, name: &str, 
 }
 
 #[derive(Serialize)]
+pub struct Imaged {
+    pub store: String,
+    pub checkpoint: String,
+    pub image: String,
+}
+
+/// The image name a checkpoint gets unless told: image names are lowercase.
+pub fn default_image(checkpoint: &str) -> String {
+    format!("localhost/tern-checkpoint-{}:latest", checkpoint.to_lowercase())
+}
+
+/// `tern checkpoint image NAME [--as IMAGE] [--store HOST]`.
+pub async fn image(ctx: &Ctx, cluster: &Cluster, name: &str, image: Option<String>, on: Option<&str>) -> Done {
+    let (host, _) = find(cluster, name, on).await?;
+    let image = image.unwrap_or_else(|| default_image(name));
+    let req = CheckpointRequest::Image { name: name.to_string(), image: image.clone() };
+    stored(session(cluster, &host)?, req, SLOW).await.map_err(|e| anyhow!("{host}: {e:#}"))?;
+    if !ctx.json {
+        println!(
+            "{name} is image {image} on {host}: `podman push {image} REGISTRY/...` there sends it on; `podman container restore {image}` restores it"
+        );
+    }
+    Ok(ctx.doc(&Imaged { store: host, checkpoint: name.to_string(), image }))
+}
+
+#[derive(Serialize)]
 pub struct StandbyRow {
     /// The container's host, whose agent takes the checkpoints.
     pub host: String,
@@ -707,5 +733,10 @@ mod tests {
         assert_eq!(age(600), "10 min");
         assert_eq!(age(3 * 3600), "3 h");
         assert_eq!(age(3 * 86_400), "3 d");
+    }
+
+    #[test]
+    fn image_names_are_lowercase() {
+        assert_eq!(default_image("DB-20261130-101500"), "localhost/tern-checkpoint-db-20261130-101500:latest");
     }
 }

@@ -442,6 +442,18 @@ enum CheckpointCmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Make a stored checkpoint an OCI image in its store host's Podman,
+    /// as Podman's `checkpoint --create-image` would: `podman push` sends
+    /// it to a registry, `podman container restore IMAGE` restores it.
+    Image {
+        name: String,
+        /// The image's name (default localhost/tern-checkpoint-NAME:latest).
+        #[arg(long = "as", value_name = "IMAGE")]
+        image: Option<String>,
+        /// The store holding it, when several hold one of that name.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Remove a checkpoint from its store.
     Rm {
         name: String,
@@ -661,6 +673,7 @@ async fn run(cli: Cli) -> Done {
                 }
                 CheckpointCmd::Ls => checkpoint::ls(&ctx, &cluster).await,
                 CheckpointCmd::Inspect { name, store } => checkpoint::inspect(&ctx, &cluster, &name, store.as_deref()).await,
+                CheckpointCmd::Image { name, image, store } => checkpoint::image(&ctx, &cluster, &name, image, store.as_deref()).await,
                 CheckpointCmd::Rm { name, store } => checkpoint::rm(&ctx, &cluster, &name, store.as_deref()).await,
             }
         }

@@ -195,6 +195,13 @@ pub enum CheckpointRequest {
     Restore(RestoreCheckpoint),
     /// This host's standby schedules: answer with [`crate::Response::Standby`].
     Standby(StandbyOrder),
+    /// Make a stored checkpoint an OCI image named `image` in this host's
+    /// Podman (Podman's checkpoint image: `podman push` sends it to a
+    /// registry, `podman container restore IMAGE` restores it).
+    Image {
+        name: String,
+        image: String,
+    },
     /// Could this store take a checkpoint of about `bytes`? Asked before a
     /// dump whose checkpoint goes elsewhere: an empty list if so, else an
     /// error that says how much room it has.

@@ -1978,7 +1978,7 @@ fn scenario_checkpoints() -> Result<()> {
     let name = "e2e-ckpt";
     let (a, b) = ("e2e-ckpt-a", "e2e-ckpt-b");
     let reps = ["e2e-rep1", "e2e-rep2"];
-    for c in [name, reps[0], reps[1], "e2e-rep3"] {
+    for c in [name, reps[0], reps[1], "e2e-rep3", "e2e-oci-r"] {
         remove_everywhere(c);
     }
     for cp in [a, b] {
@@ -2034,6 +2034,20 @@ fn scenario_checkpoints() -> Result<()> {
     }
     ensure!(ip("client2", reps[0])? != ip("client2", reps[1])?, "the replicas share an address");
     ensure!(state("client1", name)?.as_deref() == Some("running"), "the source stopped");
+
+    // As an OCI image in client2's Podman, which Podman itself restores.
+    let image = format!("localhost/tern-checkpoint-{a}:latest");
+    let _ = run(&mut podman("client2", &["rmi", "-f", &image]));
+    let r = tern_json(&["checkpoint", "image", a])?;
+    ensure!(r.code == 0 && r.json["image"] == image.as_str(), "checkpoint image: {}", r.all);
+    let annotations = ok(&mut podman("client2", &["image", "inspect", "--format", "{{json .Annotations}}", &image]))?;
+    ensure!(annotations.contains(&format!("\"io.podman.annotations.checkpoint.name\":\"{name}\"")), "no checkpoint annotation: {annotations}");
+    ok(&mut podman("client2", &["container", "restore", "--name", "e2e-oci-r", "--ignore-static-ip", "--ignore-static-mac", &image]))?;
+    let v = count("client2", "e2e-oci-r")?;
+    ensure!(v >= c_before, "restored by Podman from the image, it counts {v}, below the checkpoint's {c_before}");
+    count_reaches("client2", "e2e-oci-r", v + 5)?;
+    remove_everywhere("e2e-oci-r");
+    let _ = run(&mut podman("client2", &["rmi", "-f", &image]));
 
     // A damaged archive is detected by its digest and never restored.
     {

@@ -483,6 +483,11 @@ pub fn check_image(name: &str, id: &str) -> Result<(), ImageRefusal> {
     if !(id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) {
         return Err(ImageRefusal::NotFullId(id.to_string()));
     }
+    check_image_name(name)
+}
+
+/// Whether `name` is a valid image reference (the name half of [`check_image`]).
+pub fn check_image_name(name: &str) -> Result<(), ImageRefusal> {
     image_reference(name).map_err(|why| ImageRefusal::BadName { name: name.to_string(), why })
 }
 

@@ -339,6 +339,7 @@ pub fn checkpoint_request() -> impl Strategy<Value = cp::CheckpointRequest> {
         restore.prop_map(cp::CheckpointRequest::Restore),
         standby.prop_map(cp::CheckpointRequest::Standby),
         any::<u64>().prop_map(|bytes| cp::CheckpointRequest::Room { bytes }),
+        (text(), text()).prop_map(|(name, image)| cp::CheckpointRequest::Image { name, image }),
     ]
 }
 
