@@ -288,6 +288,9 @@ pub async fn create(agent: &Agent, store: &Store, req: CreateCheckpoint, standby
         anyhow::bail!("no container named {} on {}", req.container, agent.cfg.name);
     };
     anyhow::ensure!(c.is_running(), "{} is {} on {}: only a running container can be checkpointed", c.name, c.state, agent.cfg.name);
+    if let Some(f) = tern_proto::compat::dependencies(&c) {
+        return Err(StoreError::Refused(f.note).into());
+    }
     let created_unix = now_unix();
     let name = req.name.clone().unwrap_or_else(|| cp::default_name(&c.name, created_unix));
     store.taken(&name)?;

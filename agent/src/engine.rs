@@ -634,6 +634,10 @@ struct InspectJson {
     mounts: Vec<InspectMount>,
     #[serde(default)]
     config: InspectConfig,
+    #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -759,6 +763,8 @@ impl InspectJson {
             ips,
             memory_bytes,
             systemd_unit,
+            pod: self.pod.filter(|p| !p.is_empty()),
+            dependencies: self.dependencies,
         };
         Inspected { info, upper_dir }
     }

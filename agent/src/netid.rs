@@ -651,6 +651,8 @@ mod tests {
             connections: vec![],
             process_uids: vec![],
             systemd_unit: None,
+            pod: None,
+            dependencies: vec![],
         };
         let here = vec![
             NetworkDef { name: "lan".into(), driver: "macvlan".into(), subnets: vec![], interface: "eth0".into() },

@@ -181,6 +181,7 @@ pub async fn plan<'a>(
     }
     findings.extend(compat::process_owners(&info, &source.facts));
     findings.extend(compat::service_manager(&info));
+    findings.extend(compat::dependencies(&info));
     findings.push(tern_proto::network::connections_finding(&info, allow_reset));
     match target_state.session.request(&Request::CheckIncoming(info.clone())).await? {
         Response::IncomingCheck(f) => findings.extend(f),

@@ -258,6 +258,29 @@ pub fn service_manager(c: &ContainerInfo) -> Option<Finding> {
     ))
 }
 
+/// Podman exports no checkpoint of a container that depends on others but
+/// its pod's infra container (`exportCheckpoint` in libpod), and finds out
+/// only after CRIU dumped it: refused before anything is frozen, with
+/// Podman's reason. One dependency in a pod is taken for the infra
+/// container, as Podman's usual case; Podman checks that itself.
+pub fn dependencies(c: &ContainerInfo) -> Option<Finding> {
+    let in_pod_infra_only = c.pod.is_some() && c.dependencies.len() == 1;
+    if c.dependencies.is_empty() || in_pod_infra_only {
+        return None;
+    }
+    let short: Vec<&str> = c.dependencies.iter().map(|d| &d[..d.len().min(12)]).collect();
+    Some(Finding::new("dependencies", short.join(","), "").with(
+        Severity::Block,
+        format!(
+            "{} depends on other containers ({}): Podman exports no checkpoint of such a container (\"cannot export \
+             checkpoints of containers with dependencies\"), and would say so only after freezing it. Recreate it \
+             without --requires or another container's namespaces",
+            c.name,
+            short.join(", ")
+        ),
+    ))
+}
+
 /// Run by the target agent: can `incoming` land among `existing`?
 /// `volumes_here`: the named volumes the target already has; `volume_dir`:
 /// where it keeps them (`podman info`'s store.volumePath).
@@ -359,6 +382,20 @@ pub(crate) mod tests {
             dump_other_users: Capability { supported: true, detail: String::new() },
             status: Default::default(),
         }
+    }
+
+    #[test]
+    fn dependencies_block_but_a_pods_infra_container_alone_does_not() {
+        let mut c = ctr("web", "192.0.2.5", "running");
+        assert!(dependencies(&c).is_none());
+        c.dependencies = vec!["a".repeat(64)];
+        let f = dependencies(&c).expect("a --requires dependency blocks");
+        assert_eq!(f.severity, Severity::Block);
+        assert!(f.note.contains("cannot export checkpoints of containers with dependencies"), "{}", f.note);
+        c.pod = Some("p".into());
+        assert!(dependencies(&c).is_none(), "its pod's infra container");
+        c.dependencies.push("b".repeat(64));
+        assert!(dependencies(&c).is_some());
     }
 
     #[test]
@@ -517,6 +554,8 @@ pub(crate) mod tests {
             connections: vec![],
             process_uids: vec![],
             systemd_unit: None,
+            pod: None,
+            dependencies: vec![],
         }
     }
 

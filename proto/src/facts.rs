@@ -168,6 +168,13 @@ pub struct ContainerInfo {
     /// The systemd unit that runs it, from Podman's `PODMAN_SYSTEMD_UNIT`
     /// label (`podman generate systemd --new`, Quadlet).
     pub systemd_unit: Option<String>,
+    /// Its pod's ID (`podman run --pod`), if any.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// The containers it depends on (Podman's `Dependencies`: `--requires`,
+    /// another's namespace, its pod's infra container).
+    #[serde(default)]
+    pub dependencies: Vec<String>,
 }
 
 /// One Podman network a container is attached to.

@@ -45,6 +45,8 @@ pub enum HelloReply {
     Refused { reason: String },
 }
 
+// As for `Response`: decoded once per request and moved a few times.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Invalid,

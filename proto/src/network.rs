@@ -316,6 +316,8 @@ mod tests {
             connections: vec![],
             process_uids: vec![],
             systemd_unit: None,
+            pod: None,
+            dependencies: vec![],
         }
     }
 

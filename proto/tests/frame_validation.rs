@@ -55,6 +55,8 @@ fn container() -> ContainerInfo {
         }],
         process_uids: vec![999],
         systemd_unit: None,
+        pod: None,
+        dependencies: vec![],
     }
 }
 

@@ -2259,3 +2259,32 @@ fn every_container_checkpointed_and_stopped_then_restored_in_place() {
     let _lab = lab_guard();
     scenario_all_stopped_and_restored_in_place().unwrap();
 }
+
+/// Podman exports no checkpoint of a container that depends on another,
+/// and finds out only after the dump: tern refuses it up front, the
+/// container untouched, for a checkpoint and for a move alike.
+fn scenario_dependencies_refused_up_front() -> Result<()> {
+    let (a, b) = ("e2e-dep-a", "e2e-dep-b");
+    remove_everywhere(b);
+    remove_everywhere(a);
+    start_counter("client1", a)?;
+    ok(&mut podman("client1", &["run", "-d", "--name", b, "--requires", a, IMAGE, "sh", "-c", COUNTER_LOOP]))?;
+    count_reaches("client1", b, 5)?;
+    let r = tern_json(&["checkpoint", "create", b])?;
+    ensure!(r.code != 0 && r.all.contains("depends on other containers"), "a checkpoint of {b} must be refused: {}", r.all);
+    ensure!(stored_names(b)?.is_empty(), "a refused checkpoint is stored");
+    let c = count("client1", b)?;
+    count_reaches("client1", b, c + 3)?;
+    let r = tern_json(&["check", b, "--to", "client2"])?;
+    ensure!(r.code == 3 && r.all.contains("dependencies"), "tern check must block a move of {b}: {}", r.all);
+    remove_everywhere(b);
+    remove_everywhere(a);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn a_container_with_dependencies_is_refused_before_its_dump() {
+    let _lab = lab_guard();
+    scenario_dependencies_refused_up_front().unwrap();
+}

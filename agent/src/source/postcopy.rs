@@ -505,6 +505,8 @@ mod tests {
             connections: vec![],
             process_uids: vec![],
             systemd_unit: None,
+            pod: None,
+            dependencies: vec![],
         };
         let v: serde_json::Value = serde_json::from_slice(&network_status(&info)).unwrap();
         assert_eq!(v["lan"]["interfaces"]["eth0"]["subnets"][0]["ipnet"], "198.51.100.50/32");

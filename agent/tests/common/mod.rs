@@ -663,6 +663,8 @@ pub fn stand_in(name: &str) -> ContainerInfo {
         connections: vec![],
         process_uids: vec![],
         systemd_unit: None,
+        pod: None,
+        dependencies: vec![],
     }
 }
 

@@ -37,6 +37,8 @@ fn info() -> RestoreInfo {
             connections: Vec::new(),
             process_uids: Vec::new(),
             systemd_unit: None,
+            pod: None,
+            dependencies: vec![],
         },
     }
 }

@@ -111,6 +111,7 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
     let volume = (text(), text()).prop_map(|(name, path)| Volume { name, path });
     (
         (text(), text(), text(), text(), text(), vec(ip(), 0..3), any::<u64>()),
+        (proptest::option::of(text()), vec(text(), 0..2)),
         (
             any::<u64>(),
             vec(volume, 0..2),
@@ -122,7 +123,7 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
             proptest::option::of(text()),
         ),
     )
-        .prop_map(|((name, id, image, image_id, state, ips, memory_bytes), rest)| {
+        .prop_map(|((name, id, image, image_id, state, ips, memory_bytes), (pod, dependencies), rest)| {
             let (files_bytes, volumes, pid, networks, ports, connections, process_uids, systemd_unit) = rest;
             ContainerInfo {
                 name,
@@ -140,6 +141,8 @@ pub fn container() -> impl Strategy<Value = ContainerInfo> {
                 connections,
                 process_uids,
                 systemd_unit,
+                pod,
+                dependencies,
             }
         })
 }

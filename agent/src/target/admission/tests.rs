@@ -27,6 +27,8 @@ fn announced() -> ContainerInfo {
         connections: vec![],
         process_uids: vec![],
         systemd_unit: None,
+        pod: None,
+        dependencies: vec![],
     }
 }
 
