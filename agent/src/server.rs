@@ -139,7 +139,11 @@ impl Agent {
                 anyhow::bail!("refused {remote}: {e}");
             }
         };
-        if let Err(e) = counted.named(&peer.name) {
+        // Each certificate its own share: a host's agent and its evacuator
+        // bear one name, and an evacuation of that host by the evacuator
+        // (its survey, checks and orders) runs beside the agent's own
+        // migrations to the same targets.
+        if let Err(e) = counted.named(&format!("{} ({})", peer.name, peer.role)) {
             conn.close(2u32.into(), b"too many connections");
             anyhow::bail!("refused {remote}: {e}");
         }

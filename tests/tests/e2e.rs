@@ -2288,3 +2288,42 @@ fn a_container_with_dependencies_is_refused_before_its_dump() {
     let _lab = lab_guard();
     scenario_dependencies_refused_up_front().unwrap();
 }
+
+/// A checkpoint restored on a host whose CRIU is older than the one that
+/// took it is refused with the findings, as a migration would be, and
+/// nothing is made there.
+fn scenario_restore_refused_on_an_incompatible_host() -> Result<()> {
+    let name = "e2e-ckpt-compat";
+    let cp = "e2e-ckpt-compat-1";
+    remove_everywhere(name);
+    remove_everywhere("e2e-compat-r");
+    let _ = tern_json(&["checkpoint", "rm", cp]);
+    start_counter("client1", name)?;
+    count_reaches("client1", name, 5)?;
+    let r = tern_json(&["checkpoint", "create", name, "--name", cp])?;
+    ensure!(r.code == 0, "{}", r.all);
+    restart_agent("client2", "[facts_override]\ncriu_version = \"3.0.0\"")?;
+    let r = tern_json(&["restore", cp, "--on", "client2", "--name", "e2e-compat-r"]);
+    restart_agent("client2", "")?;
+    let r = r?;
+    ensure!(r.code == 3, "a restore onto an older CRIU must be refused: {}", r.all);
+    let blocked: Vec<&str> = r.json["findings"]
+        .as_array()
+        .context("no findings")?
+        .iter()
+        .filter(|f| f["severity"] == "Block")
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    ensure!(blocked.contains(&"criu"), "no blocking criu finding: {blocked:?}");
+    ensure!(state("client2", "e2e-compat-r")?.is_none(), "a refused restore made a container");
+    let _ = tern_json(&["checkpoint", "rm", cp]);
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn a_restore_onto_an_incompatible_host_is_refused_with_the_findings() {
+    let _lab = lab_guard();
+    scenario_restore_refused_on_an_incompatible_host().unwrap();
+}
