@@ -13,6 +13,30 @@ pub fn my_name(inv: &Inventory) -> String {
     inv.me.as_ref().map_or_else(|| tern_transport::pki::COORDINATOR.to_string(), |id| id.name.clone())
 }
 
+/// The endpoints this run opened, closed as it ends ([`close_all`]).
+static ENDPOINTS: std::sync::Mutex<Vec<quinn::Endpoint>> = std::sync::Mutex::new(Vec::new());
+
+fn client_endpoint(inv: &Inventory) -> anyhow::Result<quinn::Endpoint> {
+    let e = tern_transport::client_endpoint(&inv.tls)?;
+    ENDPOINTS.lock().unwrap().push(e.clone());
+    Ok(e)
+}
+
+/// Closes every connection this run opened and waits, briefly, for the
+/// agents to hear it. A connection merely dropped at exit stays open on
+/// the agent until its idle timeout, and counts against the share one
+/// peer may keep there: a script calling `tern` a dozen times in a few
+/// seconds would be refused.
+pub async fn close_all() {
+    let endpoints = std::mem::take(&mut *ENDPOINTS.lock().unwrap());
+    for e in &endpoints {
+        e.close(0u32.into(), b"done");
+    }
+    for e in endpoints {
+        let _ = tokio::time::timeout(Duration::from_millis(500), e.wait_idle()).await;
+    }
+}
+
 /// What one host answered, or why it did not.
 pub struct HostView {
     pub entry: HostEntry,
@@ -34,7 +58,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to every host in parallel and reads its facts and containers.
     pub async fn survey(inv: &Inventory) -> anyhow::Result<Cluster> {
-        let endpoint = tern_transport::client_endpoint(&inv.tls)?;
+        let endpoint = client_endpoint(inv)?;
         let me = my_name(inv);
         let futures = inv.hosts.iter().cloned().map(|entry| {
             let endpoint = endpoint.clone();
@@ -63,7 +87,7 @@ impl Cluster {
 
 /// One authenticated session to one host; the endpoint must outlive it.
 pub async fn connect(inv: &Inventory, entry: &HostEntry) -> anyhow::Result<(quinn::Endpoint, Session)> {
-    let endpoint = tern_transport::client_endpoint(&inv.tls)?;
+    let endpoint = client_endpoint(inv)?;
     let session = Session::connect(&endpoint, entry.address, &entry.name, &my_name(inv)).await?;
     Ok((endpoint, session))
 }

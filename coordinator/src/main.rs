@@ -545,7 +545,9 @@ async fn main() -> ExitCode {
         Err(e) => usage_error(e),
     };
     let as_json = cli.json;
-    match run(cli).await {
+    let result = run(cli).await;
+    cluster::close_all().await;
+    match result {
         Ok(doc) => {
             if let (true, Some(doc)) = (as_json, doc) {
                 print_json(&view::Doc::ok(doc));
