@@ -349,21 +349,29 @@ pub struct Shipped {
     pub pages_reused: u64,
 }
 
+/// Hands every byte of the file at `path` to `f`, in order, a megabyte at
+/// a time; returns how many there were.
+pub(crate) fn each_chunk(path: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        f(&buf[..n]);
+        total += n as u64;
+    }
+}
+
 /// The page hashes of an archive of this store (the base of the next send).
 pub async fn index_of(archive: &Path) -> std::io::Result<PageIndex> {
     let archive = archive.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let len = std::fs::metadata(&archive)?.len();
         let mut index = PageIndex::with_capacity((len / tern_proto::delta::PAGE as u64) as usize);
-        let mut f = std::fs::File::open(&archive)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            index.add(&buf[..n]);
-        }
+        each_chunk(&archive, |b| index.add(b))?;
         Ok(index)
     })
     .await
@@ -505,15 +513,7 @@ async fn page_store(archive: &Path) -> std::io::Result<PageStore> {
     let path = archive.to_path_buf();
     let offsets = tokio::task::spawn_blocking(move || {
         let mut offsets = PageOffsets::default();
-        let mut f = std::fs::File::open(&path)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            offsets.add(&buf[..n]);
-        }
+        each_chunk(&path, |b| offsets.add(b))?;
         Ok::<_, std::io::Error>(offsets.finish())
     })
     .await

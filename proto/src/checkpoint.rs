@@ -285,20 +285,10 @@ pub fn default_name(container: &str, unix: u64) -> String {
     }
 }
 
-/// `YYYYMMDD-HHMMSS` of a Unix time, UTC (Howard Hinnant's civil_from_days).
+/// `YYYYMMDD-HHMMSS` of a Unix time, UTC.
 fn utc_stamp(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    let [y, m, d, h, mi, s] = crate::facts::utc_parts(unix);
+    format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}")
 }
 
 /// Why the names asked of a restore cannot be used.
@@ -374,25 +364,7 @@ mod tests {
     use crate::facts::PublishedPort;
 
     fn container(name: &str) -> ContainerInfo {
-        ContainerInfo {
-            name: name.into(),
-            id: "a".repeat(64),
-            image: "localhost/x:latest".into(),
-            image_id: "b".repeat(64),
-            state: "running".into(),
-            ips: vec!["192.0.2.5".parse().unwrap()],
-            memory_bytes: 0,
-            files_bytes: 0,
-            volumes: vec![],
-            pid: 1,
-            networks: vec![],
-            ports: vec![],
-            connections: vec![],
-            process_uids: vec![],
-            systemd_unit: None,
-            pod: None,
-            dependencies: vec![],
-        }
+        crate::compat::tests::ctr(name, "192.0.2.5", "running")
     }
 
     #[test]

@@ -537,7 +537,7 @@ pub(crate) mod tests {
         assert_eq!(version_numbers(""), Vec::<u64>::new());
     }
 
-    fn ctr(name: &str, ip: &str, state: &str) -> ContainerInfo {
+    pub(crate) fn ctr(name: &str, ip: &str, state: &str) -> ContainerInfo {
         ContainerInfo {
             files_bytes: 0,
             volumes: vec![],

@@ -114,11 +114,12 @@ impl Cordon {
     }
 }
 
-/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (proleptic
-/// Gregorian calendar; Howard Hinnant's days-to-civil).
-pub fn utc(secs: u64) -> String {
+/// `secs` since the Unix epoch as `[year, month, day, hour, minute,
+/// second]`, UTC (proleptic Gregorian calendar; Howard Hinnant's
+/// days-to-civil).
+pub fn utc_parts(secs: u64) -> [i64; 6] {
     let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
+    let rem = (secs % 86_400) as i64;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -128,7 +129,13 @@ pub fn utc(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    [y, m, d, rem / 3600, rem % 3600 / 60, rem % 60]
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    let [y, m, d, h, mi, s] = utc_parts(secs);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 /// A container as the agent sees it.

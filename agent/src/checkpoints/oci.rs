@@ -82,17 +82,7 @@ fn criu_number(v: &str) -> String {
 pub fn write(c: &StoredCheckpoint, archive: &Path, image: &str, out: &Path) -> std::io::Result<Written> {
     // The layer's digest: one pass over the archive.
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut f = std::fs::File::open(archive)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut layer_size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-        layer_size += n as u64;
-    }
+    let layer_size = super::each_chunk(archive, |b| ctx.update(b))?;
     let layer = hex(ctx.finish().as_ref());
     let config = serde_json::json!({
         "created": rfc3339(c.created_unix),
@@ -150,10 +140,8 @@ pub fn write(c: &StoredCheckpoint, archive: &Path, image: &str, out: &Path) -> s
 
 /// RFC 3339 of a Unix time, UTC.
 fn rfc3339(unix: u64) -> String {
-    // The name's stamp is YYYYMMDD-HHMMSS: reuse it.
-    let s = tern_proto::checkpoint::default_name("x", unix);
-    let t = &s[2..];
-    format!("{}-{}-{}T{}:{}:{}Z", &t[0..4], &t[4..6], &t[6..8], &t[9..11], &t[11..13], &t[13..15])
+    let [y, m, d, h, mi, s] = tern_proto::facts::utc_parts(unix);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 #[cfg(test)]
