@@ -518,7 +518,7 @@ async fn page_store(archive: &Path) -> std::io::Result<PageStore> {
     })
     .await
     .map_err(std::io::Error::other)??;
-    Ok(PageStore::new(archive, offsets))
+    PageStore::open(archive, offsets)
 }
 
 async fn receive(

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use tern_proto::delta::{Piece, TarPager, PAGE};
 
 /// Page hashes of the base, for the source. Keys are the first 128 bits of
@@ -91,15 +91,16 @@ impl PageOffsets {
     }
 }
 
-/// The base's pages on the target's disk.
+/// The base's pages on the target's disk. The file stays open: a
+/// post-copy fill reads it after the staging folder that named it is gone.
 pub struct PageStore {
-    file: PathBuf,
+    file: File,
     offsets: Vec<u64>,
 }
 
 impl PageStore {
-    pub fn new(file: &Path, offsets: Vec<u64>) -> PageStore {
-        PageStore { file: file.to_path_buf(), offsets }
+    pub fn open(file: &Path, offsets: Vec<u64>) -> std::io::Result<PageStore> {
+        Ok(PageStore { file: File::open(file)?, offsets })
     }
 
     pub fn pages(&self) -> u32 {
@@ -114,7 +115,6 @@ impl PageStore {
             .checked_add(count)
             .filter(|e| *e as usize <= self.offsets.len())
             .ok_or_else(|| std::io::Error::other(format!("pages {index}..+{count} are outside the base's {} pages", self.offsets.len())))?;
-        let mut f = File::open(&self.file)?;
         let mut i = index as usize;
         while i < end as usize {
             // The run of pages contiguous in the file from page i.
@@ -122,13 +122,12 @@ impl PageStore {
             while j < end as usize && self.offsets[j] == self.offsets[j - 1] + PAGE as u64 {
                 j += 1;
             }
-            f.seek(SeekFrom::Start(self.offsets[i]))?;
-            let mut left = (j - i) * PAGE;
+            let (mut at, mut left) = (self.offsets[i], (j - i) * PAGE);
             while left > 0 {
                 let take = left.min(buf.len());
-                f.read_exact(&mut buf[..take])?;
+                self.file.read_exact_at(&mut buf[..take], at)?;
                 out(&buf[..take])?;
-                left -= take;
+                (at, left) = (at + take as u64, left - take);
             }
             i = j;
         }
@@ -137,15 +136,15 @@ impl PageStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn page(fill: u8) -> Vec<u8> {
+    pub(crate) fn page(fill: u8) -> Vec<u8> {
         vec![fill; PAGE]
     }
 
     /// A ustar archive of (name, data) members.
-    fn tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    pub(crate) fn tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in members {
             let mut h = tar::Header::new_ustar();
@@ -176,7 +175,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("base.tar");
         std::fs::write(&file, &archive).unwrap();
-        let store = PageStore::new(&file, offsets);
+        let store = PageStore::open(&file, offsets).unwrap();
         let mut buf = vec![0u8; PAGE + 100];
         let mut got = Vec::new();
         store

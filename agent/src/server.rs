@@ -449,7 +449,7 @@ mod tests {
                     policy: Default::default(),
                     lazy_restore: false,
                     bandwidth: 0,
-                    post_copy_rounds: false,
+                    post_copy_first: Default::default(),
                 },
                 ticket: Default::default(),
                 evacuation,

@@ -269,7 +269,7 @@ impl Run<'_> {
                 failure: SourceError::AlreadyMigrating { container: self.req.container.clone() }.at(Phase::Prepare).failure(),
             };
         };
-        let plan = Plan::new(self.req.options.mode, self.req.options.post_copy_rounds);
+        let plan = Plan::new(self.req.options.mode, self.req.options.post_copy_first);
         let (mut state, first) = source_state::start(SourceState::new(self.target()));
         let mut queue = VecDeque::from(first);
         let mut streams = None;
@@ -502,7 +502,7 @@ impl Run<'_> {
             tcp_established: self.req.options.tcp_established,
             mode: self.req.options.mode,
             lazy_restore: self.req.options.lazy_restore,
-            post_copy_rounds: self.req.options.post_copy_rounds,
+            post_copy_first: self.req.options.post_copy_first,
             ticket: self.req.ticket.clone(),
         };
         self.container = Some(info);

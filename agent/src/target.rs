@@ -105,6 +105,7 @@ pub async fn receive(
         notes: Vec::new(),
         hold: None,
         legs: None,
+        base: Default::default(),
     };
     let result = t.run(conn, &mut send, &mut recv).await;
     agent.tunnels.close(t.begin.id);
@@ -193,7 +194,14 @@ struct Target<'a> {
     /// Post-copy: the legs of the page tunnel, as the source opens them
     /// (`tunnel.rs`), until the restore takes them.
     legs: Option<(crate::tunnel::Legs, tokio_util::sync::CancellationToken)>,
+    /// The base's pages once they arrived (`hash-pre-copy`, and post-copy
+    /// on its base, whose fill then takes the pages it names from here).
+    base: BaseSlot,
 }
+
+/// The base's pages, shared between the data streams that receive them
+/// and the page tunnel that reads them.
+type BaseSlot = Arc<std::sync::Mutex<Option<Arc<PageStore>>>>;
 
 /// A restore that went well.
 struct Running {
@@ -244,7 +252,7 @@ fn fill_limit(memory_bytes: u64) -> Duration {
 impl Target<'_> {
     /// What the migration's mode means for its course (both sides ask).
     fn plan(&self) -> Plan {
-        Plan::new(self.begin.mode, self.begin.post_copy_rounds)
+        Plan::new(self.begin.mode, self.begin.post_copy_first)
     }
 
     async fn run(&mut self, conn: quinn::Connection, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
@@ -336,7 +344,8 @@ impl Target<'_> {
             }
         }
         let limits = Limits::of(&self.agent.cfg.limits, &c);
-        Ok(Ok((needs_image, Places { staging: self.staging.clone(), bundle: dir, checkpoint, annotate, limits })))
+        let base = self.base.clone();
+        Ok(Ok((needs_image, Places { staging: self.staging.clone(), bundle: dir, checkpoint, annotate, limits, base })))
     }
 
     /// The conversation with the source, message by message through the
@@ -675,8 +684,9 @@ impl Target<'_> {
         let (news_tx, mut news) = tokio::sync::mpsc::unbounded_channel();
         let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let (engine, name, id) = (self.agent.engine.clone(), self.begin.container.name.clone(), self.begin.id);
+        let base = self.base.lock().unwrap().clone();
         let task = tokio::spawn(async move {
-            let serve = crate::tunnel::serve_target(listener, legs, given_up, news_tx);
+            let serve = crate::tunnel::serve_target(listener, legs, given_up, news_tx, base);
             tokio::pin!(serve);
             let mut paused = false;
             let mut failed_tx = Some(failed_tx);
@@ -906,6 +916,8 @@ struct Places {
     annotate: Option<(PathBuf, bool)>,
     /// What each stream may take ([`archive::Limits`]).
     limits: Limits,
+    /// Where the base's pages go once they arrived.
+    base: BaseSlot,
 }
 
 /// Accepts the migration's data streams and stages each, posting the result
@@ -964,13 +976,18 @@ async fn accept_data(
                     .map(|(digest, _)| Staged { path: dir, digest, annotated: false })
                     .map_err(TargetError::from)
             }
-            DataKind::Base if mode == Mode::HashPreCopy && base_pages.is_none() => {
+            DataKind::Base if plan.rounds == Rounds::Base && base_pages.is_none() => {
                 let path = staging.join("base.tar");
                 match receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default(), data).await {
-                    Ok(r) => {
-                        base_pages = Some(Arc::new(PageStore::new(&path, r.offsets.unwrap_or_default())));
-                        Ok(Staged { path, digest: r.digest, annotated: false })
-                    }
+                    Ok(r) => match PageStore::open(&path, r.offsets.unwrap_or_default()) {
+                        Ok(store) => {
+                            let store = Arc::new(store);
+                            base_pages = Some(store.clone());
+                            *places.base.lock().unwrap() = Some(store);
+                            Ok(Staged { path, digest: r.digest, annotated: false })
+                        }
+                        Err(e) => Err(TargetError::BaseUnreadable(e)),
+                    },
                     Err(e) => Err(e.into()),
                 }
             }

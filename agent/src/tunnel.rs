@@ -25,10 +25,20 @@
 //!
 //! Frames on a leg, each way: `H` + u64 (bytes delivered so far, first),
 //! `D` + u32 length + bytes (at most [`MAX_DATA`]), `A` + u64 (delivered so
-//! far), `E` (this side's CRIU closed its end).
+//! far), `E` (this side's CRIU closed its end); and from the source only,
+//! `P` + u32 first + u32 count: pages the target holds in the migration's
+//! base (`hash-pre-copy`'s, `pages.rs`), to deliver from there.
+//!
+//! On top of a base, the source reads the page server's replies
+//! ([`Replies`]) and sends each page the base holds as its number there
+//! (9 bytes for up to [`MAX_REF_PAGES`] pages) instead of its 4 KiB. What
+//! is delivered, confirmed and resent stays the bytes CRIU exchanges:
+//! a resend after a lost leg sends them whole.
 
+use crate::pages::{PageIndex, PageStore};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tern_proto::MigrationId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +48,18 @@ use tokio_util::sync::CancellationToken;
 
 /// The largest data frame a peer may send.
 pub const MAX_DATA: usize = 1 << 20;
+/// A page, as CRIU's page server sends them.
+pub const PAGE: usize = 4096;
+/// The most pages one `P` frame names (as many bytes as a data frame).
+pub const MAX_REF_PAGES: u32 = (MAX_DATA / PAGE) as u32;
+/// The page server's reply that pages follow: `PS_IOV_ADD_F` (6) with
+/// `PE_PRESENT` (1 << 2) in the flags above bit 16 (`encode_ps_cmd` in
+/// `criu/page-xfer.c`).
+const ADD_F_PRESENT: u32 = (1 << 2) << 16 | 6;
+/// The most pages this side expects in one reply (CRIU answers a fault
+/// with a few pages, its background fill with at most a few MiB): a
+/// reply claiming more is not parsed, only passed on.
+const MAX_REPLY_PAGES: u64 = 1 << 18;
 /// What one side reads from CRIU at once.
 const READ_CHUNK: usize = 256 << 10;
 /// The most bytes kept for resending: past it, the side stops reading
@@ -93,6 +115,10 @@ pub enum TunnelError {
     Link(String),
     #[error("the move was given up while the link was lost (`tern post-copy give-up`)")]
     GaveUp,
+    #[error("the source named pages {first}..+{count} of a base this side does not hold ({why})")]
+    NoBasePages { first: u32, count: u32, why: String },
+    #[error("a page-tunnel frame naming {0} base pages (1 to {MAX_REF_PAGES})")]
+    BadPageCount(u32),
 }
 
 impl Outbox {
@@ -138,6 +164,11 @@ impl Outbox {
 pub enum Frame {
     Hello(u64),
     Data(Vec<u8>),
+    /// Pages `first .. first + count` of the base, in its numbering.
+    Pages {
+        first: u32,
+        count: u32,
+    },
     Ack(u64),
     End,
 }
@@ -149,6 +180,7 @@ impl Frame {
             Frame::Ack(n) => [&[b'A'][..], &n.to_be_bytes()].concat(),
             Frame::End => vec![b'E'],
             Frame::Data(d) => [&[b'D'][..], &(d.len() as u32).to_be_bytes(), d].concat(),
+            Frame::Pages { first, count } => [&[b'P'][..], &first.to_be_bytes(), &count.to_be_bytes()].concat(),
         }
     }
 
@@ -171,6 +203,15 @@ impl Frame {
                 }
             }
             b'E' => Frame::End,
+            b'P' => {
+                r.read_exact(&mut n8).await.map_err(link)?;
+                let first = u32::from_be_bytes(n8[..4].try_into().expect("4 bytes"));
+                let count = u32::from_be_bytes(n8[4..].try_into().expect("4 bytes"));
+                if !(1..=MAX_REF_PAGES).contains(&count) {
+                    return Err(TunnelError::BadPageCount(count));
+                }
+                Frame::Pages { first, count }
+            }
             b'D' => {
                 let mut n4 = [0u8; 4];
                 r.read_exact(&mut n4).await.map_err(link)?;
@@ -184,6 +225,136 @@ impl Frame {
             }
             other => return Err(TunnelError::UnknownFrame(other)),
         }))
+    }
+}
+
+/// A piece of the page server's replies ([`Replies`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Bytes to pass on as they are.
+    Raw(&'a [u8]),
+    /// One whole page of a reply.
+    Page(&'a [u8]),
+}
+
+/// The page server's replies, cut into pages, as they are read. Each
+/// reply is a `struct page_server_iov` ([`PS_IOV_SIZE`] bytes: a u32
+/// command, padding, then u64 page count, address and process) and, for
+/// `PS_IOV_ADD_F` with `PE_PRESENT`, that many pages. Nothing is held
+/// back but the part of a page read so far (the rest of a reply follows
+/// it at once): a header passes on as it arrives, and so does what this
+/// cannot read as a reply (the u32 status that answers a close) and,
+/// after a reply it does not know, everything else.
+#[derive(Debug, Default)]
+pub struct Replies {
+    header: Vec<u8>,
+    page: Vec<u8>,
+    /// Pages still to come in the current reply.
+    left: u64,
+    /// A reply this does not know went by: pass everything on.
+    lost: bool,
+}
+
+impl Replies {
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Piece)) {
+        while !bytes.is_empty() {
+            if self.lost {
+                out(Piece::Raw(bytes));
+                return;
+            }
+            if self.left == 0 {
+                let take = (PS_IOV_SIZE as usize - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                out(Piece::Raw(&bytes[..take]));
+                bytes = &bytes[take..];
+                if self.header.len() == PS_IOV_SIZE as usize {
+                    let cmd = u32::from_le_bytes(self.header[..4].try_into().expect("4 bytes"));
+                    let pages = u64::from_le_bytes(self.header[8..16].try_into().expect("8 bytes"));
+                    self.header.clear();
+                    if cmd == ADD_F_PRESENT && (1..=MAX_REPLY_PAGES).contains(&pages) {
+                        self.left = pages;
+                    } else {
+                        self.lost = true;
+                    }
+                }
+                continue;
+            }
+            if self.page.is_empty() && bytes.len() >= PAGE {
+                out(Piece::Page(&bytes[..PAGE]));
+                bytes = &bytes[PAGE..];
+                self.left -= 1;
+                continue;
+            }
+            let take = (PAGE - self.page.len()).min(bytes.len());
+            self.page.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.page.len() == PAGE {
+                out(Piece::Page(&self.page));
+                self.page.clear();
+                self.left -= 1;
+            }
+        }
+    }
+}
+
+/// The source's side on top of a base: the page server's replies become
+/// frames, a page the base holds as a `P` frame.
+pub struct Dedupe {
+    index: Arc<PageIndex>,
+    replies: Replies,
+    /// Pages sent as their number in the base.
+    pub from_base: Arc<AtomicU64>,
+}
+
+impl Dedupe {
+    pub fn new(index: Arc<PageIndex>) -> Dedupe {
+        Dedupe { index, replies: Replies::default(), from_base: Default::default() }
+    }
+
+    /// The frames that carry `bytes`, the next bytes of the page server's
+    /// replies, in order.
+    pub fn frames(&mut self, bytes: &[u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut raw: Vec<u8> = Vec::new();
+        let mut run: Option<(u32, u32)> = None;
+        let (index, from_base) = (&self.index, &self.from_base);
+        let flush_run = |run: &mut Option<(u32, u32)>, frames: &mut Vec<Frame>| {
+            if let Some((first, count)) = run.take() {
+                frames.push(Frame::Pages { first, count });
+            }
+        };
+        let flush_raw = |raw: &mut Vec<u8>, frames: &mut Vec<Frame>| {
+            for c in raw.chunks(MAX_DATA) {
+                frames.push(Frame::Data(c.to_vec()));
+            }
+            raw.clear();
+        };
+        self.replies.feed(bytes, &mut |piece| {
+            let (data, at) = match piece {
+                Piece::Raw(b) => (b, None),
+                Piece::Page(p) => (p, index.lookup(p)),
+            };
+            match at {
+                Some(n) => {
+                    flush_raw(&mut raw, &mut frames);
+                    from_base.fetch_add(1, Ordering::Relaxed);
+                    match &mut run {
+                        Some((first, count)) if *first + *count == n && *count < MAX_REF_PAGES => *count += 1,
+                        _ => {
+                            flush_run(&mut run, &mut frames);
+                            run = Some((n, 1));
+                        }
+                    }
+                }
+                None => {
+                    flush_run(&mut run, &mut frames);
+                    raw.extend_from_slice(data);
+                }
+            }
+        });
+        flush_run(&mut run, &mut frames);
+        flush_raw(&mut raw, &mut frames);
+        frames
     }
 }
 
@@ -207,6 +378,10 @@ pub struct End {
     /// (the daemon ends the fill). An earlier close is CRIU's failure, and
     /// passing it on would make the daemon fill the rest with zeros.
     source: bool,
+    /// The source's side on top of a base ([`End::with_index`]).
+    dedupe: Option<Dedupe>,
+    /// The target's side: the base whose pages `P` frames name.
+    base: Option<Arc<PageStore>>,
 }
 
 /// How a leg ended.
@@ -222,7 +397,52 @@ pub enum LegEnd {
 
 impl End {
     pub fn new(tcp: TcpStream, rate: u64, source: bool) -> End {
-        End { tcp, outbox: Outbox::default(), delivered: 0, local_closed: false, peer_closed: false, read: Default::default(), rate, source }
+        End {
+            tcp,
+            outbox: Outbox::default(),
+            delivered: 0,
+            local_closed: false,
+            peer_closed: false,
+            read: Default::default(),
+            rate,
+            source,
+            dedupe: None,
+            base: None,
+        }
+    }
+
+    /// The source's side, where the target holds a base: pages found in
+    /// `index` cross as their number there.
+    pub fn with_index(mut self, index: Arc<PageIndex>) -> End {
+        self.dedupe = Some(Dedupe::new(index));
+        self
+    }
+
+    /// The target's side, holding the base the source's `P` frames name.
+    pub fn with_base(mut self, base: Option<Arc<PageStore>>) -> End {
+        self.base = base;
+        self
+    }
+
+    /// Pages sent as their number in the base, so far (0 without one).
+    pub fn from_base(&self) -> Option<Arc<AtomicU64>> {
+        self.dedupe.as_ref().map(|d| d.from_base.clone())
+    }
+
+    /// Writes base pages `first .. first + count` to CRIU.
+    async fn deliver_base(&mut self, first: u32, count: u32) -> Result<(), TunnelError> {
+        let none = |why: String| TunnelError::NoBasePages { first, count, why };
+        let base = self.base.clone().ok_or_else(|| none("no base arrived".into()))?;
+        let mut pages = Vec::with_capacity(count as usize * PAGE);
+        let mut buf = vec![0u8; count as usize * PAGE];
+        base.copy(first, count, &mut buf, &mut |b| {
+            pages.extend_from_slice(b);
+            Ok(())
+        })
+        .map_err(|e| none(e.to_string()))?;
+        self.tcp.write_all(&pages).await.map_err(|e| TunnelError::Local(e.to_string()))?;
+        self.delivered += pages.len() as u64;
+        Ok(())
     }
 
     /// The source's side gives the fill up while CRIU's page server still
@@ -318,15 +538,20 @@ impl End {
                         send.write_all(&Frame::End.encode()).await.map_err(link)?;
                         continue;
                     }
-                    self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.read.fetch_add(n as u64, Ordering::Relaxed);
                     self.outbox.push(&buf[..n]);
+                    let frames = match &mut self.dedupe {
+                        Some(d) => d.frames(&buf[..n]),
+                        None => vec![Frame::Data(buf[..n].to_vec())],
+                    };
+                    let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
                     if let Some((t0, b)) = &mut bucket {
-                        let wait = b.take(n as u64, t0.elapsed());
+                        let wait = b.take(wire.len() as u64, t0.elapsed());
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
                         }
                     }
-                    send.write_all(&Frame::Data(buf[..n].to_vec()).encode()).await.map_err(link)?;
+                    send.write_all(&wire).await.map_err(link)?;
                 }
                 f = frames.recv() => {
                     match f.unwrap_or_else(|| Err(TunnelError::Link("the leg's reader stopped".into())))? {
@@ -334,6 +559,9 @@ impl End {
                             self.tcp.write_all(&d).await.map_err(local)?;
                             self.delivered += d.len() as u64;
                         }
+                        // Only a source sends them, and only one with a base.
+                        Frame::Pages { first, count } if !self.source => self.deliver_base(first, count).await?,
+                        Frame::Pages { .. } => return Err(TunnelError::UnknownFrame(b'P')),
                         Frame::Ack(n) => self.outbox.ack(n)?,
                         Frame::End => {
                             self.peer_closed = true;
@@ -433,16 +661,18 @@ pub enum News {
 
 /// The target's side: accepts `criu lazy-pages`' connection on
 /// `listener`, then runs the legs the source opens until the fill is over
-/// or the source gave the move up (`given_up`). `news` hears of the link.
+/// or the source gave the move up (`given_up`). `news` hears of the link;
+/// `base` holds the pages `P` frames name.
 pub async fn serve_target(
     listener: tokio::net::TcpListener,
     mut legs: Legs,
     given_up: CancellationToken,
     news: mpsc::UnboundedSender<News>,
+    base: Option<Arc<PageStore>>,
 ) -> Result<u64, TunnelError> {
     let (tcp, _) = listener.accept().await.map_err(|e| TunnelError::Local(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let mut end = End::new(tcp, 0, false);
+    let mut end = End::new(tcp, 0, false).with_base(base);
     let mut was_lost = false;
     loop {
         let next = tokio::select! {
@@ -518,7 +748,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_and_bounds_hold() {
-        let frames = [Frame::Hello(7), Frame::Data(vec![1, 2, 3]), Frame::Ack(u64::MAX), Frame::End];
+        let frames = [Frame::Hello(7), Frame::Data(vec![1, 2, 3]), Frame::Pages { first: 9, count: 2 }, Frame::Ack(u64::MAX), Frame::End];
         let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
         let mut r = &bytes[..];
         for f in frames {
@@ -529,5 +759,109 @@ mod tests {
         assert_eq!(Frame::read(&mut &big[..]).await.unwrap_err(), TunnelError::TooLarge(MAX_DATA + 1));
         assert_eq!(Frame::read(&mut &b"Z"[..]).await.unwrap_err(), TunnelError::UnknownFrame(b'Z'));
         assert!(matches!(Frame::read(&mut &b"A\0\0"[..]).await.unwrap_err(), TunnelError::Link(_)));
+    }
+
+    /// A page-server reply header: `cmd`, `pages`, then address and process.
+    fn header(cmd: u32, pages: u64) -> Vec<u8> {
+        let mut h = cmd.to_le_bytes().to_vec();
+        h.extend_from_slice(&[0; 4]);
+        h.extend_from_slice(&pages.to_le_bytes());
+        h.extend_from_slice(&0x7f00_0000_0000u64.to_le_bytes());
+        h.extend_from_slice(&(1u64 << 8).to_le_bytes());
+        h
+    }
+
+    fn pieces(stream: &[u8], chunk: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut r = Replies::default();
+        let (mut all, mut pages) = (Vec::new(), Vec::new());
+        for c in stream.chunks(chunk) {
+            r.feed(c, &mut |p| match p {
+                Piece::Raw(b) => all.extend_from_slice(b),
+                Piece::Page(b) => {
+                    assert_eq!(b.len(), PAGE);
+                    all.extend_from_slice(b);
+                    pages.push(b.to_vec());
+                }
+            });
+        }
+        (all, pages)
+    }
+
+    #[test]
+    fn replies_are_cut_into_their_pages_however_they_are_read() {
+        use crate::pages::tests::page;
+        let stream = [
+            header(ADD_F_PRESENT, 3),
+            page(1),
+            page(2),
+            page(3),
+            header(ADD_F_PRESENT, 1),
+            page(4),
+            // The status that answers a close: passed on, not a header.
+            0u32.to_le_bytes().to_vec(),
+        ]
+        .concat();
+        for chunk in [1, 7, 32, 4095, 4096, 5000, stream.len()] {
+            let (all, pages) = pieces(&stream, chunk);
+            assert_eq!(all, stream, "chunk {chunk}");
+            assert_eq!(pages, [page(1), page(2), page(3), page(4)], "chunk {chunk}");
+        }
+        // A reply it does not know: everything after it passes on whole.
+        let odd = [header(ADD_F_PRESENT, 1), page(1), header(0x7, 1), page(2), header(ADD_F_PRESENT, 1), page(3)].concat();
+        let (all, pages) = pieces(&odd, 100);
+        assert_eq!((all, pages), (odd.clone(), vec![page(1)]));
+        // Nor does it trust a reply claiming too many pages.
+        let huge = [header(ADD_F_PRESENT, MAX_REPLY_PAGES + 1), page(1)].concat();
+        assert!(pieces(&huge, 4096).1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn on_a_base_pages_it_holds_cross_as_numbers_and_come_out_whole() {
+        use crate::pages::tests::{page, tar};
+        use crate::pages::PageOffsets;
+        let base = tar(&[("checkpoint/pages-1.img", [page(1), page(2), page(3), page(4)].concat())]);
+        let (mut index, mut offsets) = (PageIndex::default(), PageOffsets::default());
+        index.add(&base);
+        offsets.add(&base);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.tar"), &base).unwrap();
+        let store = PageStore::open(&dir.path().join("base.tar"), offsets.finish()).unwrap();
+
+        // Pages 1 and 2 of the base in a row, one it lacks, then page 4.
+        let stream = [header(ADD_F_PRESENT, 4), page(2), page(3), page(9), page(4), 0u32.to_le_bytes().to_vec()].concat();
+        let index = Arc::new(index);
+        let mut d = Dedupe::new(index.clone());
+        let frames = d.frames(&stream);
+        let refs: Vec<&Frame> = frames.iter().filter(|f| matches!(f, Frame::Pages { .. })).collect();
+        assert_eq!(refs, [&Frame::Pages { first: 1, count: 2 }, &Frame::Pages { first: 3, count: 1 }]);
+        assert_eq!(d.from_base.load(Ordering::Relaxed), 3);
+        let wire: usize = frames.iter().map(|f| f.encode().len()).sum();
+        assert!(wire < 2 * PAGE, "{wire} bytes on the wire for 4 pages");
+
+        // However it is read, the target rebuilds it byte for byte.
+        let mut d = Dedupe::new(index);
+        let frames: Vec<Frame> = stream.chunks(3000).flat_map(|c| d.frames(c)).collect();
+        let mut rebuilt = Vec::new();
+        for f in frames {
+            match f {
+                Frame::Data(b) => rebuilt.extend_from_slice(&b),
+                Frame::Pages { first, count } => {
+                    let mut buf = vec![0u8; PAGE];
+                    store
+                        .copy(first, count, &mut buf, &mut |b| {
+                            rebuilt.extend_from_slice(b);
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(rebuilt, stream);
+        // And the frame's bounds hold.
+        let zero = Frame::Pages { first: 0, count: 0 }.encode();
+        assert_eq!(Frame::read(&mut &zero[..]).await.unwrap_err(), TunnelError::BadPageCount(0));
+        let max = Frame::Pages { first: 5, count: MAX_REF_PAGES }.encode();
+        assert_eq!(Frame::read(&mut &max[..]).await.unwrap(), Some(Frame::Pages { first: 5, count: MAX_REF_PAGES }));
     }
 }

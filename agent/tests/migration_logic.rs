@@ -426,7 +426,7 @@ impl Cluster {
             tcp_established: false,
             mode: Mode::StopAndCopy,
             lazy_restore: false,
-            post_copy_rounds: false,
+            post_copy_first: Default::default(),
             ticket,
         };
         let s = self.session_as(who, host).await.unwrap();

@@ -38,7 +38,7 @@ async fn sides() -> Sides {
     let (legs, legs_rx) = mpsc::channel(4);
     let (lost_tx, lost) = mpsc::unbounded_channel();
     let given_up = CancellationToken::new();
-    let target = tokio::spawn(serve_target(port, legs_rx, given_up.clone(), lost_tx));
+    let target = tokio::spawn(serve_target(port, legs_rx, given_up.clone(), lost_tx, None));
     let daemon = TcpStream::connect(addr).await.unwrap();
     let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let to_server = TcpStream::connect(server.local_addr().unwrap()).await.unwrap();

@@ -102,7 +102,7 @@ pub async fn run_with(
             policy: opts.policy.clone(),
             lazy_restore: opts.lazy_restore,
             bandwidth: opts.bandwidth,
-            post_copy_rounds: plan.post_copy_rounds,
+            post_copy_first: plan.post_copy_first,
         },
         ticket,
         evacuation,

@@ -157,7 +157,12 @@ pub fn report_text(r: &MigrationReport, forced: &[Finding]) -> String {
         s.push_str(&format!("  memory       restored lazily: resumed first, all in place {} later\n", ms(f)));
     }
     s.push_str(&format!("  total        {}\n", ms(r.total_ms)));
-    let saved = if r.saved_bytes > 0 { format!(", {} of it already on the target", bytes(r.saved_bytes)) } else { String::new() };
+    let saved = match (r.saved_bytes, r.mode) {
+        (0, _) => String::new(),
+        // Post-copy on a base: the fill's pages, not the archive's.
+        (b, Mode::PostCopy) => format!("; {} of the memory taken from the base on the target", bytes(b)),
+        (b, _) => format!(", {} of it already on the target", bytes(b)),
+    };
     s.push_str(&format!(
         "  on the wire  {}  (checkpoint archive {}{saved}, image {})\n",
         bytes(r.bytes_on_wire),

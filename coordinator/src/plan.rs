@@ -5,6 +5,7 @@ use crate::cluster::{Cluster, HostState};
 use anyhow::{bail, Context};
 use tern_proto::compat::{self, Finding, ForceField};
 use tern_proto::facts::ContainerInfo;
+use tern_proto::plan::PostCopyFirst;
 use tern_proto::{Mode, Request, Response};
 
 /// What the user asked for with `--mode`.
@@ -28,6 +29,13 @@ pub enum ModeArg {
     /// until the last page crosses the container needs both hosts and the
     /// link (never chosen by `auto`).
     PostCopy,
+    /// Post-copy after content-addressed pre-copy's base: a full dump
+    /// crosses while the container runs (it pauses while CRIU dumps), then
+    /// post-copy, whose fill carries only the pages written since the
+    /// base: fewer bytes after the restore, and a shorter time in which
+    /// the container needs both hosts. Where both hosts track soft-dirty
+    /// memory, soft-dirty rounds take the base's place.
+    HashPostCopy,
 }
 
 /// `auto` uses content-addressed pre-copy from this much memory and files
@@ -62,9 +70,10 @@ pub struct Plan<'a> {
     pub mode: Mode,
     /// Why this mode (e.g. why pre-copy is unavailable).
     pub mode_note: String,
-    /// Post-copy where both hosts track soft-dirty memory: rounds first,
-    /// so the fill carries only what was written since the last.
-    pub post_copy_rounds: bool,
+    /// Post-copy: what crosses before the freeze (soft-dirty rounds
+    /// where both hosts track soft-dirty memory, else the base where
+    /// asked), so the fill carries only what was written since.
+    pub post_copy_first: PostCopyFirst,
     pub findings: Vec<Finding>,
 }
 
@@ -149,15 +158,19 @@ pub async fn plan<'a>(
     } else {
         format!("{target}: {}", target_state.facts.dirty_tracking.detail)
     };
+    let arg = mode;
     let (mode, mode_note) = match mode {
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
         ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
-        ModeArg::PostCopy if both_track => (
+        ModeArg::PostCopy | ModeArg::HashPostCopy if both_track => (
             Mode::PostCopy,
             "as asked; soft-dirty rounds first, so the fill after the restore carries only the pages written since the last".to_string(),
         ),
         ModeArg::PostCopy => (Mode::PostCopy, "as asked".to_string()),
+        ModeArg::HashPostCopy => {
+            (Mode::PostCopy, "as asked; hash-pre-copy's base first, so the fill after the restore carries only the pages written since".to_string())
+        }
         ModeArg::Auto => {
             let (mode, why) = auto_mode(both_track, info.memory_bytes, info.files_bytes);
             let note = match mode {
@@ -190,8 +203,12 @@ pub async fn plan<'a>(
     // Last, over every row, the target agent's included: none of its rows
     // can be forced, so the target needs no word of it.
     compat::force(&mut findings, force);
-    let post_copy_rounds = mode == Mode::PostCopy && both_track;
-    Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_rounds, findings })
+    let post_copy_first = match (mode, arg) {
+        (Mode::PostCopy, _) if both_track => PostCopyFirst::SoftDirtyRounds,
+        (Mode::PostCopy, ModeArg::HashPostCopy) => PostCopyFirst::HashBase,
+        _ => PostCopyFirst::Nothing,
+    };
+    Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_first, findings })
 }
 
 #[cfg(test)]

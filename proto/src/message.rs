@@ -364,11 +364,11 @@ pub struct MigrateOptions {
     /// (`[limits] bandwidth`), never raise it
     /// ([`crate::bandwidth::effective_cap`]).
     pub bandwidth: u64,
-    /// Post-copy only: soft-dirty rounds first, while the container runs,
-    /// so that the fill after the restore carries only the pages written
-    /// since the last round (the coordinator asks it where both hosts
-    /// track soft-dirty memory).
-    pub post_copy_rounds: bool,
+    /// Post-copy only: what crosses before the freeze, while the
+    /// container runs, so that the fill after the restore carries less:
+    /// soft-dirty rounds where both hosts track soft-dirty memory, or
+    /// `hash-pre-copy`'s base where the user asks (`--hash-base`).
+    pub post_copy_first: crate::mode::PostCopyFirst,
 }
 
 /// The phases of a migration, in order. Used for progress and the report.
@@ -655,8 +655,8 @@ pub struct Begin {
     pub mode: Mode,
     /// Restore lazily if this target can ([`MigrateOptions::lazy_restore`]).
     pub lazy_restore: bool,
-    /// [`MigrateOptions::post_copy_rounds`].
-    pub post_copy_rounds: bool,
+    /// [`MigrateOptions::post_copy_first`].
+    pub post_copy_first: crate::mode::PostCopyFirst,
     /// The coordinator's ticket for this move, as the source received it.
     pub ticket: Ticket,
 }

@@ -46,3 +46,21 @@ impl Mode {
         matches!(self, Mode::PreCopy | Mode::HashPreCopy)
     }
 }
+
+/// What a post-copy migration sends before its freeze, so that the fill
+/// after the restore carries less. The coordinator chooses it
+/// ([`crate::MigrateOptions::post_copy_first`]); other modes ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PostCopyFirst {
+    /// Nothing: every page crosses after the restore.
+    #[default]
+    Nothing,
+    /// Soft-dirty rounds while the container runs (where both hosts track
+    /// soft-dirty memory): the lazy dump sits on the last one, and only
+    /// the pages written since are filled in.
+    SoftDirtyRounds,
+    /// `hash-pre-copy`'s base: one full checkpoint while the container
+    /// runs, cut into pages on the target. During the fill, a page the
+    /// base holds crosses as its number in the base, not its bytes.
+    HashBase,
+}

@@ -5,6 +5,7 @@
 
 use crate::message::DataKind;
 use crate::mode::Mode;
+pub use crate::mode::PostCopyFirst;
 
 /// How rounds are taken before the freeze.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,19 +29,16 @@ pub struct Plan {
 
 impl Plan {
     pub fn for_mode(mode: Mode) -> Plan {
-        Plan::new(mode, false)
+        Plan::new(mode, PostCopyFirst::Nothing)
     }
 
-    /// With `post_copy_rounds`, post-copy takes soft-dirty rounds first
-    /// ([`crate::MigrateOptions::post_copy_rounds`]): its lazy dump then
-    /// sits on the last one, and only the pages written since are filled
-    /// in after the restore.
-    pub fn new(mode: Mode, post_copy_rounds: bool) -> Plan {
-        let rounds = match mode {
-            Mode::PreCopy => Rounds::SoftDirty,
-            Mode::PostCopy if post_copy_rounds => Rounds::SoftDirty,
-            Mode::HashPreCopy => Rounds::Base,
-            Mode::StopAndCopy | Mode::PostCopy | Mode::Invalid => Rounds::None,
+    /// Post-copy takes the rounds `first` names before its freeze
+    /// ([`PostCopyFirst`]); other modes ignore it.
+    pub fn new(mode: Mode, first: PostCopyFirst) -> Plan {
+        let rounds = match (mode, first) {
+            (Mode::PreCopy, _) | (Mode::PostCopy, PostCopyFirst::SoftDirtyRounds) => Rounds::SoftDirty,
+            (Mode::HashPreCopy, _) | (Mode::PostCopy, PostCopyFirst::HashBase) => Rounds::Base,
+            (Mode::StopAndCopy | Mode::PostCopy | Mode::Invalid, _) => Rounds::None,
         };
         Plan { mode, rounds }
     }
@@ -53,10 +51,12 @@ impl Plan {
         }
     }
 
-    /// The data stream that carries the final archive, after `rounds` rounds.
+    /// The data stream that carries the final archive, after `rounds`
+    /// rounds. Post-copy's holds no pages (a few hundred KiB): it crosses
+    /// as it is, and its base serves the fill instead.
     pub fn final_kind(&self, rounds: u32) -> DataKind {
         match self.rounds {
-            Rounds::Base => DataKind::CheckpointDelta { base: rounds },
+            Rounds::Base if self.mode != Mode::PostCopy => DataKind::CheckpointDelta { base: rounds },
             _ => DataKind::Checkpoint,
         }
     }
@@ -81,6 +81,9 @@ impl Plan {
                 "freezing; everything but memory crosses now, and after the restore only the pages written since the last round"
             }
             Rounds::SoftDirty => "freezing; the final dump holds only the pages written since the last round",
+            Rounds::Base if self.mode == Mode::PostCopy => {
+                "freezing; everything but memory crosses now, and after the restore the pages the base lacks"
+            }
             Rounds::Base => "freezing; only pages the target lacks cross the wire",
             Rounds::None if self.mode == Mode::PostCopy => "freezing; everything but memory crosses now, memory after the restore",
             Rounds::None => "freezing and dumping; the archive streams as it is written",

@@ -209,7 +209,7 @@ mod tests {
         let plain = Plan::for_mode(Mode::PostCopy);
         assert!(step(plain, TargetState::Staging { rounds: 0 }, &round(1)).is_err());
         assert!(step(plain, TargetState::Staging { rounds: 0 }, &SourceMsg::CheckpointSent(digest())).is_ok());
-        let m = Plan::new(Mode::PostCopy, true);
+        let m = Plan::new(Mode::PostCopy, crate::plan::PostCopyFirst::SoftDirtyRounds);
         let (s, _) = step(m, TargetState::Staging { rounds: 0 }, &round(1)).unwrap();
         assert!(step(m, s, &SourceMsg::CheckpointSent(digest())).is_err(), "the rounds must be prepared first");
         let (s, a) = step(m, s, &SourceMsg::RoundsDone { rounds: 1 }).unwrap();

@@ -4,7 +4,9 @@
 //! the highest version both accept wins. Version 0 is reserved as invalid.
 
 /// The version this build speaks.
-/// Version 10 adds checkpoints a user keeps (`Request::Checkpoint`,
+/// Version 11 lets post-copy take `hash-pre-copy`'s base first
+/// (`MigrateOptions::post_copy_first`, `Begin::post_copy_first`, in place
+/// of `post_copy_rounds`). Version 10 adds checkpoints a user keeps (`Request::Checkpoint`,
 /// `Request::CheckpointPut`, `Response::Checkpoints`,
 /// `Response::RestoredAs`). Version 9 adds the operator's say over post-copy fills
 /// (`Request::PostCopy`, `Response::PostCopy`: how each stands, resume,
@@ -32,10 +34,10 @@
 /// and the report) and where the images were held (RAM or disk). Version 2
 /// added pre-copy rounds, file sets and delta records. Older versions are no
 /// longer spoken: agents of one cluster are upgraded together.
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Every version this build can still speak, newest first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[10];
+pub const SUPPORTED_VERSIONS: &[u16] = &[11];
 
 /// The highest version both sides support, or `None` when they share none.
 pub fn negotiate(ours: &[u16], theirs: &[u16]) -> Option<u16> {

@@ -776,6 +776,39 @@ fn scenario_post_copy() -> Result<()> {
     Ok(())
 }
 
+/// Post-copy on hash-pre-copy's base (`--mode hash-post-copy`): the base
+/// crosses while the container runs, and after the restore every page the
+/// base holds is taken from the target's copy of it, not sent again.
+fn scenario_post_copy_on_a_base() -> Result<()> {
+    let name = "e2e-postcopy-base";
+    remove_everywhere(name);
+    // 1 MiB/s: most of memory is as the base has it at the freeze.
+    start_memhog("client1", name, 192, 1)?;
+    let j = migrate_and_verify_with(name, "client1", "client2", &["--mode", "hash-post-copy"], "post-copy")?;
+    memory_intact("client2", name)?;
+    let n = |k: &str| j[k].as_u64().unwrap_or(0);
+    ensure!(j["rounds"].as_array().map(Vec::len) == Some(1), "the base is not in the report's rounds: {j}");
+    ensure!(n("saved_bytes") > 150 << 20, "only {} bytes of the fill came from the base: {j}", n("saved_bytes"));
+    // Memory crosses once (the base), not twice (the base, then the fill).
+    ensure!(n("bytes_on_wire") < 260 << 20, "{} bytes crossed for 192 MiB on a base: {j}", n("bytes_on_wire"));
+    eprintln!(
+        "post-copy on a base: downtime {} ms, fill {} ms, {} MiB on the wire, {} MiB of the fill from the base",
+        n("downtime_ms"),
+        n("memory_fill_ms"),
+        n("bytes_on_wire") >> 20,
+        n("saved_bytes") >> 20
+    );
+    remove_everywhere(name);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and the lab: run scripts/test.sh"]
+fn post_copy_on_a_hash_base_fills_only_what_the_base_lacks() {
+    let _lab = lab_guard();
+    scenario_post_copy_on_a_base().unwrap();
+}
+
 /// The link between the hosts drops mid-fill for longer than QUIC's idle
 /// timeout: the container pauses on the target, the source keeps serving,
 /// and once the link is back the tunnel resumes on a new connection and

@@ -303,7 +303,7 @@ mod tests {
             tcp_established: false,
             mode: Mode::StopAndCopy,
             lazy_restore: false,
-            post_copy_rounds: false,
+            post_copy_first: Default::default(),
             ticket: Ticket::default(),
         }
     }

@@ -55,6 +55,8 @@ pub(super) struct Fill {
     pub tunnel: tokio::task::JoinHandle<Result<u64, TunnelError>>,
     /// Cancelled to give the fill up (`Run::abandon_fill`).
     pub abandon: tokio_util::sync::CancellationToken,
+    /// On top of a base: the pages the target took from it.
+    pub from_base: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Run<'_> {
@@ -141,7 +143,12 @@ impl Run<'_> {
         if let Err(e) = linger {
             tracing::warn!("SO_LINGER on CRIU's page-server connection: {e}; should this agent die mid-fill, CRIU would end the dump");
         }
-        let end = End::new(tcp, self.pace.cap(), true);
+        // On top of a base, pages the target holds from it cross as
+        // their number there (`tunnel::Dedupe`).
+        let end = match self.base_index.clone() {
+            Some(index) => End::new(tcp, self.pace.cap(), true).with_index(index),
+            None => End::new(tcp, self.pace.cap(), true),
+        };
 
         let archive = pack(&folder, &info).map_err(|e| fail(format!("packing the images in {}: {e}", folder.display())))?;
         let (reader, completion) =
@@ -175,8 +182,9 @@ impl Run<'_> {
         };
         let entry = self.agent.fills.register(self.req.id, &info.name, &self.req.target.name);
         let abandon = tokio_util::sync::CancellationToken::new();
+        let from_base = end.from_base();
         let tunnel = tokio::spawn(serve_source(end, route, entry, abandon.clone()));
-        self.fill = Some(Fill { checkpoint, tunnel, abandon });
+        self.fill = Some(Fill { checkpoint, tunnel, abandon, from_base });
         self.check_cancel(p)?;
         Ok(digest)
     }
@@ -194,6 +202,7 @@ impl Run<'_> {
             Err(e) => Some(format!("its task: {e}")),
         };
         let fill = self.fill.take()?;
+        let from_base = fill.from_base.clone();
         let tunnel = match fill.tunnel.await {
             Ok(Ok(bytes)) => {
                 tracing::info!(id = self.req.id, bytes, "the page tunnel is done");
@@ -203,6 +212,10 @@ impl Run<'_> {
             Err(e) if e.is_cancelled() => None,
             Err(e) => Some(format!("its task: {e}")),
         };
+        if let Some(n) = from_base {
+            // What the base spared the link, as hash-pre-copy reports it.
+            self.saved_bytes = n.load(std::sync::atomic::Ordering::Relaxed) * crate::tunnel::PAGE as u64;
+        }
         let pid = self.container.as_ref().map_or(0, |c| c.pid);
         let here = pid > 0 && process_runs(pid);
         let why = [dump.map(|e| format!("the dump: {e}")), tunnel.map(|e| format!("the page tunnel: {e}"))]
@@ -364,7 +377,13 @@ async fn serve_legs(
         }
         entry.link_back();
         match end.run_leg(&mut send, recv).await {
-            LegEnd::Finished => return Ok(end.read.load(std::sync::atomic::Ordering::Relaxed)),
+            LegEnd::Finished => {
+                if let Some(n) = end.from_base() {
+                    let pages = n.load(std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(id, pages, "pages taken from the base on the target, not sent");
+                }
+                return Ok(end.read.load(std::sync::atomic::Ordering::Relaxed));
+            }
             LegEnd::Failed(e) => return Err(e),
             LegEnd::Lost(e) => {
                 tracing::warn!(id, "the page tunnel to {target} lost its link: {e}; reconnecting");

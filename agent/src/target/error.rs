@@ -22,6 +22,8 @@ pub enum TargetError {
     Receive(#[from] TransferError),
     #[error("the delta refers to a base that never arrived")]
     NoBase,
+    #[error("the base arrived but cannot be opened again: {0}")]
+    BaseUnreadable(std::io::Error),
     #[error(
         "the {kind:?} data does not match its digest: received {} bytes with blake3 {}, the source sent {} bytes with blake3 {}",
         got.bytes,

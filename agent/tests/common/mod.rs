@@ -677,7 +677,7 @@ pub fn options(mode: Mode) -> MigrateOptions {
         policy: PolicyConfig::default(),
         lazy_restore: true,
         bandwidth: 0,
-        post_copy_rounds: false,
+        post_copy_first: Default::default(),
     }
 }
 

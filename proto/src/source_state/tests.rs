@@ -5,6 +5,7 @@
 use super::*;
 use crate::facts::ContainerInfo;
 use crate::mode::Mode;
+use crate::plan::PostCopyFirst;
 use crate::state::{self, Action, TargetState};
 use std::collections::VecDeque;
 
@@ -343,9 +344,19 @@ fn plans_answer_every_mode_question_in_one_place() {
     );
     assert_eq!(Plan::for_mode(Mode::Invalid).rounds, Rounds::None);
     assert_eq!(Plan::for_mode(Mode::PostCopy).rounds, Rounds::None);
-    let pp = Plan::new(Mode::PostCopy, true);
+    let pp = Plan::new(Mode::PostCopy, PostCopyFirst::SoftDirtyRounds);
     assert_eq!((pp.rounds, pp.with_previous(), pp.checkpoint_in_ram()), (Rounds::SoftDirty, true, false));
-    assert_eq!(Plan::new(Mode::HashPreCopy, true), Plan::for_mode(Mode::HashPreCopy), "only post-copy takes the flag");
+    // On a base, post-copy's archive holds no pages: no delta against it.
+    let pb = Plan::new(Mode::PostCopy, PostCopyFirst::HashBase);
+    assert_eq!(
+        (pb.rounds, pb.round_kind(1), pb.final_kind(1), pb.with_previous(), pb.checkpoint_in_ram()),
+        (Rounds::Base, DataKind::Base, DataKind::Checkpoint, false, true)
+    );
+    assert!(pb.freeze_note().contains("the base lacks"));
+    for first in [PostCopyFirst::SoftDirtyRounds, PostCopyFirst::HashBase] {
+        assert_eq!(Plan::new(Mode::HashPreCopy, first), Plan::for_mode(Mode::HashPreCopy), "only post-copy takes it");
+        assert_eq!(Plan::new(Mode::StopAndCopy, first), Plan::for_mode(Mode::StopAndCopy), "only post-copy takes it");
+    }
     for m in MODES {
         assert_eq!(Plan::for_mode(m).rounds != Rounds::None, m.has_rounds());
     }
@@ -385,12 +396,22 @@ fn pre_copy_rounds_then_a_final_dump_on_top_of_them() {
 #[test]
 fn post_copy_after_soft_dirty_rounds_dumps_lazily_on_top_of_them() {
     let mut sim = Sim::new(Mode::PostCopy);
-    sim.plan = Plan::new(Mode::PostCopy, true);
+    sim.plan = Plan::new(Mode::PostCopy, PostCopyFirst::SoftDirtyRounds);
     sim.needs_image = false;
     assert_eq!(sim.run(), End::Completed);
     assert_eq!(told_kinds(&sim), ["RoundSent", "RoundSent", "RoundSent", "RoundsDone", "CheckpointSent", "Commit"]);
     assert!(sim.has(|c| *c == Command::Dump { kind: DataKind::Checkpoint, with_previous: true, in_ram: false }));
     assert!(sim.plan.freeze_note().contains("only the pages written since the last round"));
+}
+
+#[test]
+fn post_copy_on_a_base_ships_it_then_its_lazy_archive_as_it_is() {
+    let mut sim = Sim::new(Mode::PostCopy);
+    sim.plan = Plan::new(Mode::PostCopy, PostCopyFirst::HashBase);
+    assert_eq!(sim.run(), End::Completed);
+    assert_eq!(told_kinds(&sim), ["ImageSent", "RoundSent", "CheckpointSent", "Commit"]);
+    assert!(sim.has(|c| matches!(c, Command::ShipBase { kind: DataKind::Base, ram: Some(_) })));
+    assert!(sim.has(|c| *c == Command::Dump { kind: DataKind::Checkpoint, with_previous: false, in_ram: true }));
 }
 
 #[test]

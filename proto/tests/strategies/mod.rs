@@ -194,16 +194,21 @@ fn ticket() -> impl Strategy<Value = Ticket> {
     (body, vec(any::<u8>(), 0..80), vec(any::<u8>(), 0..120)).prop_map(|(body, signature, cert)| Ticket { body, signature, cert })
 }
 
+fn post_copy_first() -> impl Strategy<Value = tern_proto::plan::PostCopyFirst> {
+    use tern_proto::plan::PostCopyFirst;
+    select(vec![PostCopyFirst::Nothing, PostCopyFirst::SoftDirtyRounds, PostCopyFirst::HashBase])
+}
+
 fn begin() -> impl Strategy<Value = Begin> {
-    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>(), any::<bool>(), ticket()).prop_map(
-        |(id, source, container, tcp_established, mode, lazy_restore, post_copy_rounds, ticket)| Begin {
+    (any::<u64>(), text(), container(), any::<bool>(), mode(), any::<bool>(), post_copy_first(), ticket()).prop_map(
+        |(id, source, container, tcp_established, mode, lazy_restore, post_copy_first, ticket)| Begin {
             id,
             source,
             container,
             tcp_established,
             mode,
             lazy_restore,
-            post_copy_rounds,
+            post_copy_first,
             ticket,
         },
     )
@@ -227,8 +232,8 @@ pub fn hello_reply() -> impl Strategy<Value = HelloReply> {
 }
 
 pub fn request() -> impl Strategy<Value = Request> {
-    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>(), any::<u64>(), any::<bool>()).prop_map(
-        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore, bandwidth, post_copy_rounds)| MigrateOptions {
+    let options = (mode(), compression(), any::<bool>(), any::<bool>(), policy(), any::<bool>(), any::<u64>(), post_copy_first()).prop_map(
+        |(mode, compress, tcp_established, allow_reset, policy, lazy_restore, bandwidth, post_copy_first)| MigrateOptions {
             mode,
             compress,
             tcp_established,
@@ -236,7 +241,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             policy,
             lazy_restore,
             bandwidth,
-            post_copy_rounds,
+            post_copy_first,
         },
     );
     let migrate = (any::<u64>(), text(), peer(), options, ticket(), any::<bool>())
