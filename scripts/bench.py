@@ -20,6 +20,9 @@ Methods
                   from the frozen source afterwards; its rows add the fill time
                   and the counter's ticks per second during the fill against
                   before the freeze)
+  hash-post-copy  tern migrate --mode hash-post-copy (post-copy after
+                  hash-pre-copy's base: the fill sends only the pages the base
+                  lacks; its rows show the base's pause under "rounds")
   pre-copy        tern migrate --mode pre-copy (soft-dirty rounds; only when
                   both hosts report soft-dirty tracking, else skipped)
 
@@ -111,7 +114,7 @@ MIB = 1 << 20
 # Generous: 1 GiB at 100 Mbit/s is ~90 s a copy, and pre-copy may copy it more than once.
 STEP_TIMEOUT = 1800
 
-METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy", "post-copy"]
+METHODS = ["manual", "podman-floor", "stop-and-copy", "pre-copy", "hash-pre-copy", "post-copy", "hash-post-copy"]
 TERN_MODES = METHODS[2:]
 
 # tbf on each namespace's eth0 (egress). With hrtimers tbf does not need a
@@ -956,7 +959,8 @@ def run_tern(mode, subj, opts):
         logs = "\n".join(f"--- {agent_log(h)} during this run:\n{log_since(h, offsets[h])}" for h in (SRC, DST))
         raise RunError(f"{shlex.join(cmd)}: {why}\n--- stdout:\n{r.stdout.strip()}\n--- stderr:\n"
                        f"{r.stderr.strip()}\n{logs}")
-    if j.get("mode") != mode:
+    # hash-post-copy is post-copy with a base first: its report says post-copy.
+    if j.get("mode") != {"hash-post-copy": "post-copy"}.get(mode, mode):
         raise RunError(f"{shlex.join(cmd)}: asked for {mode}, the report says {j.get('mode')!r}")
     try:
         figures = subj.check()
@@ -1128,11 +1132,17 @@ def fill_table(rows):
         return []
     out = ["", "Memory filled in after the restore (medians): until all of it was on the target, and the "
            "counter's ticks per second during the fill against before the freeze:", "",
-           "| workload | link | method | fill ms | ticks/s before | ticks/s during the fill |", "|---|---|---|---|---|---|"]
+           "| workload | link | method | fill ms | MiB of the fill from a base | pause for the base ms "
+           "| ticks/s before | ticks/s during the fill |", "|---|---|---|---|---|---|---|---|"]
     for w, l, methods in groups(rs_all):
         for m in methods:
             rs = [r for r in rs_all if r["workload"] == w and r["link"] == l and r["method"] == m]
+            # hash-post-copy: the base's dump paused the container (its one round).
+            base = [r["round_details"][0].get("frozen_ms") for r in rs if m == "hash-post-copy" and r.get("round_details")]
+            from_base = [(r.get("saved_bytes") or 0) / 2**20 for r in rs] if m == "hash-post-copy" else []
             out.append(f"| {w} | {l} | {m} | {fmt_stat([r['memory_fill_ms'] for r in rs])} "
+                       f"| {fmt_stat(from_base, digits=1) if from_base else '-'} "
+                       f"| {fmt_stat(base) if base else '-'} "
                        f"| {fmt_stat([r.get('rate_before') for r in rs], digits=1)} "
                        f"| {fmt_stat([r.get('rate_fill') for r in rs], digits=1)} |")
     return out

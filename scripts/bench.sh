@@ -7,7 +7,7 @@
 #                    [--chart FILE.png] [--fail-fast] [--pg-seconds S] [--no-cap-check]
 #   scripts/bench.sh --from-json FILE [--chart FILE.png]   (report saved rows)
 #
-#   methods    manual, podman-floor, stop-and-copy, hash-pre-copy, post-copy, pre-copy
+#   methods    manual, podman-floor, stop-and-copy, hash-pre-copy, post-copy, hash-post-copy, pre-copy
 #              (only where both hosts track soft-dirty memory; skipped with a
 #              note otherwise)
 #   workloads  idle, 256MiB@0MiB/s, 256MiB@20MiB/s, 256MiB@100MiB/s,
