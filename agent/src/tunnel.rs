@@ -40,6 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tern_proto::delta::{PageCutter, Piece};
 use tern_proto::MigrationId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 /// The largest data frame a peer may send.
 pub const MAX_DATA: usize = 1 << 20;
 /// A page, as CRIU's page server sends them.
-pub const PAGE: usize = 4096;
+pub use tern_proto::delta::PAGE;
 /// The most pages one `P` frame names (as many bytes as a data frame).
 pub const MAX_REF_PAGES: u32 = (MAX_DATA / PAGE) as u32;
 /// The page server's reply that pages follow: `PS_IOV_ADD_F` (6) with
@@ -228,15 +229,6 @@ impl Frame {
     }
 }
 
-/// A piece of the page server's replies ([`Replies`]).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Piece<'a> {
-    /// Bytes to pass on as they are.
-    Raw(&'a [u8]),
-    /// One whole page of a reply.
-    Page(&'a [u8]),
-}
-
 /// The page server's replies, cut into pages, as they are read. Each
 /// reply is a `struct page_server_iov` ([`PS_IOV_SIZE`] bytes: a u32
 /// command, padding, then u64 page count, address and process) and, for
@@ -248,7 +240,7 @@ pub enum Piece<'a> {
 #[derive(Debug, Default)]
 pub struct Replies {
     header: Vec<u8>,
-    page: Vec<u8>,
+    page: PageCutter,
     /// Pages still to come in the current reply.
     left: u64,
     /// A reply this does not know went by: pass everything on.
@@ -256,7 +248,7 @@ pub struct Replies {
 }
 
 impl Replies {
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Piece)) {
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Piece<'_>)) {
         while !bytes.is_empty() {
             if self.lost {
                 out(Piece::Raw(bytes));
@@ -279,20 +271,9 @@ impl Replies {
                 }
                 continue;
             }
-            if self.page.is_empty() && bytes.len() >= PAGE {
-                out(Piece::Page(&bytes[..PAGE]));
-                bytes = &bytes[PAGE..];
-                self.left -= 1;
-                continue;
-            }
-            let take = (PAGE - self.page.len()).min(bytes.len());
-            self.page.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if self.page.len() == PAGE {
-                out(Piece::Page(&self.page));
-                self.page.clear();
-                self.left -= 1;
-            }
+            let (taken, pages) = self.page.cut(bytes, self.left, out);
+            bytes = &bytes[taken..];
+            self.left -= pages;
         }
     }
 }

@@ -48,7 +48,7 @@ mod tests;
 
 pub use codec::{Decoded, DeltaDecoder, DeltaEncoder, DeltaError, DeltaLimits, MAX_ARCHIVE_BYTES, PAGE_RECORD_BYTES};
 pub use compress::{pack_run, Compressor, Segment};
-pub use pager::{Piece, TarPager};
+pub use pager::{PageCutter, Piece, TarPager};
 pub use policy::{compress_run, Packer};
 
 use crate::frame::WireMessage;

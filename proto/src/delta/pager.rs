@@ -25,6 +25,50 @@ pub enum Piece<'a> {
 /// The all-zero blocks that end an archive, handed back as they came.
 const ZEROS: [u8; BLOCK] = [0; BLOCK];
 
+/// Cuts bytes that arrive in slices of any size into 4 KiB pages: whole
+/// pages straight from the input, a page split across slices collected
+/// until it is whole. Shared by the tar pager and the post-copy tunnel's
+/// reading of CRIU's page-server replies.
+#[derive(Debug, Default)]
+pub struct PageCutter {
+    page: Vec<u8>,
+}
+
+impl PageCutter {
+    /// Cuts at most `max` pages from the front of `data`, each handed to
+    /// `emit` as [`Piece::Page`]; the bytes of a page not yet whole are
+    /// kept. Returns the bytes taken from `data` and the pages emitted.
+    pub fn cut(&mut self, mut data: &[u8], max: u64, emit: &mut impl FnMut(Piece<'_>)) -> (usize, u64) {
+        let (len, mut pages) = (data.len(), 0);
+        while !data.is_empty() && pages < max {
+            if self.page.is_empty() && data.len() >= PAGE {
+                emit(Piece::Page(&data[..PAGE]));
+                data = &data[PAGE..];
+                pages += 1;
+                continue;
+            }
+            let take = (PAGE - self.page.len()).min(data.len());
+            self.page.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.page.len() == PAGE {
+                emit(Piece::Page(&self.page));
+                self.page.clear();
+                pages += 1;
+            }
+        }
+        (len - data.len(), pages)
+    }
+
+    /// The bytes of a page not yet whole.
+    pub fn held(&self) -> &[u8] {
+        &self.page
+    }
+
+    pub fn clear(&mut self) {
+        self.page.clear();
+    }
+}
+
 /// Cuts a tar stream into raw bytes and the 4 KiB pages of its members'
 /// data, as the stream arrives in arbitrary slices.
 pub struct TarPager {
@@ -32,7 +76,7 @@ pub struct TarPager {
     /// The current member's data is cut into pages.
     paged: bool,
     /// A page being collected (the stream's slices need not hold whole pages).
-    page: Vec<u8>,
+    page: PageCutter,
     /// Page only CRIU `pages-*.img` members (else every regular member).
     criu_pages_only: bool,
 }
@@ -40,7 +84,7 @@ pub struct TarPager {
 impl Default for TarPager {
     /// Pages every regular member.
     fn default() -> Self {
-        TarPager { walker: TarWalker::default(), paged: false, page: Vec::with_capacity(PAGE), criu_pages_only: false }
+        TarPager { walker: TarWalker::default(), paged: false, page: PageCutter::default(), criu_pages_only: false }
     }
 }
 
@@ -82,25 +126,11 @@ impl TarPager {
 
     /// Cuts `data`, the next bytes of a paged member with `left` more to
     /// come, into pages; a short tail at the member's end is raw.
-    fn cut_pages(&mut self, mut data: &[u8], left: u64, emit: &mut impl FnMut(Piece<'_>)) {
-        while !data.is_empty() {
-            // Whole pages straight from the input when aligned.
-            if self.page.is_empty() && data.len() >= PAGE {
-                emit(Piece::Page(&data[..PAGE]));
-                data = &data[PAGE..];
-                continue;
-            }
-            let take = (PAGE - self.page.len()).min(data.len());
-            self.page.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.page.len() == PAGE {
-                emit(Piece::Page(&self.page));
-                self.page.clear();
-            }
-        }
-        if left == 0 && !self.page.is_empty() {
+    fn cut_pages(&mut self, data: &[u8], left: u64, emit: &mut impl FnMut(Piece<'_>)) {
+        self.page.cut(data, u64::MAX, emit);
+        if left == 0 && !self.page.held().is_empty() {
             // A short tail: not a page.
-            emit(Piece::Raw(&self.page));
+            emit(Piece::Raw(self.page.held()));
             self.page.clear();
         }
     }
@@ -108,7 +138,7 @@ impl TarPager {
     /// The stream ended: hands back whatever is still buffered (a header or
     /// page cut short) as raw bytes, so that no byte is ever lost.
     pub fn finish(&mut self, emit: &mut impl FnMut(Piece<'_>)) {
-        for held in [self.walker.pending(), &self.page] {
+        for held in [self.walker.pending(), self.page.held()] {
             if !held.is_empty() {
                 emit(Piece::Raw(held));
             }
