@@ -107,31 +107,49 @@ impl PageStore {
         self.offsets.len() as u32
     }
 
-    /// Calls `out` with the bytes of pages `index .. index + count`, reading
-    /// pages that lie next to each other in the base in one go, in slices of
-    /// at most `buf.len()` bytes.
-    pub fn copy(&self, index: u32, count: u32, buf: &mut [u8], out: &mut impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    /// Where pages `index .. index + count` sit in the file: runs of pages
+    /// that lie next to each other there, as (offset, bytes).
+    fn runs(&self, index: u32, count: u32) -> std::io::Result<impl Iterator<Item = (u64, usize)> + '_> {
         let end = index
             .checked_add(count)
             .filter(|e| *e as usize <= self.offsets.len())
             .ok_or_else(|| std::io::Error::other(format!("pages {index}..+{count} are outside the base's {} pages", self.offsets.len())))?;
-        let mut i = index as usize;
-        while i < end as usize {
-            // The run of pages contiguous in the file from page i.
-            let mut j = i + 1;
-            while j < end as usize && self.offsets[j] == self.offsets[j - 1] + PAGE as u64 {
-                j += 1;
+        let mut offsets = self.offsets[index as usize..end as usize].iter().peekable();
+        Ok(std::iter::from_fn(move || {
+            let start = *offsets.next()?;
+            let mut len = PAGE;
+            while offsets.next_if(|at| **at == start + len as u64).is_some() {
+                len += PAGE;
             }
-            let (mut at, mut left) = (self.offsets[i], (j - i) * PAGE);
+            Some((start, len))
+        }))
+    }
+
+    /// Calls `out` with the bytes of pages `index .. index + count`, reading
+    /// pages that lie next to each other in the base in one go, in slices of
+    /// at most `buf.len()` bytes.
+    pub fn copy(&self, index: u32, count: u32, buf: &mut [u8], out: &mut impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        for (mut at, mut left) in self.runs(index, count)? {
             while left > 0 {
                 let take = left.min(buf.len());
                 self.file.read_exact_at(&mut buf[..take], at)?;
                 out(&buf[..take])?;
                 (at, left) = (at + take as u64, left - take);
             }
-            i = j;
         }
         Ok(())
+    }
+
+    /// The bytes of pages `index .. index + count`, read straight into
+    /// one buffer (the post-copy tunnel hands them on whole).
+    pub fn read(&self, index: u32, count: u32) -> std::io::Result<Vec<u8>> {
+        let mut pages = vec![0u8; count as usize * PAGE];
+        let mut filled = 0;
+        for (at, len) in self.runs(index, count)? {
+            self.file.read_exact_at(&mut pages[filled..filled + len], at)?;
+            filled += len;
+        }
+        Ok(pages)
     }
 }
 
@@ -185,8 +203,10 @@ pub(crate) mod tests {
             })
             .unwrap();
         assert_eq!(got, [page(2), page(3), page(4)].concat());
+        assert_eq!(store.read(1, 3).unwrap(), got);
         for (i, n) in [(3, 2), (4, 1), (u32::MAX, 2)] {
             assert!(store.copy(i, n, &mut buf, &mut |_| Ok(())).is_err(), "{i}+{n}");
+            assert!(store.read(i, n).is_err(), "{i}+{n}");
         }
     }
 }

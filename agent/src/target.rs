@@ -935,8 +935,6 @@ async fn accept_data(
     let unpacked = || ArchiveOut::Unpack { dir: places.checkpoint.clone(), rest: staging.join(REST_TAR), annotate: places.annotate.clone() };
     let rest = |r: Received| Staged { path: staging.join(REST_TAR), digest: r.digest, annotated: r.split.is_some_and(|s| s.annotated) };
     let done = Arc::new(AtomicU64::new(0));
-    // Where the base's pages sit in base.tar (content-addressed pre-copy).
-    let mut base_pages: Option<Arc<PageStore>> = None;
     let mode = plan.mode;
     loop {
         let Ok(mut recv) = conn.accept_uni().await else { break };
@@ -976,14 +974,13 @@ async fn accept_data(
                     .map(|(digest, _)| Staged { path: dir, digest, annotated: false })
                     .map_err(TargetError::from)
             }
-            DataKind::Base if plan.rounds == Rounds::Base && base_pages.is_none() => {
+            // Where the base's pages sit in base.tar: one base per migration.
+            DataKind::Base if plan.rounds == Rounds::Base && places.base.lock().unwrap().is_none() => {
                 let path = staging.join("base.tar");
                 match receive_records(recv, ArchiveOut::FileSynced(path.clone()), None, true, done.clone(), ReceiveFaults::default(), data).await {
                     Ok(r) => match PageStore::open(&path, r.offsets.unwrap_or_default()) {
                         Ok(store) => {
-                            let store = Arc::new(store);
-                            base_pages = Some(store.clone());
-                            *places.base.lock().unwrap() = Some(store);
+                            *places.base.lock().unwrap() = Some(Arc::new(store));
                             Ok(Staged { path, digest: r.digest, annotated: false })
                         }
                         Err(e) => Err(TargetError::BaseUnreadable(e)),
@@ -991,13 +988,15 @@ async fn accept_data(
                     Err(e) => Err(e.into()),
                 }
             }
-            DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => match &base_pages {
-                Some(store) => receive_records(recv, unpacked(), Some(store.clone()), false, done.clone(), faults, data)
-                    .await
-                    .map(rest)
-                    .map_err(TargetError::from),
-                None => Err(TargetError::NoBase),
-            },
+            DataKind::CheckpointDelta { base: 1 } if mode == Mode::HashPreCopy => {
+                let base = places.base.lock().unwrap().clone();
+                match base {
+                    Some(store) => {
+                        receive_records(recv, unpacked(), Some(store), false, done.clone(), faults, data).await.map(rest).map_err(TargetError::from)
+                    }
+                    None => Err(TargetError::NoBase),
+                }
+            }
             other => {
                 tracing::warn!("refusing a {other:?} data stream in a {} migration", mode.as_str());
                 let _ = recv.stop(1u32.into());

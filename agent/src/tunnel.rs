@@ -405,7 +405,7 @@ impl End {
         self
     }
 
-    /// Pages sent as their number in the base, so far (0 without one).
+    /// Pages sent as their number in the base, so far (None without one).
     pub fn from_base(&self) -> Option<Arc<AtomicU64>> {
         self.dedupe.as_ref().map(|d| d.from_base.clone())
     }
@@ -414,13 +414,7 @@ impl End {
     async fn deliver_base(&mut self, first: u32, count: u32) -> Result<(), TunnelError> {
         let none = |why: String| TunnelError::NoBasePages { first, count, why };
         let base = self.base.clone().ok_or_else(|| none("no base arrived".into()))?;
-        let mut pages = Vec::with_capacity(count as usize * PAGE);
-        let mut buf = vec![0u8; count as usize * PAGE];
-        base.copy(first, count, &mut buf, &mut |b| {
-            pages.extend_from_slice(b);
-            Ok(())
-        })
-        .map_err(|e| none(e.to_string()))?;
+        let pages = base.read(first, count).map_err(|e| none(e.to_string()))?;
         self.tcp.write_all(&pages).await.map_err(|e| TunnelError::Local(e.to_string()))?;
         self.delivered += pages.len() as u64;
         Ok(())
@@ -521,11 +515,10 @@ impl End {
                     }
                     self.read.fetch_add(n as u64, Ordering::Relaxed);
                     self.outbox.push(&buf[..n]);
-                    let frames = match &mut self.dedupe {
-                        Some(d) => d.frames(&buf[..n]),
-                        None => vec![Frame::Data(buf[..n].to_vec())],
+                    let wire: Vec<u8> = match &mut self.dedupe {
+                        Some(d) => d.frames(&buf[..n]).iter().flat_map(Frame::encode).collect(),
+                        None => Frame::Data(buf[..n].to_vec()).encode(),
                     };
-                    let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
                     if let Some((t0, b)) = &mut bucket {
                         let wait = b.take(wire.len() as u64, t0.elapsed());
                         if !wait.is_zero() {

@@ -158,7 +158,7 @@ pub async fn plan<'a>(
     } else {
         format!("{target}: {}", target_state.facts.dirty_tracking.detail)
     };
-    let arg = mode;
+    let wants_base = mode == ModeArg::HashPostCopy;
     let (mode, mode_note) = match mode {
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
@@ -203,9 +203,9 @@ pub async fn plan<'a>(
     // Last, over every row, the target agent's included: none of its rows
     // can be forced, so the target needs no word of it.
     compat::force(&mut findings, force);
-    let post_copy_first = match (mode, arg) {
-        (Mode::PostCopy, _) if both_track => PostCopyFirst::SoftDirtyRounds,
-        (Mode::PostCopy, ModeArg::HashPostCopy) => PostCopyFirst::HashBase,
+    let post_copy_first = match mode {
+        Mode::PostCopy if both_track => PostCopyFirst::SoftDirtyRounds,
+        Mode::PostCopy if wants_base => PostCopyFirst::HashBase,
         _ => PostCopyFirst::Nothing,
     };
     Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_first, findings })

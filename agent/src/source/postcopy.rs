@@ -214,7 +214,9 @@ impl Run<'_> {
         };
         if let Some(n) = from_base {
             // What the base spared the link, as hash-pre-copy reports it.
-            self.saved_bytes = n.load(std::sync::atomic::Ordering::Relaxed) * crate::tunnel::PAGE as u64;
+            let pages = n.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(id = self.req.id, pages, "pages taken from the base on the target, not sent");
+            self.saved_bytes = pages * crate::tunnel::PAGE as u64;
         }
         let pid = self.container.as_ref().map_or(0, |c| c.pid);
         let here = pid > 0 && process_runs(pid);
@@ -377,13 +379,7 @@ async fn serve_legs(
         }
         entry.link_back();
         match end.run_leg(&mut send, recv).await {
-            LegEnd::Finished => {
-                if let Some(n) = end.from_base() {
-                    let pages = n.load(std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(id, pages, "pages taken from the base on the target, not sent");
-                }
-                return Ok(end.read.load(std::sync::atomic::Ordering::Relaxed));
-            }
+            LegEnd::Finished => return Ok(end.read.load(std::sync::atomic::Ordering::Relaxed)),
             LegEnd::Failed(e) => return Err(e),
             LegEnd::Lost(e) => {
                 tracing::warn!(id, "the page tunnel to {target} lost its link: {e}; reconnecting");
