@@ -71,8 +71,8 @@ start=$(date +%s)
 # the other had just patched (a static key's int3, CI, 6.12: "Oops:
 # int3" in kmem_cache_alloc_noprof with the int3 long gone from memory,
 # then a panic). Single-threaded TCG cannot: a write to code discards
-# its translations before another vCPU runs. It costs about a third
-# more time (Podman 5 tier, crun: 550 s against 410 s).
+# its translations before another vCPU runs. It costs time: this tier's
+# VM ran 1389 s against 724 s (PostgreSQL's test most of it).
 timeout "${TIER_TIMEOUT:-3000}" qemu-system-x86_64 -accel "${TIER_ACCEL:-tcg,thread=single}" -cpu max -m "${TIER_MEMORY:-6144}" -smp 2 \
     -nographic -no-reboot -nic none \
     -kernel "$kernel" -initrd "$work/initrd.img" \
