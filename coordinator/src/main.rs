@@ -539,6 +539,13 @@ enum PkiCmd {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `tern ps | head`: a reader that goes ends tern quietly, as it ends
+    // any other command, not with a panic over a broken pipe (Rust ignores
+    // SIGPIPE by default). tern writes to no other pipe or socket that
+    // could raise it: the agents are reached over QUIC, on UDP.
+    // SAFETY: SIG_DFL runs no code of ours, and nothing in tern handles
+    // SIGPIPE otherwise.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
