@@ -347,7 +347,7 @@ async fn check_all(cluster: &Cluster, host: &str, running: &[&ContainerInfo], ro
         let mut allowed = Vec::new();
         for t in rooms {
             let t = &t.name;
-            match plan::plan(cluster, &c.name, t, Some(host), ask.mode, ask.opts.allow_reset, &ask.opts.force).await {
+            match plan::plan(cluster, &c.name, t, Some(host), &ask.opts.ask(ask.mode)).await {
                 Ok(p) if !p.blocked() => {
                     out.modes.insert((c.name.clone(), t.clone()), p.mode.as_str().to_string());
                     allowed.push(t.clone());
@@ -569,7 +569,7 @@ impl Move {
         if *cancel.borrow() {
             return Ok(None);
         }
-        let mut plan = plan::plan(&cluster, container, target, Some(host), self.mode, self.opts.allow_reset, &self.opts.force).await?;
+        let mut plan = plan::plan(&cluster, container, target, Some(host), &self.opts.ask(self.mode)).await?;
         if self.purpose == Purpose::Return {
             plan.returning();
         }

@@ -13,6 +13,8 @@
 //! [migrate]                   # optional defaults for migrate and evacuate
 //! allow_reset = false         # true: move containers whose connections
 //!                             # cannot survive, with a warning, as --allow-reset
+//! post_copy = false           # true: `--mode auto` may pick post-copy where
+//!                             # both hosts can run it
 //! ```
 //!
 //! Found at `--inventory`, else `$TERN_INVENTORY`, else `./.tern/inventory.toml`
@@ -50,6 +52,12 @@ pub struct MigrateDefaults {
     /// survive the move (a warning instead of a refusal).
     #[serde(default)]
     pub allow_reset: bool,
+    /// Let `auto` pick post-copy: the shortest downtime whatever the
+    /// memory, but until the last page crosses the container needs both
+    /// hosts and the link. Off by default: that risk is the operator's to
+    /// take, for every move (`--mode post-copy` takes it for one).
+    #[serde(default)]
+    pub post_copy: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,8 +133,9 @@ mod tests {
         assert_eq!(inv.host("client1").unwrap().address.port(), 7443);
         assert!(!inv.migrate.allow_reset);
         assert!(inv.host("nope").unwrap_err().to_string().contains("known: client1"));
-        let lenient: Inventory = toml::from_str("[tls]\nca='a'\ncert='b'\nkey='c'\n[migrate]\nallow_reset = true\n").unwrap();
-        assert!(lenient.migrate.allow_reset);
+        assert!(!inv.migrate.post_copy);
+        let lenient: Inventory = toml::from_str("[tls]\nca='a'\ncert='b'\nkey='c'\n[migrate]\nallow_reset = true\npost_copy = true\n").unwrap();
+        assert!(lenient.migrate.allow_reset && lenient.migrate.post_copy);
     }
 
     #[test]

@@ -301,6 +301,7 @@ impl TransferArgs {
             policy: precopy.policy(),
             bandwidth: self.bandwidth.unwrap_or(0),
             force: Vec::new(),
+            auto_post_copy: false,
         }
     }
 }
@@ -654,8 +655,9 @@ async fn run(cli: Cli) -> Done {
         Cmd::Cordon { host, reason } => maintenance::cordon(&ctx, &host, Some(reason)).await,
         Cmd::Uncordon { host } => maintenance::cordon(&ctx, &host, None).await,
         Cmd::Return { host, batch, transfer, precopy } => {
-            let ask = batch.ask(host, Vec::new(), transfer.options(&precopy, ctx.quiet));
+            let mut ask = batch.ask(host, Vec::new(), transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
+            ask.opts = with_defaults(&inv.migrate, ask.opts);
             maintenance::only_own_host(&inv, &ask.host)?;
             ret::run(&ctx, &inv, &cluster, ask).await
         }
@@ -706,12 +708,19 @@ async fn run(cli: Cli) -> Done {
             migrate(&ctx, mv, opts).await
         }
         Cmd::Evacuate { host, to, batch, transfer, precopy } => {
-            let ask = batch.ask(host, to, transfer.options(&precopy, ctx.quiet));
+            let mut ask = batch.ask(host, to, transfer.options(&precopy, ctx.quiet));
             let (inv, cluster) = survey(&ctx).await?;
+            ask.opts = with_defaults(&inv.migrate, ask.opts);
             maintenance::only_own_host(&inv, &ask.host)?;
             evacuate::run(&ctx, &inv, &cluster, ask).await
         }
     }
+}
+
+/// The inventory's defaults over what a command asked: `allow_reset`
+/// adds to `--allow-reset`; `post_copy` is the inventory's alone.
+fn with_defaults(d: &inventory::MigrateDefaults, opts: migrate::Options) -> migrate::Options {
+    migrate::Options { allow_reset: opts.allow_reset || d.allow_reset, auto_post_copy: d.post_copy, ..opts }
 }
 
 /// Loads the inventory and asks every host for its facts and containers.
@@ -723,10 +732,13 @@ async fn survey(ctx: &Ctx) -> Result<(inventory::Inventory, cluster::Cluster), E
 
 async fn check(ctx: &Ctx, mv: MoveArgs) -> Done {
     let (inv, cluster) = survey(ctx).await?;
-    let allow_reset = mv.allow_reset || inv.migrate.allow_reset;
-    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), mv.mode, allow_reset, &mv.force.force_compat)
-        .await
-        .map_err(|e| Exit::new(2, e))?;
+    let ask = plan::Ask {
+        mode: mv.mode,
+        allow_reset: mv.allow_reset || inv.migrate.allow_reset,
+        auto_post_copy: inv.migrate.post_copy,
+        force: &mv.force.force_compat,
+    };
+    let plan = plan::plan(&cluster, &mv.container, &mv.to, mv.from.as_deref(), &ask).await.map_err(|e| Exit::new(2, e))?;
     let view = view::Check {
         container: &plan.container.name,
         source: &plan.source_name,
@@ -760,8 +772,8 @@ async fn migrate(ctx: &Ctx, mv: MoveArgs, opts: migrate::Options) -> Done {
     let (inv, cluster) = survey(ctx).await?;
     let (container, to) = (&mv.container, &mv.to);
     let target_addr = inv.host(to).map_err(|e| Exit::new(2, e))?.address;
-    let opts = migrate::Options { allow_reset: mv.allow_reset || inv.migrate.allow_reset, force: mv.force.force_compat.clone(), ..opts };
-    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), mv.mode, opts.allow_reset, &opts.force).await.map_err(|e| Exit::new(2, e))?;
+    let opts = with_defaults(&inv.migrate, migrate::Options { allow_reset: mv.allow_reset, force: mv.force.force_compat.clone(), ..opts });
+    let plan = plan::plan(&cluster, container, to, mv.from.as_deref(), &opts.ask(mv.mode)).await.map_err(|e| Exit::new(2, e))?;
     if plan.blocked() {
         let blockers: Vec<_> = plan.findings.iter().filter(|f| f.severity == tern_proto::compat::Severity::Block).cloned().collect();
         eprint!("{}", output::findings(&blockers));

@@ -25,6 +25,15 @@ pub struct Options {
     pub bandwidth: u64,
     /// `--force-compat`: the refusals an operator lifted.
     pub force: Vec<ForceField>,
+    /// The inventory's `[migrate] post_copy`: `auto` may pick post-copy.
+    pub auto_post_copy: bool,
+}
+
+impl Options {
+    /// What the planner is asked for one move in `mode`.
+    pub fn ask(&self, mode: crate::plan::ModeArg) -> crate::plan::Ask<'_> {
+        crate::plan::Ask { mode, allow_reset: self.allow_reset, auto_post_copy: self.auto_post_copy, force: &self.force }
+    }
 }
 
 /// What a migration ended with: the source agent's report, and the

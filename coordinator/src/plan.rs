@@ -15,7 +15,9 @@ pub enum ModeArg {
     /// files outweigh its memory); else content-addressed pre-copy for
     /// containers holding 64 MiB or more of memory and files, stop-and-copy
     /// for smaller ones (a base costs a pause and a full extra copy, which
-    /// only pays off when there is data to spare at the freeze).
+    /// only pays off when there is data to spare at the freeze). Post-copy
+    /// instead, on the same first steps, where the inventory's `[migrate]
+    /// post_copy` allows it and both hosts can run it.
     Auto,
     /// Freeze, dump everything, stream it, restore.
     StopAndCopy,
@@ -27,7 +29,7 @@ pub enum ModeArg {
     /// Restore on the target at once and pull the memory from the frozen
     /// source afterwards: the shortest downtime, whatever the memory, but
     /// until the last page crosses the container needs both hosts and the
-    /// link (never chosen by `auto`).
+    /// link (`auto` picks it only where the inventory allows it).
     PostCopy,
     /// Post-copy after content-addressed pre-copy's base: a full dump
     /// crosses while the container runs (it pauses while CRIU dumps), then
@@ -42,24 +44,65 @@ pub enum ModeArg {
 /// on.
 pub const HASH_PRE_COPY_FROM: u64 = 64 << 20;
 
+/// Whether `auto` may pick post-copy. Post-copy splits a container over
+/// two hosts until its last page crosses, so only the operator can allow
+/// it for every move (the inventory's `[migrate] post_copy`); `--mode
+/// post-copy` asks for it move by move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoPostCopy {
+    /// Not allowed (the default).
+    No,
+    /// Allowed, and both hosts can run it.
+    Yes,
+    /// Allowed, but these hosts cannot: why.
+    Cannot(String),
+}
+
+/// What `auto` picked, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoPick {
+    pub mode: Mode,
+    /// For post-copy: what crosses before the freeze.
+    pub first: PostCopyFirst,
+    pub why: String,
+}
+
 /// `auto`'s choice from what the container holds, and why. Soft-dirty
 /// pre-copy copies memory only: a container whose files (root file system
 /// changes, volumes) outweigh its memory goes content-addressed, the one
 /// mode that ships files before the freeze. Without soft-dirty, a base is
 /// worth its pause and extra copy from [`HASH_PRE_COPY_FROM`] on.
-pub fn auto_mode(both_track: bool, memory_bytes: u64, files_bytes: u64) -> (Mode, String) {
+///
+/// Where post-copy is allowed and possible it wins: its downtime does not
+/// grow with memory (the operator took its risk when allowing it). What
+/// crosses first follows the same rules: soft-dirty rounds, or the base
+/// from [`HASH_PRE_COPY_FROM`] on (it halves the fill, the time the
+/// container needs both hosts), or nothing.
+pub fn auto_mode(both_track: bool, memory_bytes: u64, files_bytes: u64, post_copy: &AutoPostCopy) -> AutoPick {
     let held = format!("{} MiB of memory and {} MiB of files", memory_bytes >> 20, files_bytes >> 20);
-    if both_track {
-        if files_bytes >= HASH_PRE_COPY_FROM && files_bytes > memory_bytes {
-            return (Mode::HashPreCopy, format!("{held}: content-addressed pre-copy ships the files before the freeze"));
+    let files_first = files_bytes >= HASH_PRE_COPY_FROM && files_bytes > memory_bytes;
+    let big = memory_bytes.saturating_add(files_bytes) >= HASH_PRE_COPY_FROM;
+    let pick = |mode, first, why: String| AutoPick { mode, first, why };
+    if *post_copy == AutoPostCopy::Yes {
+        const ALLOWED: &str = "post-copy, as the inventory allows ([migrate] post_copy)";
+        return match (both_track && !files_first, big) {
+            (true, _) => pick(Mode::PostCopy, PostCopyFirst::SoftDirtyRounds, format!("{ALLOWED}; soft-dirty rounds first")),
+            (false, true) => pick(Mode::PostCopy, PostCopyFirst::HashBase, format!("{held}: {ALLOWED}, on hash-pre-copy's base")),
+            (false, false) => pick(Mode::PostCopy, PostCopyFirst::Nothing, format!("{held}: {ALLOWED}")),
+        };
+    }
+    let mut chosen = match (both_track, files_first, big) {
+        (true, true, _) => {
+            pick(Mode::HashPreCopy, PostCopyFirst::Nothing, format!("{held}: content-addressed pre-copy ships the files before the freeze"))
         }
-        return (Mode::PreCopy, "both hosts track dirty memory".to_string());
+        (true, false, _) => pick(Mode::PreCopy, PostCopyFirst::Nothing, "both hosts track dirty memory".to_string()),
+        (false, _, true) => pick(Mode::HashPreCopy, PostCopyFirst::Nothing, format!("{held}: content-addressed pre-copy")),
+        (false, _, false) => pick(Mode::StopAndCopy, PostCopyFirst::Nothing, format!("{held}: stop-and-copy")),
+    };
+    if let AutoPostCopy::Cannot(why) = post_copy {
+        chosen.why = format!("{}; the inventory allows post-copy, but {why}", chosen.why);
     }
-    if memory_bytes.saturating_add(files_bytes) >= HASH_PRE_COPY_FROM {
-        (Mode::HashPreCopy, format!("{held}: content-addressed pre-copy"))
-    } else {
-        (Mode::StopAndCopy, format!("{held}: stop-and-copy"))
-    }
+    chosen
 }
 
 pub struct Plan<'a> {
@@ -101,15 +144,20 @@ impl Plan<'_> {
     }
 }
 
-pub async fn plan<'a>(
-    cluster: &'a Cluster,
-    container: &str,
-    target: &str,
-    from: Option<&str>,
-    mode: ModeArg,
-    allow_reset: bool,
-    force: &[ForceField],
-) -> anyhow::Result<Plan<'a>> {
+/// What the operator asked of one move, beside which container and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'f> {
+    pub mode: ModeArg,
+    /// Move even when some connections cannot survive.
+    pub allow_reset: bool,
+    /// The inventory's `[migrate] post_copy`: `auto` may pick post-copy.
+    pub auto_post_copy: bool,
+    /// `--force-compat`.
+    pub force: &'f [ForceField],
+}
+
+pub async fn plan<'a>(cluster: &'a Cluster, container: &str, target: &str, from: Option<&str>, ask: &Ask<'_>) -> anyhow::Result<Plan<'a>> {
+    let Ask { mode, allow_reset, auto_post_copy, force } = *ask;
     let source_view = match from {
         Some(name) => cluster.get(name).with_context(|| format!("no host named {name} in the inventory"))?,
         // The source is never the target: a same-named container there is a
@@ -159,6 +207,8 @@ pub async fn plan<'a>(
         format!("{target}: {}", target_state.facts.dirty_tracking.detail)
     };
     let wants_base = mode == ModeArg::HashPostCopy;
+    // What `auto` sends first when it picks post-copy.
+    let mut auto_first = None;
     let (mode, mode_note) = match mode {
         ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
         ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
@@ -172,9 +222,15 @@ pub async fn plan<'a>(
             (Mode::PostCopy, "as asked; hash-pre-copy's base first, so the fill after the restore carries only the pages written since".to_string())
         }
         ModeArg::Auto => {
-            let (mode, why) = auto_mode(both_track, info.memory_bytes, info.files_bytes);
+            let post_copy = match (auto_post_copy, compat::post_copy_unavailable(&source.facts, &target_state.facts)) {
+                (false, _) => AutoPostCopy::No,
+                (true, None) => AutoPostCopy::Yes,
+                (true, Some(why)) => AutoPostCopy::Cannot(why),
+            };
+            let AutoPick { mode, first, why } = auto_mode(both_track, info.memory_bytes, info.files_bytes, &post_copy);
+            auto_first = Some(first);
             let note = match mode {
-                Mode::PreCopy => why,
+                Mode::PreCopy | Mode::PostCopy => why,
                 _ if both_track => format!("both hosts track dirty memory, but {why}"),
                 _ => format!("soft-dirty pre-copy is unavailable ({why_not}); {why}"),
             };
@@ -203,9 +259,10 @@ pub async fn plan<'a>(
     // Last, over every row, the target agent's included: none of its rows
     // can be forced, so the target needs no word of it.
     compat::force(&mut findings, force);
-    let post_copy_first = match mode {
-        Mode::PostCopy if both_track => PostCopyFirst::SoftDirtyRounds,
-        Mode::PostCopy if wants_base => PostCopyFirst::HashBase,
+    let post_copy_first = match (mode, auto_first) {
+        (Mode::PostCopy, Some(first)) => first,
+        (Mode::PostCopy, None) if both_track => PostCopyFirst::SoftDirtyRounds,
+        (Mode::PostCopy, None) if wants_base => PostCopyFirst::HashBase,
         _ => PostCopyFirst::Nothing,
     };
     Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_first, findings })
@@ -214,19 +271,49 @@ pub async fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    const MIB: u64 = 1 << 20;
+
+    fn mode(both_track: bool, memory: u64, files: u64) -> Mode {
+        auto_mode(both_track, memory, files, &AutoPostCopy::No).mode
+    }
 
     #[test]
     fn auto_weighs_memory_and_files() {
-        const MIB: u64 = 1 << 20;
-        assert_eq!(auto_mode(false, 10 * MIB, 0).0, Mode::StopAndCopy);
-        assert_eq!(auto_mode(false, 64 * MIB, 0).0, Mode::HashPreCopy);
+        assert_eq!(mode(false, 10 * MIB, 0), Mode::StopAndCopy);
+        assert_eq!(mode(false, 64 * MIB, 0), Mode::HashPreCopy);
         // Little memory, a big volume: its files are staged before the freeze.
-        assert_eq!(auto_mode(false, 2 * MIB, 500 * MIB).0, Mode::HashPreCopy);
-        assert_eq!(auto_mode(false, 40 * MIB, 30 * MIB).0, Mode::HashPreCopy);
-        assert_eq!(auto_mode(true, 512 * MIB, 100 * MIB).0, Mode::PreCopy);
-        assert_eq!(auto_mode(true, 10 * MIB, 40 * MIB).0, Mode::PreCopy);
-        let (mode, why) = auto_mode(true, 10 * MIB, 300 * MIB);
-        assert_eq!(mode, Mode::HashPreCopy);
-        assert!(why.contains("300 MiB of files"), "{why}");
+        assert_eq!(mode(false, 2 * MIB, 500 * MIB), Mode::HashPreCopy);
+        assert_eq!(mode(false, 40 * MIB, 30 * MIB), Mode::HashPreCopy);
+        assert_eq!(mode(true, 512 * MIB, 100 * MIB), Mode::PreCopy);
+        assert_eq!(mode(true, 10 * MIB, 40 * MIB), Mode::PreCopy);
+        let pick = auto_mode(true, 10 * MIB, 300 * MIB, &AutoPostCopy::No);
+        assert_eq!(pick.mode, Mode::HashPreCopy);
+        assert!(pick.why.contains("300 MiB of files"), "{}", pick.why);
+        assert!(!pick.why.contains("post-copy"), "{}", pick.why);
+    }
+
+    #[test]
+    fn auto_picks_post_copy_only_where_allowed_and_possible() {
+        let yes = AutoPostCopy::Yes;
+        let first = |both, memory, files| {
+            let p = auto_mode(both, memory, files, &yes);
+            assert_eq!(p.mode, Mode::PostCopy, "{}", p.why);
+            assert!(p.why.contains("[migrate] post_copy"), "{}", p.why);
+            p.first
+        };
+        assert_eq!(first(false, 10 * MIB, 0), PostCopyFirst::Nothing);
+        assert_eq!(first(false, 512 * MIB, 0), PostCopyFirst::HashBase);
+        assert_eq!(first(false, 2 * MIB, 500 * MIB), PostCopyFirst::HashBase);
+        assert_eq!(first(true, 10 * MIB, 0), PostCopyFirst::SoftDirtyRounds);
+        assert_eq!(first(true, 512 * MIB, 100 * MIB), PostCopyFirst::SoftDirtyRounds);
+        // Soft-dirty rounds carry memory only: the files go in a base.
+        assert_eq!(first(true, 10 * MIB, 300 * MIB), PostCopyFirst::HashBase);
+
+        // Allowed, but not here: the usual pick, saying why not.
+        let cannot = AutoPostCopy::Cannot("post-copy needs runc on client1".into());
+        let p = auto_mode(false, 512 * MIB, 0, &cannot);
+        assert_eq!((p.mode, p.first), (Mode::HashPreCopy, PostCopyFirst::Nothing));
+        assert!(p.why.ends_with("the inventory allows post-copy, but post-copy needs runc on client1"), "{}", p.why);
+        assert_eq!(auto_mode(true, 10 * MIB, 0, &cannot).mode, Mode::PreCopy);
     }
 }

@@ -298,7 +298,7 @@ async fn check_returns(cluster: &Cluster, host: &str, decisions: &[Decision], as
         let Some(c) = running_on(cluster, &e.target, &e.id) else { continue };
         out.from_of.insert(e.name.clone(), (e.target.clone(), e.id.clone()));
         let mut allowed = Vec::new();
-        match plan::plan(cluster, &e.name, host, Some(&e.target), ask.mode, ask.opts.allow_reset, &ask.opts.force).await {
+        match plan::plan(cluster, &e.name, host, Some(&e.target), &ask.opts.ask(ask.mode)).await {
             Ok(mut p) => {
                 p.returning();
                 if p.blocked() {

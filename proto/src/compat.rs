@@ -180,18 +180,8 @@ pub fn compare_hosts(src: &HostFacts, dst: &HostFacts, mode: Mode) -> Vec<Findin
 fn post_copy(src: &HostFacts, dst: &HostFacts) -> Finding {
     let f =
         Finding::new("post-copy", format!("{} runtime", src.runtime_name), if dst.lazy_restore.supported { "userfaultfd" } else { "no userfaultfd" });
-    if src.runtime_name != "runc" {
-        return f.with(
-            Severity::Block,
-            format!(
-                "post-copy needs runc on {} (its checkpoint serves pages to the target; {} cannot); use --mode hash-pre-copy",
-                src.name, src.runtime_name
-            ),
-        );
-    }
-    if !dst.lazy_restore.supported {
-        return f
-            .with(Severity::Block, format!("post-copy needs lazy restores on {} ({}); use --mode hash-pre-copy", dst.name, dst.lazy_restore.detail));
+    if let Some(why) = post_copy_unavailable(src, dst) {
+        return f.with(Severity::Block, format!("{why}; use --mode hash-pre-copy"));
     }
     f.with(
         Severity::Warn,
@@ -200,6 +190,18 @@ fn post_copy(src: &HostFacts, dst: &HostFacts) -> Finding {
             dst.name, src.name, src.name
         ),
     )
+}
+
+/// Why these two hosts cannot run post-copy, if they cannot: `auto`
+/// asks before it picks it, the post-copy check before it refuses it.
+pub fn post_copy_unavailable(src: &HostFacts, dst: &HostFacts) -> Option<String> {
+    if src.runtime_name != "runc" {
+        return Some(format!("post-copy needs runc on {} (its checkpoint serves pages to the target; {} cannot)", src.name, src.runtime_name));
+    }
+    if !dst.lazy_restore.supported {
+        return Some(format!("post-copy needs lazy restores on {} ({})", dst.name, dst.lazy_restore.detail));
+    }
+    None
 }
 
 /// No migration lands on a cordoned host (its agent refuses a `Receive`

@@ -761,8 +761,21 @@ fn scenario_post_copy() -> Result<()> {
     let name = "e2e-postcopy";
     remove_everywhere(name);
     start_memhog("client1", name, 192, 20)?;
-    for (from, to) in [("client1", "client2"), ("client2", "client1")] {
-        let j = migrate_and_verify_with(name, from, to, &["--mode", "post-copy"], "post-copy")?;
+    // Back by `auto`, under an inventory that allows post-copy: it picks
+    // post-copy on hash-pre-copy's base (no soft-dirty here, 192 MiB).
+    let allowing = inventory_allowing_post_copy()?;
+    let allowing = allowing.to_str().context("path")?;
+    let c = tern_json(&["check", name, "--to", "client2"])?;
+    ensure!(c.json["mode"] == "hash-pre-copy", "auto picked post-copy without the inventory allowing it: {}", c.all);
+    let c = tern_json(&["check", name, "--to", "client2", "--inventory", allowing])?;
+    ensure!(c.code == 0 && c.json["mode"] == "post-copy", "{}", c.all);
+    ensure!(c.json["mode_note"].as_str().is_some_and(|n| n.contains("[migrate] post_copy") && n.contains("base")), "{}", c.all);
+    let risk = c.json["findings"].as_array().into_iter().flatten().find(|f| f["field"] == "post-copy");
+    ensure!(risk.is_some_and(|f| f["note"].as_str().is_some_and(|n| n.contains("loses the container"))), "the check states no risk: {}", c.all);
+    let legs: [(&str, &str, &[&str]); 2] =
+        [("client1", "client2", &["--mode", "post-copy"]), ("client2", "client1", &["--mode", "auto", "--inventory", allowing])];
+    for (from, to, flags) in legs {
+        let j = migrate_and_verify_with(name, from, to, flags, "post-copy")?;
         memory_intact(to, name)?;
         let (ckpt, wire) = (j["checkpoint_bytes"].as_u64().unwrap(), j["bytes_on_wire"].as_u64().unwrap());
         // Memory is not in the archive: it crossed through the tunnel.
@@ -774,6 +787,16 @@ fn scenario_post_copy() -> Result<()> {
     }
     remove_everywhere(name);
     Ok(())
+}
+
+/// The lab's inventory with `[migrate] post_copy = true`: `auto` may pick
+/// post-copy under it.
+fn inventory_allowing_post_copy() -> Result<std::path::PathBuf> {
+    let lab = std::fs::read_to_string(lab_state().join("inventory.toml"))?;
+    ensure!(!lab.contains("[migrate]"), "the lab's inventory has a [migrate] table already");
+    let path = lab_state().join("inventory-post-copy.toml");
+    std::fs::write(&path, format!("{lab}\n[migrate]\npost_copy = true\n"))?;
+    Ok(path)
 }
 
 /// Post-copy on hash-pre-copy's base (`--mode hash-post-copy`): the base
