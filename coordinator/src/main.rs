@@ -268,6 +268,7 @@ struct TransferArgs {
     /// resumes on the target. By default a target that can (userfaultfd,
     /// `tern hosts`) resumes it first and fills its memory from its own
     /// copy right after; the source keeps its checkpoint until it is full.
+    /// `auto` then never picks post-copy, whatever the inventory allows.
     #[arg(long)]
     no_lazy_restore: bool,
     /// Cap the source host's outgoing migration traffic at RATE, shared by

@@ -30,9 +30,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// What the planner is asked for one move in `mode`.
+    /// What the planner is asked for one move in `mode`. `--no-lazy-restore`
+    /// asks for all memory in place before the container resumes: `auto`
+    /// then keeps off post-copy, whatever the inventory allows.
     pub fn ask(&self, mode: crate::plan::ModeArg) -> crate::plan::Ask<'_> {
-        crate::plan::Ask { mode, allow_reset: self.allow_reset, auto_post_copy: self.auto_post_copy, force: &self.force }
+        let auto_post_copy = self.auto_post_copy && self.lazy_restore;
+        crate::plan::Ask { mode, allow_reset: self.allow_reset, auto_post_copy, force: &self.force }
     }
 }
 
@@ -168,5 +171,30 @@ pub async fn run_with(
                 write_frame(&mut send, &CoordinatorSignal::Cancel).await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ModeArg;
+
+    #[test]
+    fn an_eager_restore_keeps_auto_off_post_copy() {
+        let opts = Options {
+            tcp_established: true,
+            allow_reset: true,
+            compress: tern_proto::Compression::Auto,
+            lazy_restore: true,
+            progress: false,
+            policy: Default::default(),
+            bandwidth: 0,
+            force: Vec::new(),
+            auto_post_copy: true,
+        };
+        let ask = opts.ask(ModeArg::Auto);
+        assert!(ask.auto_post_copy && ask.allow_reset && ask.mode == ModeArg::Auto);
+        let eager = Options { lazy_restore: false, ..opts };
+        assert!(!eager.ask(ModeArg::Auto).auto_post_copy);
     }
 }
