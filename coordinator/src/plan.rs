@@ -206,21 +206,24 @@ pub async fn plan<'a>(cluster: &'a Cluster, container: &str, target: &str, from:
     } else {
         format!("{target}: {}", target_state.facts.dirty_tracking.detail)
     };
-    let wants_base = mode == ModeArg::HashPostCopy;
-    // What `auto` sends first when it picks post-copy.
-    let mut auto_first = None;
-    let (mode, mode_note) = match mode {
-        ModeArg::StopAndCopy => (Mode::StopAndCopy, "as asked".to_string()),
-        ModeArg::PreCopy => (Mode::PreCopy, "as asked".to_string()),
-        ModeArg::HashPreCopy => (Mode::HashPreCopy, "as asked".to_string()),
-        ModeArg::PostCopy | ModeArg::HashPostCopy if both_track => (
+    // Post-copy's first steps: soft-dirty rounds where both hosts track
+    // soft-dirty memory, else the base where asked (or where `auto` picks it).
+    let as_asked = |mode, first, note: &str| (mode, first, note.to_string());
+    let (mode, post_copy_first, mode_note) = match mode {
+        ModeArg::StopAndCopy => as_asked(Mode::StopAndCopy, PostCopyFirst::Nothing, "as asked"),
+        ModeArg::PreCopy => as_asked(Mode::PreCopy, PostCopyFirst::Nothing, "as asked"),
+        ModeArg::HashPreCopy => as_asked(Mode::HashPreCopy, PostCopyFirst::Nothing, "as asked"),
+        ModeArg::PostCopy | ModeArg::HashPostCopy if both_track => as_asked(
             Mode::PostCopy,
-            "as asked; soft-dirty rounds first, so the fill after the restore carries only the pages written since the last".to_string(),
+            PostCopyFirst::SoftDirtyRounds,
+            "as asked; soft-dirty rounds first, so the fill after the restore carries only the pages written since the last",
         ),
-        ModeArg::PostCopy => (Mode::PostCopy, "as asked".to_string()),
-        ModeArg::HashPostCopy => {
-            (Mode::PostCopy, "as asked; hash-pre-copy's base first, so the fill after the restore carries only the pages written since".to_string())
-        }
+        ModeArg::PostCopy => as_asked(Mode::PostCopy, PostCopyFirst::Nothing, "as asked"),
+        ModeArg::HashPostCopy => as_asked(
+            Mode::PostCopy,
+            PostCopyFirst::HashBase,
+            "as asked; hash-pre-copy's base first, so the fill after the restore carries only the pages written since",
+        ),
         ModeArg::Auto => {
             let post_copy = match (auto_post_copy, compat::post_copy_unavailable(&source.facts, &target_state.facts)) {
                 (false, _) => AutoPostCopy::No,
@@ -228,13 +231,12 @@ pub async fn plan<'a>(cluster: &'a Cluster, container: &str, target: &str, from:
                 (true, Some(why)) => AutoPostCopy::Cannot(why),
             };
             let AutoPick { mode, first, why } = auto_mode(both_track, info.memory_bytes, info.files_bytes, &post_copy);
-            auto_first = Some(first);
             let note = match mode {
                 Mode::PreCopy | Mode::PostCopy => why,
                 _ if both_track => format!("both hosts track dirty memory, but {why}"),
                 _ => format!("soft-dirty pre-copy is unavailable ({why_not}); {why}"),
             };
-            (mode, note)
+            (mode, first, note)
         }
     };
 
@@ -259,12 +261,6 @@ pub async fn plan<'a>(cluster: &'a Cluster, container: &str, target: &str, from:
     // Last, over every row, the target agent's included: none of its rows
     // can be forced, so the target needs no word of it.
     compat::force(&mut findings, force);
-    let post_copy_first = match (mode, auto_first) {
-        (Mode::PostCopy, Some(first)) => first,
-        (Mode::PostCopy, None) if both_track => PostCopyFirst::SoftDirtyRounds,
-        (Mode::PostCopy, None) if wants_base => PostCopyFirst::HashBase,
-        _ => PostCopyFirst::Nothing,
-    };
     Ok(Plan { container: info, source, source_name, target_name: target.to_string(), mode, mode_note, post_copy_first, findings })
 }
 
